@@ -1,0 +1,1 @@
+//! Bitstream helpers for the codecs gbgate carries. Sans-IO.

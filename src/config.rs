@@ -1,0 +1,230 @@
+//! Configuration: TOML, unknown keys rejected, one place for defaults, `validate()` naming the key.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// A duration written as "10s", "500ms", "5m" or "1h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"10s\" or \"5m\"")))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub rtp: RtpConfig,
+    pub api: ApiConfig,
+    pub rtsp: ListenConfig,
+    pub rtmp: ListenConfig,
+    pub sip: ListenConfig,
+    pub hub: HubConfig,
+    pub log: LogConfig,
+}
+
+/// What to do with an RTP stream whose SSRC nobody announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSsrc {
+    /// Create a stream named `rtp/<SSRC as 8 upper-case hex digits>`.
+    Publish,
+    /// Count and log it, create nothing.
+    Report,
+    /// Ignore it silently (still counted).
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpConfig {
+    /// UDP and TCP are both bound on this one address.
+    pub listen: SocketAddr,
+    pub unknown_ssrc: UnknownSsrc,
+    /// Upper bound on concurrent RTP streams (UDP SSRCs plus TCP connections).
+    pub max_streams: usize,
+    /// A stream with no data for this long ends.
+    pub timeout: HumanDuration,
+    /// Socket receive buffer asked of the kernel (bytes); the kernel may cap it (net.core.rmem_max).
+    pub recv_buffer: usize,
+    /// Packets held by the reorder buffer before a gap is declared lost.
+    pub reorder_packets: usize,
+    /// Longest a packet waits in the reorder buffer for a missing predecessor.
+    pub reorder_delay: HumanDuration,
+    /// Packets queued from the socket to one stream's task; beyond it packets are dropped and counted.
+    pub stream_queue: usize,
+    /// Concurrent TCP connections accepted on the RTP port.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        RtpConfig {
+            listen: "0.0.0.0:10000".parse().expect("literal"),
+            unknown_ssrc: UnknownSsrc::Publish,
+            max_streams: 1000,
+            timeout: HumanDuration(Duration::from_secs(10)),
+            recv_buffer: 8 * 1024 * 1024,
+            reorder_packets: 64,
+            reorder_delay: HumanDuration(Duration::from_millis(100)),
+            stream_queue: 2048,
+            max_tcp_connections: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8080".parse().expect("literal") }
+    }
+}
+
+/// A listener reserved for a later release; its address is validated now so configs stay stable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig { listen: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// The GOP cache of one stream holds at most this many bytes ...
+    pub gop_cache_bytes: usize,
+    /// ... and at most this much media time.
+    pub gop_cache_duration: HumanDuration,
+    /// Frames queued per subscriber; a subscriber that falls this far behind skips to the next keyframe.
+    pub subscriber_queue: usize,
+    /// A subscriber that had to skip this many times within a minute is disconnected.
+    pub max_skips_per_minute: u32,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            gop_cache_bytes: 8 * 1024 * 1024,
+            gop_cache_duration: HumanDuration(Duration::from_secs(10)),
+            subscriber_queue: 512,
+            max_skips_per_minute: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. "info" or "gbgate=debug". Overridden by RUST_LOG.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_string(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, v: usize) -> Result<(), ConfigError> {
+            if v == 0 {
+                return Err(ConfigError::Invalid { key, message: "must be greater than 0".into() });
+            }
+            Ok(())
+        }
+        positive("rtp.max_streams", self.rtp.max_streams)?;
+        positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
+        positive("rtp.stream_queue", self.rtp.stream_queue)?;
+        positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
+        positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
+        positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
+        if self.rtp.reorder_packets > 4096 {
+            return Err(ConfigError::Invalid { key: "rtp.reorder_packets", message: "at most 4096".into() });
+        }
+        if self.rtp.timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid { key: "rtp.timeout", message: "at least 100ms".into() });
+        }
+        if self.rtp.reorder_delay.0 > Duration::from_secs(2) {
+            return Err(ConfigError::Invalid { key: "rtp.reorder_delay", message: "at most 2s".into() });
+        }
+        if self.hub.gop_cache_duration.0 > Duration::from_secs(120) {
+            return Err(ConfigError::Invalid { key: "hub.gop_cache_duration", message: "at most 120s".into() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_file_parses() {
+        Config::default().validate().unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gbgate.toml")).unwrap();
+        let cfg = Config::from_toml(&text, "conf/gbgate.toml").unwrap();
+        assert_eq!(cfg.rtp.timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.rtp.unknown_ssrc, UnknownSsrc::Publish);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::from_toml("[rtp]\nlistne = \"0.0.0.0:1\"\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = Config::from_toml("[rtp]\ntimeout = \"ten\"\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("timeout"), "{err}");
+        let err = Config::from_toml("[rtp]\nmax_streams = 0\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("rtp.max_streams"), "{err}");
+    }
+}

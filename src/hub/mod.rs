@@ -1,0 +1,1 @@
+//! Stream registry and fan-out. (being written)

@@ -1,0 +1,135 @@
+//! The one frame type that flows from every ingest, through the hub, to every egress.
+//!
+//! Timestamps are in a fixed 90 kHz clock, widened to i64 (33-bit PS and 32-bit RTP wraps are
+//! unwrapped before a frame is built). Video payloads are AVCC/HVCC style: each NAL unit is
+//! prefixed by its 4-byte big-endian length, access unit delimiters are removed, and keyframes
+//! carry their parameter sets in band. That form is what RTMP/FLV sends as is, and what an RTP
+//! packetiser walks without scanning for start codes.
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// The clock every [`Frame`] timestamp is expressed in.
+pub const CLOCK_RATE: i64 = 90_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    H264,
+    H265,
+    G711A,
+    G711U,
+    Aac,
+}
+
+impl Codec {
+    pub fn kind(self) -> MediaKind {
+        match self {
+            Codec::H264 | Codec::H265 => MediaKind::Video,
+            Codec::G711A | Codec::G711U | Codec::Aac => MediaKind::Audio,
+        }
+    }
+
+    /// The lower-case name used in the API and in `probe` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::H264 => "h264",
+            Codec::H265 => "h265",
+            Codec::G711A => "g711a",
+            Codec::G711U => "g711u",
+            Codec::Aac => "aac",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Video,
+    Audio,
+}
+
+/// Decoder configuration of a video track, taken from the in-band parameter sets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VideoConfig {
+    /// H.265 only.
+    pub vps: Option<Bytes>,
+    pub sps: Bytes,
+    pub pps: Bytes,
+    pub width: u32,
+    pub height: u32,
+    /// `profile_idc` (H.264) or `general_profile_idc` (H.265).
+    pub profile: u8,
+    pub level: u8,
+}
+
+/// Decoder configuration of an audio track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioConfig {
+    pub sample_rate: u32,
+    pub channels: u8,
+    /// AAC AudioSpecificConfig (2 bytes for AAC-LC); `None` for G.711.
+    pub asc: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodecConfig {
+    Video(VideoConfig),
+    Audio(AudioConfig),
+}
+
+/// One access unit (video) or one audio frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub codec: Codec,
+    /// Presentation time, 90 kHz.
+    pub pts: i64,
+    /// Decoding time, 90 kHz. Equal to `pts` when the source has no B-frames.
+    pub dts: i64,
+    /// A random-access point: IDR/IRAP for video; every audio frame is a keyframe.
+    pub keyframe: bool,
+    /// Video: 4-byte-length-prefixed NAL units. G.711: raw samples. AAC: one raw frame, ADTS removed.
+    pub data: Bytes,
+    /// The track's configuration when this frame was produced. Shared, replaced only when it changes.
+    pub config: Arc<CodecConfig>,
+}
+
+impl Frame {
+    pub fn kind(&self) -> MediaKind {
+        self.codec.kind()
+    }
+
+    /// Iterates the NAL units of a video frame (each without its length prefix).
+    /// Stops quietly at a truncated length; frames are built by us so that never happens.
+    pub fn nal_units(&self) -> NalUnits<'_> {
+        NalUnits { rest: &self.data }
+    }
+}
+
+pub struct NalUnits<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for NalUnits<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.rest[0], self.rest[1], self.rest[2], self.rest[3]]) as usize;
+        if self.rest.len() < 4 + len {
+            return None;
+        }
+        let nal = &self.rest[4..4 + len];
+        self.rest = &self.rest[4 + len..];
+        Some(nal)
+    }
+}

@@ -1,0 +1,1 @@
+//! Per-stream ingest pipeline. (being written)

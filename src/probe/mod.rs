@@ -1,0 +1,1 @@
+//! `gbgate probe`. (being written)

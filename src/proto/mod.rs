@@ -1,0 +1,3 @@
+//! Sans-IO protocol modules: bytes in, events out. No tokio, no sockets, no clocks here.
+pub mod ps;
+pub mod rtp;
