@@ -1,1 +1,3 @@
-//! `gbgate probe`. (being written)
+//! `gbgate probe`: the field engineer's "why is there no picture" tool.
+pub mod reader;
+pub mod report;

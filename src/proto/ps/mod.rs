@@ -1,1 +1,3 @@
-//! MPEG-2 Program Stream (ISO/IEC 13818-1 §2.5) demuxer and muxer. (being written)
+//! MPEG-2 Program Stream (ISO/IEC 13818-1 §2.5), as GB/T 28181 cameras send it.
+pub mod demux;
+pub mod mux;

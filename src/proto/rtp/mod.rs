@@ -13,6 +13,9 @@
 //! ```
 use bytes::Bytes;
 
+pub mod reorder;
+pub mod tcp;
+
 /// A parsed RTP packet. `payload` is a zero-copy slice of the datagram, padding removed.
 #[derive(Debug, Clone)]
 pub struct RtpPacket {
@@ -148,3 +151,4 @@ mod tests {
         assert_eq!(&pkt.payload[..], b"abc");
     }
 }
+

@@ -1,0 +1,1 @@
+//! Probe report (being written).

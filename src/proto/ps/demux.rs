@@ -1,0 +1,1 @@
+//! PS demuxer (being written).

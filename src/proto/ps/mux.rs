@@ -1,0 +1,1 @@
+//! PS muxer (being written).

@@ -1,0 +1,1 @@
+//! RTP reorder buffer (being written).
