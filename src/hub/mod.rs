@@ -1,1 +1,340 @@
-//! Stream registry and fan-out. (being written)
+//! The stream hub: a registry of live streams, each with a GOP cache and bounded fan-out.
+//!
+//! Policy (moonfire-nvr / mediamtx style, see docs/architecture.md):
+//! - The publisher never waits for a subscriber. Each subscriber has its own bounded queue and
+//!   frames are handed over with `try_send` (a `Frame` clone is a few reference-count bumps).
+//! - A subscriber whose queue is full loses frames until the next video keyframe (counted as
+//!   drops). One that has to skip more than `max_skips_per_minute` times is disconnected.
+//! - A new subscriber first receives the cached GOP (from the last keyframe), so its first
+//!   picture does not wait for the next keyframe. The snapshot and the registration happen under
+//!   the same lock as publishing, so there is neither a gap nor a duplicate between them.
+//! - Queues exist only for subscribers: a stream nobody watches holds only its GOP cache.
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::HubConfig;
+use crate::media::{Frame, MediaKind};
+
+mod gop;
+pub use gop::GopCache;
+
+/// How a stream arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Where a stream comes from. `peer` is the first source address seen (a camera behind NAT may
+/// later send from elsewhere; the first address is what an operator matches against SIP).
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    pub ssrc: u32,
+}
+
+/// Per-stream ingest figures, refreshed by the stream's ingest task.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStats {
+    pub video: Option<VideoStats>,
+    pub audio: Option<AudioStats>,
+    pub bytes_in: u64,
+    pub packets: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub late: u64,
+    /// Packets dropped because the stream's task could not keep up (socket -> task queue full).
+    pub queue_drops: u64,
+    /// Bytes the PS demuxer skipped while searching for sync.
+    pub garbage_bytes: u64,
+    pub resyncs: u64,
+    pub dropped_frames: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VideoStats {
+    pub codec: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub fps: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AudioStats {
+    pub codec: &'static str,
+    pub sample_rate: u32,
+    pub channels: u8,
+    pub frames: u64,
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionEnded {
+    #[error("the stream ended")]
+    StreamEnded,
+    #[error("the subscriber fell behind too often and was disconnected")]
+    TooSlow,
+}
+
+struct SubscriberSlot {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    needs_keyframe: bool,
+    skips: VecDeque<Instant>,
+    drops: Arc<AtomicU64>,
+    kicked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Fanout {
+    gop: GopCache,
+    subscribers: Vec<SubscriberSlot>,
+    has_video: bool,
+    closed: bool,
+}
+
+/// One live stream.
+pub struct Stream {
+    pub name: String,
+    pub source: Source,
+    pub started_at: SystemTime,
+    fanout: Mutex<Fanout>,
+    stats: Mutex<StreamStats>,
+    next_subscriber: AtomicU64,
+    /// Frames not delivered to some subscriber, summed over subscribers.
+    drops: AtomicU64,
+    cfg: HubConfig,
+}
+
+impl Stream {
+    fn new(name: String, source: Source, cfg: HubConfig) -> Stream {
+        Stream {
+            name,
+            source,
+            started_at: SystemTime::now(),
+            fanout: Mutex::new(Fanout {
+                gop: GopCache::new(cfg.gop_cache_bytes, cfg.gop_cache_duration.0),
+                subscribers: Vec::new(),
+                has_video: false,
+                closed: false,
+            }),
+            stats: Mutex::new(StreamStats::default()),
+            next_subscriber: AtomicU64::new(1),
+            drops: AtomicU64::new(0),
+            cfg,
+        }
+    }
+
+    /// Publishes one frame: into the GOP cache and to every subscriber, never waiting.
+    pub fn publish(&self, frame: Frame) {
+        let now = Instant::now();
+        let mut f = lock(&self.fanout);
+        if f.closed {
+            return;
+        }
+        let is_video = frame.kind() == MediaKind::Video;
+        f.has_video |= is_video;
+        let has_video = f.has_video;
+        let max_skips = self.cfg.max_skips_per_minute as usize;
+        f.subscribers.retain_mut(|s| {
+            if s.needs_keyframe {
+                // Resume only at a video keyframe (or any frame of an audio-only stream).
+                let resumes = if has_video { is_video && frame.keyframe } else { true };
+                if !resumes {
+                    s.drops.fetch_add(1, Ordering::Relaxed);
+                    self.drops.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+            }
+            match s.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    s.needs_keyframe = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.drops.fetch_add(1, Ordering::Relaxed);
+                    self.drops.fetch_add(1, Ordering::Relaxed);
+                    if !s.needs_keyframe {
+                        s.needs_keyframe = true;
+                        while s.skips.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+                            s.skips.pop_front();
+                        }
+                        s.skips.push_back(now);
+                        if s.skips.len() > max_skips {
+                            tracing::info!(stream = %self.name, subscriber = s.id, "subscriber too slow, disconnecting");
+                            s.kicked.store(true, Ordering::Relaxed);
+                            return false;
+                        }
+                    }
+                    true
+                }
+                // The subscriber went away.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        f.gop.push(frame);
+    }
+
+    /// Subscribes: the returned subscription yields the cached GOP first, then live frames.
+    pub fn subscribe(&self) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.cfg.subscriber_queue);
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let drops = Arc::new(AtomicU64::new(0));
+        let kicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut f = lock(&self.fanout);
+        let backlog: VecDeque<Frame> = f.gop.frames().cloned().collect();
+        if !f.closed {
+            f.subscribers.push(SubscriberSlot {
+                id,
+                tx,
+                needs_keyframe: false,
+                skips: VecDeque::new(),
+                drops: drops.clone(),
+                kicked: kicked.clone(),
+            });
+        }
+        Subscription { id, backlog, rx, drops, kicked }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        lock(&self.fanout).subscribers.len()
+    }
+
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::Relaxed)
+    }
+
+    pub fn set_stats(&self, stats: StreamStats) {
+        *lock(&self.stats) = stats;
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Number of frames and bytes in the GOP cache.
+    pub fn gop_cache_usage(&self) -> (usize, usize) {
+        let f = lock(&self.fanout);
+        (f.gop.len(), f.gop.bytes())
+    }
+
+    fn close(&self) {
+        let mut f = lock(&self.fanout);
+        f.closed = true;
+        // Dropping the senders ends every subscription once its queue is drained.
+        f.subscribers.clear();
+        f.gop.clear();
+    }
+}
+
+/// A subscriber's end: the GOP backlog, then the live queue.
+pub struct Subscription {
+    pub id: u64,
+    backlog: VecDeque<Frame>,
+    rx: mpsc::Receiver<Frame>,
+    drops: Arc<AtomicU64>,
+    kicked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Result<Frame, SubscriptionEnded> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Ok(frame);
+        }
+        match self.rx.recv().await {
+            Some(frame) => Ok(frame),
+            None if self.kicked.load(Ordering::Relaxed) => Err(SubscriptionEnded::TooSlow),
+            None => Err(SubscriptionEnded::StreamEnded),
+        }
+    }
+
+    /// Frames this subscriber did not receive because it was too slow.
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("stream limit of {0} reached")]
+    TooManyStreams(usize),
+}
+
+/// The registry of live streams.
+pub struct Hub {
+    streams: RwLock<HashMap<String, Arc<Stream>>>,
+    cfg: HubConfig,
+    max_streams: usize,
+}
+
+impl Hub {
+    pub fn new(cfg: HubConfig, max_streams: usize) -> Arc<Hub> {
+        Arc::new(Hub { streams: RwLock::new(HashMap::new()), cfg, max_streams })
+    }
+
+    /// Creates a stream. A stream already live under the same name is replaced (the newer source
+    /// wins: a camera that reconnects must not wait for its stale stream to time out).
+    pub fn create(&self, name: &str, source: Source) -> Result<Arc<Stream>, PublishError> {
+        let stream = Arc::new(Stream::new(name.to_string(), source, self.cfg.clone()));
+        let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        if !streams.contains_key(name) && streams.len() >= self.max_streams {
+            return Err(PublishError::TooManyStreams(self.max_streams));
+        }
+        if let Some(old) = streams.insert(name.to_string(), stream.clone()) {
+            tracing::info!(stream = name, "a new source replaces the live stream");
+            old.close();
+        }
+        Ok(stream)
+    }
+
+    /// Removes `stream` if it is still the one registered under its name.
+    pub fn remove(&self, stream: &Arc<Stream>) {
+        let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
+        if streams.get(&stream.name).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(&stream.name);
+        }
+        drop(streams);
+        stream.close();
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Stream>> {
+        let mut v: Vec<_> = self.streams.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning: every critical section here leaves the data
+/// consistent, so a panic elsewhere must not take the stream down with it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

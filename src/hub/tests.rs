@@ -1,0 +1,139 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::HumanDuration;
+use crate::media::{AudioConfig, Codec, CodecConfig, VideoConfig};
+
+fn video(pts: i64, key: bool, size: usize) -> Frame {
+    Frame {
+        codec: Codec::H264,
+        pts,
+        dts: pts,
+        keyframe: key,
+        data: Bytes::from(vec![0u8; size]),
+        config: Arc::new(CodecConfig::Video(VideoConfig::default())),
+    }
+}
+
+fn audio(pts: i64) -> Frame {
+    Frame {
+        codec: Codec::G711A,
+        pts,
+        dts: pts,
+        keyframe: true,
+        data: Bytes::from_static(&[0xd5; 320]),
+        config: Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None })),
+    }
+}
+
+fn source() -> Source {
+    Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: 1 }
+}
+
+fn hub(queue: usize) -> Arc<Hub> {
+    let cfg = HubConfig {
+        gop_cache_bytes: 1 << 20,
+        gop_cache_duration: HumanDuration(Duration::from_secs(10)),
+        subscriber_queue: queue,
+        max_skips_per_minute: 3,
+    };
+    Hub::new(cfg, 2)
+}
+
+#[tokio::test]
+async fn new_subscriber_starts_at_cached_gop_without_gap() {
+    let hub = hub(64);
+    let s = hub.create("a", source()).unwrap();
+    s.publish(video(0, false, 10)); // before any keyframe: not cached
+    s.publish(video(3600, true, 10));
+    s.publish(audio(3600));
+    s.publish(video(7200, false, 10));
+    let mut sub = s.subscribe();
+    s.publish(video(10800, false, 10));
+    let got: Vec<i64> = [(); 4].iter().map(|_| 0).collect();
+    let mut pts = Vec::new();
+    for _ in got {
+        pts.push(sub.recv().await.unwrap().pts);
+    }
+    assert_eq!(pts, vec![3600, 3600, 7200, 10800]);
+}
+
+#[tokio::test]
+async fn slow_subscriber_skips_to_next_keyframe_and_fast_one_loses_nothing() {
+    let hub = hub(4);
+    let s = hub.create("a", source()).unwrap();
+    let mut slow = s.subscribe();
+    let mut fast = s.subscribe();
+    let mut fast_got = Vec::new();
+    for i in 0..10 {
+        s.publish(video(i * 3600, i == 0 || i == 8, 10));
+        fast_got.push(fast.recv().await.unwrap().pts);
+    }
+    assert_eq!(fast_got.len(), 10);
+    assert_eq!(fast.drops(), 0);
+    // slow read nothing: it holds frames 0..3, lost 4..7, resumed at keyframe 8.
+    let mut slow_got = Vec::new();
+    for _ in 0..6 {
+        slow_got.push(slow.recv().await.unwrap().pts / 3600);
+    }
+    assert_eq!(slow_got, vec![0, 1, 2, 3, 8, 9]);
+    assert_eq!(slow.drops(), 4);
+    assert_eq!(s.drops(), 4);
+}
+
+#[tokio::test]
+async fn subscriber_that_keeps_falling_behind_is_disconnected() {
+    let hub = hub(1);
+    let s = hub.create("a", source()).unwrap();
+    let mut sub = s.subscribe();
+    for i in 0..40 {
+        s.publish(video(i * 3600, i % 2 == 0, 10));
+    }
+    assert_eq!(s.subscriber_count(), 0);
+    assert_eq!(sub.recv().await.unwrap().pts, 0);
+    assert_eq!(sub.recv().await.unwrap_err(), SubscriptionEnded::TooSlow);
+}
+
+#[tokio::test]
+async fn removing_a_stream_ends_subscriptions_and_limit_holds() {
+    let hub = hub(8);
+    let a = hub.create("a", source()).unwrap();
+    hub.create("b", source()).unwrap();
+    assert_eq!(hub.create("c", source()).err(), Some(PublishError::TooManyStreams(2)));
+    let mut sub = a.subscribe();
+    hub.remove(&a);
+    assert_eq!(sub.recv().await.unwrap_err(), SubscriptionEnded::StreamEnded);
+    assert!(hub.get("a").is_none());
+    hub.create("c", source()).unwrap();
+}
+
+#[test]
+fn gop_cache_is_bounded_and_restarts_at_keyframe() {
+    let mut gop = GopCache::new(1000, Duration::from_secs(10));
+    gop.push(video(0, true, 400));
+    gop.push(video(3600, false, 400));
+    assert_eq!(gop.len(), 2);
+    gop.push(video(7200, false, 400)); // 1200 bytes > 1000: overflow
+    assert_eq!(gop.len(), 0);
+    gop.push(video(10800, false, 10));
+    assert_eq!(gop.len(), 0);
+    gop.push(video(14400, true, 10));
+    assert_eq!((gop.len(), gop.bytes()), (1, 10));
+    let mut gop = GopCache::new(1 << 20, Duration::from_secs(1));
+    for i in 0..30 {
+        gop.push(video(i * 3600, i == 0, 10));
+    }
+    assert_eq!(gop.len(), 0, "a GOP longer than the duration bound is dropped");
+}
+
+#[test]
+fn audio_only_cache_is_a_short_window() {
+    let mut gop = GopCache::new(1 << 20, Duration::from_secs(10));
+    for i in 0..100 {
+        gop.push(audio(i * 3600));
+    }
+    let first = gop.frames().next().unwrap().pts;
+    assert!(99 * 3600 - first <= 45000 && gop.len() >= 12, "window of 0.5 s, got {}", gop.len());
+}
