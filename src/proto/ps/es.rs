@@ -20,10 +20,9 @@ const DEFAULT_DUR: i64 = 3600;
 const SKIP: u8 = 0xFF;
 
 /// Unwraps a 33-bit timestamp to the candidate nearest `last` (the first value is taken as is).
-/// Returns the value and whether it crossed a 2^33 boundary.
-pub(crate) fn unwrap_ts(last: Option<i64>, raw: u64) -> (i64, bool) {
+pub(crate) fn unwrap_ts(last: Option<i64>, raw: u64) -> i64 {
     let raw = (raw & MASK) as i64;
-    let Some(last) = last else { return (raw, false) };
+    let Some(last) = last else { return raw };
     let base = last.rem_euclid(WRAP);
     let mut d = raw - base;
     if d > WRAP / 2 {
@@ -31,8 +30,16 @@ pub(crate) fn unwrap_ts(last: Option<i64>, raw: u64) -> (i64, bool) {
     } else if d < -WRAP / 2 {
         d += WRAP;
     }
-    let v = last.saturating_add(d);
-    (v, v.div_euclid(WRAP) != last.div_euclid(WRAP))
+    last.saturating_add(d)
+}
+
+/// Counts a wrap when a track's stream timestamps move into another 2^33 epoch.
+fn note_epoch(epoch: &mut Option<i64>, v: i64, st: &mut DemuxStats) {
+    let e = v.div_euclid(WRAP);
+    if epoch.is_some_and(|old| old != e) {
+        st.pts_wraps += 1;
+    }
+    *epoch = Some(e);
 }
 
 #[derive(Clone, Copy)]
@@ -66,6 +73,7 @@ pub(crate) struct VideoEs {
     force_cut: Option<(u64, u64)>,
     last_pts: Option<i64>,
     last_dts: Option<i64>,
+    epoch: Option<i64>,
     dur: i64,
     need_key: bool,
     vps: Option<Bytes>,
@@ -93,6 +101,7 @@ impl VideoEs {
             force_cut: None,
             last_pts: None,
             last_dts: None,
+            epoch: None,
             dur: DEFAULT_DUR,
             need_key: true,
             vps: None,
@@ -341,11 +350,9 @@ impl VideoEs {
         }
         let (pts, dts) = match (hit, self.last_pts, self.last_dts) {
             (Some((_, p, d)), lp, ld) => {
-                let (pts, wrapped) = unwrap_ts(lp, p);
-                if wrapped {
-                    st.pts_wraps += 1;
-                }
-                let dts = d.map_or(pts, |d| unwrap_ts(Some(pts), d).0);
+                let pts = unwrap_ts(lp, p);
+                note_epoch(&mut self.epoch, pts, st);
+                let dts = d.map_or(pts, |d| unwrap_ts(Some(pts), d));
                 if let Some(ld) = ld {
                     let step = dts.saturating_sub(ld);
                     if step > 0 && step <= 90_000 {
@@ -462,6 +469,7 @@ pub(crate) struct AudioEs {
     /// Next frame's timestamps when a PES carries none: anchor + samples since the anchor.
     anchor: Option<(i64, i64)>,
     samples: u64,
+    epoch: Option<i64>,
     sample_rate: u32,
     prev: Option<(i64, usize)>,
     streak16: u8,
@@ -481,6 +489,7 @@ impl AudioEs {
             in_pes: false,
             anchor: None,
             samples: 0,
+            epoch: None,
             sample_rate: 8000,
             prev: None,
             streak16: 0,
@@ -565,11 +574,9 @@ impl AudioEs {
 
     fn anchor_to(&mut self, raw: (u64, Option<u64>), st: &mut DemuxStats) -> (i64, i64) {
         let last = self.anchor.map(|_| self.next_ts().0);
-        let (pts, wrapped) = unwrap_ts(last, raw.0);
-        if wrapped {
-            st.pts_wraps += 1;
-        }
-        let dts = raw.1.map_or(pts, |d| unwrap_ts(Some(pts), d).0);
+        let pts = unwrap_ts(last, raw.0);
+        note_epoch(&mut self.epoch, pts, st);
+        let dts = raw.1.map_or(pts, |d| unwrap_ts(Some(pts), d));
         self.anchor = Some((pts, dts));
         self.samples = 0;
         (pts, dts)
@@ -715,10 +722,10 @@ mod tests {
 
     #[test]
     fn unwrap_picks_nearest() {
-        assert_eq!(unwrap_ts(None, 5), (5, false));
+        assert_eq!(unwrap_ts(None, 5), 5);
         let near = (1i64 << 33) - 100;
-        assert_eq!(unwrap_ts(Some(near), 50), ((1 << 33) + 50, true));
-        assert_eq!(unwrap_ts(Some((1 << 33) + 50), (1 << 33) - 10), ((1 << 33) - 10, true));
-        assert_eq!(unwrap_ts(Some(1000), 900), (900, false));
+        assert_eq!(unwrap_ts(Some(near), 50), (1 << 33) + 50);
+        assert_eq!(unwrap_ts(Some((1 << 33) + 50), (1 << 33) - 10), (1 << 33) - 10);
+        assert_eq!(unwrap_ts(Some(1000), 900), 900);
     }
 }
