@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::es::{AudioEs, AudioHint, VideoEs};
+use super::es::{self, AudioEs, AudioHint, VideoEs};
 use crate::media::frame::{Codec, CodecConfig, Frame};
 
 /// Cap on the bytes kept between pushes (an incomplete header tail; at most a 64 KiB PSM).
@@ -629,3 +629,7 @@ impl PsDemuxer {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "demux_tests.rs"]
+mod tests;

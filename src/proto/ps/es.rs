@@ -111,6 +111,12 @@ impl VideoEs {
         }
     }
 
+    /// Bytes held for the pending access unit.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// A video PES header was parsed; its payload follows.
     pub fn on_pes(&mut self, pts: Option<u64>, dts: Option<u64>) {
         if let Some(pts) = pts {
