@@ -1,6 +1,8 @@
 //! AAC in ADTS: header parsing, AudioSpecificConfig building, splitting a buffer into frames.
 
-pub const SAMPLE_RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+pub const SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdtsHeader {
@@ -45,7 +47,9 @@ pub fn parse_adts(b: &[u8]) -> Option<AdtsHeader> {
 
 /// 2-byte AudioSpecificConfig: object type (5 bits), sampling index (4), channel config (4).
 pub fn audio_specific_config(h: &AdtsHeader) -> [u8; 2] {
-    let v: u16 = ((h.object_type as u16 & 0x1F) << 11) | ((h.sampling_index as u16 & 0x0F) << 7) | ((h.channel_config as u16 & 0x0F) << 3);
+    let v: u16 = ((h.object_type as u16 & 0x1F) << 11)
+        | ((h.sampling_index as u16 & 0x0F) << 7)
+        | ((h.channel_config as u16 & 0x0F) << 3);
     v.to_be_bytes()
 }
 
@@ -62,7 +66,11 @@ pub fn looks_like_adts(b: &[u8]) -> bool {
 /// Splits `b` into complete ADTS frames: calls `f(header, raw_payload, offset)` for each and returns
 /// the number of bytes consumed (a trailing partial frame is not consumed). Non-ADTS bytes
 /// are skipped up to the next sync word (returned count includes them) — `skipped` is added to.
-pub fn split_adts(b: &[u8], skipped: &mut u64, mut f: impl FnMut(&AdtsHeader, &[u8], usize)) -> usize {
+pub fn split_adts(
+    b: &[u8],
+    skipped: &mut u64,
+    mut f: impl FnMut(&AdtsHeader, &[u8], usize),
+) -> usize {
     let mut pos = 0;
     while pos < b.len() {
         match parse_adts(&b[pos..]) {
@@ -105,10 +113,20 @@ mod tests {
     fn parses_header_and_asc() {
         let f = adts(100);
         let h = parse_adts(&f).unwrap();
-        assert_eq!((h.object_type, h.sample_rate, h.channel_config, h.frame_len, h.header_len), (2, 16000, 1, 100, 7));
+        assert_eq!(
+            (
+                h.object_type,
+                h.sample_rate,
+                h.channel_config,
+                h.frame_len,
+                h.header_len
+            ),
+            (2, 16000, 1, 100, 7)
+        );
         assert_eq!(audio_specific_config(&h), [0x14, 0x08]);
         assert!(parse_adts(&[0xFF, 0xF7, 0x60, 0x40, 0, 0, 0]).is_none()); // layer != 0
-        assert!(parse_adts(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).is_none()); // mu-law silence
+        assert!(parse_adts(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).is_none());
+        // mu-law silence
     }
 
     #[test]

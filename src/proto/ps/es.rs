@@ -124,7 +124,8 @@ impl VideoEs {
             if self.pts_q.len() >= 64 {
                 self.pts_q.pop_front();
             }
-            self.pts_q.push_back((abs, pts & MASK, dts.map(|d| d & MASK)));
+            self.pts_q
+                .push_back((abs, pts & MASK, dts.map(|d| d & MASK)));
             self.force_cut = Some((abs, pts & MASK));
         }
     }
@@ -207,7 +208,11 @@ impl VideoEs {
             };
             let p = self.scan + rel;
             // Bytes after the start code needed to classify the NAL (slice header's first byte).
-            let need = if self.codec == Some(Codec::H265) { 3 } else { 2 };
+            let need = if self.codec == Some(Codec::H265) {
+                3
+            } else {
+                2
+            };
             if p + 3 + need > len && !last {
                 self.scan = p;
                 return;
@@ -243,7 +248,9 @@ impl VideoEs {
 
     /// Ends the current NAL at `p`, trimming trailing zeros (the first byte of a 4-byte start code).
     fn close_nal(&mut self, p: usize) {
-        let Some((s, ty)) = self.cur.take() else { return };
+        let Some((s, ty)) = self.cur.take() else {
+            return;
+        };
         let mut end = p.min(self.buf.len());
         while end > s && self.buf[end - 1] == 0 {
             end -= 1;
@@ -256,13 +263,18 @@ impl VideoEs {
     /// While the codec is unknown: try to recognise the NAL just closed (the last range) as an
     /// SPS. An SPS that parses decides; the PSM's claim is the fallback for an SPS we cannot parse.
     fn sniff(&mut self, _p: usize, st: &mut DemuxStats) -> bool {
-        let Some(r) = self.nals.pop() else { return false };
+        let Some(r) = self.nals.pop() else {
+            return false;
+        };
         self.nals.clear();
         let nal = &self.buf[r.start..r.end];
         let Some(&h) = nal.first() else { return false };
         let found = if h & 0x80 != 0 {
             None
-        } else if h265::nal_type(h) == h265::NAL_SPS && nal.get(1) == Some(&1) && h265::parse_sps(nal).is_some() {
+        } else if h265::nal_type(h) == h265::NAL_SPS
+            && nal.get(1) == Some(&1)
+            && h265::parse_sps(nal).is_some()
+        {
             Some(Codec::H265)
         } else if h264::nal_type(h) == h264::NAL_SPS && h264::parse_sps(nal).is_some() {
             Some(Codec::H264)
@@ -302,7 +314,11 @@ impl VideoEs {
                 (t, h264::is_vcl(t), t == h264::NAL_IDR, t == h264::NAL_AUD)
             }
         };
-        let mut cut = if h265 { h265::starts_au(hdr, self.au_vcl) } else { h264::starts_au(hdr, self.au_vcl) };
+        let mut cut = if h265 {
+            h265::starts_au(hdr, self.au_vcl)
+        } else {
+            h264::starts_au(hdr, self.au_vcl)
+        };
         if let Some((fa, fpts)) = self.force_cut {
             // 3- or 4-byte start code at the very start of a PES that has a new PTS.
             if abs == fa || abs == fa + 1 {
@@ -367,7 +383,9 @@ impl VideoEs {
                 }
                 (pts, dts)
             }
-            (None, Some(lp), Some(ld)) => (lp.saturating_add(self.dur), ld.saturating_add(self.dur)),
+            (None, Some(lp), Some(ld)) => {
+                (lp.saturating_add(self.dur), ld.saturating_add(self.dur))
+            }
             _ => (0, 0),
         };
         self.au_pts = pts;
@@ -393,8 +411,12 @@ impl VideoEs {
             size += 4 + (r.end - r.start);
             let nal = &self.buf[r.start..r.end];
             changed |= match (codec, r.ty) {
-                (Codec::H264, h264::NAL_SPS) | (Codec::H265, h265::NAL_SPS) => Self::set_param(&mut self.sps, nal),
-                (Codec::H264, h264::NAL_PPS) | (Codec::H265, h265::NAL_PPS) => Self::set_param(&mut self.pps, nal),
+                (Codec::H264, h264::NAL_SPS) | (Codec::H265, h265::NAL_SPS) => {
+                    Self::set_param(&mut self.sps, nal)
+                }
+                (Codec::H264, h264::NAL_PPS) | (Codec::H265, h265::NAL_PPS) => {
+                    Self::set_param(&mut self.pps, nal)
+                }
                 (Codec::H265, h265::NAL_VPS) => Self::set_param(&mut self.vps, nal),
                 _ => false,
             };
@@ -432,16 +454,30 @@ impl VideoEs {
     }
 
     fn rebuild_config(&mut self, codec: Codec) {
-        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else { return };
+        let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
+            return;
+        };
         let (vps, w, h, profile, level) = match codec {
             Codec::H265 => {
                 let Some(vps) = &self.vps else { return };
                 let i = h265::parse_sps(sps);
-                (Some(vps.clone()), i.map_or(0, |i| i.width), i.map_or(0, |i| i.height), i.map_or(0, |i| i.profile), i.map_or(0, |i| i.level))
+                (
+                    Some(vps.clone()),
+                    i.map_or(0, |i| i.width),
+                    i.map_or(0, |i| i.height),
+                    i.map_or(0, |i| i.profile),
+                    i.map_or(0, |i| i.level),
+                )
             }
             _ => {
                 let i = h264::parse_sps(sps);
-                (None, i.map_or(0, |i| i.width), i.map_or(0, |i| i.height), i.map_or(0, |i| i.profile), i.map_or(0, |i| i.level))
+                (
+                    None,
+                    i.map_or(0, |i| i.width),
+                    i.map_or(0, |i| i.height),
+                    i.map_or(0, |i| i.profile),
+                    i.map_or(0, |i| i.level),
+                )
             }
         };
         self.config = Some(Arc::new(CodecConfig::Video(VideoConfig {
@@ -571,7 +607,8 @@ impl AudioEs {
         match self.anchor {
             Some((p, d)) => {
                 let rate = self.sample_rate.max(1) as u64;
-                let ticks = (self.samples.saturating_mul(90_000) / rate).min(i64::MAX as u64 / 4) as i64;
+                let ticks =
+                    (self.samples.saturating_mul(90_000) / rate).min(i64::MAX as u64 / 4) as i64;
                 (p.saturating_add(ticks), d.saturating_add(ticks))
             }
             None => (0, 0),
@@ -632,7 +669,13 @@ impl AudioEs {
             dts,
             keyframe: true,
             data: Bytes::copy_from_slice(&self.buf),
-            config: self.config.clone().unwrap_or_else(|| Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None }))),
+            config: self.config.clone().unwrap_or_else(|| {
+                Arc::new(CodecConfig::Audio(AudioConfig {
+                    sample_rate: 8000,
+                    channels: 1,
+                    asc: None,
+                }))
+            }),
         });
         self.buf.clear();
     }
@@ -640,7 +683,9 @@ impl AudioEs {
     /// PS carries no G.711 rate: infer 16 kHz from bytes per PTS step (640 B per 3600 ticks),
     /// requiring three consistent steps before switching either way.
     fn infer_rate(&mut self, pts: i64) {
-        let Some((ppts, bytes)) = self.prev else { return };
+        let Some((ppts, bytes)) = self.prev else {
+            return;
+        };
         let step = pts.saturating_sub(ppts);
         if step <= 0 {
             return;
@@ -672,7 +717,11 @@ impl AudioEs {
 
     fn set_g711_config(&mut self, rate: u32) {
         self.sample_rate = rate;
-        self.config = Some(Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None })));
+        self.config = Some(Arc::new(CodecConfig::Audio(AudioConfig {
+            sample_rate: rate,
+            channels: 1,
+            asc: None,
+        })));
     }
 
     fn end_aac(&mut self, out: &mut Vec<Frame>, st: &mut DemuxStats) {
@@ -707,7 +756,14 @@ impl AudioEs {
             self.samples = self.samples.saturating_add(1024 * h.blocks as u64);
             st.audio_frames += 1;
             if let Some(cfg) = &self.config {
-                out.push(Frame { codec: Codec::Aac, pts, dts, keyframe: true, data: Bytes::copy_from_slice(&buf[s..e]), config: cfg.clone() });
+                out.push(Frame {
+                    codec: Codec::Aac,
+                    pts,
+                    dts,
+                    keyframe: true,
+                    data: Bytes::copy_from_slice(&buf[s..e]),
+                    config: cfg.clone(),
+                });
             }
         }
         // Keep a partial frame (split across PES) for the next PES.
@@ -731,7 +787,10 @@ mod tests {
         assert_eq!(unwrap_ts(None, 5), 5);
         let near = (1i64 << 33) - 100;
         assert_eq!(unwrap_ts(Some(near), 50), (1 << 33) + 50);
-        assert_eq!(unwrap_ts(Some((1 << 33) + 50), (1 << 33) - 10), (1 << 33) - 10);
+        assert_eq!(
+            unwrap_ts(Some((1 << 33) + 50), (1 << 33) - 10),
+            (1 << 33) - 10
+        );
         assert_eq!(unwrap_ts(Some(1000), 900), 900);
     }
 }
