@@ -535,3 +535,60 @@ fn throughput() {
         n
     );
 }
+
+/// Mutation fuzz over the real fixtures (bit flips, truncations, random losses): must never
+/// panic. `cargo test --release --test ps_fixtures fuzz_fixtures -- --ignored`.
+#[test]
+#[ignore]
+fn fuzz_fixtures() {
+    let Some(s) = shared() else { return };
+    let mut x: u64 = 0xDEAD_BEEF_1234_5678;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for f in [
+        "synthetic/h265_aac_16k.ps",
+        "synthetic/ffmpeg_mpeg1_h264.ps",
+        "synthetic/h264_g711a_8k_wrap.ps",
+        "real/avstackdocs/hik_d1_h264_01e168e1.ps",
+        "real/spvmn-tool/Audio_G711_PS2.mpg",
+        "real/avstackdocs/gb_live_media_udp_hik_nonps.rtp",
+    ] {
+        let base = std::fs::read(s.join("fixtures").join(f)).unwrap();
+        let base = &base[..base.len().min(400_000)];
+        for _ in 0..40 {
+            let mut d = base.to_vec();
+            for _ in 0..(rnd() % 200) {
+                let i = rnd() as usize % d.len();
+                d[i] = rnd() as u8;
+            }
+            let mut dm = PsDemuxer::new();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < d.len() {
+                let n = (1 + rnd() as usize % 3000).min(d.len() - i);
+                dm.push(&d[i..i + n], &mut out);
+                if rnd() % 100 == 0 {
+                    dm.lost();
+                }
+                i += n;
+                out.clear();
+            }
+            dm.flush(&mut out);
+            let _ = dm.stats().anomalies();
+        }
+    }
+}
+
+/// RTP labelled PS that is not PS (PROVENANCE 1d): no sync, no frames, everything counted as garbage.
+#[test]
+fn hik_nonps_finds_no_sync() {
+    let d = fixture!("real/avstackdocs/gb_live_media_udp_hik_nonps.rtp");
+    let o = demux(&d);
+    assert!(o.frames.is_empty());
+    assert_eq!(o.stats.packs, 0);
+    assert!(o.stats.garbage_bytes + 3 >= d.len() as u64);
+}
