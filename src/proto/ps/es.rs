@@ -158,6 +158,9 @@ impl VideoEs {
                 self.emit(end, out, st);
             }
         }
+        // Nothing survives a flush (a still-sniffing buffer included).
+        let n = self.buf.len();
+        self.consume(n);
         self.reset_au();
     }
 
