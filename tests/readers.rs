@@ -592,3 +592,71 @@ fn errors_name_the_file() {
     let e = read_capture(&path).unwrap_err().to_string();
     assert!(e.contains("truncated global header"), "{e}");
 }
+
+/// The project's own fixtures agree with their expected.json (checked structurally, by lengths).
+#[test]
+fn own_fixtures_match_expected_json() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let list = doc["fixtures"].as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    for fx in list {
+        let name = fx["name"].as_str().unwrap();
+        let n = |k: &str| fx[k].as_u64().unwrap() as usize;
+        let cap = read_capture(&dir.join(format!("{name}.rtp"))).unwrap();
+        assert_eq!(cap.format, CaptureFormat::RtpDump);
+        let pkts: Vec<RtpPacket> = rtp_packets(&cap)
+            .into_iter()
+            .map(|p| RtpPacket::parse(p).unwrap())
+            .collect();
+        assert_eq!(pkts.len(), n("rtp_packets"), "{name}");
+        assert!(pkts
+            .iter()
+            .all(|p| p.ssrc as usize == n("ssrc") && p.payload.len() <= 1400));
+        assert_eq!(
+            pkts.iter().filter(|p| p.marker).count(),
+            n("packs"),
+            "{name}"
+        );
+        assert!(pkts.iter().enumerate().all(|(i, p)| p.seq as usize == i));
+        let ps = std::fs::read(dir.join(format!("{name}.ps"))).unwrap();
+        let joined: Vec<u8> = pkts.iter().flat_map(|p| p.payload.to_vec()).collect();
+        assert_eq!(joined, ps, "{name}");
+
+        // Walk the PS by its length fields: pack headers are 14 bytes, everything else has len16.
+        let (mut pos, mut packs, mut psm, mut vpes_pts, mut apes, mut vpes) = (0, 0, 0, 0, 0, 0);
+        while pos < ps.len() {
+            assert_eq!(&ps[pos..pos + 3], &[0, 0, 1], "{name} at {pos}");
+            let id = ps[pos + 3];
+            if id == 0xBA {
+                packs += 1;
+                pos += 14;
+                continue;
+            }
+            let len = u16::from_be_bytes([ps[pos + 4], ps[pos + 5]]) as usize;
+            match id {
+                0xBC => psm += 1,
+                0xE0 => {
+                    vpes += 1;
+                    vpes_pts += usize::from(ps[pos + 7] & 0x80 != 0);
+                    assert!(len - 3 - ps[pos + 8] as usize <= 65_000);
+                }
+                0xC0 => apes += 1,
+                _ => {}
+            }
+            pos += 6 + len;
+        }
+        assert_eq!(pos, ps.len());
+        assert_eq!(packs, n("packs"), "{name}");
+        assert_eq!(psm, n("keyframes"), "{name}");
+        assert_eq!(vpes_pts, n("video_frames"), "{name}");
+        assert_eq!(apes, n("audio_frames"), "{name}");
+        if n("max_video_frame_bytes") > 65_000 {
+            assert!(
+                vpes > vpes_pts,
+                "{name}: a large frame must span several PES"
+            );
+        }
+    }
+}
