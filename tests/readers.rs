@@ -408,12 +408,11 @@ fn own_pcap_udp_and_tcp_round_trip() {
     ));
     frames.extend(tcp_capture_order(&segs, isn));
 
-    let mut buf = Vec::new();
     let header = PcapHeader {
         datalink: DataLink::ETHERNET,
         ..Default::default()
     };
-    let mut w = PcapWriter::with_header(&mut buf, header).unwrap();
+    let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
     for (i, f) in frames.iter().enumerate() {
         w.write_packet(&PcapPacket::new(
             Duration::from_micros(1_700_000_000_000_000 + i as u64 * 1000),
@@ -422,7 +421,7 @@ fn own_pcap_udp_and_tcp_round_trip() {
         ))
         .unwrap();
     }
-    drop(w);
+    let buf = w.into_writer();
     assert_eq!(detect_format(&buf), Some(CaptureFormat::Pcap));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("own.pcap");
