@@ -587,6 +587,14 @@ fn errors_name_the_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.pcap"), "{e}");
+    // Over the size cap (a sparse file, nothing is read).
+    let big = dir.path().join("big.pcap");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(gbgate::probe::reader::MAX_FILE_SIZE + 1)
+        .unwrap();
+    let e = read_capture(&big).unwrap_err().to_string();
+    assert!(e.contains("big.pcap") && e.contains("limit"), "{e}");
     std::fs::write(&path, [0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0]).unwrap();
     let e = read_capture(&path).unwrap_err().to_string();
     assert!(e.contains("truncated global header"), "{e}");
@@ -656,6 +664,39 @@ fn own_fixtures_match_expected_json() {
                 vpes > vpes_pts,
                 "{name}: a large frame must span several PES"
             );
+        }
+    }
+}
+
+/// Bit flips, bogus lengths and truncations of real captures never panic the readers.
+#[test]
+fn mutated_captures_never_panic() {
+    let Some(fx) = shared() else { return };
+    let mut seed = 0x9E37_79B9u32;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed as usize
+    };
+    for rel in [
+        "real/avstackdocs/gb_live_media_udp_hik_nonps.pcapng",
+        "real/avstackdocs/rtsp/rtsp_h265_udp.pcap",
+        "real/avstackdocs/sip/sip_20_live_invite_signaling.pcapng",
+        "synthetic/h264_g711a_8k.rtp",
+    ] {
+        let data = std::fs::read(fx.join(rel)).unwrap();
+        let data = &data[..data.len().min(60_000)];
+        for _ in 0..150 {
+            let mut v = data.to_vec();
+            for _ in 0..1 + rnd() % 8 {
+                let i = rnd() % v.len();
+                v[i] = rnd() as u8;
+            }
+            if rnd() % 2 == 0 {
+                v.truncate(rnd() % (v.len() + 1));
+            }
+            let _ = gbgate::probe::reader::read_capture_bytes(Path::new(rel), Bytes::from(v));
         }
     }
 }
