@@ -700,3 +700,66 @@ fn mutated_captures_never_panic() {
         }
     }
 }
+
+/// Raw IP (v4 and v6) and Linux cooked v2 link types, written by a hand-made big-endian pcap.
+#[test]
+fn other_link_types_and_ipv6() {
+    let pkts: Vec<Vec<u8>> = (0..5).map(|s| rtp(s, 0x0BEBC206, 100)).collect();
+    let ip4 = |p: &[u8]| {
+        let mut f = Vec::new();
+        PacketBuilder::ipv4(CAM, GW, 64)
+            .udp(15070, 30004)
+            .write(&mut f, p)
+            .unwrap();
+        f
+    };
+    let ip6 = |p: &[u8]| {
+        let mut f = Vec::new();
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        (a[15], b[15]) = (1, 2);
+        PacketBuilder::ipv6(a, b, 64)
+            .udp(15072, 30006)
+            .write(&mut f, p)
+            .unwrap();
+        f
+    };
+    let sll2 = |p: &[u8]| {
+        let mut f = vec![
+            0x08, 0x00, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
+        ];
+        f.extend_from_slice(&ip4(p));
+        f
+    };
+    let cases: [(u32, &dyn Fn(&[u8]) -> Vec<u8>, &str); 3] = [
+        (101, &ip4, "udp 192.168.1.64:15070->192.168.1.10:30004"),
+        (101, &ip6, "udp [::1]:15072->[::2]:30006"),
+        (276, &sll2, "udp 192.168.1.64:15070->192.168.1.10:30004"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (linktype, frame, flow) in cases {
+        let mut f = vec![
+            0xa1, 0xb2, 0xc3, 0xd4, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
+        ];
+        f.extend_from_slice(&linktype.to_be_bytes());
+        for (i, p) in pkts.iter().enumerate() {
+            let fr = frame(p);
+            for v in [10 + i as u32, 0, fr.len() as u32, fr.len() as u32] {
+                f.extend_from_slice(&v.to_be_bytes());
+            }
+            f.extend_from_slice(&fr);
+        }
+        let path = dir.path().join("lt.pcap");
+        std::fs::write(&path, &f).unwrap();
+        let cap = read_capture(&path).unwrap();
+        assert!(cap.warnings.is_empty(), "{linktype}: {:?}", cap.warnings);
+        let got: Vec<Vec<u8>> = rtp_packets(&cap).iter().map(|b| b.to_vec()).collect();
+        same_packets(&got, &pkts);
+        let CaptureItem::Rtp {
+            flow: f0, time_us, ..
+        } = &cap.items[0]
+        else {
+            panic!()
+        };
+        assert_eq!((f0.as_str(), *time_us), (flow, Some(10_000_000)));
+    }
+}
