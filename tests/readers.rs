@@ -730,7 +730,8 @@ fn other_link_types_and_ipv6() {
         f.extend_from_slice(&ip4(p));
         f
     };
-    let cases: [(u32, &dyn Fn(&[u8]) -> Vec<u8>, &str); 3] = [
+    type MakeFrame<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+    let cases: [(u32, MakeFrame, &str); 3] = [
         (101, &ip4, "udp 192.168.1.64:15070->192.168.1.10:30004"),
         (101, &ip6, "udp [::1]:15072->[::2]:30006"),
         (276, &sll2, "udp 192.168.1.64:15070->192.168.1.10:30004"),
