@@ -106,27 +106,15 @@ fn split_video(es: &[u8], codec: Codec) -> Result<Vec<(Bytes, bool)>> {
         Codec::H264 => (9, |t| t == 5),
         _ => (35, |t| (16..=21).contains(&t)),
     };
-    let nals: Vec<(usize, u8)> = nal_starts(es)
-        .into_iter()
-        .filter(|&(_, h)| h < es.len())
-        .map(|(sc, h)| (sc, nal_type(es[h])))
-        .collect();
-    let cuts: Vec<usize> = nals
-        .iter()
-        .filter(|&&(_, t)| t == aud)
-        .map(|&(sc, _)| sc)
-        .collect();
-    ensure!(
-        !cuts.is_empty(),
-        "no AUD NAL units in the video; encode with the *_metadata=aud=insert bsf"
-    );
+    let nals: Vec<(usize, u8)> =
+        nal_starts(es).into_iter().filter(|&(_, h)| h < es.len()).map(|(sc, h)| (sc, nal_type(es[h]))).collect();
+    let cuts: Vec<usize> = nals.iter().filter(|&&(_, t)| t == aud).map(|&(sc, _)| sc).collect();
+    ensure!(!cuts.is_empty(), "no AUD NAL units in the video; encode with the *_metadata=aud=insert bsf");
     let mut aus = Vec::new();
     for (k, &start) in cuts.iter().enumerate() {
         let start = if k == 0 { 0 } else { start };
         let end = cuts.get(k + 1).copied().unwrap_or(es.len());
-        let key = nals
-            .iter()
-            .any(|&(sc, t)| sc >= start && sc < end && is_key(t));
+        let key = nals.iter().any(|&(sc, t)| sc >= start && sc < end && is_key(t));
         aus.push((Bytes::copy_from_slice(&es[start..end]), key));
     }
     Ok(aus)
@@ -134,27 +122,17 @@ fn split_video(es: &[u8], codec: Codec) -> Result<Vec<(Bytes, bool)>> {
 
 /// ADTS frames and the sample rate from the first header.
 fn split_adts(data: &[u8]) -> Result<(Vec<Bytes>, u32)> {
-    const RATES: [u32; 13] = [
-        96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-    ];
+    const RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
     let mut frames = Vec::new();
     let mut rate = 0;
     let mut pos = 0;
     while pos < data.len() {
         let h = data.get(pos..pos + 7).context("truncated ADTS header")?;
-        ensure!(
-            h[0] == 0xFF && h[1] & 0xF0 == 0xF0,
-            "lost ADTS sync at offset {pos}"
-        );
+        ensure!(h[0] == 0xFF && h[1] & 0xF0 == 0xF0, "lost ADTS sync at offset {pos}");
         let len = ((h[3] as usize & 3) << 11) | ((h[4] as usize) << 3) | (h[5] as usize >> 5);
-        ensure!(
-            len >= 7 && pos + len <= data.len(),
-            "bad ADTS frame length {len} at offset {pos}"
-        );
+        ensure!(len >= 7 && pos + len <= data.len(), "bad ADTS frame length {len} at offset {pos}");
         if rate == 0 {
-            rate = *RATES
-                .get(((h[2] >> 2) & 0xF) as usize)
-                .context("bad ADTS sampling index")?;
+            rate = *RATES.get(((h[2] >> 2) & 0xF) as usize).context("bad ADTS sampling index")?;
         }
         frames.push(Bytes::copy_from_slice(&data[pos..pos + len]));
         pos += len;
@@ -171,8 +149,7 @@ struct Unit {
 
 fn mux(a: MuxArgs) -> Result<()> {
     let mut units: Vec<Unit> = Vec::new();
-    let mut stats =
-        json!({ "name": a.name, "ssrc": a.ssrc, "ssrc_hex": format!("0x{:08X}", a.ssrc) });
+    let mut stats = json!({ "name": a.name, "ssrc": a.ssrc, "ssrc_hex": format!("0x{:08X}", a.ssrc) });
     let vcodec = a.video_codec.as_deref().map(codec).transpose()?;
     let acodec = a.audio_codec.as_deref().map(codec).transpose()?;
     if let (Some(vc), Some(path)) = (vcodec, &a.video) {
@@ -180,25 +157,12 @@ fn mux(a: MuxArgs) -> Result<()> {
         let aus = split_video(&es, vc)?;
         let keys = aus.iter().filter(|(_, k)| *k).count();
         // The expected values come from ffprobe; our AU split must agree with it.
-        let probe = a
-            .video_probe
-            .as_deref()
-            .context("--video-probe is required with --video")?;
+        let probe = a.video_probe.as_deref().context("--video-probe is required with --video")?;
         let f: Vec<&str> = probe.trim().split(',').collect();
-        ensure!(
-            f.len() == 5,
-            "--video-probe wants codec,width,height,frames,keyframes, got {probe:?}"
-        );
+        ensure!(f.len() == 5, "--video-probe wants codec,width,height,frames,keyframes, got {probe:?}");
         let (frames, pkeys): (usize, usize) = (f[3].parse()?, f[4].parse()?);
-        ensure!(
-            frames == aus.len(),
-            "ffprobe counts {frames} frames, the AUD split {}",
-            aus.len()
-        );
-        ensure!(
-            pkeys == keys,
-            "ffprobe counts {pkeys} keyframes, the NAL scan {keys}"
-        );
+        ensure!(frames == aus.len(), "ffprobe counts {frames} frames, the AUD split {}", aus.len());
+        ensure!(pkeys == keys, "ffprobe counts {pkeys} keyframes, the NAL scan {keys}");
         stats["video_codec"] = json!(vc.name());
         stats["width"] = json!(f[1].parse::<u32>()?);
         stats["height"] = json!(f[2].parse::<u32>()?);
@@ -206,12 +170,7 @@ fn mux(a: MuxArgs) -> Result<()> {
         stats["keyframes"] = json!(keys);
         stats["max_video_frame_bytes"] = json!(aus.iter().map(|(d, _)| d.len()).max().unwrap_or(0));
         for (i, (data, key)) in aus.into_iter().enumerate() {
-            units.push(Unit {
-                codec: vc,
-                pts: i as i64 * a.frame_ticks,
-                key,
-                data,
-            });
+            units.push(Unit { codec: vc, pts: i as i64 * a.frame_ticks, key, data });
         }
     }
     if let (Some(ac), Some(path)) = (acodec, &a.audio) {
@@ -220,28 +179,17 @@ fn mux(a: MuxArgs) -> Result<()> {
             let (frames, rate) = split_adts(&raw)?;
             (frames, rate, 1024 * 90_000 / rate as i64)
         } else {
-            let rate = a
-                .sample_rate
-                .context("--sample-rate is required for G.711")?;
+            let rate = a.sample_rate.context("--sample-rate is required for G.711")?;
             // 40 ms per frame, as GB cameras send it.
             let bytes = rate as usize / 25;
-            (
-                raw.chunks(bytes).map(Bytes::copy_from_slice).collect(),
-                rate,
-                3600,
-            )
+            (raw.chunks(bytes).map(Bytes::copy_from_slice).collect(), rate, 3600)
         };
         stats["audio_codec"] = json!(ac.name());
         stats["sample_rate"] = json!(rate);
         stats["audio_frames"] = json!(frames.len());
         stats["audio_pts_step"] = json!(ticks);
         for (i, data) in frames.into_iter().enumerate() {
-            units.push(Unit {
-                codec: ac,
-                pts: i as i64 * ticks,
-                key: true,
-                data,
-            });
+            units.push(Unit { codec: ac, pts: i as i64 * ticks, key: true, data });
         }
     }
     ensure!(!units.is_empty(), "nothing to mux");
@@ -249,12 +197,7 @@ fn mux(a: MuxArgs) -> Result<()> {
     units.sort_by_key(|u| u.pts);
 
     let mut muxer = PsMuxer::new(vcodec, acodec);
-    let mut rtp = RtpPacketizer {
-        ssrc: a.ssrc,
-        seq: 0,
-        payload_type: 96,
-        max_payload: 1400,
-    };
+    let mut rtp = RtpPacketizer { ssrc: a.ssrc, seq: 0, payload_type: 96, max_payload: 1400 };
     let (mut ps, mut dump, mut pkts) = (Vec::new(), Vec::new(), Vec::new());
     for u in &units {
         let mut pack = Vec::new();
@@ -282,15 +225,11 @@ fn mux(a: MuxArgs) -> Result<()> {
 fn summarize(out_dir: PathBuf, stats: Vec<PathBuf>) -> Result<()> {
     let mut all = Vec::new();
     for p in &stats {
-        let v: Value = serde_json::from_slice(&std::fs::read(p)?)
-            .with_context(|| format!("{}", p.display()))?;
+        let v: Value = serde_json::from_slice(&std::fs::read(p)?).with_context(|| format!("{}", p.display()))?;
         all.push(v);
     }
     let doc = json!({ "generator": "tools/make-fixtures.sh", "fixtures": all });
-    std::fs::write(
-        out_dir.join("expected.json"),
-        serde_json::to_string_pretty(&doc)? + "\n",
-    )?;
+    std::fs::write(out_dir.join("expected.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
 
     let s = |v: &Value, k: &str| match &v[k] {
         Value::Null => "-".to_string(),

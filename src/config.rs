@@ -28,9 +28,9 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"10s\" or \"5m\"")))
+        humantime::parse_duration(&text).map(HumanDuration).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"10s\" or \"5m\""))
+        })
     }
 }
 
@@ -109,16 +109,10 @@ impl Default for ApiConfig {
 }
 
 /// A listener reserved for a later release; its address is validated now so configs stay stable.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
     pub listen: Option<SocketAddr>,
-}
-
-impl Default for ListenConfig {
-    fn default() -> Self {
-        ListenConfig { listen: None }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

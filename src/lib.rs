@@ -17,4 +17,5 @@ pub mod media;
 pub mod probe;
 pub mod proto;
 pub mod server;
+pub mod sim;
 pub mod util;

@@ -1,1 +1,200 @@
-fn main() {}
+//! The gbgate command line: `run`, `check-config`, `probe`, `send`.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gbgate::config::Config;
+use gbgate::server::Gateway;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "gbgate", version, about = "GB/T 28181 media gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Config file. Default: conf/gbgate.toml when present, else built-in defaults.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig { file: PathBuf },
+    /// Tell what is in a capture: raw PS, RTP dump ([u16 len][RTP]), rtpdump, pcap or pcapng.
+    Probe {
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the RTP of a capture to a gateway as one or many cameras.
+    Send {
+        file: PathBuf,
+        /// Where to send, e.g. 127.0.0.1:10000.
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        to: std::net::SocketAddr,
+        /// Use TCP (RFC 4571 framing) instead of UDP.
+        #[arg(long)]
+        tcp: bool,
+        /// Number of cameras.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// SSRC of the first camera, decimal (GB form, e.g. 0100000001); camera i uses base + i.
+        #[arg(long)]
+        ssrc: Option<u32>,
+        /// Replay the capture this many times.
+        #[arg(long = "loop", default_value_t = 1)]
+        loops: u32,
+        /// Stop after this long, e.g. "60s".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// As fast as possible instead of in real time.
+        #[arg(long)]
+        flood: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(cfg) => {
+                println!("# {}: valid. Effective configuration:", file.display());
+                match toml::to_string_pretty(&cfg) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => eprintln!("cannot print the configuration: {e}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Probe { file, json } => match gbgate::probe::report::probe_file(&file) {
+            Ok(report) => {
+                if json {
+                    match serde_json::to_string_pretty(&report) {
+                        Ok(text) => println!("{text}"),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    print!("{}", gbgate::probe::report::render_text(&report));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Send { file, to, tcp, count, ssrc, loops, duration, flood } => {
+            if count > 1 && ssrc.is_none() {
+                eprintln!("error: --count above 1 needs --ssrc (each camera needs its own SSRC)");
+                return ExitCode::from(2);
+            }
+            let opts = gbgate::sim::send::SendOptions { to, tcp, count, ssrc_base: ssrc, loops, duration, flood };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(gbgate::sim::send::send_file(&file, &opts)) {
+                Ok(r) => {
+                    println!(
+                        "sent {} packets, {} bytes in {:.3} s ({:.1} Mbit/s)",
+                        r.packets,
+                        r.bytes,
+                        r.elapsed.as_secs_f64(),
+                        r.bytes as f64 * 8.0 / r.elapsed.as_secs_f64().max(1e-6) / 1e6
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<(Config, String), String> {
+    match path {
+        Some(p) => Config::load(&p).map(|c| (c, p.display().to_string())).map_err(|e| e.to_string()),
+        None => {
+            let default = Path::new("conf/gbgate.toml");
+            if default.exists() {
+                Config::load(default).map(|c| (c, default.display().to_string())).map_err(|e| e.to_string())
+            } else {
+                Ok((Config::default(), "built-in defaults".to_string()))
+            }
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    let (cfg, from) = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing::info!("configuration: {from}");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match Gateway::start(cfg).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        gateway.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -61,16 +61,9 @@ fn demux(data: &[u8]) -> Out {
         x ^= x << 17;
         1 + (x % 700) as usize
     });
-    assert_eq!(
-        whole.frames.len(),
-        chunked.frames.len(),
-        "chunked demux differs"
-    );
+    assert_eq!(whole.frames.len(), chunked.frames.len(), "chunked demux differs");
     for (a, b) in whole.frames.iter().zip(&chunked.frames) {
-        assert_eq!(
-            (a.codec, a.pts, a.dts, a.keyframe, &a.data),
-            (b.codec, b.pts, b.dts, b.keyframe, &b.data)
-        );
+        assert_eq!((a.codec, a.pts, a.dts, a.keyframe, &a.data), (b.codec, b.pts, b.dts, b.keyframe, &b.data));
     }
     whole
 }
@@ -84,16 +77,8 @@ struct Summary {
 }
 
 fn summary(o: &Out) -> Summary {
-    let v: Vec<&Frame> = o
-        .frames
-        .iter()
-        .filter(|f| matches!(f.codec, Codec::H264 | Codec::H265))
-        .collect();
-    let a: Vec<&Frame> = o
-        .frames
-        .iter()
-        .filter(|f| !matches!(f.codec, Codec::H264 | Codec::H265))
-        .collect();
+    let v: Vec<&Frame> = o.frames.iter().filter(|f| matches!(f.codec, Codec::H264 | Codec::H265)).collect();
+    let a: Vec<&Frame> = o.frames.iter().filter(|f| !matches!(f.codec, Codec::H264 | Codec::H265)).collect();
     let s = Summary {
         vcodec: v.first().map(|f| f.codec),
         video: v.len(),
@@ -128,29 +113,15 @@ fn audio_rate(o: &Out) -> u32 {
 }
 
 fn video(o: &Out) -> Vec<&Frame> {
-    o.frames
-        .iter()
-        .filter(|f| matches!(f.codec, Codec::H264 | Codec::H265))
-        .collect()
+    o.frames.iter().filter(|f| matches!(f.codec, Codec::H264 | Codec::H265)).collect()
 }
 
 fn audio(o: &Out) -> Vec<&Frame> {
-    o.frames
-        .iter()
-        .filter(|f| !matches!(f.codec, Codec::H264 | Codec::H265))
-        .collect()
+    o.frames.iter().filter(|f| !matches!(f.codec, Codec::H264 | Codec::H265)).collect()
 }
 
 fn nal_types(f: &Frame) -> Vec<u8> {
-    f.nal_units()
-        .map(|n| {
-            if f.codec == Codec::H265 {
-                (n[0] >> 1) & 0x3F
-            } else {
-                n[0] & 0x1F
-            }
-        })
-        .collect()
+    f.nal_units().map(|n| if f.codec == Codec::H265 { (n[0] >> 1) & 0x3F } else { n[0] & 0x1F }).collect()
 }
 
 /// Checks shared by every synthetic file with video: 100 AUs, keyframes at PTS 0/180000-relative
@@ -159,38 +130,21 @@ fn check_synthetic_video(o: &Out, codec: Codec) {
     let v = video(o);
     assert_eq!(v.len(), 100);
     assert!(v.iter().all(|f| f.codec == codec));
-    let keys: Vec<usize> = v
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.keyframe)
-        .map(|(i, _)| i)
-        .collect();
+    let keys: Vec<usize> = v.iter().enumerate().filter(|(_, f)| f.keyframe).map(|(i, _)| i).collect();
     assert_eq!(keys, vec![0, 50]);
     assert_eq!(dims(o), (640, 360));
     for f in &v {
         let total: usize = f.nal_units().map(|n| 4 + n.len()).sum();
         assert_eq!(total, f.data.len(), "AVCC framing covers the frame");
         let t = nal_types(f);
-        assert!(
-            !t.contains(&if codec == Codec::H265 { 35 } else { 9 }),
-            "AUD removed"
-        );
+        assert!(!t.contains(&if codec == Codec::H265 { 35 } else { 9 }), "AUD removed");
         if f.keyframe {
-            let ps: &[u8] = if codec == Codec::H265 {
-                &[32, 33, 34]
-            } else {
-                &[7, 8]
-            };
-            assert!(
-                ps.iter().all(|p| t.contains(p)),
-                "parameter sets in band: {t:?}"
-            );
+            let ps: &[u8] = if codec == Codec::H265 { &[32, 33, 34] } else { &[7, 8] };
+            assert!(ps.iter().all(|p| t.contains(p)), "parameter sets in band: {t:?}");
         }
     }
     // One config Arc for the whole stream (parameter sets never change here).
-    assert!(v
-        .windows(2)
-        .all(|w| std::sync::Arc::ptr_eq(&w[0].config, &w[1].config)));
+    assert!(v.windows(2).all(|w| std::sync::Arc::ptr_eq(&w[0].config, &w[1].config)));
 }
 
 #[test]
@@ -208,17 +162,11 @@ fn h264_g711a_8k() {
     let a = audio(&o);
     assert_eq!(a.len(), 100);
     for (k, f) in a.iter().enumerate() {
-        assert_eq!(
-            (f.codec, f.pts, f.data.len(), f.keyframe),
-            (Codec::G711A, k as i64 * 3600, 320, true)
-        );
+        assert_eq!((f.codec, f.pts, f.data.len(), f.keyframe), (Codec::G711A, k as i64 * 3600, 320, true));
     }
     assert_eq!(audio_rate(&o), 8000);
     assert!(o.stats.anomalies().is_empty(), "{:?}", o.stats.anomalies());
-    assert_eq!(
-        (o.stats.packs, o.stats.psm, o.stats.held_frames),
-        (200, 2, 0)
-    );
+    assert_eq!((o.stats.packs, o.stats.psm, o.stats.held_frames), (200, 2, 0));
 }
 
 #[test]
@@ -229,9 +177,7 @@ fn h264_g711u_16k() {
     check_synthetic_video(&o, Codec::H264);
     let a = audio(&o);
     assert_eq!(a.len(), 100);
-    assert!(a
-        .iter()
-        .all(|f| f.codec == Codec::G711U && f.data.len() == 640));
+    assert!(a.iter().all(|f| f.codec == Codec::G711U && f.data.len() == 640));
     assert_eq!(audio_rate(&o), 16000);
     // Inferred from 640 B per 3600 ticks once three steps agree; every later frame says 16 kHz.
     match &*a[99].config {
@@ -249,21 +195,13 @@ fn h265_aac_16k() {
     let v = video(&o);
     assert_eq!(nal_types(v[0]), vec![32, 33, 34, 39, 20]);
     assert_eq!(nal_types(v[50])[..3], [32, 33, 34]);
-    assert_eq!(
-        *nal_types(v[50]).last().unwrap(),
-        21,
-        "second keyframe is a CRA"
-    );
+    assert_eq!(*nal_types(v[50]).last().unwrap(), 21, "second keyframe is a CRA");
     assert_eq!((v[0].pts, v[99].pts), (5760, 362160));
     let a = audio(&o);
     assert_eq!(a.len(), 64);
     assert!(a.iter().all(|f| f.codec == Codec::Aac));
     assert_eq!((a[0].pts, a[63].pts), (0, 362880));
-    assert_eq!(
-        a.iter().map(|f| f.data.len()).sum::<usize>(),
-        16990 - 64 * 7,
-        "ES size minus ADTS headers"
-    );
+    assert_eq!(a.iter().map(|f| f.data.len()).sum::<usize>(), 16990 - 64 * 7, "ES size minus ADTS headers");
     match o.acfg.as_ref().unwrap() {
         CodecConfig::Audio(c) => {
             assert_eq!((c.sample_rate, c.channels), (16000, 1));
@@ -306,10 +244,7 @@ fn g711a_8k_audio_only() {
     assert!(video(&o).is_empty() && o.vcfg.is_none());
     let a = audio(&o);
     assert_eq!(a.len(), 100);
-    assert!(a
-        .iter()
-        .enumerate()
-        .all(|(k, f)| f.codec == Codec::G711A && f.pts == k as i64 * 3600));
+    assert!(a.iter().enumerate().all(|(k, f)| f.codec == Codec::G711A && f.pts == k as i64 * 3600));
     assert_eq!(audio_rate(&o), 8000);
 }
 
@@ -354,11 +289,7 @@ fn check_ffmpeg(o: &Out, first: i64, last: i64) {
     assert_eq!((v[0].pts, v[49].pts), (first, last));
     assert_eq!(o.stats.video_codec_sniffed, 1, "no PSM: codec sniffed");
     // No B-frames: PTS strictly increasing, the AUs without a PES PTS extrapolated by 3600.
-    assert!(
-        v.windows(2).all(|w| w[1].pts - w[0].pts == 3600),
-        "{:?}",
-        v.iter().map(|f| f.pts).collect::<Vec<_>>()
-    );
+    assert!(v.windows(2).all(|w| w[1].pts - w[0].pts == 3600), "{:?}", v.iter().map(|f| f.pts).collect::<Vec<_>>());
 }
 
 #[test]
@@ -393,31 +324,14 @@ fn hik_d1() {
     let v = video(&o);
     assert_eq!(v[0].pts, 5476751910);
     assert!(v.windows(2).all(|w| w[1].pts - w[0].pts == 3600));
-    assert_eq!(
-        (
-            o.stats.psm_crc_wrong,
-            o.stats.psm_crc_byteswapped,
-            o.stats.skipped_pes
-        ),
-        (54, 54, 54)
-    );
+    assert_eq!((o.stats.psm_crc_wrong, o.stats.psm_crc_byteswapped, o.stats.skipped_pes), (54, 54, 54));
     assert_eq!(o.stats.pes, 1509);
     // The .264 is a superset of our video ES: every NAL we emit matches it, in order.
-    let es = std::fs::read(
-        shared()
-            .unwrap()
-            .join("fixtures/real/avstackdocs/hik_d1_h264_01e168e1.264"),
-    )
-    .unwrap();
+    let es = std::fs::read(shared().unwrap().join("fixtures/real/avstackdocs/hik_d1_h264_01e168e1.264")).unwrap();
     let ours: Vec<&[u8]> = v.iter().flat_map(|f| f.nal_units()).collect();
-    let theirs: Vec<&[u8]> = gbgate::codec::nal::annexb_nals(&es)
-        .take(ours.len())
-        .collect();
+    let theirs: Vec<&[u8]> = gbgate::codec::nal::annexb_nals(&es).take(ours.len()).collect();
     assert_eq!(ours.len(), theirs.len());
-    assert!(
-        ours.iter().zip(&theirs).all(|(a, b)| a == b),
-        "NALs byte-exact vs .264"
-    );
+    assert!(ours.iter().zip(&theirs).all(|(a, b)| a == b), "NALs byte-exact vs .264");
 }
 
 #[test]
@@ -446,35 +360,22 @@ fn spvmn_audio_g711() {
     assert_eq!(o.stats.pes_without_header, 2);
     // es_map_length says 8 but the PSM holds 0x1B/E0 (10 bytes) and 0x90/C0: trusting the PSM
     // length finds the G.711A entry, so the codec comes from the PSM, not a default.
-    assert_eq!(
-        (o.stats.psm_length_mismatch, o.stats.audio_codec_defaulted),
-        (320, 0)
-    );
+    assert_eq!((o.stats.psm_length_mismatch, o.stats.audio_codec_defaulted), (320, 0));
     assert_eq!(o.stats.psm_crc_wrong, 320);
     let a = audio(&o);
-    assert!(
-        a.iter().any(|f| f.dts == f.pts - 3600),
-        "PES carry PTS and DTS = PTS - 3600"
-    );
+    assert!(a.iter().any(|f| f.dts == f.pts - 3600), "PES carry PTS and DTS = PTS - 3600");
     assert_eq!(audio_rate(&o), 8000);
 }
 
 #[test]
 fn one_byte_at_a_time_matches_whole() {
-    for f in [
-        "synthetic/h265_aac_16k.ps",
-        "synthetic/ffmpeg_mpeg1_h264.ps",
-        "synthetic/h264_g711a_8k_wrap.ps",
-    ] {
+    for f in ["synthetic/h265_aac_16k.ps", "synthetic/ffmpeg_mpeg1_h264.ps", "synthetic/h264_g711a_8k_wrap.ps"] {
         let d = fixture!(f);
         let whole = demux_chunks(&d, || usize::MAX);
         let bytes = demux_chunks(&d, || 1);
         assert_eq!(whole.frames.len(), bytes.frames.len(), "{f}");
         for (a, b) in whole.frames.iter().zip(&bytes.frames) {
-            assert_eq!(
-                (a.codec, a.pts, a.dts, a.keyframe, &a.data),
-                (b.codec, b.pts, b.dts, b.keyframe, &b.data)
-            );
+            assert_eq!((a.codec, a.pts, a.dts, a.keyframe, &a.data), (b.codec, b.pts, b.dts, b.keyframe, &b.data));
         }
     }
 }
@@ -493,11 +394,7 @@ fn loss_holds_video_until_keyframe() {
     dm.flush(&mut out);
     let v: Vec<&Frame> = out.iter().filter(|f| f.codec == Codec::H264).collect();
     let before = v.iter().filter(|f| f.pts < 180000).count();
-    let after: Vec<i64> = v
-        .iter()
-        .filter(|f| f.pts >= 180000)
-        .map(|f| f.pts)
-        .collect();
+    let after: Vec<i64> = v.iter().filter(|f| f.pts >= 180000).map(|f| f.pts).collect();
     assert!(before > 0 && before < 50);
     assert_eq!(after.len(), 50, "everything from the second keyframe on");
     assert!(v.iter().find(|f| f.pts >= 180000).unwrap().keyframe);
@@ -529,11 +426,7 @@ fn throughput() {
         dm.flush(&mut out);
     }
     let secs = t.elapsed().as_secs_f64();
-    println!(
-        "{:.2} GB/s ({} frames)",
-        (big.len() * 5) as f64 / secs / 1e9,
-        n
-    );
+    println!("{:.2} GB/s ({} frames)", (big.len() * 5) as f64 / secs / 1e9, n);
 }
 
 /// Mutation fuzz over the real fixtures (bit flips, truncations, random losses): must never

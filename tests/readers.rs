@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etherparse::PacketBuilder;
-use gbgate::probe::reader::{
-    detect_format, read_capture, Capture, CaptureFormat, CaptureItem, Transport,
-};
+use gbgate::probe::reader::{detect_format, read_capture, Capture, CaptureFormat, CaptureItem, Transport};
 use gbgate::proto::rtp::{write_packet, RtpPacket};
 
 fn shared() -> Option<PathBuf> {
@@ -28,9 +26,7 @@ fn flows(cap: &Capture) -> BTreeMap<String, (usize, Vec<u32>, u16, u16)> {
     for item in &cap.items {
         if let CaptureItem::Rtp { flow, packet, .. } = item {
             let p = RtpPacket::parse(packet.clone()).expect("reader returns parseable RTP");
-            let e = m
-                .entry(flow.clone())
-                .or_insert((0, Vec::new(), p.seq, p.seq));
+            let e = m.entry(flow.clone()).or_insert((0, Vec::new(), p.seq, p.seq));
             e.0 += 1;
             if !e.1.contains(&p.ssrc) {
                 e.1.push(p.ssrc);
@@ -74,20 +70,14 @@ fn synthetic_rtp_dumps_give_readme_packet_counts() {
         assert_eq!(f.len(), 1, "{name}");
         assert_eq!(f["file"].0, packets, "{name}");
         assert_eq!(f["file"].1, vec![ssrc], "{name}");
-        assert!(cap.items.iter().all(|i| matches!(
-            i,
-            CaptureItem::Rtp {
-                transport: Transport::File,
-                time_us: None,
-                ..
-            }
-        )));
+        assert!(cap
+            .items
+            .iter()
+            .all(|i| matches!(i, CaptureItem::Rtp { transport: Transport::File, time_us: None, .. })));
         // The clean dumps concatenate to the .ps (README).
         if !name.ends_with("faults") {
-            let ps: Vec<u8> = rtp_packets(&cap)
-                .into_iter()
-                .flat_map(|p| RtpPacket::parse(p).unwrap().payload.to_vec())
-                .collect();
+            let ps: Vec<u8> =
+                rtp_packets(&cap).into_iter().flat_map(|p| RtpPacket::parse(p).unwrap().payload.to_vec()).collect();
             let file = std::fs::read(fx.join(format!("synthetic/{name}.ps"))).unwrap();
             assert_eq!(ps, file, "{name}");
         }
@@ -109,21 +99,14 @@ fn ps_files_are_read_in_chunks() {
         assert_eq!(cap.format, CaptureFormat::RawPs, "{rel}");
         let mut all = Vec::new();
         for item in &cap.items {
-            let CaptureItem::Ps(chunk) = item else {
-                panic!("{rel}: RTP item in a PS file")
-            };
+            let CaptureItem::Ps(chunk) = item else { panic!("{rel}: RTP item in a PS file") };
             assert!(chunk.len() <= 65536);
             all.extend_from_slice(chunk);
         }
         assert_eq!(all, std::fs::read(&path).unwrap(), "{rel}");
         match garbage {
             None => assert!(cap.warnings.is_empty(), "{rel}: {:?}", cap.warnings),
-            Some(n) => assert_eq!(
-                cap.warnings,
-                vec![format!(
-                    "{n} bytes before the first pack header (00 00 01 BA)"
-                )]
-            ),
+            Some(n) => assert_eq!(cap.warnings, vec![format!("{n} bytes before the first pack header (00 00 01 BA)")]),
         }
     }
 }
@@ -132,21 +115,9 @@ fn ps_files_are_read_in_chunks() {
 fn real_rtp_dumps() {
     let Some(fx) = shared() else { return };
     for (rel, packets, ssrc) in [
-        (
-            "real/avstackdocs/hik_d1_h264_01e168e1.rtp",
-            3096,
-            0x05F5ED76u32,
-        ),
-        (
-            "real/avstackdocs/gb_live_media_udp_hik_nonps.rtp",
-            1561,
-            0x0396A9CA,
-        ),
-        (
-            "real/avstackdocs/hik_1080p15_h264_02c27467.gbsend.rtp",
-            2723,
-            100000101,
-        ),
+        ("real/avstackdocs/hik_d1_h264_01e168e1.rtp", 3096, 0x05F5ED76u32),
+        ("real/avstackdocs/gb_live_media_udp_hik_nonps.rtp", 1561, 0x0396A9CA),
+        ("real/avstackdocs/hik_1080p15_h264_02c27467.gbsend.rtp", 2723, 100000101),
         ("real/spvmn-tool/Audio_G711_PS2.gbsend.rtp", 0, 100000102),
     ] {
         let cap = read_capture(&fx.join(rel)).unwrap();
@@ -164,36 +135,25 @@ fn real_rtp_dumps() {
 #[test]
 fn hik_nonps_pcapng_has_one_udp_flow() {
     let Some(fx) = shared() else { return };
-    let cap =
-        read_capture(&fx.join("real/avstackdocs/gb_live_media_udp_hik_nonps.pcapng")).unwrap();
+    let cap = read_capture(&fx.join("real/avstackdocs/gb_live_media_udp_hik_nonps.pcapng")).unwrap();
     assert_eq!(cap.format, CaptureFormat::Pcapng);
     let f = flows(&cap);
     println!("{f:?} {:?}", cap.warnings);
     assert_eq!(f.len(), 1);
     let (n, ssrcs, first, last) = &f["udp 10.64.49.218:5514->10.64.49.44:5494"];
-    assert_eq!(
-        (*n, ssrcs.clone(), *first, *last),
-        (1561, vec![0x0396A9CA], 35727, 37287)
-    );
+    assert_eq!((*n, ssrcs.clone(), *first, *last), (1561, vec![0x0396A9CA], 35727, 37287));
     let times: Vec<u64> = cap
         .items
         .iter()
         .filter_map(|i| match i {
-            CaptureItem::Rtp {
-                time_us,
-                transport: Transport::Udp,
-                ..
-            } => *time_us,
+            CaptureItem::Rtp { time_us, transport: Transport::Udp, .. } => *time_us,
             _ => None,
         })
         .collect();
     assert_eq!(times.len(), 1561);
     assert!(times.windows(2).all(|w| w[0] <= w[1]));
     let span = times[times.len() - 1] - times[0];
-    assert!(
-        (7_000_000..8_000_000).contains(&span),
-        "capture spans {span} us"
-    );
+    assert!((7_000_000..8_000_000).contains(&span), "capture spans {span} us");
     // The same packets as in our dump of it (made in arrival order).
     let dump = read_capture(&fx.join("real/avstackdocs/gb_live_media_udp_hik_nonps.rtp")).unwrap();
     assert_eq!(rtp_packets(&cap), rtp_packets(&dump));
@@ -208,14 +168,10 @@ fn rtsp_captures_give_their_rtp_flows() {
     println!("rtsp_h265_udp.pcap: {f:?} {:?}", cap.warnings);
     assert_eq!(f.values().map(|v| v.0).collect::<Vec<_>>(), vec![870]);
 
-    let cap = read_capture(&fx.join("real/avstackdocs/rtsp/rtsp_h265_pcma_onvifmeta_udp.pcapng"))
-        .unwrap();
+    let cap = read_capture(&fx.join("real/avstackdocs/rtsp/rtsp_h265_pcma_onvifmeta_udp.pcapng")).unwrap();
     assert_eq!(cap.format, CaptureFormat::Pcapng);
     let f = flows(&cap);
-    println!(
-        "rtsp_h265_pcma_onvifmeta_udp.pcapng: {f:?} {:?}",
-        cap.warnings
-    );
+    println!("rtsp_h265_pcma_onvifmeta_udp.pcapng: {f:?} {:?}", cap.warnings);
     let mut counts: Vec<usize> = f.values().map(|v| v.0).collect();
     counts.sort_unstable();
     assert_eq!(counts, vec![262, 2048]);
@@ -225,10 +181,7 @@ fn rtsp_captures_give_their_rtp_flows() {
 fn sip_captures_have_no_rtp() {
     let Some(fx) = shared() else { return };
     let dir = fx.join("real/avstackdocs/sip");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     names.sort();
     assert_eq!(names.len(), 21);
     for path in names {
@@ -243,10 +196,7 @@ fn truncated_shared_files_keep_what_was_read() {
     let Some(fx) = shared() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (rel, cut) in [
-        (
-            "real/avstackdocs/gb_live_media_udp_hik_nonps.pcapng",
-            1_000_001,
-        ),
+        ("real/avstackdocs/gb_live_media_udp_hik_nonps.pcapng", 1_000_001),
         ("real/avstackdocs/rtsp/rtsp_h265_udp.pcap", 500_001),
         ("synthetic/h264_g711a_8k.rtp", 100_001),
     ] {
@@ -255,11 +205,7 @@ fn truncated_shared_files_keep_what_was_read() {
         std::fs::write(&path, &data[..cut]).unwrap();
         let cap = read_capture(&path).unwrap();
         assert!(!cap.items.is_empty(), "{rel}");
-        assert!(
-            cap.warnings.iter().any(|w| w.contains("truncated")),
-            "{rel}: {:?}",
-            cap.warnings
-        );
+        assert!(cap.warnings.iter().any(|w| w.contains("truncated")), "{rel}: {:?}", cap.warnings);
     }
 }
 
@@ -267,35 +213,17 @@ fn truncated_shared_files_keep_what_was_read() {
 
 /// Compares packet lists by sequence numbers first, so a failure prints something readable.
 fn same_packets(got: &[Vec<u8>], want: &[Vec<u8>]) {
-    let seqs = |v: &[Vec<u8>]| {
-        v.iter()
-            .map(|p| u16::from_be_bytes([p[2], p[3]]))
-            .collect::<Vec<_>>()
-    };
+    let seqs = |v: &[Vec<u8>]| v.iter().map(|p| u16::from_be_bytes([p[2], p[3]])).collect::<Vec<_>>();
     assert_eq!(seqs(got), seqs(want));
     for (g, w) in got.iter().zip(want) {
-        assert!(
-            g == w,
-            "packet seq {} differs",
-            u16::from_be_bytes([w[2], w[3]])
-        );
+        assert!(g == w, "packet seq {} differs", u16::from_be_bytes([w[2], w[3]]));
     }
 }
 
 fn rtp(seq: u16, ssrc: u32, len: usize) -> Vec<u8> {
     let mut v = Vec::new();
-    let payload: Vec<u8> = (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8))
-        .collect();
-    write_packet(
-        &mut v,
-        96,
-        seq % 3 == 2,
-        seq,
-        seq as u32 * 3600,
-        ssrc,
-        &payload,
-    );
+    let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8)).collect();
+    write_packet(&mut v, 96, seq % 3 == 2, seq, seq as u32 * 3600, ssrc, &payload);
     v
 }
 
@@ -335,10 +263,7 @@ fn tcp_segments(pkts: &[Vec<u8>], isn: u32) -> Vec<(u32, Vec<u8>)> {
     let mut k = 0;
     while pos < stream.len() {
         let end = (pos + sizes[k % sizes.len()]).min(stream.len());
-        segs.push((
-            isn.wrapping_add(1).wrapping_add(pos as u32),
-            stream[pos..end].to_vec(),
-        ));
+        segs.push((isn.wrapping_add(1).wrapping_add(pos as u32), stream[pos..end].to_vec()));
         pos = end;
         k += 1;
     }
@@ -360,11 +285,7 @@ fn tcp_capture_order(segs: &[(u32, Vec<u8>)], isn: u32) -> Vec<Vec<u8>> {
         if n % 7 == 6 && segs[i].1.len() > 10 {
             // overlapping resend: the tail of this segment only
             let half = segs[i].1.len() / 2;
-            frames.push(tcp_frame(
-                segs[i].0.wrapping_add(half as u32),
-                false,
-                &segs[i].1[half..],
-            ));
+            frames.push(tcp_frame(segs[i].0.wrapping_add(half as u32), false, &segs[i].1[half..]));
         }
     }
     frames
@@ -375,43 +296,23 @@ fn own_pcap_udp_and_tcp_round_trip() {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
     use pcap_file::DataLink;
 
-    let udp_pkts: Vec<Vec<u8>> = (0..50)
-        .map(|s| rtp(65500u16.wrapping_add(s), 0x0BEBC201, 200 + s as usize * 7))
-        .collect();
-    let tcp_pkts: Vec<Vec<u8>> = (0..40)
-        .map(|s| rtp(s, 0x0BEBC202, 900 + s as usize * 37))
-        .collect();
+    let udp_pkts: Vec<Vec<u8>> =
+        (0..50).map(|s| rtp(65500u16.wrapping_add(s), 0x0BEBC201, 200 + s as usize * 7)).collect();
+    let tcp_pkts: Vec<Vec<u8>> = (0..40).map(|s| rtp(s, 0x0BEBC202, 900 + s as usize * 37)).collect();
     let isn = 0xFFFF_F000; // sequence numbers wrap inside the stream
     let segs = tcp_segments(&tcp_pkts, isn);
 
     let mut frames: Vec<Vec<u8>> = Vec::new();
-    frames.push(udp_frame(
-        137,
-        137,
-        b"\x80\x00NetBIOS-ish noise that starts like RTP but is alone",
-    ));
-    frames.push(udp_frame(
-        5060,
-        5060,
-        b"REGISTER sip:34020000002000000001@3402000000 SIP/2.0\r\n",
-    ));
+    frames.push(udp_frame(137, 137, b"\x80\x00NetBIOS-ish noise that starts like RTP but is alone"));
+    frames.push(udp_frame(5060, 5060, b"REGISTER sip:34020000002000000001@3402000000 SIP/2.0\r\n"));
     for p in &udp_pkts {
         frames.push(udp_frame(15060, 30000, p));
     }
     // RTCP SR on the next port: not RTP.
-    frames.push(udp_frame(
-        15061,
-        30001,
-        &[
-            0x80, 200, 0, 6, 0x0B, 0xEB, 0xC2, 0x01, 0, 0, 0, 0, 0, 0, 0, 0,
-        ],
-    ));
+    frames.push(udp_frame(15061, 30001, &[0x80, 200, 0, 6, 0x0B, 0xEB, 0xC2, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]));
     frames.extend(tcp_capture_order(&segs, isn));
 
-    let header = PcapHeader {
-        datalink: DataLink::ETHERNET,
-        ..Default::default()
-    };
+    let header = PcapHeader { datalink: DataLink::ETHERNET, ..Default::default() };
     let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
     for (i, f) in frames.iter().enumerate() {
         w.write_packet(&PcapPacket::new(
@@ -433,28 +334,16 @@ fn own_pcap_udp_and_tcp_round_trip() {
         cap.items
             .iter()
             .filter_map(|i| match i {
-                CaptureItem::Rtp {
-                    flow: f, packet, ..
-                } if f == flow => Some(packet.to_vec()),
+                CaptureItem::Rtp { flow: f, packet, .. } if f == flow => Some(packet.to_vec()),
                 _ => None,
             })
             .collect()
     };
-    same_packets(
-        &by_flow("udp 192.168.1.64:15060->192.168.1.10:30000"),
-        &udp_pkts,
-    );
-    same_packets(
-        &by_flow("tcp 192.168.1.64:40000->192.168.1.10:30000"),
-        &tcp_pkts,
-    );
+    same_packets(&by_flow("udp 192.168.1.64:15060->192.168.1.10:30000"), &udp_pkts);
+    same_packets(&by_flow("tcp 192.168.1.64:40000->192.168.1.10:30000"), &tcp_pkts);
     assert_eq!(flows(&cap).len(), 2);
     let first = cap.items.iter().find_map(|i| match i {
-        CaptureItem::Rtp {
-            time_us,
-            transport: Transport::Udp,
-            ..
-        } => *time_us,
+        CaptureItem::Rtp { time_us, transport: Transport::Udp, .. } => *time_us,
         _ => None,
     });
     assert_eq!(first, Some(1_700_000_000_000_000 + 2000));
@@ -467,9 +356,7 @@ fn own_pcapng_tcp_with_missing_segment_resyncs() {
     use pcap_file::pcapng::PcapNgWriter;
     use pcap_file::DataLink;
 
-    let tcp_pkts: Vec<Vec<u8>> = (0..30)
-        .map(|s| rtp(s, 0x0BEBC203, 1200 + s as usize * 11))
-        .collect();
+    let tcp_pkts: Vec<Vec<u8>> = (0..30).map(|s| rtp(s, 0x0BEBC203, 1200 + s as usize * 11)).collect();
     let isn = 1000;
     let mut segs = tcp_segments(&tcp_pkts, isn);
     segs.remove(10); // a segment the capture missed
@@ -480,11 +367,7 @@ fn own_pcapng_tcp_with_missing_segment_resyncs() {
     }
 
     let mut w = PcapNgWriter::new(Vec::new()).unwrap();
-    let idb = InterfaceDescriptionBlock {
-        linktype: DataLink::ETHERNET,
-        snaplen: 0xFFFF,
-        options: vec![],
-    };
+    let idb = InterfaceDescriptionBlock { linktype: DataLink::ETHERNET, snaplen: 0xFFFF, options: vec![] };
     w.write_pcapng_block(idb).unwrap();
     for (i, f) in frames.iter().enumerate() {
         // pcap-file 2 writes `timestamp.as_nanos()` as raw units; the default unit is 1 us.
@@ -508,11 +391,7 @@ fn own_pcapng_tcp_with_missing_segment_resyncs() {
     let tcp = &f["tcp 192.168.1.64:40000->192.168.1.10:30000"];
     // Only the packets touched by the hole are lost; the walker picks up after it.
     assert!(tcp.0 >= 26 && tcp.0 < 30, "{tcp:?}");
-    assert!(
-        cap.warnings.iter().any(|w| w.contains("not captured")),
-        "{:?}",
-        cap.warnings
-    );
+    assert!(cap.warnings.iter().any(|w| w.contains("not captured")), "{:?}", cap.warnings);
     let got: Vec<Vec<u8>> = rtp_packets(&cap).iter().map(|b| b.to_vec()).collect();
     for p in got.iter().filter(|p| p[11] == 0x03) {
         assert!(tcp_pkts.contains(p), "a TCP packet that was never sent");
@@ -521,10 +400,7 @@ fn own_pcapng_tcp_with_missing_segment_resyncs() {
         CaptureItem::Rtp { time_us, .. } => *time_us,
         _ => None,
     });
-    assert!(
-        t0.is_some_and(|t| (5_000_000..5_001_000).contains(&t)),
-        "{t0:?}"
-    );
+    assert!(t0.is_some_and(|t| (5_000_000..5_001_000).contains(&t)), "{t0:?}");
 }
 
 #[test]
@@ -555,22 +431,14 @@ fn own_rtptools_dump() {
     assert_eq!(cap.format, CaptureFormat::RtpTools);
     let got: Vec<Vec<u8>> = rtp_packets(&cap).iter().map(|b| b.to_vec()).collect();
     same_packets(&got, &pkts);
-    let CaptureItem::Rtp { time_us, flow, .. } = &cap.items[3] else {
-        panic!()
-    };
+    let CaptureItem::Rtp { time_us, flow, .. } = &cap.items[3] else { panic!() };
     assert_eq!(*time_us, Some(1_700_000_000_250_000 + 120_000));
     assert_eq!(flow, "rtpdump 192.168.1.10/30000");
     // Truncated last record: what came before survives.
     std::fs::write(&path, &f[..f.len() - 5]).unwrap();
     let cap = read_capture(&path).unwrap();
     assert_eq!(rtp_packets(&cap).len(), 19);
-    assert!(
-        cap.warnings
-            .iter()
-            .any(|w| w.contains("truncated packet at offset")),
-        "{:?}",
-        cap.warnings
-    );
+    assert!(cap.warnings.iter().any(|w| w.contains("truncated packet at offset")), "{:?}", cap.warnings);
 }
 
 #[test]
@@ -579,20 +447,12 @@ fn errors_name_the_file() {
     let path = dir.path().join("nonsense.bin");
     std::fs::write(&path, b"hello world, not a capture").unwrap();
     let e = read_capture(&path).unwrap_err().to_string();
-    assert!(
-        e.contains("nonsense.bin") && e.contains("unrecognised"),
-        "{e}"
-    );
-    let e = read_capture(&dir.path().join("missing.pcap"))
-        .unwrap_err()
-        .to_string();
+    assert!(e.contains("nonsense.bin") && e.contains("unrecognised"), "{e}");
+    let e = read_capture(&dir.path().join("missing.pcap")).unwrap_err().to_string();
     assert!(e.contains("missing.pcap"), "{e}");
     // Over the size cap (a sparse file, nothing is read).
     let big = dir.path().join("big.pcap");
-    std::fs::File::create(&big)
-        .unwrap()
-        .set_len(gbgate::probe::reader::MAX_FILE_SIZE + 1)
-        .unwrap();
+    std::fs::File::create(&big).unwrap().set_len(gbgate::probe::reader::MAX_FILE_SIZE + 1).unwrap();
     let e = read_capture(&big).unwrap_err().to_string();
     assert!(e.contains("big.pcap") && e.contains("limit"), "{e}");
     std::fs::write(&path, [0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0]).unwrap();
@@ -604,8 +464,7 @@ fn errors_name_the_file() {
 #[test]
 fn own_fixtures_match_expected_json() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
     let list = doc["fixtures"].as_array().unwrap();
     assert_eq!(list.len(), 4);
     for fx in list {
@@ -613,19 +472,10 @@ fn own_fixtures_match_expected_json() {
         let n = |k: &str| fx[k].as_u64().unwrap() as usize;
         let cap = read_capture(&dir.join(format!("{name}.rtp"))).unwrap();
         assert_eq!(cap.format, CaptureFormat::RtpDump);
-        let pkts: Vec<RtpPacket> = rtp_packets(&cap)
-            .into_iter()
-            .map(|p| RtpPacket::parse(p).unwrap())
-            .collect();
+        let pkts: Vec<RtpPacket> = rtp_packets(&cap).into_iter().map(|p| RtpPacket::parse(p).unwrap()).collect();
         assert_eq!(pkts.len(), n("rtp_packets"), "{name}");
-        assert!(pkts
-            .iter()
-            .all(|p| p.ssrc as usize == n("ssrc") && p.payload.len() <= 1400));
-        assert_eq!(
-            pkts.iter().filter(|p| p.marker).count(),
-            n("packs"),
-            "{name}"
-        );
+        assert!(pkts.iter().all(|p| p.ssrc as usize == n("ssrc") && p.payload.len() <= 1400));
+        assert_eq!(pkts.iter().filter(|p| p.marker).count(), n("packs"), "{name}");
         assert!(pkts.iter().enumerate().all(|(i, p)| p.seq as usize == i));
         let ps = std::fs::read(dir.join(format!("{name}.ps"))).unwrap();
         let joined: Vec<u8> = pkts.iter().flat_map(|p| p.payload.to_vec()).collect();
@@ -660,10 +510,7 @@ fn own_fixtures_match_expected_json() {
         assert_eq!(vpes_pts, n("video_frames"), "{name}");
         assert_eq!(apes, n("audio_frames"), "{name}");
         if n("max_video_frame_bytes") > 65_000 {
-            assert!(
-                vpes > vpes_pts,
-                "{name}: a large frame must span several PES"
-            );
+            assert!(vpes > vpes_pts, "{name}: a large frame must span several PES");
         }
     }
 }
@@ -707,26 +554,18 @@ fn other_link_types_and_ipv6() {
     let pkts: Vec<Vec<u8>> = (0..5).map(|s| rtp(s, 0x0BEBC206, 100)).collect();
     let ip4 = |p: &[u8]| {
         let mut f = Vec::new();
-        PacketBuilder::ipv4(CAM, GW, 64)
-            .udp(15070, 30004)
-            .write(&mut f, p)
-            .unwrap();
+        PacketBuilder::ipv4(CAM, GW, 64).udp(15070, 30004).write(&mut f, p).unwrap();
         f
     };
     let ip6 = |p: &[u8]| {
         let mut f = Vec::new();
         let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
         (a[15], b[15]) = (1, 2);
-        PacketBuilder::ipv6(a, b, 64)
-            .udp(15072, 30006)
-            .write(&mut f, p)
-            .unwrap();
+        PacketBuilder::ipv6(a, b, 64).udp(15072, 30006).write(&mut f, p).unwrap();
         f
     };
     let sll2 = |p: &[u8]| {
-        let mut f = vec![
-            0x08, 0x00, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
-        ];
+        let mut f = vec![0x08, 0x00, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0];
         f.extend_from_slice(&ip4(p));
         f
     };
@@ -738,9 +577,7 @@ fn other_link_types_and_ipv6() {
     ];
     let dir = tempfile::tempdir().unwrap();
     for (linktype, frame, flow) in cases {
-        let mut f = vec![
-            0xa1, 0xb2, 0xc3, 0xd4, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
-        ];
+        let mut f = vec![0xa1, 0xb2, 0xc3, 0xd4, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
         f.extend_from_slice(&linktype.to_be_bytes());
         for (i, p) in pkts.iter().enumerate() {
             let fr = frame(p);
@@ -755,12 +592,7 @@ fn other_link_types_and_ipv6() {
         assert!(cap.warnings.is_empty(), "{linktype}: {:?}", cap.warnings);
         let got: Vec<Vec<u8>> = rtp_packets(&cap).iter().map(|b| b.to_vec()).collect();
         same_packets(&got, &pkts);
-        let CaptureItem::Rtp {
-            flow: f0, time_us, ..
-        } = &cap.items[0]
-        else {
-            panic!()
-        };
+        let CaptureItem::Rtp { flow: f0, time_us, .. } = &cap.items[0] else { panic!() };
         assert_eq!((f0.as_str(), *time_us), (flow, Some(10_000_000)));
     }
 }

@@ -1,8 +1,7 @@
 //! AAC in ADTS: header parsing, AudioSpecificConfig building, splitting a buffer into frames.
 
-pub const SAMPLE_RATES: [u32; 13] = [
-    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-];
+pub const SAMPLE_RATES: [u32; 13] =
+    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdtsHeader {
@@ -66,11 +65,7 @@ pub fn looks_like_adts(b: &[u8]) -> bool {
 /// Splits `b` into complete ADTS frames: calls `f(header, raw_payload, offset)` for each and returns
 /// the number of bytes consumed (a trailing partial frame is not consumed). Non-ADTS bytes
 /// are skipped up to the next sync word (returned count includes them) — `skipped` is added to.
-pub fn split_adts(
-    b: &[u8],
-    skipped: &mut u64,
-    mut f: impl FnMut(&AdtsHeader, &[u8], usize),
-) -> usize {
+pub fn split_adts(b: &[u8], skipped: &mut u64, mut f: impl FnMut(&AdtsHeader, &[u8], usize)) -> usize {
     let mut pos = 0;
     while pos < b.len() {
         match parse_adts(&b[pos..]) {
@@ -113,16 +108,7 @@ mod tests {
     fn parses_header_and_asc() {
         let f = adts(100);
         let h = parse_adts(&f).unwrap();
-        assert_eq!(
-            (
-                h.object_type,
-                h.sample_rate,
-                h.channel_config,
-                h.frame_len,
-                h.header_len
-            ),
-            (2, 16000, 1, 100, 7)
-        );
+        assert_eq!((h.object_type, h.sample_rate, h.channel_config, h.frame_len, h.header_len), (2, 16000, 1, 100, 7));
         assert_eq!(audio_specific_config(&h), [0x14, 0x08]);
         assert!(parse_adts(&[0xFF, 0xF7, 0x60, 0x40, 0, 0, 0]).is_none()); // layer != 0
         assert!(parse_adts(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]).is_none());

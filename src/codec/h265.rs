@@ -119,11 +119,7 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
     let (mut width, mut height) = (w, h);
     if r.bit()? == 1 {
         let (l, rt, t, b) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
-        let chroma = if separate_colour_plane {
-            0
-        } else {
-            chroma_format_idc
-        };
+        let chroma = if separate_colour_plane { 0 } else { chroma_format_idc };
         let (sw, sh) = match chroma {
             1 => (2, 2),
             2 => (2, 1),
@@ -132,12 +128,7 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         width = w.checked_sub(l.checked_add(rt)?.checked_mul(sw)?)?;
         height = h.checked_sub(t.checked_add(b)?.checked_mul(sh)?)?;
     }
-    Some(SpsInfo {
-        width,
-        height,
-        profile,
-        level,
-    })
+    Some(SpsInfo { width, height, profile, level })
 }
 
 #[cfg(test)]
@@ -145,14 +136,10 @@ mod tests {
     use super::*;
 
     /// SPS of the synthetic H.265 fixtures (x265, Main, 640x360), copied from h265_aac_16k.ps.
-    const FIXTURE_SPS: &str =
-        "42010101600000030090000003000003003fa005020171f2e5ba4a4c2f016808000003000800000300c840";
+    const FIXTURE_SPS: &str = "42010101600000030090000003000003003fa005020171f2e5ba4a4c2f016808000003000800000300c840";
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]

@@ -163,14 +163,9 @@ mod tests {
 
     #[test]
     fn iterates_mixed_start_codes_and_writes_avcc() {
-        let es = [
-            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 0, 1, 0x65, 4,
-        ];
+        let es = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 0, 1, 0x65, 4];
         let nals: Vec<&[u8]> = annexb_nals(&es).collect();
-        assert_eq!(
-            nals,
-            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4][..]]
-        );
+        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 4][..]]);
         let avcc = annexb_to_avcc(&es);
         assert_eq!(&avcc[..7], &[0, 0, 0, 3, 0x67, 1, 2]);
         assert_eq!(avcc.len(), 7 + 6 + 6);

@@ -1,1 +1,183 @@
-//! Per-stream ingest pipeline. (being written)
+//! The per-stream ingest pipeline, sans-IO: RTP packets in (any order), frames out.
+//!
+//! ```text
+//! RTP packet ─▶ ReorderBuffer ─▶ payload bytes ─▶ PsDemuxer ─▶ Frame
+//!                    │ Lost / Reset                   ▲
+//!                    └──────────── lost() ────────────┘ (drop the partial frame, resync, wait for a keyframe)
+//! ```
+//! The live server and `gbgate probe` both drive this same type, so what probe reports about a
+//! capture is exactly what the gateway would do with it.
+use std::sync::Arc;
+
+use crate::hub::{AudioStats, StreamStats, VideoStats};
+use crate::media::{CodecConfig, Frame, MediaKind};
+use crate::proto::ps::demux::{DemuxStats, PsDemuxer};
+use crate::proto::rtp::reorder::{ReorderBuffer, Reordered, RtpStats};
+use crate::proto::rtp::RtpPacket;
+
+pub struct StreamIngest {
+    reorder: ReorderBuffer,
+    demux: PsDemuxer,
+    reordered: Vec<Reordered>,
+    video: TrackCounter,
+    audio: TrackCounter,
+}
+
+/// Frame counts and a frame-rate estimate of one track, from the frames actually emitted.
+#[derive(Debug, Clone, Default)]
+struct TrackCounter {
+    frames: u64,
+    keyframes: u64,
+    first_pts: Option<i64>,
+    last_pts: i64,
+}
+
+impl TrackCounter {
+    fn count(&mut self, frame: &Frame) {
+        self.frames += 1;
+        self.keyframes += u64::from(frame.keyframe);
+        self.first_pts.get_or_insert(frame.pts);
+        self.last_pts = frame.pts;
+    }
+
+    /// Frames per second over the PTS span seen; 0 when it cannot be told.
+    fn rate(&self) -> f64 {
+        match self.first_pts {
+            Some(first) if self.last_pts > first && self.frames > 1 => {
+                let fps = (self.frames - 1) as f64 * 90_000.0 / (self.last_pts - first) as f64;
+                (fps * 100.0).round() / 100.0
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+impl StreamIngest {
+    /// `reorder_packets`: how many packets may wait for a missing one; `reorder_delay_us`: how long.
+    pub fn new(reorder_packets: usize, reorder_delay_us: u64) -> StreamIngest {
+        StreamIngest {
+            reorder: ReorderBuffer::new(reorder_packets, reorder_delay_us),
+            demux: PsDemuxer::new(),
+            reordered: Vec::with_capacity(8),
+            video: TrackCounter::default(),
+            audio: TrackCounter::default(),
+        }
+    }
+
+    /// Feeds one RTP packet received at `now_us`; completed frames are appended to `out`.
+    pub fn push_rtp(&mut self, packet: RtpPacket, now_us: u64, out: &mut Vec<Frame>) {
+        self.reorder.push(packet, now_us, &mut self.reordered);
+        self.drain(out);
+    }
+
+    /// Feeds raw program-stream bytes (a `.ps` file: no RTP layer, nothing to reorder).
+    pub fn push_ps(&mut self, data: &[u8], out: &mut Vec<Frame>) {
+        let start = out.len();
+        self.demux.push(data, out);
+        self.count(&out[start..]);
+    }
+
+    /// When the reorder buffer next needs [`Self::handle_timeout`], as an absolute `now_us`.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.reorder.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now_us: u64, out: &mut Vec<Frame>) {
+        self.reorder.handle_timeout(now_us, &mut self.reordered);
+        self.drain(out);
+    }
+
+    /// End of input: releases held packets and the last pending frame.
+    pub fn finish(&mut self, out: &mut Vec<Frame>) {
+        self.reorder.flush(&mut self.reordered);
+        self.drain(out);
+        let start = out.len();
+        self.demux.flush(out);
+        self.count(&out[start..]);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Frame>) {
+        let start = out.len();
+        for item in self.reordered.drain(..) {
+            match item {
+                Reordered::Packet(packet) => self.demux.push(&packet.payload, out),
+                Reordered::Lost { .. } | Reordered::Reset => self.demux.lost(),
+            }
+        }
+        self.count(&out[start..]);
+    }
+
+    fn count(&mut self, frames: &[Frame]) {
+        for frame in frames {
+            match frame.kind() {
+                MediaKind::Video => self.video.count(frame),
+                MediaKind::Audio => self.audio.count(frame),
+            }
+        }
+    }
+
+    pub fn rtp_stats(&self) -> &RtpStats {
+        self.reorder.stats()
+    }
+
+    pub fn demux_stats(&self) -> &DemuxStats {
+        self.demux.stats()
+    }
+
+    pub fn video_codec(&self) -> Option<crate::media::Codec> {
+        self.demux.video_codec()
+    }
+
+    pub fn audio_codec(&self) -> Option<crate::media::Codec> {
+        self.demux.audio_codec()
+    }
+
+    pub fn video_config(&self) -> Option<&Arc<CodecConfig>> {
+        self.demux.video_config()
+    }
+
+    pub fn audio_config(&self) -> Option<&Arc<CodecConfig>> {
+        self.demux.audio_config()
+    }
+
+    /// The figures `/api/v1/streams` shows for this stream.
+    pub fn stream_stats(&self) -> StreamStats {
+        let rtp = self.rtp_stats();
+        let demux = self.demux_stats();
+        let video = self.demux.video_codec().map(|codec| {
+            let (width, height) = match self.video_config().map(|c| c.as_ref()) {
+                Some(CodecConfig::Video(v)) => (v.width, v.height),
+                _ => (0, 0),
+            };
+            VideoStats {
+                codec: codec.name(),
+                width,
+                height,
+                frames: self.video.frames,
+                keyframes: self.video.keyframes,
+                fps: self.video.rate(),
+            }
+        });
+        let audio = self.demux.audio_codec().map(|codec| {
+            let (sample_rate, channels) = match self.audio_config().map(|c| c.as_ref()) {
+                Some(CodecConfig::Audio(a)) => (a.sample_rate, a.channels),
+                _ => (0, 0),
+            };
+            AudioStats { codec: codec.name(), sample_rate, channels, frames: self.audio.frames }
+        });
+        StreamStats {
+            video,
+            audio,
+            bytes_in: rtp.bytes,
+            packets: rtp.packets,
+            lost: rtp.lost,
+            duplicates: rtp.duplicates,
+            reordered: rtp.reordered,
+            late: rtp.late,
+            queue_drops: 0,
+            garbage_bytes: demux.garbage_bytes,
+            resyncs: demux.resyncs,
+            dropped_frames: demux.dropped_frames,
+        }
+    }
+}

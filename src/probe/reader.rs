@@ -43,12 +43,7 @@ pub enum Transport {
 pub enum CaptureItem {
     /// One RTP packet. `flow` identifies where it came from (`udp a:p->b:p`, `tcp a:p->b:p`,
     /// `file`, `rtpdump addr/port`); `time_us` is the capture time when the format has one.
-    Rtp {
-        flow: String,
-        transport: Transport,
-        time_us: Option<u64>,
-        packet: Bytes,
-    },
+    Rtp { flow: String, transport: Transport, time_us: Option<u64>, packet: Bytes },
     /// A chunk of raw program stream (RawPs files), at most [`PS_CHUNK`] bytes.
     Ps(Bytes),
 }
@@ -64,30 +59,20 @@ pub struct Capture {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {size} bytes is over the {max} byte limit of the probe")]
     TooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("{path}: unrecognised format (not PS, RTP dump, rtpdump, pcap or pcapng)")]
     UnknownFormat { path: PathBuf },
     #[error("{path}: at offset {offset}: {what}")]
-    Malformed {
-        path: PathBuf,
-        offset: usize,
-        what: String,
-    },
+    Malformed { path: PathBuf, offset: usize, what: String },
 }
 
 /// Guesses the format from the start of a file (magic numbers, then structure).
 pub fn detect_format(head: &[u8]) -> Option<CaptureFormat> {
     match head.get(..4) {
         Some(
-            [0xa1, 0xb2, 0xc3, 0xd4]
-            | [0xd4, 0xc3, 0xb2, 0xa1]
-            | [0xa1, 0xb2, 0x3c, 0x4d]
-            | [0x4d, 0x3c, 0xb2, 0xa1],
+            [0xa1, 0xb2, 0xc3, 0xd4] | [0xd4, 0xc3, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d] | [0x4d, 0x3c, 0xb2, 0xa1],
         ) => return Some(CaptureFormat::Pcap),
         Some([0x0a, 0x0d, 0x0d, 0x0a]) => return Some(CaptureFormat::Pcapng),
         Some([0, 0, 1, 0xba]) => return Some(CaptureFormat::RawPs),
@@ -114,10 +99,7 @@ fn looks_length_framed(buf: &[u8]) -> bool {
         if pos == buf.len() {
             return n > 0;
         }
-        let Some(len) = buf
-            .get(pos..pos + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-        else {
+        let Some(len) = buf.get(pos..pos + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else {
             return n > 0;
         };
         if len < 12 {
@@ -138,17 +120,10 @@ fn looks_length_framed(buf: &[u8]) -> bool {
 
 /// Reads a whole capture file into RTP packets or PS chunks.
 pub fn read_capture(path: &Path) -> Result<Capture, ReadError> {
-    let io = |source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ReadError::Io { path: path.to_path_buf(), source };
     let size = std::fs::metadata(path).map_err(io)?.len();
     if size > MAX_FILE_SIZE {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            size,
-            max: MAX_FILE_SIZE,
-        });
+        return Err(ReadError::TooLarge { path: path.to_path_buf(), size, max: MAX_FILE_SIZE });
     }
     let data = Bytes::from(std::fs::read(path).map_err(io)?);
     read_capture_bytes(path, data)
@@ -156,14 +131,8 @@ pub fn read_capture(path: &Path) -> Result<Capture, ReadError> {
 
 /// As [`read_capture`], from bytes already in memory; `path` is only used in messages.
 pub fn read_capture_bytes(path: &Path, data: Bytes) -> Result<Capture, ReadError> {
-    let format = detect_format(&data).ok_or_else(|| ReadError::UnknownFormat {
-        path: path.to_path_buf(),
-    })?;
-    let mut cap = Capture {
-        format,
-        items: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let format = detect_format(&data).ok_or_else(|| ReadError::UnknownFormat { path: path.to_path_buf() })?;
+    let mut cap = Capture { format, items: Vec::new(), warnings: Vec::new() };
     match format {
         CaptureFormat::RawPs => read_raw_ps(&data, &mut cap),
         CaptureFormat::RtpDump => read_rtp_dump(&data, &mut cap),
@@ -183,11 +152,7 @@ pub fn read_capture_bytes(path: &Path, data: Bytes) -> Result<Capture, ReadError
 }
 
 fn malformed(path: &Path, offset: usize, what: impl Into<String>) -> ReadError {
-    ReadError::Malformed {
-        path: path.to_path_buf(),
-        offset,
-        what: what.into(),
-    }
+    ReadError::Malformed { path: path.to_path_buf(), offset, what: what.into() }
 }
 
 fn be16(b: &[u8]) -> usize {
@@ -211,12 +176,8 @@ fn sub(data: &Bytes, s: &[u8]) -> Bytes {
 fn read_raw_ps(data: &Bytes, cap: &mut Capture) {
     match memchr::memmem::find(data, &[0, 0, 1, 0xba]) {
         Some(0) => {}
-        Some(n) => cap.warnings.push(format!(
-            "{n} bytes before the first pack header (00 00 01 BA)"
-        )),
-        None => cap
-            .warnings
-            .push("no pack header (00 00 01 BA) in the file".into()),
+        Some(n) => cap.warnings.push(format!("{n} bytes before the first pack header (00 00 01 BA)")),
+        None => cap.warnings.push("no pack header (00 00 01 BA) in the file".into()),
     }
     let mut pos = 0;
     while pos < data.len() {
@@ -231,22 +192,18 @@ fn read_rtp_dump(data: &Bytes, cap: &mut Capture) {
     let mut not_rtp = 0usize;
     while pos < data.len() {
         if data.len() - pos < 2 {
-            cap.warnings
-                .push(format!("truncated record length at offset {pos}"));
+            cap.warnings.push(format!("truncated record length at offset {pos}"));
             break;
         }
         let len = be16(&data[pos..]);
         if len == 0 {
             // RFC 4571 streams with a zero length are broken; nothing after it is trustworthy.
-            cap.warnings
-                .push(format!("zero-length record at offset {pos}; stopped"));
+            cap.warnings.push(format!("zero-length record at offset {pos}; stopped"));
             break;
         }
         if pos + 2 + len > data.len() {
-            cap.warnings.push(format!(
-                "truncated record at offset {pos}: length {len}, {} bytes left",
-                data.len() - pos - 2
-            ));
+            cap.warnings
+                .push(format!("truncated record at offset {pos}: length {len}, {} bytes left", data.len() - pos - 2));
             break;
         }
         let rec = data.slice(pos + 2..pos + 2 + len);
@@ -263,31 +220,19 @@ fn read_rtp_dump(data: &Bytes, cap: &mut Capture) {
         pos += 2 + len;
     }
     if not_rtp > 0 {
-        cap.warnings.push(format!(
-            "{not_rtp} records are not RTP (RTCP or not version 2); skipped"
-        ));
+        cap.warnings.push(format!("{not_rtp} records are not RTP (RTCP or not version 2); skipped"));
     }
 }
 
 fn read_rtptools(path: &Path, data: &Bytes, cap: &mut Capture) -> Result<(), ReadError> {
     let line_end = memchr::memchr(b'\n', &data[..data.len().min(1024)])
         .ok_or_else(|| malformed(path, 0, "rtpdump: no end of the #!rtpplay1.0 line"))?;
-    let addr = String::from_utf8_lossy(&data[12..line_end])
-        .trim()
-        .to_string();
-    let flow = if addr.is_empty() {
-        "rtpdump".to_string()
-    } else {
-        format!("rtpdump {addr}")
-    };
+    let addr = String::from_utf8_lossy(&data[12..line_end]).trim().to_string();
+    let flow = if addr.is_empty() { "rtpdump".to_string() } else { format!("rtpdump {addr}") };
     let mut pos = line_end + 1;
     // RD_hdr_t: struct timeval start (sec, usec), source address, port, padding.
     let Some(hdr) = data.get(pos..pos + 16) else {
-        return Err(malformed(
-            path,
-            pos,
-            "rtpdump: truncated file header (RD_hdr_t)",
-        ));
+        return Err(malformed(path, pos, "rtpdump: truncated file header (RD_hdr_t)"));
     };
     let start_us = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as u64 * 1_000_000
         + u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as u64;
@@ -296,24 +241,19 @@ fn read_rtptools(path: &Path, data: &Bytes, cap: &mut Capture) -> Result<(), Rea
     while pos < data.len() {
         // RD_packet_t: length (incl. this 8-byte header), plen (0 = RTCP), offset ms.
         let Some(h) = data.get(pos..pos + 8) else {
-            cap.warnings
-                .push(format!("truncated packet header at offset {pos}"));
+            cap.warnings.push(format!("truncated packet header at offset {pos}"));
             break;
         };
         let len = be16(h);
         let plen = be16(&h[2..]);
         let offset_ms = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as u64;
         if len < 8 {
-            cap.warnings.push(format!(
-                "bogus packet length {len} at offset {pos}; stopped"
-            ));
+            cap.warnings.push(format!("bogus packet length {len} at offset {pos}; stopped"));
             break;
         }
         if pos + len > data.len() {
-            cap.warnings.push(format!(
-                "truncated packet at offset {pos}: length {len}, {} bytes left",
-                data.len() - pos
-            ));
+            cap.warnings
+                .push(format!("truncated packet at offset {pos}: length {len}, {} bytes left", data.len() - pos));
             break;
         }
         let pkt = data.slice(pos + 8..pos + len);
@@ -330,18 +270,12 @@ fn read_rtptools(path: &Path, data: &Bytes, cap: &mut Capture) -> Result<(), Rea
         pos += len;
     }
     if rtcp > 0 {
-        cap.warnings
-            .push(format!("{rtcp} RTCP/non-RTP records skipped"));
+        cap.warnings.push(format!("{rtcp} RTCP/non-RTP records skipped"));
     }
     Ok(())
 }
 
-fn read_pcap(
-    path: &Path,
-    data: &Bytes,
-    net: &mut Net,
-    warnings: &mut Vec<String>,
-) -> Result<(), ReadError> {
+fn read_pcap(path: &Path, data: &Bytes, net: &mut Net, warnings: &mut Vec<String>) -> Result<(), ReadError> {
     if data.len() < 24 {
         return Err(malformed(path, 0, "pcap: truncated global header"));
     }
@@ -379,26 +313,14 @@ fn read_pcap(
             break;
         }
         let time = sec * 1_000_000 + if nanos { frac / 1000 } else { frac };
-        net.frame(
-            linktype,
-            data,
-            &data[pos + 16..pos + 16 + incl],
-            Some(time),
-            idx,
-            warnings,
-        );
+        net.frame(linktype, data, &data[pos + 16..pos + 16 + incl], Some(time), idx, warnings);
         pos += 16 + incl;
         idx += 1;
     }
     Ok(())
 }
 
-fn read_pcapng(
-    path: &Path,
-    data: &Bytes,
-    net: &mut Net,
-    warnings: &mut Vec<String>,
-) -> Result<(), ReadError> {
+fn read_pcapng(path: &Path, data: &Bytes, net: &mut Net, warnings: &mut Vec<String>) -> Result<(), ReadError> {
     let mut le = true;
     // Per interface of the current section: link type and timestamp units per second.
     let mut ifaces: Vec<(u32, u64)> = Vec::new();
@@ -426,33 +348,22 @@ fn read_pcapng(
                 [0x1a, 0x2b, 0x3c, 0x4d] => false,
                 _ if pos == 0 => return Err(malformed(path, pos, "pcapng: bad byte-order magic")),
                 _ => {
-                    warnings.push(format!(
-                        "bad pcapng section header at offset {pos}; stopped"
-                    ));
+                    warnings.push(format!("bad pcapng section header at offset {pos}; stopped"));
                     break;
                 }
             };
             ifaces.clear();
         } else if pos == 0 {
-            return Err(malformed(
-                path,
-                0,
-                "pcapng: first block is not a section header",
-            ));
+            return Err(malformed(path, 0, "pcapng: first block is not a section header"));
         }
         let btype = rd(0, le);
         let blen = rd(4, le) as usize;
         if blen < 12 || blen % 4 != 0 {
-            warnings.push(format!(
-                "bogus pcapng block length {blen} at offset {pos}; stopped"
-            ));
+            warnings.push(format!("bogus pcapng block length {blen} at offset {pos}; stopped"));
             break;
         }
         if blen > b.len() {
-            warnings.push(format!(
-                "truncated pcapng block at offset {pos}: length {blen}, {} bytes left",
-                b.len()
-            ));
+            warnings.push(format!("truncated pcapng block at offset {pos}: length {blen}, {} bytes left", b.len()));
             break;
         }
         let body = &b[8..blen - 4];
@@ -479,14 +390,7 @@ fn read_pcapng(
                 match ifaces.get(iface) {
                     Some(&(linktype, units)) => {
                         let time = (ts as u128 * 1_000_000 / units as u128) as u64;
-                        net.frame(
-                            linktype,
-                            data,
-                            &body[20..20 + caplen],
-                            Some(time),
-                            idx,
-                            warnings,
-                        );
+                        net.frame(linktype, data, &body[20..20 + caplen], Some(time), idx, warnings);
                     }
                     None => unknown_iface += 1,
                 }
@@ -496,9 +400,7 @@ fn read_pcapng(
             3 if body.len() >= 4 => {
                 let caplen = (rdb(0) as usize).min(body.len() - 4);
                 match ifaces.first() {
-                    Some(&(linktype, _)) => {
-                        net.frame(linktype, data, &body[4..4 + caplen], None, idx, warnings)
-                    }
+                    Some(&(linktype, _)) => net.frame(linktype, data, &body[4..4 + caplen], None, idx, warnings),
                     None => unknown_iface += 1,
                 }
                 idx += 1;
@@ -511,14 +413,7 @@ fn read_pcapng(
                 match ifaces.get(iface) {
                     Some(&(linktype, units)) => {
                         let time = (ts as u128 * 1_000_000 / units as u128) as u64;
-                        net.frame(
-                            linktype,
-                            data,
-                            &body[20..20 + caplen],
-                            Some(time),
-                            idx,
-                            warnings,
-                        );
+                        net.frame(linktype, data, &body[20..20 + caplen], Some(time), idx, warnings);
                     }
                     None => unknown_iface += 1,
                 }
@@ -529,9 +424,7 @@ fn read_pcapng(
         pos += blen;
     }
     if unknown_iface > 0 {
-        warnings.push(format!(
-            "{unknown_iface} packets refer to an undeclared interface; skipped"
-        ));
+        warnings.push(format!("{unknown_iface} packets refer to an undeclared interface; skipped"));
     }
     Ok(())
 }
@@ -540,26 +433,16 @@ fn read_pcapng(
 fn if_tsresol(mut opts: &[u8], le: bool) -> u64 {
     while opts.len() >= 4 {
         let (code, len) = if le {
-            (
-                u16::from_le_bytes([opts[0], opts[1]]),
-                u16::from_le_bytes([opts[2], opts[3]]) as usize,
-            )
+            (u16::from_le_bytes([opts[0], opts[1]]), u16::from_le_bytes([opts[2], opts[3]]) as usize)
         } else {
-            (
-                u16::from_be_bytes([opts[0], opts[1]]),
-                u16::from_be_bytes([opts[2], opts[3]]) as usize,
-            )
+            (u16::from_be_bytes([opts[0], opts[1]]), u16::from_be_bytes([opts[2], opts[3]]) as usize)
         };
         if code == 0 {
             break;
         }
         if code == 9 && len == 1 && opts.len() > 4 {
             let v = opts[4];
-            return if v & 0x80 == 0 {
-                10u64.pow(u32::from(v.min(19)))
-            } else {
-                1u64 << (v & 0x7f).min(63)
-            };
+            return if v & 0x80 == 0 { 10u64.pow(u32::from(v.min(19))) } else { 1u64 << (v & 0x7f).min(63) };
         }
         let skip = 4 + len.div_ceil(4) * 4;
         opts = opts.get(skip..).unwrap_or(&[]);
@@ -608,9 +491,9 @@ impl Net {
             1 => SlicedPacket::from_ethernet(frame).ok(),
             113 => SlicedPacket::from_linux_sll(frame).ok(),
             // Linux cooked v2: 20-byte header, protocol (EtherType) first.
-            276 => frame.get(20..).and_then(|rest| {
-                SlicedPacket::from_ether_type(EtherType(be16(frame) as u16), rest).ok()
-            }),
+            276 => {
+                frame.get(20..).and_then(|rest| SlicedPacket::from_ether_type(EtherType(be16(frame) as u16), rest).ok())
+            }
             // Raw IP (12 is DLT_RAW on some BSDs, 14 on others), IPv4, IPv6.
             101 | 12 | 14 | 228 | 229 => SlicedPacket::from_ip(frame).ok(),
             // BSD loopback / OpenBSD loop: 4-byte address family, then IP.
@@ -618,9 +501,7 @@ impl Net {
             _ => {
                 if !self.bad_linktypes.contains(&linktype) {
                     self.bad_linktypes.push(linktype);
-                    warnings.push(format!(
-                        "unsupported link type {linktype}; its packets are skipped"
-                    ));
+                    warnings.push(format!("unsupported link type {linktype}; its packets are skipped"));
                 }
                 None
             }
@@ -652,10 +533,7 @@ impl Net {
                 idx,
             }),
             Some(TransportSlice::Tcp(t)) if t.syn() || !t.payload().is_empty() => {
-                let key = (
-                    SocketAddr::new(src_ip, t.source_port()),
-                    SocketAddr::new(dst_ip, t.destination_port()),
-                );
+                let key = (SocketAddr::new(src_ip, t.source_port()), SocketAddr::new(dst_ip, t.destination_port()));
                 let segs = self.tcp.entry(key).or_insert_with(|| {
                     self.tcp_order.push(key);
                     Vec::new()
@@ -674,10 +552,7 @@ impl Net {
 
     fn finish(self, cap: &mut Capture) {
         if self.fragments > 0 {
-            cap.warnings.push(format!(
-                "{} IP fragments not reassembled; skipped",
-                self.fragments
-            ));
+            cap.warnings.push(format!("{} IP fragments not reassembled; skipped", self.fragments));
         }
         // (capture index of the frame that completed the packet, item)
         let mut out: Vec<(usize, CaptureItem)> = Vec::new();
@@ -706,11 +581,8 @@ fn plausible_ssrcs<'a>(pkts: impl Iterator<Item = &'a [u8]>) -> Vec<u32> {
         e.0 = seq;
         e.1 += 1;
     }
-    let mut v: Vec<u32> = st
-        .into_iter()
-        .filter(|(_, (_, n, steady))| *n >= 2 && *steady * 2 > *n)
-        .map(|(s, _)| s)
-        .collect();
+    let mut v: Vec<u32> =
+        st.into_iter().filter(|(_, (_, n, steady))| *n >= 2 && *steady * 2 > *n).map(|(s, _)| s).collect();
     v.sort_unstable();
     v
 }
@@ -725,10 +597,7 @@ fn udp_rtp(udp: Vec<Datagram>, out: &mut Vec<(usize, CaptureItem)>) {
         let ssrcs = plausible_ssrcs(idxs.iter().map(|&i| &udp[i].payload[..]));
         for &i in idxs {
             let p = &udp[i].payload;
-            keep[i] = is_rtp(p)
-                && ssrcs
-                    .binary_search(&u32::from_be_bytes([p[8], p[9], p[10], p[11]]))
-                    .is_ok();
+            keep[i] = is_rtp(p) && ssrcs.binary_search(&u32::from_be_bytes([p[8], p[9], p[10], p[11]])).is_ok();
         }
     }
     for (d, keep) in udp.into_iter().zip(keep) {
@@ -783,16 +652,12 @@ fn reassemble(segs: &[Segment], flow: &str, warnings: &mut Vec<String>) -> Vec<R
         }
         if off > cursor || runs.is_empty() {
             missing += (off - cursor).max(0);
-            runs.push(Run {
-                data: Vec::new(),
-                marks: Vec::new(),
-            });
+            runs.push(Run { data: Vec::new(), marks: Vec::new() });
             cursor = cursor.max(off);
         }
         let Some(run) = runs.last_mut() else { continue };
         run.marks.push((run.data.len(), s.idx, s.time));
-        run.data
-            .extend_from_slice(&s.payload[(cursor - off) as usize..]);
+        run.data.extend_from_slice(&s.payload[(cursor - off) as usize..]);
         cursor = end;
     }
     // A packet is only complete once every byte before it has arrived: make the marks
@@ -805,7 +670,9 @@ fn reassemble(segs: &[Segment], flow: &str, warnings: &mut Vec<String>) -> Vec<R
         }
     }
     if missing > 0 {
-        warnings.push(format!("{flow}: {missing} bytes of the TCP stream were not captured; resynchronised after each hole"));
+        warnings.push(format!(
+            "{flow}: {missing} bytes of the TCP stream were not captured; resynchronised after each hole"
+        ));
     }
     runs
 }
@@ -885,22 +752,12 @@ fn tcp_rtp(
     }
     warnings.extend(local_warnings);
     if skipped > 0 {
-        warnings.push(format!(
-            "{flow}: {skipped} bytes skipped outside RTP framing"
-        ));
+        warnings.push(format!("{flow}: {skipped} bytes skipped outside RTP framing"));
     }
     for (idx, time, packet) in found {
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        if is_rtp(&packet)
-            && ssrcs.binary_search(&ssrc).is_ok()
-            && RtpPacket::parse(packet.clone()).is_ok()
-        {
-            let item = CaptureItem::Rtp {
-                flow: flow.clone(),
-                transport: Transport::Tcp,
-                time_us: time,
-                packet,
-            };
+        if is_rtp(&packet) && ssrcs.binary_search(&ssrc).is_ok() && RtpPacket::parse(packet.clone()).is_ok() {
+            let item = CaptureItem::Rtp { flow: flow.clone(), transport: Transport::Tcp, time_us: time, packet };
             out.push((idx, item));
         }
     }
@@ -912,40 +769,17 @@ mod tests {
 
     fn rtp(seq: u16, ssrc: u32, len: usize) -> Vec<u8> {
         let mut v = Vec::new();
-        crate::proto::rtp::write_packet(
-            &mut v,
-            96,
-            false,
-            seq,
-            seq as u32 * 3600,
-            ssrc,
-            &vec![0xAB; len],
-        );
+        crate::proto::rtp::write_packet(&mut v, 96, false, seq, seq as u32 * 3600, ssrc, &vec![0xAB; len]);
         v
     }
 
     #[test]
     fn detects_by_magic_and_structure() {
-        assert_eq!(
-            detect_format(&[0xd4, 0xc3, 0xb2, 0xa1, 2, 0]),
-            Some(CaptureFormat::Pcap)
-        );
-        assert_eq!(
-            detect_format(&[0xa1, 0xb2, 0x3c, 0x4d]),
-            Some(CaptureFormat::Pcap)
-        );
-        assert_eq!(
-            detect_format(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0]),
-            Some(CaptureFormat::Pcapng)
-        );
-        assert_eq!(
-            detect_format(b"#!rtpplay1.0 127.0.0.1/5000\n"),
-            Some(CaptureFormat::RtpTools)
-        );
-        assert_eq!(
-            detect_format(&[0, 0, 1, 0xba, 0x44]),
-            Some(CaptureFormat::RawPs)
-        );
+        assert_eq!(detect_format(&[0xd4, 0xc3, 0xb2, 0xa1, 2, 0]), Some(CaptureFormat::Pcap));
+        assert_eq!(detect_format(&[0xa1, 0xb2, 0x3c, 0x4d]), Some(CaptureFormat::Pcap));
+        assert_eq!(detect_format(&[0x0a, 0x0d, 0x0d, 0x0a, 0, 0]), Some(CaptureFormat::Pcapng));
+        assert_eq!(detect_format(b"#!rtpplay1.0 127.0.0.1/5000\n"), Some(CaptureFormat::RtpTools));
+        assert_eq!(detect_format(&[0, 0, 1, 0xba, 0x44]), Some(CaptureFormat::RawPs));
         let mut dump = Vec::new();
         for seq in 0..3 {
             let p = rtp(seq, 1, 100);
@@ -1009,12 +843,7 @@ mod tests {
                 })
                 .collect();
             // Give every parser a chance at it.
-            let heads: [&[u8]; 4] = [
-                &[0xd4, 0xc3, 0xb2, 0xa1],
-                &[0x0a, 0x0d, 0x0d, 0x0a],
-                b"#!rtpplay1.0",
-                &[0, 0x20],
-            ];
+            let heads: [&[u8]; 4] = [&[0xd4, 0xc3, 0xb2, 0xa1], &[0x0a, 0x0d, 0x0d, 0x0a], b"#!rtpplay1.0", &[0, 0x20]];
             let head = heads[n % 4];
             let k = head.len().min(v.len());
             v[..k].copy_from_slice(&head[..k]);

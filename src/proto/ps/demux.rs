@@ -84,41 +84,11 @@ impl DemuxStats {
                 v.push(s);
             }
         };
-        add(
-            self.garbage_bytes,
-            format!(
-                "{} garbage bytes skipped while searching for sync",
-                self.garbage_bytes
-            ),
-        );
-        add(
-            self.resyncs,
-            format!(
-                "lost sync {} times (resynced at next pack header)",
-                self.resyncs
-            ),
-        );
-        add(
-            self.dropped_frames,
-            format!(
-                "{} partial frames dropped after loss or errors",
-                self.dropped_frames
-            ),
-        );
-        add(
-            self.held_frames,
-            format!(
-                "{} video frames held waiting for parameter sets/keyframe",
-                self.held_frames
-            ),
-        );
-        add(
-            self.extra_stream_pes,
-            format!(
-                "{} PES of extra video/audio streams ignored",
-                self.extra_stream_pes
-            ),
-        );
+        add(self.garbage_bytes, format!("{} garbage bytes skipped while searching for sync", self.garbage_bytes));
+        add(self.resyncs, format!("lost sync {} times (resynced at next pack header)", self.resyncs));
+        add(self.dropped_frames, format!("{} partial frames dropped after loss or errors", self.dropped_frames));
+        add(self.held_frames, format!("{} video frames held waiting for parameter sets/keyframe", self.held_frames));
+        add(self.extra_stream_pes, format!("{} PES of extra video/audio streams ignored", self.extra_stream_pes));
         add(
             self.psm_crc_wrong,
             format!(
@@ -135,94 +105,31 @@ impl DemuxStats {
         );
         add(
             self.psm_broken_descriptors,
-            format!(
-                "broken descriptor lengths in {} PSM entries",
-                self.psm_broken_descriptors
-            ),
+            format!("broken descriptor lengths in {} PSM entries", self.psm_broken_descriptors),
         );
-        add(
-            self.video_codec_sniffed,
-            "video codec not in PSM: sniffed from NAL headers".into(),
-        );
-        add(
-            self.audio_codec_sniffed,
-            "audio codec not in PSM: sniffed ADTS (AAC)".into(),
-        );
-        add(
-            self.audio_codec_defaulted,
-            "audio codec not in PSM: assumed G.711A".into(),
-        );
-        add(
-            self.psm_codec_lies,
-            format!(
-                "PSM stream type contradicted by the data {} times",
-                self.psm_codec_lies
-            ),
-        );
+        add(self.video_codec_sniffed, "video codec not in PSM: sniffed from NAL headers".into());
+        add(self.audio_codec_sniffed, "audio codec not in PSM: sniffed ADTS (AAC)".into());
+        add(self.audio_codec_defaulted, "audio codec not in PSM: assumed G.711A".into());
+        add(self.psm_codec_lies, format!("PSM stream type contradicted by the data {} times", self.psm_codec_lies));
         add(
             self.unsupported_audio_pes,
-            format!(
-                "{} audio PES of an unsupported codec dropped",
-                self.unsupported_audio_pes
-            ),
+            format!("{} audio PES of an unsupported codec dropped", self.unsupported_audio_pes),
         );
-        add(
-            self.mpeg1_packs,
-            format!("{} MPEG-1 pack headers", self.mpeg1_packs),
-        );
-        add(
-            self.mpeg1_pes,
-            format!("{} MPEG-1 PES headers", self.mpeg1_pes),
-        );
-        add(
-            self.pack_stuffing,
-            format!(
-                "pack stuffing in {} packs (skipped by length)",
-                self.pack_stuffing
-            ),
-        );
-        add(
-            self.empty_packs,
-            format!(
-                "{} empty pack headers followed directly by a start code",
-                self.empty_packs
-            ),
-        );
+        add(self.mpeg1_packs, format!("{} MPEG-1 pack headers", self.mpeg1_packs));
+        add(self.mpeg1_pes, format!("{} MPEG-1 PES headers", self.mpeg1_pes));
+        add(self.pack_stuffing, format!("pack stuffing in {} packs (skipped by length)", self.pack_stuffing));
+        add(self.empty_packs, format!("{} empty pack headers followed directly by a start code", self.empty_packs));
         add(
             self.pes_without_header,
-            format!(
-                "{} PES without a valid PES header (payload kept, no PTS)",
-                self.pes_without_header
-            ),
+            format!("{} PES without a valid PES header (payload kept, no PTS)", self.pes_without_header),
         );
-        add(
-            self.unbounded_pes,
-            format!("{} unbounded (length 0) video PES", self.unbounded_pes),
-        );
-        add(
-            self.pts_wraps,
-            format!("{} 33-bit PTS wraps unwrapped", self.pts_wraps),
-        );
-        add(
-            self.auds_dropped,
-            format!("{} AUD NAL units dropped", self.auds_dropped),
-        );
-        add(
-            self.lying_lengths,
-            format!("{} packets whose length field lied", self.lying_lengths),
-        );
-        add(
-            self.zero_padding,
-            format!("{} zero bytes before start codes", self.zero_padding),
-        );
-        add(
-            self.skipped_pes,
-            format!("{} private/padding PES skipped", self.skipped_pes),
-        );
-        add(
-            self.oversize_drops,
-            format!("{} oversize buffers dropped", self.oversize_drops),
-        );
+        add(self.unbounded_pes, format!("{} unbounded (length 0) video PES", self.unbounded_pes));
+        add(self.pts_wraps, format!("{} 33-bit PTS wraps unwrapped", self.pts_wraps));
+        add(self.auds_dropped, format!("{} AUD NAL units dropped", self.auds_dropped));
+        add(self.lying_lengths, format!("{} packets whose length field lied", self.lying_lengths));
+        add(self.zero_padding, format!("{} zero bytes before start codes", self.zero_padding));
+        add(self.skipped_pes, format!("{} private/padding PES skipped", self.skipped_pes));
+        add(self.oversize_drops, format!("{} oversize buffers dropped", self.oversize_drops));
         v
     }
 }
@@ -276,11 +183,7 @@ fn parse_pes_header(b: &[u8], body_len: Option<usize>, mpeg1_pack: bool) -> PesH
     };
     if b0 & 0xC0 == 0x80 {
         if b.len() < 3 {
-            return if fits(3) {
-                PesHeader::Need
-            } else {
-                PesHeader::None
-            };
+            return if fits(3) { PesHeader::Need } else { PesHeader::None };
         }
         let len = 3 + b[2] as usize;
         let flags = b[1] >> 6;
@@ -297,12 +200,7 @@ fn parse_pes_header(b: &[u8], body_len: Option<usize>, mpeg1_pack: bool) -> PesH
         }
         let pts = (flags & 2 != 0).then(|| ts(&b[3..8]));
         let dts = (flags == 3).then(|| ts(&b[8..13]));
-        return PesHeader::Ok {
-            len,
-            pts,
-            dts,
-            mpeg1: false,
-        };
+        return PesHeader::Ok { len, pts, dts, mpeg1: false };
     }
     if !mpeg1_pack {
         return PesHeader::None;
@@ -342,12 +240,7 @@ fn parse_pes_header(b: &[u8], body_len: Option<usize>, mpeg1_pack: bool) -> PesH
     }
     let pts = has_pts.then(|| ts(&b[j..j + 5]));
     let dts = has_dts.then(|| ts(&b[j + 5..j + 10]));
-    PesHeader::Ok {
-        len,
-        pts,
-        dts,
-        mpeg1: true,
-    }
+    PesHeader::Ok { len, pts, dts, mpeg1: true }
 }
 
 /// CRC-32/MPEG-2 (poly 0x04C11DB7, init all ones, no reflection, no final xor).
@@ -356,11 +249,7 @@ fn crc32_mpeg2(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= (b as u32) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 {
-                (crc << 1) ^ 0x04C1_1DB7
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04C1_1DB7 } else { crc << 1 };
         }
     }
     crc
@@ -564,12 +453,7 @@ impl PsDemuxer {
                             }
                             None => {
                                 // Keep up to two trailing zeros: they may begin a start code.
-                                let keep = input[i..]
-                                    .iter()
-                                    .rev()
-                                    .take(2)
-                                    .take_while(|&&b| b == 0)
-                                    .count();
+                                let keep = input[i..].iter().rev().take(2).take_while(|&&b| b == 0).count();
                                 self.video.push(&input[i..len - keep], out, &mut self.stats);
                                 return len - keep;
                             }
@@ -665,11 +549,7 @@ impl PsDemuxer {
                 }
                 let plen = u16_at(4);
                 let video = id >= 0xE0;
-                let slot = if video {
-                    &mut self.video_id
-                } else {
-                    &mut self.audio_id
-                };
+                let slot = if video { &mut self.video_id } else { &mut self.audio_id };
                 if *slot.get_or_insert(id) != id {
                     self.stats.extra_stream_pes += 1;
                     self.state = State::Skip(plen);
@@ -685,12 +565,7 @@ impl PsDemuxer {
                 let avail = &body[..body.len().min(plen.max(if plen == 0 { 258 } else { 0 }))];
                 let (hlen, pts, dts) = match parse_pes_header(avail, bounded, self.mpeg1) {
                     PesHeader::Need => return None,
-                    PesHeader::Ok {
-                        len,
-                        pts,
-                        dts,
-                        mpeg1,
-                    } => {
+                    PesHeader::Ok { len, pts, dts, mpeg1 } => {
                         if mpeg1 {
                             self.stats.mpeg1_pes += 1;
                         }

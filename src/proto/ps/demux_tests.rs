@@ -3,34 +3,26 @@
 use super::*;
 
 const SPS: &[u8] = &[
-    0x67, 0x4d, 0x40, 0x1e, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0xc0, 0x44, 0x00, 0x00, 0x03, 0x00, 0x04,
-    0x00, 0x00, 0x03, 0x00, 0xc8, 0x3c, 0x58, 0xba, 0x80,
+    0x67, 0x4d, 0x40, 0x1e, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0xc0, 0x44, 0x00, 0x00, 0x03, 0x00, 0x04, 0x00, 0x00, 0x03,
+    0x00, 0xc8, 0x3c, 0x58, 0xba, 0x80,
 ];
 const PPS: &[u8] = &[0x68, 0xef, 0x3c, 0x80];
 const IDR: &[u8] = &[0x65, 0x88, 0x84, 0x21, 0x43];
 const P: &[u8] = &[0x41, 0x9a, 0x22, 0x11];
 const AUD: &[u8] = &[0x09, 0xf0];
 const H265_VPS: &str = "40010c01ffff01600000030090000003000003003fba0240";
-const H265_SPS: &str =
-    "42010101600000030090000003000003003fa005020171f2e5ba4a4c2f016808000003000800000300c840";
+const H265_SPS: &str = "42010101600000030090000003000003003fa005020171f2e5ba4a4c2f016808000003000800000300c840";
 const H265_PPS: &str = "4401c073c189";
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 fn annexb(nals: &[&[u8]]) -> Vec<u8> {
     let mut v = Vec::new();
     for (i, n) in nals.iter().enumerate() {
         // x264 style: 4-byte start code first, then 3-byte ones
-        v.extend_from_slice(if i == 0 {
-            &[0, 0, 0, 1][..]
-        } else {
-            &[0, 0, 1][..]
-        });
+        v.extend_from_slice(if i == 0 { &[0, 0, 0, 1][..] } else { &[0, 0, 1][..] });
         v.extend_from_slice(n);
     }
     v
@@ -45,22 +37,7 @@ fn p_au() -> Vec<u8> {
 }
 
 fn pack(stuffing: &[u8]) -> Vec<u8> {
-    let mut v = vec![
-        0,
-        0,
-        1,
-        0xBA,
-        0x44,
-        0,
-        4,
-        0,
-        4,
-        1,
-        0x01,
-        0x89,
-        0xC3,
-        0xF8 | stuffing.len() as u8,
-    ];
+    let mut v = vec![0, 0, 1, 0xBA, 0x44, 0, 4, 0, 4, 1, 0x01, 0x89, 0xC3, 0xF8 | stuffing.len() as u8];
     v.extend_from_slice(stuffing);
     v
 }
@@ -100,11 +77,7 @@ fn psm(entries: &[(u8, u8)], good_crc: bool) -> Vec<u8> {
     let mut v = vec![0, 0, 1, 0xBC, (len >> 8) as u8, len as u8];
     v.extend(body);
     let crc = crc32_mpeg2(&v);
-    v.extend_from_slice(&if good_crc {
-        crc.to_be_bytes()
-    } else {
-        crc.to_le_bytes()
-    });
+    v.extend_from_slice(&if good_crc { crc.to_be_bytes() } else { crc.to_le_bytes() });
     v
 }
 
@@ -145,25 +118,18 @@ fn run(data: &[u8]) -> (Vec<Frame>, DemuxStats) {
         let (b, _) = run_with(data, chunk);
         assert_eq!(a.len(), b.len(), "chunk {chunk}");
         for (x, y) in a.iter().zip(&b) {
-            assert_eq!(
-                (x.codec, x.pts, x.dts, x.keyframe, &x.data),
-                (y.codec, y.pts, y.dts, y.keyframe, &y.data)
-            );
+            assert_eq!((x.codec, x.pts, x.dts, x.keyframe, &x.data), (y.codec, y.pts, y.dts, y.keyframe, &y.data));
         }
     }
     (a, st)
 }
 
 fn vids(f: &[Frame]) -> Vec<&Frame> {
-    f.iter()
-        .filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Video)
-        .collect()
+    f.iter().filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Video).collect()
 }
 
 fn auds(f: &[Frame]) -> Vec<&Frame> {
-    f.iter()
-        .filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Audio)
-        .collect()
+    f.iter().filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Audio).collect()
 }
 
 #[test]
@@ -171,10 +137,7 @@ fn clean_stream() {
     let (f, st) = run(&stream(6, 3));
     let v = vids(&f);
     assert_eq!(v.len(), 6);
-    assert_eq!(
-        v.iter().map(|f| f.pts).collect::<Vec<_>>(),
-        vec![0, 3600, 7200, 10800, 14400, 18000]
-    );
+    assert_eq!(v.iter().map(|f| f.pts).collect::<Vec<_>>(), vec![0, 3600, 7200, 10800, 14400, 18000]);
     assert!(v[0].keyframe && v[3].keyframe && !v[1].keyframe);
     let nals: Vec<&[u8]> = v[0].nal_units().collect();
     assert_eq!(nals, vec![SPS, PPS, IDR]);
@@ -217,14 +180,8 @@ fn mpeg1_pack_and_pes() {
     s.extend([0, 0, 1, 0xB9]);
     let (f, st) = run(&s);
     let v = vids(&f);
-    assert_eq!(
-        v.iter().map(|f| f.pts).collect::<Vec<_>>(),
-        vec![45000, 48600]
-    );
-    assert_eq!(
-        (st.mpeg1_packs, st.mpeg1_pes, st.video_codec_sniffed),
-        (2, 2, 1)
-    );
+    assert_eq!(v.iter().map(|f| f.pts).collect::<Vec<_>>(), vec![45000, 48600]);
+    assert_eq!((st.mpeg1_packs, st.mpeg1_pes, st.video_codec_sniffed), (2, 2, 1));
 }
 
 #[test]
@@ -255,19 +212,8 @@ fn psm_bad_crc_and_broken_descriptor_are_tolerated() {
     let (f, st) = run(&s);
     assert_eq!(vids(&f).len(), 1);
     assert_eq!(auds(&f)[0].codec, Codec::G711U);
-    assert_eq!(
-        (
-            st.psm,
-            st.psm_crc_wrong,
-            st.psm_crc_byteswapped,
-            st.psm_broken_descriptors
-        ),
-        (2, 2, 1, 1)
-    );
-    assert!(st
-        .anomalies()
-        .iter()
-        .any(|a| a.contains("PSM CRC wrong in 2 PSMs (not enforced")));
+    assert_eq!((st.psm, st.psm_crc_wrong, st.psm_crc_byteswapped, st.psm_broken_descriptors), (2, 2, 1, 1));
+    assert!(st.anomalies().iter().any(|a| a.contains("PSM CRC wrong in 2 PSMs (not enforced")));
 }
 
 #[test]
@@ -340,10 +286,7 @@ fn loss_mid_frame_drops_partial_and_holds_until_keyframe() {
     d.push(&s[resume..], &mut out);
     d.flush(&mut out);
     let v = vids(&out);
-    assert_eq!(
-        v.iter().map(|f| f.pts).collect::<Vec<_>>(),
-        vec![0, 10800, 14400, 18000]
-    );
+    assert_eq!(v.iter().map(|f| f.pts).collect::<Vec<_>>(), vec![0, 10800, 14400, 18000]);
     let st = d.stats();
     assert_eq!(st.resyncs, 1);
     assert!(st.dropped_frames >= 1);
@@ -361,11 +304,7 @@ fn pts_33_bit_wrap_is_unwrapped() {
             s.extend(h264_psm());
         }
         let pts = (start + k * 3600) & ((1 << 33) - 1);
-        s.extend(pes(
-            0xE0,
-            Some(pts),
-            &if k == 0 { key_au() } else { p_au() },
-        ));
+        s.extend(pes(0xE0, Some(pts), &if k == 0 { key_au() } else { p_au() }));
     }
     let (f, st) = run(&s);
     let pts: Vec<i64> = vids(&f).iter().map(|f| f.pts).collect();
@@ -400,10 +339,7 @@ fn au_splitting_across_and_within_pes() {
     s.extend(pes(0xE0, Some(100800), &annexb(&[P, &[0x41, 0x1a, 0x01]])));
     let (f, st) = run(&s);
     let v = vids(&f);
-    assert_eq!(
-        v.iter().map(|f| f.pts).collect::<Vec<_>>(),
-        vec![90000, 93600, 97200, 100800]
-    );
+    assert_eq!(v.iter().map(|f| f.pts).collect::<Vec<_>>(), vec![90000, 93600, 97200, 100800]);
     assert_eq!(v[0].nal_units().collect::<Vec<_>>(), vec![SPS, PPS, IDR]);
     assert_eq!(v[3].nal_units().count(), 2);
     assert_eq!(st.auds_dropped, 3);
@@ -451,16 +387,12 @@ fn aac_labelled_g711_and_multi_frame_pes() {
     let (f, st) = run(&s);
     let a = auds(&f);
     assert!(a.iter().all(|f| f.codec == Codec::Aac));
-    assert_eq!(
-        a.iter().map(|f| (f.pts, f.data.len())).collect::<Vec<_>>(),
-        vec![(1000, 33), (6760, 43), (12520, 23)]
-    );
+    assert_eq!(a.iter().map(|f| (f.pts, f.data.len())).collect::<Vec<_>>(), vec![(1000, 33), (6760, 43), (12520, 23)]);
     assert_eq!(st.psm_codec_lies, 1);
     match &*a[0].config {
-        CodecConfig::Audio(c) => assert_eq!(
-            (c.sample_rate, c.channels, c.asc.as_deref()),
-            (16000, 1, Some(&[0x14, 0x08][..]))
-        ),
+        CodecConfig::Audio(c) => {
+            assert_eq!((c.sample_rate, c.channels, c.asc.as_deref()), (16000, 1, Some(&[0x14, 0x08][..])))
+        }
         _ => panic!(),
     }
 }

@@ -124,8 +124,7 @@ impl VideoEs {
             if self.pts_q.len() >= 64 {
                 self.pts_q.pop_front();
             }
-            self.pts_q
-                .push_back((abs, pts & MASK, dts.map(|d| d & MASK)));
+            self.pts_q.push_back((abs, pts & MASK, dts.map(|d| d & MASK)));
             self.force_cut = Some((abs, pts & MASK));
         }
     }
@@ -211,11 +210,7 @@ impl VideoEs {
             };
             let p = self.scan + rel;
             // Bytes after the start code needed to classify the NAL (slice header's first byte).
-            let need = if self.codec == Some(Codec::H265) {
-                3
-            } else {
-                2
-            };
+            let need = if self.codec == Some(Codec::H265) { 3 } else { 2 };
             if p + 3 + need > len && !last {
                 self.scan = p;
                 return;
@@ -274,10 +269,7 @@ impl VideoEs {
         let Some(&h) = nal.first() else { return false };
         let found = if h & 0x80 != 0 {
             None
-        } else if h265::nal_type(h) == h265::NAL_SPS
-            && nal.get(1) == Some(&1)
-            && h265::parse_sps(nal).is_some()
-        {
+        } else if h265::nal_type(h) == h265::NAL_SPS && nal.get(1) == Some(&1) && h265::parse_sps(nal).is_some() {
             Some(Codec::H265)
         } else if h264::nal_type(h) == h264::NAL_SPS && h264::parse_sps(nal).is_some() {
             Some(Codec::H264)
@@ -317,11 +309,7 @@ impl VideoEs {
                 (t, h264::is_vcl(t), t == h264::NAL_IDR, t == h264::NAL_AUD)
             }
         };
-        let mut cut = if h265 {
-            h265::starts_au(hdr, self.au_vcl)
-        } else {
-            h264::starts_au(hdr, self.au_vcl)
-        };
+        let mut cut = if h265 { h265::starts_au(hdr, self.au_vcl) } else { h264::starts_au(hdr, self.au_vcl) };
         if let Some((fa, fpts)) = self.force_cut {
             // 3- or 4-byte start code at the very start of a PES that has a new PTS.
             if abs == fa || abs == fa + 1 {
@@ -386,9 +374,7 @@ impl VideoEs {
                 }
                 (pts, dts)
             }
-            (None, Some(lp), Some(ld)) => {
-                (lp.saturating_add(self.dur), ld.saturating_add(self.dur))
-            }
+            (None, Some(lp), Some(ld)) => (lp.saturating_add(self.dur), ld.saturating_add(self.dur)),
             _ => (0, 0),
         };
         self.au_pts = pts;
@@ -414,12 +400,8 @@ impl VideoEs {
             size += 4 + (r.end - r.start);
             let nal = &self.buf[r.start..r.end];
             changed |= match (codec, r.ty) {
-                (Codec::H264, h264::NAL_SPS) | (Codec::H265, h265::NAL_SPS) => {
-                    Self::set_param(&mut self.sps, nal)
-                }
-                (Codec::H264, h264::NAL_PPS) | (Codec::H265, h265::NAL_PPS) => {
-                    Self::set_param(&mut self.pps, nal)
-                }
+                (Codec::H264, h264::NAL_SPS) | (Codec::H265, h265::NAL_SPS) => Self::set_param(&mut self.sps, nal),
+                (Codec::H264, h264::NAL_PPS) | (Codec::H265, h265::NAL_PPS) => Self::set_param(&mut self.pps, nal),
                 (Codec::H265, h265::NAL_VPS) => Self::set_param(&mut self.vps, nal),
                 _ => false,
             };
@@ -610,8 +592,7 @@ impl AudioEs {
         match self.anchor {
             Some((p, d)) => {
                 let rate = self.sample_rate.max(1) as u64;
-                let ticks =
-                    (self.samples.saturating_mul(90_000) / rate).min(i64::MAX as u64 / 4) as i64;
+                let ticks = (self.samples.saturating_mul(90_000) / rate).min(i64::MAX as u64 / 4) as i64;
                 (p.saturating_add(ticks), d.saturating_add(ticks))
             }
             None => (0, 0),
@@ -673,11 +654,7 @@ impl AudioEs {
             keyframe: true,
             data: Bytes::copy_from_slice(&self.buf),
             config: self.config.clone().unwrap_or_else(|| {
-                Arc::new(CodecConfig::Audio(AudioConfig {
-                    sample_rate: 8000,
-                    channels: 1,
-                    asc: None,
-                }))
+                Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None }))
             }),
         });
         self.buf.clear();
@@ -720,11 +697,7 @@ impl AudioEs {
 
     fn set_g711_config(&mut self, rate: u32) {
         self.sample_rate = rate;
-        self.config = Some(Arc::new(CodecConfig::Audio(AudioConfig {
-            sample_rate: rate,
-            channels: 1,
-            asc: None,
-        })));
+        self.config = Some(Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None })));
     }
 
     fn end_aac(&mut self, out: &mut Vec<Frame>, st: &mut DemuxStats) {
@@ -790,10 +763,7 @@ mod tests {
         assert_eq!(unwrap_ts(None, 5), 5);
         let near = (1i64 << 33) - 100;
         assert_eq!(unwrap_ts(Some(near), 50), (1 << 33) + 50);
-        assert_eq!(
-            unwrap_ts(Some((1 << 33) + 50), (1 << 33) - 10),
-            (1 << 33) - 10
-        );
+        assert_eq!(unwrap_ts(Some((1 << 33) + 50), (1 << 33) - 10), (1 << 33) - 10);
         assert_eq!(unwrap_ts(Some(1000), 900), 900);
     }
 }

@@ -54,15 +54,7 @@ impl PsMuxer {
     ///
     /// `data` is Annex B for video (AUDs kept as given), raw bytes for G.711, ADTS for AAC.
     /// `pts`/`dts` are 90 kHz and written modulo 2^33; SCR = dts.
-    pub fn write_frame(
-        &mut self,
-        codec: Codec,
-        pts: i64,
-        dts: i64,
-        keyframe: bool,
-        data: &[u8],
-        out: &mut Vec<u8>,
-    ) {
+    pub fn write_frame(&mut self, codec: Codec, pts: i64, dts: i64, keyframe: bool, data: &[u8], out: &mut Vec<u8>) {
         let is_video = codec.kind() == MediaKind::Video;
         write_pack_header(out, dts);
         // Decoders joining mid-stream need the PSM at each random-access point.
@@ -71,11 +63,7 @@ impl PsMuxer {
             self.write_psm(out);
         }
         self.first = false;
-        let stream_id = if is_video {
-            VIDEO_STREAM_ID
-        } else {
-            AUDIO_STREAM_ID
-        };
+        let stream_id = if is_video { VIDEO_STREAM_ID } else { AUDIO_STREAM_ID };
         write_pes(out, stream_id, pts, dts, data);
     }
 
@@ -193,11 +181,7 @@ pub fn crc32_mpeg2(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= (b as u32) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 {
-                (crc << 1) ^ 0x04C1_1DB7
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04C1_1DB7 } else { crc << 1 };
         }
     }
     crc
@@ -264,18 +248,8 @@ mod tests {
         let mut out = Vec::new();
         write_pack_header(&mut out, 0);
         // Byte-identical to the reference fixtures' first pack header.
-        assert_eq!(
-            out,
-            [0, 0, 1, 0xBA, 0x44, 0, 4, 0, 4, 1, 0, 0xFF, 0xFF, 0xF8]
-        );
-        for scr in [
-            1i64,
-            896_400,
-            0x1_2345_6789,
-            (1 << 33) - 1,
-            (1 << 33) + 5,
-            -1,
-        ] {
+        assert_eq!(out, [0, 0, 1, 0xBA, 0x44, 0, 4, 0, 4, 1, 0, 0xFF, 0xFF, 0xF8]);
+        for scr in [1i64, 896_400, 0x1_2345_6789, (1 << 33) - 1, (1 << 33) + 5, -1] {
             let mut out = Vec::new();
             write_pack_header(&mut out, scr);
             assert_eq!(out.len(), 14);
@@ -298,15 +272,9 @@ mod tests {
         // docs §7: PTS 900000 = 21 00 37 77 41
         assert_eq!(encode_timestamp(2, 900_000), [0x21, 0x00, 0x37, 0x77, 0x41]);
         assert_eq!(encode_timestamp(2, 0), [0x21, 0, 1, 0, 1]);
-        assert_eq!(
-            decode_ts(&encode_timestamp(2, (1 << 33) - 1)),
-            (1 << 33) - 1
-        );
+        assert_eq!(decode_ts(&encode_timestamp(2, (1 << 33) - 1)), (1 << 33) - 1);
         assert_eq!(encode_timestamp(2, 1 << 33), encode_timestamp(2, 0));
-        assert_eq!(
-            encode_timestamp(2, (1 << 33) + 3600),
-            encode_timestamp(2, 3600)
-        );
+        assert_eq!(encode_timestamp(2, (1 << 33) + 3600), encode_timestamp(2, 3600));
         assert_eq!(decode_ts(&encode_timestamp(2, -3600)), (1 << 33) - 3600);
     }
 
@@ -314,20 +282,16 @@ mod tests {
     fn psm_matches_reference_fixture_bytes() {
         // First 60 bytes of shared/fixtures/synthetic/h264_g711a_8k.ps (pack, system header, PSM, PES hdr).
         let reference: [u8; 52] = [
-            0x00, 0x00, 0x01, 0xba, 0x44, 0x00, 0x04, 0x00, 0x04, 0x01, 0x00, 0xff, 0xff, 0xf8,
-            0x00, 0x00, 0x01, 0xbb, 0x00, 0x0c, 0x80, 0x7f, 0xff, 0x04, 0xe1, 0x7f, 0xe0, 0xe4,
-            0x00, 0xc0, 0xc0, 0x40, 0x00, 0x00, 0x01, 0xbc, 0x00, 0x12, 0xa0, 0xff, 0x00, 0x00,
-            0x00, 0x08, 0x1b, 0xe0, 0x00, 0x00, 0x90, 0xc0, 0x00, 0x00,
+            0x00, 0x00, 0x01, 0xba, 0x44, 0x00, 0x04, 0x00, 0x04, 0x01, 0x00, 0xff, 0xff, 0xf8, 0x00, 0x00, 0x01, 0xbb,
+            0x00, 0x0c, 0x80, 0x7f, 0xff, 0x04, 0xe1, 0x7f, 0xe0, 0xe4, 0x00, 0xc0, 0xc0, 0x40, 0x00, 0x00, 0x01, 0xbc,
+            0x00, 0x12, 0xa0, 0xff, 0x00, 0x00, 0x00, 0x08, 0x1b, 0xe0, 0x00, 0x00, 0x90, 0xc0, 0x00, 0x00,
         ];
         let mut m = PsMuxer::new(Some(Codec::H264), Some(Codec::G711A));
         let mut out = Vec::new();
         m.write_frame(Codec::H264, 0, 0, true, &[0, 0, 1, 0x06], &mut out);
         assert_eq!(&out[..52], &reference[..]);
         assert_eq!(&out[52..56], &[0x4b, 0xfc, 0xc7, 0x50], "PSM CRC");
-        assert_eq!(
-            &out[56..69],
-            &[0, 0, 1, 0xE0, 0, 12, 0x84, 0x80, 5, 0x21, 0, 1, 0]
-        );
+        assert_eq!(&out[56..69], &[0, 0, 1, 0xE0, 0, 12, 0x84, 0x80, 5, 0x21, 0, 1, 0]);
         // CRC over the PSM including its CRC is 0 for CRC-32/MPEG-2.
         assert_eq!(crc32_mpeg2(&out[32..56]), 0);
         // Known check value of CRC-32/MPEG-2.
@@ -337,18 +301,12 @@ mod tests {
         let mut m = PsMuxer::new(None, Some(Codec::G711A));
         let mut out = Vec::new();
         m.write_frame(Codec::G711A, 0, 0, true, &[0xD5; 4], &mut out);
-        assert_eq!(
-            &out[14..32],
-            &[0, 0, 1, 0xbb, 0, 9, 0x80, 0x7f, 0xff, 4, 0xe0, 0x7f, 0xc0, 0xc0, 0x40, 0, 0, 1]
-        );
+        assert_eq!(&out[14..32], &[0, 0, 1, 0xbb, 0, 9, 0x80, 0x7f, 0xff, 4, 0xe0, 0x7f, 0xc0, 0xc0, 0x40, 0, 0, 1]);
         assert_eq!(&out[41..49], &[0x90, 0xc0, 0, 0, 0x4c, 0xb9, 0x95, 0xfc]);
         let mut m = PsMuxer::new(Some(Codec::H265), Some(Codec::Aac));
         let mut out = Vec::new();
         m.write_frame(Codec::Aac, 0, 0, true, &[0xFF, 0xF1], &mut out);
-        assert_eq!(
-            &out[44..56],
-            &[0x24, 0xe0, 0, 0, 0x0f, 0xc0, 0, 0, 0x5f, 0xe6, 0x92, 0x9a]
-        );
+        assert_eq!(&out[44..56], &[0x24, 0xe0, 0, 0, 0x0f, 0xc0, 0, 0, 0x5f, 0xe6, 0x92, 0x9a]);
     }
 
     #[test]
@@ -360,19 +318,9 @@ mod tests {
         assert_eq!(count(&out, 0xBC), 1);
         let mut out = Vec::new();
         m.write_frame(Codec::G711U, 3600, 3600, true, &[0x7F; 320], &mut out);
-        assert_eq!(
-            (count(&out, 0xBB), count(&out, 0xBC), count(&out, 0xC0)),
-            (0, 0, 1)
-        );
+        assert_eq!((count(&out, 0xBB), count(&out, 0xBC), count(&out, 0xC0)), (0, 0, 1));
         let mut out = Vec::new();
-        m.write_frame(
-            Codec::H264,
-            3600,
-            3600,
-            false,
-            &[0, 0, 0, 1, 0x41],
-            &mut out,
-        );
+        m.write_frame(Codec::H264, 3600, 3600, false, &[0, 0, 0, 1, 0x41], &mut out);
         assert_eq!((count(&out, 0xBC), count(&out, 0xE0)), (0, 1));
         let mut out = Vec::new();
         m.write_frame(Codec::H264, 7200, 7200, true, &[0, 0, 0, 1, 0x65], &mut out);
@@ -413,40 +361,16 @@ mod tests {
 
     #[test]
     fn packetizer_sizes_marker_and_seq_wrap() {
-        let mut p = RtpPacketizer {
-            ssrc: 0x05F5E101,
-            seq: 65534,
-            payload_type: 96,
-            max_payload: 1400,
-        };
+        let mut p = RtpPacketizer { ssrc: 0x05F5E101, seq: 65534, payload_type: 96, max_payload: 1400 };
         let ps: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
         let mut out = Vec::new();
         p.packetize(&ps, 0xFFFF_FFF0, &mut out);
-        let pkts: Vec<RtpPacket> = out
-            .iter()
-            .map(|b| RtpPacket::parse(b.clone()).unwrap())
-            .collect();
-        assert_eq!(
-            pkts.iter().map(|p| p.payload.len()).collect::<Vec<_>>(),
-            vec![1400, 1400, 200]
-        );
-        assert_eq!(
-            pkts.iter().map(|p| p.seq).collect::<Vec<_>>(),
-            vec![65534, 65535, 0]
-        );
-        assert_eq!(
-            pkts.iter().map(|p| p.marker).collect::<Vec<_>>(),
-            vec![false, false, true]
-        );
-        assert!(pkts
-            .iter()
-            .all(|p| p.timestamp == 0xFFFF_FFF0 && p.ssrc == 0x05F5E101 && p.payload_type == 96));
-        assert_eq!(
-            pkts.iter()
-                .flat_map(|p| p.payload.to_vec())
-                .collect::<Vec<_>>(),
-            ps
-        );
+        let pkts: Vec<RtpPacket> = out.iter().map(|b| RtpPacket::parse(b.clone()).unwrap()).collect();
+        assert_eq!(pkts.iter().map(|p| p.payload.len()).collect::<Vec<_>>(), vec![1400, 1400, 200]);
+        assert_eq!(pkts.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![65534, 65535, 0]);
+        assert_eq!(pkts.iter().map(|p| p.marker).collect::<Vec<_>>(), vec![false, false, true]);
+        assert!(pkts.iter().all(|p| p.timestamp == 0xFFFF_FFF0 && p.ssrc == 0x05F5E101 && p.payload_type == 96));
+        assert_eq!(pkts.iter().flat_map(|p| p.payload.to_vec()).collect::<Vec<_>>(), ps);
         assert_eq!(p.seq, 1);
         // Exactly max_payload: one packet with the marker.
         let mut out = Vec::new();

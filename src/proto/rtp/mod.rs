@@ -151,4 +151,3 @@ mod tests {
         assert_eq!(&pkt.payload[..], b"abc");
     }
 }
-

@@ -1,0 +1,619 @@
+//! RTP on ONE port: UDP demultiplexed by SSRC, TCP (RFC 4571) demultiplexed by connection.
+//!
+//! UDP: one task owns the socket and a routing table SSRC -> stream task (no lock on the hot
+//! path). A datagram is parsed once (zero-copy) and handed to its stream's task with `try_send`,
+//! so one stream that cannot keep up loses its own packets and never delays the others.
+//!
+//! An unknown SSRC is put on probation before a stream is created for it: it must send a second
+//! packet with a nearby sequence number. A flood of random SSRCs (one packet each) therefore
+//! creates no streams and cannot lock real cameras out of the stream limit; what the probation
+//! table holds is bounded and evicted oldest-first.
+//!
+//! TCP: each accepted connection is one stream, named by the SSRC of its first packet, driven by
+//! the connection's own task (the camera connects to us: GB28181 "TCP passive").
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{RtpConfig, UnknownSsrc};
+use crate::hub::{Hub, Source, Stream, Transport};
+use crate::media::ingest::StreamIngest;
+use crate::proto::rtp::tcp::TcpFramer;
+use crate::proto::rtp::{RtpError, RtpPacket};
+use crate::util::RateLimit;
+
+/// How often a stream task refreshes the figures the API shows.
+const STATS_INTERVAL: Duration = Duration::from_millis(250);
+/// Unknown SSRCs waiting for their second packet.
+const PROBATION_CAPACITY: usize = 1024;
+/// Datagrams kept per SSRC on probation (handed to the stream once it is created).
+const PROBATION_PACKETS: usize = 4;
+/// Unknown SSRCs remembered for the API in `report` mode.
+const REPORTED_CAPACITY: usize = 256;
+
+/// Server-wide counters (per-stream figures live in the hub).
+#[derive(Debug, Default)]
+pub struct RtpCounters {
+    pub datagrams: AtomicU64,
+    pub datagram_bytes: AtomicU64,
+    /// Datagrams or TCP frames that are not RTP (too short, wrong version, bad padding).
+    pub bad_packets: AtomicU64,
+    pub rtcp: AtomicU64,
+    /// Unknown SSRCs seen in `report` and `drop` modes (packets).
+    pub unknown_ssrc_packets: AtomicU64,
+    /// Unknown SSRCs that never sent a second packet before being evicted from probation.
+    pub probation_evicted: AtomicU64,
+    /// Streams refused because `max_streams` was reached.
+    pub streams_refused: AtomicU64,
+    pub streams_created: AtomicU64,
+    pub tcp_connections: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub tcp_resyncs: AtomicU64,
+    /// Packets dropped because a stream's queue was full.
+    pub queue_drops: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RtpCountersSnapshot {
+    pub datagrams: u64,
+    pub datagram_bytes: u64,
+    pub bad_packets: u64,
+    pub rtcp: u64,
+    pub unknown_ssrc_packets: u64,
+    pub probation_evicted: u64,
+    pub streams_refused: u64,
+    pub streams_created: u64,
+    pub tcp_connections: u64,
+    pub tcp_refused: u64,
+    pub tcp_resyncs: u64,
+    pub queue_drops: u64,
+    pub unknown_ssrcs: Vec<UnknownSsrcReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownSsrcReport {
+    pub ssrc: u32,
+    pub peer: SocketAddr,
+    pub packets: u64,
+}
+
+/// State shared between the RTP tasks and the API.
+pub struct RtpShared {
+    pub counters: RtpCounters,
+    /// SSRCs announced by signalling (INVITE), mapped to the stream name to publish under.
+    announced: RwLock<HashMap<u32, String>>,
+    reported: std::sync::Mutex<VecDeque<UnknownSsrcReport>>,
+}
+
+impl RtpShared {
+    pub fn new() -> Arc<RtpShared> {
+        Arc::new(RtpShared {
+            counters: RtpCounters::default(),
+            announced: RwLock::new(HashMap::new()),
+            reported: std::sync::Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Announces that media with `ssrc` is expected and should be published as `name`.
+    pub fn announce(&self, ssrc: u32, name: String) {
+        self.announced.write().unwrap_or_else(|e| e.into_inner()).insert(ssrc, name);
+    }
+
+    pub fn withdraw(&self, ssrc: u32) {
+        self.announced.write().unwrap_or_else(|e| e.into_inner()).remove(&ssrc);
+    }
+
+    fn announced_name(&self, ssrc: u32) -> Option<String> {
+        self.announced.read().unwrap_or_else(|e| e.into_inner()).get(&ssrc).cloned()
+    }
+
+    fn report_unknown(&self, ssrc: u32, peer: SocketAddr) {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = reported.iter_mut().find(|r| r.ssrc == ssrc) {
+            r.packets += 1;
+            return;
+        }
+        if reported.len() >= REPORTED_CAPACITY {
+            reported.pop_front();
+        }
+        reported.push_back(UnknownSsrcReport { ssrc, peer, packets: 1 });
+    }
+
+    pub fn snapshot(&self) -> RtpCountersSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RtpCountersSnapshot {
+            datagrams: get(&c.datagrams),
+            datagram_bytes: get(&c.datagram_bytes),
+            bad_packets: get(&c.bad_packets),
+            rtcp: get(&c.rtcp),
+            unknown_ssrc_packets: get(&c.unknown_ssrc_packets),
+            probation_evicted: get(&c.probation_evicted),
+            streams_refused: get(&c.streams_refused),
+            streams_created: get(&c.streams_created),
+            tcp_connections: get(&c.tcp_connections),
+            tcp_refused: get(&c.tcp_refused),
+            tcp_resyncs: get(&c.tcp_resyncs),
+            queue_drops: get(&c.queue_drops),
+            unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
+        }
+    }
+}
+
+/// The stream name for an unannounced SSRC: `rtp/` + 8 upper-case hex digits (as wvp/ZLM name them).
+pub fn unknown_stream_name(ssrc: u32) -> String {
+    format!("rtp/{ssrc:08X}")
+}
+
+/// Binds UDP and TCP on the same address. Returns the bound address (useful with port 0).
+pub async fn bind(cfg: &RtpConfig) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+    let addr = cfg.listen;
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let tcp = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    tcp.set_reuse_address(true)?;
+    tcp.set_nonblocking(true)?;
+    tcp.bind(&addr.into())?;
+    tcp.listen(1024)?;
+    let tcp = TcpListener::from_std(tcp.into())?;
+    let bound = tcp.local_addr()?;
+    // With port 0 the kernel chose TCP's port; UDP takes the same one.
+    let udp = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if let Err(e) = udp.set_recv_buffer_size(cfg.recv_buffer) {
+        warn!("cannot set SO_RCVBUF to {}: {e}", cfg.recv_buffer);
+    }
+    let granted = udp.recv_buffer_size().unwrap_or(0);
+    if granted < cfg.recv_buffer {
+        info!(asked = cfg.recv_buffer, granted, "UDP receive buffer capped by the kernel (raise net.core.rmem_max)");
+    }
+    udp.set_nonblocking(true)?;
+    udp.bind(&bound.into())?;
+    let udp = UdpSocket::from_std(udp.into())?;
+    Ok((udp, tcp, bound))
+}
+
+/// Runs the UDP and TCP sides until `shutdown`.
+pub async fn serve(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    cfg: RtpConfig,
+    hub: Arc<Hub>,
+    shared: Arc<RtpShared>,
+    shutdown: CancellationToken,
+) {
+    let udp_task = tokio::spawn(serve_udp(udp, cfg.clone(), hub.clone(), shared.clone(), shutdown.clone()));
+    let tcp_task = tokio::spawn(serve_tcp(tcp, cfg, hub, shared, shutdown));
+    let _ = tokio::join!(udp_task, tcp_task);
+}
+
+struct Pending {
+    peer: SocketAddr,
+    last_seq: u16,
+    packets: Vec<RtpPacket>,
+}
+
+/// Unknown SSRCs that sent one packet; promoted to a stream by a second, nearby packet.
+struct Probation {
+    pending: HashMap<u32, Pending>,
+    order: VecDeque<u32>,
+}
+
+impl Probation {
+    fn new() -> Probation {
+        Probation { pending: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Returns the packets to publish when `packet` completes probation for its SSRC.
+    fn offer(&mut self, packet: RtpPacket, peer: SocketAddr, counters: &RtpCounters) -> Option<Vec<RtpPacket>> {
+        let (ssrc, seq) = (packet.ssrc, packet.seq);
+        if let Some(p) = self.pending.get_mut(&ssrc) {
+            let step = packet.seq.wrapping_sub(p.last_seq);
+            // A second packet from the same host continuing the sequence proves a real sender.
+            if p.peer.ip() == peer.ip() && (1..=64).contains(&step) {
+                let mut p = self.pending.remove(&ssrc).expect("present");
+                self.order.retain(|s| *s != ssrc);
+                p.packets.push(packet);
+                return Some(p.packets);
+            }
+            if p.packets.len() < PROBATION_PACKETS {
+                p.packets.push(packet);
+            }
+            p.last_seq = seq;
+            return None;
+        }
+        if self.pending.len() >= PROBATION_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.pending.remove(&old);
+                counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.order.push_back(ssrc);
+        self.pending.insert(ssrc, Pending { peer, last_seq: packet.seq, packets: vec![packet] });
+        None
+    }
+}
+
+struct Route {
+    tx: mpsc::Sender<RtpPacket>,
+    drops: Arc<AtomicU64>,
+}
+
+async fn serve_udp(socket: UdpSocket, cfg: RtpConfig, hub: Arc<Hub>, shared: Arc<RtpShared>, shutdown: CancellationToken) {
+    let mut routes: HashMap<u32, Route> = HashMap::new();
+    let mut probation = Probation::new();
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut bad_log = RateLimit::new(Duration::from_secs(10));
+    let mut unknown_log = RateLimit::new(Duration::from_secs(10));
+    let mut refused_log = RateLimit::new(Duration::from_secs(10));
+    let counters = &shared.counters;
+    loop {
+        if buf.capacity() - buf.len() < 65536 {
+            buf.reserve(256 * 1024);
+        }
+        let (_, peer) = tokio::select! {
+            r = socket.recv_buf_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP port unreachable and the like surface here on some systems: not fatal.
+                    debug!("UDP receive error: {e}");
+                    buf.clear();
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let datagram = buf.split().freeze();
+        counters.datagrams.fetch_add(1, Ordering::Relaxed);
+        counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        let packet = match RtpPacket::parse(datagram) {
+            Ok(p) => p,
+            Err(RtpError::Rtcp(_)) => {
+                counters.rtcp.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(e) => {
+                counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = bad_log.check(Instant::now()) {
+                    warn!(%peer, suppressed, "not an RTP packet: {e}");
+                }
+                continue;
+            }
+        };
+        let ssrc = packet.ssrc;
+        if let Some(route) = routes.get(&ssrc) {
+            match route.tx.try_send(packet) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    route.drops.fetch_add(1, Ordering::Relaxed);
+                    counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // The stream ended (timeout, replaced); the SSRC starts afresh below.
+                Err(mpsc::error::TrySendError::Closed(p)) => {
+                    routes.remove(&ssrc);
+                    if let Some(name) = shared.announced_name(ssrc) {
+                        start_udp_stream(&mut routes, name, vec![p], peer, &cfg, &hub, &shared, &mut refused_log);
+                        continue;
+                    }
+                    if let Some(packets) = probation.offer(p, peer, counters) {
+                        start_udp_stream(
+                            &mut routes,
+                            unknown_stream_name(ssrc),
+                            packets,
+                            peer,
+                            &cfg,
+                            &hub,
+                            &shared,
+                            &mut refused_log,
+                        );
+                    }
+                    continue;
+                }
+            }
+        }
+        if let Some(name) = shared.announced_name(ssrc) {
+            start_udp_stream(&mut routes, name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log);
+            continue;
+        }
+        match cfg.unknown_ssrc {
+            UnknownSsrc::Publish => {
+                if let Some(packets) = probation.offer(packet, peer, counters) {
+                    info!(ssrc = format_args!("{ssrc:08X}"), %peer, "unknown SSRC: publishing");
+                    start_udp_stream(
+                        &mut routes,
+                        unknown_stream_name(ssrc),
+                        packets,
+                        peer,
+                        &cfg,
+                        &hub,
+                        &shared,
+                        &mut refused_log,
+                    );
+                }
+            }
+            UnknownSsrc::Report => {
+                counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                shared.report_unknown(ssrc, peer);
+                if let Some(suppressed) = unknown_log.check(Instant::now()) {
+                    warn!(ssrc = format_args!("{ssrc:08X}"), %peer, suppressed, "RTP from an unknown SSRC (not published)");
+                }
+            }
+            UnknownSsrc::Drop => {
+                counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Streams that ended leave closed routes behind; sweep them now and then.
+        if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed) % 4096 == 0 {
+            routes.retain(|_, r| !r.tx.is_closed());
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_udp_stream(
+    routes: &mut HashMap<u32, Route>,
+    name: String,
+    packets: Vec<RtpPacket>,
+    peer: SocketAddr,
+    cfg: &RtpConfig,
+    hub: &Arc<Hub>,
+    shared: &Arc<RtpShared>,
+    refused_log: &mut RateLimit,
+) {
+    let Some(ssrc) = packets.first().map(|p| p.ssrc) else { return };
+    routes.retain(|_, r| !r.tx.is_closed());
+    let source = Source { transport: Transport::Udp, peer, ssrc };
+    let stream = match hub.create(&name, source) {
+        Ok(s) => s,
+        Err(e) => {
+            shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = refused_log.check(Instant::now()) {
+                warn!(stream = %name, %peer, suppressed, "stream refused: {e}");
+            }
+            return;
+        }
+    };
+    shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(cfg.stream_queue);
+    for p in packets {
+        let _ = tx.try_send(p);
+    }
+    let drops = Arc::new(AtomicU64::new(0));
+    routes.insert(ssrc, Route { tx, drops: drops.clone() });
+    let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
+    let (hub, cfg) = (hub.clone(), cfg.clone());
+    tokio::spawn(
+        async move {
+            info!("stream started");
+            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, drops).await;
+            hub.remove(&stream);
+            info!("stream ended: {reason}");
+        }
+        .instrument(span),
+    );
+}
+
+/// Where a stream's packets come from: a queue fed by the UDP task, or its own TCP connection.
+enum PacketSource {
+    Queue(mpsc::Receiver<RtpPacket>),
+    Tcp { socket: TcpStream, framer: TcpFramer, shared: Arc<RtpShared>, first: Option<RtpPacket> },
+}
+
+impl PacketSource {
+    /// Receives the next batch of packets into `batch`. `Ok(false)` means the source ended.
+    async fn recv(&mut self, batch: &mut Vec<RtpPacket>, read_buf: &mut [u8]) -> Result<bool, String> {
+        match self {
+            PacketSource::Queue(rx) => {
+                let n = rx.recv_many(batch, 64).await;
+                Ok(n > 0)
+            }
+            PacketSource::Tcp { socket, framer, shared, first } => {
+                if let Some(p) = first.take() {
+                    batch.push(p);
+                }
+                while let Some(frame) = framer.next_packet() {
+                    match RtpPacket::parse(frame) {
+                        Ok(p) => batch.push(p),
+                        Err(_) => {
+                            shared.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if batch.len() >= 64 {
+                        return Ok(true);
+                    }
+                }
+                if !batch.is_empty() {
+                    return Ok(true);
+                }
+                let resyncs_before = framer.stats().resyncs;
+                let n = socket.read(read_buf).await.map_err(|e| format!("TCP read error: {e}"))?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                framer.push(&read_buf[..n]);
+                let new_resyncs = framer.stats().resyncs - resyncs_before;
+                if new_resyncs > 0 {
+                    shared.counters.tcp_resyncs.fetch_add(new_resyncs, Ordering::Relaxed);
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Drives one stream until its source ends or goes quiet for `cfg.timeout`. Returns why it ended.
+async fn run_stream(mut source: PacketSource, stream: &Arc<Stream>, cfg: &RtpConfig, queue_drops: Arc<AtomicU64>) -> String {
+    let epoch = Instant::now();
+    let now_us = || epoch.elapsed().as_micros() as u64;
+    let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
+    let mut frames = Vec::with_capacity(16);
+    let mut batch = Vec::with_capacity(64);
+    let mut read_buf = match source {
+        PacketSource::Tcp { .. } => vec![0u8; 64 * 1024],
+        PacketSource::Queue(_) => Vec::new(),
+    };
+    let timeout = cfg.timeout.0;
+    let mut last_data = Instant::now();
+    let mut next_stats = Instant::now() + STATS_INTERVAL;
+    let reason = loop {
+        let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
+        let wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
+        tokio::select! {
+            r = source.recv(&mut batch, &mut read_buf) => match r {
+                Ok(true) => {
+                    if !batch.is_empty() {
+                        last_data = Instant::now();
+                        let now = now_us();
+                        for packet in batch.drain(..) {
+                            ingest.push_rtp(packet, now, &mut frames);
+                        }
+                        for frame in frames.drain(..) {
+                            stream.publish(frame);
+                        }
+                    }
+                }
+                Ok(false) => break "the source closed".to_string(),
+                Err(e) => break e,
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if reorder_deadline.is_some_and(|d| d <= now) {
+                    ingest.handle_timeout(now_us(), &mut frames);
+                    for frame in frames.drain(..) {
+                        stream.publish(frame);
+                    }
+                }
+                if now >= next_stats {
+                    next_stats = now + STATS_INTERVAL;
+                    publish_stats(stream, &ingest, &queue_drops);
+                    if now.duration_since(last_data) >= timeout {
+                        break format!("no data for {}", humantime::format_duration(timeout));
+                    }
+                }
+            }
+        }
+    };
+    ingest.finish(&mut frames);
+    for frame in frames.drain(..) {
+        stream.publish(frame);
+    }
+    publish_stats(stream, &ingest, &queue_drops);
+    reason
+}
+
+fn publish_stats(stream: &Stream, ingest: &StreamIngest, queue_drops: &AtomicU64) {
+    let mut stats = ingest.stream_stats();
+    stats.queue_drops = queue_drops.load(Ordering::Relaxed);
+    stream.set_stats(stats);
+}
+
+async fn serve_tcp(listener: TcpListener, cfg: RtpConfig, hub: Arc<Hub>, shared: Arc<RtpShared>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(cfg.max_tcp_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(r) => { backoff = Duration::from_millis(10); r }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning (mini-redis style).
+                    warn!("TCP accept error: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        shared.counters.tcp_connections.fetch_add(1, Ordering::Relaxed);
+        let _ = socket.set_nodelay(true);
+        let (cfg, hub, shared, shutdown) = (cfg.clone(), hub.clone(), shared.clone(), shutdown.clone());
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = run_tcp_connection(socket, peer, cfg, hub, shared) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("rtp_tcp", %peer)),
+        );
+    }
+}
+
+async fn run_tcp_connection(mut socket: TcpStream, peer: SocketAddr, cfg: RtpConfig, hub: Arc<Hub>, shared: Arc<RtpShared>) {
+    let mut framer = TcpFramer::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Wait for the first RTP packet to learn the SSRC (and so the stream name).
+    let first = loop {
+        if let Some(frame) = framer.next_packet() {
+            match RtpPacket::parse(frame) {
+                Ok(p) => break p,
+                Err(_) => {
+                    shared.counters.bad_packets.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
+        match tokio::time::timeout(cfg.timeout.0, socket.read(&mut buf)).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => framer.push(&buf[..n]),
+            Ok(Err(e)) => {
+                debug!("TCP read error before the first packet: {e}");
+                return;
+            }
+            Err(_) => {
+                info!("no RTP within {} on a new TCP connection; closing", humantime::format_duration(cfg.timeout.0));
+                return;
+            }
+        }
+    };
+    let ssrc = first.ssrc;
+    let name = match shared.announced_name(ssrc) {
+        Some(name) => name,
+        None => match cfg.unknown_ssrc {
+            UnknownSsrc::Publish => unknown_stream_name(ssrc),
+            UnknownSsrc::Report => {
+                shared.counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                shared.report_unknown(ssrc, peer);
+                warn!(ssrc = format_args!("{ssrc:08X}"), "TCP RTP from an unknown SSRC (not published); closing");
+                return;
+            }
+            UnknownSsrc::Drop => {
+                shared.counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
+    let stream = match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc }) {
+        Ok(s) => s,
+        Err(e) => {
+            shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+            warn!(stream = %name, "stream refused: {e}");
+            return;
+        }
+    };
+    shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), transport = "tcp");
+    async {
+        info!("stream started");
+        let source = PacketSource::Tcp { socket, framer, shared, first: Some(first) };
+        let reason = run_stream(source, &stream, &cfg, Arc::new(AtomicU64::new(0))).await;
+        hub.remove(&stream);
+        info!("stream ended: {reason}");
+    }
+    .instrument(span)
+    .await
+}
