@@ -277,8 +277,13 @@ impl TcpFramer {
             if !self.header_ok(end, f, chain_ssrc) {
                 return Check::Bad;
             }
+        } else if b.len() > end {
+            // Part of the next header is here: wait for the rest (it is in flight anyway). At
+            // EOF the leftover cannot be a frame, so this one's length is likely wrong.
+            return self.need();
         } else if !self.eof && (len > SUSPICIOUS_LEN || self.ssrc.is_none()) {
-            // Without lookahead, trust only ordinary lengths on an established connection.
+            // Buffer ends exactly at the frame end: trust only ordinary lengths on an
+            // established connection, so the tail of a burst is not delayed.
             return Check::Need;
         }
         match frame_ssrc {
