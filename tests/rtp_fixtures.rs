@@ -287,3 +287,83 @@ fn tcp_framer_recovers_from_injected_corruption() {
     }
     println!("worst case: {worst} packets lost for 4 corruptions");
 }
+
+/// Throughput check (hot path target: 300k packets/s/core). Run with
+/// `cargo test --release --test rtp_fixtures -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let n = 2_000_000u32;
+    let payload = Bytes::from(vec![0u8; 1400]);
+    let pkts: Vec<RtpPacket> = (0..n)
+        .map(|i| RtpPacket {
+            ssrc: 1,
+            seq: i as u16,
+            timestamp: i,
+            marker: false,
+            payload_type: 96,
+            payload: payload.clone(),
+        })
+        .collect();
+    let mut rb = ReorderBuffer::new(64, 100_000);
+    let mut out = Vec::with_capacity(64);
+    let t = std::time::Instant::now();
+    for (i, p) in pkts.into_iter().enumerate() {
+        rb.push(p, i as u64 * 3, &mut out);
+        out.clear();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    println!("reorder in-order: {:.1} M packets/s", n as f64 / dt / 1e6);
+    assert_eq!(rb.stats().packets, n as u64);
+
+    // Every 20th packet swapped with its successor: the held path.
+    let mut order: Vec<u32> = (0..n).collect();
+    for i in (0..n as usize - 1).step_by(20) {
+        order.swap(i, i + 1);
+    }
+    let mut rb = ReorderBuffer::new(64, 100_000);
+    let t = std::time::Instant::now();
+    for (i, s) in order.into_iter().enumerate() {
+        let p = RtpPacket {
+            ssrc: 1,
+            seq: s as u16,
+            timestamp: s,
+            marker: false,
+            payload_type: 96,
+            payload: payload.clone(),
+        };
+        rb.push(p, i as u64 * 3, &mut out);
+        out.clear();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    println!("reorder 5% swapped: {:.1} M packets/s", n as f64 / dt / 1e6);
+    assert_eq!(
+        (rb.stats().packets, rb.stats().reordered),
+        (n as u64, n as u64 / 20)
+    );
+
+    // Framer: 200k frames of 1400 B pushed in 64 KiB reads.
+    let mut stream = Vec::new();
+    for i in 0..200_000u32 {
+        let mut p = Vec::new();
+        gbgate::proto::rtp::write_packet(&mut p, 96, false, i as u16, i, 1, &[0x55; 1388]);
+        stream.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        stream.extend_from_slice(&p);
+    }
+    let mut f = TcpFramer::new();
+    let mut frames = 0u64;
+    let t = std::time::Instant::now();
+    for chunk in stream.chunks(65536) {
+        f.push(chunk);
+        while let Some(p) = f.next_packet() {
+            frames += p.len() as u64 / 1400;
+        }
+    }
+    let dt = t.elapsed().as_secs_f64();
+    println!(
+        "framer: {:.1} M frames/s, {:.0} MB/s",
+        frames as f64 / dt / 1e6,
+        stream.len() as f64 / dt / 1e6
+    );
+    assert_eq!(frames, 200_000);
+}

@@ -343,17 +343,20 @@ impl ReorderBuffer {
         }
     }
 
-    /// Rare path (only after a release), O(capacity).
+    /// Off the hot path (only after a release); O(reorder depth).
     fn recompute_oldest(&mut self) {
-        if self.held > 0 {
-            self.oldest_arrival = self
-                .ring
-                .iter()
-                .flatten()
-                .map(|(_, t)| *t)
-                .min()
-                .unwrap_or(0);
+        // Held packets lie in `expected + 1 ..= highest`: scan only that, stop once all are seen.
+        let mut seen = 0;
+        let mut oldest = u64::MAX;
+        let mut ext = self.expected;
+        while seen < self.held && ext <= self.highest {
+            if let Some((_, t)) = &self.ring[(ext % self.cap) as usize] {
+                seen += 1;
+                oldest = oldest.min(*t);
+            }
+            ext += 1;
         }
+        self.oldest_arrival = oldest;
     }
 
     /// Emits `Lost` for the `count` seqs just before `expected`, remembering the range.
