@@ -76,17 +76,12 @@ fn reorder(packets: &[Bytes]) -> (Vec<RtpPacket>, u64, RtpStats) {
 }
 
 fn concat_payloads(pkts: &[RtpPacket]) -> Vec<u8> {
-    pkts.iter()
-        .flat_map(|p| p.payload.iter().copied())
-        .collect()
+    pkts.iter().flat_map(|p| p.payload.iter().copied()).collect()
 }
 
 #[test]
 fn faults_fixture_loss_duplicates_reordering() {
-    let (Some(rtp), Some(ps)) = (
-        read_file("h264_g711a_8k_faults.rtp"),
-        read_file("h264_g711a_8k_faults.ps"),
-    ) else {
+    let (Some(rtp), Some(ps)) = (read_file("h264_g711a_8k_faults.rtp"), read_file("h264_g711a_8k_faults.ps")) else {
         return;
     };
     let packets = split_dump(&rtp);
@@ -134,10 +129,7 @@ fn faults_fixture_loss_duplicates_reordering() {
 
 #[test]
 fn wrap_fixture_crosses_seq_wrap_without_loss() {
-    let (Some(rtp), Some(ps)) = (
-        read_file("h264_g711a_8k_wrap.rtp"),
-        read_file("h264_g711a_8k_wrap.ps"),
-    ) else {
+    let (Some(rtp), Some(ps)) = (read_file("h264_g711a_8k_wrap.rtp"), read_file("h264_g711a_8k_wrap.ps")) else {
         return;
     };
     let packets = split_dump(&rtp);
@@ -145,10 +137,7 @@ fn wrap_fixture_crosses_seq_wrap_without_loss() {
     println!("wrap: {st:?}");
     assert_eq!(delivered.len(), 390);
     assert_eq!(lost_events, 0);
-    assert_eq!(
-        (st.lost, st.duplicates, st.reordered, st.late, st.resets),
-        (0, 0, 0, 0, 0)
-    );
+    assert_eq!((st.lost, st.duplicates, st.reordered, st.late, st.resets), (0, 0, 0, 0, 0));
     for (i, p) in delivered.iter().enumerate() {
         assert_eq!(p.seq, 65000u16.wrapping_add(i as u16));
     }
@@ -165,10 +154,7 @@ fn clean_fixtures_pass_through() {
         let (delivered, lost_events, st) = reorder(&packets);
         assert_eq!(delivered.len(), packets.len(), "{name}");
         assert_eq!(lost_events, 0, "{name}");
-        assert_eq!(
-            (st.lost, st.duplicates, st.reordered, st.late, st.resets),
-            (0, 0, 0, 0, 0)
-        );
+        assert_eq!((st.lost, st.duplicates, st.reordered, st.late, st.resets), (0, 0, 0, 0, 0));
         let ps = read_file(&name.replace(".rtp", ".ps")).unwrap();
         assert_eq!(concat_payloads(&delivered), ps, "{name}");
     }
@@ -250,19 +236,13 @@ fn tcp_framer_recovers_from_injected_corruption() {
             let mut next = 0;
             let mut missing = Vec::new();
             for p in &out {
-                let k = packets[next..]
-                    .iter()
-                    .position(|q| q == p)
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{name} seed {seed}: corrupted packet delivered after #{next} \
+                let k = packets[next..].iter().position(|q| q == p).unwrap_or_else(|| {
+                    panic!(
+                        "{name} seed {seed}: corrupted packet delivered after #{next} \
                              (0xFFFF at #{ffff}, inserts {:?})",
-                            inserts
-                                .iter()
-                                .map(|(a, j)| (*a, j.len()))
-                                .collect::<Vec<_>>()
-                        )
-                    });
+                        inserts.iter().map(|(a, j)| (*a, j.len())).collect::<Vec<_>>()
+                    )
+                });
                 missing.extend(next..next + k);
                 next += k + 1;
             }
@@ -277,10 +257,7 @@ fn tcp_framer_recovers_from_injected_corruption() {
                     "{name} seed {seed}: lost packet {m}, corruption at {hits:?}"
                 );
             }
-            assert!(
-                missing.len() <= 3 * hits.len(),
-                "{name} seed {seed}: {missing:?}"
-            );
+            assert!(missing.len() <= 3 * hits.len(), "{name} seed {seed}: {missing:?}");
             worst = worst.max(missing.len());
             assert!(f.stats().resyncs >= 1 && f.stats().resyncs <= 4);
         }
@@ -337,10 +314,7 @@ fn throughput() {
     }
     let dt = t.elapsed().as_secs_f64();
     println!("reorder 5% swapped: {:.1} M packets/s", n as f64 / dt / 1e6);
-    assert_eq!(
-        (rb.stats().packets, rb.stats().reordered),
-        (n as u64, n as u64 / 20)
-    );
+    assert_eq!((rb.stats().packets, rb.stats().reordered), (n as u64, n as u64 / 20));
 
     // Framer: 200k frames of 1400 B pushed in 64 KiB reads.
     let mut stream = Vec::new();
@@ -360,10 +334,6 @@ fn throughput() {
         }
     }
     let dt = t.elapsed().as_secs_f64();
-    println!(
-        "framer: {:.1} M frames/s, {:.0} MB/s",
-        frames as f64 / dt / 1e6,
-        stream.len() as f64 / dt / 1e6
-    );
+    println!("framer: {:.1} M frames/s, {:.0} MB/s", frames as f64 / dt / 1e6, stream.len() as f64 / dt / 1e6);
     assert_eq!(frames, 200_000);
 }

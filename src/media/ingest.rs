@@ -87,6 +87,15 @@ impl StreamIngest {
         self.drain(out);
     }
 
+    /// No packet arrived for a while: emit the pending frame if the stream paused between frames.
+    pub fn flush_idle(&mut self, out: &mut Vec<Frame>) {
+        if self.reorder.poll_timeout().is_none() {
+            let start = out.len();
+            self.demux.flush_idle(out);
+            self.count(&out[start..]);
+        }
+    }
+
     /// End of input: releases held packets and the last pending frame.
     pub fn finish(&mut self, out: &mut Vec<Frame>) {
         self.reorder.flush(&mut self.reordered);

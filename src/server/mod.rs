@@ -43,7 +43,14 @@ impl Gateway {
             .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
         let api_addr = api_listener.local_addr().map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(rtp::serve(udp, tcp, cfg.rtp.clone(), hub.clone(), rtp_shared.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(rtp::serve(
+            udp,
+            tcp,
+            cfg.rtp.clone(),
+            hub.clone(),
+            rtp_shared.clone(),
+            shutdown.clone(),
+        )));
         let router = api::router(api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone() }, rtp_addr);
         let api_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -34,6 +34,8 @@ use crate::util::RateLimit;
 
 /// How often a stream task refreshes the figures the API shows.
 const STATS_INTERVAL: Duration = Duration::from_millis(250);
+/// A stream quiet for this long delivers its pending frame (see `StreamIngest::flush_idle`).
+const IDLE_FLUSH: Duration = Duration::from_millis(200);
 /// Unknown SSRCs waiting for their second packet.
 const PROBATION_CAPACITY: usize = 1024;
 /// Datagrams kept per SSRC on probation (handed to the stream once it is created).
@@ -247,7 +249,13 @@ struct Route {
     drops: Arc<AtomicU64>,
 }
 
-async fn serve_udp(socket: UdpSocket, cfg: RtpConfig, hub: Arc<Hub>, shared: Arc<RtpShared>, shutdown: CancellationToken) {
+async fn serve_udp(
+    socket: UdpSocket,
+    cfg: RtpConfig,
+    hub: Arc<Hub>,
+    shared: Arc<RtpShared>,
+    shutdown: CancellationToken,
+) {
     let mut routes: HashMap<u32, Route> = HashMap::new();
     let mut probation = Probation::new();
     let mut buf = BytesMut::with_capacity(256 * 1024);
@@ -389,7 +397,8 @@ fn start_udp_stream(
     }
     let drops = Arc::new(AtomicU64::new(0));
     routes.insert(ssrc, Route { tx, drops: drops.clone() });
-    let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
+    let span =
+        tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
     let (hub, cfg) = (hub.clone(), cfg.clone());
     tokio::spawn(
         async move {
@@ -451,7 +460,12 @@ impl PacketSource {
 }
 
 /// Drives one stream until its source ends or goes quiet for `cfg.timeout`. Returns why it ended.
-async fn run_stream(mut source: PacketSource, stream: &Arc<Stream>, cfg: &RtpConfig, queue_drops: Arc<AtomicU64>) -> String {
+async fn run_stream(
+    mut source: PacketSource,
+    stream: &Arc<Stream>,
+    cfg: &RtpConfig,
+    queue_drops: Arc<AtomicU64>,
+) -> String {
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
     let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
@@ -464,14 +478,19 @@ async fn run_stream(mut source: PacketSource, stream: &Arc<Stream>, cfg: &RtpCon
     let timeout = cfg.timeout.0;
     let mut last_data = Instant::now();
     let mut next_stats = Instant::now() + STATS_INTERVAL;
+    let mut idle_flushed = true;
     let reason = loop {
         let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
-        let wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
+        let mut wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
+        if !idle_flushed {
+            wake = wake.min(last_data + IDLE_FLUSH);
+        }
         tokio::select! {
             r = source.recv(&mut batch, &mut read_buf) => match r {
                 Ok(true) => {
                     if !batch.is_empty() {
                         last_data = Instant::now();
+                        idle_flushed = false;
                         let now = now_us();
                         for packet in batch.drain(..) {
                             ingest.push_rtp(packet, now, &mut frames);
@@ -488,6 +507,13 @@ async fn run_stream(mut source: PacketSource, stream: &Arc<Stream>, cfg: &RtpCon
                 let now = Instant::now();
                 if reorder_deadline.is_some_and(|d| d <= now) {
                     ingest.handle_timeout(now_us(), &mut frames);
+                    for frame in frames.drain(..) {
+                        stream.publish(frame);
+                    }
+                }
+                if !idle_flushed && now >= last_data + IDLE_FLUSH {
+                    idle_flushed = true;
+                    ingest.flush_idle(&mut frames);
                     for frame in frames.drain(..) {
                         stream.publish(frame);
                     }
@@ -516,7 +542,13 @@ fn publish_stats(stream: &Stream, ingest: &StreamIngest, queue_drops: &AtomicU64
     stream.set_stats(stats);
 }
 
-async fn serve_tcp(listener: TcpListener, cfg: RtpConfig, hub: Arc<Hub>, shared: Arc<RtpShared>, shutdown: CancellationToken) {
+async fn serve_tcp(
+    listener: TcpListener,
+    cfg: RtpConfig,
+    hub: Arc<Hub>,
+    shared: Arc<RtpShared>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(cfg.max_tcp_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -553,7 +585,13 @@ async fn serve_tcp(listener: TcpListener, cfg: RtpConfig, hub: Arc<Hub>, shared:
     }
 }
 
-async fn run_tcp_connection(mut socket: TcpStream, peer: SocketAddr, cfg: RtpConfig, hub: Arc<Hub>, shared: Arc<RtpShared>) {
+async fn run_tcp_connection(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    cfg: RtpConfig,
+    hub: Arc<Hub>,
+    shared: Arc<RtpShared>,
+) {
     let mut framer = TcpFramer::new();
     let mut buf = vec![0u8; 64 * 1024];
     // Wait for the first RTP packet to learn the SSRC (and so the stream name).

@@ -339,6 +339,15 @@ impl PsDemuxer {
         self.state = State::Sync;
     }
 
+    /// The input paused at a unit boundary: emit the pending access unit now rather than when the
+    /// next one starts. Without this a camera that pauses (or stops) holds back its last frame.
+    /// Does nothing mid-PES, where the frame is known to be incomplete.
+    pub fn flush_idle(&mut self, out: &mut Vec<Frame>) {
+        if matches!(self.state, State::Start | State::Sync) && self.tail.is_empty() {
+            self.video.flush(out, &mut self.stats);
+        }
+    }
+
     pub fn stats(&self) -> &DemuxStats {
         &self.stats
     }

@@ -171,9 +171,7 @@ impl ReorderBuffer {
         self.last_arrival = now_us;
 
         let diff = pkt.seq.wrapping_sub(self.expected as u16) as i16 as i64;
-        let wild = pkt.ssrc != self.ssrc
-            || diff > self.max_dropout as i64
-            || diff < -(MAX_MISORDER as i64);
+        let wild = pkt.ssrc != self.ssrc || diff > self.max_dropout as i64 || diff < -(MAX_MISORDER as i64);
         if wild {
             if silent {
                 // A long pause then a new sequence: the camera restarted, no need for probation.
@@ -210,13 +208,7 @@ impl ReorderBuffer {
     }
 
     /// Resets onto a new sequence starting at the lower of the two packets.
-    fn restart(
-        &mut self,
-        a: RtpPacket,
-        b: Option<RtpPacket>,
-        now_us: u64,
-        out: &mut Vec<Reordered>,
-    ) {
+    fn restart(&mut self, a: RtpPacket, b: Option<RtpPacket>, now_us: u64, out: &mut Vec<Reordered>) {
         self.flush(out);
         out.push(Reordered::Reset);
         self.stats.resets += 1;
@@ -278,11 +270,7 @@ impl ReorderBuffer {
             self.highest = ext;
         }
         self.ring[slot] = Some((pkt, now_us));
-        self.oldest_arrival = if self.held == 0 {
-            now_us
-        } else {
-            self.oldest_arrival.min(now_us)
-        };
+        self.oldest_arrival = if self.held == 0 { now_us } else { self.oldest_arrival.min(now_us) };
         self.held += 1;
     }
 
@@ -442,10 +430,7 @@ mod tests {
         }
         let st = rb.stats();
         assert_eq!((st.packets, st.bytes), (100, 200));
-        assert_eq!(
-            (st.lost, st.duplicates, st.reordered, st.late, st.resets),
-            (0, 0, 0, 0, 0)
-        );
+        assert_eq!((st.lost, st.duplicates, st.reordered, st.late, st.resets), (0, 0, 0, 0, 0));
     }
 
     #[test]
@@ -455,10 +440,7 @@ mod tests {
         assert_eq!(feed(&mut rb, &seqs), ps(&seqs));
         // Reordering across the wrap too.
         let mut rb = ReorderBuffer::new(16, 100_000);
-        assert_eq!(
-            feed(&mut rb, &[65534, 0, 65535, 1]),
-            ps(&[65534, 65535, 0, 1])
-        );
+        assert_eq!(feed(&mut rb, &[65534, 0, 65535, 1]), ps(&[65534, 65535, 0, 1]));
         assert_eq!(rb.stats().reordered, 1);
         assert_eq!(rb.stats().lost, 0);
     }
@@ -545,10 +527,7 @@ mod tests {
         let mut rb = ReorderBuffer::new(64, 100_000);
         feed(&mut rb, &(0..10).collect::<Vec<_>>());
         assert_eq!(feed(&mut rb, &[40000]), Vec::<String>::new());
-        assert_eq!(
-            feed(&mut rb, &[40001, 40002]),
-            vec!["R", "P40000", "P40001", "P40002"]
-        );
+        assert_eq!(feed(&mut rb, &[40001, 40002]), vec!["R", "P40000", "P40001", "P40002"]);
         let st = rb.stats();
         assert_eq!((st.resets, st.lost, st.stray, st.packets), (1, 0, 0, 13));
         // Backward restart, second packet reordered: starts at the lower seq.
@@ -578,10 +557,7 @@ mod tests {
     fn held_packets_are_flushed_before_reset() {
         let mut rb = ReorderBuffer::new(64, 100_000);
         assert_eq!(feed(&mut rb, &[0, 2, 3]), ps(&[0]));
-        assert_eq!(
-            feed(&mut rb, &[30000, 30001]),
-            vec!["L1", "P2", "P3", "R", "P30000", "P30001"]
-        );
+        assert_eq!(feed(&mut rb, &[30000, 30001]), vec!["L1", "P2", "P3", "R", "P30000", "P30001"]);
     }
 
     #[test]

@@ -290,11 +290,7 @@ impl TcpFramer {
             return Check::Need;
         }
         match frame_ssrc {
-            Some(ssrc) => Check::Rtp {
-                framing: f,
-                len,
-                ssrc,
-            },
+            Some(ssrc) => Check::Rtp { framing: f, len, ssrc },
             None => Check::Rtcp { framing: f, len },
         }
     }
@@ -342,9 +338,7 @@ impl TcpFramer {
         if (200..=204).contains(&b[s + 1]) {
             return len % 4 == 0;
         }
-        len >= RTP_HEADER
-            && ssrc
-                .is_none_or(|k| k == u32::from_be_bytes([b[s + 8], b[s + 9], b[s + 10], b[s + 11]]))
+        len >= RTP_HEADER && ssrc.is_none_or(|k| k == u32::from_be_bytes([b[s + 8], b[s + 9], b[s + 10], b[s + 11]]))
     }
 }
 
@@ -357,9 +351,7 @@ mod tests {
     const SSRC: u32 = 0x05F5_E101;
 
     fn rtp(seq: u16, ssrc: u32, payload_len: usize) -> Vec<u8> {
-        let payload: Vec<u8> = (0..payload_len)
-            .map(|i| (i as u8).wrapping_mul(31) ^ seq as u8)
-            .collect();
+        let payload: Vec<u8> = (0..payload_len).map(|i| (i as u8).wrapping_mul(31) ^ seq as u8).collect();
         let mut out = Vec::new();
         write_packet(&mut out, 96, false, seq, seq as u32 * 3600, ssrc, &payload);
         out
@@ -402,9 +394,7 @@ mod tests {
     }
 
     fn seqs(pkts: &[Bytes]) -> Vec<u16> {
-        pkts.iter()
-            .map(|p| RtpPacket::parse(p.clone()).unwrap().seq)
-            .collect()
+        pkts.iter().map(|p| RtpPacket::parse(p.clone()).unwrap().seq).collect()
     }
 
     #[test]
@@ -450,10 +440,7 @@ mod tests {
         let (out, f) = run(&data, false);
         assert_eq!(seqs(&out), vec![10, 11, 12]);
         assert_eq!(f.framing(), Some(Framing::Interleaved));
-        assert_eq!(
-            (f.stats().frames, f.stats().rtcp, f.stats().resyncs),
-            (3, 1, 0)
-        );
+        assert_eq!((f.stats().frames, f.stats().rtcp, f.stats().resyncs), (3, 1, 0));
     }
 
     #[test]
