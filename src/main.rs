@@ -56,6 +56,9 @@ enum Command {
         /// As fast as possible instead of in real time.
         #[arg(long)]
         flood: bool,
+        /// Keep TCP connections open this long after the last packet, e.g. "5s".
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        linger: Duration,
     },
 }
 
@@ -97,12 +100,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Send { file, to, tcp, count, ssrc, loops, duration, flood } => {
+        Command::Send { file, to, tcp, count, ssrc, loops, duration, flood, linger } => {
             if count > 1 && ssrc.is_none() {
                 eprintln!("error: --count above 1 needs --ssrc (each camera needs its own SSRC)");
                 return ExitCode::from(2);
             }
-            let opts = gbgate::sim::send::SendOptions { to, tcp, count, ssrc_base: ssrc, loops, duration, flood };
+            let opts =
+                gbgate::sim::send::SendOptions { to, tcp, count, ssrc_base: ssrc, loops, duration, flood, linger };
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -52,6 +52,10 @@ pub struct StreamStats {
     pub duplicates: u64,
     pub reordered: u64,
     pub late: u64,
+    /// Sequence restarts (camera restart, sequence jump confirmed by a second packet).
+    pub seq_resets: u64,
+    /// Single packets far outside the sequence, ignored.
+    pub stray: u64,
     /// Packets dropped because the stream's task could not keep up (socket -> task queue full).
     pub queue_drops: u64,
     /// Bytes the PS demuxer skipped while searching for sync.

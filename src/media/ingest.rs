@@ -183,6 +183,8 @@ impl StreamIngest {
             duplicates: rtp.duplicates,
             reordered: rtp.reordered,
             late: rtp.late,
+            seq_resets: rtp.resets,
+            stray: rtp.stray,
             queue_drops: 0,
             garbage_bytes: demux.garbage_bytes,
             resyncs: demux.resyncs,

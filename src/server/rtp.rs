@@ -414,7 +414,14 @@ fn start_udp_stream(
 /// Where a stream's packets come from: a queue fed by the UDP task, or its own TCP connection.
 enum PacketSource {
     Queue(mpsc::Receiver<RtpPacket>),
-    Tcp { socket: TcpStream, framer: TcpFramer, shared: Arc<RtpShared>, first: Option<RtpPacket> },
+    Tcp {
+        socket: TcpStream,
+        framer: TcpFramer,
+        shared: Arc<RtpShared>,
+        first: Option<RtpPacket>,
+        /// Framer resyncs already added to the server-wide counter.
+        resyncs_counted: u64,
+    },
 }
 
 impl PacketSource {
@@ -425,7 +432,7 @@ impl PacketSource {
                 let n = rx.recv_many(batch, 64).await;
                 Ok(n > 0)
             }
-            PacketSource::Tcp { socket, framer, shared, first } => {
+            PacketSource::Tcp { socket, framer, shared, first, resyncs_counted } => {
                 if let Some(p) = first.take() {
                     batch.push(p);
                 }
@@ -437,22 +444,22 @@ impl PacketSource {
                         }
                     }
                     if batch.len() >= 64 {
-                        return Ok(true);
+                        break;
                     }
+                }
+                let resyncs = framer.stats().resyncs;
+                if resyncs > *resyncs_counted {
+                    shared.counters.tcp_resyncs.fetch_add(resyncs - *resyncs_counted, Ordering::Relaxed);
+                    *resyncs_counted = resyncs;
                 }
                 if !batch.is_empty() {
                     return Ok(true);
                 }
-                let resyncs_before = framer.stats().resyncs;
                 let n = socket.read(read_buf).await.map_err(|e| format!("TCP read error: {e}"))?;
                 if n == 0 {
                     return Ok(false);
                 }
                 framer.push(&read_buf[..n]);
-                let new_resyncs = framer.stats().resyncs - resyncs_before;
-                if new_resyncs > 0 {
-                    shared.counters.tcp_resyncs.fetch_add(new_resyncs, Ordering::Relaxed);
-                }
                 Ok(true)
             }
         }
@@ -647,7 +654,11 @@ async fn run_tcp_connection(
     let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), transport = "tcp");
     async {
         info!("stream started");
-        let source = PacketSource::Tcp { socket, framer, shared, first: Some(first) };
+        let resyncs_counted = framer.stats().resyncs;
+        if resyncs_counted > 0 {
+            shared.counters.tcp_resyncs.fetch_add(resyncs_counted, Ordering::Relaxed);
+        }
+        let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
         let reason = run_stream(source, &stream, &cfg, Arc::new(AtomicU64::new(0))).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");

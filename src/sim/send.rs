@@ -32,6 +32,9 @@ pub struct SendOptions {
     pub duration: Option<Duration>,
     /// Send as fast as possible instead of in real time.
     pub flood: bool,
+    /// Keep TCP connections open this long after the last packet (a paused camera), so the
+    /// gateway keeps the streams live.
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -203,12 +206,15 @@ pub async fn send_file(path: &Path, opts: &SendOptions) -> Result<SendReport, Se
             tokio::time::sleep_until((start + Duration::from_micros(next_due)).into()).await;
         }
     }
+    report.elapsed = start.elapsed();
+    if opts.tcp && !opts.linger.is_zero() {
+        tokio::time::sleep(opts.linger).await;
+    }
     for cam in &mut cameras {
         if let CameraSocket::Tcp(s) = &mut cam.socket {
             let _ = s.shutdown().await;
         }
     }
-    report.elapsed = start.elapsed();
     Ok(report)
 }
 

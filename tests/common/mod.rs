@@ -1,0 +1,107 @@
+//! Shared helpers for the integration tests: fixture lookup, an in-process gateway on loopback
+//! ports chosen by the kernel, and a minimal HTTP/1.0 client for the API.
+#![allow(dead_code)]
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use gbgate::config::Config;
+use gbgate::server::Gateway;
+use serde_json::Value;
+
+/// The project's own fixtures (always present).
+pub fn own_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// `../shared/fixtures` (or `$GBGATE_SHARED/fixtures`), when present.
+pub fn shared_fixtures() -> Option<PathBuf> {
+    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    if beside.is_dir() {
+        return Some(beside);
+    }
+    let env = std::env::var_os("GBGATE_SHARED").map(|p| PathBuf::from(p).join("fixtures"))?;
+    env.is_dir().then_some(env)
+}
+
+/// Returns the shared fixtures folder, or prints why the calling test is skipped.
+pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = shared_fixtures();
+    if dir.is_none() {
+        println!("{test}: skipped: ../shared/fixtures not present");
+    }
+    dir
+}
+
+/// A config listening on kernel-chosen loopback ports.
+pub fn test_config() -> Config {
+    let mut cfg = Config::default();
+    cfg.rtp.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg
+}
+
+pub async fn start(cfg: Config) -> Gateway {
+    Gateway::start(cfg).await.expect("gateway starts")
+}
+
+/// GET `path` from the API, returns (status, JSON body). Blocking; call via spawn_blocking.
+pub fn http_get_blocking(api: SocketAddr, path: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(api).expect("connect API");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+pub async fn http_get(api: SocketAddr, path: &str) -> (u16, Value) {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || http_get_blocking(api, &path)).await.unwrap()
+}
+
+/// The streams the API lists, by name.
+pub async fn streams(api: SocketAddr) -> Vec<Value> {
+    let (status, body) = http_get(api, "/api/v1/streams").await;
+    assert_eq!(status, 200);
+    body["streams"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls the API until `done` holds for the stream list or `timeout` passes; returns the last list.
+pub async fn wait_streams(api: SocketAddr, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let list = streams(api).await;
+        if done(&list) || start.elapsed() > timeout {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads a `[u16 BE len][RTP]` dump.
+pub fn read_rtp_dump(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 2 <= data.len() {
+        let n = u16::from_be_bytes([data[i], data[i + 1]]) as usize;
+        if i + 2 + n > data.len() {
+            break;
+        }
+        out.push(data[i + 2..i + 2 + n].to_vec());
+        i += 2 + n;
+    }
+    out
+}
+
+/// Expected values of one of the project's fixtures (fixtures/expected.json).
+pub fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(own_fixture("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let list = v.as_array().cloned().or_else(|| v["fixtures"].as_array().cloned()).expect("expected.json list");
+    list.into_iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("{name} not in expected.json"))
+}
