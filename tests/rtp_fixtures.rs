@@ -336,4 +336,27 @@ fn throughput() {
     let dt = t.elapsed().as_secs_f64();
     println!("framer: {:.1} M frames/s, {:.0} MB/s", frames as f64 / dt / 1e6, stream.len() as f64 / dt / 1e6);
     assert_eq!(frames, 200_000);
+
+    // Pathological reads: 1 byte at a time, over good frames and over junk with frame-like bytes.
+    let mut rng = StdRng::seed_from_u64(5);
+    let junk: Vec<u8> = (0..2_000_000)
+        .map(|_| match rng.gen_range(0..4) {
+            0 => 0x80,
+            1 => 0xff,
+            _ => rng.gen(),
+        })
+        .collect();
+    for (what, data) in [("good", &stream[..2_000_000]), ("junk", &junk[..])] {
+        let mut f = TcpFramer::new();
+        let t = std::time::Instant::now();
+        for b in data.chunks(1) {
+            f.push(b);
+            while f.next_packet().is_some() {}
+        }
+        let dt = t.elapsed().as_secs_f64();
+        println!(
+            "framer 1-byte reads, {what}: {:.0} MB/s",
+            data.len() as f64 / dt / 1e6
+        );
+    }
 }

@@ -80,6 +80,9 @@ pub struct TcpFramer {
     resyncing: bool,
     /// Bytes skipped in the current resync (for [`RELOCK_AFTER`]).
     resync_skipped: u64,
+    /// How much of the buffer the last undecided check at offset 0 had searched for an embedded
+    /// next packet (see `next_packet_inside`); reset whenever the buffer advances.
+    inside_scanned: usize,
     eof: bool,
     stats: FramerStats,
 }
@@ -98,6 +101,7 @@ impl TcpFramer {
             ssrc: None,
             resyncing: false,
             resync_skipped: 0,
+            inside_scanned: 0,
             eof: false,
             stats: FramerStats::default(),
         }
@@ -120,7 +124,9 @@ impl TcpFramer {
             if self.buf.is_empty() {
                 return None;
             }
-            match self.check_any(0) {
+            let check = self.check_any(0);
+            self.inside_scanned = 0;
+            match check {
                 Check::Rtp { framing, len, ssrc } => {
                     self.framing = Some(framing);
                     self.ssrc.get_or_insert(ssrc);
@@ -135,7 +141,12 @@ impl TcpFramer {
                     self.buf.advance(framing.header_len() + len);
                     self.stats.rtcp += 1;
                 }
-                Check::Need => return None,
+                Check::Need => {
+                    if self.inside_search_due() {
+                        self.inside_scanned = self.buf.len();
+                    }
+                    return None;
+                }
                 Check::Bad => self.resync(),
             }
         }
@@ -307,7 +318,15 @@ impl TcpFramer {
         let s = p + h;
         let next_seq = u16::from_be_bytes([b[s + 2], b[s + 3]]).wrapping_add(1);
         // SSRC sits at offset h + 8 of a frame; the next frame starts after this one's header.
-        let from = s + RTP_HEADER + h + 8;
+        let mut from = s + RTP_HEADER + h + 8;
+        if p == 0 {
+            // Tiny reads must not make this quadratic: search again only after 1 KiB more, and
+            // skip what was searched, except candidates that could not be verified yet.
+            if !self.inside_search_due() {
+                return false;
+            }
+            from = from.max(self.inside_scanned.saturating_sub(SUSPICIOUS_LEN + 64));
+        }
         if b.len() <= from {
             return false;
         }
@@ -323,6 +342,10 @@ impl TcpFramer {
                 && b.len() >= r + len + h + RTP_HEADER
                 && self.header_ok(r + len, f, Some(ssrc))
         })
+    }
+
+    fn inside_search_due(&self) -> bool {
+        self.inside_scanned == 0 || self.buf.len() >= self.inside_scanned + 1024
     }
 
     /// Lookahead: does a plausible frame header start at `q`? Needs `q + h + 12` bytes buffered.
