@@ -157,7 +157,12 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr (journald captures it); colours only on a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     tracing::info!("configuration: {from}");
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -354,9 +354,6 @@ fn throughput() {
             while f.next_packet().is_some() {}
         }
         let dt = t.elapsed().as_secs_f64();
-        println!(
-            "framer 1-byte reads, {what}: {:.0} MB/s",
-            data.len() as f64 / dt / 1e6
-        );
+        println!("framer 1-byte reads, {what}: {:.0} MB/s", data.len() as f64 / dt / 1e6);
     }
 }
