@@ -254,14 +254,12 @@ async fn bad_input_is_counted_never_fatal_and_the_stream_limit_holds() {
     // RTCP receiver report on the RTP port.
     sock.send_to(&[0x80, 201, 0, 1, 0, 0, 0, 9], to).await.unwrap();
     // PS with lying lengths in a valid RTP stream: a PES claiming 65535 bytes, then junk, repeatedly.
-    let mut seq = 0u16;
-    for _ in 0..50 {
+    for seq in 0..50u16 {
         let mut payload = vec![0, 0, 1, 0xBA, 0x44, 0, 4, 0, 4, 1, 0, 0, 3, 0xF8];
         payload.extend_from_slice(&[0, 0, 1, 0xE0, 0xff, 0xff, 0x80, 0x80, 0x05, 0x21, 0, 1, 0, 1]);
         payload.extend((0..1000).map(|_| rng.gen::<u8>()));
         let mut pkt = Vec::new();
         gbgate::proto::rtp::write_packet(&mut pkt, 96, true, seq, u32::from(seq) * 3600, 700_000_001, &payload);
-        seq += 1;
         sock.send_to(&pkt, to).await.unwrap();
     }
     // A TCP connection whose first length is 65535, followed by junk.
