@@ -150,11 +150,12 @@ impl Stream {
         f.has_video |= is_video;
         let has_video = f.has_video;
         let max_skips = self.cfg.max_skips_per_minute as usize;
+        // A subscriber that lost frames resumes only here: a video keyframe, or any frame of an
+        // audio-only stream.
+        let resume_point = if has_video { is_video && frame.keyframe } else { true };
         f.subscribers.retain_mut(|s| {
             if s.needs_keyframe {
-                // Resume only at a video keyframe (or any frame of an audio-only stream).
-                let resumes = if has_video { is_video && frame.keyframe } else { true };
-                if !resumes {
+                if !resume_point {
                     s.drops.fetch_add(1, Ordering::Relaxed);
                     self.drops.fetch_add(1, Ordering::Relaxed);
                     return true;
@@ -168,7 +169,9 @@ impl Stream {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.drops.fetch_add(1, Ordering::Relaxed);
                     self.drops.fetch_add(1, Ordering::Relaxed);
-                    if !s.needs_keyframe {
+                    // A skip starts when the queue first overflows, and again each time even a
+                    // resume point finds it full: a subscriber that never drains keeps skipping.
+                    if !s.needs_keyframe || resume_point {
                         s.needs_keyframe = true;
                         while s.skips.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
                             s.skips.pop_front();

@@ -67,20 +67,27 @@ async fn slow_subscriber_skips_to_next_keyframe_and_fast_one_loses_nothing() {
     let mut slow = s.subscribe();
     let mut fast = s.subscribe();
     let mut fast_got = Vec::new();
+    let mut slow_got = Vec::new();
     for i in 0..10 {
         s.publish(video(i * 3600, i == 0 || i == 8, 10));
-        fast_got.push(fast.recv().await.unwrap().pts);
+        fast_got.push(fast.recv().await.unwrap().pts / 3600);
+        if i == 7 {
+            // The slow one wakes up after falling 4 frames behind, and drains what it has.
+            for _ in 0..4 {
+                slow_got.push(slow.recv().await.unwrap().pts / 3600);
+            }
+        }
     }
-    assert_eq!(fast_got.len(), 10);
+    assert_eq!(fast_got, (0..10).collect::<Vec<_>>());
     assert_eq!(fast.drops(), 0);
-    // slow read nothing: it holds frames 0..3, lost 4..7, resumed at keyframe 8.
-    let mut slow_got = Vec::new();
-    for _ in 0..6 {
+    // It held 0..3, lost 4..7 and resumed at keyframe 8.
+    for _ in 0..2 {
         slow_got.push(slow.recv().await.unwrap().pts / 3600);
     }
     assert_eq!(slow_got, vec![0, 1, 2, 3, 8, 9]);
     assert_eq!(slow.drops(), 4);
     assert_eq!(s.drops(), 4);
+    assert_eq!(s.subscriber_count(), 2);
 }
 
 #[tokio::test]

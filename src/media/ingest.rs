@@ -28,23 +28,34 @@ pub struct StreamIngest {
 struct TrackCounter {
     frames: u64,
     keyframes: u64,
-    first_pts: Option<i64>,
+    /// The frame-rate window restarts when timestamps go back or jump (camera restart, looped
+    /// file), so the estimate reflects the current run of timestamps.
+    window_start: Option<i64>,
+    window_frames: u64,
     last_pts: i64,
 }
+
+/// A forward step beyond this restarts the frame-rate window.
+const RATE_WINDOW_JUMP: i64 = 5 * 90_000;
 
 impl TrackCounter {
     fn count(&mut self, frame: &Frame) {
         self.frames += 1;
         self.keyframes += u64::from(frame.keyframe);
-        self.first_pts.get_or_insert(frame.pts);
+        let step = frame.pts - self.last_pts;
+        if self.window_start.is_none() || step < 0 || step > RATE_WINDOW_JUMP {
+            self.window_start = Some(frame.pts);
+            self.window_frames = 0;
+        }
+        self.window_frames += 1;
         self.last_pts = frame.pts;
     }
 
-    /// Frames per second over the PTS span seen; 0 when it cannot be told.
+    /// Frames per second over the current window; 0 when it cannot be told yet.
     fn rate(&self) -> f64 {
-        match self.first_pts {
-            Some(first) if self.last_pts > first && self.frames > 1 => {
-                let fps = (self.frames - 1) as f64 * 90_000.0 / (self.last_pts - first) as f64;
+        match self.window_start {
+            Some(first) if self.last_pts > first && self.window_frames > 1 => {
+                let fps = (self.window_frames - 1) as f64 * 90_000.0 / (self.last_pts - first) as f64;
                 (fps * 100.0).round() / 100.0
             }
             _ => 0.0,
@@ -190,5 +201,43 @@ impl StreamIngest {
             resyncs: demux.resyncs,
             dropped_frames: demux.dropped_frames,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{Codec, VideoConfig};
+    use bytes::Bytes;
+
+    fn frame(pts: i64) -> Frame {
+        Frame {
+            codec: Codec::H264,
+            pts,
+            dts: pts,
+            keyframe: false,
+            data: Bytes::new(),
+            config: Arc::new(CodecConfig::Video(VideoConfig::default())),
+        }
+    }
+
+    #[test]
+    fn frame_rate_restarts_when_timestamps_go_back_or_jump() {
+        let mut t = TrackCounter::default();
+        for i in 0..50 {
+            t.count(&frame(1_000_000 + i * 3600));
+        }
+        assert_eq!(t.rate(), 25.0);
+        // A looped file: timestamps start over.
+        for i in 0..11 {
+            t.count(&frame(i * 3600));
+        }
+        assert_eq!(t.rate(), 25.0);
+        // A +10 s jump, then 30 fps.
+        for i in 0..31 {
+            t.count(&frame(10_000_000 + i * 3000));
+        }
+        assert_eq!(t.rate(), 30.0);
+        assert_eq!(t.frames, 92);
     }
 }

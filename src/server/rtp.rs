@@ -457,6 +457,11 @@ impl PacketSource {
                 }
                 let n = socket.read(read_buf).await.map_err(|e| format!("TCP read error: {e}"))?;
                 if n == 0 {
+                    if !framer.is_finished() {
+                        // The camera closed: what waited behind a suspicious length comes out now.
+                        framer.finish();
+                        return Ok(true);
+                    }
                     return Ok(false);
                 }
                 framer.push(&read_buf[..n]);

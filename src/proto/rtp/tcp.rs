@@ -118,6 +118,11 @@ impl TcpFramer {
         self.eof = true;
     }
 
+    /// Whether [`Self::finish`] was called.
+    pub fn is_finished(&self) -> bool {
+        self.eof
+    }
+
     /// The next complete RTP packet, without its framing header (zero-copy from the buffer).
     pub fn next_packet(&mut self) -> Option<Bytes> {
         loop {
