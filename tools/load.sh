@@ -10,7 +10,9 @@
 #
 # Env: COUNT (cameras), WARMUP, WINDOW (seconds), PHASES ("udp tcp"), CLIP_SECONDS (source clip),
 #      RMEM_MAX (try to raise net.core.rmem_max to this; failure is reported, not fatal),
-#      LOAD_DIR (cache + logs, default $CARGO_TARGET_DIR/load or target/load).
+#      LOAD_DIR (cache + logs, default $CARGO_TARGET_DIR/load or target/load),
+#      PROFILE=1 (perf record gbgate over the window into $LOAD_DIR/perf-<phase>.data; perf's own
+#      overhead then inflates the CPU figure, so do not take figures from a profiled run).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ WARMUP=${WARMUP:-10}
 WINDOW=${WINDOW:-30}
 PHASES=${PHASES:-udp tcp}
 CLIP_SECONDS=${CLIP_SECONDS:-20}
+PROFILE=${PROFILE:-}
 RMEM_MAX=${RMEM_MAX:-33554432}
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
@@ -167,6 +170,13 @@ EOF
     s0=$(cpu_ticks "$snd")
     e0=$(udp_rcvbuf_errors)
     t0=$(date +%s.%N)
+    local perf_pid=""
+    if [[ -n $PROFILE ]]; then
+        perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$gw" -o "$LOAD_DIR/perf-$transport.data" \
+            -- sleep "$WINDOW" >"$LOAD_DIR/perf-$transport.log" 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+    fi
     for ((i = 0; i < WINDOW; i++)); do
         sleep 1
         rss=$(status_kb "$gw" VmRSS)
@@ -176,8 +186,15 @@ EOF
     s1=$(cpu_ticks "$snd")
     e1=$(udp_rcvbuf_errors)
     t1=$(date +%s.%N)
+    [[ -n $perf_pid ]] && { wait "$perf_pid" || true; }
     local hwm streams rtp
     hwm=$(status_kb "$gw" VmHWM)
+    # Memory breakdown for later: the largest mappings by RSS, and the thread count.
+    cat "/proc/$gw/smaps" >"$LOAD_DIR/smaps-$transport.txt" 2>/dev/null || true
+    log "$transport: gbgate threads=$(status_kb "$gw" Threads), largest mappings by RSS (kB): $(awk '
+        /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "" ? "[anon]" : $6) }
+        /^Rss:/ { if ($2 >= 1024) printf "%s=%d ", name, $2 }' "$LOAD_DIR/smaps-$transport.txt" | tr ' ' '\n' |
+        sort -t= -k2 -rn | head -8 | tr '\n' ' ')"
     streams=$(curl -sf "http://127.0.0.1:$api_port/api/v1/streams")
     rtp=$(curl -sf "http://127.0.0.1:$api_port/api/v1/rtp")
     echo "$streams" >"$LOAD_DIR/streams-$transport.json"
