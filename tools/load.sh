@@ -11,6 +11,7 @@
 # Env: COUNT (cameras), WARMUP, WINDOW (seconds), PHASES ("udp tcp"), CLIP_SECONDS (source clip),
 #      RMEM_MAX (try to raise net.core.rmem_max to this; failure is reported, not fatal),
 #      LOAD_DIR (cache + logs, default $CARGO_TARGET_DIR/load or target/load),
+#      EXTRA_TOML (appended to the generated gbgate config, e.g. $'[hub]\ngop_cache_bytes = 1024'),
 #      PROFILE=1 (perf record gbgate over the window into $LOAD_DIR/perf-<phase>.data; perf's own
 #      overhead then inflates the CPU figure, so do not take figures from a profiled run).
 set -euo pipefail
@@ -143,6 +144,7 @@ listen = "127.0.0.1:$api_port"
 [log]
 level = "info"
 EOF
+    [[ -n ${EXTRA_TOML:-} ]] && printf '%s\n' "$EXTRA_TOML" >>"$conf"
     "$BIN" run -c "$conf" >"$LOAD_DIR/gbgate-$transport.log" 2>&1 &
     gw=$!
     PIDS+=("$gw")
