@@ -154,12 +154,10 @@ impl Stream {
         // audio-only stream.
         let resume_point = if has_video { is_video && frame.keyframe } else { true };
         f.subscribers.retain_mut(|s| {
-            if s.needs_keyframe {
-                if !resume_point {
-                    s.drops.fetch_add(1, Ordering::Relaxed);
-                    self.drops.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
+            if s.needs_keyframe && !resume_point {
+                s.drops.fetch_add(1, Ordering::Relaxed);
+                self.drops.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
             match s.tx.try_send(frame.clone()) {
                 Ok(()) => {

@@ -43,7 +43,7 @@ impl TrackCounter {
         self.frames += 1;
         self.keyframes += u64::from(frame.keyframe);
         let step = frame.pts - self.last_pts;
-        if self.window_start.is_none() || step < 0 || step > RATE_WINDOW_JUMP {
+        if self.window_start.is_none() || !(0..=RATE_WINDOW_JUMP).contains(&step) {
             self.window_start = Some(frame.pts);
             self.window_frames = 0;
         }
