@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{AudioStats, Hub, Source, Stream, VideoStats};
+use crate::hub::{Hub, Source, Stream, StreamStats};
 use crate::server::rtp::{RtpCountersSnapshot, RtpShared};
 
 #[derive(Clone)]
@@ -21,25 +21,13 @@ pub struct ApiState {
     pub rtp: Arc<RtpShared>,
 }
 
-/// One stream as `GET /api/v1/streams` shows it.
+/// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
 #[derive(Debug, Serialize)]
 pub struct StreamView {
     pub name: String,
     pub source: Source,
-    pub video: Option<VideoStats>,
-    pub audio: Option<AudioStats>,
-    pub bytes_in: u64,
-    pub packets: u64,
-    pub lost: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub late: u64,
-    pub seq_resets: u64,
-    pub stray: u64,
-    pub queue_drops: u64,
-    pub garbage_bytes: u64,
-    pub resyncs: u64,
-    pub dropped_frames: u64,
+    #[serde(flatten)]
+    pub stats: StreamStats,
     /// RFC 3339, UTC.
     pub started_at: String,
     pub subscribers: usize,
@@ -51,25 +39,11 @@ pub struct StreamView {
 
 impl StreamView {
     pub fn of(stream: &Stream) -> StreamView {
-        let stats = stream.stats();
         let (gop_cache_frames, gop_cache_bytes) = stream.gop_cache_usage();
         StreamView {
             name: stream.name.clone(),
             source: stream.source.clone(),
-            video: stats.video,
-            audio: stats.audio,
-            bytes_in: stats.bytes_in,
-            packets: stats.packets,
-            lost: stats.lost,
-            duplicates: stats.duplicates,
-            reordered: stats.reordered,
-            late: stats.late,
-            seq_resets: stats.seq_resets,
-            stray: stats.stray,
-            queue_drops: stats.queue_drops,
-            garbage_bytes: stats.garbage_bytes,
-            resyncs: stats.resyncs,
-            dropped_frames: stats.dropped_frames,
+            stats: stream.stats(),
             started_at: rfc3339(stream.started_at),
             subscribers: stream.subscriber_count(),
             drops: stream.drops(),

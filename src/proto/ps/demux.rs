@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::es::{AudioEs, AudioHint, VideoEs};
+use super::mux::crc32_mpeg2;
 use crate::media::frame::{Codec, CodecConfig, Frame};
 
 /// Cap on the bytes kept between pushes (an incomplete header tail; at most a 64 KiB PSM).
@@ -241,18 +242,6 @@ fn parse_pes_header(b: &[u8], body_len: Option<usize>, mpeg1_pack: bool) -> PesH
     let pts = has_pts.then(|| ts(&b[j..j + 5]));
     let dts = has_dts.then(|| ts(&b[j + 5..j + 10]));
     PesHeader::Ok { len, pts, dts, mpeg1: true }
-}
-
-/// CRC-32/MPEG-2 (poly 0x04C11DB7, init all ones, no reflection, no final xor).
-fn crc32_mpeg2(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= (b as u32) << 24;
-        for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04C1_1DB7 } else { crc << 1 };
-        }
-    }
-    crc
 }
 
 pub struct PsDemuxer {
