@@ -167,6 +167,7 @@ fn faults_fixture_with_timer() {
         _ => None,
     }));
     let st = rb.stats();
+    println!("faults with timer: {st:?}, worst wait {worst_wait} us");
     assert_eq!(
         (st.lost, st.duplicates, st.reordered, st.late),
         (12, 8, 21, 0)
