@@ -125,7 +125,10 @@ impl TcpFramer {
                 return None;
             }
             let check = self.check_any(0);
-            self.inside_scanned = 0;
+            if check != Check::Need {
+                // The buffer advances below: offsets of the last search are void.
+                self.inside_scanned = 0;
+            }
             match check {
                 Check::Rtp { framing, len, ssrc } => {
                     self.framing = Some(framing);
@@ -567,6 +570,16 @@ mod tests {
         let (out, f) = run(&data[..at + 5 * 1014], false);
         assert_eq!(seqs(&out), (0..15).filter(|&s| s != 10).collect::<Vec<_>>());
         assert_eq!(f.stats().resyncs, 1);
+        // Also with tiny reads (the search is rate-limited, not skipped).
+        for chunk in [1, 100] {
+            let mut f = TcpFramer::new();
+            let mut out = Vec::new();
+            for c in data[..at + 5 * 1014].chunks(chunk) {
+                f.push(c);
+                drain(&mut f, &mut out);
+            }
+            assert_eq!(seqs(&out), (0..15).filter(|&s| s != 10).collect::<Vec<_>>());
+        }
         let mut tail = data[at - 1014..].to_vec();
         tail.truncate(20 * 1014);
         let (out, _) = run(&tail, false);
