@@ -127,6 +127,48 @@ fn faults_fixture_loss_duplicates_reordering() {
     assert_eq!(concat_payloads(&delivered).len() + skipped, ps.len());
 }
 
+/// The same file with simulated arrival times (1 ms apart) and a 20 ms jitter budget, driven by
+/// `poll_timeout` / `handle_timeout` like the UDP task does: gaps are released by the timer and
+/// no packet waits longer than the budget.
+#[test]
+fn faults_fixture_with_timer() {
+    let Some(rtp) = read_file("h264_g711a_8k_faults.rtp") else {
+        return;
+    };
+    let mut rb = ReorderBuffer::new(64, 20_000);
+    let mut out = Vec::new();
+    let mut delivered = Vec::new();
+    let mut worst_wait = 0;
+    for (i, p) in split_dump(&rtp).into_iter().enumerate() {
+        let now = i as u64 * 1000;
+        // Fire the timer if it expired before this arrival.
+        if let Some(deadline) = rb.poll_timeout() {
+            if deadline <= now {
+                rb.handle_timeout(deadline, &mut out);
+            }
+        }
+        rb.push(RtpPacket::parse(p).unwrap(), now, &mut out);
+        for r in out.drain(..) {
+            if let Reordered::Packet(p) = r {
+                // seq s arrives around s ms in this file.
+                worst_wait = worst_wait.max(now.saturating_sub(p.seq as u64 * 1000));
+                delivered.push(p.seq);
+            }
+        }
+    }
+    rb.flush(&mut out);
+    delivered.extend(out.iter().filter_map(|r| match r {
+        Reordered::Packet(p) => Some(p.seq),
+        _ => None,
+    }));
+    let st = rb.stats();
+    println!("faults with timer: {st:?}, worst wait {worst_wait} us");
+    assert_eq!((st.lost, st.duplicates, st.reordered, st.late), (12, 8, 21, 0));
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(delivered.len(), 376);
+    assert!(worst_wait <= 30_000, "worst wait {worst_wait} us");
+}
+
 #[test]
 fn wrap_fixture_crosses_seq_wrap_without_loss() {
     let (Some(rtp), Some(ps)) = (read_file("h264_g711a_8k_wrap.rtp"), read_file("h264_g711a_8k_wrap.ps")) else {
@@ -189,11 +231,26 @@ fn tcp_framer_yields_exactly_the_file_packets() {
         let packets = split_dump(&data);
         for max_chunk in [1, 7, 100, 1500, 4096, 70_000] {
             let (out, f) = frame_all(&data, &mut rng, max_chunk);
-            assert_eq!(out, packets, "{name} chunks <= {max_chunk}");
+            assert!(out == packets, "{name} chunks <= {max_chunk}: {}", out.len());
             let st = f.stats();
             assert_eq!((st.resyncs, st.skipped_bytes, st.rtcp), (0, 0, 0), "{name}");
             assert_eq!(f.buffered(), 0);
         }
+        // Re-framed RTSP-style as `$ 0 len16`, with an RTCP RR on channel 1 every 50 packets.
+        let mut dollar = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            dollar.extend_from_slice(&[b'$', 0]);
+            dollar.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            dollar.extend_from_slice(p);
+            if i % 50 == 49 {
+                dollar.extend_from_slice(&[b'$', 1, 0, 8, 0x80, 201, 0, 1]);
+                dollar.extend_from_slice(&p[8..12]);
+            }
+        }
+        let (out, f) = frame_all(&dollar, &mut rng, 1500);
+        assert!(out == packets, "{name} interleaved: {} of {}", out.len(), packets.len());
+        let st = f.stats();
+        assert_eq!((st.resyncs, st.rtcp), (0, packets.len() as u64 / 50), "{name}");
     }
 }
 

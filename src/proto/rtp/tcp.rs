@@ -130,7 +130,10 @@ impl TcpFramer {
                 return None;
             }
             let check = self.check_any(0);
-            self.inside_scanned = 0;
+            if check != Check::Need {
+                // The buffer advances below: offsets of the last search are void.
+                self.inside_scanned = 0;
+            }
             match check {
                 Check::Rtp { framing, len, ssrc } => {
                     self.framing = Some(framing);
@@ -292,18 +295,16 @@ impl TcpFramer {
             return self.need();
         }
         let chain_ssrc = self.ssrc.or(frame_ssrc);
-        if b.len() >= end + h + RTP_HEADER {
-            if !self.header_ok(end, f, chain_ssrc) {
-                return Check::Bad;
-            }
-        } else if b.len() > end {
+        match self.lookahead(end, f, chain_ssrc) {
+            Some(true) => {}
+            Some(false) => return Check::Bad,
             // Part of the next header is here: wait for the rest (it is in flight anyway). At
             // EOF the leftover cannot be a frame, so this one's length is likely wrong.
-            return self.need();
-        } else if !self.eof && (len > SUSPICIOUS_LEN || self.ssrc.is_none()) {
+            None if b.len() > end => return self.need(),
             // Buffer ends exactly at the frame end: trust only ordinary lengths on an
             // established connection, so the tail of a burst is not delayed.
-            return Check::Need;
+            None if !self.eof && (len > SUSPICIOUS_LEN || self.ssrc.is_none()) => return Check::Need,
+            None => {}
         }
         match frame_ssrc {
             Some(ssrc) => Check::Rtp { framing: f, len, ssrc },
@@ -344,8 +345,7 @@ impl TcpFramer {
             b[r] >> 6 == 2
                 && u16::from_be_bytes([b[r + 2], b[r + 3]]) == next_seq
                 && len >= RTP_HEADER
-                && b.len() >= r + len + h + RTP_HEADER
-                && self.header_ok(r + len, f, Some(ssrc))
+                && self.lookahead(r + len, f, Some(ssrc)) == Some(true)
         })
     }
 
@@ -353,20 +353,35 @@ impl TcpFramer {
         self.inside_scanned == 0 || self.buf.len() >= self.inside_scanned + 1024
     }
 
-    /// Lookahead: does a plausible frame header start at `q`? Needs `q + h + 12` bytes buffered.
-    fn header_ok(&self, q: usize, f: Framing, ssrc: Option<u32>) -> bool {
+    /// Lookahead: does a plausible frame header start at `q`? `None` while too few bytes are
+    /// buffered to tell (a short RTCP frame needs only its 8 bytes, RTP needs 12 for the SSRC).
+    fn lookahead(&self, q: usize, f: Framing, ssrc: Option<u32>) -> Option<bool> {
         let b = &self.buf[..];
+        let h = f.header_len();
+        if b.len() < q + h {
+            return None;
+        }
         let Some(len) = self.frame_len(q, f) else {
-            return false;
+            return Some(false);
         };
-        let s = q + f.header_len();
-        if len < 8 || b[s] >> 6 != 2 {
-            return false;
+        let s = q + h;
+        if len < 8 {
+            return Some(false);
+        }
+        if b.len() < s + len.min(RTP_HEADER) {
+            // Reject early on what is already there.
+            return if b.len() > s && b[s] >> 6 != 2 { Some(false) } else { None };
+        }
+        if b[s] >> 6 != 2 {
+            return Some(false);
         }
         if (200..=204).contains(&b[s + 1]) {
-            return len % 4 == 0;
+            return Some(len % 4 == 0);
         }
-        len >= RTP_HEADER && ssrc.is_none_or(|k| k == u32::from_be_bytes([b[s + 8], b[s + 9], b[s + 10], b[s + 11]]))
+        Some(
+            len >= RTP_HEADER
+                && ssrc.is_none_or(|k| k == u32::from_be_bytes([b[s + 8], b[s + 9], b[s + 10], b[s + 11]])),
+        )
     }
 }
 
@@ -541,6 +556,16 @@ mod tests {
         let (out, f) = run(&data[..at + 5 * 1014], false);
         assert_eq!(seqs(&out), (0..15).filter(|&s| s != 10).collect::<Vec<_>>());
         assert_eq!(f.stats().resyncs, 1);
+        // Also with tiny reads (the search is rate-limited, not skipped).
+        for chunk in [1, 100] {
+            let mut f = TcpFramer::new();
+            let mut out = Vec::new();
+            for c in data[..at + 5 * 1014].chunks(chunk) {
+                f.push(c);
+                drain(&mut f, &mut out);
+            }
+            assert_eq!(seqs(&out), (0..15).filter(|&s| s != 10).collect::<Vec<_>>());
+        }
         let mut tail = data[at - 1014..].to_vec();
         tail.truncate(20 * 1014);
         let (out, _) = run(&tail, false);
