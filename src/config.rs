@@ -39,8 +39,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
 pub struct Config {
     pub rtp: RtpConfig,
     pub api: ApiConfig,
-    pub rtsp: ListenConfig,
-    pub rtmp: ListenConfig,
+    pub rtsp: RtspConfig,
+    pub rtmp: RtmpConfig,
     pub sip: ListenConfig,
     pub hub: HubConfig,
     pub log: LogConfig,
@@ -115,6 +115,80 @@ pub struct ListenConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// The RTSP server (players: `rtsp://HOST:PORT/<stream name>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspConfig {
+    pub listen: SocketAddr,
+    /// `false` leaves the port closed.
+    pub enabled: bool,
+    /// A session with no request (or RTCP) for this long is closed.
+    pub session_timeout: HumanDuration,
+    /// Largest RTP payload sent to players.
+    pub max_payload: usize,
+    /// Concurrent RTSP connections.
+    pub max_connections: usize,
+}
+
+impl Default for RtspConfig {
+    fn default() -> Self {
+        RtspConfig {
+            listen: "0.0.0.0:8554".parse().expect("literal"),
+            enabled: true,
+            session_timeout: HumanDuration(Duration::from_secs(60)),
+            max_payload: 1400,
+            max_connections: 2000,
+        }
+    }
+}
+
+/// How H.265 is carried in FLV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HevcFlv {
+    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
+    Enhanced,
+    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
+    Legacy,
+}
+
+/// One static RTMP push: every stream matching `stream` is pushed to `url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// A stream name, or a pattern with `*` (e.g. `"rtp/*"`, `"*"`).
+    pub stream: String,
+    /// `rtmp://host[:port]/app/key`; `{stream}` is replaced by the stream name.
+    pub url: String,
+}
+
+/// The RTMP server (play and publish: `rtmp://HOST:PORT/<stream name>`) and static pushes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    pub enabled: bool,
+    pub hevc: HevcFlv,
+    /// Timeout of each step of a push (connect, handshake, connect, publish) and of a stalled send.
+    pub push_timeout: HumanDuration,
+    pub push: Vec<PushConfig>,
+    /// Concurrent RTMP connections.
+    pub max_connections: usize,
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        RtmpConfig {
+            listen: "0.0.0.0:1935".parse().expect("literal"),
+            enabled: true,
+            hevc: HevcFlv::Enhanced,
+            push_timeout: HumanDuration(Duration::from_secs(5)),
+            push: Vec::new(),
+            max_connections: 2000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
@@ -187,6 +261,20 @@ impl Config {
         }
         if self.rtp.reorder_delay.0 > Duration::from_secs(2) {
             return Err(ConfigError::Invalid { key: "rtp.reorder_delay", message: "at most 2s".into() });
+        }
+        if !(200..=65_000).contains(&self.rtsp.max_payload) {
+            return Err(ConfigError::Invalid { key: "rtsp.max_payload", message: "between 200 and 65000".into() });
+        }
+        for push in &self.rtmp.push {
+            if !push.url.starts_with("rtmp://") {
+                return Err(ConfigError::Invalid {
+                    key: "rtmp.push.url",
+                    message: format!("{:?} is not an rtmp:// URL", push.url),
+                });
+            }
+            if push.stream.is_empty() {
+                return Err(ConfigError::Invalid { key: "rtmp.push.stream", message: "empty".into() });
+            }
         }
         if self.hub.gop_cache_duration.0 > Duration::from_secs(120) {
             return Err(ConfigError::Invalid { key: "hub.gop_cache_duration", message: "at most 120s".into() });

@@ -28,8 +28,14 @@ pub use gop::GopCache;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// GB28181 RTP over UDP.
     Udp,
+    /// GB28181 RTP over TCP (RFC 4571).
     Tcp,
+    /// Published by an RTMP client (ffmpeg, OBS).
+    Rtmp,
+    /// Pushed or pulled over RTSP.
+    Rtsp,
 }
 
 /// Where a stream comes from. `peer` is the first source address seen (a camera behind NAT may
@@ -38,7 +44,8 @@ pub enum Transport {
 pub struct Source {
     pub transport: Transport,
     pub peer: SocketAddr,
-    pub ssrc: u32,
+    /// The RTP SSRC for GB28181 sources; `None` for RTMP/RTSP ingest.
+    pub ssrc: Option<u32>,
 }
 
 /// Per-stream ingest figures, refreshed by the stream's ingest task.
@@ -93,6 +100,8 @@ pub enum SubscriptionEnded {
 
 struct SubscriberSlot {
     id: u64,
+    /// Who subscribed ("rtsp", "rtmp", "push", ...), for the per-protocol player counts.
+    label: &'static str,
     tx: mpsc::Sender<Frame>,
     needs_keyframe: bool,
     skips: VecDeque<Instant>,
@@ -192,6 +201,11 @@ impl Stream {
 
     /// Subscribes: the returned subscription yields the cached GOP first, then live frames.
     pub fn subscribe(&self) -> Subscription {
+        self.subscribe_as("other")
+    }
+
+    /// Subscribes under a label (`"rtsp"`, `"rtmp"`, `"push"`) counted in [`Self::subscriber_counts`].
+    pub fn subscribe_as(&self, label: &'static str) -> Subscription {
         let (tx, rx) = mpsc::channel(self.cfg.subscriber_queue);
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let drops = Arc::new(AtomicU64::new(0));
@@ -201,6 +215,7 @@ impl Stream {
         if !f.closed {
             f.subscribers.push(SubscriberSlot {
                 id,
+                label,
                 tx,
                 needs_keyframe: false,
                 skips: VecDeque::new(),
@@ -213,6 +228,15 @@ impl Stream {
 
     pub fn subscriber_count(&self) -> usize {
         lock(&self.fanout).subscribers.len()
+    }
+
+    /// Subscribers by label, e.g. `{"rtmp": 2, "rtsp": 10}`.
+    pub fn subscriber_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for s in &lock(&self.fanout).subscribers {
+            *counts.entry(s.label).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn drops(&self) -> u64 {

@@ -14,6 +14,7 @@ fn video(pts: i64, key: bool, size: usize) -> Frame {
         keyframe: key,
         data: Bytes::from(vec![0u8; size]),
         config: Arc::new(CodecConfig::Video(VideoConfig::default())),
+        cache: Default::default(),
     }
 }
 
@@ -25,11 +26,12 @@ fn audio(pts: i64) -> Frame {
         keyframe: true,
         data: Bytes::from_static(&[0xd5; 320]),
         config: Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None })),
+        cache: Default::default(),
     }
 }
 
 fn source() -> Source {
-    Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: 1 }
+    Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) }
 }
 
 fn hub(queue: usize) -> Arc<Hub> {

@@ -6,7 +6,7 @@
 //! carry their parameter sets in band. That form is what RTMP/FLV sends as is, and what an RTP
 //! packetiser walks without scanning for start codes.
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -100,6 +100,28 @@ pub struct Frame {
     pub data: Bytes,
     /// The track's configuration when this frame was produced. Shared, replaced only when it changes.
     pub config: Arc<CodecConfig>,
+    /// Per-output-format forms of this frame, computed by the first consumer that needs them and
+    /// shared by every clone: a stream is packetised once per format, whatever the player count.
+    pub cache: FrameCache,
+}
+
+/// Lazily built output forms of one frame (see [`Frame::cache`]).
+#[derive(Debug, Clone, Default)]
+pub struct FrameCache(Arc<FrameCacheInner>);
+
+#[derive(Debug, Default)]
+pub struct FrameCacheInner {
+    /// RTP payloads (RFC 6184 / 7798 / 3640 / 3551), marker on the last.
+    pub rtp: OnceLock<Vec<Bytes>>,
+    /// The FLV tag body (RTMP).
+    pub flv: OnceLock<Bytes>,
+}
+
+impl std::ops::Deref for FrameCache {
+    type Target = FrameCacheInner;
+    fn deref(&self) -> &FrameCacheInner {
+        &self.0
+    }
 }
 
 impl Frame {

@@ -218,6 +218,7 @@ mod tests {
             keyframe: false,
             data: Bytes::new(),
             config: Arc::new(CodecConfig::Video(VideoConfig::default())),
+            cache: Default::default(),
         }
     }
 

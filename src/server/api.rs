@@ -31,6 +31,8 @@ pub struct StreamView {
     /// RFC 3339, UTC.
     pub started_at: String,
     pub subscribers: usize,
+    /// Subscribers by protocol, e.g. `{"rtsp": 10, "rtmp": 2}`.
+    pub players: std::collections::BTreeMap<&'static str, usize>,
     /// Frames not delivered to slow subscribers (they resumed at the next keyframe).
     pub drops: u64,
     pub gop_cache_frames: usize,
@@ -46,6 +48,7 @@ impl StreamView {
             stats: stream.stats(),
             started_at: rfc3339(stream.started_at),
             subscribers: stream.subscriber_count(),
+            players: stream.subscriber_counts(),
             drops: stream.drops(),
             gop_cache_frames,
             gop_cache_bytes,

@@ -379,7 +379,7 @@ fn start_udp_stream(
 ) {
     let Some(ssrc) = packets.first().map(|p| p.ssrc) else { return };
     routes.retain(|_, r| !r.tx.is_closed());
-    let source = Source { transport: Transport::Udp, peer, ssrc };
+    let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
     let stream = match hub.create(&name, source) {
         Ok(s) => s,
         Err(e) => {
@@ -647,7 +647,7 @@ async fn run_tcp_connection(
             }
         },
     };
-    let stream = match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc }) {
+    let stream = match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) }) {
         Ok(s) => s,
         Err(e) => {
             shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);

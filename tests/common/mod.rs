@@ -39,6 +39,8 @@ pub fn test_config() -> Config {
     let mut cfg = Config::default();
     cfg.rtp.listen = "127.0.0.1:0".parse().unwrap();
     cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.rtsp.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.rtmp.listen = "127.0.0.1:0".parse().unwrap();
     cfg
 }
 

@@ -427,6 +427,7 @@ impl VideoEs {
                     keyframe: self.au_key,
                     data: Bytes::from(data),
                     config: cfg.clone(),
+                    cache: Default::default(),
                 });
             }
         }
@@ -656,6 +657,7 @@ impl AudioEs {
             config: self.config.clone().unwrap_or_else(|| {
                 Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None }))
             }),
+            cache: Default::default(),
         });
         self.buf.clear();
     }
@@ -739,6 +741,7 @@ impl AudioEs {
                     keyframe: true,
                     data: Bytes::copy_from_slice(&buf[s..e]),
                     config: cfg.clone(),
+                    cache: Default::default(),
                 });
             }
         }
