@@ -60,6 +60,17 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         linger: Duration,
     },
+    /// Open many RTSP players (TCP interleaved) on a URL and report what each received.
+    Players {
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// Extra players that stop reading after PLAY (they must not slow the others).
+        #[arg(long, default_value_t = 0)]
+        stall: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +111,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Players { url, count, duration, stall } => players(url, count, duration, stall),
         Command::Send { file, to, tcp, count, ssrc, loops, duration, flood, linger } => {
             if count > 1 && ssrc.is_none() {
                 eprintln!("error: --count above 1 needs --ssrc (each camera needs its own SSRC)");
@@ -132,6 +144,53 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitCode {
+    let opts = gbgate::sim::players::PlayersOptions { url, count, duration, stall };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(gbgate::sim::players::run_players(&opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ok: Vec<_> = report.players.iter().filter(|p| p.error.is_none()).collect();
+    let mut frames: Vec<u64> = ok.iter().map(|p| p.video_frames).collect();
+    frames.sort_unstable();
+    let mut firsts: Vec<Duration> = ok.iter().filter_map(|p| p.first_video).collect();
+    firsts.sort_unstable();
+    let pct =
+        |v: &[Duration], q: f64| v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
+    println!("players {} ok {} errors {}", report.players.len(), ok.len(), report.players.len() - ok.len());
+    if let Some(e) = report.players.iter().find_map(|p| p.error.as_ref()) {
+        println!("first error: {e}");
+    }
+    println!(
+        "video frames per player: min {} median {} max {}",
+        frames.first().copied().unwrap_or(0),
+        frames.get(frames.len() / 2).copied().unwrap_or(0),
+        frames.last().copied().unwrap_or(0)
+    );
+    println!(
+        "PLAY to first video packet: median {:.3} ms, p99 {:.3} ms; first packet is a keyframe for {} of {}",
+        pct(&firsts, 0.5).as_secs_f64() * 1000.0,
+        pct(&firsts, 0.99).as_secs_f64() * 1000.0,
+        ok.iter().filter(|p| p.first_is_key).count(),
+        ok.len()
+    );
+    println!("closed early: {}", ok.iter().filter(|p| p.closed_early).count());
+    if report.stalled > 0 {
+        println!("stalled players disconnected by the server: {} of {}", report.stalled_disconnected, report.stalled);
+    }
+    ExitCode::SUCCESS
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<(Config, String), String> {

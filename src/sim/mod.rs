@@ -1,2 +1,4 @@
-//! Camera-side tools: `gbgate send` replays RTP/PS media as one or many cameras.
+//! Load and simulation tools: `gbgate send` replays RTP/PS media as one or many cameras;
+//! `gbgate players` opens many RTSP players.
+pub mod players;
 pub mod send;
