@@ -73,7 +73,7 @@ impl Parser {
 
     /// The next complete message, `Ok(None)` when more bytes are needed. After an error the
     /// stream cannot be resynchronised: answer 400 and close.
-    pub fn next(&mut self) -> Result<Option<Input>, ParseError> {
+    pub fn next_input(&mut self) -> Result<Option<Input>, ParseError> {
         // Tolerate stray CR/LF between messages.
         while matches!(self.buf.first(), Some(b'\r' | b'\n')) {
             self.buf.advance(1);
@@ -709,7 +709,7 @@ mod tests {
         let mut out = Vec::new();
         for c in chunks {
             p.push(c);
-            while let Some(i) = p.next().unwrap() {
+            while let Some(i) = p.next_input().unwrap() {
                 out.push(i);
             }
         }
@@ -741,11 +741,11 @@ mod tests {
         ] {
             let mut p = Parser::new();
             p.push(bad);
-            assert!(p.next().is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(p.next_input().is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let mut p = Parser::new();
         p.push(&vec![b'A'; MAX_HEAD + 10]);
-        assert_eq!(p.next(), Err(ParseError::TooLarge));
-        assert_eq!(ServerSession::bad_request().to_bytes().starts_with(b"RTSP/1.0 400 Bad Request\r\n"), true);
+        assert_eq!(p.next_input(), Err(ParseError::TooLarge));
+        assert!(ServerSession::bad_request().to_bytes().starts_with(b"RTSP/1.0 400 Bad Request\r\n"));
     }
 }

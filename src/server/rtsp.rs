@@ -34,6 +34,12 @@ const DESCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// Kernel send buffer per player connection: bounds what a stalled player can hold.
 const SEND_BUFFER: usize = 256 * 1024;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
+/// Source pts going back more than this (90 kHz) is a discontinuity, not A/V interleaving.
+const MAX_BACKWARDS: i64 = CLOCK_RATE;
+/// Source pts jumping forward more than this is a discontinuity.
+const MAX_FORWARD: i64 = 10 * CLOCK_RATE;
+/// Output step across a discontinuity (one 25 fps frame).
+const DISCONTINUITY_STEP: i64 = 3600;
 
 /// Accepts RTSP connections until `shutdown`.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdown: CancellationToken) {
@@ -104,6 +110,17 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
         }
         if (video.is_some() || audio.is_some()) && frame.pts - first >= CLOCK_RATE {
             break;
+        }
+    }
+    // Later frames may carry a refined config (PS does not signal G.711 rates: 16 kHz is
+    // inferred after a few frames), so take the newest one still queued.
+    for _ in 0..4096 {
+        let Ok(Ok(frame)) = tokio::time::timeout(Duration::ZERO, sub.recv()).await else { break };
+        let newer = TrackDesc { codec: frame.codec, config: frame.config.clone() };
+        match (&*frame.config, &mut video, &mut audio) {
+            (CodecConfig::Video(v), Some(cur), _) if cur.codec == frame.codec && !v.sps.is_empty() => *cur = newer,
+            (CodecConfig::Audio(_), _, Some(cur)) if cur.codec == frame.codec => *cur = newer,
+            _ => {}
         }
     }
     let tracks: Vec<TrackDesc> = video.into_iter().chain(audio).collect();
@@ -191,6 +208,11 @@ struct Player {
     /// pts mapped to each track's `rtptime` (npt 0) and to `wall_base` for sender reports.
     pts_base: Option<i64>,
     wall_base_us: u64,
+    /// Added to source pts so that a source whose clock jumps (a camera restarting its PS
+    /// timestamps) still gives players continuous RTP timestamps.
+    pts_offset: i64,
+    /// Largest output pts sent so far.
+    last_out: Option<i64>,
     need_keyframe: bool,
     paused: bool,
     play_at: Instant,
@@ -254,7 +276,7 @@ async fn connection(
                 activity.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
                 parser.push(&buf[..n]);
                 loop {
-                    let req = match parser.next() {
+                    let req = match parser.next_input() {
                         Ok(None) => break,
                         Ok(Some(Input::Interleaved { .. })) => continue,
                         Ok(Some(Input::Request(r))) => r,
@@ -374,6 +396,8 @@ fn new_player(sub: Subscription, setups: Vec<TrackSetup>, udp: &HashMap<usize, U
         tracks,
         pts_base: None,
         wall_base_us: 0,
+        pts_offset: 0,
+        last_out: None,
         need_keyframe,
         paused: false,
         play_at: Instant::now(),
@@ -394,16 +418,26 @@ async fn send_frame(p: &mut Player, frame: &Frame, wr: &mut OwnedWriteHalf, max_
     let Some(t) = p.tracks.iter_mut().find(|t| t.kind == frame.kind() && t.setup.desc.codec == frame.codec) else {
         return Ok(());
     };
+    let mut pts = frame.pts + p.pts_offset;
+    if let Some(last) = p.last_out {
+        if pts < last - MAX_BACKWARDS || pts > last + MAX_FORWARD {
+            // Source clock discontinuity: continue one frame period after the last output.
+            p.pts_offset = last + DISCONTINUITY_STEP - frame.pts;
+            pts = last + DISCONTINUITY_STEP;
+            debug!(from = last, to = frame.pts, "source pts jump; re-anchored");
+        }
+    }
+    p.last_out = Some(p.last_out.map_or(pts, |l| l.max(pts)));
     let base = *p.pts_base.get_or_insert_with(|| {
         p.wall_base_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
-        frame.pts
+        pts
     });
     if !p.first_key_logged && frame.kind() == MediaKind::Video {
         p.first_key_logged = true;
         debug!(ms = p.play_at.elapsed().as_millis() as u64, "first keyframe sent after PLAY");
     }
     let payloads = rtp_pack::frame_payloads(frame, max_payload);
-    let ts = t.rtp_ts(frame.pts, base);
+    let ts = t.rtp_ts(pts, base);
     let pt = t.setup.desc.payload_type();
     let n = payloads.len();
     let mut out = Vec::with_capacity(payloads.iter().map(|x| x.len() + 16).sum());
@@ -434,7 +468,7 @@ async fn send_frame(p: &mut Player, frame: &Frame, wr: &mut OwnedWriteHalf, max_
             (None, TrackTransport::Udp { .. }) => {}
         }
     }
-    t.last_pts = Some(frame.pts);
+    t.last_pts = Some(pts);
     if !out.is_empty() {
         write_timed(wr, &out).await?;
     }
