@@ -401,3 +401,29 @@ async fn a_player_that_stops_reading_does_not_delay_others() {
     assert!(stalled_since.elapsed() < Duration::from_secs(18), "disconnected before the stream ended");
     assert!(total < 2 << 20, "bounded: {total} bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_times_out_and_connection_limit_answers_503() {
+    let mut cfg = test_config();
+    cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
+    cfg.rtsp.max_connections = 1;
+    let gw = start(cfg.clone()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gbgate::server::rtsp::serve(listener, gw.hub.clone(), cfg.rtsp.clone(), gw.shutdown.clone()));
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = request(&mut first, &mut pending, "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut text)).await.unwrap().unwrap();
+    assert!(text.starts_with(b"RTSP/1.0 503"), "{}", String::from_utf8_lossy(&text));
+
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), first.read_to_end(&mut rest)).await.unwrap().unwrap();
+    println!("idle connection closed after {:?} (timeout 2 s)", t.elapsed());
+    assert!(t.elapsed() >= Duration::from_millis(1500));
+}

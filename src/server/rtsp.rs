@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
 use crate::hub::{Hub, Subscription, SubscriptionEnded};
-use crate::media::frame::{CodecConfig, Frame, MediaKind, CLOCK_RATE};
+use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
 use crate::proto::rtsp::{Action, Env, Input, Parser, ServerSession, TrackDesc, TrackSetup, TrackTransport};
 
 /// A player whose socket accepts nothing for this long is disconnected.
@@ -61,6 +61,11 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdo
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "RTSP connection limit reached, refusing");
+            tokio::spawn(async move {
+                let mut sock = sock;
+                let busy = crate::proto::rtsp::Response::new(503).header("Connection", "close").to_bytes();
+                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&busy)).await;
+            });
             continue;
         };
         let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
@@ -86,9 +91,13 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
     let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
     let (mut video, mut audio): (Option<TrackDesc>, Option<TrackDesc>) = (None, None);
     let mut first_pts: Option<i64> = None;
+    let mut audio_frames = 0u32;
     let old = stream.started_at.elapsed().unwrap_or_default() > Duration::from_secs(2);
     loop {
-        if video.is_some() && audio.is_some() {
+        // PS does not signal G.711 rates: the ingest infers 16 kHz after a few frames, so a
+        // young stream's first G.711 frames may still say 8 kHz.
+        let audio_settled = audio_frames >= 5 || old || audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
+        if video.is_some() && audio.is_some() && audio_settled {
             break;
         }
         if video.is_some() || audio.is_some() {
@@ -105,7 +114,13 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
         let desc = TrackDesc { codec: frame.codec, config: frame.config.clone() };
         match &*frame.config {
             CodecConfig::Video(v) if video.is_none() && !v.sps.is_empty() => video = Some(desc),
-            CodecConfig::Audio(_) if audio.is_none() => audio = Some(desc),
+            CodecConfig::Audio(_) => {
+                audio_frames += 1;
+                // The newest config of the first audio codec seen.
+                if audio.as_ref().is_none_or(|a| a.codec == frame.codec) {
+                    audio = Some(desc);
+                }
+            }
             _ => {}
         }
         if (video.is_some() || audio.is_some()) && frame.pts - first >= CLOCK_RATE {
