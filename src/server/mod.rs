@@ -1,6 +1,7 @@
 //! Thin tokio drivers around the sans-IO modules, and the daemon's wiring.
 pub mod api;
 pub mod rtp;
+pub mod rtsp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,751 @@
+//! RTSP 1.0 server session, sans-IO: bytes in -> requests / interleaved frames; a request ->
+//! a response plus actions for the driver (start/stop playing, close).
+//!
+//! The driver supplies what needs the outside world through [`Env`]: the tracks of a stream
+//! (looked up before the request is handed in), UDP port binding and randomness.
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::codec::rtp_pack;
+use crate::media::frame::{Codec, CodecConfig};
+
+/// Largest request head (request line + headers) accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Request {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the connection read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Request(Request),
+    /// A `$`-framed interleaved packet (RTCP receiver reports from the player).
+    Interleaved {
+        channel: u8,
+        data: Bytes,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("malformed RTSP request")]
+    Malformed,
+    #[error("RTSP request too large")]
+    TooLarge,
+}
+
+/// Incremental parser of the client -> server byte stream.
+#[derive(Debug, Default)]
+pub struct Parser {
+    buf: BytesMut,
+}
+
+impl Parser {
+    pub fn new() -> Parser {
+        Parser::default()
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes held, waiting for the rest of a message.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed. After an error the
+    /// stream cannot be resynchronised: answer 400 and close.
+    pub fn next_input(&mut self) -> Result<Option<Input>, ParseError> {
+        // Tolerate stray CR/LF between messages.
+        while matches!(self.buf.first(), Some(b'\r' | b'\n')) {
+            self.buf.advance(1);
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        if self.buf[0] == b'$' {
+            if self.buf.len() < 4 {
+                return Ok(None);
+            }
+            let channel = self.buf[1];
+            let len = u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize;
+            if self.buf.len() < 4 + len {
+                return Ok(None);
+            }
+            self.buf.advance(4);
+            let data = self.buf.split_to(len).freeze();
+            return Ok(Some(Input::Interleaved { channel, data }));
+        }
+        let Some(head_end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
+            if self.buf.len() > MAX_HEAD {
+                return Err(ParseError::TooLarge);
+            }
+            return Ok(None);
+        };
+        if head_end > MAX_HEAD {
+            return Err(ParseError::TooLarge);
+        }
+        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| ParseError::Malformed)?;
+        let mut lines = head.split("\r\n");
+        let line = lines.next().ok_or(ParseError::Malformed)?;
+        let mut parts = line.split(' ').filter(|p| !p.is_empty());
+        let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ParseError::Malformed);
+        };
+        if !version.starts_with("RTSP/") || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_') {
+            return Err(ParseError::Malformed);
+        }
+        let mut headers = Vec::new();
+        for l in lines {
+            let (k, v) = l.split_once(':').ok_or(ParseError::Malformed)?;
+            let k = k.trim();
+            if k.is_empty() {
+                return Err(ParseError::Malformed);
+            }
+            headers.push((k.to_string(), v.trim().to_string()));
+        }
+        let len = match headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+            Some((_, v)) => v.parse::<usize>().map_err(|_| ParseError::Malformed)?,
+            None => 0,
+        };
+        if len > MAX_BODY {
+            return Err(ParseError::TooLarge);
+        }
+        if self.buf.len() < head_end + 4 + len {
+            return Ok(None);
+        }
+        let req = Request { method: method.to_string(), uri: uri.to_string(), headers, body: Bytes::new() };
+        self.buf.advance(head_end + 4);
+        let body = self.buf.split_to(len).freeze();
+        Ok(Some(Input::Request(Request { body, ..req })))
+    }
+}
+
+/// A response, written with [`Response::to_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response { status, headers: Vec::new(), body: String::new() }
+    }
+
+    pub fn header(mut self, k: &str, v: impl Into<String>) -> Response {
+        self.headers.push((k.to_string(), v.into()));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut s = format!("RTSP/1.0 {} {}\r\n", self.status, reason(self.status));
+        for (k, v) in &self.headers {
+            let _ = write!(s, "{k}: {v}\r\n");
+        }
+        if !self.body.is_empty() {
+            let _ = write!(s, "Content-Length: {}\r\n", self.body.len());
+        }
+        s.push_str("\r\n");
+        s.push_str(&self.body);
+        s.into_bytes()
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        453 => "Not Enough Bandwidth",
+        454 => "Session Not Found",
+        455 => "Method Not Valid in This State",
+        459 => "Aggregate Operation Not Allowed",
+        461 => "Unsupported Transport",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "RTSP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// One track of a stream as described to players.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackDesc {
+    pub codec: Codec,
+    pub config: Arc<CodecConfig>,
+}
+
+impl TrackDesc {
+    pub fn payload_type(&self) -> u8 {
+        rtp_pack::payload_type(self.codec, &self.config)
+    }
+    pub fn clock_rate(&self) -> u32 {
+        rtp_pack::clock_rate(self.codec, &self.config)
+    }
+}
+
+/// Where one track is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackTransport {
+    Tcp { rtp_channel: u8, rtcp_channel: u8 },
+    Udp { client_rtp: u16, client_rtcp: u16, server_rtp: u16, server_rtcp: u16 },
+}
+
+/// A set-up track: its transport and the RTP numbering this session uses for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSetup {
+    pub index: usize,
+    pub desc: TrackDesc,
+    pub transport: TrackTransport,
+    pub ssrc: u32,
+    /// Sequence number of the first packet.
+    pub seq: u16,
+    /// RTP timestamp of the play start (npt 0).
+    pub rtptime: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Init,
+    Ready,
+    Playing,
+}
+
+/// What the driver must do after sending the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start (or resume) sending the set-up tracks of `stream`.
+    Play {
+        stream: String,
+        tracks: Vec<TrackSetup>,
+    },
+    Pause,
+    /// Stop sending and forget the session (the connection may stay).
+    Teardown,
+    /// Close the connection after the response.
+    Close,
+}
+
+/// What the session needs from its driver.
+pub trait Env {
+    /// The tracks of a live stream, `None` if there is no such stream.
+    fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>>;
+    /// Binds an RTP/RTCP socket pair for track `index`; returns the server ports.
+    fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)>;
+    fn random(&mut self) -> u32;
+}
+
+/// The stream name and optional track index of a request URI: `rtsp://host:port/<name>[/trackID=N]`.
+pub fn parse_uri(uri: &str) -> Option<(String, Option<usize>)> {
+    let rest = match uri.find("://") {
+        Some(i) => {
+            let after = &uri[i + 3..];
+            let slash = after.find('/')?;
+            &after[slash + 1..]
+        }
+        None => uri.strip_prefix('/')?,
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = rest.trim_end_matches('/');
+    let (name, track) = match rest.rsplit_once('/') {
+        Some((name, last)) if last.starts_with("trackID=") => (name, last["trackID=".len()..].parse::<usize>().ok()),
+        _ => match rest.strip_prefix("trackID=") {
+            Some(_) => return None,
+            None => (rest, None),
+        },
+    };
+    if name.is_empty() {
+        return None;
+    }
+    Some((name.to_string(), track))
+}
+
+/// Base URL for `Content-Base` and `RTP-Info`: the request URI without a track suffix, with `/`.
+fn base_url(uri: &str) -> String {
+    let u = uri.trim_end_matches('/');
+    let u = match u.rsplit_once('/') {
+        Some((b, last)) if last.starts_with("trackID=") => b,
+        _ => u,
+    };
+    format!("{u}/")
+}
+
+/// One RTSP session: the state machine of RFC 2326 for a single player connection.
+#[derive(Debug)]
+pub struct ServerSession {
+    id: String,
+    timeout_secs: u64,
+    state: State,
+    stream: Option<String>,
+    base: String,
+    tracks: Vec<TrackDesc>,
+    /// The stream whose tracks DESCRIBE found (reused by the following SETUP).
+    described: Option<String>,
+    setups: Vec<TrackSetup>,
+}
+
+pub const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+impl ServerSession {
+    pub fn new(id: String, timeout_secs: u64) -> ServerSession {
+        ServerSession {
+            id,
+            timeout_secs,
+            state: State::Init,
+            stream: None,
+            base: String::new(),
+            tracks: Vec::new(),
+            described: None,
+            setups: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn setups(&self) -> &[TrackSetup] {
+        &self.setups
+    }
+
+    /// The stream a request needs looked up before [`Self::handle`] (DESCRIBE, and a SETUP
+    /// that starts a session), so the driver can fetch its tracks asynchronously first.
+    pub fn stream_needed(&self, req: &Request) -> Option<String> {
+        match req.method.as_str() {
+            "DESCRIBE" => parse_uri(&req.uri).map(|(n, _)| n),
+            "SETUP" if self.stream.is_none() => {
+                parse_uri(&req.uri).map(|(n, _)| n).filter(|n| self.described.as_ref() != Some(n))
+            }
+            _ => None,
+        }
+    }
+
+    /// The response to a request that could not be parsed.
+    pub fn bad_request() -> Response {
+        Response::new(400).header("Connection", "close")
+    }
+
+    /// Handles one request.
+    pub fn handle(&mut self, req: &Request, env: &mut dyn Env) -> (Response, Vec<Action>) {
+        let cseq = req.header("CSeq").map(str::to_string);
+        let (mut resp, actions) = self.dispatch(req, env);
+        let mut headers = Vec::with_capacity(resp.headers.len() + 3);
+        if let Some(c) = cseq {
+            headers.push(("CSeq".to_string(), c));
+        }
+        headers.push(("Server".to_string(), "gbgate".to_string()));
+        headers.append(&mut resp.headers);
+        resp.headers = headers;
+        (resp, actions)
+    }
+
+    fn session_header(&self) -> String {
+        format!("{};timeout={}", self.id, self.timeout_secs)
+    }
+
+    /// 454 unless the request names this session (a request without Session is let through).
+    fn check_session(&self, req: &Request) -> Result<(), Response> {
+        match req.header("Session") {
+            Some(s) if s.split(';').next().unwrap_or("").trim() != self.id => Err(Response::new(454)),
+            _ => Ok(()),
+        }
+    }
+
+    fn dispatch(&mut self, req: &Request, env: &mut dyn Env) -> (Response, Vec<Action>) {
+        match req.method.as_str() {
+            "OPTIONS" => (Response::new(200).header("Public", PUBLIC), vec![]),
+            "GET_PARAMETER" | "SET_PARAMETER" => {
+                if let Err(r) = self.check_session(req) {
+                    return (r, vec![]);
+                }
+                let mut r = Response::new(200);
+                if !self.setups.is_empty() {
+                    r = r.header("Session", self.session_header());
+                }
+                (r, vec![])
+            }
+            "DESCRIBE" => (self.describe(req, env), vec![]),
+            "SETUP" => (self.setup(req, env), vec![]),
+            "PLAY" => self.play(req),
+            "PAUSE" => {
+                if self.setups.is_empty() {
+                    return (Response::new(454), vec![]);
+                }
+                if let Err(r) = self.check_session(req) {
+                    return (r, vec![]);
+                }
+                if self.state == State::Init {
+                    return (Response::new(455).header("Allow", "SETUP, TEARDOWN"), vec![]);
+                }
+                let was_playing = self.state == State::Playing;
+                self.state = State::Ready;
+                let r = Response::new(200).header("Session", self.session_header());
+                (r, if was_playing { vec![Action::Pause] } else { vec![] })
+            }
+            "TEARDOWN" => {
+                if let Err(r) = self.check_session(req) {
+                    return (r, vec![]);
+                }
+                self.state = State::Init;
+                self.setups.clear();
+                self.stream = None;
+                self.described = None;
+                (Response::new(200), vec![Action::Teardown])
+            }
+            "ANNOUNCE" | "RECORD" | "REDIRECT" => (Response::new(405).header("Allow", PUBLIC), vec![]),
+            _ => (Response::new(501).header("Public", PUBLIC), vec![]),
+        }
+    }
+
+    fn describe(&mut self, req: &Request, env: &mut dyn Env) -> Response {
+        let Some((name, _)) = parse_uri(&req.uri) else {
+            return Response::new(404);
+        };
+        let Some(tracks) = env.tracks(&name).filter(|t| !t.is_empty()) else {
+            return Response::new(404);
+        };
+        let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\n");
+        let _ = write!(sdp, "s={name}\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=tool:gbgate\r\na=range:npt=0-\r\n");
+        for (i, t) in tracks.iter().enumerate() {
+            sdp.push_str(&rtp_pack::sdp_media(t.codec, &t.config, &format!("trackID={i}")));
+        }
+        if self.stream.is_none() {
+            self.tracks = tracks;
+            self.described = Some(name);
+        }
+        let mut r =
+            Response::new(200).header("Content-Base", base_url(&req.uri)).header("Content-Type", "application/sdp");
+        r.body = sdp;
+        r
+    }
+
+    fn setup(&mut self, req: &Request, env: &mut dyn Env) -> Response {
+        let Some((name, track)) = parse_uri(&req.uri) else {
+            return Response::new(404);
+        };
+        if self.stream.is_some() {
+            if let Err(r) = self.check_session(req) {
+                return r;
+            }
+        }
+        if self.state == State::Playing {
+            return Response::new(455).header("Allow", "PLAY, PAUSE, TEARDOWN");
+        }
+        match &self.stream {
+            Some(s) if *s != name => return Response::new(459),
+            Some(_) => {}
+            None => {
+                if self.described.as_ref() != Some(&name) {
+                    let Some(tracks) = env.tracks(&name).filter(|t| !t.is_empty()) else {
+                        return Response::new(404);
+                    };
+                    self.tracks = tracks;
+                }
+                self.base = base_url(&req.uri);
+            }
+        }
+        let index = match track {
+            Some(i) => i,
+            None if self.tracks.len() == 1 => 0,
+            None => return Response::new(459),
+        };
+        let Some(desc) = self.tracks.get(index).cloned() else {
+            return Response::new(404);
+        };
+        let Some(spec) = req.header("Transport") else {
+            return Response::new(461);
+        };
+        let Some(transport) = choose_transport(spec, index, env) else {
+            return Response::new(461);
+        };
+        let ssrc = env.random();
+        let setup = TrackSetup { index, desc, transport, ssrc, seq: env.random() as u16, rtptime: env.random() };
+        let reply = match transport {
+            TrackTransport::Tcp { rtp_channel, rtcp_channel } => {
+                format!("RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};ssrc={ssrc:08X}")
+            }
+            TrackTransport::Udp { client_rtp, client_rtcp, server_rtp, server_rtcp } => format!(
+                "RTP/AVP;unicast;client_port={client_rtp}-{client_rtcp};server_port={server_rtp}-{server_rtcp};ssrc={ssrc:08X}"
+            ),
+        };
+        self.setups.retain(|s| s.index != index);
+        self.setups.push(setup);
+        self.setups.sort_by_key(|s| s.index);
+        self.stream = Some(name);
+        if self.state == State::Init {
+            self.state = State::Ready;
+        }
+        Response::new(200).header("Transport", reply).header("Session", self.session_header())
+    }
+
+    fn play(&mut self, req: &Request) -> (Response, Vec<Action>) {
+        if self.setups.is_empty() {
+            return (Response::new(454), vec![]);
+        }
+        if let Err(r) = self.check_session(req) {
+            return (r, vec![]);
+        }
+        if let Some((name, Some(_))) = parse_uri(&req.uri) {
+            if self.setups.len() > 1 && Some(&name) == self.stream.as_ref() {
+                return (Response::new(459), vec![]);
+            }
+        }
+        let was = self.state;
+        self.state = State::Playing;
+        let info: Vec<String> = self
+            .setups
+            .iter()
+            .map(|s| format!("url={}trackID={};seq={};rtptime={}", self.base, s.index, s.seq, s.rtptime))
+            .collect();
+        let r = Response::new(200)
+            .header("Range", "npt=0.000-")
+            .header("RTP-Info", info.join(","))
+            .header("Session", self.session_header());
+        if was == State::Playing {
+            return (r, vec![]);
+        }
+        let stream = self.stream.clone().unwrap_or_default();
+        (r, vec![Action::Play { stream, tracks: self.setups.clone() }])
+    }
+}
+
+/// Picks the first acceptable transport of a `Transport:` header.
+fn choose_transport(spec: &str, index: usize, env: &mut dyn Env) -> Option<TrackTransport> {
+    for t in spec.split(',') {
+        let mut params = t.split(';').map(str::trim);
+        let proto = params.next().unwrap_or("").to_ascii_uppercase();
+        let rest: Vec<&str> = params.collect();
+        let param = |name: &str| {
+            rest.iter().find_map(|p| p.split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+        };
+        if rest.iter().any(|p| p.eq_ignore_ascii_case("multicast")) {
+            continue;
+        }
+        let pair = |v: &str| -> Option<(u16, u16)> {
+            match v.split_once('-') {
+                Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+                None => {
+                    let a: u16 = v.trim().parse().ok()?;
+                    Some((a, a.checked_add(1)?))
+                }
+            }
+        };
+        match proto.as_str() {
+            "RTP/AVP/TCP" => {
+                let (a, b) = match param("interleaved") {
+                    Some(v) => {
+                        let (a, b) = pair(v)?;
+                        (u8::try_from(a).ok()?, u8::try_from(b).ok()?)
+                    }
+                    None => ((index * 2) as u8, (index * 2 + 1) as u8),
+                };
+                return Some(TrackTransport::Tcp { rtp_channel: a, rtcp_channel: b });
+            }
+            "RTP/AVP" | "RTP/AVP/UDP" => {
+                let Some((a, b)) = param("client_port").and_then(pair) else { continue };
+                let (sa, sb) = env.bind_udp(index)?;
+                return Some(TrackTransport::Udp { client_rtp: a, client_rtcp: b, server_rtp: sa, server_rtcp: sb });
+            }
+            _ => continue,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::frame::{AudioConfig, VideoConfig};
+
+    struct TestEnv {
+        n: u32,
+    }
+    impl Env for TestEnv {
+        fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>> {
+            (stream == "rtp/0BEBC201").then(|| {
+                vec![
+                    TrackDesc {
+                        codec: Codec::H264,
+                        config: Arc::new(CodecConfig::Video(VideoConfig {
+                            sps: Bytes::from_static(&[0x67, 0x42, 0xc0, 0x1e]),
+                            pps: Bytes::from_static(&[0x68, 0xce]),
+                            ..Default::default()
+                        })),
+                    },
+                    TrackDesc {
+                        codec: Codec::G711A,
+                        config: Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None })),
+                    },
+                ]
+            })
+        }
+        fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)> {
+            Some((40000 + 2 * index as u16, 40001 + 2 * index as u16))
+        }
+        fn random(&mut self) -> u32 {
+            self.n += 1;
+            self.n * 1000
+        }
+    }
+
+    const URL: &str = "rtsp://127.0.0.1:8554/rtp/0BEBC201";
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: method.into(),
+            uri: uri.into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn uri_parsing() {
+        assert_eq!(parse_uri(URL), Some(("rtp/0BEBC201".into(), None)));
+        assert_eq!(parse_uri(&format!("{URL}/trackID=1")), Some(("rtp/0BEBC201".into(), Some(1))));
+        assert_eq!(parse_uri(&format!("{URL}/")), Some(("rtp/0BEBC201".into(), None)));
+        assert_eq!(parse_uri("rtsp://h/"), None);
+        assert_eq!(parse_uri("*"), None);
+        assert_eq!(base_url(&format!("{URL}/trackID=1")), format!("{URL}/"));
+    }
+
+    #[test]
+    fn full_sequence_tcp() {
+        let mut env = TestEnv { n: 0 };
+        let mut s = ServerSession::new("abc".into(), 60);
+        let (r, _) = s.handle(&req("OPTIONS", URL, &[("CSeq", "1")]), &mut env);
+        assert_eq!((r.status, r.get("CSeq")), (200, Some("1")));
+        let (r, _) = s.handle(&req("DESCRIBE", URL, &[("CSeq", "2")]), &mut env);
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("sprop-parameter-sets=Z0LAHg==,aM4="), "{}", r.body);
+        assert!(r.body.contains("a=rtpmap:8 PCMA/8000"));
+        let (r, _) = s.handle(
+            &req(
+                "SETUP",
+                &format!("{URL}/trackID=0"),
+                &[("CSeq", "3"), ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+            ),
+            &mut env,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.get("Session"), Some("abc;timeout=60"));
+        assert!(r.get("Transport").unwrap().starts_with("RTP/AVP/TCP;unicast;interleaved=0-1;ssrc="));
+        let (r, _) = s.handle(
+            &req(
+                "SETUP",
+                &format!("{URL}/trackID=1"),
+                &[("CSeq", "4"), ("Session", "abc"), ("Transport", "RTP/AVP;unicast;client_port=5000-5001")],
+            ),
+            &mut env,
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.get("Transport").unwrap().contains("server_port=40002-40003"));
+        let (r, _) = s.handle(&req("PLAY", URL, &[("CSeq", "5"), ("Session", "zzz")]), &mut env);
+        assert_eq!(r.status, 454);
+        let (r, a) = s.handle(&req("PLAY", URL, &[("CSeq", "5"), ("Session", "abc")]), &mut env);
+        assert_eq!(r.status, 200);
+        assert!(r.get("RTP-Info").unwrap().contains(&format!("url={URL}/trackID=0;seq=")));
+        assert!(matches!(&a[..], [Action::Play { tracks, .. }] if tracks.len() == 2));
+        let (r, _) = s.handle(&req("SETUP", &format!("{URL}/trackID=0"), &[("Session", "abc")]), &mut env);
+        assert_eq!(r.status, 455);
+        let (r, a) = s.handle(&req("PAUSE", URL, &[("Session", "abc")]), &mut env);
+        assert_eq!((r.status, a), (200, vec![Action::Pause]));
+        let (r, _) = s.handle(&req("GET_PARAMETER", URL, &[("Session", "abc")]), &mut env);
+        assert_eq!(r.status, 200);
+        let (r, a) = s.handle(&req("TEARDOWN", URL, &[("Session", "abc")]), &mut env);
+        assert_eq!((r.status, a), (200, vec![Action::Teardown]));
+        let (r, _) = s.handle(&req("PLAY", URL, &[]), &mut env);
+        assert_eq!(r.status, 454);
+    }
+
+    #[test]
+    fn errors() {
+        let mut env = TestEnv { n: 0 };
+        let mut s = ServerSession::new("abc".into(), 60);
+        assert_eq!(s.handle(&req("DESCRIBE", "rtsp://h/nope", &[]), &mut env).0.status, 404);
+        assert_eq!(s.handle(&req("SETUP", URL, &[("Transport", "RTP/AVP/TCP")]), &mut env).0.status, 459);
+        let t = [("Transport", "RAW/RAW/UDP;unicast")];
+        assert_eq!(s.handle(&req("SETUP", &format!("{URL}/trackID=0"), &t), &mut env).0.status, 461);
+        assert_eq!(s.handle(&req("SETUP", &format!("{URL}/trackID=9"), &t), &mut env).0.status, 404);
+        assert_eq!(s.handle(&req("PAUSE", URL, &[]), &mut env).0.status, 454);
+        assert_eq!(s.handle(&req("FOO", URL, &[]), &mut env).0.status, 501);
+    }
+
+    const STREAM: &[u8] = b"OPTIONS rtsp://h/a RTSP/1.0\r\nCSeq: 1\r\n\r\n$\x01\x00\x03abcSET_PARAMETER rtsp://h/a RTSP/1.0\r\nCSeq: 2\r\nContent-Length: 5\r\n\r\nhello\r\nTEARDOWN rtsp://h/a RTSP/1.0\r\nCSeq: 3\r\n\r\n";
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<Input> {
+        let mut p = Parser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.push(c);
+            while let Some(i) = p.next_input().unwrap() {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_split_point_parses_the_same() {
+        let whole = parse_all(&[STREAM]);
+        assert_eq!(whole.len(), 4);
+        assert!(matches!(&whole[1], Input::Interleaved { channel: 1, data } if &data[..] == b"abc"));
+        assert!(matches!(&whole[2], Input::Request(r) if &r.body[..] == b"hello"));
+        for i in 0..=STREAM.len() {
+            assert_eq!(parse_all(&[&STREAM[..i], &STREAM[i..]]), whole, "split at {i}");
+        }
+        let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
+        assert_eq!(parse_all(&bytes), whole);
+    }
+
+    #[test]
+    fn bad_requests_are_errors_not_panics() {
+        for bad in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"OPTIONS rtsp://h/a HTTP/1.1 x\r\n\r\n",
+            b"OPTIONS * RTSP/1.0\r\nnocolon\r\n\r\n",
+            b"OPTIONS * RTSP/1.0\r\nContent-Length: -1\r\n\r\n",
+            b"OPTIONS * RTSP/1.0\r\nContent-Length: 99999999\r\n\r\n",
+            b"\xff\xfe RTSP/1.0\r\n\r\n",
+        ] {
+            let mut p = Parser::new();
+            p.push(bad);
+            assert!(p.next_input().is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut p = Parser::new();
+        p.push(&vec![b'A'; MAX_HEAD + 10]);
+        assert_eq!(p.next_input(), Err(ParseError::TooLarge));
+        assert!(ServerSession::bad_request().to_bytes().starts_with(b"RTSP/1.0 400 Bad Request\r\n"));
+    }
+}

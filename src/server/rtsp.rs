@@ -1,0 +1,524 @@
+//! RTSP server: the tokio driver around [`crate::proto::rtsp::ServerSession`].
+//!
+//! One task per connection reads requests, answers them, and (once playing) writes the
+//! subscribed frames as RTP: `$`-interleaved on the RTSP connection or as UDP datagrams. Each
+//! player writes from its own task with a write deadline, so a player that stops reading only
+//! stalls itself (the hub skips it to the next keyframe, and it is dropped when a write blocks
+//! longer than [`WRITE_TIMEOUT`]).
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::codec::rtp_pack;
+use crate::config::RtspConfig;
+use crate::hub::{Hub, Subscription, SubscriptionEnded};
+use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
+use crate::proto::rtsp::{Action, Env, Input, Parser, ServerSession, TrackDesc, TrackSetup, TrackTransport};
+
+/// A player whose socket accepts nothing for this long is disconnected.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long DESCRIBE waits for a stream's parameter sets / first audio frame.
+const DESCRIBE_WAIT: Duration = Duration::from_secs(3);
+/// Kernel send buffer per player connection: bounds what a stalled player can hold.
+const SEND_BUFFER: usize = 256 * 1024;
+const SR_INTERVAL: Duration = Duration::from_secs(1);
+/// Source pts going back more than this (90 kHz) is a discontinuity, not A/V interleaving.
+const MAX_BACKWARDS: i64 = CLOCK_RATE;
+/// Source pts jumping forward more than this is a discontinuity.
+const MAX_FORWARD: i64 = 10 * CLOCK_RATE;
+/// Output step across a discontinuity (one 25 fps frame).
+const DISCONTINUITY_STEP: i64 = 3600;
+
+/// Accepts RTSP connections until `shutdown`.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdown: CancellationToken) {
+    let local_ip = listener.local_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    info!(addr = ?listener.local_addr().ok(), "RTSP server listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("RTSP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "RTSP connection limit reached, refusing");
+            tokio::spawn(async move {
+                let mut sock = sock;
+                let busy = crate::proto::rtsp::Response::new(503).header("Connection", "close").to_bytes();
+                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&busy)).await;
+            });
+            continue;
+        };
+        let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            // An unspecified listen address: answer from the address the player connected to.
+            let ip = match local_ip.is_unspecified() {
+                true => sock.local_addr().map(|a| a.ip()).unwrap_or(local_ip),
+                false => local_ip,
+            };
+            if let Err(e) = connection(sock, peer, ip, hub, cfg, shutdown).await {
+                debug!(%peer, "RTSP connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Looks a stream's tracks up from its cached GOP (then live frames), waiting up to
+/// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets and an audio frame.
+pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
+    let stream = hub.get(name)?;
+    let mut sub = stream.subscribe_as("rtsp");
+    let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
+    let (mut video, mut audio): (Option<TrackDesc>, Option<TrackDesc>) = (None, None);
+    let mut first_pts: Option<i64> = None;
+    let mut audio_frames = 0u32;
+    let old = stream.started_at.elapsed().unwrap_or_default() > Duration::from_secs(2);
+    loop {
+        // PS does not signal G.711 rates: the ingest infers 16 kHz after a few frames, so a
+        // young stream's first G.711 frames may still say 8 kHz.
+        let audio_settled = audio_frames >= 5 || old || audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
+        if video.is_some() && audio.is_some() && audio_settled {
+            break;
+        }
+        if video.is_some() || audio.is_some() {
+            let st = stream.stats();
+            if old && (video.is_some() || st.video.is_none()) && (audio.is_some() || st.audio.is_none()) {
+                break;
+            }
+        }
+        let frame = match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Ok(f)) => f,
+            _ => break,
+        };
+        let first = *first_pts.get_or_insert(frame.pts);
+        let desc = TrackDesc { codec: frame.codec, config: frame.config.clone() };
+        match &*frame.config {
+            CodecConfig::Video(v) if video.is_none() && !v.sps.is_empty() => video = Some(desc),
+            CodecConfig::Audio(_) => {
+                audio_frames += 1;
+                // The newest config of the first audio codec seen.
+                if audio.as_ref().is_none_or(|a| a.codec == frame.codec) {
+                    audio = Some(desc);
+                }
+            }
+            _ => {}
+        }
+        if (video.is_some() || audio.is_some()) && frame.pts - first >= CLOCK_RATE {
+            break;
+        }
+    }
+    // Later frames may carry a refined config (PS does not signal G.711 rates: 16 kHz is
+    // inferred after a few frames), so take the newest one still queued.
+    for _ in 0..4096 {
+        let Ok(Ok(frame)) = tokio::time::timeout(Duration::ZERO, sub.recv()).await else { break };
+        let newer = TrackDesc { codec: frame.codec, config: frame.config.clone() };
+        match (&*frame.config, &mut video, &mut audio) {
+            (CodecConfig::Video(v), Some(cur), _) if cur.codec == frame.codec && !v.sps.is_empty() => *cur = newer,
+            (CodecConfig::Audio(_), _, Some(cur)) if cur.codec == frame.codec => *cur = newer,
+            _ => {}
+        }
+    }
+    let tracks: Vec<TrackDesc> = video.into_iter().chain(audio).collect();
+    (!tracks.is_empty()).then_some(tracks)
+}
+
+/// The sockets of one UDP track.
+struct UdpPair {
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+struct DriverEnv<'a> {
+    prefetched: Option<(String, Option<Vec<TrackDesc>>)>,
+    ip: IpAddr,
+    udp: &'a mut HashMap<usize, UdpPair>,
+    activity: &'a Arc<AtomicU64>,
+    t0: Instant,
+}
+
+fn bind_std(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+impl Env for DriverEnv<'_> {
+    fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>> {
+        match &self.prefetched {
+            Some((name, tracks)) if name == stream => tracks.clone(),
+            _ => None,
+        }
+    }
+
+    fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)> {
+        let rtp = bind_std(self.ip, 0).ok()?;
+        let port = rtp.local_addr().ok()?.port();
+        let rtcp = port.checked_add(1).and_then(|p| bind_std(self.ip, p).ok()).or_else(|| bind_std(self.ip, 0).ok())?;
+        let rtcp_port = rtcp.local_addr().ok()?.port();
+        let rtcp = Arc::new(rtcp);
+        // Receiver reports keep the session alive.
+        let (r, activity, t0) = (rtcp.clone(), self.activity.clone(), self.t0);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while r.recv_from(&mut buf).await.is_ok() {
+                activity.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+        });
+        if let Some(old) = self.udp.insert(index, UdpPair { rtp: Arc::new(rtp), rtcp, reader }) {
+            old.reader.abort();
+        }
+        Some((port, rtcp_port))
+    }
+
+    fn random(&mut self) -> u32 {
+        rand::thread_rng().gen()
+    }
+}
+
+/// One set-up track while playing.
+struct TrackOut {
+    setup: TrackSetup,
+    kind: MediaKind,
+    clock: u32,
+    channels: u8,
+    seq: u16,
+    packets: u32,
+    octets: u32,
+    /// pts of the last frame sent.
+    last_pts: Option<i64>,
+    udp: Option<(Arc<UdpSocket>, Arc<UdpSocket>, SocketAddr, SocketAddr)>,
+}
+
+impl TrackOut {
+    fn rtp_ts(&self, pts: i64, base: i64) -> u32 {
+        let delta = (pts - base) as i128 * self.clock as i128 / CLOCK_RATE as i128;
+        self.setup.rtptime.wrapping_add(delta as i64 as u32)
+    }
+}
+
+struct Player {
+    sub: Subscription,
+    tracks: Vec<TrackOut>,
+    /// pts mapped to each track's `rtptime` (npt 0) and to `wall_base` for sender reports.
+    pts_base: Option<i64>,
+    wall_base_us: u64,
+    /// Added to source pts so that a source whose clock jumps (a camera restarting its PS
+    /// timestamps) still gives players continuous RTP timestamps.
+    pts_offset: i64,
+    /// Largest output pts sent so far.
+    last_out: Option<i64>,
+    need_keyframe: bool,
+    paused: bool,
+    play_at: Instant,
+    first_key_logged: bool,
+}
+
+enum Event {
+    Shutdown,
+    Read(io::Result<usize>),
+    Frame(Result<Frame, SubscriptionEnded>),
+    Tick,
+}
+
+async fn recv_frame(player: Option<&mut Player>) -> Result<Frame, SubscriptionEnded> {
+    match player {
+        Some(p) => p.sub.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_timed(w: &mut OwnedWriteHalf, buf: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "player stopped reading")),
+    }
+}
+
+async fn connection(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ip: IpAddr,
+    hub: Arc<Hub>,
+    cfg: RtspConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    let _ = socket2::SockRef::from(&sock).set_send_buffer_size(SEND_BUFFER);
+    let (mut rd, mut wr) = sock.into_split();
+    let t0 = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let session_id = format!("{:016X}", rand::thread_rng().gen::<u64>());
+    let timeout = cfg.session_timeout.0.max(Duration::from_secs(1));
+    let mut session = ServerSession::new(session_id, timeout.as_secs().max(1));
+    let mut parser = Parser::new();
+    let mut udp: HashMap<usize, UdpPair> = HashMap::new();
+    let mut player: Option<Player> = None;
+    let mut tick = tokio::time::interval(SR_INTERVAL);
+    let mut buf = vec![0u8; 8192];
+    let result = 'conn: loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => Event::Shutdown,
+            r = rd.read(&mut buf) => Event::Read(r),
+            f = recv_frame(player.as_mut()) => Event::Frame(f),
+            _ = tick.tick() => Event::Tick,
+        };
+        match ev {
+            Event::Shutdown => break Ok(()),
+            Event::Read(Err(e)) => break Err(e),
+            Event::Read(Ok(0)) => break Ok(()),
+            Event::Read(Ok(n)) => {
+                activity.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                parser.push(&buf[..n]);
+                loop {
+                    let req = match parser.next_input() {
+                        Ok(None) => break,
+                        Ok(Some(Input::Interleaved { .. })) => continue,
+                        Ok(Some(Input::Request(r))) => r,
+                        Err(e) => {
+                            debug!(%peer, "bad RTSP request: {e}");
+                            let _ = write_timed(&mut wr, &ServerSession::bad_request().to_bytes()).await;
+                            break 'conn Ok(());
+                        }
+                    };
+                    let prefetched = match session.stream_needed(&req) {
+                        Some(name) => {
+                            let tracks = stream_tracks(&hub, &name).await;
+                            Some((name, tracks))
+                        }
+                        None => None,
+                    };
+                    let mut env = DriverEnv { prefetched, ip, udp: &mut udp, activity: &activity, t0 };
+                    let (resp, actions) = session.handle(&req, &mut env);
+                    debug!(%peer, method = %req.method, uri = %req.uri, status = resp.status, "RTSP request");
+                    if let Err(e) = write_timed(&mut wr, &resp.to_bytes()).await {
+                        break 'conn Err(e);
+                    }
+                    for a in actions {
+                        match a {
+                            Action::Play { stream, tracks } => {
+                                if let Some(p) = player.as_mut() {
+                                    p.paused = false;
+                                    p.need_keyframe = p.tracks.iter().any(|t| t.kind == MediaKind::Video);
+                                    continue;
+                                }
+                                let Some(s) = hub.get(&stream) else { break 'conn Ok(()) };
+                                player = Some(new_player(s.subscribe_as("rtsp"), tracks, &udp, peer.ip()));
+                            }
+                            Action::Pause => {
+                                if let Some(p) = player.as_mut() {
+                                    p.paused = true;
+                                }
+                            }
+                            Action::Teardown => {
+                                player = None;
+                                for (_, u) in udp.drain() {
+                                    u.reader.abort();
+                                }
+                            }
+                            Action::Close => break 'conn Ok(()),
+                        }
+                    }
+                }
+            }
+            Event::Frame(Err(e)) => {
+                debug!(%peer, "subscription ended: {e}");
+                break Ok(());
+            }
+            Event::Frame(Ok(frame)) => {
+                if let Some(p) = player.as_mut() {
+                    if let Err(e) = send_frame(p, &frame, &mut wr, cfg.max_payload).await {
+                        break Err(e);
+                    }
+                }
+            }
+            Event::Tick => {
+                let idle = t0.elapsed().as_millis() as u64 - activity.load(Ordering::Relaxed);
+                if idle > timeout.as_millis() as u64 {
+                    debug!(%peer, "RTSP session timed out");
+                    break Ok(());
+                }
+                if let Some(p) = player.as_mut() {
+                    if let Err(e) = send_reports(p, &mut wr).await {
+                        break Err(e);
+                    }
+                }
+            }
+        }
+    };
+    for (_, u) in udp.drain() {
+        u.reader.abort();
+    }
+    let _ = wr.shutdown().await;
+    result
+}
+
+fn new_player(sub: Subscription, setups: Vec<TrackSetup>, udp: &HashMap<usize, UdpPair>, peer: IpAddr) -> Player {
+    let tracks: Vec<TrackOut> = setups
+        .into_iter()
+        .map(|s| {
+            let udp = match s.transport {
+                TrackTransport::Udp { client_rtp, client_rtcp, .. } => udp.get(&s.index).map(|u| {
+                    (
+                        u.rtp.clone(),
+                        u.rtcp.clone(),
+                        SocketAddr::new(peer, client_rtp),
+                        SocketAddr::new(peer, client_rtcp),
+                    )
+                }),
+                TrackTransport::Tcp { .. } => None,
+            };
+            let channels = match &*s.desc.config {
+                CodecConfig::Audio(a) => a.channels,
+                _ => 1,
+            };
+            TrackOut {
+                kind: s.desc.codec.kind(),
+                clock: s.desc.clock_rate(),
+                channels,
+                seq: s.seq,
+                packets: 0,
+                octets: 0,
+                last_pts: None,
+                udp,
+                setup: s,
+            }
+        })
+        .collect();
+    let need_keyframe = tracks.iter().any(|t| t.kind == MediaKind::Video);
+    Player {
+        sub,
+        tracks,
+        pts_base: None,
+        wall_base_us: 0,
+        pts_offset: 0,
+        last_out: None,
+        need_keyframe,
+        paused: false,
+        play_at: Instant::now(),
+        first_key_logged: false,
+    }
+}
+
+async fn send_frame(p: &mut Player, frame: &Frame, wr: &mut OwnedWriteHalf, max_payload: usize) -> io::Result<()> {
+    if p.paused {
+        return Ok(());
+    }
+    if p.need_keyframe {
+        if !(frame.kind() == MediaKind::Video && frame.keyframe) {
+            return Ok(());
+        }
+        p.need_keyframe = false;
+    }
+    let Some(t) = p.tracks.iter_mut().find(|t| t.kind == frame.kind() && t.setup.desc.codec == frame.codec) else {
+        return Ok(());
+    };
+    let mut pts = frame.pts + p.pts_offset;
+    if let Some(last) = p.last_out {
+        if pts < last - MAX_BACKWARDS || pts > last + MAX_FORWARD {
+            // Source clock discontinuity: continue one frame period after the last output.
+            p.pts_offset = last + DISCONTINUITY_STEP - frame.pts;
+            pts = last + DISCONTINUITY_STEP;
+            debug!(from = last, to = frame.pts, "source pts jump; re-anchored");
+        }
+    }
+    p.last_out = Some(p.last_out.map_or(pts, |l| l.max(pts)));
+    let base = *p.pts_base.get_or_insert_with(|| {
+        p.wall_base_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+        pts
+    });
+    if !p.first_key_logged && frame.kind() == MediaKind::Video {
+        p.first_key_logged = true;
+        debug!(ms = p.play_at.elapsed().as_millis() as u64, "first keyframe sent after PLAY");
+    }
+    let payloads = rtp_pack::frame_payloads(frame, max_payload);
+    let ts = t.rtp_ts(pts, base);
+    let pt = t.setup.desc.payload_type();
+    let n = payloads.len();
+    let mut out = Vec::with_capacity(payloads.iter().map(|x| x.len() + 16).sum());
+    let mut offset = 0usize;
+    for (i, payload) in payloads.iter().enumerate() {
+        let marker = rtp_pack::marker(frame.codec, i, n);
+        let pts = ts.wrapping_add(rtp_pack::timestamp_offset(frame.codec, offset, t.channels));
+        offset += payload.len();
+        let header = rtp_pack::rtp_header(pt, marker, t.seq, pts, t.setup.ssrc);
+        t.seq = t.seq.wrapping_add(1);
+        t.packets = t.packets.wrapping_add(1);
+        t.octets = t.octets.wrapping_add(payload.len() as u32);
+        match (&t.udp, t.setup.transport) {
+            (Some((sock, _, dst, _)), _) => {
+                let mut pkt = Vec::with_capacity(12 + payload.len());
+                pkt.extend_from_slice(&header);
+                pkt.extend_from_slice(payload);
+                // A full socket buffer drops the datagram, as the network would.
+                let _ = sock.try_send_to(&pkt, *dst);
+            }
+            (None, TrackTransport::Tcp { rtp_channel, .. }) => {
+                out.push(b'$');
+                out.push(rtp_channel);
+                out.extend_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
+                out.extend_from_slice(&header);
+                out.extend_from_slice(payload);
+            }
+            (None, TrackTransport::Udp { .. }) => {}
+        }
+    }
+    t.last_pts = Some(pts);
+    if !out.is_empty() {
+        write_timed(wr, &out).await?;
+    }
+    Ok(())
+}
+
+async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf) -> io::Result<()> {
+    if p.paused {
+        return Ok(());
+    }
+    let Some(base) = p.pts_base else { return Ok(()) };
+    let mut out = Vec::new();
+    for t in &p.tracks {
+        let Some(last) = t.last_pts else { continue };
+        let us = p.wall_base_us as i64 + (last - base) * 1_000_000 / CLOCK_RATE;
+        let sr = rtp_pack::rtcp_sender_report(
+            t.setup.ssrc,
+            rtp_pack::ntp_from_unix_micros(us.max(0) as u64),
+            t.rtp_ts(last, base),
+            t.packets,
+            t.octets,
+        );
+        match (&t.udp, t.setup.transport) {
+            (Some((_, rtcp, _, dst)), _) => {
+                let _ = rtcp.try_send_to(&sr, *dst);
+            }
+            (None, TrackTransport::Tcp { rtcp_channel, .. }) => {
+                out.extend_from_slice(&[b'$', rtcp_channel, 0, sr.len() as u8]);
+                out.extend_from_slice(&sr);
+            }
+            (None, TrackTransport::Udp { .. }) => {}
+        }
+    }
+    if !out.is_empty() {
+        write_timed(wr, &out).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! RTSP egress end to end: a fixture sent over RTP into gbgate, then real players (ffprobe,
+//! GStreamer, raw sockets) reading it back over RTSP on 127.0.0.1.
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gbgate::server::Gateway;
+use gbgate::sim::send::{send_file, SendOptions};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Setup {
+    gw: Gateway,
+    rtsp: SocketAddr,
+}
+
+async fn start_rtsp() -> Setup {
+    let cfg = test_config();
+    let gw = start(cfg.clone()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rtsp = listener.local_addr().unwrap();
+    tokio::spawn(gbgate::server::rtsp::serve(listener, gw.hub.clone(), cfg.rtsp.clone(), gw.shutdown.clone()));
+    Setup { gw, rtsp }
+}
+
+/// Sends `fixture` over RTP/TCP with SSRC `ssrc`, `loops` times; returns the stream name once
+/// the hub has it.
+async fn feed(s: &Setup, fixture: &str, ssrc: u32, loops: u32) -> String {
+    let path = own_fixture(&format!("{fixture}.rtp"));
+    let opts = SendOptions {
+        to: s.gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(500),
+    };
+    tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
+    let name = format!("rtp/{ssrc:08X}");
+    let t = Instant::now();
+    while s.gw.hub.get(&name).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "stream {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    name
+}
+
+async fn run(cmd: &str, args: &[&str], limit: Duration) -> (bool, String, String) {
+    let child = tokio::process::Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd} {args:?} did not finish in {limit:?}"))
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+async fn ffprobe_streams(url: &str, transport: &str) -> Vec<Value> {
+    let (ok, out, err) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-rtsp_transport",
+            transport,
+            "-show_entries",
+            "stream=codec_name,width,height,sample_rate",
+            "-of",
+            "json",
+            url,
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ok, "ffprobe {url} over {transport} failed: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["streams"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_sees_codecs_resolution_and_rate_over_tcp_and_udp() {
+    let s = start_rtsp().await;
+    let cases = [
+        ("h264_g711a_8k", 0x0BEB_C201u32, "h264", 352, 288, "pcm_alaw", "8000"),
+        ("h265_aac_16k", 0x0BEB_C202, "hevc", 352, 288, "aac", "16000"),
+        ("h264_g711u_16k", 0x0BEB_C203, "h264", 1280, 720, "pcm_mulaw", "16000"),
+    ];
+    for (fixture, ssrc, vcodec, w, h, acodec, rate) in cases {
+        let name = feed(&s, fixture, ssrc, 4).await;
+        let url = format!("rtsp://{}/{name}", s.rtsp);
+        for transport in ["tcp", "udp"] {
+            let streams = ffprobe_streams(&url, transport).await;
+            let v = streams.iter().find(|x| x["width"].is_number()).unwrap_or_else(|| panic!("{streams:?}"));
+            let a = streams.iter().find(|x| x["sample_rate"].is_string()).unwrap_or_else(|| panic!("{streams:?}"));
+            assert_eq!(v["codec_name"], vcodec, "{fixture} {transport}");
+            assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(w), Some(h)), "{fixture} {transport}");
+            assert_eq!(a["codec_name"], acodec, "{fixture} {transport}");
+            assert_eq!(a["sample_rate"], rate, "{fixture} {transport}");
+            println!("{fixture} over {transport}: {vcodec} {w}x{h} + {acodec} {rate} Hz");
+        }
+    }
+}
+
+/// Decoded video frames (pts, key) of a whole play, over `transport`.
+async fn ffprobe_frames(url: &str, transport: &str) -> Vec<(i64, bool)> {
+    let (ok, out, err) = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-rtsp_transport",
+            transport,
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=pts,key_frame",
+            "-of",
+            "json",
+            url,
+        ],
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(ok, "ffprobe frames {url}: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["pts"].as_i64().unwrap_or(-1), f["key_frame"].as_i64() == Some(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sent_video_frame_is_decoded_in_order_over_tcp_and_udp() {
+    let s = start_rtsp().await;
+    for (i, transport) in ["tcp", "udp"].into_iter().enumerate() {
+        let name = feed(&s, "h264_g711a_8k", 0x0BEB_C301 + i as u32, 3).await;
+        // The player joins at once: the GOP cache still starts at the first keyframe, so the
+        // whole stream (3 loops x 50 frames) should arrive.
+        let frames = ffprobe_frames(&format!("rtsp://{}/{name}", s.rtsp), transport).await;
+        let keys = frames.iter().filter(|f| f.1).count();
+        println!("{transport}: {} video frames decoded, {keys} keyframes", frames.len());
+        assert!(frames[0].1, "first decoded frame is a keyframe");
+        // ffmpeg may report the very first frame without a pts (before RTCP sync).
+        let bad: Vec<_> = frames[1..]
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| w[1].0 <= w[0].0)
+            .map(|(i, w)| (i, w[0].0, w[1].0))
+            .collect();
+        assert!(bad.is_empty(), "pts strictly increasing: {bad:?} of {:?}", &frames[..5]);
+        // Frames start at a GOP boundary: whole GOPs of 25 frames.
+        assert_eq!(frames.len() % 25, 0, "{transport}: {} frames", frames.len());
+        assert!(frames.len() >= 125, "{transport}: {} frames", frames.len());
+        let step: Vec<i64> = frames[1..].windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert!(step.iter().all(|d| *d == step[0]), "constant frame step: {step:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_plays_over_tcp_and_udp() {
+    let s = start_rtsp().await;
+    for (i, fixture) in ["h264_g711a_8k", "h265_aac_16k"].into_iter().enumerate() {
+        let name = feed(&s, fixture, 0x0BEB_C401 + i as u32, 4).await;
+        let url = format!("location=rtsp://{}/{name}", s.rtsp);
+        for proto in ["protocols=tcp", "protocols=udp"] {
+            let t = Instant::now();
+            let (ok, out, err) = run(
+                "gst-launch-1.0",
+                &["-q", "rtspsrc", &url, proto, "!", "decodebin", "!", "fakesink", "num-buffers=25"],
+                Duration::from_secs(30),
+            )
+            .await;
+            assert!(ok, "gst {fixture} {proto}: {out} {err}");
+            println!("gstreamer {fixture} {proto}: 25 buffers in {:?}", t.elapsed());
+        }
+    }
+}
+
+/// Reads one RTSP response (head + body) from a raw socket, leaving interleaved data alone.
+async fn read_response(sock: &mut TcpStream, pending: &mut Vec<u8>) -> (String, String) {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(|v| v.trim().parse::<usize>().unwrap())
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&pending[end + 4..end + 4 + len]).to_string();
+                pending.drain(..end + 4 + len);
+                return (head, body);
+            }
+        }
+        let mut b = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut b)).await.expect("response").unwrap();
+        assert!(n > 0, "connection closed");
+        pending.extend_from_slice(&b[..n]);
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+async fn request(sock: &mut TcpStream, pending: &mut Vec<u8>, text: &str) -> (String, String) {
+    sock.write_all(text.as_bytes()).await.unwrap();
+    read_response(sock, pending).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_socket_session_and_unknown_stream() {
+    let s = start_rtsp().await;
+    let mut sock = TcpStream::connect(s.rtsp).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = request(
+        &mut sock,
+        &mut pending,
+        &format!("DESCRIBE rtsp://{}/rtp/DEADBEEF RTSP/1.0\r\nCSeq: 1\r\n\r\n", s.rtsp),
+    )
+    .await;
+    assert!(head.starts_with("RTSP/1.0 404"), "{head}");
+    assert_eq!(header(&head, "CSeq"), Some("1"));
+
+    let name = feed(&s, "h264_g711a_8k", 0x0BEB_C501, 3).await;
+    let url = format!("rtsp://{}/{name}", s.rtsp);
+    let (head, _) = request(&mut sock, &mut pending, &format!("OPTIONS {url} RTSP/1.0\r\nCSeq: 2\r\n\r\n")).await;
+    assert!(head.starts_with("RTSP/1.0 200 OK"), "{head}");
+    assert!(header(&head, "Public").unwrap().contains("DESCRIBE"));
+    let (head, sdp) = request(
+        &mut sock,
+        &mut pending,
+        &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 3\r\nAccept: application/sdp\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    assert!(sdp.contains("a=rtpmap:96 H264/90000") && sdp.contains("sprop-parameter-sets="), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:8 PCMA/8000") && sdp.contains("a=control:trackID=1"), "{sdp}");
+    let (head, _) = request(
+        &mut sock,
+        &mut pending,
+        &format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 4\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    let session = header(&head, "Session").unwrap().to_string();
+    assert!(session.ends_with(";timeout=60"), "{session}");
+    let id = session.split(';').next().unwrap().to_string();
+    let (head, _) =
+        request(&mut sock, &mut pending, &format!("PLAY {url} RTSP/1.0\r\nCSeq: 5\r\nSession: wrong\r\n\r\n")).await;
+    assert!(head.starts_with("RTSP/1.0 454"), "{head}");
+    let play_sent = Instant::now();
+    let (head, _) =
+        request(&mut sock, &mut pending, &format!("PLAY {url} RTSP/1.0\r\nCSeq: 6\r\nSession: {id}\r\n\r\n")).await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    let info = header(&head, "RTP-Info").unwrap();
+    assert!(info.starts_with(&format!("url={url}/trackID=0;seq=")) && info.contains("rtptime="), "{info}");
+    assert_eq!(header(&head, "Range"), Some("npt=0.000-"));
+    let seq0: u16 = info.split("seq=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+
+    // Interleaved frames: only channel 0 (RTP; audio was not set up) and 1 (RTCP).
+    let mut first: Option<Vec<u8>> = None;
+    let mut rtp_count = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && rtp_count < 60 {
+        while pending.len() < 4 {
+            let mut b = [0u8; 65536];
+            let n = sock.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            pending.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(pending[0], b'$', "interleaved frame");
+        let len = u16::from_be_bytes([pending[2], pending[3]]) as usize;
+        while pending.len() < 4 + len {
+            let mut b = [0u8; 65536];
+            let n = sock.read(&mut b).await.unwrap();
+            pending.extend_from_slice(&b[..n]);
+        }
+        let ch = pending[1];
+        let pkt: Vec<u8> = pending[4..4 + len].to_vec();
+        pending.drain(..4 + len);
+        assert!(ch == 0 || ch == 1, "channel {ch}");
+        if ch == 0 {
+            assert_eq!(pkt[1] & 0x7f, 96);
+            if first.is_none() {
+                println!("time from PLAY to the first keyframe RTP packet: {:?}", play_sent.elapsed());
+                assert_eq!(u16::from_be_bytes([pkt[2], pkt[3]]), seq0);
+                first = Some(pkt);
+            }
+            rtp_count += 1;
+        } else {
+            assert_eq!(pkt[1], 200, "RTCP SR");
+        }
+    }
+    let first = first.expect("RTP arrived");
+    let nal = first[12];
+    let key = match nal & 0x1f {
+        5 | 7 | 8 => true,
+        24 => matches!(first[15] & 0x1f, 5 | 7),
+        28 => matches!(first[13] & 0x1f, 5) && first[13] & 0x80 != 0,
+        _ => false,
+    };
+    assert!(key, "first packet is part of a keyframe: {:02x?}", &first[12..16]);
+
+    let (head, _) =
+        request(&mut sock, &mut pending, &format!("GET_PARAMETER {url} RTSP/1.0\r\nCSeq: 7\r\nSession: {id}\r\n\r\n"))
+            .await
+            .skip_data();
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    let (head, _) =
+        request(&mut sock, &mut pending, &format!("TEARDOWN {url} RTSP/1.0\r\nCSeq: 8\r\nSession: {id}\r\n\r\n"))
+            .await
+            .skip_data();
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+
+    // Garbage gets a 400 and a closed connection, not a crash.
+    let mut bad = TcpStream::connect(s.rtsp).await.unwrap();
+    bad.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut text)).await.unwrap().unwrap();
+    assert!(text.starts_with(b"RTSP/1.0 400"), "{}", String::from_utf8_lossy(&text));
+}
+
+trait SkipData {
+    fn skip_data(self) -> (String, String);
+}
+impl SkipData for (String, String) {
+    /// A response read while RTP was flowing may carry interleaved bytes before it: keep the
+    /// text from the status line on.
+    fn skip_data(self) -> (String, String) {
+        let head = match self.0.find("RTSP/1.0 ") {
+            Some(i) => self.0[i..].to_string(),
+            None => self.0,
+        };
+        (head, self.1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_does_not_delay_others() {
+    let s = start_rtsp().await;
+    // 10 loops = 20 s of stream, so a disconnect before then is the write deadline at work.
+    let name = feed(&s, "h264_g711u_16k", 0x0BEB_C601, 10).await;
+    let url = format!("rtsp://{}/{name}", s.rtsp);
+    // The stalled player: a small receive buffer, PLAY, then never read again.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.rtsp.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut stalled = TcpStream::from_std(sock.into()).unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = request(
+        &mut stalled,
+        &mut pending,
+        &format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 1\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    let id = header(&head, "Session").unwrap().split(';').next().unwrap().to_string();
+    stalled.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {id}\r\n\r\n").as_bytes()).await.unwrap();
+    let stalled_since = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Meanwhile another player gets the stream promptly.
+    let t = Instant::now();
+    let streams = ffprobe_streams(&url, "tcp").await;
+    println!("second player probed in {:?} while the first is stalled", t.elapsed());
+    assert!(streams.iter().any(|v| v["width"] == 1280), "{streams:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    // The stalled player is disconnected once its writes block for WRITE_TIMEOUT, well before
+    // the stream ends.
+    // Keep not reading for a while (stream still live until ~20 s), then drain: a server that
+    // dropped us gives the kernel-buffered bytes and EOF at once.
+    tokio::time::sleep(Duration::from_secs(14).saturating_sub(stalled_since.elapsed())).await;
+    let mut total = 0usize;
+    let mut b = vec![0u8; 65536];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => total += n,
+            Err(_) => break false,
+        }
+    };
+    println!("stalled player disconnected after {:?}, {total} bytes were queued for it", stalled_since.elapsed());
+    assert!(closed);
+    assert!(stalled_since.elapsed() < Duration::from_secs(18), "disconnected before the stream ended");
+    assert!(total < 2 << 20, "bounded: {total} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_times_out_and_connection_limit_answers_503() {
+    let mut cfg = test_config();
+    cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
+    cfg.rtsp.max_connections = 1;
+    let gw = start(cfg.clone()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gbgate::server::rtsp::serve(listener, gw.hub.clone(), cfg.rtsp.clone(), gw.shutdown.clone()));
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = request(&mut first, &mut pending, "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut text = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut text)).await.unwrap().unwrap();
+    assert!(text.starts_with(b"RTSP/1.0 503"), "{}", String::from_utf8_lossy(&text));
+
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), first.read_to_end(&mut rest)).await.unwrap().unwrap();
+    println!("idle connection closed after {:?} (timeout 2 s)", t.elapsed());
+    assert!(t.elapsed() >= Duration::from_millis(1500));
+}
