@@ -186,7 +186,11 @@ fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitC
         ok.iter().filter(|p| p.first_is_key).count(),
         ok.len()
     );
-    println!("closed early: {}", ok.iter().filter(|p| p.closed_early).count());
+    println!(
+        "closed early: {}; video sequence gaps (packets missed) summed over players: {}",
+        ok.iter().filter(|p| p.closed_early).count(),
+        ok.iter().map(|p| p.video_seq_gaps).sum::<u64>()
+    );
     if report.stalled > 0 {
         println!("stalled players disconnected by the server: {} of {}", report.stalled_disconnected, report.stalled);
     }

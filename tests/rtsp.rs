@@ -11,7 +11,7 @@ use gbgate::server::Gateway;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 struct Setup {
     gw: Gateway,
@@ -19,11 +19,8 @@ struct Setup {
 }
 
 async fn start_rtsp() -> Setup {
-    let cfg = test_config();
-    let gw = start(cfg.clone()).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rtsp = listener.local_addr().unwrap();
-    tokio::spawn(gbgate::server::rtsp::serve(listener, gw.hub.clone(), cfg.rtsp.clone(), gw.shutdown.clone()));
+    let gw = start(test_config()).await;
+    let rtsp = gw.rtsp_addr.expect("RTSP is enabled by default");
     Setup { gw, rtsp }
 }
 
@@ -407,10 +404,8 @@ async fn idle_session_times_out_and_connection_limit_answers_503() {
     let mut cfg = test_config();
     cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
     cfg.rtsp.max_connections = 1;
-    let gw = start(cfg.clone()).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(gbgate::server::rtsp::serve(listener, gw.hub.clone(), cfg.rtsp.clone(), gw.shutdown.clone()));
+    let gw = start(cfg).await;
+    let addr = gw.rtsp_addr.unwrap();
     let mut first = TcpStream::connect(addr).await.unwrap();
     let mut pending = Vec::new();
     let (head, _) = request(&mut first, &mut pending, "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;

@@ -19,6 +19,8 @@ pub struct Gateway {
     pub rtp: Arc<RtpShared>,
     pub rtp_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// `None` when `[rtsp] enabled = false`.
+    pub rtsp_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -29,6 +31,8 @@ pub enum StartError {
     Rtp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for the API on {addr} (config key api.listen): {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for RTSP on {addr} (config key rtsp.listen): {source}")]
+    Rtsp { addr: SocketAddr, source: std::io::Error },
 }
 
 impl Gateway {
@@ -43,7 +47,21 @@ impl Gateway {
             .await
             .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
         let api_addr = api_listener.local_addr().map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
+        let rtsp_listener = if cfg.rtsp.enabled {
+            let addr = cfg.rtsp.listen;
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Rtsp { addr, source })?;
+            Some(l)
+        } else {
+            None
+        };
+        let rtsp_addr = match &rtsp_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Rtsp { addr: cfg.rtsp.listen, source })?),
+            None => None,
+        };
         let mut tasks = Vec::new();
+        if let Some(l) = rtsp_listener {
+            tasks.push(tokio::spawn(rtsp::serve(l, hub.clone(), cfg.rtsp.clone(), shutdown.clone())));
+        }
         tasks.push(tokio::spawn(rtp::serve(
             udp,
             tcp,
@@ -59,8 +77,8 @@ impl Gateway {
                 tracing::error!("API server failed: {e}");
             }
         }));
-        info!(rtp = %rtp_addr, api = %api_addr, "gbgate started");
-        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, shutdown, tasks })
+        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, "gbgate started");
+        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, shutdown, tasks })
     }
 
     /// Stops every listener and waits for them.

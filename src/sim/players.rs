@@ -24,6 +24,8 @@ pub struct PlayersOptions {
 pub struct PlayerResult {
     pub video_frames: u64,
     pub video_packets: u64,
+    /// Video RTP sequence numbers skipped (packets this player never got).
+    pub video_seq_gaps: u64,
     pub audio_packets: u64,
     pub bytes: u64,
     /// From sending PLAY to the first video RTP packet.
@@ -141,7 +143,16 @@ fn is_key_payload(payload: &[u8], hevc: bool) -> bool {
 async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bool) -> PlayerResult {
     let mut r = PlayerResult::default();
     let deadline = Instant::now() + duration;
-    let mut sock = match TcpStream::connect(addr).await {
+    let connect = async {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        if stall {
+            // A stalled player with a small window, like a slow client on a thin link, so the
+            // server feels the back-pressure within seconds instead of after megabytes.
+            socket.set_recv_buffer_size(16 * 1024)?;
+        }
+        socket.connect(addr).await
+    };
+    let mut sock = match connect.await {
         Ok(s) => s,
         Err(e) => {
             r.error = Some(format!("connect: {e}"));
@@ -226,6 +237,7 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
         return r;
     }
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut last_seq: Option<u16> = None;
     loop {
         // Parse complete interleaved frames.
         let mut i = 0;
@@ -252,6 +264,11 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
             r.bytes += n as u64;
             if Some(ch) == video_channel && n >= 12 {
                 r.video_packets += 1;
+                let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+                if let Some(last) = last_seq {
+                    r.video_seq_gaps += u64::from(seq.wrapping_sub(last).wrapping_sub(1));
+                }
+                last_seq = Some(seq);
                 let cc = (pkt[0] & 0x0f) as usize;
                 if r.first_video.is_none() {
                     r.first_video = Some(play_sent.elapsed());
