@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# RTSP fan-out: one 2 Mbit/s 720p H.264 + G.711A camera to N RTSP (TCP) players on loopback.
+# Prints gbgate's CPU (% of one core) and RSS over the players' window, the video frames each
+# player got, sequence gaps, and the time from PLAY to the first video packet.
+# Usage: PLAYERS="100 300" WINDOW=20 tools/fanout.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PLAYERS=${PLAYERS:-"100 300"}
+WINDOW=${WINDOW:-20}
+TARGET=${CARGO_TARGET_DIR:-target}
+LOAD_DIR=${LOAD_DIR:-$TARGET/load}
+BIN=$TARGET/release/gbgate
+CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
+HZ=$(getconf CLK_TCK)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+[[ -s $CLIP ]] || PHASES="" tools/load.sh   # makes the clip (and builds) without a load phase
+cargo build --release -q --bins
+
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
+for n in $PLAYERS; do
+    rtp=$(port); api=$(port); rtsp=$(port); rtmp=$(port)
+    cfg=$LOAD_DIR/fanout.toml
+    cat > "$cfg" <<TOML
+[rtp]
+listen = "127.0.0.1:$rtp"
+[api]
+listen = "127.0.0.1:$api"
+[rtsp]
+listen = "127.0.0.1:$rtsp"
+max_connections = 5000
+[rtmp]
+listen = "127.0.0.1:$rtmp"
+TOML
+    "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$n.log" &
+    gw=$!; PIDS+=("$gw")
+    for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
+    "$BIN" send "$CLIP" --to "127.0.0.1:$rtp" --ssrc 0100000001 --loop 100 --duration "$((WINDOW + 20))s" >/dev/null &
+    PIDS+=("$!")
+    sleep 3
+    c0=$(cpu "$gw"); t0=$(date +%s.%N)
+    out=$("$BIN" players "rtsp://127.0.0.1:$rtsp/rtp/05F5E101" --count "$n" --duration "${WINDOW}s")
+    c1=$(cpu "$gw"); t1=$(date +%s.%N)
+    rss=$(awk '/VmRSS/{print $2}' "/proc/$gw/status"); hwm=$(awk '/VmHWM/{print $2}' "/proc/$gw/status")
+    pct=$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{printf "%.1f", (b-a)/hz/(e-s)*100}')
+    echo "== $n RTSP players, ${WINDOW}s: gbgate CPU ${pct}% of one core, RSS $((rss / 1024)) MB (peak $((hwm / 1024)) MB)"
+    echo "$out" | sed 's/^/   /'
+    kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true
+done
