@@ -1,3 +1,4 @@
 //! Sans-IO protocol modules: bytes in, events out. No tokio, no sockets, no clocks here.
+pub mod flv;
 pub mod ps;
 pub mod rtp;
