@@ -276,21 +276,31 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
     assert_monotonic(&p.pts("video"));
 
-    // Second stream while no origin listens: the push fails and retries by itself; when a new
-    // origin appears on the same port, it receives frames.
-    let sender = send_in_background(&gw, "h264_g711a_8k", 0x0BEBC205, 8);
+    let first = p.frames("video");
+
+    // Second stream: its origin is killed mid-stream and a new one starts on the same port;
+    // the push notices, retries by itself (1 s backoff) and the new origin receives frames.
+    let (out2, out3) = (out2, dir.path().join("out3.flv"));
+    let mut killed = spawn_origin(port, &out2);
+    assert!(wait_listening(port, Duration::from_secs(10)).await);
+    let sender = send_in_background(&gw, "h264_g711a_8k", 0x0BEBC205, 5);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let origin = spawn_origin(port, &out2);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let origin = spawn_origin(port, &out3);
     let finished = wait_exit(origin, Duration::from_secs(30)).await;
     sender.await.unwrap();
     assert!(finished, "second origin did not finish");
-    let (ok, out, err) = run(ffprobe_cmd(out2.to_str().unwrap()), Duration::from_secs(20)).await;
+    let (ok, out, err) = run(ffprobe_cmd(out3.to_str().unwrap()), Duration::from_secs(20)).await;
     assert!(ok, "{err}");
     let p = Probe::parse(&out);
     let frames = p.frames("video");
-    assert!(frames >= FRAMES_PER_PASS, "second origin got {frames} frames");
+    assert!(frames >= 3 * FRAMES_PER_PASS, "the restarted origin got {frames} frames");
     assert_monotonic(&p.pts("video"));
-    println!("push: first origin {} frames, second origin {frames} frames", 2 * FRAMES_PER_PASS);
+    println!(
+        "push: first origin {first} frames (sent {}), restarted origin {frames} frames (of 250 sent)",
+        FRAMES_PER_PASS * loops as usize
+    );
     gw.shutdown.cancel();
     let _ = pushes.await;
 }
