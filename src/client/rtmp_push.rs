@@ -141,6 +141,13 @@ fn session_err(e: ClientSessionError) -> anyhow::Error {
     anyhow!("RTMP client: {e:?}")
 }
 
+/// `handle_input`, with rml_rtmp's panics on malformed input turned into an error.
+fn handle_input(session: &mut ClientSession, bytes: &[u8]) -> anyhow::Result<Vec<ClientSessionResult>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        .map_err(|_| anyhow!("malformed RTMP message from the origin"))?
+        .map_err(session_err)
+}
+
 struct Client {
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
@@ -172,7 +179,7 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let n = read_timeout(&mut self.rd, &mut self.buf, left).await.with_context(|| step.to_string())?;
-            let results = self.session.handle_input(&self.buf[..n]).map_err(session_err)?;
+            let results = handle_input(&mut self.session, &self.buf[..n])?;
             for e in self.send(results).await? {
                 if want(&e) {
                     return Ok(());
@@ -221,7 +228,7 @@ async fn push_once(
     let mut c = Client { rd, wr, session, timeout, buf };
     c.send(results).await?;
     if !leftover.is_empty() {
-        let results = c.session.handle_input(&leftover).map_err(session_err)?;
+        let results = handle_input(&mut c.session, &leftover)?;
         c.send(results).await?;
     }
     let r = c.session.request_connection(app).map_err(session_err)?;
@@ -243,7 +250,7 @@ async fn push_once(
                 if n == 0 {
                     bail!("the origin closed the connection");
                 }
-                let results = c.session.handle_input(&c.buf[..n]).map_err(session_err)?;
+                let results = handle_input(&mut c.session, &c.buf[..n])?;
                 c.send(results).await?;
             }
             f = sub.recv() => {

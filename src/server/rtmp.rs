@@ -432,7 +432,12 @@ impl Conn {
     }
 
     async fn input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        let results = self.session.handle_input(bytes).map_err(|e| anyhow!("RTMP: {e:?}"))?;
+        // rml_rtmp 0.8 panics on some malformed messages (an AMF0 command with too few values,
+        // found by fuzz/rtmp_chunk): a bad peer ends its own connection, nothing more.
+        let session = &mut self.session;
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+            .map_err(|_| anyhow!("malformed RTMP message"))?
+            .map_err(|e| anyhow!("RTMP: {e:?}"))?;
         self.results(results).await
     }
 
