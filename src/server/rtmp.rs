@@ -26,6 +26,9 @@ use crate::hub::{AudioStats, Hub, Source, Stream, StreamStats, Subscription, Tra
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
 
+/// A publisher that sends nothing for this long is disconnected (its stream ends).
+const PUBLISH_IDLE: Duration = Duration::from_secs(10);
+
 /// How long a play request waits for its stream to appear.
 const PLAY_WAIT: Duration = Duration::from_secs(5);
 
@@ -367,12 +370,21 @@ async fn connection(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = rd.read(&mut buf) => {
-                    let n = r?;
+                r = tokio::time::timeout(PUBLISH_IDLE, rd.read(&mut buf)) => {
+                    let n = match r {
+                        Ok(r) => r?,
+                        Err(_) if c.publisher.is_some() => bail!("publisher silent for {PUBLISH_IDLE:?}"),
+                        Err(_) => continue,
+                    };
                     if n == 0 {
                         return Ok(());
                     }
                     c.input(&buf[..n]).await?;
+                    if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.stream))) {
+                        // Another source took the name: this one stops (its stream is closed).
+                        c.publisher = None;
+                        bail!("another source replaced this publisher's stream");
+                    }
                 }
                 f = next_frame(&mut c.player) => match f {
                     Some(frame) => {
