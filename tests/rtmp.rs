@@ -358,3 +358,93 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     assert!(gw.hub.get("live/test").is_none(), "the stream ends with its publisher");
     gw.stop().await;
 }
+
+/// A player that connects, asks to play, then never reads again.
+async fn stalled_player(addr: SocketAddr, app: &str, key: &str) -> tokio::net::TcpStream {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let mut hs = Handshake::new(PeerType::Client);
+    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let leftover = loop {
+        let n = s.read(&mut buf).await.unwrap();
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                s.write_all(&response_bytes).await.unwrap();
+                break remaining_bytes;
+            }
+        }
+    };
+    let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+    let mut pending = vec![session.handle_input(&leftover).unwrap()];
+    pending.push(vec![session.request_connection(app.to_string()).unwrap()]);
+    let mut step = 0;
+    loop {
+        for results in pending.drain(..) {
+            for r in results {
+                match r {
+                    ClientSessionResult::OutboundResponse(p) => s.write_all(&p.bytes).await.unwrap(),
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => step = 1,
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::PlaybackRequestAccepted) => return s,
+                    _ => {}
+                }
+            }
+        }
+        if step == 1 {
+            step = 2;
+            pending.push(vec![session.request_playback(key.to_string()).unwrap()]);
+            continue;
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed before accepting play");
+        pending.push(session.handle_input(&buf[..n]).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_is_disconnected_without_slowing_ingest() {
+    // ~26 MB flooded: far more than the kernel buffers between the server and the player.
+    const LOOPS: u32 = 120;
+    let mut cfg = test_config();
+    cfg.rtmp.push_timeout.0 = Duration::from_secs(1);
+    let (gw, rtmp) = start_with_rtmp(cfg).await;
+    let ssrc = 0x0BEBC203;
+    let mut opts = send_opts(gw.rtp_addr, ssrc, LOOPS);
+    opts.flood = true;
+    opts.linger = Duration::from_secs(8);
+    let path = own_fixture("h264_g711u_16k.rtp");
+    let sender = tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
+    let start = Instant::now();
+    while gw.hub.get(&name_of(ssrc)).is_none() && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stream = gw.hub.get(&name_of(ssrc)).expect("stream");
+    let _player = stalled_player(rtmp, "rtp", &format!("{ssrc:08X}")).await;
+    let count = |s: &gbgate::hub::Stream| s.subscriber_counts().get("rtmp").copied().unwrap_or(0);
+    // (It may already be gone here: the flood fills its queue within milliseconds.)
+    let start = Instant::now();
+    while count(&stream) > 0 && start.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = start.elapsed();
+    assert_eq!(count(&stream), 0, "the stalled player is still subscribed");
+    assert!(gbgate_stream_live(&gw, &stream), "the player must go before the stream ends");
+    sender.await.unwrap();
+    let video = stream.stats().video.expect("video stats");
+    println!(
+        "stalled player dropped after {gone_after:?}; ingest counted {} frames of {}",
+        video.frames,
+        LOOPS as usize * FRAMES_PER_PASS
+    );
+    assert_eq!(video.frames as usize, LOOPS as usize * FRAMES_PER_PASS, "ingest lost frames");
+    gw.stop().await;
+}
+
+fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>) -> bool {
+    gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
+}

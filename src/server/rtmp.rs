@@ -272,6 +272,10 @@ fn metadata_packet(stream_id: u32, m: &StreamMetadata, publishing: bool) -> anyh
     Ok(ser.serialize(&payload, true, false).map_err(|e| anyhow!("metadata: {e:?}"))?.bytes)
 }
 
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The hub stream name of an RTMP (app, stream key): `app/key`, or `app` alone when the key is
 /// empty. A query string (`?token=..`) is dropped.
 pub fn stream_name(app: &str, key: &str) -> String {
@@ -525,11 +529,14 @@ impl Conn {
                 };
                 info!(stream = %stream.name, peer = %self.peer, "RTMP play");
                 let mut results = self.accept(request_id)?;
-                // `|RtmpSampleAccess` carries the session clock as its timestamp; ffmpeg reads a
-                // data message at a non-zero time as an extra data track. Flash-only: not sent.
+                // The two data messages rml_rtmp sends on play (`|RtmpSampleAccess`, then
+                // `NetStream.Data.Start` header-compressed against it) carry the session clock as
+                // their timestamp; ffmpeg reads a data message at a non-zero time as an extra data
+                // track. Both are Flash-only and are dropped together (dropping one would break
+                // the chunk header compression); onMetaData then goes out with a full header.
                 results.retain(|r| {
                     !matches!(r, ServerSessionResult::OutboundResponse(p)
-                        if p.bytes.windows(17).any(|w| w == b"|RtmpSampleAccess"))
+                        if contains(&p.bytes, b"|RtmpSampleAccess") || contains(&p.bytes, b"NetStream.Data.Start"))
                 });
                 self.player = Some(Player {
                     stream_id,
