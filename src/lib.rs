@@ -10,6 +10,7 @@
 //! - [`probe`]: offline analysis of captures (`gbgate probe`).
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod hub;

@@ -171,7 +171,8 @@ async fn every_sent_video_frame_is_decoded_in_order_over_tcp_and_udp() {
 async fn gstreamer_plays_over_tcp_and_udp() {
     let s = start_rtsp().await;
     for (i, fixture) in ["h264_g711a_8k", "h265_aac_16k"].into_iter().enumerate() {
-        let name = feed(&s, fixture, 0x0BEB_C401 + i as u32, 4).await;
+        // 20 s of stream: it must outlive four gst runs on a loaded machine.
+        let name = feed(&s, fixture, 0x0BEB_C401 + i as u32, 10).await;
         let url = format!("location=rtsp://{}/{name}", s.rtsp);
         for proto in ["protocols=tcp", "protocols=udp"] {
             let t = Instant::now();

@@ -1,4 +1,5 @@
 //! Sans-IO protocol modules: bytes in, events out. No tokio, no sockets, no clocks here.
+pub mod flv;
 pub mod ps;
 pub mod rtp;
 pub mod rtsp;

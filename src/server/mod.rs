@@ -1,5 +1,6 @@
 //! Thin tokio drivers around the sans-IO modules, and the daemon's wiring.
 pub mod api;
+pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
 
@@ -21,6 +22,8 @@ pub struct Gateway {
     pub api_addr: SocketAddr,
     /// `None` when `[rtsp] enabled = false`.
     pub rtsp_addr: Option<SocketAddr>,
+    /// `None` when `[rtmp] enabled = false`.
+    pub rtmp_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -33,6 +36,8 @@ pub enum StartError {
     Api { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for RTSP on {addr} (config key rtsp.listen): {source}")]
     Rtsp { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for RTMP on {addr} (config key rtmp.listen): {source}")]
+    Rtmp { addr: SocketAddr, source: std::io::Error },
 }
 
 impl Gateway {
@@ -58,7 +63,27 @@ impl Gateway {
             Some(l) => Some(l.local_addr().map_err(|source| StartError::Rtsp { addr: cfg.rtsp.listen, source })?),
             None => None,
         };
+        let rtmp_listener = if cfg.rtmp.enabled {
+            let addr = cfg.rtmp.listen;
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Rtmp { addr, source })?)
+        } else {
+            None
+        };
+        let rtmp_addr = match &rtmp_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Rtmp { addr: cfg.rtmp.listen, source })?),
+            None => None,
+        };
         let mut tasks = Vec::new();
+        if let Some(l) = rtmp_listener {
+            tasks.push(tokio::spawn(rtmp::serve(l, hub.clone(), cfg.rtmp.clone(), shutdown.clone())));
+        }
+        if !cfg.rtmp.push.is_empty() {
+            tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(
+                hub.clone(),
+                cfg.rtmp.clone(),
+                shutdown.clone(),
+            )));
+        }
         if let Some(l) = rtsp_listener {
             tasks.push(tokio::spawn(rtsp::serve(l, hub.clone(), cfg.rtsp.clone(), shutdown.clone())));
         }
@@ -77,8 +102,8 @@ impl Gateway {
                 tracing::error!("API server failed: {e}");
             }
         }));
-        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, "gbgate started");
-        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, shutdown, tasks })
+        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, "gbgate started");
+        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, rtmp_addr, shutdown, tasks })
     }
 
     /// Stops every listener and waits for them.

@@ -1,0 +1,2 @@
+//! Outgoing connections: static RTMP pushes of hub streams to other servers.
+pub mod rtmp_push;

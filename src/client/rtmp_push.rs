@@ -1,0 +1,299 @@
+//! Static RTMP pushes (`[[rtmp.push]]`): every hub stream matching an entry is published to the
+//! entry's URL by its own task, a plain hub subscriber ("push") that never slows ingest.
+//!
+//! A push task connects, handshakes, sends connect / createStream / publish (each step bounded by
+//! `rtmp.push_timeout`), subscribes to the stream (so it starts at the GOP cache) and sends
+//! metadata, sequence headers and frames; a send stalled longer than `push_timeout` disconnects.
+//! When the origin goes away it reconnects with a backoff of 1 s doubling to 30 s, resubscribing
+//! (so it restarts at a keyframe). It stops when the stream ends.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{HevcFlv, PushConfig, RtmpConfig};
+use crate::hub::{Hub, Stream};
+use crate::server::rtmp::{read_timeout, write_timeout, FlvFlow, Out};
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(500);
+
+/// True if `name` matches `pattern`, where `*` matches any run of characters (including '/').
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The push URL of one stream: `{stream}` replaced by the stream name.
+pub fn push_url(entry: &PushConfig, stream: &str) -> String {
+    entry.url.replace("{stream}", stream)
+}
+
+/// `rtmp://host[:port]/app/key...` -> (`host:port`, app, key, tcUrl).
+pub fn parse_url(url: &str) -> anyhow::Result<(String, String, String, String)> {
+    let rest = url.strip_prefix("rtmp://").ok_or_else(|| anyhow!("not an rtmp:// URL: {url}"))?;
+    let (authority, path) = rest.split_once('/').ok_or_else(|| anyhow!("no app in {url}"))?;
+    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:1935") };
+    let (app, key) = path.split_once('/').unwrap_or((path, ""));
+    if app.is_empty() {
+        bail!("no app in {url}");
+    }
+    Ok((addr, app.to_string(), key.to_string(), format!("rtmp://{authority}/{app}")))
+}
+
+/// Keeps one push task per (matching stream, push entry) until `shutdown`.
+pub async fn run_pushes(hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
+    if cfg.push.is_empty() {
+        return;
+    }
+    // (stream name, entry index) -> (the stream pushed, its task)
+    let mut tasks: HashMap<(String, usize), (Arc<Stream>, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let streams = hub.list();
+        for stream in &streams {
+            for (i, entry) in cfg.push.iter().enumerate() {
+                if !matches(&entry.stream, &stream.name) {
+                    continue;
+                }
+                let key = (stream.name.clone(), i);
+                if tasks.get(&key).is_some_and(|(s, _)| Arc::ptr_eq(s, stream)) {
+                    continue;
+                }
+                if let Some((_, old)) = tasks.remove(&key) {
+                    old.abort();
+                }
+                let url = push_url(entry, &stream.name);
+                info!(stream = %stream.name, %url, "RTMP push starts");
+                let task =
+                    tokio::spawn(push_task(stream.clone(), url, cfg.push_timeout.0, cfg.hevc, shutdown.child_token()));
+                tasks.insert(key, (stream.clone(), task));
+            }
+        }
+        // Forget streams that are gone and whose task finished.
+        tasks.retain(|(name, _), (s, t)| {
+            !t.is_finished() || streams.iter().any(|x| x.name == *name && Arc::ptr_eq(x, s))
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+    for (_, (_, t)) in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn push_task(stream: Arc<Stream>, url: String, timeout: Duration, hevc: HevcFlv, shutdown: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        match push_once(&stream, &url, timeout, hevc, &shutdown).await {
+            Ok(()) => {
+                info!(stream = %stream.name, %url, "RTMP push finished");
+                return;
+            }
+            Err(e) => {
+                if started.elapsed() > BACKOFF_MAX {
+                    backoff = BACKOFF_MIN;
+                }
+                warn!(stream = %stream.name, %url, "RTMP push failed: {e:#}; retrying in {backoff:?}");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // A stream that ended while we were away is not pushed again.
+        if stream.subscribe_as("push").recv().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn session_err(e: ClientSessionError) -> anyhow::Error {
+    anyhow!("RTMP client: {e:?}")
+}
+
+/// `handle_input`, with rml_rtmp's panics on malformed input turned into an error.
+fn handle_input(session: &mut ClientSession, bytes: &[u8]) -> anyhow::Result<Vec<ClientSessionResult>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        .map_err(|_| anyhow!("malformed RTMP message from the origin"))?
+        .map_err(session_err)
+}
+
+struct Client {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    session: ClientSession,
+    timeout: Duration,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    async fn send(&mut self, results: Vec<ClientSessionResult>) -> anyhow::Result<Vec<ClientSessionEvent>> {
+        let mut bytes = Vec::new();
+        let mut events = Vec::new();
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => bytes.extend_from_slice(&p.bytes),
+                ClientSessionResult::RaisedEvent(e) => events.push(e),
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        if !bytes.is_empty() {
+            write_timeout(&mut self.wr, &bytes, self.timeout).await?;
+        }
+        Ok(events)
+    }
+
+    /// Reads until `want` is raised (each read bounded by the timeout); fails on a rejection.
+    async fn wait_for(&mut self, want: fn(&ClientSessionEvent) -> bool, step: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let n = read_timeout(&mut self.rd, &mut self.buf, left).await.with_context(|| step.to_string())?;
+            let results = handle_input(&mut self.session, &self.buf[..n])?;
+            for e in self.send(results).await? {
+                if want(&e) {
+                    return Ok(());
+                }
+                if let ClientSessionEvent::ConnectionRequestRejected { description } = e {
+                    bail!("{step}: rejected: {description}");
+                }
+            }
+        }
+    }
+}
+
+async fn push_once(
+    stream: &Arc<Stream>,
+    url: &str,
+    timeout: Duration,
+    hevc: HevcFlv,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (addr, app, key, tc_url) = parse_url(url)?;
+    let sock = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| anyhow!("connect to {addr}: timed out"))?
+        .with_context(|| format!("connect to {addr}"))?;
+    let _ = sock.set_nodelay(true);
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut hs = Handshake::new(PeerType::Client);
+    let p0p1 = hs.generate_outbound_p0_and_p1().map_err(|e| anyhow!("handshake: {e:?}"))?;
+    write_timeout(&mut wr, &p0p1, timeout).await?;
+    let leftover = loop {
+        let n = read_timeout(&mut rd, &mut buf, timeout).await.context("handshake")?;
+        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                write_timeout(&mut wr, &response_bytes, timeout).await?;
+            }
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                write_timeout(&mut wr, &response_bytes, timeout).await?;
+                break remaining_bytes;
+            }
+        }
+    };
+    let mut config = ClientSessionConfig::new();
+    config.tc_url = Some(tc_url);
+    let (session, results) = ClientSession::new(config).map_err(session_err)?;
+    let mut c = Client { rd, wr, session, timeout, buf };
+    c.send(results).await?;
+    if !leftover.is_empty() {
+        let results = handle_input(&mut c.session, &leftover)?;
+        c.send(results).await?;
+    }
+    let r = c.session.request_connection(app).map_err(session_err)?;
+    c.send(vec![r]).await?;
+    c.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted), "connect").await?;
+    let r = c.session.request_publishing(key, PublishRequestType::Live).map_err(session_err)?;
+    c.send(vec![r]).await?;
+    c.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted), "publish").await?;
+    info!(stream = %stream.name, %url, "RTMP push publishing");
+
+    let mut sub = stream.subscribe_as("push");
+    let mut flow = FlvFlow::new(&stream.name, hevc);
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = c.rd.read(&mut c.buf) => {
+                let n = r?;
+                if n == 0 {
+                    bail!("the origin closed the connection");
+                }
+                let results = handle_input(&mut c.session, &c.buf[..n])?;
+                c.send(results).await?;
+            }
+            f = sub.recv() => {
+                let Ok(frame) = f else { break };
+                flow.push(&frame, &mut out);
+                let mut results = Vec::with_capacity(out.len());
+                for o in out.drain(..) {
+                    results.push(match o {
+                        Out::Meta(m) => c.session.publish_metadata(&m),
+                        Out::Video(b, ts) => c.session.publish_video_data(b, ts, false),
+                        Out::Audio(b, ts) => c.session.publish_audio_data(b, ts, false),
+                    }.map_err(session_err)?);
+                }
+                c.send(results).await?;
+            }
+        }
+    }
+    // The stream ended (or shutdown): unpublish cleanly so the origin finalises its file.
+    if let Ok(results) = c.session.stop_publishing() {
+        let _ = c.send(results).await;
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut c.wr).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_and_urls() {
+        assert!(matches("rtp/*", "rtp/0BEBC201"));
+        assert!(matches("*", "live/a/b"));
+        assert!(!matches("rtp/*", "live/x"));
+        assert!(matches("a*c*e", "abcde"));
+        assert!(!matches("a*c*e", "abde"));
+        assert!(matches("live/x", "live/x"));
+        let e = PushConfig { stream: "*".into(), url: "rtmp://h/app/{stream}".into() };
+        assert_eq!(push_url(&e, "rtp/1"), "rtmp://h/app/rtp/1");
+        let (addr, app, key, tc) = parse_url("rtmp://127.0.0.1:1936/live/rtp/1").unwrap();
+        assert_eq!((addr.as_str(), app.as_str(), key.as_str()), ("127.0.0.1:1936", "live", "rtp/1"));
+        assert_eq!(tc, "rtmp://127.0.0.1:1936/live");
+        assert_eq!(parse_url("rtmp://h/live").unwrap().0, "h:1935");
+        assert!(parse_url("http://h/x").is_err());
+    }
+}

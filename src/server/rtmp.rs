@@ -1,0 +1,614 @@
+//! The RTMP server: play any hub stream at `rtmp://HOST:PORT/<stream name>`, and publish into the
+//! hub (ffmpeg, OBS). A thin tokio driver around `rml_rtmp` (handshake + chunk/session, sans-IO)
+//! and [`crate::proto::flv`] (tag bodies).
+//!
+//! One task per connection. It reads the socket, and for a player also takes frames from its hub
+//! subscription and writes them itself: nothing is buffered beyond one frame's chunks, a write
+//! stalled longer than `rtmp.push_timeout` disconnects, and a player that cannot keep up is
+//! skipped to the next keyframe by the hub (it never slows ingest).
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{HevcFlv, RtmpConfig};
+use crate::hub::{AudioStats, Hub, Source, Stream, StreamStats, Subscription, Transport, VideoStats};
+use crate::media::{Codec, CodecConfig, Frame, MediaKind};
+use crate::proto::flv;
+
+/// A publisher that sends nothing for this long is disconnected (its stream ends).
+const PUBLISH_IDLE: Duration = Duration::from_secs(10);
+
+/// How long a play request waits for its stream to appear.
+const PLAY_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves RTMP on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("RTMP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, "RTMP connection refused: rtmp.max_connections reached");
+            continue;
+        };
+        let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match connection(sock, peer, hub, cfg, shutdown).await {
+                Ok(()) => debug!(%peer, "RTMP connection closed"),
+                Err(e) => debug!(%peer, "RTMP connection ended: {e:#}"),
+            }
+        });
+    }
+}
+
+/// Writes with a deadline: a peer that stops reading for `limit` is an error.
+pub(crate) async fn write_timeout<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(limit, w.write_all(bytes)).await.map_err(|_| anyhow!("send stalled for {limit:?}"))??;
+    Ok(())
+}
+
+pub(crate) async fn read_timeout<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    limit: Duration,
+) -> anyhow::Result<usize> {
+    let n = tokio::time::timeout(limit, r.read(buf)).await.map_err(|_| anyhow!("no data for {limit:?}"))??;
+    if n == 0 {
+        bail!("connection closed by peer");
+    }
+    Ok(n)
+}
+
+/// One message of the outgoing FLV flow.
+pub(crate) enum Out {
+    Meta(StreamMetadata),
+    Video(Bytes, RtmpTimestamp),
+    Audio(Bytes, RtmpTimestamp),
+}
+
+/// Turns hub frames into the FLV flow of one player/push: metadata first, sequence headers before
+/// the first frame and whenever a track's configuration changes, timestamps from 0.
+pub(crate) struct FlvFlow {
+    hevc: HevcFlv,
+    stream: String,
+    meta_sent: bool,
+    video_cfg: Option<Arc<CodecConfig>>,
+    audio_cfg: Option<Arc<CodecConfig>>,
+    clock: OutClock,
+    g711_logged: bool,
+    video_started: bool,
+    first_audio_dts: Option<i64>,
+}
+
+/// Maps source decoding times to output timestamps that start at 0 and never jump: a source whose
+/// clock restarts or leaps (a looping file, a camera reboot) continues one frame after the last
+/// output time. Each track rebases on its own discontinuity, onto the offset the first track to
+/// see that discontinuity chose, so audio and video stay together.
+#[derive(Debug, Default)]
+pub(crate) struct OutClock {
+    started: bool,
+    epoch: u32,
+    offset: i64,
+    last_out: i64,
+    tracks: [TrackClock; 2],
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TrackClock {
+    last_raw: Option<i64>,
+    epoch: u32,
+    offset: i64,
+}
+
+/// A forward leap larger than this is a discontinuity (90 kHz).
+const MAX_LEAP: i64 = 10 * 90_000;
+/// The step placed over a discontinuity (one 25 fps frame).
+const DISCONTINUITY_STEP: i64 = 3600;
+
+impl OutClock {
+    /// The output decoding time (90 kHz, from 0) of a frame of `track` (0 video, 1 audio).
+    pub(crate) fn map(&mut self, track: usize, dts: i64) -> i64 {
+        if !self.started {
+            self.started = true;
+            self.offset = -dts;
+        }
+        let t = &mut self.tracks[track];
+        match t.last_raw {
+            None => (t.epoch, t.offset) = (self.epoch, self.offset),
+            Some(last) if dts < last || dts > last + MAX_LEAP => {
+                if t.epoch < self.epoch {
+                    (t.epoch, t.offset) = (self.epoch, self.offset);
+                } else {
+                    self.epoch += 1;
+                    self.offset = self.last_out + DISCONTINUITY_STEP - dts;
+                    (t.epoch, t.offset) = (self.epoch, self.offset);
+                }
+            }
+            Some(_) => {}
+        }
+        t.last_raw = Some(dts);
+        let out = (dts + t.offset).max(0);
+        self.last_out = self.last_out.max(out);
+        out
+    }
+}
+
+impl FlvFlow {
+    pub(crate) fn new(stream: &str, hevc: HevcFlv) -> FlvFlow {
+        FlvFlow {
+            hevc,
+            stream: stream.to_string(),
+            meta_sent: false,
+            video_cfg: None,
+            audio_cfg: None,
+            clock: OutClock::default(),
+            video_started: false,
+            first_audio_dts: None,
+            g711_logged: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, frame: &Frame, out: &mut Vec<Out>) {
+        if matches!(frame.codec, Codec::G711A | Codec::G711U) {
+            if !self.g711_logged {
+                self.g711_logged = true;
+                info!(stream = %self.stream, codec = %frame.codec, "G.711 audio is not sent over RTMP (video only)");
+            }
+            return;
+        }
+        let video = frame.kind() == MediaKind::Video;
+        if video {
+            self.video_started = true;
+        } else if !self.video_started {
+            // A stream's first audio frames may precede its first video frame (the demuxer emits
+            // a video frame when the next one starts). Players probe tracks from the first tags,
+            // so audio waits for video, unless the stream shows no video for a second.
+            let first = *self.first_audio_dts.get_or_insert(frame.dts);
+            if frame.dts - first < 90_000 {
+                return;
+            }
+        }
+        let track = if video { 0 } else { 1 };
+        let ts = RtmpTimestamp::new((self.clock.map(track, frame.dts) / 90) as u32);
+        if !self.meta_sent {
+            self.meta_sent = true;
+            out.push(Out::Meta(self.metadata(frame)));
+        }
+        let current = if video { &mut self.video_cfg } else { &mut self.audio_cfg };
+        let changed = match current {
+            Some(c) => !Arc::ptr_eq(c, &frame.config) && **c != *frame.config,
+            None => true,
+        };
+        if changed {
+            *current = Some(frame.config.clone());
+            if let Some(seq) = flv::sequence_header(frame, self.hevc) {
+                out.push(if video { Out::Video(seq, ts) } else { Out::Audio(seq, ts) });
+            }
+        }
+        if let Some(tag) = flv::cached_frame_tag(frame, self.hevc) {
+            out.push(if video { Out::Video(tag, ts) } else { Out::Audio(tag, ts) });
+        }
+    }
+
+    fn metadata(&self, first: &Frame) -> StreamMetadata {
+        let mut m = StreamMetadata::new();
+        m.encoder = Some("gbgate".to_string());
+        if let CodecConfig::Video(v) = &*first.config {
+            m.video_width = Some(v.width);
+            m.video_height = Some(v.height);
+            m.video_codec_id = Some(match (first.codec, self.hevc) {
+                (Codec::H264, _) => flv::CODEC_ID_AVC as u32,
+                (_, HevcFlv::Legacy) => flv::CODEC_ID_HEVC_LEGACY as u32,
+                (_, HevcFlv::Enhanced) => u32::from_be_bytes(flv::FOURCC_HVC1),
+            });
+        }
+        m
+    }
+}
+
+/// The chunk size both rml_rtmp sessions announce (`ServerSessionConfig`/`ClientSessionConfig`).
+const CHUNK_SIZE: u32 = 4096;
+
+/// An `onMetaData` data message (`@setDataFrame` first when publishing) at timestamp 0, as chunk
+/// bytes. rml_rtmp stamps metadata with its connection clock, which ffmpeg then reads as a data
+/// track starting late; this serialises it ourselves on the data chunk stream (3), which the
+/// session's own serialiser uses for nothing else once playing/publishing.
+fn metadata_packet(stream_id: u32, m: &StreamMetadata, publishing: bool) -> anyhow::Result<Vec<u8>> {
+    use rml_rtmp::chunk_io::ChunkSerializer;
+    use rml_rtmp::messages::RtmpMessage;
+    use rml_rtmp::rml_amf0::Amf0Value;
+    let mut props = std::collections::HashMap::new();
+    let mut num = |k: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            props.insert(k.to_string(), Amf0Value::Number(v));
+        }
+    };
+    num("width", m.video_width.map(f64::from));
+    num("height", m.video_height.map(f64::from));
+    num("videocodecid", m.video_codec_id.map(f64::from));
+    num("framerate", m.video_frame_rate.map(f64::from));
+    num("audiocodecid", m.audio_codec_id.map(f64::from));
+    num("audiosamplerate", m.audio_sample_rate.map(f64::from));
+    num("audiochannels", m.audio_channels.map(f64::from));
+    if let Some(e) = &m.encoder {
+        props.insert("encoder".to_string(), Amf0Value::Utf8String(e.clone()));
+    }
+    let mut values = Vec::new();
+    if publishing {
+        values.push(Amf0Value::Utf8String("@setDataFrame".to_string()));
+    }
+    values.push(Amf0Value::Utf8String("onMetaData".to_string()));
+    values.push(Amf0Value::Object(props));
+    let payload = RtmpMessage::Amf0Data { values }
+        .into_message_payload(RtmpTimestamp::new(0), stream_id)
+        .map_err(|e| anyhow!("metadata: {e:?}"))?;
+    let mut ser = ChunkSerializer::new();
+    ser.set_max_chunk_size(CHUNK_SIZE, RtmpTimestamp::new(0)).map_err(|e| anyhow!("metadata: {e:?}"))?;
+    Ok(ser.serialize(&payload, true, false).map_err(|e| anyhow!("metadata: {e:?}"))?.bytes)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The hub stream name of an RTMP (app, stream key): `app/key`, or `app` alone when the key is
+/// empty. A query string (`?token=..`) is dropped.
+pub fn stream_name(app: &str, key: &str) -> String {
+    let strip = |s: &str| s.split('?').next().unwrap_or("").trim_matches('/').to_string();
+    let (app, key) = (strip(app), strip(key));
+    match (app.is_empty(), key.is_empty()) {
+        (_, true) => app,
+        (true, false) => key,
+        _ => format!("{app}/{key}"),
+    }
+}
+
+struct Player {
+    stream_id: u32,
+    sub: Subscription,
+    flow: FlvFlow,
+}
+
+struct Publisher {
+    stream: Arc<Stream>,
+    demux: flv::FlvDemuxer,
+    stats: StreamStats,
+    errors_logged: bool,
+}
+
+impl Publisher {
+    fn frame(&mut self, f: Frame) {
+        match &*f.config {
+            CodecConfig::Video(v) => {
+                let s = self.stats.video.get_or_insert_with(VideoStats::default);
+                s.codec = f.codec.name();
+                (s.width, s.height) = (v.width, v.height);
+                s.frames += 1;
+                s.keyframes += f.keyframe as u64;
+            }
+            CodecConfig::Audio(a) => {
+                let s = self.stats.audio.get_or_insert_with(AudioStats::default);
+                s.codec = f.codec.name();
+                (s.sample_rate, s.channels) = (a.sample_rate, a.channels);
+                s.frames += 1;
+            }
+        }
+        self.stats.bytes_in += f.data.len() as u64;
+        self.stats.packets += 1;
+        if self.stats.packets % 25 == 1 || f.keyframe {
+            self.stream.set_stats(self.stats.clone());
+        }
+        self.stream.publish(f);
+    }
+}
+
+struct Conn {
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    cfg: RtmpConfig,
+    session: ServerSession,
+    player: Option<Player>,
+    publisher: Option<Publisher>,
+    /// Bytes to send, in order.
+    pending: Vec<u8>,
+}
+
+async fn connection(
+    sock: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    cfg: RtmpConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let limit = cfg.push_timeout.0;
+    let _ = sock.set_nodelay(true);
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut hs = Handshake::new(PeerType::Server);
+    let leftover = loop {
+        let n = read_timeout(&mut rd, &mut buf, limit).await.context("handshake")?;
+        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                write_timeout(&mut wr, &response_bytes, limit).await?;
+            }
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                write_timeout(&mut wr, &response_bytes, limit).await?;
+                break remaining_bytes;
+            }
+        }
+    };
+    let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
+    let mut c = Conn { peer, hub, cfg, session, player: None, publisher: None, pending: Vec::new() };
+    let result = async {
+        c.results(results).await?;
+        if !leftover.is_empty() {
+            c.input(&leftover).await?;
+        }
+        c.flush(&mut wr).await?;
+        let mut out = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = tokio::time::timeout(PUBLISH_IDLE, rd.read(&mut buf)) => {
+                    let n = match r {
+                        Ok(r) => r?,
+                        Err(_) if c.publisher.is_some() => bail!("publisher silent for {PUBLISH_IDLE:?}"),
+                        Err(_) => continue,
+                    };
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    c.input(&buf[..n]).await?;
+                    if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.stream))) {
+                        // Another source took the name: this one stops (its stream is closed).
+                        c.publisher = None;
+                        bail!("another source replaced this publisher's stream");
+                    }
+                }
+                f = next_frame(&mut c.player) => match f {
+                    Some(frame) => {
+                        let p = c.player.as_mut().expect("playing");
+                        p.flow.push(&frame, &mut out);
+                        let stream_id = p.stream_id;
+                        for o in out.drain(..) {
+                            let packet = match o {
+                                Out::Meta(m) => {
+                                    c.pending.extend_from_slice(&metadata_packet(stream_id, &m, false)?);
+                                    continue;
+                                }
+                                Out::Video(b, ts) => c.session.send_video_data(stream_id, b, ts, false),
+                                Out::Audio(b, ts) => c.session.send_audio_data(stream_id, b, ts, false),
+                            }
+                            .map_err(|e| anyhow!("serialize: {e:?}"))?;
+                            c.pending.extend_from_slice(&packet.bytes);
+                        }
+                    }
+                    None => {
+                        // The stream ended: tell the player, then close.
+                        let p = c.player.take().expect("playing");
+                        if let Ok(packet) = c.session.finish_playing(p.stream_id) {
+                            c.pending.extend_from_slice(&packet.bytes);
+                        }
+                        c.flush(&mut wr).await?;
+                        return Ok(());
+                    }
+                },
+            }
+            c.flush(&mut wr).await?;
+        }
+    }
+    .await;
+    if let Some(p) = c.publisher.take() {
+        p.stream.set_stats(p.stats.clone());
+        c.hub.remove(&p.stream);
+        info!(stream = %p.stream.name, peer = %c.peer, "RTMP publisher left");
+    }
+    result
+}
+
+async fn next_frame(player: &mut Option<Player>) -> Option<Frame> {
+    match player {
+        Some(p) => p.sub.recv().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+impl Conn {
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            write_timeout(wr, &self.pending, self.cfg.push_timeout.0).await?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    async fn input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        // rml_rtmp 0.8 panics on some malformed messages (an AMF0 command with too few values,
+        // found by fuzz/rtmp_chunk): a bad peer ends its own connection, nothing more.
+        let session = &mut self.session;
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+            .map_err(|_| anyhow!("malformed RTMP message"))?
+            .map_err(|e| anyhow!("RTMP: {e:?}"))?;
+        self.results(results).await
+    }
+
+    async fn results(&mut self, results: Vec<ServerSessionResult>) -> anyhow::Result<()> {
+        let mut queue = std::collections::VecDeque::from(results);
+        while let Some(r) = queue.pop_front() {
+            match r {
+                ServerSessionResult::OutboundResponse(p) => self.pending.extend_from_slice(&p.bytes),
+                ServerSessionResult::RaisedEvent(e) => {
+                    let more = self.event(e).await?;
+                    for (i, m) in more.into_iter().enumerate() {
+                        queue.insert(i, m);
+                    }
+                }
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, request_id: u32) -> anyhow::Result<Vec<ServerSessionResult>> {
+        self.session.accept_request(request_id).map_err(|e| anyhow!("accept: {e:?}"))
+    }
+
+    async fn event(&mut self, e: ServerSessionEvent) -> anyhow::Result<Vec<ServerSessionResult>> {
+        match e {
+            ServerSessionEvent::ConnectionRequested { request_id, .. } => self.accept(request_id),
+            ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
+                let name = stream_name(&app_name, &stream_key);
+                if self.publisher.is_some() || self.player.is_some() || name.is_empty() {
+                    return self
+                        .session
+                        .reject_request(request_id, "NetStream.Publish.BadName", "one stream per connection")
+                        .map_err(|e| anyhow!("{e:?}"));
+                }
+                let source = Source { transport: Transport::Rtmp, peer: self.peer, ssrc: None };
+                match self.hub.create(&name, source) {
+                    Ok(stream) => {
+                        info!(stream = %name, peer = %self.peer, "RTMP publish");
+                        self.publisher = Some(Publisher {
+                            stream,
+                            demux: flv::FlvDemuxer::new(),
+                            stats: StreamStats::default(),
+                            errors_logged: false,
+                        });
+                        self.accept(request_id)
+                    }
+                    Err(e) => self
+                        .session
+                        .reject_request(request_id, "NetStream.Publish.Rejected", &e.to_string())
+                        .map_err(|e| anyhow!("{e:?}")),
+                }
+            }
+            ServerSessionEvent::PlayStreamRequested { request_id, app_name, stream_key, stream_id, .. } => {
+                let candidates =
+                    [stream_name(&app_name, &stream_key), stream_name("", &app_name), stream_name("", &stream_key)];
+                let deadline = tokio::time::Instant::now() + PLAY_WAIT;
+                let stream = loop {
+                    if let Some(s) = candidates.iter().find_map(|n| self.hub.get(n)) {
+                        break Some(s);
+                    }
+                    if tokio::time::Instant::now() >= deadline || self.player.is_some() {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let Some(stream) = stream.filter(|_| self.player.is_none() && self.publisher.is_none()) else {
+                    info!(stream = %candidates[0], peer = %self.peer, "RTMP play: no such stream");
+                    return self
+                        .session
+                        .reject_request(request_id, "NetStream.Play.StreamNotFound", "no such stream")
+                        .map_err(|e| anyhow!("{e:?}"));
+                };
+                info!(stream = %stream.name, peer = %self.peer, "RTMP play");
+                let mut results = self.accept(request_id)?;
+                // The two data messages rml_rtmp sends on play (`|RtmpSampleAccess`, then
+                // `NetStream.Data.Start` header-compressed against it) carry the session clock as
+                // their timestamp; ffmpeg reads a data message at a non-zero time as an extra data
+                // track. Both are Flash-only and are dropped together (dropping one would break
+                // the chunk header compression); onMetaData then goes out with a full header.
+                results.retain(|r| {
+                    !matches!(r, ServerSessionResult::OutboundResponse(p)
+                        if contains(&p.bytes, b"|RtmpSampleAccess") || contains(&p.bytes, b"NetStream.Data.Start"))
+                });
+                self.player = Some(Player {
+                    stream_id,
+                    sub: stream.subscribe_as("rtmp"),
+                    flow: FlvFlow::new(&stream.name, self.cfg.hevc),
+                });
+                Ok(results)
+            }
+            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+                self.published(true, timestamp.value, &data);
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+                self.published(false, timestamp.value, &data);
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                if let Some(p) = self.publisher.take() {
+                    p.stream.set_stats(p.stats.clone());
+                    self.hub.remove(&p.stream);
+                    info!(stream = %p.stream.name, "RTMP publish finished");
+                }
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::PlayStreamFinished { .. } => {
+                self.player = None;
+                Ok(Vec::new())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn published(&mut self, video: bool, ts: u32, data: &[u8]) {
+        let Some(p) = self.publisher.as_mut() else { return };
+        let r = if video { p.demux.video(ts, data) } else { p.demux.audio(ts, data) };
+        match r {
+            Ok(Some(f)) => p.frame(f),
+            Ok(None) => {}
+            Err(e) => {
+                if !p.errors_logged {
+                    p.errors_logged = true;
+                    warn!(stream = %p.stream.name, "RTMP publish: tag ignored: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_clock_starts_at_zero_and_bridges_a_restarting_source() {
+        let mut c = OutClock::default();
+        assert_eq!(c.map(0, 900_000), 0);
+        assert_eq!(c.map(1, 899_000), 0);
+        assert_eq!(c.map(1, 902_000), 2000);
+        assert_eq!(c.map(0, 903_600), 3600);
+        // The source restarts at 0: video continues one frame later, audio joins the same offset.
+        assert_eq!(c.map(0, 0), 7200);
+        assert_eq!(c.map(1, 100), 7300);
+        assert_eq!(c.map(0, 3600), 10800);
+        // A leap forward is bridged the same way.
+        assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+    }
+
+    #[test]
+    fn stream_names() {
+        assert_eq!(stream_name("rtp", "0BEBC201"), "rtp/0BEBC201");
+        assert_eq!(stream_name("rtp/0BEBC201", ""), "rtp/0BEBC201");
+        assert_eq!(stream_name("live", "test?token=1"), "live/test");
+        assert_eq!(stream_name("", "x"), "x");
+    }
+}

@@ -1,0 +1,454 @@
+//! RTMP end to end with real peers on 127.0.0.1: ffprobe/ffmpeg play from gbgate, ffmpeg publishes
+//! into gbgate, and gbgate pushes to an `ffmpeg -listen 1` origin (killed and restarted).
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gbgate::config::{Config, PushConfig};
+use gbgate::server::Gateway;
+use gbgate::sim::send::{send_file, SendOptions};
+use serde_json::Value;
+
+const FRAMES_PER_PASS: usize = 50;
+
+fn name_of(ssrc: u32) -> String {
+    format!("rtp/{ssrc:08X}")
+}
+
+async fn start_with_rtmp(cfg: Config) -> (Gateway, SocketAddr) {
+    let gw = start(cfg).await;
+    let addr = gw.rtmp_addr.expect("RTMP is enabled by default");
+    (gw, addr)
+}
+
+fn send_opts(to: SocketAddr, ssrc: u32, loops: u32) -> SendOptions {
+    SendOptions {
+        to,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(200),
+    }
+}
+
+/// Sends `fixture` over RTP/TCP in the background.
+fn send_in_background(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
+    let path = own_fixture(&format!("{fixture}.rtp"));
+    let opts = send_opts(gw.rtp_addr, ssrc, loops);
+    tokio::spawn(async move {
+        send_file(&path, &opts).await.expect("send fixture");
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs a command to completion off the runtime, with a time limit; returns (status ok, stdout, stderr).
+async fn run(mut cmd: Command, limit: Duration) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() || start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                return (
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// ffprobe of a URL or file: streams (with nb_read_frames) and packets.
+fn ffprobe_cmd(input: &str) -> Command {
+    let mut c = Command::new("ffprobe");
+    c.args(["-v", "error", "-count_frames", "-show_entries"])
+        .arg("stream=index,codec_name,codec_type,width,height,sample_rate,nb_read_frames:packet=stream_index,pts")
+        .args(["-of", "json", input]);
+    c
+}
+
+struct Probe {
+    streams: Vec<Value>,
+    packets: Vec<Value>,
+}
+
+impl Probe {
+    fn parse(stdout: &str) -> Probe {
+        let v: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("ffprobe JSON: {e}: {stdout}"));
+        Probe {
+            streams: v["streams"].as_array().cloned().unwrap_or_default(),
+            packets: v["packets"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn stream(&self, kind: &str) -> Option<&Value> {
+        self.streams.iter().find(|s| s["codec_type"] == kind)
+    }
+
+    fn frames(&self, kind: &str) -> usize {
+        self.stream(kind).map(|s| s["nb_read_frames"].as_str().unwrap().parse().unwrap()).unwrap_or(0)
+    }
+
+    /// PTS of one track's packets, in order.
+    fn pts(&self, kind: &str) -> Vec<i64> {
+        let idx = self.stream(kind).unwrap()["index"].clone();
+        self.packets.iter().filter(|p| p["stream_index"] == idx).map(|p| p["pts"].as_i64().unwrap()).collect()
+    }
+}
+
+fn assert_monotonic(pts: &[i64]) {
+    assert!(pts.windows(2).all(|w| w[1] > w[0]), "PTS not increasing: {pts:?}");
+}
+
+/// Plays `fixture` over RTMP with ffprobe started before the stream is published, so the window
+/// it sees is exactly what was sent.
+async fn probe_fixture(fixture: &str, ssrc: u32, loops: u32) -> Probe {
+    let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
+    let probe = tokio::spawn(run(ffprobe_cmd(&url), Duration::from_secs(30)));
+    // ffprobe connects and asks to play; the server waits for the stream to appear.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send_in_background(&gw, fixture, ssrc, loops).await.unwrap();
+    let (ok, out, err) = probe.await.unwrap();
+    assert!(ok, "ffprobe failed: {err}");
+    gw.stop().await;
+    Probe::parse(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_plays_h264_g711a_352x288_video_only_every_frame_in_order() {
+    let loops = 3;
+    let p = probe_fixture("h264_g711a_8k", 0x0BEBC201, loops).await;
+    let v = p.stream("video").expect("video stream");
+    assert_eq!(
+        (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
+        (Some("h264"), Some(352), Some(288))
+    );
+    assert!(p.stream("audio").is_none(), "G.711 must be omitted on RTMP");
+    assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
+    assert_monotonic(&p.pts("video"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_plays_h264_g711u_1280x720_every_frame_in_order() {
+    let loops = 2;
+    let p = probe_fixture("h264_g711u_16k", 0x0BEBC203, loops).await;
+    let v = p.stream("video").expect("video stream");
+    assert_eq!(
+        (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
+        (Some("h264"), Some(1280), Some(720))
+    );
+    assert!(p.stream("audio").is_none());
+    assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
+    assert_monotonic(&p.pts("video"));
+}
+
+/// The modern ffmpeg from the `imageio-ffmpeg` PyPI package (reads Enhanced RTMP HEVC), if any.
+fn modern_ffmpeg() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import imageio_ffmpeg;print(imageio_ffmpeg.get_ffmpeg_exe())"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    p.is_file().then_some(p)
+}
+
+/// Decodes `input` with `ffmpeg -i input -f null -`; returns (stderr, frame count of the last progress line).
+async fn ffmpeg_decode(ffmpeg: &Path, input: &str) -> (String, usize) {
+    let mut c = Command::new(ffmpeg);
+    c.args(["-hide_banner", "-nostats", "-i", input, "-f", "null", "-"]);
+    c.arg("-stats").arg("-stats_period").arg("60");
+    let (_, _, err) = run(c, Duration::from_secs(40)).await;
+    let frames =
+        err.rsplit("frame=").next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (err, frames)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp() {
+    let Some(ffmpeg) = modern_ffmpeg() else {
+        println!("skipped: imageio_ffmpeg is not importable (pip install imageio-ffmpeg)");
+        return;
+    };
+    let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let ssrc = 0x0BEBC202;
+    let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
+    let ff = ffmpeg.clone();
+    let dec = tokio::spawn(async move { ffmpeg_decode(&ff, &url).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send_in_background(&gw, "h265_aac_16k", ssrc, 2).await.unwrap();
+    let (err, frames) = dec.await.unwrap();
+    gw.stop().await;
+    assert!(err.contains("Video: hevc") && err.contains("352x288"), "{err}");
+    assert!(err.contains("Audio: aac") && err.contains("16000 Hz"), "{err}");
+    assert_eq!(frames, 2 * FRAMES_PER_PASS, "{err}");
+}
+
+/// Waits until a socket listens on 127.0.0.1:`port`, without connecting (an `ffmpeg -listen 1`
+/// origin accepts exactly one connection).
+async fn wait_listening(port: u16, limit: Duration) -> bool {
+    let start = Instant::now();
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    while start.elapsed() < limit {
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        if tcp.lines().any(|l| l.contains(&needle)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// An `ffmpeg -listen 1` RTMP origin writing `out`.
+fn spawn_origin(port: u16, out: &Path) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i"])
+        .arg(format!("rtmp://127.0.0.1:{port}/live/x"))
+        .args(["-c", "copy"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ffmpeg origin")
+}
+
+async fn wait_exit(mut child: std::process::Child, limit: Duration) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (out1, out2) = (dir.path().join("out1.flv"), dir.path().join("out2.flv"));
+    // Origin first; ffmpeg -listen only accepts once it listens.
+    let origin = spawn_origin(port, &out1);
+    assert!(wait_listening(port, Duration::from_secs(10)).await, "ffmpeg origin never listened");
+
+    let mut cfg = test_config();
+    cfg.rtmp.push_timeout.0 = Duration::from_secs(3);
+    cfg.rtmp.push = vec![PushConfig { stream: "rtp/*".into(), url: format!("rtmp://127.0.0.1:{port}/live/x") }];
+    // The gateway runs the configured pushes itself.
+    let gw = start(cfg).await;
+
+    // First stream: pushed whole, origin writes out1.flv and exits when we unpublish.
+    let loops = 2;
+    send_in_background(&gw, "h264_g711a_8k", 0x0BEBC201, loops).await.unwrap();
+    assert!(wait_exit(origin, Duration::from_secs(15)).await, "origin did not finish");
+    let (ok, out, err) = run(ffprobe_cmd(out1.to_str().unwrap()), Duration::from_secs(20)).await;
+    assert!(ok, "{err}");
+    let p = Probe::parse(&out);
+    assert_eq!(p.stream("video").unwrap()["codec_name"], "h264");
+    assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
+    assert_monotonic(&p.pts("video"));
+
+    let first = p.frames("video");
+
+    // Second stream: its origin is killed mid-stream and a new one starts on the same port;
+    // the push notices, retries by itself (1 s backoff) and the new origin receives frames.
+    let (out2, out3) = (out2, dir.path().join("out3.flv"));
+    let mut killed = spawn_origin(port, &out2);
+    assert!(wait_listening(port, Duration::from_secs(10)).await);
+    let sender = send_in_background(&gw, "h264_g711a_8k", 0x0BEBC205, 5);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let origin = spawn_origin(port, &out3);
+    let finished = wait_exit(origin, Duration::from_secs(30)).await;
+    sender.await.unwrap();
+    assert!(finished, "second origin did not finish");
+    let (ok, out, err) = run(ffprobe_cmd(out3.to_str().unwrap()), Duration::from_secs(20)).await;
+    assert!(ok, "{err}");
+    let p = Probe::parse(&out);
+    let frames = p.frames("video");
+    assert!(frames >= 3 * FRAMES_PER_PASS, "the restarted origin got {frames} frames");
+    assert_monotonic(&p.pts("video"));
+    println!(
+        "push: first origin {first} frames (sent {}), restarted origin {frames} frames (of 250 sent)",
+        FRAMES_PER_PASS * loops as usize
+    );
+    gw.stop().await;
+}
+
+fn make_h264_aac_flv(path: &Path) {
+    let st = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=4"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4"])
+        .args(["-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.flv");
+    make_h264_aac_flv(&src);
+    let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let url = format!("rtmp://{rtmp}/live/test");
+    let mut publish = Command::new("ffmpeg");
+    publish.args(["-hide_banner", "-loglevel", "error", "-re", "-i"]).arg(&src).args(["-c", "copy", "-f", "flv", &url]);
+    let publisher = tokio::spawn(run(publish, Duration::from_secs(30)));
+
+    let start = Instant::now();
+    while gw.hub.get("live/test").is_none() && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stream = gw.hub.get("live/test").expect("live/test in the hub");
+    assert_eq!(stream.source.transport, gbgate::hub::Transport::Rtmp);
+    let (ok, out, err) = run(ffprobe_cmd(&url), Duration::from_secs(30)).await;
+    assert!(ok, "{err}");
+    let p = Probe::parse(&out);
+    let v = p.stream("video").expect("video");
+    assert_eq!(
+        (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
+        (Some("h264"), Some(320), Some(240))
+    );
+    let a = p.stream("audio").expect("audio");
+    assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some("aac"), Some("44100")));
+    let frames = p.frames("video");
+    assert!(frames >= 50, "played back {frames} frames");
+    assert_monotonic(&p.pts("video"));
+    let stats = stream.stats();
+    let (ok, _, err) = publisher.await.unwrap();
+    assert!(ok, "publisher: {err}");
+    println!("publish: hub saw {:?}; playback read {frames} video frames", stats.video.map(|v| v.frames));
+    let start = Instant::now();
+    while gw.hub.get("live/test").is_some() && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.hub.get("live/test").is_none(), "the stream ends with its publisher");
+    gw.stop().await;
+}
+
+/// A player that connects, asks to play, then never reads again.
+async fn stalled_player(addr: SocketAddr, app: &str, key: &str) -> tokio::net::TcpStream {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let mut hs = Handshake::new(PeerType::Client);
+    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let leftover = loop {
+        let n = s.read(&mut buf).await.unwrap();
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                s.write_all(&response_bytes).await.unwrap();
+                break remaining_bytes;
+            }
+        }
+    };
+    let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+    let mut pending = vec![session.handle_input(&leftover).unwrap()];
+    pending.push(vec![session.request_connection(app.to_string()).unwrap()]);
+    let mut step = 0;
+    loop {
+        for results in pending.drain(..) {
+            for r in results {
+                match r {
+                    ClientSessionResult::OutboundResponse(p) => s.write_all(&p.bytes).await.unwrap(),
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::ConnectionRequestAccepted) => step = 1,
+                    ClientSessionResult::RaisedEvent(ClientSessionEvent::PlaybackRequestAccepted) => return s,
+                    _ => {}
+                }
+            }
+        }
+        if step == 1 {
+            step = 2;
+            pending.push(vec![session.request_playback(key.to_string()).unwrap()]);
+            continue;
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed before accepting play");
+        pending.push(session.handle_input(&buf[..n]).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_is_disconnected_without_slowing_ingest() {
+    // ~26 MB flooded: far more than the kernel buffers between the server and the player.
+    const LOOPS: u32 = 120;
+    let mut cfg = test_config();
+    cfg.rtmp.push_timeout.0 = Duration::from_secs(1);
+    let (gw, rtmp) = start_with_rtmp(cfg).await;
+    let ssrc = 0x0BEBC203;
+    let mut opts = send_opts(gw.rtp_addr, ssrc, LOOPS);
+    opts.flood = true;
+    // The stream stays live (camera connected) long enough for the drop to be seen even on a
+    // loaded CI machine.
+    opts.linger = Duration::from_secs(25);
+    let path = own_fixture("h264_g711u_16k.rtp");
+    let sender = tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
+    let start = Instant::now();
+    while gw.hub.get(&name_of(ssrc)).is_none() && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stream = gw.hub.get(&name_of(ssrc)).expect("stream");
+    let _player = stalled_player(rtmp, "rtp", &format!("{ssrc:08X}")).await;
+    let count = |s: &gbgate::hub::Stream| s.subscriber_counts().get("rtmp").copied().unwrap_or(0);
+    // (It may already be gone here: the flood fills its queue within milliseconds.)
+    let start = Instant::now();
+    while count(&stream) > 0 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = start.elapsed();
+    assert_eq!(count(&stream), 0, "the stalled player is still subscribed");
+    assert!(gbgate_stream_live(&gw, &stream), "the player must go before the stream ends");
+    // Every frame sent is counted by ingest (the sender lingers connected; no need to wait for it).
+    let expected = (LOOPS as usize * FRAMES_PER_PASS) as u64;
+    let start = Instant::now();
+    while stream.stats().video.map_or(0, |v| v.frames) < expected && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sender.abort();
+    let video = stream.stats().video.expect("video stats");
+    println!(
+        "stalled player dropped after {gone_after:?}; ingest counted {} frames of {}",
+        video.frames,
+        LOOPS as usize * FRAMES_PER_PASS
+    );
+    assert_eq!(video.frames as usize, LOOPS as usize * FRAMES_PER_PASS, "ingest lost frames");
+    gw.stop().await;
+}
+
+fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>) -> bool {
+    gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
+}
