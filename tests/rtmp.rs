@@ -330,6 +330,16 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     }
     let stream = gw.hub.get("live/test").expect("live/test in the hub");
     assert_eq!(stream.source.transport, gbgate::hub::Transport::Rtmp);
+    // The same stream over RTSP, concurrently with the RTMP playback below.
+    let rtsp_url = format!("rtsp://{}/live/test", gw.rtsp_addr.unwrap());
+    let mut rtsp_probe = Command::new("ffprobe");
+    rtsp_probe.args(["-v", "error", "-rtsp_transport", "tcp", "-read_intervals", "%+2", "-show_entries"]).args([
+        "stream=codec_name,codec_type,width,height,sample_rate",
+        "-of",
+        "json",
+        &rtsp_url,
+    ]);
+    let rtsp_probe = tokio::spawn(run(rtsp_probe, Duration::from_secs(30)));
     let (ok, out, err) = run(ffprobe_cmd(&url), Duration::from_secs(30)).await;
     assert!(ok, "{err}");
     let p = Probe::parse(&out);
@@ -343,6 +353,17 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     let frames = p.frames("video");
     assert!(frames >= 50, "played back {frames} frames");
     assert_monotonic(&p.pts("video"));
+    let (ok, rtsp_out, err) = rtsp_probe.await.unwrap();
+    assert!(ok, "RTSP playback of an RTMP-published stream: {err}");
+    let rtsp_json: Value = serde_json::from_str(&rtsp_out).unwrap();
+    let kinds: Vec<(String, String)> = rtsp_json["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["codec_type"].as_str().unwrap().to_string(), s["codec_name"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(kinds.contains(&("video".into(), "h264".into())), "{rtsp_out}");
+    assert!(kinds.contains(&("audio".into(), "aac".into())), "{rtsp_out}");
     let stats = stream.stats();
     let (ok, _, err) = publisher.await.unwrap();
     assert!(ok, "publisher: {err}");

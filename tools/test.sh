@@ -4,11 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ffprobe >/dev/null 2>&1; then
-  echo "== installing ffmpeg (ffprobe checks probe's counts)"
+# Real peers the tests use: ffmpeg/ffprobe 5.1, GStreamer (rtspsrc), and a modern ffmpeg from the
+# PyPI package imageio-ffmpeg (HEVC over Enhanced RTMP, which ffmpeg 5.1 cannot read).
+pkgs=()
+command -v ffprobe >/dev/null 2>&1 || pkgs+=(ffmpeg)
+command -v gst-launch-1.0 >/dev/null 2>&1 ||
+  pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav)
+if [ ${#pkgs[@]} -gt 0 ]; then
+  echo "== installing ${pkgs[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
+if ! python3 -c "import imageio_ffmpeg" >/dev/null 2>&1; then
+  echo "== installing imageio-ffmpeg (pip)"
+  python3 -m pip install -q imageio-ffmpeg
 fi
 if [ ! -d ../shared/fixtures ] && [ -z "${GBGATE_SHARED:-}" ]; then
   echo "note: ../shared/fixtures is absent: tests that use it print 'skipped' and pass"
