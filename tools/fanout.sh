@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# RTSP fan-out: one 2 Mbit/s 720p H.264 + G.711A camera to N RTSP (TCP) players on loopback.
+# Fan-out: one 2 Mbit/s 720p H.264 + G.711A camera to N RTSP (TCP) or RTMP players on loopback.
 # Prints gbgate's CPU (% of one core) and RSS over the players' window, the video frames each
-# player got, sequence gaps, and the time from PLAY to the first video packet.
-# Usage: PLAYERS="100 300" WINDOW=20 tools/fanout.sh
+# player got, sequence gaps (RTSP) or timestamp regressions (RTMP), and the time from PLAY to
+# the first video packet (RTMP: to the first keyframe).
+# Usage: PROTO=rtsp|rtmp PLAYERS="100 300" WINDOW=20 tools/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLAYERS=${PLAYERS:-"100 300"}
 WINDOW=${WINDOW:-20}
+PROTO=${PROTO:-rtsp}
+case $PROTO in rtsp|rtmp) ;; *) echo "PROTO must be rtsp or rtmp" >&2; exit 2 ;; esac
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
 BIN=$TARGET/release/gbgate
@@ -35,19 +38,21 @@ listen = "127.0.0.1:$rtsp"
 max_connections = 5000
 [rtmp]
 listen = "127.0.0.1:$rtmp"
+max_connections = 5000
 TOML
-    "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$n.log" &
+    "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$PROTO-$n.log" &
     gw=$!; PIDS+=("$gw")
     for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
     "$BIN" send "$CLIP" --to "127.0.0.1:$rtp" --ssrc 0100000001 --loop 100 --duration "$((WINDOW + 20))s" >/dev/null &
     PIDS+=("$!")
     sleep 3
     c0=$(cpu "$gw"); t0=$(date +%s.%N)
-    out=$("$BIN" players "rtsp://127.0.0.1:$rtsp/rtp/05F5E101" --count "$n" --duration "${WINDOW}s")
+    if [[ $PROTO == rtmp ]]; then url="rtmp://127.0.0.1:$rtmp/rtp/05F5E101"; else url="rtsp://127.0.0.1:$rtsp/rtp/05F5E101"; fi
+    out=$("$BIN" players "$url" --count "$n" --duration "${WINDOW}s")
     c1=$(cpu "$gw"); t1=$(date +%s.%N)
     rss=$(awk '/VmRSS/{print $2}' "/proc/$gw/status"); hwm=$(awk '/VmHWM/{print $2}' "/proc/$gw/status")
     pct=$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{printf "%.1f", (b-a)/hz/(e-s)*100}')
-    echo "== $n RTSP players, ${WINDOW}s: gbgate CPU ${pct}% of one core, RSS $((rss / 1024)) MB (peak $((hwm / 1024)) MB)"
+    echo "== $n ${PROTO^^} players, ${WINDOW}s: gbgate CPU ${pct}% of one core, RSS $((rss / 1024)) MB (peak $((hwm / 1024)) MB)"
     echo "$out" | sed 's/^/   /'
     kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true
 done

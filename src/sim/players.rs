@@ -1,12 +1,18 @@
-//! A load of RTSP players (TCP interleaved): `gbgate players URL --count N`.
+//! A load of RTSP (TCP interleaved) or RTMP players: `gbgate players URL --count N`.
 //!
 //! Each player does OPTIONS, DESCRIBE, SETUP (every track, interleaved), PLAY, then reads `$`
 //! frames and counts video frames (RTP marker bits on the first track's channel). It measures the
 //! time from sending PLAY to the first video RTP packet, and whether that packet belongs to a
 //! keyframe. `stall` players stop reading after PLAY, to show they do not slow the others.
+//!
+//! With an `rtmp://host:port/app/key` URL each player handshakes, connects to `app` and plays
+//! `key`; every video message that is not a sequence header (or other non-frame packet) is one
+//! frame, and the time is measured from the play request to the first video keyframe.
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,11 +32,14 @@ pub struct PlayerResult {
     pub video_packets: u64,
     /// Video RTP sequence numbers skipped (packets this player never got).
     pub video_seq_gaps: u64,
+    /// RTMP only: video messages whose timestamp went backwards.
+    pub video_ts_regressions: u64,
     pub audio_packets: u64,
     pub bytes: u64,
-    /// From sending PLAY to the first video RTP packet.
+    /// From sending PLAY to the first video RTP packet (RTMP: to the first video keyframe).
     pub first_video: Option<Duration>,
-    /// The first video packet carries (part of) an IDR/IRAP picture or parameter sets.
+    /// The first video packet carries (part of) an IDR/IRAP picture or parameter sets (RTMP: the
+    /// first video frame after the sequence header is a keyframe).
     pub first_is_key: bool,
     /// The connection was closed by the server before the end of the run.
     pub closed_early: bool,
@@ -47,15 +56,34 @@ pub struct PlayersReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlayersError {
-    #[error("bad RTSP URL {0:?} (want rtsp://host:port/path)")]
+    #[error("bad URL {0:?} (want rtsp://ip:port/path or rtmp://ip:port/app/key)")]
     BadUrl(String),
 }
 
-fn parse_url(url: &str) -> Result<(SocketAddr, String), PlayersError> {
-    let rest = url.strip_prefix("rtsp://").ok_or_else(|| PlayersError::BadUrl(url.into()))?;
-    let (host, _path) = rest.split_once('/').ok_or_else(|| PlayersError::BadUrl(url.into()))?;
-    let addr: SocketAddr = host.parse().map_err(|_| PlayersError::BadUrl(url.into()))?;
-    Ok((addr, url.to_string()))
+/// What the players play.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Rtsp { url: String },
+    Rtmp { app: String, key: String, tc_url: String },
+}
+
+fn parse_url(url: &str) -> Result<(SocketAddr, Target), PlayersError> {
+    let bad = || PlayersError::BadUrl(url.into());
+    let (rest, rtmp) = match (url.strip_prefix("rtsp://"), url.strip_prefix("rtmp://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(bad()),
+    };
+    let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+    let addr: SocketAddr = host.parse().map_err(|_| bad())?;
+    if !rtmp {
+        return Ok((addr, Target::Rtsp { url: url.to_string() }));
+    }
+    let (app, key) = path.split_once('/').ok_or_else(bad)?;
+    if app.is_empty() || key.is_empty() {
+        return Err(bad());
+    }
+    Ok((addr, Target::Rtmp { app: app.into(), key: key.into(), tc_url: format!("rtmp://{host}/{app}") }))
 }
 
 /// One RTSP exchange over the connection: sends `request`, returns (status, headers+body text).
@@ -140,26 +168,45 @@ fn is_key_payload(payload: &[u8], hevc: bool) -> bool {
     }
 }
 
+async fn connect(addr: SocketAddr, stall: bool) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if stall {
+        // A stalled player with a small window, like a slow client on a thin link, so the
+        // server feels the back-pressure within seconds instead of after megabytes.
+        socket.set_recv_buffer_size(16 * 1024)?;
+    }
+    let sock = socket.connect(addr).await?;
+    let _ = sock.set_nodelay(true);
+    Ok(sock)
+}
+
+/// Holds a stalled player's connection open without reading until `deadline`, then drains it:
+/// true if the server had disconnected it (EOF once the kernel buffers are read); one that did
+/// not keeps streaming.
+async fn stalled_until(sock: &mut TcpStream, deadline: Instant) -> bool {
+    tokio::time::sleep_until(deadline.into()).await;
+    let drain = async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), drain).await.unwrap_or(false)
+}
+
 async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bool) -> PlayerResult {
     let mut r = PlayerResult::default();
     let deadline = Instant::now() + duration;
-    let connect = async {
-        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-        if stall {
-            // A stalled player with a small window, like a slow client on a thin link, so the
-            // server feels the back-pressure within seconds instead of after megabytes.
-            socket.set_recv_buffer_size(16 * 1024)?;
-        }
-        socket.connect(addr).await
-    };
-    let mut sock = match connect.await {
+    let mut sock = match connect(addr, stall).await {
         Ok(s) => s,
         Err(e) => {
             r.error = Some(format!("connect: {e}"));
             return r;
         }
     };
-    let _ = sock.set_nodelay(true);
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut cseq = 0;
     let mut req = |method: &str, url: &str, extra: &str| {
@@ -221,19 +268,7 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
         }
     }
     if stall {
-        // Hold the connection open without reading, then drain it: a server that disconnected us
-        // shows EOF once the kernel buffers are read; one that did not keeps streaming.
-        tokio::time::sleep_until(deadline.into()).await;
-        let drain = async {
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return true,
-                    Ok(_) => {}
-                }
-            }
-        };
-        r.closed_early = tokio::time::timeout(Duration::from_secs(2), drain).await.unwrap_or(false);
+        r.closed_early = stalled_until(&mut sock, deadline).await;
         return r;
     }
     let mut chunk = vec![0u8; 64 * 1024];
@@ -306,13 +341,244 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
     r
 }
 
+/// What an FLV video tag body is: `None` for a sequence header or another non-frame packet,
+/// `Some(keyframe)` for a coded frame. Handles legacy (codec id in the low nibble) and enhanced
+/// RTMP (0x80 flag, frame type in bits 4-6, packet type in the low nibble).
+fn flv_video_frame(data: &[u8]) -> Option<bool> {
+    let b0 = *data.first()?;
+    if b0 & 0x80 != 0 {
+        let key = (b0 >> 4) & 0x07 == 1;
+        // 1 CodedFrames, 3 CodedFramesX; 0 SequenceStart, 2 SequenceEnd, 4 Metadata, 5 MPEG2TS.
+        return matches!(b0 & 0x0f, 1 | 3).then_some(key);
+    }
+    let key = b0 >> 4 == 1;
+    match b0 & 0x0f {
+        // AVC / HEVC (legacy 12): AVCPacketType 0 = sequence header, 1 = NALUs, 2 = end.
+        7 | 12 => (data.get(1) == Some(&1)).then_some(key),
+        _ => Some(key),
+    }
+}
+
+/// `handle_input`, with rml_rtmp's panics on malformed input turned into an error.
+fn rtmp_input(session: &mut ClientSession, bytes: &[u8]) -> Result<Vec<ClientSessionResult>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        .map_err(|_| "malformed RTMP message from the server".to_string())?
+        .map_err(|e| format!("RTMP: {e:?}"))
+}
+
+/// Writes the outbound bytes of `results` and returns their events.
+async fn rtmp_send(sock: &mut TcpStream, results: Vec<ClientSessionResult>) -> Result<Vec<ClientSessionEvent>, String> {
+    let mut bytes = Vec::new();
+    let mut events = Vec::new();
+    for r in results {
+        match r {
+            ClientSessionResult::OutboundResponse(p) => bytes.extend_from_slice(&p.bytes),
+            ClientSessionResult::RaisedEvent(e) => events.push(e),
+            ClientSessionResult::UnhandleableMessageReceived(_) => {}
+        }
+    }
+    if !bytes.is_empty() {
+        sock.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    }
+    Ok(events)
+}
+
+/// One read during the RTMP set-up, bounded by `deadline`.
+async fn setup_read(sock: &mut TcpStream, chunk: &mut [u8], deadline: Instant) -> Result<usize, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, sock.read(chunk)).await {
+        Ok(Ok(0)) => Err("connection closed during the RTMP set-up".to_string()),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("RTMP set-up timed out".to_string()),
+    }
+}
+
+/// Handshake, connect and play request; returns the session, the time the play request was
+/// sent and the events raised so far (which may already include media).
+async fn rtmp_start(
+    sock: &mut TcpStream,
+    app: &str,
+    key: &str,
+    tc_url: &str,
+    chunk: &mut [u8],
+    deadline: Instant,
+) -> Result<(ClientSession, Instant, Vec<ClientSessionEvent>), String> {
+    let mut hs = Handshake::new(PeerType::Client);
+    let p0p1 = hs.generate_outbound_p0_and_p1().map_err(|e| format!("handshake: {e:?}"))?;
+    sock.write_all(&p0p1).await.map_err(|e| e.to_string())?;
+    let leftover = loop {
+        let n = setup_read(sock, chunk, deadline).await?;
+        match hs.process_bytes(&chunk[..n]).map_err(|e| format!("handshake: {e:?}"))? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                sock.write_all(&response_bytes).await.map_err(|e| e.to_string())?
+            }
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                sock.write_all(&response_bytes).await.map_err(|e| e.to_string())?;
+                break remaining_bytes;
+            }
+        }
+    };
+    let mut config = ClientSessionConfig::new();
+    config.tc_url = Some(tc_url.to_string());
+    let (mut session, results) = ClientSession::new(config).map_err(|e| format!("RTMP: {e:?}"))?;
+    let mut pending = vec![results];
+    if !leftover.is_empty() {
+        pending.push(rtmp_input(&mut session, &leftover)?);
+    }
+    pending.push(vec![session.request_connection(app.to_string()).map_err(|e| format!("RTMP: {e:?}"))?]);
+    let mut play_sent = None;
+    let mut after_play = Vec::new();
+    loop {
+        for results in std::mem::take(&mut pending) {
+            for e in rtmp_send(sock, results).await? {
+                match e {
+                    ClientSessionEvent::ConnectionRequestAccepted if play_sent.is_none() => {
+                        let req = session.request_playback(key.to_string()).map_err(|e| format!("RTMP: {e:?}"))?;
+                        play_sent = Some(Instant::now());
+                        pending.push(vec![req]);
+                    }
+                    ClientSessionEvent::ConnectionRequestRejected { description } => {
+                        return Err(format!("connect rejected: {description}"));
+                    }
+                    e if play_sent.is_some() => after_play.push(e),
+                    _ => {}
+                }
+            }
+        }
+        if !pending.is_empty() {
+            continue;
+        }
+        if let Some(t) = play_sent {
+            return Ok((session, t, after_play));
+        }
+        let n = setup_read(sock, chunk, deadline).await?;
+        pending.push(rtmp_input(&mut session, &chunk[..n])?);
+    }
+}
+
+struct RtmpCount {
+    play_sent: Instant,
+    first_frame_seen: bool,
+    last_ts: Option<u32>,
+}
+
+impl RtmpCount {
+    fn event(&mut self, r: &mut PlayerResult, e: ClientSessionEvent) -> Result<(), String> {
+        match e {
+            ClientSessionEvent::VideoDataReceived { timestamp, data } => {
+                r.video_packets += 1;
+                r.bytes += data.len() as u64;
+                if let Some(key) = flv_video_frame(&data) {
+                    r.video_frames += 1;
+                    if !self.first_frame_seen {
+                        self.first_frame_seen = true;
+                        r.first_is_key = key;
+                    }
+                    if key && r.first_video.is_none() {
+                        r.first_video = Some(self.play_sent.elapsed());
+                    }
+                    if self.last_ts.is_some_and(|l| timestamp.value < l) {
+                        r.video_ts_regressions += 1;
+                    }
+                    self.last_ts = Some(timestamp.value);
+                }
+            }
+            ClientSessionEvent::AudioDataReceived { data, .. } => {
+                r.audio_packets += 1;
+                r.bytes += data.len() as u64;
+            }
+            ClientSessionEvent::ConnectionRequestRejected { description } => {
+                return Err(format!("play rejected: {description}"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn run_rtmp_player(
+    addr: SocketAddr,
+    app: String,
+    key: String,
+    tc_url: String,
+    duration: Duration,
+    stall: bool,
+) -> PlayerResult {
+    let mut r = PlayerResult::default();
+    let deadline = Instant::now() + duration;
+    let mut sock = match connect(addr, stall).await {
+        Ok(s) => s,
+        Err(e) => {
+            r.error = Some(format!("connect: {e}"));
+            return r;
+        }
+    };
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (mut session, play_sent, events) = match rtmp_start(&mut sock, &app, &key, &tc_url, &mut chunk, deadline).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            r.error = Some(e);
+            return r;
+        }
+    };
+    if stall {
+        r.closed_early = stalled_until(&mut sock, deadline).await;
+        return r;
+    }
+    let mut count = RtmpCount { play_sent, first_frame_seen: false, last_ts: None };
+    for e in events {
+        if let Err(e) = count.event(&mut r, e) {
+            r.error = Some(e);
+            return r;
+        }
+    }
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let n = match tokio::time::timeout(deadline - now, sock.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                r.closed_early = true;
+                break;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                r.closed_early = true;
+                r.error = Some(e.to_string());
+                break;
+            }
+            Err(_) => break,
+        };
+        let step = async {
+            let results = rtmp_input(&mut session, &chunk[..n])?;
+            for e in rtmp_send(&mut sock, results).await? {
+                count.event(&mut r, e)?;
+            }
+            Ok::<(), String>(())
+        };
+        if let Err(e) = step.await {
+            r.error = Some(e);
+            break;
+        }
+    }
+    r
+}
+
 /// Runs `count` players against `url` for `duration`.
 pub async fn run_players(opts: &PlayersOptions) -> Result<PlayersReport, PlayersError> {
-    let (addr, url) = parse_url(&opts.url)?;
+    let (addr, target) = parse_url(&opts.url)?;
     let mut tasks = Vec::with_capacity(opts.count + opts.stall);
     for i in 0..opts.count + opts.stall {
         let stall = i >= opts.count;
-        tasks.push(tokio::spawn(run_player(addr, url.clone(), opts.duration, stall)));
+        tasks.push(match &target {
+            Target::Rtsp { url } => tokio::spawn(run_player(addr, url.clone(), opts.duration, stall)),
+            Target::Rtmp { app, key, tc_url } => {
+                tokio::spawn(run_rtmp_player(addr, app.clone(), key.clone(), tc_url.clone(), opts.duration, stall))
+            }
+        });
     }
     let mut report = PlayersReport { stalled: opts.stall, ..Default::default() };
     for (i, t) in tasks.into_iter().enumerate() {
@@ -348,5 +614,30 @@ mod tests {
         let t = sdp_tracks(sdp, "rtsp://127.0.0.1:8554/rtp/0BEBC201");
         assert_eq!(t[0], ("rtsp://127.0.0.1:8554/rtp/0BEBC201/trackID=0".to_string(), true));
         assert!(!t[1].1);
+    }
+
+    #[test]
+    fn flv_video_frames_and_keyframes() {
+        assert_eq!(flv_video_frame(&[0x17, 0x00, 0, 0, 0]), None); // AVC sequence header
+        assert_eq!(flv_video_frame(&[0x17, 0x01, 0, 0, 0]), Some(true));
+        assert_eq!(flv_video_frame(&[0x27, 0x01, 0, 0, 0]), Some(false));
+        assert_eq!(flv_video_frame(&[0x17, 0x02, 0, 0, 0]), None); // end of sequence
+        assert_eq!(flv_video_frame(&[0x90, b'h', b'v', b'c', b'1']), None); // enhanced SequenceStart
+        assert_eq!(flv_video_frame(&[0x91, b'h', b'v', b'c', b'1']), Some(true)); // CodedFrames key
+        assert_eq!(flv_video_frame(&[0xa3, b'h', b'v', b'c', b'1']), Some(false)); // CodedFramesX inter
+        assert_eq!(flv_video_frame(&[]), None);
+    }
+
+    #[test]
+    fn urls_select_the_protocol() {
+        let (addr, t) = parse_url("rtmp://127.0.0.1:1935/rtp/05F5E101").unwrap();
+        assert_eq!(addr.port(), 1935);
+        assert_eq!(
+            t,
+            Target::Rtmp { app: "rtp".into(), key: "05F5E101".into(), tc_url: "rtmp://127.0.0.1:1935/rtp".into() }
+        );
+        assert!(matches!(parse_url("rtsp://127.0.0.1:8554/rtp/1").unwrap().1, Target::Rtsp { .. }));
+        assert!(parse_url("rtmp://127.0.0.1:1935/rtp").is_err());
+        assert!(parse_url("http://127.0.0.1/x").is_err());
     }
 }
