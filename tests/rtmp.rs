@@ -425,17 +425,17 @@ async fn stalled_player(addr: SocketAddr, app: &str, key: &str) -> tokio::net::T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_that_stops_reading_is_disconnected_without_slowing_ingest() {
-    // ~26 MB flooded: far more than the kernel buffers between the server and the player.
-    const LOOPS: u32 = 120;
+    // 20 s of the 720p fixture in real time: frames keep coming while the player is stalled.
+    const LOOPS: u32 = 10;
     let mut cfg = test_config();
     cfg.rtmp.push_timeout.0 = Duration::from_secs(1);
+    // A small queue and skip allowance so the slow-subscriber rule trips within a few GOPs.
+    cfg.hub.subscriber_queue = 64;
+    cfg.hub.max_skips_per_minute = 2;
     let (gw, rtmp) = start_with_rtmp(cfg).await;
     let ssrc = 0x0BEBC203;
     let mut opts = send_opts(gw.rtp_addr, ssrc, LOOPS);
-    opts.flood = true;
-    // The stream stays live (camera connected) long enough for the drop to be seen even on a
-    // loaded CI machine.
-    opts.linger = Duration::from_secs(25);
+    opts.linger = Duration::from_secs(5);
     let path = own_fixture("h264_g711u_16k.rtp");
     let sender = tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
     let start = Instant::now();
@@ -445,9 +445,8 @@ async fn a_player_that_stops_reading_is_disconnected_without_slowing_ingest() {
     let stream = gw.hub.get(&name_of(ssrc)).expect("stream");
     let _player = stalled_player(rtmp, "rtp", &format!("{ssrc:08X}")).await;
     let count = |s: &gbgate::hub::Stream| s.subscriber_counts().get("rtmp").copied().unwrap_or(0);
-    // (It may already be gone here: the flood fills its queue within milliseconds.)
     let start = Instant::now();
-    while count(&stream) > 0 && start.elapsed() < Duration::from_secs(20) {
+    while count(&stream) > 0 && start.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let gone_after = start.elapsed();
@@ -456,7 +455,7 @@ async fn a_player_that_stops_reading_is_disconnected_without_slowing_ingest() {
     // Every frame sent is counted by ingest (the sender lingers connected; no need to wait for it).
     let expected = (LOOPS as usize * FRAMES_PER_PASS) as u64;
     let start = Instant::now();
-    while stream.stats().video.map_or(0, |v| v.frames) < expected && start.elapsed() < Duration::from_secs(20) {
+    while stream.stats().video.map_or(0, |v| v.frames) < expected && start.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sender.abort();

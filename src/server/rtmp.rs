@@ -33,6 +33,9 @@ const PUBLISH_IDLE: Duration = Duration::from_secs(10);
 const PLAY_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves RTMP on `listener` until `shutdown`.
+/// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
+const PLAYER_SEND_BUFFER: usize = 256 * 1024;
+
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
@@ -347,6 +350,10 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let limit = cfg.push_timeout.0;
     let _ = sock.set_nodelay(true);
+    // Cap the kernel's send buffer (autotuning grows it to megabytes): a player that stops
+    // reading then blocks our writes within about a second of video, so the write deadline and the
+    // hub's slow-subscriber rule find it, and kernel memory per player stays bounded.
+    let _ = socket2::SockRef::from(&sock).set_send_buffer_size(PLAYER_SEND_BUFFER);
     let (mut rd, mut wr) = sock.into_split();
     let mut buf = vec![0u8; 64 * 1024];
     let mut hs = Handshake::new(PeerType::Server);
