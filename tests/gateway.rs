@@ -400,3 +400,23 @@ async fn a_subscriber_starts_at_the_cached_gop_and_is_counted() {
     sender.await.unwrap();
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_ssrc_follows_the_unknown_ssrc_policy() {
+    let mut cfg = test_config();
+    cfg.rtp.unknown_ssrc = UnknownSsrc::Report;
+    cfg.rtp.timeout = gbgate::config::HumanDuration(Duration::from_millis(800));
+    let gw = start(cfg).await;
+    gw.rtp.announce(650_000_001, "gb/34020000001310000002".into());
+    send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 650_000_001)).await.unwrap();
+    assert_eq!(streams(gw.api_addr).await.len(), 1, "the announced SSRC is published");
+    assert!(wait_streams(gw.api_addr, Duration::from_secs(5), |l| l.is_empty()).await.is_empty());
+    // The session is over; the same SSRC comes back unannounced: report mode must not publish it.
+    gw.rtp.withdraw(650_000_001);
+    send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 650_000_001)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(streams(gw.api_addr).await.is_empty(), "report mode published a returning SSRC");
+    let (_, rtp) = http_get(gw.api_addr, "/api/v1/rtp").await;
+    assert_eq!(rtp["unknown_ssrcs"][0]["ssrc"], 650_000_001, "{rtp}");
+    gw.stop().await;
+}

@@ -141,11 +141,8 @@ fn session_err(e: ClientSessionError) -> anyhow::Error {
     anyhow!("RTMP client: {e:?}")
 }
 
-/// `handle_input`, with rml_rtmp's panics on malformed input turned into an error.
 fn handle_input(session: &mut ClientSession, bytes: &[u8]) -> anyhow::Result<Vec<ClientSessionResult>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
-        .map_err(|_| anyhow!("malformed RTMP message from the origin"))?
-        .map_err(session_err)
+    super::rtmp::handle_input(session, bytes).context("from the origin")
 }
 
 struct Client {
@@ -158,15 +155,7 @@ struct Client {
 
 impl Client {
     async fn send(&mut self, results: Vec<ClientSessionResult>) -> anyhow::Result<Vec<ClientSessionEvent>> {
-        let mut bytes = Vec::new();
-        let mut events = Vec::new();
-        for r in results {
-            match r {
-                ClientSessionResult::OutboundResponse(p) => bytes.extend_from_slice(&p.bytes),
-                ClientSessionResult::RaisedEvent(e) => events.push(e),
-                ClientSessionResult::UnhandleableMessageReceived(_) => {}
-            }
-        }
+        let (bytes, events) = super::rtmp::split_results(results);
         if !bytes.is_empty() {
             write_timeout(&mut self.wr, &bytes, self.timeout).await?;
         }

@@ -297,37 +297,23 @@ async fn serve_udp(
             }
         };
         let ssrc = packet.ssrc;
-        if let Some(route) = routes.get(&ssrc) {
-            match route.tx.try_send(packet) {
+        let packet = match routes.get(&ssrc) {
+            Some(route) => match route.tx.try_send(packet) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     route.drops.fetch_add(1, Ordering::Relaxed);
                     counters.queue_drops.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                // The stream ended (timeout, replaced); the SSRC starts afresh below.
+                // The stream ended (timeout, replaced): the SSRC is new again, under the same
+                // rules as any other new SSRC below.
                 Err(mpsc::error::TrySendError::Closed(p)) => {
                     routes.remove(&ssrc);
-                    if let Some(name) = shared.announced_name(ssrc) {
-                        start_udp_stream(&mut routes, name, vec![p], peer, &cfg, &hub, &shared, &mut refused_log);
-                        continue;
-                    }
-                    if let Some(packets) = probation.offer(p, peer, counters) {
-                        start_udp_stream(
-                            &mut routes,
-                            unknown_stream_name(ssrc),
-                            packets,
-                            peer,
-                            &cfg,
-                            &hub,
-                            &shared,
-                            &mut refused_log,
-                        );
-                    }
-                    continue;
+                    p
                 }
-            }
-        }
+            },
+            None => packet,
+        };
         if let Some(name) = shared.announced_name(ssrc) {
             start_udp_stream(&mut routes, name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log);
             continue;
@@ -471,6 +457,12 @@ impl PacketSource {
     }
 }
 
+fn publish_all(stream: &Stream, frames: &mut Vec<crate::media::Frame>) {
+    for frame in frames.drain(..) {
+        stream.publish(frame);
+    }
+}
+
 /// Drives one stream until its source ends or goes quiet for `cfg.timeout`. Returns why it ended.
 async fn run_stream(
     mut source: PacketSource,
@@ -507,9 +499,7 @@ async fn run_stream(
                         for packet in batch.drain(..) {
                             ingest.push_rtp(packet, now, &mut frames);
                         }
-                        for frame in frames.drain(..) {
-                            stream.publish(frame);
-                        }
+                        publish_all(stream, &mut frames);
                     }
                 }
                 Ok(false) => break "the source closed".to_string(),
@@ -519,16 +509,12 @@ async fn run_stream(
                 let now = Instant::now();
                 if reorder_deadline.is_some_and(|d| d <= now) {
                     ingest.handle_timeout(now_us(), &mut frames);
-                    for frame in frames.drain(..) {
-                        stream.publish(frame);
-                    }
+                    publish_all(stream, &mut frames);
                 }
                 if !idle_flushed && now >= last_data + IDLE_FLUSH {
                     idle_flushed = true;
                     ingest.flush_idle(&mut frames);
-                    for frame in frames.drain(..) {
-                        stream.publish(frame);
-                    }
+                    publish_all(stream, &mut frames);
                 }
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
@@ -541,9 +527,7 @@ async fn run_stream(
         }
     };
     ingest.finish(&mut frames);
-    for frame in frames.drain(..) {
-        stream.publish(frame);
-    }
+    publish_all(stream, &mut frames);
     publish_stats(stream, &ingest, &queue_drops);
     reason
 }

@@ -359,24 +359,13 @@ fn flv_video_frame(data: &[u8]) -> Option<bool> {
     }
 }
 
-/// `handle_input`, with rml_rtmp's panics on malformed input turned into an error.
 fn rtmp_input(session: &mut ClientSession, bytes: &[u8]) -> Result<Vec<ClientSessionResult>, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
-        .map_err(|_| "malformed RTMP message from the server".to_string())?
-        .map_err(|e| format!("RTMP: {e:?}"))
+    crate::client::rtmp::handle_input(session, bytes).map_err(|e| e.to_string())
 }
 
 /// Writes the outbound bytes of `results` and returns their events.
 async fn rtmp_send(sock: &mut TcpStream, results: Vec<ClientSessionResult>) -> Result<Vec<ClientSessionEvent>, String> {
-    let mut bytes = Vec::new();
-    let mut events = Vec::new();
-    for r in results {
-        match r {
-            ClientSessionResult::OutboundResponse(p) => bytes.extend_from_slice(&p.bytes),
-            ClientSessionResult::RaisedEvent(e) => events.push(e),
-            ClientSessionResult::UnhandleableMessageReceived(_) => {}
-        }
-    }
+    let (bytes, events) = crate::client::rtmp::split_results(results);
     if !bytes.is_empty() {
         sock.write_all(&bytes).await.map_err(|e| e.to_string())?;
     }
