@@ -167,12 +167,20 @@ async fn every_sent_video_frame_is_decoded_in_order_over_tcp_and_udp() {
     }
 }
 
+/// The first GStreamer run on a fresh machine scans every plugin into its registry, which can
+/// take many seconds on a loaded CI box; do it before any stream starts its clock.
+async fn warm_gstreamer() {
+    let (ok, _, err) = run("gst-inspect-1.0", &["rtspsrc"], Duration::from_secs(120)).await;
+    assert!(ok, "gst-inspect-1.0 rtspsrc: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_plays_over_tcp_and_udp() {
+    warm_gstreamer().await;
     let s = start_rtsp().await;
     for (i, fixture) in ["h264_g711a_8k", "h265_aac_16k"].into_iter().enumerate() {
-        // 20 s of stream: it must outlive four gst runs on a loaded machine.
-        let name = feed(&s, fixture, 0x0BEB_C401 + i as u32, 10).await;
+        // 120 s of stream, far longer than the four gst runs need; the sender stops with the test.
+        let name = feed(&s, fixture, 0x0BEB_C401 + i as u32, 60).await;
         let url = format!("location=rtsp://{}/{name}", s.rtsp);
         for proto in ["protocols=tcp", "protocols=udp"] {
             let t = Instant::now();
@@ -182,9 +190,34 @@ async fn gstreamer_plays_over_tcp_and_udp() {
                 Duration::from_secs(30),
             )
             .await;
-            assert!(ok, "gst {fixture} {proto}: {out} {err}");
+            assert!(ok, "gst {fixture} {proto} after {:?}: {out} {err}", t.elapsed());
             println!("gstreamer {fixture} {proto}: 25 buffers in {:?}", t.elapsed());
         }
+    }
+}
+
+/// When the camera stops, players get an RTCP BYE and end cleanly (EOS, exit 0) soon after,
+/// instead of an error on a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_see_a_clean_end_when_the_camera_stops() {
+    warm_gstreamer().await;
+    let s = start_rtsp().await;
+    for (i, proto) in ["tcp", "udp"].into_iter().enumerate() {
+        // 2 loops = 4 s of stream over RTP/TCP: the stream ends when the sender closes.
+        let name = feed(&s, "h264_g711a_8k", 0x0BEB_C501 + i as u32, 2).await;
+        let url = format!("location=rtsp://{}/{name}", s.rtsp);
+        let t = Instant::now();
+        let (ok, out, err) = run(
+            "gst-launch-1.0",
+            &["rtspsrc", &url, &format!("protocols={proto}"), "!", "decodebin", "!", "fakesink"],
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(ok, "gst {proto}: {out} {err}");
+        assert!(out.contains("Got EOS"), "gst {proto} ended without EOS: {out} {err}");
+        // The stream lasts 4 s. Without BYE, gst over UDP waits forever and over TCP ends after 7 s.
+        assert!(t.elapsed() < Duration::from_millis(6500), "gst {proto} took {:?} to end", t.elapsed());
+        println!("gstreamer {proto}: EOS {:?} after joining a 4 s stream", t.elapsed());
     }
 }
 

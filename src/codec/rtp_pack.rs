@@ -72,6 +72,14 @@ pub fn rtcp_sender_report(ssrc: u32, ntp: u64, rtp_ts: u32, packets: u32, octets
     b
 }
 
+/// An RTCP BYE for one source; sent after a sender report (RFC 3550 compound packet) when the
+/// stream ends, so players see a clean end of stream rather than a dropped connection.
+pub fn rtcp_bye(ssrc: u32) -> [u8; 8] {
+    let mut b = [0x81, 203, 0, 1, 0, 0, 0, 0];
+    b[4..8].copy_from_slice(&ssrc.to_be_bytes());
+    b
+}
+
 /// Converts seconds since the Unix epoch (as f64 microsecond precision) to a 64-bit NTP timestamp.
 pub fn ntp_from_unix_micros(micros: u64) -> u64 {
     const UNIX_TO_NTP: u64 = 2_208_988_800;

@@ -34,6 +34,8 @@ const DESCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// Kernel send buffer per player connection: bounds what a stalled player can hold.
 const SEND_BUFFER: usize = 256 * 1024;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
+/// After the source ends and BYE is sent, how long the player gets to send TEARDOWN before we close.
+const BYE_GRACE: Duration = Duration::from_secs(2);
 /// Source pts going back more than this (90 kHz) is a discontinuity, not A/V interleaving.
 const MAX_BACKWARDS: i64 = CLOCK_RATE;
 /// Source pts jumping forward more than this is a discontinuity.
@@ -276,6 +278,7 @@ async fn connection(
     let mut player: Option<Player> = None;
     let mut tick = tokio::time::interval(SR_INTERVAL);
     let mut buf = vec![0u8; 8192];
+    let mut closing_at: Option<Instant> = None;
     let result = 'conn: loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => Event::Shutdown,
@@ -343,7 +346,13 @@ async fn connection(
             }
             Event::Frame(Err(e)) => {
                 debug!(%peer, "subscription ended: {e}");
-                break Ok(());
+                // Tell the player the stream ended (RTCP BYE), then let it tear down cleanly.
+                if let Some(mut p) = player.take() {
+                    if send_reports(&mut p, &mut wr, true).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                closing_at = Some(Instant::now() + BYE_GRACE);
             }
             Event::Frame(Ok(frame)) => {
                 if let Some(p) = player.as_mut() {
@@ -358,8 +367,11 @@ async fn connection(
                     debug!(%peer, "RTSP session timed out");
                     break Ok(());
                 }
+                if closing_at.is_some_and(|t| Instant::now() >= t) {
+                    break Ok(());
+                }
                 if let Some(p) = player.as_mut() {
-                    if let Err(e) = send_reports(p, &mut wr).await {
+                    if let Err(e) = send_reports(p, &mut wr, false).await {
                         break Err(e);
                     }
                 }
@@ -490,8 +502,10 @@ async fn send_frame(p: &mut Player, frame: &Frame, wr: &mut OwnedWriteHalf, max_
     Ok(())
 }
 
-async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf) -> io::Result<()> {
-    if p.paused {
+/// Sends a sender report on every track that has sent media; with `bye`, each report is followed
+/// by an RTCP BYE in the same compound packet.
+async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf, bye: bool) -> io::Result<()> {
+    if p.paused && !bye {
         return Ok(());
     }
     let Some(base) = p.pts_base else { return Ok(()) };
@@ -499,19 +513,24 @@ async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf) -> io::Result<()>
     for t in &p.tracks {
         let Some(last) = t.last_pts else { continue };
         let us = p.wall_base_us as i64 + (last - base) * 1_000_000 / CLOCK_RATE;
-        let sr = rtp_pack::rtcp_sender_report(
+        let mut sr = rtp_pack::rtcp_sender_report(
             t.setup.ssrc,
             rtp_pack::ntp_from_unix_micros(us.max(0) as u64),
             t.rtp_ts(last, base),
             t.packets,
             t.octets,
-        );
+        )
+        .to_vec();
+        if bye {
+            sr.extend_from_slice(&rtp_pack::rtcp_bye(t.setup.ssrc));
+        }
         match (&t.udp, t.setup.transport) {
             (Some((_, rtcp, _, dst)), _) => {
                 let _ = rtcp.try_send_to(&sr, *dst);
             }
             (None, TrackTransport::Tcp { rtcp_channel, .. }) => {
-                out.extend_from_slice(&[b'$', rtcp_channel, 0, sr.len() as u8]);
+                out.extend_from_slice(&[b'$', rtcp_channel]);
+                out.extend_from_slice(&(sr.len() as u16).to_be_bytes());
                 out.extend_from_slice(&sr);
             }
             (None, TrackTransport::Udp { .. }) => {}
