@@ -128,6 +128,9 @@ pub struct RtspConfig {
     pub max_payload: usize,
     /// Concurrent RTSP connections.
     pub max_connections: usize,
+    /// Merged write: a player's media is written at most once per this interval (0: once per video
+    /// frame). Fewer, larger writes cost less CPU per player at the price of this much latency.
+    pub merge_write: HumanDuration,
 }
 
 impl Default for RtspConfig {
@@ -138,6 +141,7 @@ impl Default for RtspConfig {
             session_timeout: HumanDuration(Duration::from_secs(60)),
             max_payload: 1400,
             max_connections: 2000,
+            merge_write: HumanDuration(Duration::ZERO),
         }
     }
 }
@@ -174,6 +178,8 @@ pub struct RtmpConfig {
     pub push: Vec<PushConfig>,
     /// Concurrent RTMP connections.
     pub max_connections: usize,
+    /// Merged write for players, as `[rtsp] merge_write`.
+    pub merge_write: HumanDuration,
 }
 
 impl Default for RtmpConfig {
@@ -185,6 +191,7 @@ impl Default for RtmpConfig {
             push_timeout: HumanDuration(Duration::from_secs(5)),
             push: Vec::new(),
             max_connections: 2000,
+            merge_write: HumanDuration(Duration::ZERO),
         }
     }
 }

@@ -118,7 +118,11 @@ fn assert_monotonic(pts: &[i64]) {
 /// Plays `fixture` over RTMP with ffprobe started before the stream is published, so the window
 /// it sees is exactly what was sent.
 async fn probe_fixture(fixture: &str, ssrc: u32, loops: u32) -> Probe {
-    let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    probe_fixture_with(test_config(), fixture, ssrc, loops).await
+}
+
+async fn probe_fixture_with(cfg: Config, fixture: &str, ssrc: u32, loops: u32) -> Probe {
+    let (gw, rtmp) = start_with_rtmp(cfg).await;
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let probe = tokio::spawn(run(ffprobe_cmd(&url), Duration::from_secs(30)));
     // ffprobe connects and asks to play; the server waits for the stream to appear.
@@ -154,6 +158,17 @@ async fn ffprobe_plays_h264_g711u_1280x720_every_frame_in_order() {
         (Some("h264"), Some(1280), Some(720))
     );
     assert!(p.stream("audio").is_none());
+    assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
+    assert_monotonic(&p.pts("video"));
+}
+
+/// With merged writes (several frames per write), the player still gets every frame, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_writes_deliver_every_frame_in_order() {
+    let mut cfg = test_config();
+    cfg.rtmp.merge_write = gbgate::config::HumanDuration(Duration::from_millis(200));
+    let loops = 2;
+    let p = probe_fixture_with(cfg, "h264_g711a_8k", 0x0BEBC207, loops).await;
     assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
     assert_monotonic(&p.pts("video"));
 }

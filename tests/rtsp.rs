@@ -142,9 +142,22 @@ async fn ffprobe_frames(url: &str, transport: &str) -> Vec<(i64, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sent_video_frame_is_decoded_in_order_over_tcp_and_udp() {
-    let s = start_rtsp().await;
-    for (i, transport) in ["tcp", "udp"].into_iter().enumerate() {
-        let name = feed(&s, "h264_g711a_8k", 0x0BEB_C301 + i as u32, 3).await;
+    every_frame_in_order(start_rtsp().await, &["tcp", "udp"], 0x0BEB_C301).await;
+}
+
+/// With merged writes (several frames per interleaved write), nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_writes_deliver_every_frame_in_order() {
+    let mut cfg = test_config();
+    cfg.rtsp.merge_write = gbgate::config::HumanDuration(Duration::from_millis(200));
+    let gw = start(cfg).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    every_frame_in_order(Setup { gw, rtsp }, &["tcp"], 0x0BEB_C311).await;
+}
+
+async fn every_frame_in_order(s: Setup, transports: &[&str], ssrc: u32) {
+    for (i, &transport) in transports.iter().enumerate() {
+        let name = feed(&s, "h264_g711a_8k", ssrc + i as u32, 3).await;
         // The player joins at once: the GOP cache still starts at the first keyframe, so the
         // whole stream (3 loops x 50 frames) should arrive.
         let frames = ffprobe_frames(&format!("rtsp://{}/{name}", s.rtsp), transport).await;

@@ -3,16 +3,17 @@
 # Prints gbgate's CPU (% of one core) and RSS over the players' window, the video frames each
 # player got, sequence gaps (RTSP) or timestamp regressions (RTMP), and the time from PLAY to
 # the first video packet (RTMP: to the first keyframe).
-# Usage: PROTO=rtsp|rtmp PLAYERS="100 300" WINDOW=20 tools/fanout.sh
+# Usage: PROTO=rtsp|rtmp PLAYERS="100 300" WINDOW=20 [MERGE=200ms] [BIN=...] tools/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLAYERS=${PLAYERS:-"100 300"}
 WINDOW=${WINDOW:-20}
 PROTO=${PROTO:-rtsp}
+MERGE=${MERGE:-0s}   # [rtsp]/[rtmp] merge_write
 case $PROTO in rtsp|rtmp) ;; *) echo "PROTO must be rtsp or rtmp" >&2; exit 2 ;; esac
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
-BIN=$TARGET/release/gbgate
+BIN=${BIN:-$TARGET/release/gbgate}   # BIN=/path/to/other/gbgate compares builds in one run
 CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
 HZ=$(getconf CLK_TCK)
 PIDS=()
@@ -20,7 +21,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 [[ -s $CLIP ]] || PHASES="" tools/load.sh   # makes the clip (and builds) without a load phase
-cargo build --release -q --bins
+[[ $BIN != "$TARGET/release/gbgate" ]] || cargo build --release -q --bins
 
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -36,9 +37,11 @@ listen = "127.0.0.1:$api"
 [rtsp]
 listen = "127.0.0.1:$rtsp"
 max_connections = 5000
+merge_write = "$MERGE"
 [rtmp]
 listen = "127.0.0.1:$rtmp"
 max_connections = 5000
+merge_write = "$MERGE"
 TOML
     "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$PROTO-$n.log" &
     gw=$!; PIDS+=("$gw")
@@ -52,7 +55,7 @@ TOML
     c1=$(cpu "$gw"); t1=$(date +%s.%N)
     rss=$(awk '/VmRSS/{print $2}' "/proc/$gw/status"); hwm=$(awk '/VmHWM/{print $2}' "/proc/$gw/status")
     pct=$(awk -v a="$c0" -v b="$c1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{printf "%.1f", (b-a)/hz/(e-s)*100}')
-    echo "== $n ${PROTO^^} players, ${WINDOW}s: gbgate CPU ${pct}% of one core, RSS $((rss / 1024)) MB (peak $((hwm / 1024)) MB)"
+    echo "== $n ${PROTO^^} players, ${WINDOW}s, merge_write $MERGE: gbgate CPU ${pct}% of one core, RSS $((rss / 1024)) MB (peak $((hwm / 1024)) MB)"
     echo "$out" | sed 's/^/   /'
     kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true
 done

@@ -287,6 +287,21 @@ impl Subscription {
         }
     }
 
+    /// The next frame if one is already queued: lets an output drain a burst into one write.
+    pub fn try_recv(&mut self) -> Option<Result<Frame, SubscriptionEnded>> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Some(Ok(frame));
+        }
+        match self.rx.try_recv() {
+            Ok(frame) => Some(Ok(frame)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) if self.kicked.load(Ordering::Relaxed) => {
+                Some(Err(SubscriptionEnded::TooSlow))
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(SubscriptionEnded::StreamEnded)),
+        }
+    }
+
     /// Frames this subscriber did not receive because it was too slow.
     pub fn drops(&self) -> u64 {
         self.drops.load(Ordering::Relaxed)

@@ -35,6 +35,11 @@ const PLAY_WAIT: Duration = Duration::from_secs(5);
 /// Serves RTMP on `listener` until `shutdown`.
 /// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
+/// A player's audio waits for the next video frame (at most this long), so each write carries a
+/// video frame and the audio around it: half the writes and wakeups per player.
+const AUDIO_HOLD: Duration = Duration::from_millis(100);
+/// A batch this large is written at once (a GOP burst at play).
+const BATCH_BYTES: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
@@ -295,6 +300,10 @@ struct Player {
     stream_id: u32,
     sub: Subscription,
     flow: FlvFlow,
+    /// Video was sent: audio may then wait for the next video frame (one write per frame).
+    seen_video: bool,
+    /// Any media was written: the first (GOP cache) write never waits for a merge.
+    wrote_media: bool,
 }
 
 struct Publisher {
@@ -378,9 +387,13 @@ async fn connection(
         }
         c.flush(&mut wr).await?;
         let mut out = Vec::new();
+        // When held media (audio waiting for video, or a merged write) must go out at the latest.
+        let mut hold_until: Option<tokio::time::Instant> = None;
         loop {
+            let mut hold = false;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = sleep_until_opt(hold_until) => {}
                 r = tokio::time::timeout(PUBLISH_IDLE, rd.read(&mut buf)) => {
                     let n = match r {
                         Ok(r) => r?,
@@ -399,20 +412,43 @@ async fn connection(
                 }
                 f = next_frame(&mut c.player) => match f {
                     Some(frame) => {
+                        let merge = c.cfg.merge_write.0;
                         let p = c.player.as_mut().expect("playing");
-                        p.flow.push(&frame, &mut out);
                         let stream_id = p.stream_id;
-                        for o in out.drain(..) {
-                            let packet = match o {
-                                Out::Meta(m) => {
-                                    c.pending.extend_from_slice(&metadata_packet(stream_id, &m, false)?);
-                                    continue;
+                        let mut video_sent = false;
+                        let mut next = Some(frame);
+                        // Drain what is already queued into one write (a GOP burst at play).
+                        while let Some(frame) = next.take() {
+                            p.flow.push(&frame, &mut out);
+                            for o in out.drain(..) {
+                                let packet = match o {
+                                    Out::Meta(m) => {
+                                        c.pending.extend_from_slice(&metadata_packet(stream_id, &m, false)?);
+                                        continue;
+                                    }
+                                    Out::Video(b, ts) => {
+                                        video_sent = true;
+                                        c.session.send_video_data(stream_id, b, ts, false)
+                                    }
+                                    Out::Audio(b, ts) => c.session.send_audio_data(stream_id, b, ts, false),
                                 }
-                                Out::Video(b, ts) => c.session.send_video_data(stream_id, b, ts, false),
-                                Out::Audio(b, ts) => c.session.send_audio_data(stream_id, b, ts, false),
+                                .map_err(|e| anyhow!("serialize: {e:?}"))?;
+                                c.pending.extend_from_slice(&packet.bytes);
                             }
-                            .map_err(|e| anyhow!("serialize: {e:?}"))?;
-                            c.pending.extend_from_slice(&packet.bytes);
+                            if c.pending.len() < BATCH_BYTES {
+                                next = p.sub.try_recv().and_then(Result::ok);
+                            }
+                        }
+                        p.seen_video |= video_sent;
+                        let due = if merge.is_zero() { video_sent || !p.seen_video } else { !p.wrote_media };
+                        if !c.pending.is_empty() && !due && c.pending.len() < BATCH_BYTES {
+                            hold = true;
+                            if hold_until.is_none() {
+                                let wait = if merge.is_zero() { AUDIO_HOLD } else { merge };
+                                hold_until = Some(tokio::time::Instant::now() + wait);
+                            }
+                        } else if !c.pending.is_empty() {
+                            p.wrote_media = true;
                         }
                     }
                     None => {
@@ -426,7 +462,14 @@ async fn connection(
                     }
                 },
             }
-            c.flush(&mut wr).await?;
+            if !hold {
+                hold_until = None;
+                c.flush(&mut wr).await?;
+                if c.pending.capacity() > BATCH_BYTES {
+                    // A GOP burst grew it; steady state needs about one frame.
+                    c.pending.shrink_to(BATCH_BYTES / 4);
+                }
+            }
         }
     }
     .await;
@@ -436,6 +479,13 @@ async fn connection(
         info!(stream = %p.stream.name, peer = %c.peer, "RTMP publisher left");
     }
     result
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_frame(player: &mut Option<Player>) -> Option<Frame> {
@@ -549,6 +599,8 @@ impl Conn {
                     stream_id,
                     sub: stream.subscribe_as("rtmp"),
                     flow: FlvFlow::new(&stream.name, self.cfg.hevc),
+                    seen_video: false,
+                    wrote_media: false,
                 });
                 Ok(results)
             }
