@@ -128,8 +128,10 @@ pub struct RtspConfig {
     pub max_payload: usize,
     /// Concurrent RTSP connections.
     pub max_connections: usize,
-    /// Merged write: a player's media is written at most once per this interval (0: once per video
-    /// frame). Fewer, larger writes cost less CPU per player at the price of this much latency.
+    /// Merged write: an interleaved (TCP) player's media is written at most once per this interval
+    /// (0: once per video frame). Fewer, larger writes and wakeups halve the CPU per player, at
+    /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
+    /// PLAY (the cached GOP) never waits.
     pub merge_write: HumanDuration,
 }
 
@@ -141,7 +143,7 @@ impl Default for RtspConfig {
             session_timeout: HumanDuration(Duration::from_secs(60)),
             max_payload: 1400,
             max_connections: 2000,
-            merge_write: HumanDuration(Duration::ZERO),
+            merge_write: HumanDuration(Duration::from_millis(200)),
         }
     }
 }
@@ -191,7 +193,7 @@ impl Default for RtmpConfig {
             push_timeout: HumanDuration(Duration::from_secs(5)),
             push: Vec::new(),
             max_connections: 2000,
-            merge_write: HumanDuration(Duration::ZERO),
+            merge_write: HumanDuration(Duration::from_millis(200)),
         }
     }
 }
@@ -268,6 +270,14 @@ impl Config {
         }
         if self.rtp.reorder_delay.0 > Duration::from_secs(2) {
             return Err(ConfigError::Invalid { key: "rtp.reorder_delay", message: "at most 2s".into() });
+        }
+        // A merging player reads its queue only once per interval: keep it well inside the queue.
+        for (key, merge) in
+            [("rtsp.merge_write", self.rtsp.merge_write.0), ("rtmp.merge_write", self.rtmp.merge_write.0)]
+        {
+            if merge > Duration::from_secs(1) {
+                return Err(ConfigError::Invalid { key, message: "at most 1s".into() });
+            }
         }
         if !(200..=65_000).contains(&self.rtsp.max_payload) {
             return Err(ConfigError::Invalid { key: "rtsp.max_payload", message: "between 200 and 65000".into() });

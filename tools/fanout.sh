@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PLAYERS=${PLAYERS:-"100 300"}
 WINDOW=${WINDOW:-20}
 PROTO=${PROTO:-rtsp}
-MERGE=${MERGE:-0s}   # [rtsp]/[rtmp] merge_write
+MERGE=${MERGE:-200ms}   # [rtsp]/[rtmp] merge_write (the default)
 case $PROTO in rtsp|rtmp) ;; *) echo "PROTO must be rtsp or rtmp" >&2; exit 2 ;; esac
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}

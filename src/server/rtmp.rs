@@ -389,11 +389,18 @@ async fn connection(
         let mut out = Vec::new();
         // When held media (audio waiting for video, or a merged write) must go out at the latest.
         let mut hold_until: Option<tokio::time::Instant> = None;
+        let merging = !c.cfg.merge_write.0.is_zero();
         loop {
             let mut hold = false;
+            // A merging player does not wake for each frame: its queue is drained when the interval ends.
+            let take_frames = !(merging && hold_until.is_some());
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = sleep_until_opt(hold_until) => {}
+                _ = sleep_until_opt(hold_until) => {
+                    if merging {
+                        c.append_frames(None, &mut out)?;
+                    }
+                }
                 r = tokio::time::timeout(PUBLISH_IDLE, rd.read(&mut buf)) => {
                     let n = match r {
                         Ok(r) => r?,
@@ -410,35 +417,11 @@ async fn connection(
                         bail!("another source replaced this publisher's stream");
                     }
                 }
-                f = next_frame(&mut c.player) => match f {
+                f = next_frame(&mut c.player), if take_frames => match f {
                     Some(frame) => {
                         let merge = c.cfg.merge_write.0;
+                        let video_sent = c.append_frames(Some(frame), &mut out)?;
                         let p = c.player.as_mut().expect("playing");
-                        let stream_id = p.stream_id;
-                        let mut video_sent = false;
-                        let mut next = Some(frame);
-                        // Drain what is already queued into one write (a GOP burst at play).
-                        while let Some(frame) = next.take() {
-                            p.flow.push(&frame, &mut out);
-                            for o in out.drain(..) {
-                                let packet = match o {
-                                    Out::Meta(m) => {
-                                        c.pending.extend_from_slice(&metadata_packet(stream_id, &m, false)?);
-                                        continue;
-                                    }
-                                    Out::Video(b, ts) => {
-                                        video_sent = true;
-                                        c.session.send_video_data(stream_id, b, ts, false)
-                                    }
-                                    Out::Audio(b, ts) => c.session.send_audio_data(stream_id, b, ts, false),
-                                }
-                                .map_err(|e| anyhow!("serialize: {e:?}"))?;
-                                c.pending.extend_from_slice(&packet.bytes);
-                            }
-                            if c.pending.len() < BATCH_BYTES {
-                                next = p.sub.try_recv().and_then(Result::ok);
-                            }
-                        }
                         p.seen_video |= video_sent;
                         let due = if merge.is_zero() { video_sent || !p.seen_video } else { !p.wrote_media };
                         if !c.pending.is_empty() && !due && c.pending.len() < BATCH_BYTES {
@@ -496,6 +479,40 @@ async fn next_frame(player: &mut Option<Player>) -> Option<Frame> {
 }
 
 impl Conn {
+    /// Serialises `first` (if any) and every frame already queued for the player into `pending`,
+    /// up to a batch; returns whether video was among them.
+    fn append_frames(&mut self, first: Option<Frame>, out: &mut Vec<Out>) -> anyhow::Result<bool> {
+        let Some(p) = self.player.as_mut() else { return Ok(false) };
+        let stream_id = p.stream_id;
+        let mut video_sent = false;
+        // At the end of a merge interval everything queued goes; otherwise up to a batch.
+        let drain_all = first.is_none();
+        let mut next = first.or_else(|| p.sub.try_recv().and_then(Result::ok));
+        while let Some(frame) = next.take() {
+            p.flow.push(&frame, out);
+            for o in out.drain(..) {
+                let packet = match o {
+                    Out::Meta(m) => {
+                        self.pending.extend_from_slice(&metadata_packet(stream_id, &m, false)?);
+                        continue;
+                    }
+                    Out::Video(b, ts) => {
+                        video_sent = true;
+                        self.session.send_video_data(stream_id, b, ts, false)
+                    }
+                    Out::Audio(b, ts) => self.session.send_audio_data(stream_id, b, ts, false),
+                }
+                .map_err(|e| anyhow!("serialize: {e:?}"))?;
+                self.pending.extend_from_slice(&packet.bytes);
+            }
+            // The end of the stream is seen again by the next `recv`.
+            if self.pending.len() < BATCH_BYTES || drain_all {
+                next = p.sub.try_recv().and_then(Result::ok);
+            }
+        }
+        Ok(video_sent)
+    }
+
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> anyhow::Result<()> {
         if !self.pending.is_empty() {
             write_timeout(wr, &self.pending, self.cfg.push_timeout.0).await?;

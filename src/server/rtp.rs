@@ -159,6 +159,20 @@ pub fn unknown_stream_name(ssrc: u32) -> String {
 
 /// Binds UDP and TCP on the same address. Returns the bound address (useful with port 0).
 pub async fn bind(cfg: &RtpConfig) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+    // With port 0 the kernel chooses TCP's port and UDP takes the same one, which another program
+    // may already hold: choose again a few times.
+    let attempts = if cfg.listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        match bind_once(cfg) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
+fn bind_once(cfg: &RtpConfig) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
     let addr = cfg.listen;
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let tcp = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -168,7 +182,6 @@ pub async fn bind(cfg: &RtpConfig) -> std::io::Result<(UdpSocket, TcpListener, S
     tcp.listen(1024)?;
     let tcp = TcpListener::from_std(tcp.into())?;
     let bound = tcp.local_addr()?;
-    // With port 0 the kernel chose TCP's port; UDP takes the same one.
     let udp = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if let Err(e) = udp.set_recv_buffer_size(cfg.recv_buffer) {
         warn!("cannot set SO_RCVBUF to {}: {e}", cfg.recv_buffer);

@@ -241,6 +241,9 @@ struct Player {
     first_key_logged: bool,
     /// Whether any media was written yet: the first (GOP cache) write never waits for a merge.
     wrote_media: bool,
+    /// `merge_write` for interleaved players; zero when a track is on UDP (bursts would overflow
+    /// the player's socket buffer).
+    merge: Duration,
 }
 
 enum Event {
@@ -298,13 +301,23 @@ async fn connection(
     let mut out: Vec<u8> = Vec::new();
     let mut hold_until: Option<tokio::time::Instant> = None;
     let result = 'conn: loop {
+        let merging = player.as_ref().is_some_and(|p| !p.merge.is_zero());
+        // A merging player does not wake for each frame: its queue is drained when the interval ends.
+        let take_frames = !(merging && hold_until.is_some());
         let ev = tokio::select! {
             _ = shutdown.cancelled() => Event::Shutdown,
             r = rd.read(&mut buf) => Event::Read(r),
-            f = recv_frame(player.as_mut()) => Event::Frame(f),
+            f = recv_frame(player.as_mut()), if take_frames => Event::Frame(f),
             _ = tick.tick() => Event::Tick,
             _ = sleep_until_opt(hold_until) => Event::FlushHeld,
         };
+        if merging && !matches!(ev, Event::Frame(_)) {
+            if let Some(p) = player.as_mut() {
+                while let Some(Ok(f)) = p.sub.try_recv() {
+                    append_frame(p, &f, &mut out, cfg.max_payload);
+                }
+            }
+        }
         // Anything but a frame first writes what is held, so replies and reports keep their order.
         if !matches!(ev, Event::Frame(Ok(_))) && !out.is_empty() {
             hold_until = None;
@@ -353,7 +366,13 @@ async fn connection(
                                     continue;
                                 }
                                 let Some(s) = hub.get(&stream) else { break 'conn Ok(()) };
-                                player = Some(new_player(s.subscribe_as("rtsp"), tracks, &udp, peer.ip()));
+                                player = Some(new_player(
+                                    s.subscribe_as("rtsp"),
+                                    tracks,
+                                    &udp,
+                                    peer.ip(),
+                                    cfg.merge_write.0,
+                                ));
                             }
                             Action::Pause => {
                                 if let Some(p) = player.as_mut() {
@@ -398,7 +417,7 @@ async fn connection(
                 if out.is_empty() {
                     continue;
                 }
-                let merge = cfg.merge_write.0;
+                let merge = p.merge;
                 let due = if merge.is_zero() { video_sent || !has_video } else { !p.wrote_media };
                 if due || out.len() >= BATCH_BYTES {
                     p.wrote_media = true;
@@ -438,7 +457,13 @@ async fn connection(
     result
 }
 
-fn new_player(sub: Subscription, setups: Vec<TrackSetup>, udp: &HashMap<usize, UdpPair>, peer: IpAddr) -> Player {
+fn new_player(
+    sub: Subscription,
+    setups: Vec<TrackSetup>,
+    udp: &HashMap<usize, UdpPair>,
+    peer: IpAddr,
+    merge_write: Duration,
+) -> Player {
     let tracks: Vec<TrackOut> = setups
         .into_iter()
         .map(|s| {
@@ -471,6 +496,7 @@ fn new_player(sub: Subscription, setups: Vec<TrackSetup>, udp: &HashMap<usize, U
         })
         .collect();
     let need_keyframe = tracks.iter().any(|t| t.kind == MediaKind::Video);
+    let merge = if tracks.iter().all(|t| t.udp.is_none()) { merge_write } else { Duration::ZERO };
     Player {
         sub,
         tracks,
@@ -483,6 +509,7 @@ fn new_player(sub: Subscription, setups: Vec<TrackSetup>, udp: &HashMap<usize, U
         play_at: Instant::now(),
         first_key_logged: false,
         wrote_media: false,
+        merge,
     }
 }
 
