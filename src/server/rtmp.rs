@@ -39,7 +39,7 @@ const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 /// video frame and the audio around it: half the writes and wakeups per player.
 const AUDIO_HOLD: Duration = Duration::from_millis(100);
 /// A batch this large is written at once (a GOP burst at play).
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = super::rtsp::BATCH_BYTES;
 
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
@@ -448,10 +448,7 @@ async fn connection(
             if !hold {
                 hold_until = None;
                 c.flush(&mut wr).await?;
-                if c.pending.capacity() > BATCH_BYTES {
-                    // A GOP burst grew it; steady state needs about one frame.
-                    c.pending.shrink_to(BATCH_BYTES / 4);
-                }
+                super::rtsp::trim_batch(&mut c.pending);
             }
         }
     }

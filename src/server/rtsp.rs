@@ -38,7 +38,7 @@ const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// (at most this long), halving the writes and wakeups per player at 25 fps with audio.
 const AUDIO_HOLD: Duration = Duration::from_millis(100);
 /// A batch this large is written at once whatever it holds (a GOP burst at PLAY).
-const BATCH_BYTES: usize = 64 * 1024;
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 /// After the source ends and BYE is sent, how long the player gets to send TEARDOWN before we close.
 const BYE_GRACE: Duration = Duration::from_secs(2);
 /// Source pts going back more than this (90 kHz) is a discontinuity, not A/V interleaving.
@@ -254,6 +254,14 @@ enum Event {
     FlushHeld,
 }
 
+/// A GOP burst can grow a player's batch buffer far beyond what steady state needs (about one
+/// merge interval of media): give that memory back.
+pub(crate) fn trim_batch(buf: &mut Vec<u8>) {
+    if buf.capacity() > 2 * BATCH_BYTES {
+        buf.shrink_to(BATCH_BYTES);
+    }
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -325,6 +333,7 @@ async fn connection(
                 break Err(e);
             }
             out.clear();
+            trim_batch(&mut out);
         }
         match ev {
             Event::Shutdown => break Ok(()),
@@ -426,8 +435,7 @@ async fn connection(
                         break Err(e);
                     }
                     out.clear();
-                    // A GOP burst may have grown it; steady state needs about one frame.
-                    out.shrink_to(BATCH_BYTES / 4);
+                    trim_batch(&mut out);
                 } else if hold_until.is_none() {
                     let hold = if merge.is_zero() { AUDIO_HOLD } else { merge };
                     hold_until = Some(tokio::time::Instant::now() + hold);
