@@ -497,3 +497,155 @@ impl AudioTranscoder {
         r
     }
 }
+
+/// Test and measurement helpers: decode raw AAC frames, estimate a tone's frequency.
+pub mod analysis {
+    use super::*;
+
+    /// Decodes raw AAC frames (as the transcoder emits them) to mono f32 with symphonia.
+    pub fn decode_aac(asc: &Bytes, rate: u32, frames: &[Bytes]) -> Result<Vec<f32>, AudioError> {
+        let cfg = AudioConfig { sample_rate: rate, channels: 1, asc: Some(asc.clone()) };
+        let mut dec = AacDecoder::new(&cfg)?;
+        let mut out = Vec::new();
+        for f in frames {
+            dec.decode(f, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The frequency of a tone in `pcm` at `rate`, from rising zero crossings.
+    pub fn tone_frequency(pcm: &[f32], rate: u32) -> f64 {
+        let crossings: Vec<usize> = (1..pcm.len()).filter(|&i| pcm[i - 1] < 0.0 && pcm[i] >= 0.0).collect();
+        match (crossings.first(), crossings.last()) {
+            (Some(&a), Some(&b)) if b > a => (crossings.len() - 1) as f64 * f64::from(rate) / (b - a) as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// SNR (dB) of `out` against `reference` at the best lag within `max_lag` samples; returns (snr, lag).
+    pub fn snr_db(reference: &[f32], out: &[f32], max_lag: usize) -> (f64, i64) {
+        let n = reference.len().min(out.len()).saturating_sub(2 * max_lag);
+        let window = n.min(200_000);
+        let at = |lag: i64, i: usize| out[(max_lag as i64 + i as i64 + lag) as usize];
+        let mut best = (f64::MIN, 0i64);
+        for lag in -(max_lag as i64)..=max_lag as i64 {
+            let c: f64 = (0..window).step_by(4).map(|i| f64::from(reference[max_lag + i]) * f64::from(at(lag, i))).sum();
+            if c > best.0 {
+                best = (c, lag);
+            }
+        }
+        let lag = best.1;
+        let (mut sig, mut err) = (0f64, 0f64);
+        for i in 0..n {
+            let r = f64::from(reference[max_lag + i]);
+            let e = r - f64::from(at(lag, i));
+            sig += r * r;
+            err += e * e;
+        }
+        (10.0 * (sig / err.max(1e-20)).log10(), lag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::analysis::*;
+    use super::*;
+
+    fn tone(rate: u32, secs: f64, freq: f64, amp: f64) -> Vec<i16> {
+        let n = (f64::from(rate) * secs) as usize;
+        (0..n).map(|i| ((i as f64 * freq * 2.0 * std::f64::consts::PI / f64::from(rate)).sin() * amp) as i16).collect()
+    }
+
+    fn frame(codec: Codec, pts: i64, data: Vec<u8>, config: Arc<CodecConfig>) -> Frame {
+        Frame { codec, pts, dts: pts, keyframe: true, data: Bytes::from(data), config, cache: Default::default() }
+    }
+
+    fn g711_frames(codec: Codec, rate: u32, pcm: &[i16]) -> Vec<Frame> {
+        let cfg = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None }));
+        let per = rate as usize / 25;
+        pcm.chunks(per)
+            .enumerate()
+            .map(|(i, c)| {
+                let enc = if codec == Codec::G711A { g711::linear_to_alaw } else { g711::linear_to_ulaw };
+                frame(codec, 1000 + i as i64 * 3600, c.iter().map(|&s| enc(s)).collect(), cfg.clone())
+            })
+            .collect()
+    }
+
+    /// Transcodes, checks output timestamps are exactly sample-derived, decodes, returns PCM.
+    fn transcode(frames: &[Frame], rate: u32) -> (Vec<f32>, Vec<Frame>) {
+        let mut t = AudioTranscoder::new(EncoderKind::Syom, 11_025, 24_000).unwrap();
+        let mut out = Vec::new();
+        for f in frames {
+            t.push(f, rate, &mut out).unwrap();
+        }
+        for (i, f) in out.iter().enumerate() {
+            assert_eq!(f.pts, 1000 + (i as u64 * 1024 * 90_000 / 11_025) as i64);
+        }
+        assert_eq!(t.stats().frames_out, out.len() as u64);
+        let CodecConfig::Audio(cfg) = t.config().as_ref() else { panic!() };
+        assert_eq!(cfg.asc.as_deref(), Some(&[0x15, 0x08][..]), "AAC-LC 11025 Hz mono");
+        let data: Vec<Bytes> = out.iter().map(|f| f.data.clone()).collect();
+        (decode_aac(cfg.asc.as_ref().unwrap(), 11_025, &data).unwrap(), out)
+    }
+
+    #[test]
+    fn g711_8k_and_16k_tones_come_out_at_1khz_11025() {
+        for (codec, rate) in [(Codec::G711A, 8_000), (Codec::G711U, 16_000)] {
+            let frames = g711_frames(codec, rate, &tone(rate, 3.0, 1000.0, 12_000.0));
+            let (pcm, out) = transcode(&frames, rate);
+            let f = tone_frequency(&pcm[2048..], 11_025);
+            assert!((f - 1000.0).abs() < 2.0, "{codec} {rate}: {f} Hz");
+            // 3 s in, all but the encoder's buffered tail (< 2 frames) out.
+            let secs = out.len() as f64 * 1024.0 / 11_025.0;
+            assert!((2.8..=3.0).contains(&secs), "{codec}: {secs} s");
+        }
+    }
+
+    #[test]
+    fn aac_16k_input_is_decoded_and_reencoded() {
+        // Make AAC 16 kHz input with syom itself.
+        let mut enc = SyomEncoder::new(16_000, 32_000).unwrap();
+        let asc = enc.asc();
+        let pcm: Vec<f32> = tone(16_000, 3.0, 1000.0, 12_000.0).iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let mut raw = Vec::new();
+        enc.encode(&pcm, &mut |f| raw.push(f.to_vec())).unwrap();
+        let cfg = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 16_000, channels: 1, asc: Some(asc) }));
+        let frames: Vec<Frame> = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| frame(Codec::Aac, 1000 + (i as i64 * 1024 * 90_000 / 16_000), d, cfg.clone()))
+            .collect();
+        let (pcm, _) = transcode(&frames, 16_000);
+        let f = tone_frequency(&pcm[4096..], 11_025);
+        assert!((f - 1000.0).abs() < 2.0, "{f} Hz");
+    }
+
+    #[test]
+    fn broken_frames_are_lost_not_fatal_and_gaps_are_filled() {
+        let mut t = AudioTranscoder::new(EncoderKind::Syom, 11_025, 24_000).unwrap();
+        let mut out = Vec::new();
+        // AAC whose AudioSpecificConfig is unusable, then garbage under a good one.
+        let bad = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 16_000, channels: 1, asc: None }));
+        assert!(t.push(&frame(Codec::Aac, 0, vec![0x21; 50], bad), 16_000, &mut out).is_err());
+        let odd = Arc::new(CodecConfig::Audio(AudioConfig {
+            sample_rate: 16_000,
+            channels: 1,
+            asc: Some(Bytes::from_static(&[0x14, 0x08])),
+        }));
+        let _ = t.push(&frame(Codec::Aac, 0, vec![0xFF; 50], odd), 16_000, &mut out);
+        assert!(t.stats().errors >= 1);
+        out.clear();
+        // G.711 continues, with a 1 s hole in its timeline: filled with silence.
+        let mut frames = g711_frames(Codec::G711A, 8_000, &tone(8_000, 4.0, 1000.0, 12_000.0));
+        frames.retain(|f| !(26_000..116_000).contains(&f.pts));
+        for f in &frames {
+            t.push(f, 8_000, &mut out).unwrap();
+        }
+        assert!(t.stats().silence_ms >= 900, "{:?}", t.stats());
+        for w in out.windows(2) {
+            let d = w[1].pts - w[0].pts;
+            assert!((8359..=8360).contains(&d), "{d}");
+        }
+    }
+}
