@@ -314,9 +314,13 @@ impl Config {
                 return Err(ConfigError::Invalid { key: "rtmp.push.stream", message: "empty".into() });
             }
         }
-        const AAC_RATES: [u32; 12] = [8000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 64_000, 88_200, 96_000];
+        const AAC_RATES: [u32; 12] =
+            [8000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 64_000, 88_200, 96_000];
         if !AAC_RATES.contains(&self.audio.rate) {
-            return Err(ConfigError::Invalid { key: "audio.rate", message: format!("{} is not an AAC sample rate", self.audio.rate) });
+            return Err(ConfigError::Invalid {
+                key: "audio.rate",
+                message: format!("{} is not an AAC sample rate", self.audio.rate),
+            });
         }
         if !(8_000..=128_000).contains(&self.audio.bitrate) {
             return Err(ConfigError::Invalid { key: "audio.bitrate", message: "between 8000 and 128000".into() });

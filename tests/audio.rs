@@ -32,12 +32,23 @@ fn inputs() -> &'static (PathBuf, Vec<(bytes::Bytes, bool)>) {
             assert!(st.success(), "ffmpeg {args:?}");
         };
         let video = dir.join("v.h264");
-        ff(&["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "60", "-c:v", "libx264", "-preset", "ultrafast"]
-            .iter()
-            .copied()
-            .chain(["-g", "25", "-bf", "0", "-threads", "1", "-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
-            .chain([video.to_str().unwrap()])
-            .collect::<Vec<_>>());
+        ff(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-t",
+            "60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ]
+        .iter()
+        .copied()
+        .chain(["-g", "25", "-bf", "0", "-threads", "1", "-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
+        .chain([video.to_str().unwrap()])
+        .collect::<Vec<_>>());
         for (name, rate, fmt) in
             [("a8k.alaw", "8000", "alaw"), ("u16k.mulaw", "16000", "mulaw"), ("aac16k.adts", "16000", "adts")]
         {
@@ -221,11 +232,12 @@ async fn g711a_8k_g711u_16k_and_aac_16k_leave_as_aac_11025_mono_1khz_over_rtmp_a
 
 /// ffprobe packets of a play: (stream kind, pts ms).
 async fn probe_packets(url: String) -> Vec<(String, i64)> {
-    let args: Vec<String> = ["-v", "error", "-show_entries", "stream=index,codec_type:packet=stream_index,pts", "-of", "json"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([url.clone()])
-        .collect();
+    let args: Vec<String> =
+        ["-v", "error", "-show_entries", "stream=index,codec_type:packet=stream_index,pts", "-of", "json"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([url.clone()])
+            .collect();
     let (ok, out, err) = run("ffprobe", &args, Duration::from_secs(100)).await;
     assert!(ok, "ffprobe {url}: {err}");
     let v: Value = serde_json::from_slice(&out).unwrap();
@@ -291,9 +303,13 @@ async fn anomaly_streams_come_out_monotonic_aligned_and_complete() {
         let mean = |f: &dyn Fn(usize) -> f64, r: std::ops::Range<usize>| r.clone().map(f).sum::<f64>() / r.len() as f64;
         let (na, nv) = (audio.len(), video.len());
         let w = 50;
-        let drift = (mean(&a_off, na - w..na) - mean(&v_off, nv - 125..nv)) - (mean(&a_off, 0..w) - mean(&v_off, 0..125));
+        let drift =
+            (mean(&a_off, na - w..na) - mean(&v_off, nv - 125..nv)) - (mean(&a_off, 0..w) - mean(&v_off, 0..125));
         let expected_audio = SECS as f64 * 11_025.0 / 1024.0;
-        println!("{what}: {nv} video, {na} audio packets, A/V drift {drift:.1} ms; api {:?}", api.as_ref().map(|s| &s["media"]));
+        println!(
+            "{what}: {nv} video, {na} audio packets, A/V drift {drift:.1} ms; api {:?}",
+            api.as_ref().map(|s| &s["media"])
+        );
         assert!(drift.abs() < 40.0, "{what}: A/V drift {drift:.1} ms");
         assert!(na as f64 >= expected_audio * 0.98, "{what}: {na} audio frames of ~{expected_audio:.0}");
         let repair = api.as_ref().map(|s| s["media"]["repair"].clone()).unwrap_or_default();
@@ -309,4 +325,3 @@ async fn anomaly_streams_come_out_monotonic_aligned_and_complete() {
     }
     gw.stop().await;
 }
-

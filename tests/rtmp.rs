@@ -131,7 +131,7 @@ async fn probe_fixture(fixture: &str, ssrc: u32, loops: u32) -> Probe {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ffprobe_plays_h264_g711a_352x288_video_only_every_frame_in_order() {
+async fn ffprobe_plays_h264_g711a_352x288_with_aac_every_frame_in_order() {
     let loops = 3;
     let p = probe_fixture("h264_g711a_8k", 0x0BEBC201, loops).await;
     let v = p.stream("video").expect("video stream");
@@ -139,7 +139,9 @@ async fn ffprobe_plays_h264_g711a_352x288_video_only_every_frame_in_order() {
         (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
         (Some("h264"), Some(352), Some(288))
     );
-    assert!(p.stream("audio").is_none(), "G.711 must be omitted on RTMP");
+    let a = p.stream("audio").expect("G.711 leaves as AAC");
+    assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some("aac"), Some("11025")));
+    assert_monotonic(&p.pts("audio"));
     assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
     assert_monotonic(&p.pts("video"));
 }
@@ -153,7 +155,8 @@ async fn ffprobe_plays_h264_g711u_1280x720_every_frame_in_order() {
         (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
         (Some("h264"), Some(1280), Some(720))
     );
-    assert!(p.stream("audio").is_none());
+    let a = p.stream("audio").expect("G.711 leaves as AAC");
+    assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some("aac"), Some("11025")));
     assert_eq!(p.frames("video"), FRAMES_PER_PASS * loops as usize);
     assert_monotonic(&p.pts("video"));
 }

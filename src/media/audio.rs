@@ -80,9 +80,7 @@ pub struct SyomEncoder {
 
 impl SyomEncoder {
     pub fn new(rate: u32, bitrate: u32) -> Result<Self, AudioError> {
-        let opts = syom::EncodeOptions::default()
-            .with_bitrate_bps(bitrate)
-            .with_container(syom::EncodeContainer::Raw);
+        let opts = syom::EncodeOptions::default().with_bitrate_bps(bitrate).with_container(syom::EncodeContainer::Raw);
         let enc = syom::Encoder::new(rate, 1, &opts)
             .map_err(|e| AudioError::Encoder { encoder: "syom", msg: e.to_string() })?;
         Ok(SyomEncoder { enc, rate, bitrate })
@@ -244,7 +242,8 @@ struct Rate {
 
 impl Rate {
     fn new(from: u32, to: u32) -> Result<Self, AudioError> {
-        let mut r = Rate { from, to, fft: None, chunk: 0, fifo: Vec::new(), out: Vec::new(), skip: 0, taken: 0, given: 0 };
+        let mut r =
+            Rate { from, to, fft: None, chunk: 0, fifo: Vec::new(), out: Vec::new(), skip: 0, taken: 0, given: 0 };
         if from == to {
             return Ok(r);
         }
@@ -352,7 +351,8 @@ pub struct AudioTranscoder {
 impl AudioTranscoder {
     pub fn new(kind: EncoderKind, out_rate: u32, bitrate: u32) -> Result<Self, AudioError> {
         let encoder = new_encoder(kind, out_rate, bitrate)?;
-        let config = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: out_rate, channels: 1, asc: Some(encoder.asc()) }));
+        let config =
+            Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: out_rate, channels: 1, asc: Some(encoder.asc()) }));
         let skip = encoder.priming_frames();
         let stats = TranscodeStats { encoder: encoder.name(), ..Default::default() };
         Ok(AudioTranscoder {
@@ -529,7 +529,8 @@ pub mod analysis {
         let at = |lag: i64, i: usize| out[(max_lag as i64 + i as i64 + lag) as usize];
         let mut best = (f64::MIN, 0i64);
         for lag in -(max_lag as i64)..=max_lag as i64 {
-            let c: f64 = (0..window).step_by(4).map(|i| f64::from(reference[max_lag + i]) * f64::from(at(lag, i))).sum();
+            let c: f64 =
+                (0..window).step_by(4).map(|i| f64::from(reference[max_lag + i]) * f64::from(at(lag, i))).sum();
             if c > best.0 {
                 best = (c, lag);
             }

@@ -120,8 +120,13 @@ impl TimestampRepair {
             None => {
                 // The first frame keeps its time, or continues after audio that came first.
                 let offset = self.audio.as_ref().map_or(0, |a| a.raw_offset);
-                self.video =
-                    Some(VideoClock { offset, last_raw: raw, last_out: raw + offset, step: 3600, last_arrival: now_us });
+                self.video = Some(VideoClock {
+                    offset,
+                    last_raw: raw,
+                    last_out: raw + offset,
+                    step: 3600,
+                    last_arrival: now_us,
+                });
                 raw + offset
             }
             Some(v) => {
@@ -130,7 +135,9 @@ impl TimestampRepair {
                     (Some(n), Some(l)) => Some(ticks_between(n, l)),
                     _ => None,
                 };
-                let limit = wall.map_or((JUMP_NO_CLOCK_FRAMES * v.step).max(JUMP_NO_CLOCK_MIN), |w| (w + JUMP_SLACK).max(4 * v.step));
+                let limit = wall.map_or((JUMP_NO_CLOCK_FRAMES * v.step).max(JUMP_NO_CLOCK_MIN), |w| {
+                    (w + JUMP_SLACK).max(4 * v.step)
+                });
                 let gap = match wall {
                     Some(w) if w > REAL_PAUSE => w,
                     _ => v.step,
@@ -351,7 +358,8 @@ mod tests {
 
     #[test]
     fn jumps_back_and_forth_restart_and_hours_stay_smooth_and_aligned() {
-        let cases: Vec<(&str, Box<dyn Fn(i64) -> i64>)> = vec![
+        type Clock = Box<dyn Fn(i64) -> i64>;
+        let cases: Vec<(&str, Clock)> = vec![
             // (a) both tracks jump back 2 s for one second out of every three.
             ("back-and-forth", Box::new(|i| i * 3600 - if (i / 25) % 3 == 1 { 180_000 } else { 0 })),
             // A camera restart at 20 s: the clock starts over near zero.
@@ -400,7 +408,7 @@ mod tests {
             if !(250..300).contains(&i) {
                 let mut f = audio(i * 3600);
                 let vref = r.video_reference(now);
-            if r.audio(&mut f, 320, 8000, now, vref) {
+                if r.audio(&mut f, 320, 8000, now, vref) {
                     assert!(f.pts > last);
                     last = f.pts;
                     out.push((i, f.pts));

@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::config::AudioConfig;
 use crate::config::{RtpConfig, UnknownSsrc};
 use crate::hub::{Hub, Source, Stream, Transport};
-use crate::config::AudioConfig;
 use crate::media::ingest::StreamIngest;
 use crate::media::pipeline::MediaPipeline;
 use crate::proto::rtp::tcp::TcpFramer;
@@ -495,11 +495,8 @@ async fn run_stream(
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
     let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
-    let mut media = Media {
-        pipeline: MediaPipeline::new(audio),
-        demuxed: Vec::with_capacity(16),
-        out: Vec::with_capacity(16),
-    };
+    let mut media =
+        Media { pipeline: MediaPipeline::new(audio), demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
     let mut batch = Vec::with_capacity(64);
     let mut read_buf = match source {
         PacketSource::Tcp { .. } => vec![0u8; 64 * 1024],
