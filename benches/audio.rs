@@ -48,6 +48,22 @@ fn bench(c: &mut Criterion) {
     if cfg!(feature = "fdk-aac") {
         kinds.push(EncoderKind::Fdk);
     }
+    // Quality first (printed, not timed): SNR of the decoded AAC against the resampled input.
+    if let Ok(full) = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/real/avstackdocs/gb_device_audio_8k.g711a"),
+    ) {
+        for &kind in &kinds {
+            match gbgate::media::audio::analysis::g711_snr(&full, 8_000, kind) {
+                Ok((snr, lag, bytes)) => println!(
+                    "quality {kind:?}: gb_device_audio_8k.g711a ({:.1} s) SNR {snr:.1} dB, lag {lag} samples, {:.1} kbit/s",
+                    full.len() as f64 / 8000.0,
+                    bytes as f64 * 8.0 / (full.len() as f64 / 8000.0) / 1000.0
+                ),
+                Err(e) => println!("quality {kind:?}: {e}"),
+            }
+        }
+    }
     let mut g = c.benchmark_group("transcode_10s");
     g.sample_size(10);
     g.throughput(Throughput::Elements(10));

@@ -513,6 +513,42 @@ pub mod analysis {
         Ok(out)
     }
 
+    /// `pcm` resampled to `to` exactly as the transcoder does (the reference for SNR).
+    pub fn resample(pcm: &[f32], from: u32, to: u32) -> Result<Vec<f32>, AudioError> {
+        let mut r = Rate::new(from, to)?;
+        let mut out = Vec::with_capacity(pcm.len() * to as usize / from as usize + 1024);
+        r.process(pcm, &mut out)?;
+        Ok(out)
+    }
+
+    /// Transcodes G.711A `data` at `rate` with `kind`, decodes the AAC with symphonia and returns
+    /// (SNR dB against the resampled input, lag in samples, AAC bytes).
+    pub fn g711_snr(data: &[u8], rate: u32, kind: EncoderKind) -> Result<(f64, i64, usize), AudioError> {
+        let cfg = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None }));
+        let mut t = AudioTranscoder::new(kind, 11_025, 24_000)?;
+        let mut out = Vec::new();
+        for (i, c) in data.chunks(rate as usize / 25).enumerate() {
+            let f = Frame {
+                codec: Codec::G711A,
+                pts: i as i64 * 3600,
+                dts: i as i64 * 3600,
+                keyframe: true,
+                data: Bytes::copy_from_slice(c),
+                config: cfg.clone(),
+                cache: Default::default(),
+            };
+            t.push(&f, rate, &mut out)?;
+        }
+        let CodecConfig::Audio(acfg) = t.config().as_ref() else { unreachable!("audio config") };
+        let frames: Vec<Bytes> = out.iter().map(|f| f.data.clone()).collect();
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        let decoded = decode_aac(acfg.asc.as_ref().expect("asc"), 11_025, &frames)?;
+        let pcm: Vec<f32> = data.iter().map(|&b| f32::from(g711::ALAW[b as usize]) / 32768.0).collect();
+        let reference = resample(&pcm, rate, 11_025)?;
+        let (snr, lag) = snr_db(&reference, &decoded, 2048);
+        Ok((snr, lag, bytes))
+    }
+
     /// The frequency of a tone in `pcm` at `rate`, from rising zero crossings.
     pub fn tone_frequency(pcm: &[f32], rate: u32) -> f64 {
         let crossings: Vec<usize> = (1..pcm.len()).filter(|&i| pcm[i - 1] < 0.0 && pcm[i] >= 0.0).collect();
