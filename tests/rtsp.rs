@@ -300,7 +300,8 @@ async fn raw_socket_session_and_unknown_stream() {
     .await;
     assert!(head.starts_with("RTSP/1.0 200"), "{head}");
     assert!(sdp.contains("a=rtpmap:96 H264/90000") && sdp.contains("sprop-parameter-sets="), "{sdp}");
-    assert!(sdp.contains("a=rtpmap:8 PCMA/8000") && sdp.contains("a=control:trackID=1"), "{sdp}");
+    // G.711 leaves as AAC-LC 11025 Hz mono.
+    assert!(sdp.contains("MPEG4-GENERIC/11025/1") && sdp.contains("a=control:trackID=1"), "{sdp}");
     let (head, _) = request(
         &mut sock,
         &mut pending,
