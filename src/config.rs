@@ -44,6 +44,44 @@ pub struct Config {
     pub sip: ListenConfig,
     pub hub: HubConfig,
     pub log: LogConfig,
+    pub audio: AudioConfig,
+}
+
+/// What leaves gbgate as audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioOutput {
+    /// Transcode every stream's audio to AAC-LC, `rate` Hz, mono.
+    Aac,
+    /// Send the camera's audio as it is (G.711 is then not sent over RTMP).
+    Passthrough,
+}
+
+/// `[audio]`: audio transcoding and G.711 rate detection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    pub output: AudioOutput,
+    /// Output sample rate of the AAC (Hz).
+    pub rate: u32,
+    /// AAC bitrate (bit/s).
+    pub bitrate: u32,
+    /// "syom" (pure Rust, default) or "fdk" (needs the `fdk-aac` cargo feature).
+    pub encoder: crate::media::audio::EncoderKind,
+    /// G.711 sample rate: 0 = detect (PS carries none), or 8000 / 16000 to force it.
+    pub g711_rate: u32,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            output: AudioOutput::Aac,
+            rate: 11_025,
+            bitrate: 24_000,
+            encoder: crate::media::audio::EncoderKind::Syom,
+            g711_rate: 0,
+        }
+    }
 }
 
 /// What to do with an RTP stream whose SSRC nobody announced.
@@ -292,6 +330,26 @@ impl Config {
             if push.stream.is_empty() {
                 return Err(ConfigError::Invalid { key: "rtmp.push.stream", message: "empty".into() });
             }
+        }
+        const AAC_RATES: [u32; 12] =
+            [8000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 64_000, 88_200, 96_000];
+        if !AAC_RATES.contains(&self.audio.rate) {
+            return Err(ConfigError::Invalid {
+                key: "audio.rate",
+                message: format!("{} is not an AAC sample rate", self.audio.rate),
+            });
+        }
+        if !(8_000..=128_000).contains(&self.audio.bitrate) {
+            return Err(ConfigError::Invalid { key: "audio.bitrate", message: "between 8000 and 128000".into() });
+        }
+        if ![0, 8_000, 16_000].contains(&self.audio.g711_rate) {
+            return Err(ConfigError::Invalid { key: "audio.g711_rate", message: "0 (detect), 8000 or 16000".into() });
+        }
+        if self.audio.encoder == crate::media::audio::EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
+            return Err(ConfigError::Invalid {
+                key: "audio.encoder",
+                message: "\"fdk\" needs gbgate built with `--features fdk-aac`".into(),
+            });
         }
         if self.hub.gop_cache_duration.0 > Duration::from_secs(120) {
             return Err(ConfigError::Invalid { key: "hub.gop_cache_duration", message: "at most 120s".into() });

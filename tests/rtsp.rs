@@ -19,7 +19,11 @@ struct Setup {
 }
 
 async fn start_rtsp() -> Setup {
-    let gw = start(test_config()).await;
+    start_rtsp_with(test_config()).await
+}
+
+async fn start_rtsp_with(cfg: gbgate::config::Config) -> Setup {
+    let gw = start(cfg).await;
     let rtsp = gw.rtsp_addr.expect("RTSP is enabled by default");
     Setup { gw, rtsp }
 }
@@ -90,9 +94,10 @@ async fn ffprobe_streams(url: &str, transport: &str) -> Vec<Value> {
 async fn ffprobe_sees_codecs_resolution_and_rate_over_tcp_and_udp() {
     let s = start_rtsp().await;
     let cases = [
-        ("h264_g711a_8k", 0x0BEB_C201u32, "h264", 352, 288, "pcm_alaw", "8000"),
-        ("h265_aac_16k", 0x0BEB_C202, "hevc", 352, 288, "aac", "16000"),
-        ("h264_g711u_16k", 0x0BEB_C203, "h264", 1280, 720, "pcm_mulaw", "16000"),
+        // Audio leaves as AAC-LC 11025 Hz mono by default ([audio] output = "aac").
+        ("h264_g711a_8k", 0x0BEB_C201u32, "h264", 352, 288, "aac", "11025"),
+        ("h265_aac_16k", 0x0BEB_C202, "hevc", 352, 288, "aac", "11025"),
+        ("h264_g711u_16k", 0x0BEB_C203, "h264", 1280, 720, "aac", "11025"),
     ];
     for (fixture, ssrc, vcodec, w, h, acodec, rate) in cases {
         let name = feed(&s, fixture, ssrc, 4).await;
@@ -107,6 +112,21 @@ async fn ffprobe_sees_codecs_resolution_and_rate_over_tcp_and_udp() {
             assert_eq!(a["sample_rate"], rate, "{fixture} {transport}");
             println!("{fixture} over {transport}: {vcodec} {w}x{h} + {acodec} {rate} Hz");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_keeps_g711_with_its_detected_rate() {
+    let mut cfg = test_config();
+    cfg.audio.output = gbgate::config::AudioOutput::Passthrough;
+    let s = start_rtsp_with(cfg).await;
+    for (fixture, ssrc, acodec, rate) in
+        [("h264_g711a_8k", 0x0BEB_C211u32, "pcm_alaw", "8000"), ("h264_g711u_16k", 0x0BEB_C213, "pcm_mulaw", "16000")]
+    {
+        let name = feed(&s, fixture, ssrc, 4).await;
+        let streams = ffprobe_streams(&format!("rtsp://{}/{name}", s.rtsp), "tcp").await;
+        let a = streams.iter().find(|x| x["sample_rate"].is_string()).unwrap_or_else(|| panic!("{streams:?}"));
+        assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some(acodec), Some(rate)), "{fixture}");
     }
 }
 
@@ -294,7 +314,8 @@ async fn raw_socket_session_and_unknown_stream() {
     .await;
     assert!(head.starts_with("RTSP/1.0 200"), "{head}");
     assert!(sdp.contains("a=rtpmap:96 H264/90000") && sdp.contains("sprop-parameter-sets="), "{sdp}");
-    assert!(sdp.contains("a=rtpmap:8 PCMA/8000") && sdp.contains("a=control:trackID=1"), "{sdp}");
+    // G.711 leaves as AAC-LC 11025 Hz mono.
+    assert!(sdp.contains("MPEG4-GENERIC/11025/1") && sdp.contains("a=control:trackID=1"), "{sdp}");
     let (head, _) = request(
         &mut sock,
         &mut pending,

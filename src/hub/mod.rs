@@ -69,6 +69,8 @@ pub struct StreamStats {
     pub garbage_bytes: u64,
     pub resyncs: u64,
     pub dropped_frames: u64,
+    /// Timestamp repairs, G.711 rate detection and audio transcoding.
+    pub media: crate::media::pipeline::MediaStats,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -200,6 +200,7 @@ impl StreamIngest {
             garbage_bytes: demux.garbage_bytes,
             resyncs: demux.resyncs,
             dropped_frames: demux.dropped_frames,
+            media: Default::default(),
         }
     }
 }

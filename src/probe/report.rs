@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::media::ingest::StreamIngest;
+use crate::media::pipeline::{MediaPipeline, MediaStats};
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::probe::reader::{read_capture, CaptureFormat, CaptureItem, ReadError};
 use crate::proto::rtp::RtpPacket;
@@ -37,6 +38,11 @@ pub struct StreamReport {
     pub reordered: u64,
     pub duration_ms: u64,
     pub anomalies: Vec<String>,
+    /// What the gateway's media stage (timestamp repair, G.711 rate detection, audio to AAC)
+    /// did to this stream, running the same code as the live server.
+    pub media: MediaStats,
+    /// Timestamps after repair: backward or zero steps left (always 0 unless repair is broken).
+    pub repaired_non_monotonic: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +136,12 @@ struct StreamProbe {
     video: TrackAudit,
     audio: TrackAudit,
     frames: Vec<Frame>,
+    media: MediaPipeline,
+    /// Capture time of the packet being processed (none for files without times).
+    now_us: Option<u64>,
+    repaired: Vec<Frame>,
+    last_out: [Option<i64>; 2],
+    non_monotonic: u64,
 }
 
 impl StreamProbe {
@@ -141,6 +153,11 @@ impl StreamProbe {
             video: TrackAudit::default(),
             audio: TrackAudit::default(),
             frames: Vec::new(),
+            media: MediaPipeline::new(&crate::config::AudioConfig::default()),
+            now_us: None,
+            repaired: Vec::new(),
+            last_out: [None, None],
+            non_monotonic: 0,
         }
     }
 
@@ -150,12 +167,26 @@ impl StreamProbe {
                 MediaKind::Video => self.video.add(&frame),
                 MediaKind::Audio => self.audio.add(&frame),
             }
+            self.media.push(frame, self.now_us, &mut self.repaired);
+        }
+        self.check_repaired();
+    }
+
+    fn check_repaired(&mut self) {
+        for f in self.repaired.drain(..) {
+            let last = &mut self.last_out[usize::from(f.kind() == MediaKind::Audio)];
+            if last.is_some_and(|l| f.dts <= l) {
+                self.non_monotonic += 1;
+            }
+            *last = Some(f.dts);
         }
     }
 
     fn finish(mut self) -> StreamReport {
         self.ingest.finish(&mut self.frames);
         self.audit();
+        self.media.finish(&mut self.repaired);
+        self.check_repaired();
         let demux = self.ingest.demux_stats();
         let rtp = self.ingest.rtp_stats();
         let mut anomalies = Vec::new();
@@ -206,6 +237,8 @@ impl StreamProbe {
             reordered: rtp.reordered,
             duration_ms: (span.max(0) as u64) / 90,
             anomalies,
+            media: self.media.stats(),
+            repaired_non_monotonic: self.non_monotonic,
         }
     }
 }
@@ -244,6 +277,7 @@ pub fn probe_file(path: &Path) -> Result<ProbeReport, ReadError> {
                     }
                 };
                 let s = &mut streams[i];
+                s.now_us = time_us;
                 // Without capture times, loss is declared by count alone (time stands still).
                 s.ingest.push_rtp(packet, time_us.unwrap_or(0), &mut s.frames);
                 s.audit();
@@ -319,6 +353,32 @@ pub fn render_text(report: &ProbeReport) -> String {
             }
         }
         let _ = writeln!(s, "  duration {:.3} s", st.duration_ms as f64 / 1000.0);
+        let m = &st.media;
+        let r = &m.repair;
+        let _ = writeln!(
+            s,
+            "  repair   video: {} zero steps, {} back steps, {} jumps re-anchored, {} PTS fixed; \
+             audio: {} raw PTS ignored (time from samples), {} realigned, {} dropped ahead; \
+             {} non-monotonic after repair",
+            r.video_zero_steps,
+            r.video_back_steps,
+            r.video_jumps,
+            r.video_pts_fixed,
+            r.audio_ts_mismatches,
+            r.audio_realigned,
+            r.audio_dropped_ahead,
+            st.repaired_non_monotonic
+        );
+        if let Some(rate) = m.g711_rate {
+            let _ = writeln!(s, "  g711     {rate} Hz ({})", m.g711_rate_source.unwrap_or("-"));
+        }
+        if let Some(t) = &m.transcode {
+            let _ = writeln!(
+                s,
+                "  aac out  {} frames from {} ({}), {} errors, {} ms silence filled, {} restarts",
+                t.frames_out, t.frames_in, t.encoder, t.errors, t.silence_ms, t.restarts
+            );
+        }
         if st.anomalies.is_empty() {
             let _ = writeln!(s, "  anomalies: none");
         } else {

@@ -45,7 +45,7 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(cfg.hub.clone(), cfg.rtp.max_streams);
-        let rtp_shared = RtpShared::new();
+        let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;
         let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)

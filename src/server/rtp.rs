@@ -25,9 +25,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::config::AudioConfig;
 use crate::config::{RtpConfig, UnknownSsrc};
 use crate::hub::{Hub, Source, Stream, Transport};
 use crate::media::ingest::StreamIngest;
+use crate::media::pipeline::MediaPipeline;
 use crate::proto::rtp::tcp::TcpFramer;
 use crate::proto::rtp::{RtpError, RtpPacket};
 use crate::util::RateLimit;
@@ -95,14 +97,21 @@ pub struct RtpShared {
     /// SSRCs announced by signalling (INVITE), mapped to the stream name to publish under.
     announced: RwLock<HashMap<u32, String>>,
     reported: std::sync::Mutex<VecDeque<UnknownSsrcReport>>,
+    /// `[audio]`: what each stream's media stage does with audio.
+    pub audio: AudioConfig,
 }
 
 impl RtpShared {
     pub fn new() -> Arc<RtpShared> {
+        Self::with_audio(AudioConfig::default())
+    }
+
+    pub fn with_audio(audio: AudioConfig) -> Arc<RtpShared> {
         Arc::new(RtpShared {
             counters: RtpCounters::default(),
             announced: RwLock::new(HashMap::new()),
             reported: std::sync::Mutex::new(VecDeque::new()),
+            audio,
         })
     }
 
@@ -398,11 +407,11 @@ fn start_udp_stream(
     routes.insert(ssrc, Route { tx, drops: drops.clone() });
     let span =
         tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
-    let (hub, cfg) = (hub.clone(), cfg.clone());
+    let (hub, cfg, audio) = (hub.clone(), cfg.clone(), shared.audio.clone());
     tokio::spawn(
         async move {
             info!("stream started");
-            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, drops).await;
+            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, &audio, drops).await;
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -470,10 +479,22 @@ impl PacketSource {
     }
 }
 
-fn publish_all(stream: &Stream, frames: &mut Vec<crate::media::Frame>) {
-    for frame in frames.drain(..) {
+/// Passes demuxed frames through the media stage (timestamp repair, audio to AAC) and publishes
+/// what comes out. The media stage runs inline: it costs a few microseconds per frame (D11).
+fn publish_all(stream: &Stream, media: &mut Media, now_us: u64) {
+    for frame in media.demuxed.drain(..) {
+        media.pipeline.push(frame, Some(now_us), &mut media.out);
+    }
+    for frame in media.out.drain(..) {
         stream.publish(frame);
     }
+}
+
+/// One stream's media stage and its frame buffers.
+struct Media {
+    pipeline: MediaPipeline,
+    demuxed: Vec<crate::media::Frame>,
+    out: Vec<crate::media::Frame>,
 }
 
 /// Drives one stream until its source ends or goes quiet for `cfg.timeout`. Returns why it ended.
@@ -481,12 +502,14 @@ async fn run_stream(
     mut source: PacketSource,
     stream: &Arc<Stream>,
     cfg: &RtpConfig,
+    audio: &AudioConfig,
     queue_drops: Arc<AtomicU64>,
 ) -> String {
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
     let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
-    let mut frames = Vec::with_capacity(16);
+    let mut media =
+        Media { pipeline: MediaPipeline::new(audio), demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
     let mut batch = Vec::with_capacity(64);
     let mut read_buf = match source {
         PacketSource::Tcp { .. } => vec![0u8; 64 * 1024],
@@ -510,9 +533,9 @@ async fn run_stream(
                         idle_flushed = false;
                         let now = now_us();
                         for packet in batch.drain(..) {
-                            ingest.push_rtp(packet, now, &mut frames);
+                            ingest.push_rtp(packet, now, &mut media.demuxed);
                         }
-                        publish_all(stream, &mut frames);
+                        publish_all(stream, &mut media, now);
                     }
                 }
                 Ok(false) => break "the source closed".to_string(),
@@ -521,17 +544,18 @@ async fn run_stream(
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if reorder_deadline.is_some_and(|d| d <= now) {
-                    ingest.handle_timeout(now_us(), &mut frames);
-                    publish_all(stream, &mut frames);
+                    let now = now_us();
+                    ingest.handle_timeout(now, &mut media.demuxed);
+                    publish_all(stream, &mut media, now);
                 }
                 if !idle_flushed && now >= last_data + IDLE_FLUSH {
                     idle_flushed = true;
-                    ingest.flush_idle(&mut frames);
-                    publish_all(stream, &mut frames);
+                    ingest.flush_idle(&mut media.demuxed);
+                    publish_all(stream, &mut media, now_us());
                 }
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
-                    publish_stats(stream, &ingest, &queue_drops);
+                    publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
                     if now.duration_since(last_data) >= timeout {
                         break format!("no data for {}", humantime::format_duration(timeout));
                     }
@@ -539,14 +563,17 @@ async fn run_stream(
             }
         }
     };
-    ingest.finish(&mut frames);
-    publish_all(stream, &mut frames);
-    publish_stats(stream, &ingest, &queue_drops);
+    ingest.finish(&mut media.demuxed);
+    publish_all(stream, &mut media, now_us());
+    media.pipeline.finish(&mut media.out);
+    publish_all(stream, &mut media, now_us());
+    publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
     reason
 }
 
-fn publish_stats(stream: &Stream, ingest: &StreamIngest, queue_drops: &AtomicU64) {
+fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, queue_drops: &AtomicU64) {
     let mut stats = ingest.stream_stats();
+    stats.media = media.stats();
     stats.queue_drops = queue_drops.load(Ordering::Relaxed);
     stream.set_stats(stats);
 }
@@ -660,8 +687,9 @@ async fn run_tcp_connection(
         if resyncs_counted > 0 {
             shared.counters.tcp_resyncs.fetch_add(resyncs_counted, Ordering::Relaxed);
         }
+        let audio = shared.audio.clone();
         let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
-        let reason = run_stream(source, &stream, &cfg, Arc::new(AtomicU64::new(0))).await;
+        let reason = run_stream(source, &stream, &cfg, &audio, Arc::new(AtomicU64::new(0))).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }

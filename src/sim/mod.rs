@@ -2,3 +2,4 @@
 //! `gbgate players` opens many RTSP players.
 pub mod players;
 pub mod send;
+pub mod synth;

@@ -1,0 +1,101 @@
+//! Audio transcoding cost per stream: CPU time to turn one second of camera audio into AAC-LC
+//! 11025 Hz mono (G.711 decode + rubato + encoder + timestamp repair), per encoder.
+//! Input: the real G.711A recording in ../shared/fixtures (`gb_device_audio_8k.g711a`), or a
+//! generated tone when it is absent. Run: `cargo bench --bench audio` (add `--features fdk-aac`
+//! for the FDK rows). Each iteration transcodes 10 s of audio, so time/iter / 10 = CPU per second.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gbgate::config::AudioConfig as Settings;
+use gbgate::media::audio::{AudioTranscoder, EncoderKind};
+use gbgate::media::pipeline::MediaPipeline;
+use gbgate::media::{AudioConfig, Codec, CodecConfig, Frame};
+
+fn input_8k() -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/real/avstackdocs/gb_device_audio_8k.g711a");
+    match std::fs::read(&path) {
+        Ok(d) => d[..80_000.min(d.len())].to_vec(),
+        Err(_) => (0..80_000)
+            .map(|i| gbgate::media::g711::linear_to_alaw(((i as f64 * 0.785).sin() * 8000.0) as i16))
+            .collect(),
+    }
+}
+
+fn frames(data: &[u8], rate: u32, codec: Codec) -> Vec<Frame> {
+    let cfg = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None }));
+    let per = rate as usize / 25;
+    data.chunks(per)
+        .enumerate()
+        .map(|(i, c)| Frame {
+            codec,
+            pts: i as i64 * 3600,
+            dts: i as i64 * 3600,
+            keyframe: true,
+            data: Bytes::copy_from_slice(c),
+            config: cfg.clone(),
+            cache: Default::default(),
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let g8 = input_8k();
+    // 16 kHz: each 8 kHz sample twice (10 s as well).
+    let g16: Vec<u8> = g8.iter().flat_map(|&b| [b, b]).collect();
+    let mut kinds = vec![EncoderKind::Syom];
+    if cfg!(feature = "fdk-aac") {
+        kinds.push(EncoderKind::Fdk);
+    }
+    // Quality first (printed, not timed): SNR of the decoded AAC against the resampled input.
+    if let Ok(full) = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/real/avstackdocs/gb_device_audio_8k.g711a"),
+    ) {
+        for &kind in &kinds {
+            match gbgate::media::audio::analysis::g711_snr(&full, 8_000, kind) {
+                Ok((snr, lag, bytes)) => println!(
+                    "quality {kind:?}: gb_device_audio_8k.g711a ({:.1} s) SNR {snr:.1} dB, lag {lag} samples, {:.1} kbit/s",
+                    full.len() as f64 / 8000.0,
+                    bytes as f64 * 8.0 / (full.len() as f64 / 8000.0) / 1000.0
+                ),
+                Err(e) => println!("quality {kind:?}: {e}"),
+            }
+        }
+    }
+    let mut g = c.benchmark_group("transcode_10s");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(10));
+    for kind in kinds {
+        for (label, data, rate) in [("g711a_8k", &g8, 8_000u32), ("g711a_16k", &g16, 16_000)] {
+            let input = frames(data, rate, Codec::G711A);
+            g.bench_function(format!("{kind:?}/{label}"), |b| {
+                b.iter(|| {
+                    let mut t = AudioTranscoder::new(kind, 11_025, 24_000).unwrap();
+                    let mut out = Vec::with_capacity(128);
+                    for f in &input {
+                        t.push(f, rate, &mut out).unwrap();
+                    }
+                    out.len()
+                })
+            });
+        }
+    }
+    // The whole media stage as the server runs it (rate detection + repair + syom).
+    let input = frames(&g8, 8_000, Codec::G711A);
+    g.bench_function("pipeline/g711a_8k", |b| {
+        b.iter(|| {
+            let mut p = MediaPipeline::new(&Settings::default());
+            let mut out = Vec::with_capacity(128);
+            for (i, f) in input.iter().enumerate() {
+                p.push(f.clone(), Some(i as u64 * 40_000), &mut out);
+            }
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

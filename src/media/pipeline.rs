@@ -1,0 +1,209 @@
+//! The per-stream media stage between ingest and the hub, sans-IO: demuxed frames in, frames with
+//! repaired timestamps (and audio as AAC, unless `passthrough`) out.
+//!
+//! ```text
+//! video ──────────────────────────────────────▶ TimestampRepair::video ──────────────────────▶ out
+//! G.711 ─▶ G711RateDetector (held until decided) ─▶ TimestampRepair::audio ─▶ AudioTranscoder ─▶ out
+//! AAC ─────────────────────────────────────────────────┘                    (or passthrough) ─┘
+//! ```
+//! The live server and `gbgate probe` both run it, so probe reports the same repairs.
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tracing::warn;
+
+use crate::config::{AudioConfig as AudioSettings, AudioOutput};
+use crate::media::audio::{AudioTranscoder, TranscodeStats};
+use crate::media::rate::G711RateDetector;
+use crate::media::timestamps::{RepairStats, TimestampRepair};
+use crate::media::{AudioConfig, Codec, CodecConfig, Frame, MediaKind};
+use crate::util::RateLimit;
+
+/// Most audio frames held while the G.711 rate is still undecided (the detector decides within
+/// 3 s or 200 frames, so this bound is only reached by a flood).
+const MAX_HELD: usize = 256;
+
+/// What the media stage did to one stream (`/api/v1/streams` → `media`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MediaStats {
+    pub repair: RepairStats,
+    /// G.711 input only: the rate in use, and whether it was detected, configured or assumed.
+    pub g711_rate: Option<u32>,
+    pub g711_rate_source: Option<&'static str>,
+    pub g711_rate_switches: u64,
+    /// Audio frames lost before transcoding: the hold queue overflowed.
+    pub audio_held_dropped: u64,
+    /// Present when audio is transcoded.
+    pub transcode: Option<TranscodeStats>,
+}
+
+struct Held {
+    frame: Frame,
+    now_us: Option<u64>,
+    video_ref: Option<i64>,
+}
+
+pub struct MediaPipeline {
+    settings: AudioSettings,
+    repair: TimestampRepair,
+    detector: G711RateDetector,
+    held: VecDeque<Held>,
+    held_dropped: u64,
+    transcoder: Option<AudioTranscoder>,
+    transcoder_failed: bool,
+    g711_config: Option<Arc<CodecConfig>>,
+    saw_g711: bool,
+    errors_log: RateLimit,
+}
+
+impl MediaPipeline {
+    pub fn new(settings: &AudioSettings) -> Self {
+        let detector = match settings.g711_rate {
+            0 => G711RateDetector::new(),
+            r => G711RateDetector::with_override(r),
+        };
+        MediaPipeline {
+            settings: settings.clone(),
+            repair: TimestampRepair::new(),
+            detector,
+            held: VecDeque::new(),
+            held_dropped: 0,
+            transcoder: None,
+            transcoder_failed: false,
+            g711_config: None,
+            saw_g711: false,
+            errors_log: RateLimit::new(std::time::Duration::from_secs(10)),
+        }
+    }
+
+    /// A G.711 rate known from signalling (SDP `f=`): detection stops.
+    pub fn set_g711_rate(&mut self, rate: u32) {
+        if self.settings.g711_rate == 0 && matches!(rate, 8_000 | 16_000) {
+            self.detector = G711RateDetector::with_override(rate);
+        }
+    }
+
+    /// Processes one frame that arrived at `now_us` (`None`: no arrival clock, e.g. a file).
+    pub fn push(&mut self, mut frame: Frame, now_us: Option<u64>, out: &mut Vec<Frame>) {
+        match frame.codec {
+            Codec::H264 | Codec::H265 => {
+                self.repair.video(&mut frame, now_us);
+                out.push(frame);
+            }
+            Codec::Aac => {
+                let (rate, asc) = match frame.config.as_ref() {
+                    CodecConfig::Audio(a) => (a.sample_rate, a.asc.as_ref()),
+                    CodecConfig::Video(_) => return,
+                };
+                // AAC-LC: 1024 samples per frame; HE-AAC signalled in the ASC (object type 5) doubles it.
+                let samples = if asc.is_some_and(|a| a.first().is_some_and(|b| b >> 3 == 5)) { 2048 } else { 1024 };
+                let video_ref = self.repair.video_reference(now_us);
+                self.audio(frame, samples, rate, now_us, video_ref, out);
+            }
+            Codec::G711A | Codec::G711U => {
+                self.saw_g711 = true;
+                let video_ref = self.repair.video_reference(now_us);
+                let reference = match now_us {
+                    Some(n) => Some((n as i64).saturating_mul(9) / 100),
+                    None => video_ref,
+                };
+                let decided = self.detector.observe(frame.data.len(), frame.pts, reference);
+                if self.held.len() >= MAX_HELD {
+                    self.held.pop_front();
+                    self.held_dropped += 1;
+                }
+                self.held.push_back(Held { frame, now_us, video_ref });
+                if let Some(rate) = decided {
+                    for h in std::mem::take(&mut self.held) {
+                        let n = h.frame.data.len() as u64;
+                        self.audio(h.frame, n, rate, h.now_us, h.video_ref, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn audio(
+        &mut self,
+        mut frame: Frame,
+        samples: u64,
+        rate: u32,
+        now_us: Option<u64>,
+        video_ref: Option<i64>,
+        out: &mut Vec<Frame>,
+    ) {
+        if !self.repair.audio(&mut frame, samples, rate, now_us, video_ref) {
+            return;
+        }
+        if matches!(frame.codec, Codec::G711A | Codec::G711U) {
+            let cfg = match &self.g711_config {
+                Some(c) if matches!(c.as_ref(), CodecConfig::Audio(a) if a.sample_rate == rate) => c.clone(),
+                _ => {
+                    let c = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None }));
+                    self.g711_config = Some(c.clone());
+                    c
+                }
+            };
+            frame.config = cfg;
+        }
+        if self.settings.output == AudioOutput::Passthrough || self.transcoder_failed {
+            out.push(frame);
+            return;
+        }
+        if self.transcoder.is_none() {
+            match AudioTranscoder::new(self.settings.encoder, self.settings.rate, self.settings.bitrate) {
+                Ok(t) => self.transcoder = Some(t),
+                Err(e) => {
+                    warn!("audio transcoding disabled for this stream: {e}");
+                    self.transcoder_failed = true;
+                    out.push(frame);
+                    return;
+                }
+            }
+        }
+        let Some(t) = &mut self.transcoder else { return };
+        if let Err(e) = t.push(&frame, rate, out) {
+            if let Some(suppressed) = self.errors_log.check(std::time::Instant::now()) {
+                warn!(codec = %frame.codec, pts = frame.pts, suppressed, "audio frame lost: {e}");
+            }
+        }
+    }
+
+    /// End of input: audio still held is released at the rate decided so far (or 8 kHz).
+    pub fn finish(&mut self, out: &mut Vec<Frame>) {
+        let rate = self.detector.rate().unwrap_or(8_000);
+        for h in std::mem::take(&mut self.held) {
+            let n = h.frame.data.len() as u64;
+            self.audio(h.frame, n, rate, h.now_us, h.video_ref, out);
+        }
+    }
+
+    pub fn stats(&self) -> MediaStats {
+        let g711 = self.saw_g711;
+        MediaStats {
+            repair: self.repair.stats().clone(),
+            g711_rate: if g711 { self.detector.rate() } else { None },
+            g711_rate_source: g711.then(|| {
+                if self.settings.g711_rate != 0 || self.detector.is_fixed() {
+                    "configured"
+                } else if self.detector.defaulted {
+                    "assumed"
+                } else {
+                    "detected"
+                }
+            }),
+            g711_rate_switches: self.detector.switches,
+            audio_held_dropped: self.held_dropped,
+            transcode: self.transcoder.as_ref().map(|t| t.stats().clone()),
+        }
+    }
+
+    /// The kind of output this pipeline gives a track (for callers that describe streams).
+    pub fn output_codec(&self, input: Codec) -> Codec {
+        match (input.kind(), self.settings.output) {
+            (MediaKind::Audio, AudioOutput::Aac) => Codec::Aac,
+            _ => input,
+        }
+    }
+}
