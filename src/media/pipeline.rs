@@ -34,8 +34,74 @@ pub struct MediaStats {
     pub g711_rate_switches: u64,
     /// Audio frames lost before transcoding: the hold queue overflowed.
     pub audio_held_dropped: u64,
+    /// Audio frames lost because the transcoding worker was too far behind.
+    pub audio_queue_dropped: u64,
     /// Present when audio is transcoded.
     pub transcode: Option<TranscodeStats>,
+}
+
+/// Where a stream's audio is transcoded: in the caller (`probe`, unit tests) or handed to a
+/// worker off the async reactor (the live server, see `server::audio_pool`).
+pub trait AudioOffload: Send + Sync {
+    /// Queues one frame (timestamps repaired, samples at `rate` Hz) for transcoding and publishing.
+    /// `false`: the worker is too far behind and the frame is dropped.
+    fn submit(self: Arc<Self>, frame: Frame, rate: u32) -> bool;
+    fn stats(&self) -> Option<TranscodeStats>;
+}
+
+/// One stream's transcoder, created on the first audio frame; when it cannot be created, audio
+/// passes through unchanged. Used inline and by the offload workers alike.
+pub struct TranscodeSlot {
+    settings: AudioSettings,
+    transcoder: Option<AudioTranscoder>,
+    failed: bool,
+    errors_log: RateLimit,
+}
+
+impl TranscodeSlot {
+    pub fn new(settings: &AudioSettings) -> Self {
+        TranscodeSlot {
+            settings: settings.clone(),
+            transcoder: None,
+            failed: false,
+            errors_log: RateLimit::new(std::time::Duration::from_secs(10)),
+        }
+    }
+
+    /// Transcodes `frame` (at `rate` Hz) into `out`; a broken frame is counted and lost.
+    pub fn push(&mut self, frame: Frame, rate: u32, out: &mut Vec<Frame>) {
+        if self.failed {
+            out.push(frame);
+            return;
+        }
+        if self.transcoder.is_none() {
+            match AudioTranscoder::new(self.settings.encoder, self.settings.rate, self.settings.bitrate) {
+                Ok(t) => self.transcoder = Some(t),
+                Err(e) => {
+                    warn!("audio transcoding disabled for this stream: {e}");
+                    self.failed = true;
+                    out.push(frame);
+                    return;
+                }
+            }
+        }
+        let Some(t) = &mut self.transcoder else { return };
+        if let Err(e) = t.push(&frame, rate, out) {
+            if let Some(suppressed) = self.errors_log.check(std::time::Instant::now()) {
+                warn!(codec = %frame.codec, pts = frame.pts, suppressed, "audio frame lost: {e}");
+            }
+        }
+    }
+
+    /// A transcoder that panicked is not trusted again: the stream's audio passes through.
+    pub fn disable(&mut self) {
+        self.failed = true;
+        self.transcoder = None;
+    }
+
+    pub fn stats(&self) -> Option<TranscodeStats> {
+        self.transcoder.as_ref().map(|t| t.stats().clone())
+    }
 }
 
 struct Held {
@@ -50,11 +116,11 @@ pub struct MediaPipeline {
     detector: G711RateDetector,
     held: VecDeque<Held>,
     held_dropped: u64,
-    transcoder: Option<AudioTranscoder>,
-    transcoder_failed: bool,
+    transcode: TranscodeSlot,
+    offload: Option<Arc<dyn AudioOffload>>,
+    offload_dropped: u64,
     g711_config: Option<Arc<CodecConfig>>,
     saw_g711: bool,
-    errors_log: RateLimit,
 }
 
 impl MediaPipeline {
@@ -69,12 +135,18 @@ impl MediaPipeline {
             detector,
             held: VecDeque::new(),
             held_dropped: 0,
-            transcoder: None,
-            transcoder_failed: false,
+            transcode: TranscodeSlot::new(settings),
+            offload: None,
+            offload_dropped: 0,
             g711_config: None,
             saw_g711: false,
-            errors_log: RateLimit::new(std::time::Duration::from_secs(10)),
         }
+    }
+
+    /// A pipeline whose audio transcoding (the costly part) runs elsewhere: frames to transcode
+    /// go to `offload`, which publishes the AAC itself.
+    pub fn with_offload(settings: &AudioSettings, offload: Arc<dyn AudioOffload>) -> Self {
+        MediaPipeline { offload: Some(offload), ..Self::new(settings) }
     }
 
     /// A G.711 rate known from signalling (SDP `f=`): detection stops.
@@ -147,26 +219,17 @@ impl MediaPipeline {
             };
             frame.config = cfg;
         }
-        if self.settings.output == AudioOutput::Passthrough || self.transcoder_failed {
+        if self.settings.output == AudioOutput::Passthrough {
             out.push(frame);
             return;
         }
-        if self.transcoder.is_none() {
-            match AudioTranscoder::new(self.settings.encoder, self.settings.rate, self.settings.bitrate) {
-                Ok(t) => self.transcoder = Some(t),
-                Err(e) => {
-                    warn!("audio transcoding disabled for this stream: {e}");
-                    self.transcoder_failed = true;
-                    out.push(frame);
-                    return;
+        match &self.offload {
+            Some(o) => {
+                if !o.clone().submit(frame, rate) {
+                    self.offload_dropped += 1;
                 }
             }
-        }
-        let Some(t) = &mut self.transcoder else { return };
-        if let Err(e) = t.push(&frame, rate, out) {
-            if let Some(suppressed) = self.errors_log.check(std::time::Instant::now()) {
-                warn!(codec = %frame.codec, pts = frame.pts, suppressed, "audio frame lost: {e}");
-            }
+            None => self.transcode.push(frame, rate, out),
         }
     }
 
@@ -195,7 +258,11 @@ impl MediaPipeline {
             }),
             g711_rate_switches: self.detector.switches,
             audio_held_dropped: self.held_dropped,
-            transcode: self.transcoder.as_ref().map(|t| t.stats().clone()),
+            audio_queue_dropped: self.offload_dropped,
+            transcode: match &self.offload {
+                Some(o) => o.stats(),
+                None => self.transcode.stats(),
+            },
         }
     }
 

@@ -1,5 +1,6 @@
 //! Thin tokio drivers around the sans-IO modules, and the daemon's wiring.
 pub mod api;
+pub mod audio_pool;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;

@@ -25,13 +25,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::AudioConfig;
+use crate::config::{AudioConfig, AudioOutput};
 use crate::config::{RtpConfig, UnknownSsrc};
 use crate::hub::{Hub, Source, Stream, Transport};
 use crate::media::ingest::StreamIngest;
 use crate::media::pipeline::MediaPipeline;
 use crate::proto::rtp::tcp::TcpFramer;
 use crate::proto::rtp::{RtpError, RtpPacket};
+use crate::server::audio_pool::AudioPool;
 use crate::util::RateLimit;
 
 /// How often a stream task refreshes the figures the API shows.
@@ -99,6 +100,8 @@ pub struct RtpShared {
     reported: std::sync::Mutex<VecDeque<UnknownSsrcReport>>,
     /// `[audio]`: what each stream's media stage does with audio.
     pub audio: AudioConfig,
+    /// Transcoding workers, started with the first stream that needs them.
+    audio_pool: std::sync::OnceLock<Arc<AudioPool>>,
 }
 
 impl RtpShared {
@@ -112,7 +115,20 @@ impl RtpShared {
             announced: RwLock::new(HashMap::new()),
             reported: std::sync::Mutex::new(VecDeque::new()),
             audio,
+            audio_pool: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A stream's media stage; its audio is transcoded on the worker pool, off the reactor.
+    pub fn media_pipeline(&self, stream: &Arc<Stream>) -> MediaPipeline {
+        if self.audio.output == AudioOutput::Passthrough {
+            return MediaPipeline::new(&self.audio);
+        }
+        let pool = self.audio_pool.get_or_init(AudioPool::for_this_machine);
+        match pool.stream(stream.clone(), &self.audio) {
+            Some(offload) => MediaPipeline::with_offload(&self.audio, offload),
+            None => MediaPipeline::new(&self.audio),
+        }
     }
 
     /// Announces that media with `ssrc` is expected and should be published as `name`.
@@ -407,11 +423,11 @@ fn start_udp_stream(
     routes.insert(ssrc, Route { tx, drops: drops.clone() });
     let span =
         tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
-    let (hub, cfg, audio) = (hub.clone(), cfg.clone(), shared.audio.clone());
+    let (hub, cfg, pipeline) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream));
     tokio::spawn(
         async move {
             info!("stream started");
-            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, &audio, drops).await;
+            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, drops).await;
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -479,8 +495,9 @@ impl PacketSource {
     }
 }
 
-/// Passes demuxed frames through the media stage (timestamp repair, audio to AAC) and publishes
-/// what comes out. The media stage runs inline: it costs a few microseconds per frame (D11).
+/// Passes demuxed frames through the media stage and publishes what comes out. Timestamp repair
+/// runs here (microseconds); audio transcoding is handed to the worker pool, which publishes the
+/// AAC itself (D11).
 fn publish_all(stream: &Stream, media: &mut Media, now_us: u64) {
     for frame in media.demuxed.drain(..) {
         media.pipeline.push(frame, Some(now_us), &mut media.out);
@@ -502,14 +519,13 @@ async fn run_stream(
     mut source: PacketSource,
     stream: &Arc<Stream>,
     cfg: &RtpConfig,
-    audio: &AudioConfig,
+    pipeline: MediaPipeline,
     queue_drops: Arc<AtomicU64>,
 ) -> String {
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
     let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
-    let mut media =
-        Media { pipeline: MediaPipeline::new(audio), demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
+    let mut media = Media { pipeline, demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
     let mut batch = Vec::with_capacity(64);
     let mut read_buf = match source {
         PacketSource::Tcp { .. } => vec![0u8; 64 * 1024],
@@ -687,9 +703,9 @@ async fn run_tcp_connection(
         if resyncs_counted > 0 {
             shared.counters.tcp_resyncs.fetch_add(resyncs_counted, Ordering::Relaxed);
         }
-        let audio = shared.audio.clone();
+        let pipeline = shared.media_pipeline(&stream);
         let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
-        let reason = run_stream(source, &stream, &cfg, &audio, Arc::new(AtomicU64::new(0))).await;
+        let reason = run_stream(source, &stream, &cfg, pipeline, Arc::new(AtomicU64::new(0))).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }

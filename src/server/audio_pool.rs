@@ -1,0 +1,197 @@
+//! Audio transcoding off the async reactor. Decoding, resampling and AAC encoding cost about
+//! 50 µs per camera frame (docs/performance.md §7); hundreds of streams doing that inside tokio
+//! tasks would delay every socket served by the same worker threads. Instead, each stream is
+//! bound to one of a few OS threads, which transcodes its frames in order and publishes the AAC
+//! to the hub. Queues are bounded per stream and per thread: a worker that falls behind drops
+//! audio (counted), never video, and never blocks the stream task.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use tracing::{error, warn};
+
+use crate::config::AudioConfig as AudioSettings;
+use crate::hub::Stream;
+use crate::media::audio::TranscodeStats;
+use crate::media::pipeline::{AudioOffload, TranscodeSlot};
+use crate::media::Frame;
+
+/// Frames queued per worker thread, all streams together.
+const WORKER_QUEUE: usize = 4096;
+/// Frames queued per stream: about 2 s of 40 ms camera frames.
+const STREAM_IN_FLIGHT: usize = 50;
+
+pub struct AudioPool {
+    workers: Vec<SyncSender<Job>>,
+    next: AtomicUsize,
+}
+
+struct Job {
+    audio: Arc<StreamAudio>,
+    frame: Frame,
+    rate: u32,
+}
+
+impl AudioPool {
+    /// Starts `threads` workers (at least one). They exit when the pool and every stream bound
+    /// to it are dropped.
+    pub fn new(threads: usize) -> Arc<AudioPool> {
+        let workers = (0..threads.max(1))
+            .filter_map(|i| {
+                let (tx, rx) = sync_channel::<Job>(WORKER_QUEUE);
+                match std::thread::Builder::new().name(format!("gbgate-audio-{i}")).spawn(move || work(rx)) {
+                    Ok(_) => Some(tx),
+                    Err(e) => {
+                        error!("cannot start audio worker {i}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Arc::new(AudioPool { workers, next: AtomicUsize::new(0) })
+    }
+
+    /// One worker per core, at most 4: transcoding all streams costs a fraction of one core.
+    pub fn for_this_machine() -> Arc<AudioPool> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores.min(4))
+    }
+
+    /// Binds a stream to a worker (round robin); `None` if no worker could be started.
+    pub fn stream(&self, stream: Arc<Stream>, settings: &AudioSettings) -> Option<Arc<StreamAudio>> {
+        if self.workers.is_empty() {
+            return None;
+        }
+        let worker = self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()].clone();
+        Some(Arc::new(StreamAudio {
+            stream,
+            worker,
+            slot: Mutex::new(TranscodeSlot::new(settings)),
+            in_flight: AtomicUsize::new(0),
+        }))
+    }
+}
+
+/// One stream's transcoder, owned by its worker thread.
+pub struct StreamAudio {
+    stream: Arc<Stream>,
+    worker: SyncSender<Job>,
+    slot: Mutex<TranscodeSlot>,
+    in_flight: AtomicUsize,
+}
+
+impl AudioOffload for StreamAudio {
+    fn submit(self: Arc<Self>, frame: Frame, rate: u32) -> bool {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= STREAM_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let worker = self.worker.clone();
+        match worker.try_send(Job { audio: self.clone(), frame, rate }) {
+            Ok(()) => true,
+            Err(_) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
+        }
+    }
+
+    fn stats(&self) -> Option<TranscodeStats> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).stats()
+    }
+}
+
+fn work(rx: Receiver<Job>) {
+    let mut out = Vec::with_capacity(8);
+    while let Ok(job) = rx.recv() {
+        {
+            let mut slot = job.audio.slot.lock().unwrap_or_else(|e| e.into_inner());
+            let (frame, rate) = (job.frame, job.rate);
+            // Decoders and encoders are third-party code: a panic on one frame disables
+            // transcoding for that stream only (its audio then passes through).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| slot.push(frame, rate, &mut out)));
+            if r.is_err() {
+                warn!(stream = %job.audio.stream.name, "audio transcoder panicked; this stream's audio now passes through");
+                slot.disable();
+                out.clear();
+            }
+        }
+        for f in out.drain(..) {
+            job.audio.stream.publish(f);
+        }
+        job.audio.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::HubConfig;
+    use crate::hub::{Hub, Source, Transport};
+    use crate::media::{AudioConfig, Codec, CodecConfig};
+
+    fn g711_frame(i: i64) -> Frame {
+        let cfg = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None }));
+        // 40 ms of a 500 Hz A-law tone.
+        let data: Vec<u8> = (0..320)
+            .map(|n| {
+                let t = (i * 320 + n) as f64 / 8000.0;
+                crate::media::g711::linear_to_alaw(((t * 500.0 * std::f64::consts::TAU).sin() * 8000.0) as i16)
+            })
+            .collect();
+        Frame {
+            codec: Codec::G711A,
+            pts: i * 3600,
+            dts: i * 3600,
+            keyframe: true,
+            data: Bytes::from(data),
+            config: cfg,
+            cache: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn worker_transcodes_in_order_and_publishes_aac() {
+        let hub = Hub::new(HubConfig::default(), 4);
+        let source = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
+        let stream = hub.create("a", source).unwrap();
+        let mut sub = stream.subscribe();
+        let pool = AudioPool::new(2);
+        let audio = pool.stream(stream.clone(), &AudioSettings::default()).unwrap();
+        // 2 s of audio, submitted at the pace a camera would not exceed (the worker keeps up).
+        for i in 0..50 {
+            while audio.in_flight.load(Ordering::Acquire) >= STREAM_IN_FLIGHT {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(audio.clone().submit(g711_frame(i), 8000));
+        }
+        let mut pts = Vec::new();
+        while pts.len() < 15 {
+            let f = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.unwrap().unwrap();
+            assert_eq!(f.codec, Codec::Aac);
+            assert!(matches!(&*f.config, CodecConfig::Audio(a) if a.sample_rate == 11_025 && a.channels == 1));
+            pts.push(f.pts);
+        }
+        assert!(pts.windows(2).all(|w| w[1] > w[0]), "in order: {pts:?}");
+        assert_eq!(audio.stats().unwrap().frames_in, 50);
+    }
+
+    #[test]
+    fn a_worker_that_falls_behind_drops_audio_instead_of_queueing_without_bound() {
+        let hub = Hub::new(HubConfig::default(), 4);
+        let source = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
+        let stream = hub.create("a", source).unwrap();
+        let pool = AudioPool::new(1);
+        let audio = pool.stream(stream, &AudioSettings::default()).unwrap();
+        // Hold the stream's transcoder so the worker cannot make progress.
+        let guard = audio.slot.lock().unwrap();
+        let accepted = (0..200).filter(|&i| audio.clone().submit(g711_frame(i), 8000)).count();
+        drop(guard);
+        assert!(accepted <= STREAM_IN_FLIGHT + 1, "accepted {accepted}");
+        assert!(accepted >= STREAM_IN_FLIGHT - 1, "accepted {accepted}");
+    }
+}
