@@ -1,4 +1,5 @@
 //! Load and simulation tools: `gbgate send` replays RTP/PS media as one or many cameras;
 //! `gbgate players` opens many RTSP players.
+pub mod camera;
 pub mod players;
 pub mod send;

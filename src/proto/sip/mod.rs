@@ -39,11 +39,13 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, SipError> {
         return Err(SipError::TooLarge(buf.len()));
     }
     let msg = SipMessage::try_from(buf).map_err(|e| SipError::Parse(truncate(&e.to_string(), 160)))?;
-    // Requests we answer need these; checking once here keeps every handler simple.
-    let headers = match &msg {
-        SipMessage::Request(r) => &r.headers,
-        SipMessage::Response(r) => &r.headers,
-    };
+    validate(&msg)?;
+    Ok(msg)
+}
+
+/// Checks the headers every handler relies on (Via, From, To, Call-ID, CSeq), once, here.
+pub fn validate(msg: &SipMessage) -> Result<(), SipError> {
+    let headers = headers_of(msg);
     for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
         if header(headers, name).is_none() {
             return Err(SipError::Header(name_static(name)));
@@ -52,7 +54,7 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, SipError> {
     if cseq(headers).is_none() {
         return Err(SipError::Header("CSeq"));
     }
-    Ok(msg)
+    Ok(())
 }
 
 fn name_static(name: &str) -> &'static str {
