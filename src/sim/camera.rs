@@ -278,6 +278,27 @@ impl Camera {
         self.send(bytes).await;
     }
 
+    /// REGISTER with Expires 0, answering the challenge; gives up after a second.
+    async fn unregister(&mut self, buf: &mut [u8]) {
+        self.register(None, 0).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, self.socket.recv_from(buf)).await {
+            let Ok(SipMessage::Response(resp)) = sip::parse(&buf[..n]) else { continue };
+            if sip::cseq(&resp.headers).is_none_or(|c| c.1 != "REGISTER") {
+                continue;
+            }
+            match resp.status_code.code() {
+                401 => {
+                    let Some(ch) = sip::header(&resp.headers, "WWW-Authenticate") else { return };
+                    let uri = self.server_uri();
+                    let auth = digest::answer(ch, "REGISTER", &uri, &self.id, &self.opts.password, "0a4f113b");
+                    self.register(auth, 0).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
     async fn message(&mut self, body: Vec<u8>) {
         let uri = self.server_uri();
         let call_id = sip::hex_token(rand::random(), 20);
@@ -296,7 +317,7 @@ impl Camera {
                 _ = self.stop.cancelled() => {
                     for d in self.dialogs.values() { d.stop.cancel(); }
                     if self.registered {
-                        self.register(None, 0).await;
+                        self.unregister(&mut buf).await;
                     }
                     return;
                 }
