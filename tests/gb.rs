@@ -271,3 +271,81 @@ async fn on_demand_failures_name_the_step_and_answer_404() {
     assert!(e.to_string().starts_with("no device"), "{e}");
     gw.stop().await;
 }
+
+async fn http(api: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_ptz_record_search_playback_with_control_and_end_of_file() {
+    let gw = start(gb_config()).await;
+    let stop = CancellationToken::new();
+    let mut o = sim_options(&gw);
+    o.playback_length = Duration::from_secs(3);
+    let stats = camera::spawn(o, stop.clone()).await.unwrap();
+    let gb = gw.gb.clone().unwrap();
+    let dev = "34020000001320000001";
+    let ch = camera::channel_id(dev, 0);
+    assert!(wait_for(Duration::from_secs(5), || gb.device(dev).is_some_and(|d| !d.channels.is_empty())).await);
+    let api = gw.api_addr;
+    let base = format!("/api/v1/devices/{dev}/channels/{ch}");
+    // PTZ: right at speed 0x1F is the SPVMN vector A50F01011F0000D5.
+    let (status, body) = http(api, "POST", &format!("{base}/ptz"), r#"{"action":"right","speed":31}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ptz_cmd"], "A50F01011F0000D5");
+    assert!(wait_for(Duration::from_secs(2), || SimStats::get(&stats.ptz) == 1).await);
+    assert_eq!(*stats.last_ptz.lock().unwrap(), "A50F01011F0000D5");
+    // RecordInfo over a day: the simulator reports two recordings.
+    let (status, body) =
+        http(api, "GET", &format!("{base}/records?start=2024-05-01T00:00:00&end=2024-05-02T00:00:00"), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["records"].as_array().map(|r| r.len()), Some(2), "{body}");
+    assert_eq!(body["records"][0]["start_time"], "2024-05-01T00:00:00");
+    // Playback (s=Playback, t= range): media flows, INFO pause/scale reach the device, and the
+    // device's MediaStatus 121 ends the session with BYE.
+    let (status, info) = http(api, "POST", &format!("{base}/playback"), r#"{"start":1714521600,"end":1714525200}"#).await;
+    assert_eq!(status, 200, "{info}");
+    let stream = info["stream"].as_str().unwrap().to_string();
+    assert!(info["ssrc"].as_str().unwrap().starts_with('1'), "history SSRC starts with 1: {info}");
+    gb.wait_keyframe(&stream).await.unwrap();
+    for c in [r#"{"action":"pause"}"#, r#"{"action":"scale","scale":2.0}"#, r#"{"action":"play"}"#] {
+        let (status, body) = http(api, "POST", &format!("/api/v1/gb/sessions/{stream}"), c).await;
+        assert_eq!(status, 200, "{c}: {body}");
+    }
+    assert_eq!(SimStats::get(&stats.infos), 3);
+    assert!(
+        wait_for(Duration::from_secs(8), || SimStats::get(&stats.media_status_sent) == 1 && SimStats::get(&stats.byes_received) == 1)
+            .await,
+        "MediaStatus 121 then BYE"
+    );
+    assert!(gw.hub.get(&stream).is_none(), "stream ended with the session");
+    // Live play and stop through the API.
+    let (status, body) = http(api, "POST", &format!("{base}/play"), r#"{"transport":"tcp-passive"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stream"], format!("gb/{ch}"));
+    let (status, _) = http(api, "POST", &format!("{base}/stop"), "").await;
+    assert_eq!(status, 200);
+    assert!(wait_for(Duration::from_secs(3), || SimStats::get(&stats.byes_received) == 2).await);
+    let (status, body) = http(api, "POST", "/api/v1/devices/nope/channels/x/play", "").await;
+    assert_eq!(status, 404, "{body}");
+    stop.cancel();
+    gw.stop().await;
+}

@@ -402,6 +402,14 @@ impl Core {
             // ACKs of our non-2xx answers end nothing here; we never answer INVITE with 2xx.
             return;
         }
+        // A source over its failed-authentication budget is dropped before it can take a
+        // transaction slot (a flood must not crowd out real devices).
+        if req.method == Method::Register && self.rate_limited(peer.addr().ip(), now) {
+            if let Some(suppressed) = self.auth_log.check(now) {
+                warn!(peer = %peer.addr(), suppressed, "REGISTER dropped: too many failed authentications from this source");
+            }
+            return;
+        }
         let Some(key) = sip::transaction_key(&req.headers) else { return };
         match self.tx.server_request(&key, peer, now) {
             Ok(Incoming::New) => {}
@@ -469,12 +477,6 @@ impl Core {
 
     fn on_register(&mut self, req: &Request, peer: Peer, now: Instant) {
         let ip = peer.addr().ip();
-        if self.rate_limited(ip, now) {
-            if let Some(suppressed) = self.auth_log.check(now) {
-                warn!(peer = %peer.addr(), suppressed, "REGISTER dropped: too many failed authentications from this source");
-            }
-            return;
-        }
         let Some(id) = Self::device_id_of(req) else {
             return self.respond(req, peer, 400, vec![], Vec::new());
         };
