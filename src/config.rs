@@ -368,7 +368,8 @@ impl Config {
                 return Err(ConfigError::Invalid { key: "rtmp.push.stream", message: "empty".into() });
             }
         }
-        let digits = |s: &str, n: std::ops::RangeInclusive<usize>| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |s: &str, n: std::ops::RangeInclusive<usize>| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
         if !digits(&self.sip.id, 20..=20) {
             return Err(ConfigError::Invalid { key: "sip.id", message: "must be 20 decimal digits".into() });
         }
@@ -385,7 +386,10 @@ impl Config {
             return Err(ConfigError::Invalid { key: "gb.keepalive_interval", message: "at least 100ms".into() });
         }
         if self.sip.advertise.is_some_and(|ip| ip.is_unspecified()) {
-            return Err(ConfigError::Invalid { key: "sip.advertise", message: "must be a reachable address, not 0.0.0.0".into() });
+            return Err(ConfigError::Invalid {
+                key: "sip.advertise",
+                message: "must be a reachable address, not 0.0.0.0".into(),
+            });
         }
         if self.hub.gop_cache_duration.0 > Duration::from_secs(120) {
             return Err(ConfigError::Invalid { key: "hub.gop_cache_duration", message: "at most 120s".into() });

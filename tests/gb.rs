@@ -79,7 +79,9 @@ async fn sipp_registers_with_digest_keepalive_gets_200_then_goes_offline_after_t
     let (ok, log) = sipp("register_keepalive.xml", sip, "u1", dev, PASSWORD).await;
     assert!(ok, "sipp register + keepalive over UDP failed: {log}");
     let registered_at = Instant::now();
-    assert!(matches!(next_event(&mut events, Duration::from_secs(2)).await, GbEvent::Registered { ref device } if device == dev));
+    assert!(
+        matches!(next_event(&mut events, Duration::from_secs(2)).await, GbEvent::Registered { ref device } if device == dev)
+    );
     assert!(matches!(next_event(&mut events, Duration::from_secs(2)).await, GbEvent::Online { .. }));
     let d = device(gw.api_addr, dev).await;
     assert_eq!(d["online"], true);
@@ -107,7 +109,8 @@ async fn sipp_registers_with_digest_keepalive_gets_200_then_goes_offline_after_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipp_with_a_wrong_password_gets_403() {
     let gw = start(gb_config()).await;
-    let (ok, log) = sipp("register_wrong_password.xml", gw.sip_addr.unwrap(), "u1", "34020000001320000009", "wrong").await;
+    let (ok, log) =
+        sipp("register_wrong_password.xml", gw.sip_addr.unwrap(), "u1", "34020000001320000009", "wrong").await;
     assert!(ok, "expected 403: {log}");
     let (status, _) = http_get(gw.api_addr, "/api/v1/devices/34020000001320000009").await;
     assert_eq!(status, 404, "a device that failed authentication is not registered");
@@ -190,7 +193,17 @@ async fn decoded_frames(url: &str) -> Result<Vec<bool>, String> {
     if url.starts_with("rtsp") {
         args.extend(["-rtsp_transport", "tcp"]);
     }
-    args.extend(["-select_streams", "v:0", "-read_intervals", "%+2", "-show_entries", "frame=key_frame", "-of", "json", url]);
+    args.extend([
+        "-select_streams",
+        "v:0",
+        "-read_intervals",
+        "%+2",
+        "-show_entries",
+        "frame=key_frame",
+        "-of",
+        "json",
+        url,
+    ]);
     let (ok, out, err) = run("ffprobe", &args, Duration::from_secs(40)).await;
     if !ok {
         return Err(err);
@@ -226,7 +239,13 @@ async fn players_trigger_invites_over_udp_tcp_passive_tcp_active_with_vendor_qui
     }
     let gb = gw.gb.clone().unwrap();
     assert!(
-        wait_for(Duration::from_secs(10), || gb.devices().iter().filter(|d| d.online && !d.channels.is_empty()).count() == cases.len()).await,
+        wait_for(Duration::from_secs(10), || gb
+            .devices()
+            .iter()
+            .filter(|d| d.online && !d.channels.is_empty())
+            .count()
+            == cases.len())
+        .await,
         "cameras registered with catalogs"
     );
     let mut players = Vec::new();
@@ -321,7 +340,8 @@ async fn api_ptz_record_search_playback_with_control_and_end_of_file() {
     assert_eq!(body["records"][0]["start_time"], "2024-05-01T00:00:00");
     // Playback (s=Playback, t= range): media flows, INFO pause/scale reach the device, and the
     // device's MediaStatus 121 ends the session with BYE.
-    let (status, info) = http(api, "POST", &format!("{base}/playback"), r#"{"start":1714521600,"end":1714525200}"#).await;
+    let (status, info) =
+        http(api, "POST", &format!("{base}/playback"), r#"{"start":1714521600,"end":1714525200}"#).await;
     assert_eq!(status, 200, "{info}");
     let stream = info["stream"].as_str().unwrap().to_string();
     assert!(info["ssrc"].as_str().unwrap().starts_with('1'), "history SSRC starts with 1: {info}");
@@ -332,8 +352,9 @@ async fn api_ptz_record_search_playback_with_control_and_end_of_file() {
     }
     assert_eq!(SimStats::get(&stats.infos), 3);
     assert!(
-        wait_for(Duration::from_secs(8), || SimStats::get(&stats.media_status_sent) == 1 && SimStats::get(&stats.byes_received) == 1)
-            .await,
+        wait_for(Duration::from_secs(8), || SimStats::get(&stats.media_status_sent) == 1
+            && SimStats::get(&stats.byes_received) == 1)
+        .await,
         "MediaStatus 121 then BYE"
     );
     assert!(gw.hub.get(&stream).is_none(), "stream ended with the session");

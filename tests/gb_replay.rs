@@ -210,7 +210,9 @@ async fn device_requests_replayed_from_the_captures_get_correct_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_captured_hikvision_invite_answer_is_acked_and_rekeys_the_session() {
-    let Some(shared) = shared_or_skip("the_captured_hikvision_invite_answer_is_acked_and_rekeys_the_session") else { return };
+    let Some(shared) = shared_or_skip("the_captured_hikvision_invite_answer_is_acked_and_rekeys_the_session") else {
+        return;
+    };
     let capture = shared.join("real/avstackdocs/sip/sip_20_live_invite_signaling.pcapng");
     let answer = udp_payloads(&capture)
         .into_iter()

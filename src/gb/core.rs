@@ -13,7 +13,9 @@ use tracing::{debug, info, info_span, warn};
 
 use super::store::Store;
 use super::transport::{self, Inbound, Peer, SipSender};
-use super::{Command, DeviceRecord, Gb, GbError, GbEvent, HistoryRequest, PlayInfo, PlaybackControl, Reply, SessionView};
+use super::{
+    Command, DeviceRecord, Gb, GbError, GbEvent, HistoryRequest, PlayInfo, PlaybackControl, Reply, SessionView,
+};
 use crate::config::{Config, GbConfig, RtpConfig, SipConfig};
 use crate::hub::Hub;
 use crate::proto::sip::digest::{self, NonceCheck};
@@ -49,8 +51,9 @@ pub async fn start(
     rtp_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<(Gb, tokio::task::JoinHandle<()>), GbStartError> {
-    let (udp, tcp, sip_addr) =
-        transport::bind(cfg.sip.listen).await.map_err(|source| GbStartError::Listen { addr: cfg.sip.listen, source })?;
+    let (udp, tcp, sip_addr) = transport::bind(cfg.sip.listen)
+        .await
+        .map_err(|source| GbStartError::Listen { addr: cfg.sip.listen, source })?;
     let (store, stored) = match &cfg.sip.db {
         Some(path) => Store::open(path)?,
         None => (Store::memory(), Vec::new()),
@@ -309,7 +312,7 @@ impl Core {
         let via_host = self.via_host(peer.addr());
         let from = format!("<{}>;tag={from_tag}", self.our_uri());
         let req = sip::request(OutRequest {
-            method: method.clone(),
+            method,
             uri,
             transport: peer.via(),
             via_host: &via_host,
@@ -441,7 +444,13 @@ impl Core {
             Method::Options | Method::Notify | Method::Info | Method::Cancel => {
                 self.respond(&req, peer, 200, vec![], Vec::new())
             }
-            _ => self.respond(&req, peer, 405, vec![("Allow", "REGISTER, MESSAGE, BYE, OPTIONS, NOTIFY, INFO".into())], Vec::new()),
+            _ => self.respond(
+                &req,
+                peer,
+                405,
+                vec![("Allow", "REGISTER, MESSAGE, BYE, OPTIONS, NOTIFY, INFO".into())],
+                Vec::new(),
+            ),
         }
     }
 
@@ -470,9 +479,9 @@ impl Core {
     }
 
     fn rate_limited(&self, ip: IpAddr, now: Instant) -> bool {
-        self.auth_failures
-            .get(&ip)
-            .is_some_and(|(t, n)| now.duration_since(*t) < Duration::from_secs(60) && *n >= self.sip.auth_failures_per_minute)
+        self.auth_failures.get(&ip).is_some_and(|(t, n)| {
+            now.duration_since(*t) < Duration::from_secs(60) && *n >= self.sip.auth_failures_per_minute
+        })
     }
 
     fn on_register(&mut self, req: &Request, peer: Peer, now: Instant) {
@@ -528,12 +537,16 @@ impl Core {
                 return self.respond(req, peer, 403, vec![], Vec::new());
             }
         }
-        let date = sip::gb_date(
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-            0,
-        );
+        let date =
+            sip::gb_date(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0), 0);
         if expires == 0 {
-            self.respond(req, peer, 200, vec![("Contact", contact.clone()), ("Expires", "0".into()), ("Date", date)], Vec::new());
+            self.respond(
+                req,
+                peer,
+                200,
+                vec![("Contact", contact.clone()), ("Expires", "0".into()), ("Date", date)],
+                Vec::new(),
+            );
             if let Some(d) = self.devices.get_mut(&id) {
                 d.rec.online = false;
                 d.rec.expires = 0;
@@ -607,8 +620,10 @@ impl Core {
         if self.catalogs.len() >= MAX_AGGREGATIONS {
             return;
         }
-        self.catalogs
-            .insert((device.to_string(), sn), Aggregation { sum: u32::MAX, items: BTreeMap::new(), last: now, reply: None });
+        self.catalogs.insert(
+            (device.to_string(), sn),
+            Aggregation { sum: u32::MAX, items: BTreeMap::new(), last: now, reply: None },
+        );
     }
 
     fn on_message_request(&mut self, req: &Request, peer: Peer, now: Instant) {
@@ -754,10 +769,11 @@ impl Core {
         let to = sip::header(&resp.headers, "To").unwrap_or("").to_string();
         let from_tag = sip::header(&resp.headers, "From").and_then(sip::tag).unwrap_or("").to_string();
         let cseq = sip::cseq(&resp.headers).map_or(1, |c| c.0);
-        let uri = sip::header(&resp.headers, "Contact").map(|c| sip::uri_of(c).to_string()).unwrap_or_else(|| {
-            format!("sip:{}@{}", sip::uri_user(&to).unwrap_or(""), peer.addr())
-        });
-        let _ = self.send_request(peer, Method::Ack, &uri, to, &call_id, &from_tag, cseq, vec![], None, Vec::new(), None);
+        let uri = sip::header(&resp.headers, "Contact")
+            .map(|c| sip::uri_of(c).to_string())
+            .unwrap_or_else(|| format!("sip:{}@{}", sip::uri_user(&to).unwrap_or(""), peer.addr()));
+        let _ =
+            self.send_request(peer, Method::Ack, &uri, to, &call_id, &from_tag, cseq, vec![], None, Vec::new(), None);
     }
 
     fn bye_unknown(&mut self, resp: &Response, peer: Peer) {
@@ -767,7 +783,19 @@ impl Core {
         let cseq = sip::cseq(&resp.headers).map_or(1, |c| c.0) + 1;
         let uri = format!("sip:{}@{}", sip::uri_user(&to).unwrap_or(""), peer.addr());
         let pending = Pending::InDialog { what: "BYE", reply: None };
-        let _ = self.send_request(peer, Method::Bye, &uri, to, &call_id, &from_tag, cseq, vec![], None, Vec::new(), Some(pending));
+        let _ = self.send_request(
+            peer,
+            Method::Bye,
+            &uri,
+            to,
+            &call_id,
+            &from_tag,
+            cseq,
+            vec![],
+            None,
+            Vec::new(),
+            Some(pending),
+        );
     }
 
     fn on_final(&mut self, p: Pending, resp: &Response, peer: Peer, code: u16) {
@@ -865,7 +893,9 @@ impl Core {
                 let fallback = SocketAddr::new(peer.addr().ip(), a.port);
                 let name = stream.to_string();
                 let handle = tokio::spawn(async move {
-                    if let Err(e) = rtp_server::connect_active(target, Some(fallback), name.clone(), rtp_cfg, hub, rtp).await {
+                    if let Err(e) =
+                        rtp_server::connect_active(target, Some(fallback), name.clone(), rtp_cfg, hub, rtp).await
+                    {
                         warn!(stream = %name, "TCP active: {e}");
                     }
                 });
@@ -885,7 +915,11 @@ impl Core {
             let _ = w.send(Ok(info.clone()));
         }
         info!(stream, device = %s.device, channel = %s.channel, transport = ?s.transport, "session established");
-        let e = GbEvent::SessionStarted { device: s.device.clone(), channel: s.channel.clone(), stream: stream.to_string() };
+        let e = GbEvent::SessionStarted {
+            device: s.device.clone(),
+            channel: s.channel.clone(),
+            stream: stream.to_string(),
+        };
         self.event(e);
     }
 
@@ -950,6 +984,7 @@ impl Core {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn invite(
         &mut self,
         device: &str,
@@ -1083,7 +1118,8 @@ impl Core {
     }
 
     fn end_device_sessions(&mut self, device: &str, reason: &str) {
-        let streams: Vec<String> = self.sessions.values().filter(|s| s.device == device).map(|s| s.stream.clone()).collect();
+        let streams: Vec<String> =
+            self.sessions.values().filter(|s| s.device == device).map(|s| s.stream.clone()).collect();
         for s in streams {
             self.end_session(&s, reason, true);
         }
@@ -1132,19 +1168,21 @@ impl Core {
                 }
             }
             Command::Control { stream, control, reply } => self.control(&stream, control, reply),
-            Command::Ptz { device, channel, ptz_cmd, reply } => match self.find_device(device.as_deref(), &channel) {
-                Ok(dev) => {
-                    let sn = self.next_sn();
-                    let inner = format!("<PTZCmd>{ptz_cmd}</PTZCmd>\r\n<Info>\r\n<ControlPriority>5</ControlPriority>\r\n</Info>\r\n");
-                    let body = manscdp::build("Control", "DeviceControl", sn, &channel, &inner, true);
-                    if let Err(e) = self.send_manscdp(&dev, &channel, body, Pending::Control { reply }) {
-                        warn!(device = %dev, "PTZ not sent: {e}");
+            Command::Ptz { device, channel, ptz_cmd, reply } => {
+                match self.find_device(device.as_deref(), &channel) {
+                    Ok(dev) => {
+                        let sn = self.next_sn();
+                        let inner = format!("<PTZCmd>{ptz_cmd}</PTZCmd>\r\n<Info>\r\n<ControlPriority>5</ControlPriority>\r\n</Info>\r\n");
+                        let body = manscdp::build("Control", "DeviceControl", sn, &channel, &inner, true);
+                        if let Err(e) = self.send_manscdp(&dev, &channel, body, Pending::Control { reply }) {
+                            warn!(device = %dev, "PTZ not sent: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            }
             Command::RecordInfo { device, channel, start, end, reply } => {
                 match self.find_device(device.as_deref(), &channel) {
                     Ok(dev) => {
@@ -1236,8 +1274,14 @@ impl Core {
                 format!("PLAY RTSP/1.0\r\nCSeq: {rtsp_cseq}\r\nRange: npt={seconds}-\r\n\r\n")
             }
         };
-        let (uri, to, call_id, from_tag, cseq, device) =
-            (s.remote_uri.clone(), s.to_header.clone(), s.call_id.clone(), s.from_tag.clone(), s.cseq, s.device.clone());
+        let (uri, to, call_id, from_tag, cseq, device) = (
+            s.remote_uri.clone(),
+            s.to_header.clone(),
+            s.call_id.clone(),
+            s.from_tag.clone(),
+            s.cseq,
+            s.device.clone(),
+        );
         let Some(peer) = self.devices.get(&device).map(|d| d.peer()) else {
             let _ = reply.send(Err(GbError::NoDevice(device)));
             return;
@@ -1287,11 +1331,13 @@ impl Core {
         }
         // Catalog and RecordInfo answers that stopped short of SumNum.
         let stale = self.gb.catalog_timeout.0;
-        let done: Vec<_> = self.catalogs.iter().filter(|(_, a)| now.duration_since(a.last) > stale).map(|(k, _)| k.clone()).collect();
+        let done: Vec<_> =
+            self.catalogs.iter().filter(|(_, a)| now.duration_since(a.last) > stale).map(|(k, _)| k.clone()).collect();
         for k in done {
             self.finish_catalog(&k);
         }
-        let done: Vec<_> = self.records.iter().filter(|(_, a)| now.duration_since(a.last) > stale).map(|(k, _)| k.clone()).collect();
+        let done: Vec<_> =
+            self.records.iter().filter(|(_, a)| now.duration_since(a.last) > stale).map(|(k, _)| k.clone()).collect();
         for k in done {
             if let Some(a) = self.records.remove(&k) {
                 if let Some(r) = a.reply {
@@ -1316,7 +1362,8 @@ impl Core {
                     let stream = self.hub.get(&s.stream);
                     if !s.media_seen {
                         s.media_seen = stream.as_ref().is_some_and(|st| st.gop_cache_usage().0 > 0);
-                        if !s.media_seen && s.answered.is_some_and(|a| now.duration_since(a) > self.gb.media_timeout.0) {
+                        if !s.media_seen && s.answered.is_some_and(|a| now.duration_since(a) > self.gb.media_timeout.0)
+                        {
                             to_end.push((s.stream.clone(), "no media after the answer".into(), true));
                             continue;
                         }

@@ -192,7 +192,13 @@ async fn tcp_accept(
     }
 }
 
-async fn tcp_connection(socket: TcpStream, addr: SocketAddr, conn: u64, sender: Arc<SipSender>, tx: mpsc::Sender<Inbound>) {
+async fn tcp_connection(
+    socket: TcpStream,
+    addr: SocketAddr,
+    conn: u64,
+    sender: Arc<SipSender>,
+    tx: mpsc::Sender<Inbound>,
+) {
     let (rd, mut wr) = socket.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
     sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).insert(conn, out_tx);

@@ -332,7 +332,8 @@ impl Hub {
         if let Some(s) = self.get(name) {
             return Some(s);
         }
-        let handler = self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find(|h| h.handles(name)).cloned()?;
+        let handler =
+            self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find(|h| h.handles(name)).cloned()?;
         match handler.demand(name).await {
             Ok(()) => self.get(name),
             Err(step) => {

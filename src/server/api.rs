@@ -126,8 +126,12 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .with_state(state)
 }
 
+#[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn gb_of(state: &ApiState) -> Result<&Gb, Response> {
-    state.gb.as_ref().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "SIP is disabled ([sip] enabled = false)".into()))
+    state
+        .gb
+        .as_ref()
+        .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "SIP is disabled ([sip] enabled = false)".into()))
 }
 
 fn error(code: StatusCode, what: String) -> Response {
@@ -146,6 +150,7 @@ fn gb_error(e: GbError) -> Response {
 }
 
 /// A JSON body that may be absent (curl -X POST without -d).
+#[allow(clippy::result_large_err)]
 fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
@@ -182,7 +187,11 @@ struct PlayBody {
     transport: Option<MediaTransport>,
 }
 
-async fn play(State(state): State<ApiState>, Path((id, ch)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
+async fn play(
+    State(state): State<ApiState>,
+    Path((id, ch)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
         Err(r) => return r,
@@ -222,7 +231,11 @@ struct PtzBody {
     cmd: Option<String>,
 }
 
-async fn ptz(State(state): State<ApiState>, Path((id, ch)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
+async fn ptz(
+    State(state): State<ApiState>,
+    Path((id, ch)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
         Err(r) => return r,
@@ -241,7 +254,13 @@ async fn ptz(State(state): State<ApiState>, Path((id, ch)): Path<(String, String
             let speed = body.speed.unwrap_or(0x80);
             let zoom = if byte & 0x30 != 0 { speed.min(15) } else { 0 };
             let (pan, tilt) = if byte & 0x03 != 0 || byte & 0x0C != 0 { (speed, speed) } else { (0, 0) };
-            manscdp::ptz_cmd(1, byte, if byte & 0x03 != 0 { pan } else { 0 }, if byte & 0x0C != 0 { tilt } else { 0 }, zoom)
+            manscdp::ptz_cmd(
+                1,
+                byte,
+                if byte & 0x03 != 0 { pan } else { 0 },
+                if byte & 0x0C != 0 { tilt } else { 0 },
+                zoom,
+            )
         }
         (None, None) => return error(StatusCode::BAD_REQUEST, "give \"action\" or \"cmd\"".into()),
     };

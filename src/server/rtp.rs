@@ -391,8 +391,7 @@ async fn serve_udp(
                 if let Some(packets) = probation.offer(packet, peer, counters) {
                     info!(ssrc = format_args!("{ssrc:08X}"), %peer, "unknown SSRC: publishing");
                     let name = unknown_stream_name(ssrc);
-                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, &mut refused_log)
-                    {
+                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, &mut refused_log) {
                         routes.retain(|_, r| !r.tx.is_closed());
                         routes.insert(ssrc, route);
                     }

@@ -242,7 +242,15 @@ impl Camera {
         }
     }
 
-    fn request(&mut self, method: Method, uri: &str, call_id: &str, extra: Vec<(&str, String)>, ct: Option<&str>, body: Vec<u8>) -> Vec<u8> {
+    fn request(
+        &mut self,
+        method: Method,
+        uri: &str,
+        call_id: &str,
+        extra: Vec<(&str, String)>,
+        ct: Option<&str>,
+        body: Vec<u8>,
+    ) -> Vec<u8> {
         self.cseq += 1;
         let local = self.local().to_string();
         let branch = format!("z9hG4bK{}", sip::hex_token(rand::random(), 16));
@@ -447,7 +455,11 @@ impl Camera {
         (0..self.opts.channels)
             .map(|c| CatalogItem {
                 device_id: channel_id(&self.id, c),
-                name: if self.opts.gb2312_names { format!("大门口摄像机{}", c + 1) } else { format!("Camera {}", c + 1) },
+                name: if self.opts.gb2312_names {
+                    format!("大门口摄像机{}", c + 1)
+                } else {
+                    format!("Camera {}", c + 1)
+                },
                 manufacturer: "gbgate-sim".into(),
                 model: "SIM-1".into(),
                 parent_id: self.id.clone(),
@@ -489,7 +501,7 @@ impl Camera {
                 let end = m.el.text_of("EndTime").and_then(sip::parse_gb_time).unwrap_or(start + 3600);
                 // Two recordings covering the first and last tenth of the range.
                 let tenth = ((end - start) / 10).max(1);
-                let mut inner = format!("<Name>sim</Name>\r\n<SumNum>2</SumNum>\r\n<RecordList Num=\"2\">\r\n");
+                let mut inner = "<Name>sim</Name>\r\n<SumNum>2</SumNum>\r\n<RecordList Num=\"2\">\r\n".to_string();
                 for (a, b) in [(start, start + tenth), (end - tenth, end)] {
                     inner.push_str(&format!(
                         "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Name>sim</Name>\r\n<FilePath>{a}_{b}</FilePath>\r\n<Address>sim</Address>\r\n<StartTime>{}</StartTime>\r\n<EndTime>{}</EndTime>\r\n<Secrecy>0</Secrecy>\r\n<Type>time</Type>\r\n</Item>\r\n",
@@ -578,9 +590,18 @@ impl Camera {
         });
         let from = sip::header(&req.headers, "From").unwrap_or("").to_string();
         let to = format!("{};tag={}{}", sip::header(&req.headers, "To").unwrap_or(""), self.from_tag, self.index);
-        self.dialogs.insert(call_id.clone(), Dialog { stop: stop.clone(), kind: offer.kind, start, call_id: call_id.clone(), from, to });
+        self.dialogs.insert(
+            call_id.clone(),
+            Dialog { stop: stop.clone(), kind: offer.kind, start, call_id: call_id.clone(), from, to },
+        );
         let contact = format!("<sip:{}@{}>", self.id, self.local());
-        self.reply(&req, 200, vec![("Contact", contact), ("Content-Type", "APPLICATION/SDP".into())], body.into_bytes()).await;
+        self.reply(
+            &req,
+            200,
+            vec![("Contact", contact), ("Content-Type", "APPLICATION/SDP".into())],
+            body.into_bytes(),
+        )
+        .await;
         if self.dialogs.len() > 64 {
             self.dialogs.retain(|_, d| !d.stop.is_cancelled());
         }
@@ -591,7 +612,15 @@ impl Camera {
         (kind != SessionKind::Play).then_some(self.opts.playback_length)
     }
 
-    fn start_media(&mut self, start: MediaStart, stop: CancellationToken, kind: SessionKind, call_id: String, from: String, to: String) {
+    fn start_media(
+        &mut self,
+        start: MediaStart,
+        stop: CancellationToken,
+        kind: SessionKind,
+        call_id: String,
+        from: String,
+        to: String,
+    ) {
         let (media, stats) = (self.media.clone(), self.stats.clone());
         let end = self.playback_end(kind);
         let local_ip = self.opts.local_ip;
@@ -601,7 +630,9 @@ impl Camera {
         let stats2 = stats.clone();
         tokio::spawn(async move {
             let r = match start {
-                MediaStart::Udp(target, ssrc) => stream_udp(local_ip, target, media, ssrc, stats, stop.clone(), end).await,
+                MediaStart::Udp(target, ssrc) => {
+                    stream_udp(local_ip, target, media, ssrc, stats, stop.clone(), end).await
+                }
                 MediaStart::TcpConnect(target, ssrc) => match TcpStream::connect(target).await {
                     Ok(sock) => stream_tcp(sock, media, ssrc, stats, stop.clone(), end).await,
                     Err(e) => Err(e),

@@ -44,7 +44,8 @@ pub enum DigestError {
 /// Parses `Digest k=v, k="v", ...`. Lenient about spacing and quoting (Dahua sends none).
 pub fn parse(value: &str) -> Result<DigestParams, DigestError> {
     let v = value.trim();
-    let rest = v.get(..6).filter(|s| s.eq_ignore_ascii_case("digest")).map(|_| &v[6..]).ok_or(DigestError::NotDigest)?;
+    let rest =
+        v.get(..6).filter(|s| s.eq_ignore_ascii_case("digest")).map(|_| &v[6..]).ok_or(DigestError::NotDigest)?;
     let mut p = DigestParams::default();
     let bytes = rest.as_bytes();
     let mut i = 0;
@@ -171,7 +172,14 @@ pub fn challenge(realm: &str, nonce: &str, stale: bool) -> String {
 }
 
 /// Builds the `Authorization` value a client (the simulator) sends in answer to `challenge`.
-pub fn answer(challenge_value: &str, method: &str, uri: &str, user: &str, password: &str, cnonce: &str) -> Option<String> {
+pub fn answer(
+    challenge_value: &str,
+    method: &str,
+    uri: &str,
+    user: &str,
+    password: &str,
+    cnonce: &str,
+) -> Option<String> {
     let c = parse_challenge(challenge_value)?;
     let mut p = DigestParams {
         username: user.to_string(),

@@ -93,7 +93,9 @@ pub fn repair_ampersands(text: &str) -> std::borrow::Cow<'_, str> {
             j <= 10 && {
                 let name = &after[..j];
                 matches!(name, "amp" | "lt" | "gt" | "quot" | "apos")
-                    || (name.starts_with('#') && name.len() > 1 && name[1..].trim_start_matches('x').chars().all(|c| c.is_ascii_hexdigit()))
+                    || (name.starts_with('#')
+                        && name.len() > 1
+                        && name[1..].trim_start_matches('x').chars().all(|c| c.is_ascii_hexdigit()))
             }
         });
         out.push_str(if entity { "&" } else { "&amp;" });
@@ -263,7 +265,9 @@ pub fn catalog(m: &Manscdp) -> (u32, Vec<CatalogItem>) {
                 civil_code: s("CivilCode"),
                 address: s("Address"),
                 parental: it.text_of("Parental") == Some("1"),
-                online: it.text_of("Status").is_none_or(|v| v.eq_ignore_ascii_case("ON") || v.eq_ignore_ascii_case("OK")),
+                online: it
+                    .text_of("Status")
+                    .is_none_or(|v| v.eq_ignore_ascii_case("ON") || v.eq_ignore_ascii_case("OK")),
                 ptz_type: it.child("Info").and_then(|i| i.text_of("PTZType")).and_then(|v| v.parse().ok()),
             });
         }

@@ -12,7 +12,7 @@ pub mod sdp;
 pub mod transaction;
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 pub use rsipstack::rsip;
 use rsipstack::rsip::headers::make_header;
@@ -136,7 +136,7 @@ pub fn uri_addr(uri: &str) -> Option<SocketAddr> {
     if let Ok(a) = hostport.parse() {
         return Some(a);
     }
-    let ip: std::net::IpAddr = hostport.parse().ok()?;
+    let ip: core::net::IpAddr = hostport.parse().ok()?;
     Some(SocketAddr::new(ip, 5060))
 }
 
@@ -308,13 +308,7 @@ pub fn gb_date(unix_ms: i64, utc_offset_secs: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
 }
 
 /// Days since 1970-01-01 to (year, month, day) (H. Hinnant's algorithm).

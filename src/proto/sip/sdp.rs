@@ -2,7 +2,7 @@
 //! parsers drop or reject `y=`/`f=`, so this is hand-written and lenient: unknown lines are
 //! skipped, never an error.
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use core::net::IpAddr;
 
 /// How media flows for one session, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -190,7 +190,9 @@ pub fn offer(o: &Offer<'_>) -> String {
     let _ = write!(s, "c=IN {ipv} {}\r\nt={} {}\r\n", o.ip, o.time.0, o.time.1);
     let proto = if o.transport == MediaTransport::Udp { "RTP/AVP" } else { "TCP/RTP/AVP" };
     let _ = write!(s, "m=video {} {proto} 96 97 98 99\r\na=recvonly\r\n", o.port);
-    s.push_str("a=rtpmap:96 PS/90000\r\na=rtpmap:98 H264/90000\r\na=rtpmap:97 MPEG4/90000\r\na=rtpmap:99 H265/90000\r\n");
+    s.push_str(
+        "a=rtpmap:96 PS/90000\r\na=rtpmap:98 H264/90000\r\na=rtpmap:97 MPEG4/90000\r\na=rtpmap:99 H265/90000\r\n",
+    );
     match o.transport {
         MediaTransport::Udp => {}
         MediaTransport::TcpPassive => s.push_str("a=setup:passive\r\na=connection:new\r\n"),
