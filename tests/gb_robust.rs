@@ -151,7 +151,8 @@ async fn a_flood_of_bad_auth_registers_is_cut_off_per_source_and_other_devices_s
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(SimStats::get(&stats.registered), 1);
-    // The server transaction table is bounded: distinct OPTIONS beyond it get 503.
+    // The server transaction table is bounded (200 here): answered entries give way, so 300
+    // distinct OPTIONS are all answered (the bound itself is unit-tested in proto::sip::transaction).
     let codes = tokio::task::block_in_place(|| {
         let s = udp("127.0.0.1");
         let local = s.local_addr().unwrap();
@@ -166,7 +167,7 @@ From: <sip:x@y>;tag=1\r\nTo: <sip:z@y>\r\nCall-ID: o{i}\r\nCSeq: 1 OPTIONS\r\nCo
         }
         codes
     });
-    assert!(codes.contains(&200) && codes.contains(&503), "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
     stop.cancel();
     gw.stop().await;
 }

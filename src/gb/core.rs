@@ -422,7 +422,9 @@ impl Core {
             }
             Ok(Incoming::Absorb) => return,
             Err(e) => {
-                warn!(peer = %peer.addr(), "{e}: answering 503");
+                if let Some(suppressed) = self.auth_log.check(now) {
+                    warn!(peer = %peer.addr(), suppressed, "{e}: answering 503");
+                }
                 let resp = sip::response(&req, 503, &random_token(10), peer.addr(), vec![], Vec::new());
                 self.out.send(peer, resp.to_bytes());
                 return;

@@ -195,6 +195,10 @@ struct Camera {
     dialogs: HashMap<String, Dialog>,
     /// Requests already answered (retransmissions get the same answer again).
     answered: VecDeque<(String, Vec<u8>)>,
+    /// Our MESSAGEs not yet answered, by transaction key: (bytes, next resend, resends so far).
+    /// Resent like an RFC 3261 UDP client (0.5 s doubling, 6 times) so a loaded gateway that
+    /// drops a datagram still gets the whole catalog.
+    unanswered: HashMap<String, (Vec<u8>, Instant, u32)>,
 }
 
 impl Camera {
@@ -221,6 +225,7 @@ impl Camera {
             registered: false,
             dialogs: HashMap::new(),
             answered: VecDeque::new(),
+            unanswered: HashMap::new(),
         }
     }
 
@@ -311,7 +316,35 @@ impl Camera {
         let uri = self.server_uri();
         let call_id = sip::hex_token(rand::random(), 20);
         let bytes = self.request(Method::Message, &uri, &call_id, vec![], Some("Application/MANSCDP+xml"), body);
+        if let Ok(SipMessage::Request(r)) = sip::parse(&bytes) {
+            if let Some(key) = sip::transaction_key(&r.headers) {
+                if self.unanswered.len() < 256 {
+                    self.unanswered.insert(key, (bytes.clone(), Instant::now() + Duration::from_millis(500), 0));
+                }
+            }
+        }
         self.send(bytes).await;
+    }
+
+    async fn resend_unanswered(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.unanswered.retain(|_, (bytes, next, tries)| {
+            if *next > now {
+                return true;
+            }
+            if *tries >= 6 {
+                return false;
+            }
+            *tries += 1;
+            *next = now + Duration::from_millis(500 << (*tries).min(3));
+            due.push(bytes.clone());
+            true
+        });
+        for b in due {
+            self.send(b).await;
+        }
+        self.unanswered.values().map(|v| v.1).min()
     }
 
     async fn run(mut self) {
@@ -320,7 +353,10 @@ impl Camera {
         let mut next_keepalive = Instant::now() + self.opts.keepalive;
         let mut sn = 0u32;
         loop {
-            let wake = if self.registered { next_keepalive.min(next_register) } else { next_register };
+            let mut wake = if self.registered { next_keepalive.min(next_register) } else { next_register };
+            if let Some(t) = self.unanswered.values().map(|v| v.1).min() {
+                wake = wake.min(t);
+            }
             tokio::select! {
                 _ = self.stop.cancelled() => {
                     for d in self.dialogs.values() { d.stop.cancel(); }
@@ -330,6 +366,7 @@ impl Camera {
                     return;
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
+                    self.resend_unanswered().await;
                     let now = Instant::now();
                     if now >= next_register {
                         self.register(None, self.opts.expires).await;
@@ -355,7 +392,12 @@ impl Camera {
                         SipMessage::Response(resp) => {
                             let code = resp.status_code.code();
                             let method = sip::cseq(&resp.headers).map(|c| c.1).unwrap_or_default();
-                            if method != "REGISTER" { continue; }
+                            if method != "REGISTER" {
+                                if let Some(key) = sip::transaction_key(&resp.headers) {
+                                    self.unanswered.remove(&key);
+                                }
+                                continue;
+                            }
                             match code {
                                 200 => {
                                     if !self.registered {

@@ -134,8 +134,16 @@ impl<D: Destination, T> Transactions<D, T> {
         }
         if self.servers.len() >= self.max {
             self.expire_servers(now);
-            if self.servers.len() >= self.max {
-                return Err(TableFull(self.servers.len()));
+        }
+        if self.servers.len() >= self.max {
+            // Answered entries only absorb retransmissions: the oldest one gives way. Only a
+            // table full of requests still being worked on refuses.
+            let oldest = self.servers.iter().filter(|(_, s)| s.response.is_some()).min_by_key(|(_, s)| s.expires);
+            match oldest.map(|(k, _)| k.clone()) {
+                Some(k) => {
+                    self.servers.remove(&k);
+                }
+                None => return Err(TableFull(self.servers.len())),
             }
         }
         self.servers.insert(key.to_string(), Server { dest, response: None, expires: now + TIMEOUT_64T1 });
@@ -244,8 +252,11 @@ mod tests {
         tx.server_response("a", b"200", false, t0);
         assert_eq!(tx.server_request("a", 1, t0), Ok(Incoming::Retransmit(b"200".to_vec())));
         assert_eq!(tx.server_request("b", 1, t0), Ok(Incoming::New));
-        assert_eq!(tx.server_request("c", 1, t0), Err(TableFull(2)));
+        // Full: the answered "a" gives way to "c"; with "b" and "c" both unanswered, "d" is refused.
+        assert_eq!(tx.server_request("c", 1, t0), Ok(Incoming::New));
+        assert_eq!(tx.server_count(), 2);
+        assert_eq!(tx.server_request("d", 1, t0), Err(TableFull(2)));
         // After timer J the entries are gone and room is made.
-        assert_eq!(tx.server_request("c", 1, t0 + TIMEOUT_64T1), Ok(Incoming::New));
+        assert_eq!(tx.server_request("d", 1, t0 + TIMEOUT_64T1), Ok(Incoming::New));
     }
 }
