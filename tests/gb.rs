@@ -332,6 +332,13 @@ async fn api_ptz_record_search_playback_with_control_and_end_of_file() {
     assert_eq!(body["ptz_cmd"], "A50F01011F0000D5");
     assert!(wait_for(Duration::from_secs(2), || SimStats::get(&stats.ptz) == 1).await);
     assert_eq!(*stats.last_ptz.lock().unwrap(), "A50F01011F0000D5");
+    // DeviceStatus and DeviceInfo asked now.
+    let (status, body) = http(api, "GET", &format!("/api/v1/devices/{dev}/status"), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Online"], "ONLINE");
+    let (status, body) = http(api, "GET", &format!("/api/v1/devices/{dev}/info"), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Manufacturer"], "gbgate-sim");
     // RecordInfo over a day: the simulator reports two recordings.
     let (status, body) =
         http(api, "GET", &format!("{base}/records?start=2024-05-01T00:00:00&end=2024-05-02T00:00:00"), "").await;

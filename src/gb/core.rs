@@ -104,6 +104,7 @@ pub async fn start(
         records: HashMap::new(),
         sessions: HashMap::new(),
         by_call: HashMap::new(),
+        queries: HashMap::new(),
     };
     info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");
     let task = tokio::spawn(core.run(inbound, cmd_rx, shutdown));
@@ -191,6 +192,8 @@ struct Core {
     records: HashMap<(String, u32), Aggregation<RecordItem>>,
     sessions: HashMap<String, Session>,
     by_call: HashMap<String, String>,
+    /// Single-MESSAGE answers awaited by (device, CmdType, SN), with their deadline.
+    queries: HashMap<(String, &'static str, u32), (Reply<BTreeMap<String, String>>, Instant)>,
 }
 
 fn unix_now() -> u64 {
@@ -682,9 +685,24 @@ impl Core {
                     d.rec.info = Some(manscdp::device_info(&m));
                 }
                 self.persist(&id);
+                self.answer_query(&id, "DeviceInfo", &m);
             }
+            ("Response", "DeviceStatus") => self.answer_query(&id, "DeviceStatus", &m),
             ("Response", "RecordInfo") => self.on_record_info(&id, &m, now),
             (root, cmd) => debug!(device = %id, root, cmd, "MESSAGE acknowledged"),
+        }
+    }
+
+    fn answer_query(&mut self, device: &str, cmd: &'static str, m: &Manscdp) {
+        if let Some((reply, _)) = self.queries.remove(&(device.to_string(), cmd, m.sn)) {
+            let fields = m
+                .el
+                .children
+                .iter()
+                .filter(|c| c.children.is_empty())
+                .map(|c| (c.name.clone(), c.text.trim().to_string()))
+                .collect();
+            let _ = reply.send(Ok(fields));
         }
     }
 
@@ -1218,6 +1236,18 @@ impl Core {
                     }
                 }
             }
+            Command::Query { device, cmd, reply } => {
+                if !self.devices.get(&device).is_some_and(|d| d.rec.online) {
+                    let _ = reply.send(Err(GbError::Offline(device)));
+                    return;
+                }
+                if self.queries.len() >= MAX_AGGREGATIONS {
+                    let _ = reply.send(Err(GbError::Busy("too many queries".into())));
+                    return;
+                }
+                let sn = self.query(&device, cmd.cmd_type());
+                self.queries.insert((device, cmd.cmd_type(), sn), (reply, now + self.gb.catalog_timeout.0));
+            }
             Command::Sessions { reply } => {
                 let list = self
                     .sessions
@@ -1349,6 +1379,12 @@ impl Core {
                         Ok(a.items.into_values().collect())
                     });
                 }
+            }
+        }
+        let late: Vec<_> = self.queries.iter().filter(|(_, (_, d))| *d <= now).map(|(k, _)| k.clone()).collect();
+        for k in late {
+            if let Some((reply, _)) = self.queries.remove(&k) {
+                let _ = reply.send(Err(GbError::NoAnswer(format!("no {} answer", k.1))));
             }
         }
         // Sessions: INVITE deadline, first media, and nobody watching.

@@ -129,6 +129,24 @@ pub enum Command {
     Ptz { device: Option<String>, channel: String, ptz_cmd: String, reply: Reply<()> },
     RecordInfo { device: Option<String>, channel: String, start: String, end: String, reply: Reply<Vec<RecordItem>> },
     Sessions { reply: oneshot::Sender<Vec<SessionView>> },
+    /// DeviceStatus or DeviceInfo, answered with the response's fields.
+    Query { device: String, cmd: QueryKind, reply: Reply<BTreeMap<String, String>> },
+}
+
+/// Queries whose answer is one MESSAGE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKind {
+    DeviceStatus,
+    DeviceInfo,
+}
+
+impl QueryKind {
+    pub fn cmd_type(self) -> &'static str {
+        match self {
+            QueryKind::DeviceStatus => "DeviceStatus",
+            QueryKind::DeviceInfo => "DeviceInfo",
+        }
+    }
 }
 
 /// The handle other modules (API, hub on-demand) use.
@@ -201,6 +219,12 @@ impl Gb {
     ) -> Result<Vec<RecordItem>, GbError> {
         let channel = channel.to_string();
         self.ask(|reply| Command::RecordInfo { device, channel, start, end, reply }).await
+    }
+
+    /// Asks a device for its DeviceStatus or DeviceInfo; resolves with the answer's fields.
+    pub async fn query(&self, device: &str, cmd: QueryKind) -> Result<BTreeMap<String, String>, GbError> {
+        let device = device.to_string();
+        self.ask(|reply| Command::Query { device, cmd, reply }).await
     }
 
     pub async fn sessions(&self) -> Vec<SessionView> {

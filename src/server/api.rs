@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gb::{Gb, GbError, HistoryRequest, PlaybackControl};
+use crate::gb::{Gb, GbError, HistoryRequest, PlaybackControl, QueryKind};
 use crate::hub::{Hub, Source, Stream, StreamStats};
 use crate::proto::sip::manscdp;
 use crate::proto::sip::sdp::MediaTransport;
@@ -113,6 +113,8 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtp", get(rtp_counters))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/devices/{id}/status", get(device_status))
+        .route("/api/v1/devices/{id}/info", get(device_info))
         .route("/api/v1/devices/{id}/channels/{ch}/play", post(play))
         .route("/api/v1/devices/{id}/channels/{ch}/stop", post(stop))
         .route("/api/v1/devices/{id}/channels/{ch}/ptz", post(ptz))
@@ -179,6 +181,26 @@ async fn get_device(State(state): State<ApiState>, Path(id): Path<String>) -> Re
         }
         None => not_found(format!("no device {id:?}")),
     }
+}
+
+async fn device_query(state: ApiState, id: String, kind: QueryKind) -> Response {
+    match gb_of(&state) {
+        Ok(gb) => match gb.query(&id, kind).await {
+            Ok(fields) => Json(fields).into_response(),
+            Err(e) => gb_error(e),
+        },
+        Err(r) => r,
+    }
+}
+
+/// Asks the device now (DeviceStatus query) and returns its answer's fields.
+async fn device_status(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    device_query(state, id, QueryKind::DeviceStatus).await
+}
+
+/// Asks the device now (DeviceInfo query); the answer also refreshes the stored facts.
+async fn device_info(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    device_query(state, id, QueryKind::DeviceInfo).await
 }
 
 #[derive(Default, serde::Deserialize)]
