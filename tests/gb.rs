@@ -365,13 +365,24 @@ async fn api_ptz_record_search_playback_with_control_and_end_of_file() {
         "MediaStatus 121 then BYE"
     );
     assert!(gw.hub.get(&stream).is_none(), "stream ended with the session");
+    // Download at 4x: s=Download with a=downloadspeed, streamed as gb/download/<ssrc>; stop = BYE.
+    let (status, info) =
+        http(api, "POST", &format!("{base}/playback"), r#"{"start":1714521600,"end":1714525200,"download_speed":4}"#)
+            .await;
+    assert_eq!(status, 200, "{info}");
+    let stream = info["stream"].as_str().unwrap().to_string();
+    assert!(stream.starts_with("gb/download/"), "{stream}");
+    gb.wait_keyframe(&stream).await.unwrap();
+    let (status, _) = http(api, "POST", &format!("/api/v1/gb/sessions/{stream}"), r#"{"action":"stop"}"#).await;
+    assert_eq!(status, 200);
+    assert!(wait_for(Duration::from_secs(3), || SimStats::get(&stats.byes_received) == 2).await);
     // Live play and stop through the API.
     let (status, body) = http(api, "POST", &format!("{base}/play"), r#"{"transport":"tcp-passive"}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["stream"], format!("gb/{ch}"));
     let (status, _) = http(api, "POST", &format!("{base}/stop"), "").await;
     assert_eq!(status, 200);
-    assert!(wait_for(Duration::from_secs(3), || SimStats::get(&stats.byes_received) == 2).await);
+    assert!(wait_for(Duration::from_secs(3), || SimStats::get(&stats.byes_received) == 3).await);
     let (status, body) = http(api, "POST", "/api/v1/devices/nope/channels/x/play", "").await;
     assert_eq!(status, 404, "{body}");
     stop.cancel();

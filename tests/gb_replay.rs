@@ -280,5 +280,35 @@ Contact: <sip:{device}@{local}>\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(sip::header(&bye.headers, "Call-ID"), sip::header(&ack.headers, "Call-ID"));
     });
     stop.await.unwrap().unwrap();
+    // Again, and this time the device hangs up: BYE from the device gets 200 and ends the session.
+    let play = {
+        let gb = gb.clone();
+        tokio::spawn(async move { gb.play(None, device, None).await })
+    };
+    let call_id = tokio::task::block_in_place(|| {
+        let mut buf = vec![0u8; 65_536];
+        let (n, from) = sock.recv_from(&mut buf).unwrap();
+        let Ok(SipMessage::Request(invite)) = sip::parse(&buf[..n]) else { panic!("INVITE expected") };
+        let ok = sip::response(
+            &invite,
+            200,
+            "99",
+            from,
+            vec![("Contact", format!("<sip:{device}@{local}>"))],
+            answer.body.clone(),
+        );
+        sock.send_to(&ok.to_bytes(), from).unwrap();
+        let _ack = sock.recv_from(&mut buf).unwrap();
+        sip::header(&invite.headers, "Call-ID").unwrap().to_string()
+    });
+    play.await.unwrap().unwrap();
+    let bye = format!(
+        "BYE sip:34020000002000000001@{sip_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {local};rport;branch=z9hG4bKbye1\r\n\
+From: <sip:{device}@3402000000>;tag=99\r\nTo: <sip:34020000002000000001@3402000000>;tag=x\r\nCall-ID: {call_id}\r\n\
+CSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let resp = tokio::task::block_in_place(|| exchange(&sock, sip_addr, bye.as_bytes())).unwrap();
+    assert_eq!(resp.status_code.code(), 200);
+    assert!(gb.sessions().await.is_empty(), "the device's BYE ended the session");
     gw.stop().await;
 }

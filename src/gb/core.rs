@@ -695,13 +695,12 @@ impl Core {
 
     fn answer_query(&mut self, device: &str, cmd: &'static str, m: &Manscdp) {
         if let Some((reply, _)) = self.queries.remove(&(device.to_string(), cmd, m.sn)) {
-            let fields = m
-                .el
-                .children
-                .iter()
-                .filter(|c| c.children.is_empty())
-                .map(|c| (c.name.clone(), c.text.trim().to_string()))
-                .collect();
+            let fields =
+                m.el.children
+                    .iter()
+                    .filter(|c| c.children.is_empty())
+                    .map(|c| (c.name.clone(), c.text.trim().to_string()))
+                    .collect();
             let _ = reply.send(Ok(fields));
         }
     }

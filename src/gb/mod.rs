@@ -122,15 +122,47 @@ pub enum PlaybackControl {
 }
 
 pub enum Command {
-    Play { device: Option<String>, channel: String, transport: Option<MediaTransport>, reply: Reply<PlayInfo> },
-    History { req: HistoryRequest, reply: Reply<PlayInfo> },
-    Stop { stream: String, reply: Reply<()> },
-    Control { stream: String, control: PlaybackControl, reply: Reply<()> },
-    Ptz { device: Option<String>, channel: String, ptz_cmd: String, reply: Reply<()> },
-    RecordInfo { device: Option<String>, channel: String, start: String, end: String, reply: Reply<Vec<RecordItem>> },
-    Sessions { reply: oneshot::Sender<Vec<SessionView>> },
+    Play {
+        device: Option<String>,
+        channel: String,
+        transport: Option<MediaTransport>,
+        reply: Reply<PlayInfo>,
+    },
+    History {
+        req: HistoryRequest,
+        reply: Reply<PlayInfo>,
+    },
+    Stop {
+        stream: String,
+        reply: Reply<()>,
+    },
+    Control {
+        stream: String,
+        control: PlaybackControl,
+        reply: Reply<()>,
+    },
+    Ptz {
+        device: Option<String>,
+        channel: String,
+        ptz_cmd: String,
+        reply: Reply<()>,
+    },
+    RecordInfo {
+        device: Option<String>,
+        channel: String,
+        start: String,
+        end: String,
+        reply: Reply<Vec<RecordItem>>,
+    },
+    Sessions {
+        reply: oneshot::Sender<Vec<SessionView>>,
+    },
     /// DeviceStatus or DeviceInfo, answered with the response's fields.
-    Query { device: String, cmd: QueryKind, reply: Reply<BTreeMap<String, String>> },
+    Query {
+        device: String,
+        cmd: QueryKind,
+        reply: Reply<BTreeMap<String, String>>,
+    },
 }
 
 /// Queries whose answer is one MESSAGE.

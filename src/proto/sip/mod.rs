@@ -11,8 +11,8 @@ pub mod manscdp;
 pub mod sdp;
 pub mod transaction;
 
-use std::fmt::Write as _;
 use core::net::SocketAddr;
+use std::fmt::Write as _;
 
 pub use rsipstack::rsip;
 use rsipstack::rsip::headers::make_header;

@@ -1,8 +1,8 @@
 //! The GB28181 SDP dialect: `y=` (SSRC), `f=`, `u=`, `a=setup`, `a=downloadspeed`. Generic SDP
 //! parsers drop or reject `y=`/`f=`, so this is hand-written and lenient: unknown lines are
 //! skipped, never an error.
-use std::fmt::Write as _;
 use core::net::IpAddr;
+use std::fmt::Write as _;
 
 /// How media flows for one session, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
