@@ -96,7 +96,8 @@ enum Command {
         keepalive: Duration,
         #[arg(long, default_value_t = 3600)]
         expires: u32,
-        /// RTP capture streamed on INVITE (RTP dump, rtpdump or pcap).
+        /// RTP capture streamed on INVITE (RTP dump, rtpdump or pcap), or `synthetic` for moving
+        /// colour bars (H.264 I_PCM, 128x96) muxed by gbgate's own PS muxer.
         #[arg(long, default_value = "fixtures/h264_g711a_8k.rtp")]
         media: PathBuf,
         /// Mimic a vendor: hikvision (own SSRC in the answer), dahua (SSRC 0).

@@ -217,13 +217,15 @@ async fn players_trigger_invites_over_udp_tcp_passive_tcp_active_with_vendor_qui
     let mut cfg = gb_config();
     cfg.gb.idle_stop = gbgate::config::HumanDuration(Duration::from_secs(2));
     // One simulated camera per case; the transport is chosen per device.
-    let cases: [(&str, MediaTransport, Quirk, &str); 6] = [
+    // The TCP-active camera streams the synthetic pattern (H.264 I_PCM through gbgate's PS muxer).
+    let cases: [(&str, MediaTransport, Quirk, &str); 7] = [
         ("34020000001320000101", MediaTransport::Udp, Quirk::None, "rtsp"),
         ("34020000001320000201", MediaTransport::TcpPassive, Quirk::None, "rtsp"),
         ("34020000001320000301", MediaTransport::TcpActive, Quirk::None, "rtsp"),
         ("34020000001320000401", MediaTransport::Udp, Quirk::Hikvision, "rtsp"),
         ("34020000001320000501", MediaTransport::Udp, Quirk::Dahua, "rtmp"),
         ("34020000001320000601", MediaTransport::TcpPassive, Quirk::Dahua, "rtsp"),
+        ("34020000001320000701", MediaTransport::TcpActive, Quirk::Hikvision, "rtsp"),
     ];
     for (id, t, _, _) in &cases {
         cfg.gb.transports.insert(id.to_string(), *t);
@@ -231,10 +233,13 @@ async fn players_trigger_invites_over_udp_tcp_passive_tcp_active_with_vendor_qui
     let gw = start(cfg).await;
     let stop = CancellationToken::new();
     let mut sims: Vec<Arc<SimStats>> = Vec::new();
-    for (id, _, quirk, _) in &cases {
+    for (id, t, quirk, _) in &cases {
         let mut o = sim_options(&gw);
         o.first_id = id.to_string();
         o.quirk = *quirk;
+        if *t == MediaTransport::TcpActive && *quirk == Quirk::None {
+            o.media = camera::SYNTHETIC.into();
+        }
         sims.push(camera::spawn(o, stop.clone()).await.unwrap());
     }
     let gb = gw.gb.clone().unwrap();

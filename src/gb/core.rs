@@ -193,8 +193,11 @@ struct Core {
     sessions: HashMap<String, Session>,
     by_call: HashMap<String, String>,
     /// Single-MESSAGE answers awaited by (device, CmdType, SN), with their deadline.
-    queries: HashMap<(String, &'static str, u32), (Reply<BTreeMap<String, String>>, Instant)>,
+    queries: HashMap<(String, &'static str, u32), PendingQuery>,
 }
+
+/// A single-MESSAGE query's reply and deadline.
+type PendingQuery = (Reply<BTreeMap<String, String>>, Instant);
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -122,7 +122,15 @@ struct MediaTemplate {
     span: u32,
 }
 
+/// `--media synthetic`: the moving-bars pattern through gbgate's PS muxer (2 s, looped).
+pub const SYNTHETIC: &str = "synthetic";
+
 fn load_media(path: &Path) -> Result<Arc<MediaTemplate>, SimError> {
+    if path.as_os_str() == SYNTHETIC {
+        let packets = super::pattern::rtp_packets(2);
+        let span = 2 * 90_000;
+        return Ok(Arc::new(MediaTemplate { packets, span }));
+    }
     let cap = read_capture(path)?;
     let mut packets = Vec::new();
     let mut first: Option<(u32, u32)> = None;
