@@ -105,6 +105,7 @@ pub async fn start(
         sessions: HashMap::new(),
         by_call: HashMap::new(),
         queries: HashMap::new(),
+        utc_offset: super::localtime::utc_offset(unix_now() as i64),
     };
     info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");
     let task = tokio::spawn(core.run(inbound, cmd_rx, shutdown));
@@ -194,6 +195,8 @@ struct Core {
     by_call: HashMap<String, String>,
     /// Single-MESSAGE answers awaited by (device, CmdType, SN), with their deadline.
     queries: HashMap<(String, &'static str, u32), PendingQuery>,
+    /// The host's UTC offset (seconds) for the `Date` of REGISTER answers, read at start.
+    utc_offset: i64,
 }
 
 /// A single-MESSAGE query's reply and deadline.
@@ -545,8 +548,8 @@ impl Core {
                 return self.respond(req, peer, 403, vec![], Vec::new());
             }
         }
-        let date =
-            sip::gb_date(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0), 0);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let date = sip::gb_date(now_ms, self.utc_offset);
         if expires == 0 {
             self.respond(
                 req,

@@ -3,6 +3,7 @@
 //! the device table, the transactions and the sessions ([`core`]), the sockets ([`transport`])
 //! and persistence ([`store`]).
 pub mod core;
+pub mod localtime;
 pub mod store;
 pub mod transport;
 
