@@ -78,4 +78,14 @@ mod tests {
         assert_eq!(tzif_offset(b"nope", 0), None);
         assert_eq!(tzif_offset(&d[..50], 0), None);
     }
+
+    #[test]
+    fn real_zone_file_when_installed() {
+        let Ok(d) = std::fs::read("/usr/share/zoneinfo/Asia/Shanghai") else {
+            println!("real_zone_file_when_installed: skipped: no tzdata");
+            return;
+        };
+        // 2024-05-17T14:07:33Z: China Standard Time, no DST.
+        assert_eq!(tzif_offset(&d, 1_715_954_853), Some(28_800));
+    }
 }
