@@ -226,6 +226,11 @@ impl Stream {
         Subscription { id, backlog, rx, drops, kicked }
     }
 
+    /// Whether the stream was removed or replaced (its source should stop feeding it).
+    pub fn is_closed(&self) -> bool {
+        lock(&self.fanout).closed
+    }
+
     pub fn subscriber_count(&self) -> usize {
         lock(&self.fanout).subscribers.len()
     }

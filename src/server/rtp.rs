@@ -580,6 +580,11 @@ async fn run_stream(
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
                     publish_stats(stream, &ingest, &queue_drops);
+                    // Ended by signalling (BYE) or replaced: free the route so the camera's next
+                    // session from the same address is routed afresh.
+                    if stream.is_closed() {
+                        break "the stream was ended or replaced".to_string();
+                    }
                     if now.duration_since(last_data) >= timeout {
                         break format!("no data for {}", humantime::format_duration(timeout));
                     }
