@@ -170,7 +170,8 @@ pub async fn spawn(opts: SimOptions, stop: CancellationToken) -> Result<Arc<SimS
 /// A channel ID of camera `id`: type 131 (camera), serial offset by the channel index.
 pub fn channel_id(id: &str, index: usize) -> String {
     let serial: u64 = id.get(14..).and_then(|s| s.parse().ok()).unwrap_or(0);
-    format!("{}131{}{:06}", &id[..10], &id[13..14], (serial * 100 + index as u64) % 1_000_000)
+    let (center, net) = (id.get(..10).unwrap_or("3402000000"), id.get(13..14).unwrap_or("0"));
+    format!("{center}131{net}{:06}", (serial * 100 + index as u64) % 1_000_000)
 }
 
 struct Dialog {

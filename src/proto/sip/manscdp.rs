@@ -61,7 +61,7 @@ fn declared_encoding(body: &[u8]) -> Option<String> {
     let i = decl.find("encoding")?;
     let rest = decl[i + 8..].trim_start().strip_prefix('=')?.trim_start();
     let quote = rest.chars().next()?;
-    let rest = &rest[1..];
+    let rest = &rest[quote.len_utf8()..];
     let j = rest.find(quote)?;
     Some(rest[..j].trim().to_ascii_lowercase())
 }
@@ -461,6 +461,8 @@ mod tests {
 
     #[test]
     fn malformed_inputs_are_errors() {
+        // A non-ASCII character where the encoding's quote should be.
+        assert!(parse("<?xml version=\"1.0\" encoding=é?><a/>".as_bytes()).is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"<a><b></a>").is_err());
         assert!(parse(b"<Query><SN>1</SN></Query>").is_err());
