@@ -17,7 +17,16 @@ use tokio_util::sync::CancellationToken;
 
 const PASSWORD: &str = "12345678";
 
+/// Logs to the test output when RUST_LOG is set (e.g. RUST_LOG=gbgate=debug).
+fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 fn gb_config() -> gbgate::config::Config {
+    init_log();
     let mut cfg = test_config();
     cfg.sip.password = PASSWORD.into();
     cfg

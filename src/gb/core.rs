@@ -910,7 +910,15 @@ impl Core {
                 info!(stream, offered = %sdp::ssrc_text(s.ssrc), answered = %sdp::ssrc_text(new), "answer re-keys the session");
                 rtp.withdraw(s.ssrc);
                 s.ssrc = new;
-                rtp.announce(new, stream.to_string());
+                // TCP active needs no SSRC (the connection names the stream). A device-chosen SSRC
+                // another session already uses cannot route: the source address binds it instead.
+                match rtp.announced_name(new) {
+                    _ if s.transport == MediaTransport::TcpActive => {}
+                    Some(other) if other != stream => {
+                        warn!(stream, other = %other, ssrc = %sdp::ssrc_text(new), "answered SSRC already in use: binding by source address");
+                    }
+                    _ => rtp.announce(new, stream.to_string()),
+                }
             }
             if s.transport == MediaTransport::TcpActive {
                 let target = SocketAddr::new(a.connection.unwrap_or(peer.addr().ip()), a.port);
@@ -1048,7 +1056,9 @@ impl Core {
         });
         // Announce before the INVITE: a camera may send media before our ACK.
         self.rtp.announce(ssrc, stream.clone());
-        self.rtp.expect_source(dev_addr.ip(), stream.clone());
+        if transport != MediaTransport::TcpActive {
+            self.rtp.expect_source(dev_addr.ip(), transport == MediaTransport::TcpPassive, stream.clone());
+        }
         let call_id = random_token(24);
         let from_tag = random_token(10);
         let uri = format!("sip:{channel}@{dev_addr}");
@@ -1405,11 +1415,14 @@ impl Core {
                     let stream = self.hub.get(&s.stream);
                     if !s.media_seen {
                         s.media_seen = stream.as_ref().is_some_and(|st| st.gop_cache_usage().0 > 0);
-                        if !s.media_seen && s.answered.is_some_and(|a| now.duration_since(a) > self.gb.media_timeout.0)
-                        {
-                            to_end.push((s.stream.clone(), "no media after the answer".into(), true));
+                        if !s.media_seen {
+                            if s.answered.is_some_and(|a| now.duration_since(a) > self.gb.media_timeout.0) {
+                                to_end.push((s.stream.clone(), "no media after the answer".into(), true));
+                            }
+                            // Players are parked until the first keyframe: idle time starts then.
                             continue;
                         }
+                        s.last_watched = now;
                     }
                     if stream.as_ref().is_some_and(|st| st.subscriber_count() > 0) {
                         s.last_watched = now;

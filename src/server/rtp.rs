@@ -89,11 +89,18 @@ pub struct UnknownSsrcReport {
     pub packets: u64,
 }
 
+enum Claim {
+    Bound(String),
+    Ambiguous,
+    Nobody,
+}
+
 /// Sessions expecting media by source IP (bounded; oldest dropped first).
 const EXPECTED_CAPACITY: usize = 4096;
 
 struct ExpectedSource {
     ip: std::net::IpAddr,
+    tcp: bool,
     name: String,
 }
 
@@ -133,28 +140,36 @@ impl RtpShared {
         self.forget_expected(name);
     }
 
-    /// Expects media for `name` from `ip` with an SSRC nobody announced (see `expected`).
-    pub fn expect_source(&self, ip: std::net::IpAddr, name: String) {
+    /// Expects media for `name` from `ip`, over TCP or UDP, with an SSRC nobody announced (see
+    /// `expected`).
+    pub fn expect_source(&self, ip: std::net::IpAddr, tcp: bool, name: String) {
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
         e.retain(|x| x.name != name);
         if e.len() >= EXPECTED_CAPACITY {
             e.pop_front();
         }
-        e.push_back(ExpectedSource { ip, name });
+        e.push_back(ExpectedSource { ip, tcp, name });
     }
 
     fn forget_expected(&self, name: &str) {
         self.expected.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| x.name != name);
     }
 
-    /// Takes the oldest session expecting media from `ip`.
-    fn claim_source(&self, ip: std::net::IpAddr) -> Option<String> {
+    /// Binds an unannounced SSRC from `ip` to the one session expecting media from there. With
+    /// several (cameras behind one NAT address, or a Hikvision answer not yet processed) the
+    /// packet cannot be attributed: it is dropped, and a later one binds once the other sessions
+    /// have their media.
+    fn claim_source(&self, ip: std::net::IpAddr, tcp: bool) -> Claim {
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
-        let i = e.iter().position(|x| x.ip == ip)?;
-        e.remove(i).map(|x| x.name)
+        let mut found = e.iter().enumerate().filter(|(_, x)| x.ip == ip && x.tcp == tcp).map(|(i, _)| i);
+        match (found.next(), found.next()) {
+            (None, _) => Claim::Nobody,
+            (Some(i), None) => e.remove(i).map_or(Claim::Nobody, |x| Claim::Bound(x.name)),
+            (Some(_), Some(_)) => Claim::Ambiguous,
+        }
     }
 
-    fn announced_name(&self, ssrc: u32) -> Option<String> {
+    pub fn announced_name(&self, ssrc: u32) -> Option<String> {
         self.announced.read().unwrap_or_else(|e| e.into_inner()).get(&ssrc).cloned()
     }
 
@@ -378,13 +393,20 @@ async fn serve_udp(
             }
             continue;
         }
-        if let Some(name) = shared.claim_source(peer.ip()) {
-            info!(ssrc = format_args!("{ssrc:08X}"), %peer, stream = %name, "SSRC not the announced one: bound by source address");
-            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
-                addr_routes.retain(|_, r| !r.tx.is_closed());
-                addr_routes.insert(peer, route);
+        match shared.claim_source(peer.ip(), false) {
+            Claim::Bound(name) => {
+                info!(ssrc = format_args!("{ssrc:08X}"), %peer, stream = %name, "SSRC not the announced one: bound by source address");
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.insert(peer, route);
+                }
+                continue;
             }
-            continue;
+            Claim::Ambiguous => {
+                counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Claim::Nobody => {}
         }
         match cfg.unknown_ssrc {
             UnknownSsrc::Publish => {
@@ -682,7 +704,21 @@ async fn run_tcp_connection(
         }
     };
     let ssrc = first.ssrc;
-    let name = match name_given.or_else(|| shared.announced_name(ssrc)).or_else(|| shared.claim_source(peer.ip())) {
+    let mut name = name_given.or_else(|| shared.announced_name(ssrc));
+    // An unannounced SSRC on a connection from a device with a session waiting: bind it, waiting a
+    // little while other sessions from the same address are still unresolved.
+    for _ in 0..30 {
+        if name.is_some() {
+            break;
+        }
+        match shared.claim_source(peer.ip(), true) {
+            Claim::Bound(n) => name = Some(n),
+            Claim::Ambiguous => tokio::time::sleep(Duration::from_millis(100)).await,
+            Claim::Nobody => break,
+        }
+        name = name.or_else(|| shared.announced_name(ssrc));
+    }
+    let name = match name {
         Some(name) => {
             shared.forget_expected(&name);
             name

@@ -581,7 +581,9 @@ impl Camera {
         match self.opts.quirk {
             Quirk::None => (offered, offered),
             Quirk::Hikvision => {
-                let own = 630_886 + self.index as u32;
+                // The camera's own choice: unique per camera (derived from its ID), live form.
+                let serial: u32 = self.id.get(12..).and_then(|s| s.parse().ok()).unwrap_or(self.index as u32);
+                let own = 600_000 + serial % 400_000;
                 (own, own)
             }
             Quirk::Dahua => (offered, 0),
