@@ -41,7 +41,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub rtsp: RtspConfig,
     pub rtmp: RtmpConfig,
-    pub sip: ListenConfig,
+    pub sip: SipConfig,
+    pub gb: GbConfig,
     pub hub: HubConfig,
     pub log: LogConfig,
     pub audio: AudioConfig,
@@ -146,11 +147,102 @@ impl Default for ApiConfig {
     }
 }
 
-/// A listener reserved for a later release; its address is validated now so configs stay stable.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The SIP side of GB/T 28181: registrar and controller for cameras and NVRs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ListenConfig {
-    pub listen: Option<SocketAddr>,
+pub struct SipConfig {
+    /// `false` leaves SIP off (no registrar, no play on demand).
+    pub enabled: bool,
+    /// UDP and TCP are both bound on this address.
+    pub listen: SocketAddr,
+    /// Our 20-digit GB code (type 200: central signalling server).
+    pub id: String,
+    /// SIP domain and digest realm (normally the first 10 digits of `id`).
+    pub domain: String,
+    /// Default password of every device (digest MD5). Empty: devices register without a challenge.
+    pub password: String,
+    /// Per-device passwords, by device ID, overriding `password`.
+    pub passwords: std::collections::BTreeMap<String, String>,
+    /// The address devices reach us at, put in Contact, Via and SDP `c=`. Default: the listen
+    /// address when it is not a wildcard, else the local address of the route to each device.
+    pub advertise: Option<std::net::IpAddr>,
+    /// How long a nonce stays valid after it is issued.
+    pub nonce_ttl: HumanDuration,
+    /// Failed authentications allowed per source IP per minute; beyond it REGISTERs are dropped.
+    pub auth_failures_per_minute: u32,
+    /// Upper bound of known devices.
+    pub max_devices: usize,
+    /// Upper bound of pending SIP transactions (each side).
+    pub max_transactions: usize,
+    /// Concurrent SIP-over-TCP connections.
+    pub max_tcp_connections: usize,
+    /// Embedded database (redb) keeping registrations and device facts across restarts.
+    /// Unset: kept in memory only.
+    pub db: Option<std::path::PathBuf>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            listen: "0.0.0.0:5060".parse().expect("literal"),
+            id: "34020000002000000001".into(),
+            domain: "3402000000".into(),
+            password: String::new(),
+            passwords: Default::default(),
+            advertise: None,
+            nonce_ttl: HumanDuration(Duration::from_secs(300)),
+            auth_failures_per_minute: 10,
+            max_devices: 10_000,
+            max_transactions: 4096,
+            max_tcp_connections: 2000,
+            db: None,
+        }
+    }
+}
+
+/// GB28181 device and session policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GbConfig {
+    /// Expected keepalive interval of devices ...
+    pub keepalive_interval: HumanDuration,
+    /// ... and how many may be missed before the device is offline.
+    pub keepalive_misses: u32,
+    /// A live stream nobody watches for this long is ended with BYE.
+    pub idle_stop: HumanDuration,
+    /// Media transport of live INVITEs: "udp", "tcp-passive" (the camera connects to our RTP
+    /// port) or "tcp-active" (we connect to the camera).
+    pub transport: crate::proto::sip::sdp::MediaTransport,
+    /// Per-device transport overrides, by device ID.
+    pub transports: std::collections::BTreeMap<String, crate::proto::sip::sdp::MediaTransport>,
+    /// How long an INVITE may wait for its final answer.
+    pub invite_timeout: HumanDuration,
+    /// How long after the answer the first keyframe may take before the session is torn down.
+    pub media_timeout: HumanDuration,
+    /// Catalog aggregation ends after this long without a new part (devices that never reach SumNum).
+    pub catalog_timeout: HumanDuration,
+    /// Query DeviceInfo and Catalog when a device registers.
+    pub query_on_register: bool,
+    /// Concurrent media sessions (live, playback, download).
+    pub max_sessions: usize,
+}
+
+impl Default for GbConfig {
+    fn default() -> Self {
+        GbConfig {
+            keepalive_interval: HumanDuration(Duration::from_secs(60)),
+            keepalive_misses: 3,
+            idle_stop: HumanDuration(Duration::from_secs(60)),
+            transport: crate::proto::sip::sdp::MediaTransport::Udp,
+            transports: Default::default(),
+            invite_timeout: HumanDuration(Duration::from_secs(8)),
+            media_timeout: HumanDuration(Duration::from_secs(10)),
+            catalog_timeout: HumanDuration(Duration::from_secs(10)),
+            query_on_register: true,
+            max_sessions: 1000,
+        }
+    }
 }
 
 /// The RTSP server (players: `rtsp://HOST:PORT/<stream name>`).
@@ -349,6 +441,29 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "audio.encoder",
                 message: "\"fdk\" needs gbgate built with `--features fdk-aac`".into(),
+            });
+        }
+        let digits =
+            |s: &str, n: std::ops::RangeInclusive<usize>| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(&self.sip.id, 20..=20) {
+            return Err(ConfigError::Invalid { key: "sip.id", message: "must be 20 decimal digits".into() });
+        }
+        if !digits(&self.sip.domain, 8..=10) {
+            return Err(ConfigError::Invalid { key: "sip.domain", message: "must be 8 to 10 decimal digits".into() });
+        }
+        positive("sip.max_devices", self.sip.max_devices)?;
+        positive("sip.max_transactions", self.sip.max_transactions)?;
+        positive("gb.max_sessions", self.gb.max_sessions)?;
+        if self.gb.keepalive_misses == 0 {
+            return Err(ConfigError::Invalid { key: "gb.keepalive_misses", message: "must be greater than 0".into() });
+        }
+        if self.gb.keepalive_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid { key: "gb.keepalive_interval", message: "at least 100ms".into() });
+        }
+        if self.sip.advertise.is_some_and(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid {
+                key: "sip.advertise",
+                message: "must be a reachable address, not 0.0.0.0".into(),
             });
         }
         if self.hub.gop_cache_duration.0 > Duration::from_secs(120) {

@@ -71,6 +71,48 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stall: usize,
     },
+    /// Simulate GB28181 cameras: register (digest), keepalive, answer queries, PTZ and INVITEs
+    /// (UDP, TCP passive, TCP active) with PS over RTP from a capture; Ctrl-C unregisters them.
+    Sim {
+        /// The gateway's SIP address.
+        #[arg(long, default_value = "127.0.0.1:5060")]
+        server: std::net::SocketAddr,
+        /// The gateway's 20-digit ID and the domain.
+        #[arg(long, default_value = "34020000002000000001")]
+        server_id: String,
+        #[arg(long, default_value = "3402000000")]
+        domain: String,
+        #[arg(long, default_value = "12345678")]
+        password: String,
+        /// Number of cameras; camera i uses ID `--id` + i.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value = "34020000001320000001")]
+        id: String,
+        /// Channels per camera (reported in the catalog).
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        keepalive: Duration,
+        #[arg(long, default_value_t = 3600)]
+        expires: u32,
+        /// RTP capture streamed on INVITE (RTP dump, rtpdump or pcap), or `synthetic` for moving
+        /// colour bars (H.264 I_PCM, 128x96) muxed by gbgate's own PS muxer.
+        #[arg(long, default_value = "fixtures/h264_g711a_8k.rtp")]
+        media: PathBuf,
+        /// Mimic a vendor: hikvision (own SSRC in the answer), dahua (SSRC 0).
+        #[arg(long, value_enum, default_value = "none")]
+        quirk: gbgate::sim::camera::Quirk,
+        /// Chinese channel names, GB2312-encoded.
+        #[arg(long)]
+        gb2312: bool,
+        /// Local IP the cameras bind and announce.
+        #[arg(long, default_value = "127.0.0.1")]
+        local_ip: std::net::IpAddr,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -112,6 +154,36 @@ fn main() -> ExitCode {
             }
         },
         Command::Players { url, count, duration, stall } => players(url, count, duration, stall),
+        Command::Sim {
+            server,
+            server_id,
+            domain,
+            password,
+            count,
+            id,
+            channels,
+            keepalive,
+            expires,
+            media,
+            quirk,
+            gb2312,
+            local_ip,
+            duration,
+        } => {
+            let mut opts = gbgate::sim::camera::SimOptions::new(server, media);
+            opts.server_id = server_id;
+            opts.domain = domain;
+            opts.password = password;
+            opts.count = count;
+            opts.first_id = id;
+            opts.channels = channels;
+            opts.keepalive = keepalive;
+            opts.expires = expires;
+            opts.quirk = quirk;
+            opts.gb2312_names = gb2312;
+            opts.local_ip = local_ip;
+            sim(opts, duration)
+        }
         Command::Send { file, to, tcp, count, ssrc, loops, duration, flood, linger } => {
             if count > 1 && ssrc.is_none() {
                 eprintln!("error: --count above 1 needs --ssrc (each camera needs its own SSRC)");
@@ -144,6 +216,52 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn sim(opts: gbgate::sim::camera::SimOptions, duration: Option<Duration>) -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let count = opts.count;
+        let stats = match gbgate::sim::camera::spawn(opts, stop.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match duration {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = shutdown_signal() => {}
+                }
+            }
+            None => shutdown_signal().await,
+        }
+        stop.cancel();
+        // Let the cameras send their unregister.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        use gbgate::sim::camera::SimStats as S;
+        println!(
+            "cameras {count} registered {} keepalives {} invites {} byes {} media packets {} ptz {}",
+            S::get(&stats.registered),
+            S::get(&stats.keepalives),
+            S::get(&stats.invites),
+            S::get(&stats.byes_received),
+            S::get(&stats.media_packets),
+            S::get(&stats.ptz)
+        );
+        ExitCode::SUCCESS
+    })
 }
 
 fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitCode {

@@ -227,7 +227,7 @@ fn the_binary_runs_receives_a_camera_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (rtp, api) = (free_port(), free_port());
     let cfg = dir.path().join("gbgate.toml");
-    std::fs::write(&cfg, format!("[rtp]\nlisten = \"127.0.0.1:{rtp}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n"))
+    std::fs::write(&cfg, format!("[rtp]\nlisten = \"127.0.0.1:{rtp}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[sip]\nlisten = \"127.0.0.1:0\"\n"))
         .unwrap();
     let mut child =
         gbgate().args(["run", "-c"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real peers the tests use: ffmpeg/ffprobe 5.1, GStreamer (rtspsrc), and a modern ffmpeg from the
+# Real peers the tests use: ffmpeg/ffprobe 5.1, GStreamer (rtspsrc), sipp (SIP), and a modern ffmpeg from the
 # PyPI package imageio-ffmpeg (HEVC over Enhanced RTMP, which ffmpeg 5.1 cannot read).
 pkgs=()
 command -v ffprobe >/dev/null 2>&1 || pkgs+=(ffmpeg)
+command -v sipp >/dev/null 2>&1 || pkgs+=(sip-tester)
 command -v gst-launch-1.0 >/dev/null 2>&1 ||
   pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav)
 if [ ${#pkgs[@]} -gt 0 ]; then

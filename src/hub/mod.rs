@@ -228,6 +228,11 @@ impl Stream {
         Subscription { id, backlog, rx, drops, kicked }
     }
 
+    /// Whether the stream was removed or replaced (its source should stop feeding it).
+    pub fn is_closed(&self) -> bool {
+        lock(&self.fanout).closed
+    }
+
     pub fn subscriber_count(&self) -> usize {
         lock(&self.fanout).subscribers.len()
     }
@@ -316,8 +321,18 @@ pub enum PublishError {
     TooManyStreams(usize),
 }
 
+/// Starts streams on demand: when a player asks for a stream that is not live, the hub asks each
+/// registered handler (GB28181 `gb/<channel>` today; RTSP/RTMP pull later) that claims the name.
+pub trait StreamDemand: Send + Sync {
+    /// Whether this handler can start `name`.
+    fn handles(&self, name: &str) -> bool;
+    /// Starts `name` and resolves once it is live with a keyframe, or with the failed step.
+    fn demand(&self, name: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+}
+
 /// The registry of live streams.
 pub struct Hub {
+    demand: RwLock<Vec<Arc<dyn StreamDemand>>>,
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     cfg: HubConfig,
     max_streams: usize,
@@ -325,7 +340,29 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(cfg: HubConfig, max_streams: usize) -> Arc<Hub> {
-        Arc::new(Hub { streams: RwLock::new(HashMap::new()), cfg, max_streams })
+        Arc::new(Hub { demand: RwLock::new(Vec::new()), streams: RwLock::new(HashMap::new()), cfg, max_streams })
+    }
+
+    /// Registers an on-demand handler (see [`StreamDemand`]).
+    pub fn add_demand(&self, handler: Arc<dyn StreamDemand>) {
+        self.demand.write().unwrap_or_else(|e| e.into_inner()).push(handler);
+    }
+
+    /// The live stream `name`, or, when it is not live and a handler claims the name, the stream
+    /// that handler starts (the caller is parked until it has a keyframe or the handler gives up).
+    pub async fn get_or_demand(&self, name: &str) -> Option<Arc<Stream>> {
+        if let Some(s) = self.get(name) {
+            return Some(s);
+        }
+        let handler =
+            self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find(|h| h.handles(name)).cloned()?;
+        match handler.demand(name).await {
+            Ok(()) => self.get(name),
+            Err(step) => {
+                tracing::info!(stream = name, "on-demand start failed: {step}");
+                None
+            }
+        }
     }
 
     /// Creates a stream. A stream already live under the same name is replaced (the newer source

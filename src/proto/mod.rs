@@ -3,3 +3,4 @@ pub mod flv;
 pub mod ps;
 pub mod rtp;
 pub mod rtsp;
+pub mod sip;

@@ -25,6 +25,9 @@ pub struct Gateway {
     pub rtsp_addr: Option<SocketAddr>,
     /// `None` when `[rtmp] enabled = false`.
     pub rtmp_addr: Option<SocketAddr>,
+    /// GB28181 signalling; `None` when `[sip] enabled = false`.
+    pub gb: Option<crate::gb::Gb>,
+    pub sip_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -39,6 +42,8 @@ pub enum StartError {
     Rtsp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for RTMP on {addr} (config key rtmp.listen): {source}")]
     Rtmp { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Sip(#[from] crate::gb::core::GbStartError),
 }
 
 impl Gateway {
@@ -96,15 +101,24 @@ impl Gateway {
             rtp_shared.clone(),
             shutdown.clone(),
         )));
-        let router = api::router(api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone() }, rtp_addr);
+        let gb = if cfg.sip.enabled {
+            let (gb, task) =
+                crate::gb::start(&cfg, hub.clone(), rtp_shared.clone(), rtp_addr, shutdown.clone()).await?;
+            tasks.push(task);
+            Some(gb)
+        } else {
+            None
+        };
+        let sip_addr = gb.as_ref().map(|g| g.sip_addr);
+        let router = api::router(api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone(), gb: gb.clone() }, rtp_addr);
         let api_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = api::serve(api_listener, router, api_shutdown).await {
                 tracing::error!("API server failed: {e}");
             }
         }));
-        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, "gbgate started");
-        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, rtmp_addr, shutdown, tasks })
+        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, sip = ?sip_addr, "gbgate started");
+        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, rtmp_addr, gb, sip_addr, shutdown, tasks })
     }
 
     /// Stops every listener and waits for them.

@@ -581,6 +581,14 @@ impl Conn {
             ServerSessionEvent::PlayStreamRequested { request_id, app_name, stream_key, stream_id, .. } => {
                 let candidates =
                     [stream_name(&app_name, &stream_key), stream_name("", &app_name), stream_name("", &stream_key)];
+                if candidates.iter().all(|n| self.hub.get(n).is_none()) {
+                    // Not live: a handler may start it (GB28181 play on demand).
+                    for n in &candidates {
+                        if self.hub.get_or_demand(n).await.is_some() {
+                            break;
+                        }
+                    }
+                }
                 let deadline = tokio::time::Instant::now() + PLAY_WAIT;
                 let stream = loop {
                     if let Some(s) = candidates.iter().find_map(|n| self.hub.get(n)) {

@@ -92,11 +92,29 @@ pub struct UnknownSsrcReport {
     pub packets: u64,
 }
 
+enum Claim {
+    Bound(String),
+    Ambiguous,
+    Nobody,
+}
+
+/// Sessions expecting media by source IP (bounded; oldest dropped first).
+const EXPECTED_CAPACITY: usize = 4096;
+
+struct ExpectedSource {
+    ip: std::net::IpAddr,
+    tcp: bool,
+    name: String,
+}
+
 /// State shared between the RTP tasks and the API.
 pub struct RtpShared {
     pub counters: RtpCounters,
     /// SSRCs announced by signalling (INVITE), mapped to the stream name to publish under.
     announced: RwLock<HashMap<u32, String>>,
+    /// Sessions waiting for media from a source IP whatever its SSRC (Dahua sends SSRC 0,
+    /// Hikvision its own): the first unknown SSRC from that IP is bound to the session.
+    expected: std::sync::Mutex<VecDeque<ExpectedSource>>,
     reported: std::sync::Mutex<VecDeque<UnknownSsrcReport>>,
     /// `[audio]`: what each stream's media stage does with audio.
     pub audio: AudioConfig,
@@ -113,6 +131,7 @@ impl RtpShared {
         Arc::new(RtpShared {
             counters: RtpCounters::default(),
             announced: RwLock::new(HashMap::new()),
+            expected: std::sync::Mutex::new(VecDeque::new()),
             reported: std::sync::Mutex::new(VecDeque::new()),
             audio,
             audio_pool: std::sync::OnceLock::new(),
@@ -140,7 +159,42 @@ impl RtpShared {
         self.announced.write().unwrap_or_else(|e| e.into_inner()).remove(&ssrc);
     }
 
-    fn announced_name(&self, ssrc: u32) -> Option<String> {
+    /// Withdraws every announcement and expected source of stream `name` (session ended).
+    pub fn withdraw_name(&self, name: &str) {
+        self.announced.write().unwrap_or_else(|e| e.into_inner()).retain(|_, n| n != name);
+        self.forget_expected(name);
+    }
+
+    /// Expects media for `name` from `ip`, over TCP or UDP, with an SSRC nobody announced (see
+    /// `expected`).
+    pub fn expect_source(&self, ip: std::net::IpAddr, tcp: bool, name: String) {
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        e.retain(|x| x.name != name);
+        if e.len() >= EXPECTED_CAPACITY {
+            e.pop_front();
+        }
+        e.push_back(ExpectedSource { ip, tcp, name });
+    }
+
+    fn forget_expected(&self, name: &str) {
+        self.expected.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| x.name != name);
+    }
+
+    /// Binds an unannounced SSRC from `ip` to the one session expecting media from there. With
+    /// several (cameras behind one NAT address, or a Hikvision answer not yet processed) the
+    /// packet cannot be attributed: it is dropped, and a later one binds once the other sessions
+    /// have their media.
+    fn claim_source(&self, ip: std::net::IpAddr, tcp: bool) -> Claim {
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = e.iter().enumerate().filter(|(_, x)| x.ip == ip && x.tcp == tcp).map(|(i, _)| i);
+        match (found.next(), found.next()) {
+            (None, _) => Claim::Nobody,
+            (Some(i), None) => e.remove(i).map_or(Claim::Nobody, |x| Claim::Bound(x.name)),
+            (Some(_), Some(_)) => Claim::Ambiguous,
+        }
+    }
+
+    pub fn announced_name(&self, ssrc: u32) -> Option<String> {
         self.announced.read().unwrap_or_else(|e| e.into_inner()).get(&ssrc).cloned()
     }
 
@@ -295,6 +349,8 @@ async fn serve_udp(
     shutdown: CancellationToken,
 ) {
     let mut routes: HashMap<u32, Route> = HashMap::new();
+    // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
+    let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut probation = Probation::new();
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
@@ -335,6 +391,21 @@ async fn serve_udp(
             }
         };
         let ssrc = packet.ssrc;
+        let packet = match addr_routes.get(&peer) {
+            Some(route) => match route.tx.try_send(packet) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    route.drops.fetch_add(1, Ordering::Relaxed);
+                    counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(p)) => {
+                    addr_routes.remove(&peer);
+                    p
+                }
+            },
+            None => packet,
+        };
         let packet = match routes.get(&ssrc) {
             Some(route) => match route.tx.try_send(packet) {
                 Ok(()) => continue,
@@ -353,23 +424,37 @@ async fn serve_udp(
             None => packet,
         };
         if let Some(name) = shared.announced_name(ssrc) {
-            start_udp_stream(&mut routes, name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log);
+            shared.forget_expected(&name);
+            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                routes.retain(|_, r| !r.tx.is_closed());
+                routes.insert(ssrc, route);
+            }
             continue;
+        }
+        match shared.claim_source(peer.ip(), false) {
+            Claim::Bound(name) => {
+                info!(ssrc = format_args!("{ssrc:08X}"), %peer, stream = %name, "SSRC not the announced one: bound by source address");
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.insert(peer, route);
+                }
+                continue;
+            }
+            Claim::Ambiguous => {
+                counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Claim::Nobody => {}
         }
         match cfg.unknown_ssrc {
             UnknownSsrc::Publish => {
                 if let Some(packets) = probation.offer(packet, peer, counters) {
                     info!(ssrc = format_args!("{ssrc:08X}"), %peer, "unknown SSRC: publishing");
-                    start_udp_stream(
-                        &mut routes,
-                        unknown_stream_name(ssrc),
-                        packets,
-                        peer,
-                        &cfg,
-                        &hub,
-                        &shared,
-                        &mut refused_log,
-                    );
+                    let name = unknown_stream_name(ssrc);
+                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, &mut refused_log) {
+                        routes.retain(|_, r| !r.tx.is_closed());
+                        routes.insert(ssrc, route);
+                    }
                 }
             }
             UnknownSsrc::Report => {
@@ -390,9 +475,7 @@ async fn serve_udp(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn start_udp_stream(
-    routes: &mut HashMap<u32, Route>,
     name: String,
     packets: Vec<RtpPacket>,
     peer: SocketAddr,
@@ -400,9 +483,8 @@ fn start_udp_stream(
     hub: &Arc<Hub>,
     shared: &Arc<RtpShared>,
     refused_log: &mut RateLimit,
-) {
-    let Some(ssrc) = packets.first().map(|p| p.ssrc) else { return };
-    routes.retain(|_, r| !r.tx.is_closed());
+) -> Option<Route> {
+    let ssrc = packets.first().map(|p| p.ssrc)?;
     let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
     let stream = match hub.create(&name, source) {
         Ok(s) => s,
@@ -411,7 +493,7 @@ fn start_udp_stream(
             if let Some(suppressed) = refused_log.check(Instant::now()) {
                 warn!(stream = %name, %peer, suppressed, "stream refused: {e}");
             }
-            return;
+            return None;
         }
     };
     shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
@@ -420,7 +502,7 @@ fn start_udp_stream(
         let _ = tx.try_send(p);
     }
     let drops = Arc::new(AtomicU64::new(0));
-    routes.insert(ssrc, Route { tx, drops: drops.clone() });
+    let route = Route { tx, drops: drops.clone() };
     let span =
         tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
     let (hub, cfg, pipeline) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream));
@@ -433,6 +515,7 @@ fn start_udp_stream(
         }
         .instrument(span),
     );
+    Some(route)
 }
 
 /// Where a stream's packets come from: a queue fed by the UDP task, or its own TCP connection.
@@ -572,6 +655,11 @@ async fn run_stream(
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
                     publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
+                    // Ended by signalling (BYE) or replaced: free the route so the camera's next
+                    // session from the same address is routed afresh.
+                    if stream.is_closed() {
+                        break "the stream was ended or replaced".to_string();
+                    }
                     if now.duration_since(last_data) >= timeout {
                         break format!("no data for {}", humantime::format_duration(timeout));
                     }
@@ -627,7 +715,7 @@ async fn serve_tcp(
         tokio::spawn(
             async move {
                 tokio::select! {
-                    _ = run_tcp_connection(socket, peer, cfg, hub, shared) => {}
+                    _ = run_tcp_connection(socket, peer, cfg, hub, shared, None) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 drop(permit);
@@ -643,6 +731,7 @@ async fn run_tcp_connection(
     cfg: RtpConfig,
     hub: Arc<Hub>,
     shared: Arc<RtpShared>,
+    name_given: Option<String>,
 ) {
     let mut framer = TcpFramer::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -671,8 +760,25 @@ async fn run_tcp_connection(
         }
     };
     let ssrc = first.ssrc;
-    let name = match shared.announced_name(ssrc) {
-        Some(name) => name,
+    let mut name = name_given.or_else(|| shared.announced_name(ssrc));
+    // An unannounced SSRC on a connection from a device with a session waiting: bind it, waiting a
+    // little while other sessions from the same address are still unresolved.
+    for _ in 0..30 {
+        if name.is_some() {
+            break;
+        }
+        match shared.claim_source(peer.ip(), true) {
+            Claim::Bound(n) => name = Some(n),
+            Claim::Ambiguous => tokio::time::sleep(Duration::from_millis(100)).await,
+            Claim::Nobody => break,
+        }
+        name = name.or_else(|| shared.announced_name(ssrc));
+    }
+    let name = match name {
+        Some(name) => {
+            shared.forget_expected(&name);
+            name
+        }
         None => match cfg.unknown_ssrc {
             UnknownSsrc::Publish => unknown_stream_name(ssrc),
             UnknownSsrc::Report => {
@@ -711,4 +817,33 @@ async fn run_tcp_connection(
     }
     .instrument(span)
     .await
+}
+
+/// GB28181 "TCP active": the gateway connects to the camera's listener (`target`, else
+/// `fallback`: the signalling source IP when the answered address is private or wrong) and reads
+/// RFC 4571 framed RTP on that connection, published as `name`. Returns when the stream ends.
+pub async fn connect_active(
+    target: SocketAddr,
+    fallback: Option<SocketAddr>,
+    name: String,
+    cfg: RtpConfig,
+    hub: Arc<Hub>,
+    shared: Arc<RtpShared>,
+) -> Result<(), String> {
+    let mut last_err = String::new();
+    for addr in std::iter::once(target).chain(fallback.filter(|f| *f != target)) {
+        match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await {
+            Ok(Ok(socket)) => {
+                shared.counters.tcp_connections.fetch_add(1, Ordering::Relaxed);
+                let _ = socket.set_nodelay(true);
+                run_tcp_connection(socket, addr, cfg, hub, shared, Some(name))
+                    .instrument(tracing::info_span!("rtp_tcp_active", peer = %addr))
+                    .await;
+                return Ok(());
+            }
+            Ok(Err(e)) => last_err = format!("connect to {addr}: {e}"),
+            Err(_) => last_err = format!("connect to {addr}: timed out"),
+        }
+    }
+    Err(last_err)
 }

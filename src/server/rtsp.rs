@@ -93,7 +93,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdo
 /// Looks a stream's tracks up from its cached GOP (then live frames), waiting up to
 /// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets and an audio frame.
 pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
-    let stream = hub.get(name)?;
+    let stream = hub.get_or_demand(name).await?;
     let mut sub = stream.subscribe_as("rtsp");
     let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
     let (mut video, mut audio): (Option<TrackDesc>, Option<TrackDesc>) = (None, None);

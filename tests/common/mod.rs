@@ -41,6 +41,7 @@ pub fn test_config() -> Config {
     cfg.api.listen = "127.0.0.1:0".parse().unwrap();
     cfg.rtsp.listen = "127.0.0.1:0".parse().unwrap();
     cfg.rtmp.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
     cfg
 }
 

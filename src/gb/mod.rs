@@ -1,0 +1,310 @@
+//! GB/T 28181 signalling: registrar, keepalive, queries, live/playback sessions and play on
+//! demand. The protocol pieces are sans-IO (`proto::sip`); this module is the one task that owns
+//! the device table, the transactions and the sessions ([`core`]), the sockets ([`transport`])
+//! and persistence ([`store`]).
+pub mod core;
+pub mod localtime;
+pub mod store;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::hub::{Hub, StreamDemand};
+use crate::proto::sip::manscdp::{CatalogItem, DeviceInfo, RecordItem};
+use crate::proto::sip::sdp::MediaTransport;
+
+/// What the registrar knows about a device; persisted, and shown by the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub online: bool,
+    /// "udp" or "tcp": how the device talks SIP to us.
+    pub transport: String,
+    /// The source address of its last request (what we send to: NAT-safe).
+    pub addr: SocketAddr,
+    pub contact: String,
+    pub user_agent: String,
+    /// Registration lifetime granted (seconds) and when it was granted (unix seconds).
+    pub expires: u64,
+    pub registered_at: u64,
+    /// Unix seconds of the last keepalive (or registration).
+    pub last_keepalive: u64,
+    pub info: Option<DeviceInfo>,
+    pub channels: Vec<CatalogItem>,
+    /// Unix seconds when the catalog was last completed.
+    pub catalog_at: Option<u64>,
+}
+
+/// A change of state other modules can react to (the control-center issue turns them into
+/// callbacks). Delivered on a bounded broadcast channel: a lagging subscriber loses the oldest.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum GbEvent {
+    Registered { device: String },
+    Unregistered { device: String },
+    Online { device: String },
+    Offline { device: String, reason: String },
+    Catalog { device: String, channels: usize },
+    SessionStarted { device: String, channel: String, stream: String },
+    SessionEnded { device: String, channel: String, stream: String, reason: String },
+}
+
+/// A media session as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub stream: String,
+    pub device: String,
+    pub channel: String,
+    pub kind: &'static str,
+    pub transport: MediaTransport,
+    pub ssrc: String,
+    pub established: bool,
+}
+
+/// What a successful INVITE gives back.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlayInfo {
+    pub stream: String,
+    pub ssrc: String,
+    pub device: String,
+    pub channel: String,
+    /// The stream was already playing (no new INVITE).
+    pub existing: bool,
+}
+
+/// Why a request to a device failed; the text names the failed step.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GbError {
+    #[error("no device: {0}")]
+    NoDevice(String),
+    #[error("device {0} is offline")]
+    Offline(String),
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+    #[error("refused by the device: {0}")]
+    Refused(String),
+    #[error("no media: {0}")]
+    NoMedia(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("bad request: {0}")]
+    Bad(String),
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, GbError>>;
+
+/// A history session request (Playback / Download).
+#[derive(Debug, Clone)]
+pub struct HistoryRequest {
+    pub device: Option<String>,
+    pub channel: String,
+    /// Unix seconds.
+    pub start: u64,
+    pub end: u64,
+    /// `Some(speed)` makes it a Download.
+    pub download_speed: Option<u32>,
+    pub transport: Option<MediaTransport>,
+}
+
+/// Playback control (INFO with MANSRTSP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum PlaybackControl {
+    Play,
+    Pause,
+    Scale { scale: f32 },
+    Seek { seconds: u64 },
+}
+
+pub enum Command {
+    Play {
+        device: Option<String>,
+        channel: String,
+        transport: Option<MediaTransport>,
+        reply: Reply<PlayInfo>,
+    },
+    History {
+        req: HistoryRequest,
+        reply: Reply<PlayInfo>,
+    },
+    Stop {
+        stream: String,
+        reply: Reply<()>,
+    },
+    Control {
+        stream: String,
+        control: PlaybackControl,
+        reply: Reply<()>,
+    },
+    Ptz {
+        device: Option<String>,
+        channel: String,
+        ptz_cmd: String,
+        reply: Reply<()>,
+    },
+    RecordInfo {
+        device: Option<String>,
+        channel: String,
+        start: String,
+        end: String,
+        reply: Reply<Vec<RecordItem>>,
+    },
+    Sessions {
+        reply: oneshot::Sender<Vec<SessionView>>,
+    },
+    /// DeviceStatus or DeviceInfo, answered with the response's fields.
+    Query {
+        device: String,
+        cmd: QueryKind,
+        reply: Reply<BTreeMap<String, String>>,
+    },
+}
+
+/// Queries whose answer is one MESSAGE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKind {
+    DeviceStatus,
+    DeviceInfo,
+}
+
+impl QueryKind {
+    pub fn cmd_type(self) -> &'static str {
+        match self {
+            QueryKind::DeviceStatus => "DeviceStatus",
+            QueryKind::DeviceInfo => "DeviceInfo",
+        }
+    }
+}
+
+/// The handle other modules (API, hub on-demand) use.
+#[derive(Clone)]
+pub struct Gb {
+    devices: Arc<RwLock<BTreeMap<String, DeviceRecord>>>,
+    cmd: mpsc::Sender<Command>,
+    events: broadcast::Sender<GbEvent>,
+    hub: Arc<Hub>,
+    pub sip_addr: SocketAddr,
+    media_timeout: Duration,
+}
+
+impl Gb {
+    pub fn devices(&self) -> Vec<DeviceRecord> {
+        self.devices.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    pub fn device(&self, id: &str) -> Option<DeviceRecord> {
+        self.devices.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Subscribes to state changes.
+    pub fn events(&self) -> broadcast::Receiver<GbEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, GbError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.try_send(make(tx)).map_err(|_| GbError::Busy("signalling queue full".into()))?;
+        rx.await.map_err(|_| GbError::Busy("signalling stopped".into()))?
+    }
+
+    /// INVITEs a live stream (or returns the running one); resolves when the device answered.
+    pub async fn play(
+        &self,
+        device: Option<String>,
+        channel: &str,
+        transport: Option<MediaTransport>,
+    ) -> Result<PlayInfo, GbError> {
+        let channel = channel.to_string();
+        self.ask(|reply| Command::Play { device, channel, transport, reply }).await
+    }
+
+    pub async fn history(&self, req: HistoryRequest) -> Result<PlayInfo, GbError> {
+        self.ask(|reply| Command::History { req, reply }).await
+    }
+
+    pub async fn stop(&self, stream: &str) -> Result<(), GbError> {
+        let stream = stream.to_string();
+        self.ask(|reply| Command::Stop { stream, reply }).await
+    }
+
+    pub async fn control(&self, stream: &str, control: PlaybackControl) -> Result<(), GbError> {
+        let stream = stream.to_string();
+        self.ask(|reply| Command::Control { stream, control, reply }).await
+    }
+
+    pub async fn ptz(&self, device: Option<String>, channel: &str, ptz_cmd: String) -> Result<(), GbError> {
+        let channel = channel.to_string();
+        self.ask(|reply| Command::Ptz { device, channel, ptz_cmd, reply }).await
+    }
+
+    pub async fn record_info(
+        &self,
+        device: Option<String>,
+        channel: &str,
+        start: String,
+        end: String,
+    ) -> Result<Vec<RecordItem>, GbError> {
+        let channel = channel.to_string();
+        self.ask(|reply| Command::RecordInfo { device, channel, start, end, reply }).await
+    }
+
+    /// Asks a device for its DeviceStatus or DeviceInfo; resolves with the answer's fields.
+    pub async fn query(&self, device: &str, cmd: QueryKind) -> Result<BTreeMap<String, String>, GbError> {
+        let device = device.to_string();
+        self.ask(|reply| Command::Query { device, cmd, reply }).await
+    }
+
+    pub async fn sessions(&self) -> Vec<SessionView> {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.try_send(Command::Sessions { reply: tx }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Waits until `stream` is live with a keyframe in its GOP cache.
+    pub async fn wait_keyframe(&self, stream: &str) -> Result<(), GbError> {
+        let deadline = tokio::time::Instant::now() + self.media_timeout;
+        let mut seen = false;
+        loop {
+            if let Some(s) = self.hub.get(stream) {
+                seen = true;
+                if s.gop_cache_usage().0 > 0 {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(GbError::NoMedia(if seen {
+                    format!("no keyframe on {stream} within {:?}", self.media_timeout)
+                } else {
+                    format!("no RTP for {stream} within {:?}", self.media_timeout)
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Live GB channels on demand: `gb/<channel id>`.
+impl StreamDemand for Gb {
+    fn handles(&self, name: &str) -> bool {
+        name.strip_prefix("gb/").is_some_and(|c| !c.is_empty() && !c.contains('/'))
+    }
+
+    fn demand(&self, name: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let gb = self.clone();
+        let channel = name.trim_start_matches("gb/").to_string();
+        Box::pin(async move {
+            let info = gb.play(None, &channel, None).await.map_err(|e| e.to_string())?;
+            gb.wait_keyframe(&info.stream).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+pub use self::core::start;
