@@ -905,6 +905,9 @@ impl Core {
         s.answered = Some(now);
         s.last_watched = now;
         if let Some(a) = &answer {
+            if let Some(rate) = a.g711_rate {
+                rtp.hint_g711_rate(stream, rate);
+            }
             // Hikvision answers with its own y= and sends that SSRC: re-key to it (wvp).
             if let Some(new) = a.ssrc.filter(|n| *n != s.ssrc && *n != 0) {
                 info!(stream, offered = %sdp::ssrc_text(s.ssrc), answered = %sdp::ssrc_text(new), "answer re-keys the session");

@@ -120,6 +120,8 @@ pub struct RtpShared {
     pub audio: AudioConfig,
     /// Transcoding workers, started with the first stream that needs them.
     audio_pool: std::sync::OnceLock<Arc<AudioPool>>,
+    /// G.711 sample rates announced by signalling (SDP `f=`), by stream name.
+    g711_rates: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl RtpShared {
@@ -135,19 +137,35 @@ impl RtpShared {
             reported: std::sync::Mutex::new(VecDeque::new()),
             audio,
             audio_pool: std::sync::OnceLock::new(),
+            g711_rates: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The G.711 rate signalling announced for stream `name` (SDP `f=`): it replaces detection
+    /// for that stream's next media stage (`[audio] g711_rate` in the config still wins).
+    pub fn hint_g711_rate(&self, name: &str, rate: u32) {
+        let mut rates = self.g711_rates.lock().unwrap_or_else(|e| e.into_inner());
+        if rates.len() < EXPECTED_CAPACITY || rates.contains_key(name) {
+            rates.insert(name.to_string(), rate);
+        }
     }
 
     /// A stream's media stage; its audio is transcoded on the worker pool, off the reactor.
     pub fn media_pipeline(&self, stream: &Arc<Stream>) -> MediaPipeline {
-        if self.audio.output == AudioOutput::Passthrough {
-            return MediaPipeline::new(&self.audio);
-        }
-        let pool = self.audio_pool.get_or_init(AudioPool::for_this_machine);
-        match pool.stream(stream.clone(), &self.audio) {
+        let offload = match self.audio.output {
+            AudioOutput::Passthrough => None,
+            AudioOutput::Aac => {
+                self.audio_pool.get_or_init(AudioPool::for_this_machine).stream(stream.clone(), &self.audio)
+            }
+        };
+        let mut pipeline = match offload {
             Some(offload) => MediaPipeline::with_offload(&self.audio, offload),
             None => MediaPipeline::new(&self.audio),
+        };
+        if let Some(rate) = self.g711_rates.lock().unwrap_or_else(|e| e.into_inner()).get(&stream.name) {
+            pipeline.set_g711_rate(*rate);
         }
+        pipeline
     }
 
     /// Announces that media with `ssrc` is expected and should be published as `name`.
@@ -162,6 +180,7 @@ impl RtpShared {
     /// Withdraws every announcement and expected source of stream `name` (session ended).
     pub fn withdraw_name(&self, name: &str) {
         self.announced.write().unwrap_or_else(|e| e.into_inner()).retain(|_, n| n != name);
+        self.g711_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.forget_expected(name);
     }
 
@@ -846,4 +865,42 @@ pub async fn connect_active(
         }
     }
     Err(last_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::HubConfig;
+    use crate::media::{AudioConfig as TrackAudio, Codec, CodecConfig, Frame};
+
+    #[test]
+    fn a_signalled_g711_rate_replaces_detection_for_that_stream_only() {
+        let shared = RtpShared::new();
+        let hub = Hub::new(HubConfig::default(), 4);
+        let source = |ssrc| Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(ssrc) };
+        let hinted = hub.create("gb/34020000001320000001", source(1)).unwrap();
+        let other = hub.create("gb/34020000001320000002", source(2)).unwrap();
+        shared.hint_g711_rate(&hinted.name, 16_000);
+        let frame = Frame {
+            codec: Codec::G711A,
+            pts: 0,
+            dts: 0,
+            keyframe: true,
+            data: Bytes::from_static(&[0xd5; 320]),
+            config: Arc::new(CodecConfig::Audio(TrackAudio { sample_rate: 8000, channels: 1, asc: None })),
+            cache: Default::default(),
+        };
+        let mut out = Vec::new();
+        let mut p = shared.media_pipeline(&hinted);
+        p.push(frame.clone(), Some(0), &mut out);
+        let stats = p.stats();
+        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("configured")));
+        let mut p = shared.media_pipeline(&other);
+        p.push(frame, Some(0), &mut out);
+        assert_eq!(p.stats().g711_rate, None, "still detecting");
+        shared.withdraw_name(&hinted.name);
+        assert!(shared.g711_rates.lock().unwrap().is_empty());
+    }
 }

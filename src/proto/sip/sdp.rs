@@ -63,6 +63,8 @@ pub struct GbSdp {
     pub uri: Option<String>,
     pub download_speed: Option<u32>,
     pub sendonly: bool,
+    /// The G.711 sample rate announced by `f=` (PS itself carries none).
+    pub g711_rate: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,6 +97,7 @@ pub fn parse(body: &[u8]) -> Result<GbSdp, SdpError> {
         uri: None,
         download_speed: None,
         sendonly: false,
+        g711_rate: None,
     };
     let mut media = false;
     let mut media_connection = None;
@@ -143,6 +146,7 @@ pub fn parse(body: &[u8]) -> Result<GbSdp, SdpError> {
                 }
             }
             "y" => sdp.ssrc = v.parse::<u32>().ok(),
+            "f" => sdp.g711_rate = g711_rate_of_f(v),
             _ => {}
         }
     }
@@ -153,6 +157,23 @@ pub fn parse(body: &[u8]) -> Result<GbSdp, SdpError> {
         sdp.connection = media_connection;
     }
     Ok(sdp)
+}
+
+/// The G.711 sample rate of an `f=` value `v/codec/res/fps/rateType/kbps` + `a/codec/kbps/rate`
+/// (GB/T 28181-2016 annex F: audio codec 1 = G.711; sample rate 1 = 8 kHz, 3 = 16 kHz). Only the
+/// two rates gbgate can decode are returned; empty or zero fields (wvp's `f=`) give `None`.
+pub fn g711_rate_of_f(v: &str) -> Option<u32> {
+    let audio = &v[v.rfind("a/")? + 2..];
+    let mut it = audio.split('/').map(str::trim);
+    let (codec, _kbps, rate) = (it.next()?, it.next()?, it.next()?);
+    if codec != "1" {
+        return None;
+    }
+    match rate {
+        "1" => Some(8_000),
+        "3" => Some(16_000),
+        _ => None,
+    }
 }
 
 /// The `y=` form of an SSRC: 10 decimal digits.
@@ -273,5 +294,17 @@ mod tests {
         assert_eq!(h.connection, Some("192.168.137.11".parse().unwrap()));
         assert!(parse(b"v=0\r\n").is_err());
         assert!(parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn f_line_gives_the_g711_rate() {
+        assert_eq!(g711_rate_of_f("v/2/5/25/1/2048a/1/64/1"), Some(8_000));
+        assert_eq!(g711_rate_of_f("v/2/6/25/2/4096a/1/64/3"), Some(16_000));
+        assert_eq!(g711_rate_of_f("v/0/0/0/0/0a/0/0/0"), None);
+        assert_eq!(g711_rate_of_f(""), None);
+        assert_eq!(g711_rate_of_f("v/2/5/25/1/2048a/3/8/1"), None, "G.729 is not G.711");
+        assert_eq!(g711_rate_of_f("v/2/5/25/1/2048a/1/64/4"), None, "32 kHz is not decodable");
+        let answer = "v=0\no=x 0 0 IN IP4 10.0.0.1\ns=Play\nc=IN IP4 10.0.0.1\nt=0 0\nm=video 9 RTP/AVP 96\ny=0100000001\nf=v/2/5/25/1/2048a/1/64/3\n";
+        assert_eq!(parse(answer.as_bytes()).unwrap().g711_rate, Some(16_000));
     }
 }
