@@ -879,7 +879,8 @@ mod tests {
     fn a_signalled_g711_rate_replaces_detection_for_that_stream_only() {
         let shared = RtpShared::new();
         let hub = Hub::new(HubConfig::default(), 4);
-        let source = |ssrc| Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(ssrc) };
+        let source =
+            |ssrc| Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(ssrc) };
         let hinted = hub.create("gb/34020000001320000001", source(1)).unwrap();
         let other = hub.create("gb/34020000001320000002", source(2)).unwrap();
         shared.hint_g711_rate(&hinted.name, 16_000);
