@@ -177,6 +177,11 @@ mod tests {
             pts.push(f.pts);
         }
         assert!(pts.windows(2).all(|w| w[1] > w[0]), "in order: {pts:?}");
+        // The worker may still be on the last inputs: wait for it, then every one was transcoded.
+        let t = std::time::Instant::now();
+        while audio.in_flight.load(Ordering::Acquire) > 0 && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(audio.stats().unwrap().frames_in, 50);
     }
 
