@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -111,19 +110,7 @@ fn send_in_background(gw: &Gateway, path: PathBuf, ssrc: u32) -> tokio::task::Jo
 
 /// Runs a command with a time limit; returns (ok, stdout bytes, stderr).
 async fn run(cmd: &str, args: &[String], limit: Duration) -> (bool, Vec<u8>, String) {
-    let child = tokio::process::Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{cmd} {args:?} did not finish in {limit:?}"))
-        .unwrap();
-    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into())
+    run_program_bytes(cmd, args, limit).await
 }
 
 /// Decodes the audio of `url` to mono s16le PCM at its own rate; returns (PCM, ffmpeg's stderr).

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, start, test_config};
+use common::{http_get, own_fixture, run_program, start, test_config};
 use gbgate::gb::GbEvent;
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, Quirk, SimOptions, SimStats};
@@ -181,19 +181,7 @@ async fn hundred_simulated_cameras_register_at_once_and_show_their_catalogs() {
 }
 
 async fn run(cmd: &str, args: &[&str], limit: Duration) -> (bool, String, String) {
-    let child = tokio::process::Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{cmd} {args:?} did not finish in {limit:?}"))
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    run_program(cmd, args, limit).await
 }
 
 /// Decoded video frames of the first 2 seconds of `url` (key_frame flags).

@@ -3,7 +3,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -53,19 +52,7 @@ async fn feed(s: &Setup, fixture: &str, ssrc: u32, loops: u32) -> String {
 }
 
 async fn run(cmd: &str, args: &[&str], limit: Duration) -> (bool, String, String) {
-    let child = tokio::process::Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{cmd} {args:?} did not finish in {limit:?}"))
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    run_program(cmd, args, limit).await
 }
 
 async fn ffprobe_streams(url: &str, transport: &str) -> Vec<Value> {

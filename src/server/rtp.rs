@@ -360,6 +360,22 @@ struct Route {
     drops: Arc<AtomicU64>,
 }
 
+impl Route {
+    /// Queues a packet for the stream; a full queue drops it (counted). `Err` gives the packet
+    /// back when the stream has ended.
+    fn forward(&self, packet: RtpPacket, counters: &RtpCounters) -> Result<(), RtpPacket> {
+        match self.tx.try_send(packet) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.drops.fetch_add(1, Ordering::Relaxed);
+                counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(p)) => Err(p),
+        }
+    }
+}
+
 async fn serve_udp(
     socket: UdpSocket,
     cfg: RtpConfig,
@@ -411,14 +427,9 @@ async fn serve_udp(
         };
         let ssrc = packet.ssrc;
         let packet = match addr_routes.get(&peer) {
-            Some(route) => match route.tx.try_send(packet) {
+            Some(route) => match route.forward(packet, counters) {
                 Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    route.drops.fetch_add(1, Ordering::Relaxed);
-                    counters.queue_drops.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(mpsc::error::TrySendError::Closed(p)) => {
+                Err(p) => {
                     addr_routes.remove(&peer);
                     p
                 }
@@ -426,16 +437,11 @@ async fn serve_udp(
             None => packet,
         };
         let packet = match routes.get(&ssrc) {
-            Some(route) => match route.tx.try_send(packet) {
+            Some(route) => match route.forward(packet, counters) {
                 Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    route.drops.fetch_add(1, Ordering::Relaxed);
-                    counters.queue_drops.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
                 // The stream ended (timeout, replaced): the SSRC is new again, under the same
                 // rules as any other new SSRC below.
-                Err(mpsc::error::TrySendError::Closed(p)) => {
+                Err(p) => {
                     routes.remove(&ssrc);
                     p
                 }

@@ -108,3 +108,35 @@ pub fn expected(name: &str) -> Value {
     let list = v.as_array().cloned().or_else(|| v["fixtures"].as_array().cloned()).expect("expected.json list");
     list.into_iter().find(|f| f["name"] == name).unwrap_or_else(|| panic!("{name} not in expected.json"))
 }
+
+/// Runs a program to completion with a time limit (killed when it is exceeded or the test ends);
+/// returns (exit status ok, stdout bytes, stderr).
+pub async fn run_program_bytes<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    cmd: &str,
+    args: &[S],
+    limit: Duration,
+) -> (bool, Vec<u8>, String) {
+    let child = tokio::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd} {args:?} did not finish in {limit:?}"))
+        .unwrap();
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// As [`run_program_bytes`], with stdout as text.
+pub async fn run_program<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    cmd: &str,
+    args: &[S],
+    limit: Duration,
+) -> (bool, String, String) {
+    let (ok, out, err) = run_program_bytes(cmd, args, limit).await;
+    (ok, String::from_utf8_lossy(&out).into(), err)
+}
