@@ -1,6 +1,7 @@
 //! Thin tokio drivers around the sans-IO modules, and the daemon's wiring.
 pub mod api;
 pub mod audio_pool;
+pub(crate) mod batch;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::batch;
 use crate::config::{HevcFlv, RtmpConfig};
 use crate::hub::{AudioStats, Hub, Source, Stream, StreamStats, Subscription, Transport, VideoStats};
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
@@ -35,11 +36,6 @@ const PLAY_WAIT: Duration = Duration::from_secs(5);
 /// Serves RTMP on `listener` until `shutdown`.
 /// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
-/// A player's audio waits for the next video frame (at most this long), so each write carries a
-/// video frame and the audio around it: half the writes and wakeups per player.
-const AUDIO_HOLD: Duration = Duration::from_millis(100);
-/// A batch this large is written at once (a GOP burst at play).
-const BATCH_BYTES: usize = super::rtsp::BATCH_BYTES;
 
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
@@ -396,7 +392,7 @@ async fn connection(
             let take_frames = !(merging && hold_until.is_some());
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = sleep_until_opt(hold_until) => {
+                _ = batch::sleep_until_opt(hold_until) => {
                     if merging {
                         c.append_frames(None, &mut out)?;
                     }
@@ -423,15 +419,14 @@ async fn connection(
                         let video_sent = c.append_frames(Some(frame), &mut out)?;
                         let p = c.player.as_mut().expect("playing");
                         p.seen_video |= video_sent;
-                        let due = if merge.is_zero() { video_sent || !p.seen_video } else { !p.wrote_media };
-                        if !c.pending.is_empty() && !due && c.pending.len() < BATCH_BYTES {
-                            hold = true;
-                            if hold_until.is_none() {
-                                let wait = if merge.is_zero() { AUDIO_HOLD } else { merge };
-                                hold_until = Some(tokio::time::Instant::now() + wait);
+                        if !c.pending.is_empty() {
+                            match batch::hold(merge, video_sent, p.seen_video, p.wrote_media, c.pending.len()) {
+                                None => p.wrote_media = true,
+                                Some(wait) => {
+                                    hold = true;
+                                    hold_until.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                                }
                             }
-                        } else if !c.pending.is_empty() {
-                            p.wrote_media = true;
                         }
                     }
                     None => {
@@ -448,7 +443,7 @@ async fn connection(
             if !hold {
                 hold_until = None;
                 c.flush(&mut wr).await?;
-                super::rtsp::trim_batch(&mut c.pending);
+                batch::trim(&mut c.pending);
             }
         }
     }
@@ -459,13 +454,6 @@ async fn connection(
         info!(stream = %p.stream.name, peer = %c.peer, "RTMP publisher left");
     }
     result
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn next_frame(player: &mut Option<Player>) -> Option<Frame> {
@@ -503,7 +491,7 @@ impl Conn {
                 self.pending.extend_from_slice(&packet.bytes);
             }
             // The end of the stream is seen again by the next `recv`.
-            if self.pending.len() < BATCH_BYTES || drain_all {
+            if self.pending.len() < batch::BATCH_BYTES || drain_all {
                 next = p.sub.try_recv().and_then(Result::ok);
             }
         }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::batch;
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
 use crate::hub::{Hub, Subscription, SubscriptionEnded};
@@ -34,11 +35,6 @@ const DESCRIBE_WAIT: Duration = Duration::from_secs(3);
 /// Kernel send buffer per player connection: bounds what a stalled player can hold.
 const SEND_BUFFER: usize = 256 * 1024;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
-/// Interleaved output is written once per video frame: audio waits for the next video frame
-/// (at most this long), halving the writes and wakeups per player at 25 fps with audio.
-const AUDIO_HOLD: Duration = Duration::from_millis(100);
-/// A batch this large is written at once whatever it holds (a GOP burst at PLAY).
-pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 /// After the source ends and BYE is sent, how long the player gets to send TEARDOWN before we close.
 const BYE_GRACE: Duration = Duration::from_secs(2);
 /// Source pts going back more than this (90 kHz) is a discontinuity, not A/V interleaving.
@@ -254,21 +250,6 @@ enum Event {
     FlushHeld,
 }
 
-/// A GOP burst can grow a player's batch buffer far beyond what steady state needs (about one
-/// merge interval of media): give that memory back.
-pub(crate) fn trim_batch(buf: &mut Vec<u8>) {
-    if buf.capacity() > 2 * BATCH_BYTES {
-        buf.shrink_to(BATCH_BYTES);
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn recv_frame(player: Option<&mut Player>) -> Result<Frame, SubscriptionEnded> {
     match player {
         Some(p) => p.sub.recv().await,
@@ -317,7 +298,7 @@ async fn connection(
             r = rd.read(&mut buf) => Event::Read(r),
             f = recv_frame(player.as_mut()), if take_frames => Event::Frame(f),
             _ = tick.tick() => Event::Tick,
-            _ = sleep_until_opt(hold_until) => Event::FlushHeld,
+            _ = batch::sleep_until_opt(hold_until) => Event::FlushHeld,
         };
         if merging && !matches!(ev, Event::Frame(_)) {
             if let Some(p) = player.as_mut() {
@@ -333,7 +314,7 @@ async fn connection(
                 break Err(e);
             }
             out.clear();
-            trim_batch(&mut out);
+            batch::trim(&mut out);
         }
         match ev {
             Event::Shutdown => break Ok(()),
@@ -415,7 +396,7 @@ async fn connection(
                 // Drain what is already queued into one write (a GOP burst at PLAY, or frames
                 // that arrived while the last write was in flight).
                 let mut video_sent = append_frame(p, &frame, &mut out, cfg.max_payload);
-                while out.len() < BATCH_BYTES {
+                while out.len() < batch::BATCH_BYTES {
                     match p.sub.try_recv() {
                         Some(Ok(f)) => video_sent |= append_frame(p, &f, &mut out, cfg.max_payload),
                         // The end is seen again by the next `recv`.
@@ -426,19 +407,19 @@ async fn connection(
                 if out.is_empty() {
                     continue;
                 }
-                let merge = p.merge;
-                let due = if merge.is_zero() { video_sent || !has_video } else { !p.wrote_media };
-                if due || out.len() >= BATCH_BYTES {
-                    p.wrote_media = true;
-                    hold_until = None;
-                    if let Err(e) = write_timed(&mut wr, &out).await {
-                        break Err(e);
+                match batch::hold(p.merge, video_sent, has_video, p.wrote_media, out.len()) {
+                    None => {
+                        p.wrote_media = true;
+                        hold_until = None;
+                        if let Err(e) = write_timed(&mut wr, &out).await {
+                            break Err(e);
+                        }
+                        out.clear();
+                        batch::trim(&mut out);
                     }
-                    out.clear();
-                    trim_batch(&mut out);
-                } else if hold_until.is_none() {
-                    let hold = if merge.is_zero() { AUDIO_HOLD } else { merge };
-                    hold_until = Some(tokio::time::Instant::now() + hold);
+                    Some(wait) => {
+                        hold_until.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                    }
                 }
             }
             Event::Tick => {
