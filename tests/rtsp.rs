@@ -188,6 +188,35 @@ async fn every_frame_in_order(s: Setup, transports: &[&str], ssrc: u32) {
     }
 }
 
+/// Runs `gst-launch-1.0 ARGS` (30 s at most) and succeeds when the pipeline reached EOS without
+/// an error, returning its output.
+///
+/// One error after EOS is GStreamer's, not the server's, and is tolerated. When gst-launch
+/// goes to NULL right after EOS, rtspsrc (1.22) queues PAUSE, and then its CLOSE command
+/// flushes the connection while that PAUSE is being written. It then reports "Could not send
+/// message. (Received end-of-file)" from `gst_rtspsrc_pause`. Its debug log shows the flush
+/// 34 us before the PAUSE was sent. The server never receives that PAUSE, and it answers the
+/// TEARDOWN that follows. Any other error, or no EOS, fails.
+async fn gst_launch(args: &[&str]) -> Result<String, String> {
+    let (ok, out, err) = run("gst-launch-1.0", args, Duration::from_secs(30)).await;
+    let eos = out.contains("Got EOS from element \"pipeline0\"");
+    if ok && eos {
+        return Ok(out);
+    }
+    let errors: Vec<&str> = err.split("ERROR: ").skip(1).collect();
+    let teardown_race_only = !errors.is_empty()
+        && errors.iter().all(|e| {
+            e.contains("Received end-of-file")
+                && (e.contains("gst_rtspsrc_pause ()") || e.contains("gst_rtspsrc_try_send ()"))
+        })
+        && errors.iter().any(|e| e.contains("gst_rtspsrc_pause ()"));
+    if eos && teardown_race_only {
+        println!("note: gst's own PAUSE/CLOSE race at teardown, after EOS (tolerated)");
+        return Ok(out);
+    }
+    Err(format!("ok={ok} eos={eos}\n{out}\n{err}"))
+}
+
 /// The first GStreamer run on a fresh machine scans every plugin into its registry, which can
 /// take many seconds on a loaded CI box; do it before any stream starts its clock.
 async fn warm_gstreamer() {
@@ -205,14 +234,11 @@ async fn gstreamer_plays_over_tcp_and_udp() {
         let url = format!("location=rtsp://{}/{name}", s.rtsp);
         for proto in ["protocols=tcp", "protocols=udp"] {
             let t = Instant::now();
-            let (ok, out, err) = run(
-                "gst-launch-1.0",
-                &["-q", "rtspsrc", &url, proto, "!", "decodebin", "!", "fakesink", "num-buffers=25"],
-                Duration::from_secs(30),
-            )
-            .await;
-            assert!(ok, "gst {fixture} {proto} after {:?}: {out} {err}", t.elapsed());
-            println!("gstreamer {fixture} {proto}: 25 buffers in {:?}", t.elapsed());
+            let run = gst_launch(&["rtspsrc", &url, proto, "!", "decodebin", "!", "fakesink", "num-buffers=25"]).await;
+            if let Err(e) = run {
+                panic!("gst {fixture} {proto} after {:?}: {e}", t.elapsed());
+            }
+            println!("gstreamer {fixture} {proto}: 25 decoded buffers in {:?}", t.elapsed());
         }
     }
 }
@@ -228,14 +254,11 @@ async fn players_see_a_clean_end_when_the_camera_stops() {
         let name = feed(&s, "h264_g711a_8k", 0x0BEB_C501 + i as u32, 2).await;
         let url = format!("location=rtsp://{}/{name}", s.rtsp);
         let t = Instant::now();
-        let (ok, out, err) = run(
-            "gst-launch-1.0",
-            &["rtspsrc", &url, &format!("protocols={proto}"), "!", "decodebin", "!", "fakesink"],
-            Duration::from_secs(30),
-        )
-        .await;
-        assert!(ok, "gst {proto}: {out} {err}");
-        assert!(out.contains("Got EOS"), "gst {proto} ended without EOS: {out} {err}");
+        let protocols = format!("protocols={proto}");
+        let run = gst_launch(&["rtspsrc", &url, &protocols, "!", "decodebin", "!", "fakesink"]).await;
+        if let Err(e) = run {
+            panic!("gst {proto}: {e}");
+        }
         // The stream lasts 4 s. Without BYE, gst over UDP waits forever and over TCP ends after 7 s.
         assert!(t.elapsed() < Duration::from_millis(6500), "gst {proto} took {:?} to end", t.elapsed());
         println!("gstreamer {proto}: EOS {:?} after joining a 4 s stream", t.elapsed());

@@ -423,7 +423,8 @@ async fn connection(
                 }
             }
             Event::Tick => {
-                let idle = t0.elapsed().as_millis() as u64 - activity.load(Ordering::Relaxed);
+                // A UDP reader may store a time later than this task's `now`: saturate, never wrap.
+                let idle = (t0.elapsed().as_millis() as u64).saturating_sub(activity.load(Ordering::Relaxed));
                 if idle > timeout.as_millis() as u64 {
                     debug!(%peer, "RTSP session timed out");
                     break Ok(());

@@ -46,6 +46,13 @@ pub fn test_config() -> Config {
 }
 
 pub async fn start(cfg: Config) -> Gateway {
+    // `GBGATE_TEST_LOG=debug` shows the gateway's log in a failing test's output.
+    if let Ok(filter) = std::env::var("GBGATE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     Gateway::start(cfg).await.expect("gateway starts")
 }
 
