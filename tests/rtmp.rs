@@ -395,27 +395,35 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     gw.stop().await;
 }
 
+/// The client side of the RTMP handshake; returns the bytes the server sent after it.
+async fn client_handshake(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hs = Handshake::new(PeerType::Client);
+    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed during the handshake");
+        match hs.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                s.write_all(&response_bytes).await.unwrap();
+                return remaining_bytes;
+            }
+        }
+    }
+}
+
 /// A player that connects, asks to play, then never reads again.
 async fn stalled_player(addr: SocketAddr, app: &str, key: &str) -> tokio::net::TcpStream {
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(addr).await.unwrap();
-    let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
+    let leftover = client_handshake(&mut s).await;
     let mut buf = vec![0u8; 65536];
-    let leftover = loop {
-        let n = s.read(&mut buf).await.unwrap();
-        match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                s.write_all(&response_bytes).await.unwrap();
-                break remaining_bytes;
-            }
-        }
-    };
     let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
     let mut pending = vec![session.handle_input(&leftover).unwrap()];
     pending.push(vec![session.request_connection(app.to_string()).unwrap()]);
@@ -490,4 +498,55 @@ async fn a_player_that_stops_reading_is_disconnected_without_slowing_ingest() {
 
 fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>) -> bool {
     gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
+}
+
+/// Panics raised with rml_rtmp on the stack in this test process, wherever they were caught.
+static RML_RTMP_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// rml_rtmp 0.8 panics on an AMF0 command with fewer than three values. gbgate refuses such a
+/// command before rml_rtmp decodes it: the peer's connection is closed, nothing panics, and the
+/// server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_amf0_command_closes_that_connection_without_a_panic() {
+    use rml_rtmp::chunk_io::ChunkSerializer;
+    use rml_rtmp::messages::MessagePayload;
+    use rml_rtmp::rml_amf0::{self, Amf0Value};
+    use rml_rtmp::time::RtmpTimestamp;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // The panic's location is in core (a slice index), so look for rml_rtmp on the stack.
+        if std::backtrace::Backtrace::force_capture().to_string().contains("rml_rtmp") {
+            RML_RTMP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let ssrc = 0x0BEBC2A0;
+    let _sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 5);
+
+    let mut bad = tokio::net::TcpStream::connect(rtmp).await.unwrap();
+    client_handshake(&mut bad).await;
+    let short = rml_amf0::serialize(&vec![Amf0Value::Utf8String("connect".into())]).unwrap();
+    let payload = MessagePayload {
+        timestamp: RtmpTimestamp::new(0),
+        type_id: 20,
+        message_stream_id: 0,
+        data: bytes::Bytes::from(short),
+    };
+    let packet = ChunkSerializer::new().serialize(&payload, false, false).unwrap();
+    bad.write_all(&packet.bytes).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server kept the connection of a peer that sent a short AMF0 command");
+    assert_eq!(RML_RTMP_PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "rml_rtmp panicked");
+
+    // The server still serves: ffprobe plays the live stream over RTMP.
+    let url = format!("rtmp://{rtmp}/rtp/{ssrc:08X}");
+    let (ok, out, err) = run(ffprobe_cmd(&url), Duration::from_secs(30)).await;
+    assert!(ok, "ffprobe after the bad peer: {err}");
+    let probe = Probe::parse(&out);
+    assert!(probe.frames("video") > 0, "no video after the bad peer: {out}");
+    gw.stop().await;
 }

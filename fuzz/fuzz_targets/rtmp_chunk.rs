@@ -5,36 +5,17 @@
 //! Input layout: byte 0 selects the mode (0: handshake then session, 1: session only, 2: FLV tag
 //! bodies as `[u8 kind][u16 BE len][body]` records); byte 1 is a chunk size for feeding.
 //!
-//! rml_rtmp 0.8 itself panics on some malformed messages (e.g. an AMF0 command with fewer than
-//! three values: `amf0_command.rs:35`); the server driver catches that per connection, and so
-//! does this target around rml_rtmp calls only. A panic in gbgate's code still aborts.
+//! Session input goes through `RtmpCommandGuard` first, as in the server, and nothing is caught
+//! outside it. The guard refuses rml_rtmp 0.8's AMF0 command with fewer than three values, and it
+//! turns an overflow in rml_rtmp's chunk reader into an error (D10). Any other panic, in rml_rtmp
+//! or in gbgate, aborts the run.
 #![no_main]
 
 use gbgate::proto::flv::FlvDemuxer;
+use gbgate::proto::rtmp_guard::RtmpCommandGuard;
 use libfuzzer_sys::fuzz_target;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
-
-/// Runs an rml_rtmp call, a panic inside it counted as an error (see the module docs).
-fn guarded<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
-    static QUIET: std::sync::Once = std::sync::Once::new();
-    QUIET.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !GUARDED.with(|g| g.get()) {
-                default(info);
-            }
-        }));
-    });
-    GUARDED.with(|g| g.set(true));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok().flatten();
-    GUARDED.with(|g| g.set(false));
-    r
-}
-
-thread_local! {
-    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
 
 fn drive(session: &mut ServerSession, demux: &mut FlvDemuxer, results: Vec<ServerSessionResult>) {
     let mut queue = results;
@@ -49,7 +30,7 @@ fn drive(session: &mut ServerSession, demux: &mut FlvDemuxer, results: Vec<Serve
             ServerSessionEvent::ConnectionRequested { request_id, .. }
             | ServerSessionEvent::PublishStreamRequested { request_id, .. }
             | ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
-                if let Some(more) = guarded(|| session.accept_request(request_id).ok()) {
+                if let Ok(more) = session.accept_request(request_id) {
                     queue.extend(more);
                 }
             }
@@ -85,13 +66,13 @@ fuzz_target!(|data: &[u8]| {
         let mut done = false;
         while !rest.is_empty() && !done {
             let n = chunk.min(rest.len());
-            match guarded(|| hs.process_bytes(&rest[..n]).ok()) {
-                Some(HandshakeProcessResult::InProgress { .. }) => {}
-                Some(HandshakeProcessResult::Completed { remaining_bytes, .. }) => {
+            match hs.process_bytes(&rest[..n]) {
+                Ok(HandshakeProcessResult::InProgress { .. }) => {}
+                Ok(HandshakeProcessResult::Completed { remaining_bytes, .. }) => {
                     input = remaining_bytes;
                     done = true;
                 }
-                None => return,
+                Err(_) => return,
             }
             rest = &rest[n..];
         }
@@ -100,14 +81,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     input.extend_from_slice(rest);
-    let Some((mut session, results)) = guarded(|| ServerSession::new(ServerSessionConfig::new()).ok()) else {
+    let Ok((mut session, results)) = ServerSession::new(ServerSessionConfig::new()) else {
         return;
     };
+    let mut guard = RtmpCommandGuard::new();
     drive(&mut session, &mut demux, results);
     for piece in input.chunks(chunk) {
-        match guarded(|| session.handle_input(piece).ok()) {
-            Some(results) => drive(&mut session, &mut demux, results),
-            None => return,
+        if guard.check(piece).is_err() {
+            return;
+        }
+        match session.handle_input(piece) {
+            Ok(results) => drive(&mut session, &mut demux, results),
+            Err(_) => return,
         }
     }
 });

@@ -1,18 +1,27 @@
 //! Helpers shared by every rml_rtmp client session (the push and the load tool's players).
+use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
 use rml_rtmp::sessions::{ClientSession, ClientSessionEvent, ClientSessionResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtmpClientError {
-    /// rml_rtmp 0.8 panics on some malformed AMF0 commands (found by fuzzing); the panic is
-    /// caught here so a bad peer costs only its own connection.
+    /// A message rml_rtmp 0.8 would panic on, refused by the guard.
+    #[error("malformed RTMP message from the peer: {0}")]
+    Refused(#[from] RtmpGuardError),
+    /// Any other panic inside rml_rtmp, caught so a bad peer costs only its own connection.
     #[error("malformed RTMP message from the peer")]
     Malformed,
     #[error("RTMP client: {0}")]
     Session(String),
 }
 
-/// `ClientSession::handle_input`, with rml_rtmp's panics on malformed input turned into an error.
-pub fn handle_input(session: &mut ClientSession, bytes: &[u8]) -> Result<Vec<ClientSessionResult>, RtmpClientError> {
+/// `ClientSession::handle_input` behind `guard` (which must see every byte the session sees), with
+/// any panic left in rml_rtmp on malformed input turned into an error.
+pub fn handle_input(
+    session: &mut ClientSession,
+    guard: &mut RtmpCommandGuard,
+    bytes: &[u8],
+) -> Result<Vec<ClientSessionResult>, RtmpClientError> {
+    guard.check(bytes)?;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
         .map_err(|_| RtmpClientError::Malformed)?
         .map_err(|e| RtmpClientError::Session(format!("{e:?}")))

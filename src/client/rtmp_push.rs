@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::config::{HevcFlv, PushConfig, RtmpConfig};
 use crate::hub::{Hub, Stream};
+use crate::proto::rtmp_guard::RtmpCommandGuard;
 use crate::server::rtmp::{read_timeout, write_timeout, FlvFlow, Out};
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -141,14 +142,19 @@ fn session_err(e: ClientSessionError) -> anyhow::Error {
     anyhow!("RTMP client: {e:?}")
 }
 
-fn handle_input(session: &mut ClientSession, bytes: &[u8]) -> anyhow::Result<Vec<ClientSessionResult>> {
-    super::rtmp::handle_input(session, bytes).context("from the origin")
+fn handle_input(
+    session: &mut ClientSession,
+    guard: &mut RtmpCommandGuard,
+    bytes: &[u8],
+) -> anyhow::Result<Vec<ClientSessionResult>> {
+    super::rtmp::handle_input(session, guard, bytes).context("from the origin")
 }
 
 struct Client {
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
     session: ClientSession,
+    guard: RtmpCommandGuard,
     timeout: Duration,
     buf: Vec<u8>,
 }
@@ -168,7 +174,7 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let n = read_timeout(&mut self.rd, &mut self.buf, left).await.with_context(|| step.to_string())?;
-            let results = handle_input(&mut self.session, &self.buf[..n])?;
+            let results = handle_input(&mut self.session, &mut self.guard, &self.buf[..n])?;
             for e in self.send(results).await? {
                 if want(&e) {
                     return Ok(());
@@ -214,10 +220,10 @@ async fn push_once(
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url);
     let (session, results) = ClientSession::new(config).map_err(session_err)?;
-    let mut c = Client { rd, wr, session, timeout, buf };
+    let mut c = Client { rd, wr, session, guard: RtmpCommandGuard::new(), timeout, buf };
     c.send(results).await?;
     if !leftover.is_empty() {
-        let results = handle_input(&mut c.session, &leftover)?;
+        let results = handle_input(&mut c.session, &mut c.guard, &leftover)?;
         c.send(results).await?;
     }
     let r = c.session.request_connection(app).map_err(session_err)?;
@@ -239,7 +245,7 @@ async fn push_once(
                 if n == 0 {
                     bail!("the origin closed the connection");
                 }
-                let results = handle_input(&mut c.session, &c.buf[..n])?;
+                let results = handle_input(&mut c.session, &mut c.guard, &c.buf[..n])?;
                 c.send(results).await?;
             }
             f = sub.recv() => {

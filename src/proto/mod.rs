@@ -1,6 +1,7 @@
 //! Sans-IO protocol modules: bytes in, events out. No tokio, no sockets, no clocks here.
 pub mod flv;
 pub mod ps;
+pub mod rtmp_guard;
 pub mod rtp;
 pub mod rtsp;
 pub mod sip;

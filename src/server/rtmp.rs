@@ -26,6 +26,7 @@ use crate::config::{HevcFlv, RtmpConfig};
 use crate::hub::{AudioStats, Hub, Source, Stream, StreamStats, Subscription, Transport, VideoStats};
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
+use crate::proto::rtmp_guard::RtmpCommandGuard;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
 const PUBLISH_IDLE: Duration = Duration::from_secs(10);
@@ -340,6 +341,8 @@ struct Conn {
     hub: Arc<Hub>,
     cfg: RtmpConfig,
     session: ServerSession,
+    /// Sees every byte before `session` does (see `proto::rtmp_guard`).
+    guard: RtmpCommandGuard,
     player: Option<Player>,
     publisher: Option<Publisher>,
     /// Bytes to send, in order.
@@ -375,7 +378,16 @@ async fn connection(
         }
     };
     let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
-    let mut c = Conn { peer, hub, cfg, session, player: None, publisher: None, pending: Vec::new() };
+    let mut c = Conn {
+        peer,
+        hub,
+        cfg,
+        session,
+        guard: RtmpCommandGuard::new(),
+        player: None,
+        publisher: None,
+        pending: Vec::new(),
+    };
     let result = async {
         c.results(results).await?;
         if !leftover.is_empty() {
@@ -507,8 +519,10 @@ impl Conn {
     }
 
     async fn input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        // rml_rtmp 0.8 panics on some malformed messages (an AMF0 command with too few values,
-        // found by fuzz/rtmp_chunk): a bad peer ends its own connection, nothing more.
+        // rml_rtmp 0.8 panics on an AMF0 command with too few values (found by fuzz/rtmp_chunk):
+        // the guard refuses it first. Any other panic there is still caught, so a bad peer ends
+        // its own connection, nothing more.
+        self.guard.check(bytes)?;
         let session = &mut self.session;
         let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
             .map_err(|_| anyhow!("malformed RTMP message"))?

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
+
+use crate::proto::rtmp_guard::RtmpCommandGuard;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -359,8 +361,12 @@ fn flv_video_frame(data: &[u8]) -> Option<bool> {
     }
 }
 
-fn rtmp_input(session: &mut ClientSession, bytes: &[u8]) -> Result<Vec<ClientSessionResult>, String> {
-    crate::client::rtmp::handle_input(session, bytes).map_err(|e| e.to_string())
+fn rtmp_input(
+    session: &mut ClientSession,
+    guard: &mut RtmpCommandGuard,
+    bytes: &[u8],
+) -> Result<Vec<ClientSessionResult>, String> {
+    crate::client::rtmp::handle_input(session, guard, bytes).map_err(|e| e.to_string())
 }
 
 /// Writes the outbound bytes of `results` and returns their events.
@@ -392,7 +398,7 @@ async fn rtmp_start(
     tc_url: &str,
     chunk: &mut [u8],
     deadline: Instant,
-) -> Result<(ClientSession, Instant, Vec<ClientSessionEvent>), String> {
+) -> Result<(ClientSession, RtmpCommandGuard, Instant, Vec<ClientSessionEvent>), String> {
     let mut hs = Handshake::new(PeerType::Client);
     let p0p1 = hs.generate_outbound_p0_and_p1().map_err(|e| format!("handshake: {e:?}"))?;
     sock.write_all(&p0p1).await.map_err(|e| e.to_string())?;
@@ -411,9 +417,10 @@ async fn rtmp_start(
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url.to_string());
     let (mut session, results) = ClientSession::new(config).map_err(|e| format!("RTMP: {e:?}"))?;
+    let mut guard = RtmpCommandGuard::new();
     let mut pending = vec![results];
     if !leftover.is_empty() {
-        pending.push(rtmp_input(&mut session, &leftover)?);
+        pending.push(rtmp_input(&mut session, &mut guard, &leftover)?);
     }
     pending.push(vec![session.request_connection(app.to_string()).map_err(|e| format!("RTMP: {e:?}"))?]);
     let mut play_sent = None;
@@ -439,10 +446,10 @@ async fn rtmp_start(
             continue;
         }
         if let Some(t) = play_sent {
-            return Ok((session, t, after_play));
+            return Ok((session, guard, t, after_play));
         }
         let n = setup_read(sock, chunk, deadline).await?;
-        pending.push(rtmp_input(&mut session, &chunk[..n])?);
+        pending.push(rtmp_input(&mut session, &mut guard, &chunk[..n])?);
     }
 }
 
@@ -504,14 +511,14 @@ async fn run_rtmp_player(
         }
     };
     let mut chunk = vec![0u8; 64 * 1024];
-    let (mut session, play_sent, events) = match rtmp_start(&mut sock, &app, &key, &tc_url, &mut chunk, deadline).await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            r.error = Some(e);
-            return r;
-        }
-    };
+    let (mut session, mut guard, play_sent, events) =
+        match rtmp_start(&mut sock, &app, &key, &tc_url, &mut chunk, deadline).await {
+            Ok(s) => s,
+            Err(e) => {
+                r.error = Some(e);
+                return r;
+            }
+        };
     if stall {
         r.closed_early = stalled_until(&mut sock, deadline).await;
         return r;
@@ -542,7 +549,7 @@ async fn run_rtmp_player(
             Err(_) => break,
         };
         let step = async {
-            let results = rtmp_input(&mut session, &chunk[..n])?;
+            let results = rtmp_input(&mut session, &mut guard, &chunk[..n])?;
             for e in rtmp_send(&mut sock, results).await? {
                 count.event(&mut r, e)?;
             }
