@@ -319,6 +319,21 @@ impl Subscription {
 pub enum PublishError {
     #[error("stream limit of {0} reached")]
     TooManyStreams(usize),
+    /// A live stream belongs to its source: a second publisher never replaces it.
+    #[error("stream {name} is already published by {holder} ({transport:?})")]
+    NameTaken { name: String, holder: SocketAddr, transport: Transport },
+}
+
+/// Who may take over a name that is still registered. A live stream belongs to its source; the
+/// only exception is the same source coming back (a camera that reconnected before its old
+/// connection timed out), which the caller vouches for with [`Takeover::SameSource`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Never replace a registered stream (every publisher that is not provably the same source).
+    Refuse,
+    /// Replace the registered stream only when its source has the same transport family, IP and
+    /// SSRC as the new one (same camera, new connection or port).
+    SameSource,
 }
 
 /// Starts streams on demand: when a player asks for a stream that is not live, the hub asks each
@@ -336,11 +351,27 @@ pub struct Hub {
     streams: RwLock<HashMap<String, Arc<Stream>>>,
     cfg: HubConfig,
     max_streams: usize,
+    takeovers_refused: AtomicU64,
+}
+
+/// RTP over UDP and over TCP are one family: a camera may switch between them on a new INVITE.
+fn transport_family(t: Transport) -> u8 {
+    match t {
+        Transport::Udp | Transport::Tcp => 0,
+        Transport::Rtmp => 1,
+        Transport::Rtsp => 2,
+    }
 }
 
 impl Hub {
     pub fn new(cfg: HubConfig, max_streams: usize) -> Arc<Hub> {
-        Arc::new(Hub { demand: RwLock::new(Vec::new()), streams: RwLock::new(HashMap::new()), cfg, max_streams })
+        Arc::new(Hub {
+            demand: RwLock::new(Vec::new()),
+            streams: RwLock::new(HashMap::new()),
+            cfg,
+            max_streams,
+            takeovers_refused: AtomicU64::new(0),
+        })
     }
 
     /// Registers an on-demand handler (see [`StreamDemand`]).
@@ -365,19 +396,37 @@ impl Hub {
         }
     }
 
-    /// Creates a stream. A stream already live under the same name is replaced (the newer source
-    /// wins: a camera that reconnects must not wait for its stale stream to time out).
-    pub fn create(&self, name: &str, source: Source) -> Result<Arc<Stream>, PublishError> {
-        let stream = Arc::new(Stream::new(name.to_string(), source, self.cfg.clone()));
+    /// Creates a stream. A name that is still registered is refused ([`PublishError::NameTaken`],
+    /// counted in [`Hub::takeovers_refused`]) unless `takeover` allows the same source back.
+    pub fn create(&self, name: &str, source: Source, takeover: Takeover) -> Result<Arc<Stream>, PublishError> {
         let mut streams = self.streams.write().unwrap_or_else(|e| e.into_inner());
-        if !streams.contains_key(name) && streams.len() >= self.max_streams {
+        if let Some(old) = streams.get(name) {
+            let same_source = takeover == Takeover::SameSource
+                && old.source.ssrc == source.ssrc
+                && old.source.peer.ip() == source.peer.ip()
+                && transport_family(old.source.transport) == transport_family(source.transport);
+            if !same_source {
+                self.takeovers_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(PublishError::NameTaken {
+                    name: name.to_string(),
+                    holder: old.source.peer,
+                    transport: old.source.transport,
+                });
+            }
+        } else if streams.len() >= self.max_streams {
             return Err(PublishError::TooManyStreams(self.max_streams));
         }
+        let stream = Arc::new(Stream::new(name.to_string(), source, self.cfg.clone()));
         if let Some(old) = streams.insert(name.to_string(), stream.clone()) {
-            tracing::info!(stream = name, "a new source replaces the live stream");
+            tracing::info!(stream = name, peer = %old.source.peer, "the same source reconnected; its old stream ends");
             old.close();
         }
         Ok(stream)
+    }
+
+    /// Publish attempts refused because the name was live under another source.
+    pub fn takeovers_refused(&self) -> u64 {
+        self.takeovers_refused.load(Ordering::Relaxed)
     }
 
     /// Removes `stream` if it is still the one registered under its name.

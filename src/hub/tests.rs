@@ -47,7 +47,7 @@ fn hub(queue: usize) -> Arc<Hub> {
 #[tokio::test]
 async fn new_subscriber_starts_at_cached_gop_without_gap() {
     let hub = hub(64);
-    let s = hub.create("a", source()).unwrap();
+    let s = hub.create("a", source(), Takeover::Refuse).unwrap();
     s.publish(video(0, false, 10)); // before any keyframe: not cached
     s.publish(video(3600, true, 10));
     s.publish(audio(3600));
@@ -65,7 +65,7 @@ async fn new_subscriber_starts_at_cached_gop_without_gap() {
 #[tokio::test]
 async fn slow_subscriber_skips_to_next_keyframe_and_fast_one_loses_nothing() {
     let hub = hub(4);
-    let s = hub.create("a", source()).unwrap();
+    let s = hub.create("a", source(), Takeover::Refuse).unwrap();
     let mut slow = s.subscribe();
     let mut fast = s.subscribe();
     let mut fast_got = Vec::new();
@@ -95,7 +95,7 @@ async fn slow_subscriber_skips_to_next_keyframe_and_fast_one_loses_nothing() {
 #[tokio::test]
 async fn subscriber_that_keeps_falling_behind_is_disconnected() {
     let hub = hub(1);
-    let s = hub.create("a", source()).unwrap();
+    let s = hub.create("a", source(), Takeover::Refuse).unwrap();
     let mut sub = s.subscribe();
     for i in 0..40 {
         s.publish(video(i * 3600, i % 2 == 0, 10));
@@ -108,14 +108,14 @@ async fn subscriber_that_keeps_falling_behind_is_disconnected() {
 #[tokio::test]
 async fn removing_a_stream_ends_subscriptions_and_limit_holds() {
     let hub = hub(8);
-    let a = hub.create("a", source()).unwrap();
-    hub.create("b", source()).unwrap();
-    assert_eq!(hub.create("c", source()).err(), Some(PublishError::TooManyStreams(2)));
+    let a = hub.create("a", source(), Takeover::Refuse).unwrap();
+    hub.create("b", source(), Takeover::Refuse).unwrap();
+    assert_eq!(hub.create("c", source(), Takeover::Refuse).err(), Some(PublishError::TooManyStreams(2)));
     let mut sub = a.subscribe();
     hub.remove(&a);
     assert_eq!(sub.recv().await.unwrap_err(), SubscriptionEnded::StreamEnded);
     assert!(hub.get("a").is_none());
-    hub.create("c", source()).unwrap();
+    hub.create("c", source(), Takeover::Refuse).unwrap();
 }
 
 #[test]
@@ -145,4 +145,29 @@ fn audio_only_cache_is_a_short_window() {
     }
     let first = gop.frames().next().unwrap().pts;
     assert!(99 * 3600 - first <= 45000 && gop.len() >= 12, "window of 0.5 s, got {}", gop.len());
+}
+
+#[tokio::test]
+async fn a_live_name_belongs_to_its_source() {
+    let hub = hub(8);
+    let camera = hub.create("gb/1", source(), Takeover::SameSource).unwrap();
+    let mut sub = camera.subscribe();
+    // Another address with the camera's SSRC (over TCP), and an RTMP publisher: both refused.
+    let intruder = Source { transport: Transport::Tcp, peer: "127.0.0.2:9".parse().unwrap(), ssrc: Some(1) };
+    let err = hub.create("gb/1", intruder, Takeover::SameSource).err();
+    assert!(matches!(err, Some(PublishError::NameTaken { .. })), "{err:?}");
+    let rtmp = Source { transport: Transport::Rtmp, peer: "127.0.0.1:2".parse().unwrap(), ssrc: None };
+    assert!(hub.create("gb/1", rtmp, Takeover::Refuse).is_err());
+    // Another SSRC from the camera's own IP is not the same source either.
+    let other_ssrc = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(2) };
+    assert!(hub.create("gb/1", other_ssrc, Takeover::SameSource).is_err());
+    assert_eq!(hub.takeovers_refused(), 3);
+    assert!(Arc::ptr_eq(&hub.get("gb/1").unwrap(), &camera));
+    camera.publish(video(0, true, 10));
+    assert_eq!(sub.recv().await.unwrap().pts, 0);
+    // The same camera reconnecting over TCP from a new port gets its name back.
+    let back = Source { transport: Transport::Tcp, peer: "127.0.0.1:7".parse().unwrap(), ssrc: Some(1) };
+    let again = hub.create("gb/1", back, Takeover::SameSource).unwrap();
+    assert!(!Arc::ptr_eq(&again, &camera));
+    assert_eq!(sub.recv().await.unwrap_err(), SubscriptionEnded::StreamEnded);
 }

@@ -158,7 +158,7 @@ mod tests {
     async fn worker_transcodes_in_order_and_publishes_aac() {
         let hub = Hub::new(HubConfig::default(), 4);
         let source = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
-        let stream = hub.create("a", source).unwrap();
+        let stream = hub.create("a", source, crate::hub::Takeover::Refuse).unwrap();
         let mut sub = stream.subscribe();
         let pool = AudioPool::new(2);
         let audio = pool.stream(stream.clone(), &AudioSettings::default()).unwrap();
@@ -189,7 +189,7 @@ mod tests {
     fn a_worker_that_falls_behind_drops_audio_instead_of_queueing_without_bound() {
         let hub = Hub::new(HubConfig::default(), 4);
         let source = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
-        let stream = hub.create("a", source).unwrap();
+        let stream = hub.create("a", source, crate::hub::Takeover::Refuse).unwrap();
         let pool = AudioPool::new(1);
         let audio = pool.stream(stream, &AudioSettings::default()).unwrap();
         // Hold the stream's transcoder so the worker cannot make progress.

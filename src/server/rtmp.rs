@@ -23,7 +23,9 @@ use tracing::{debug, info, warn};
 
 use super::batch;
 use crate::config::{HevcFlv, RtmpConfig};
-use crate::hub::{AudioStats, Hub, Source, Stream, StreamStats, Subscription, Transport, VideoStats};
+use crate::hub::{
+    AudioStats, Hub, PublishError, Source, Stream, StreamStats, Subscription, Takeover, Transport, VideoStats,
+};
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
 use crate::proto::rtmp_guard::RtmpCommandGuard;
@@ -563,7 +565,7 @@ impl Conn {
                         .map_err(|e| anyhow!("{e:?}"));
                 }
                 let source = Source { transport: Transport::Rtmp, peer: self.peer, ssrc: None };
-                match self.hub.create(&name, source) {
+                match self.hub.create(&name, source, Takeover::Refuse) {
                     Ok(stream) => {
                         info!(stream = %name, peer = %self.peer, "RTMP publish");
                         self.publisher = Some(Publisher {
@@ -574,10 +576,16 @@ impl Conn {
                         });
                         self.accept(request_id)
                     }
-                    Err(e) => self
-                        .session
-                        .reject_request(request_id, "NetStream.Publish.Rejected", &e.to_string())
-                        .map_err(|e| anyhow!("{e:?}")),
+                    Err(e) => {
+                        // A live name belongs to its source (NetStream.Publish.BadName, as SRS and
+                        // nginx-rtmp answer a duplicate publish); a full gateway is Rejected.
+                        let code = match e {
+                            PublishError::NameTaken { .. } => "NetStream.Publish.BadName",
+                            PublishError::TooManyStreams(_) => "NetStream.Publish.Rejected",
+                        };
+                        warn!(stream = %name, peer = %self.peer, "RTMP publish refused: {e}");
+                        self.session.reject_request(request_id, code, &e.to_string()).map_err(|e| anyhow!("{e:?}"))
+                    }
                 }
             }
             ServerSessionEvent::PlayStreamRequested { request_id, app_name, stream_key, stream_id, .. } => {

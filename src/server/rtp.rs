@@ -27,7 +27,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{AudioConfig, AudioOutput};
 use crate::config::{RtpConfig, UnknownSsrc};
-use crate::hub::{Hub, Source, Stream, Transport};
+use crate::hub::{Hub, Source, Stream, Takeover, Transport};
 use crate::media::ingest::StreamIngest;
 use crate::media::pipeline::MediaPipeline;
 use crate::proto::rtp::tcp::TcpFramer;
@@ -511,7 +511,7 @@ fn start_udp_stream(
 ) -> Option<Route> {
     let ssrc = packets.first().map(|p| p.ssrc)?;
     let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
-    let stream = match hub.create(&name, source) {
+    let stream = match hub.create(&name, source, Takeover::SameSource) {
         Ok(s) => s,
         Err(e) => {
             shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
@@ -818,14 +818,15 @@ async fn run_tcp_connection(
             }
         },
     };
-    let stream = match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) }) {
-        Ok(s) => s,
-        Err(e) => {
-            shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
-            warn!(stream = %name, "stream refused: {e}");
-            return;
-        }
-    };
+    let stream =
+        match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) }, Takeover::SameSource) {
+            Ok(s) => s,
+            Err(e) => {
+                shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+                warn!(stream = %name, "stream refused: {e}");
+                return;
+            }
+        };
     shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), transport = "tcp");
     async {
@@ -887,8 +888,8 @@ mod tests {
         let hub = Hub::new(HubConfig::default(), 4);
         let source =
             |ssrc| Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(ssrc) };
-        let hinted = hub.create("gb/34020000001320000001", source(1)).unwrap();
-        let other = hub.create("gb/34020000001320000002", source(2)).unwrap();
+        let hinted = hub.create("gb/34020000001320000001", source(1), Takeover::Refuse).unwrap();
+        let other = hub.create("gb/34020000001320000002", source(2), Takeover::Refuse).unwrap();
         shared.hint_g711_rate(&hinted.name, 16_000);
         let frame = Frame {
             codec: Codec::G711A,
