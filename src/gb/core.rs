@@ -503,10 +503,8 @@ impl Core {
         let span = info_span!("register", device = %id, peer = %peer.addr());
         let _g = span.enter();
         let contact = sip::header(&req.headers, "Contact").unwrap_or("").to_string();
-        let expires = sip::header(&req.headers, "Expires")
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| sip::param(&contact, "expires").and_then(|v| v.parse().ok()));
-        let Some(expires) = expires else {
+        // Clamped to [0, MAX_EXPIRES]: the answer's Expires tells the device what it got.
+        let Some(expires) = sip::expires(&req.headers) else {
             return self.respond(req, peer, 400, vec![], Vec::new());
         };
         let password = self.password_for(&id).to_string();
@@ -660,7 +658,7 @@ impl Core {
             debug!(device = %id, cmd = %m.cmd_type, "MESSAGE from an unknown device: 404");
             return self.respond(req, peer, 404, vec![], Vec::new());
         };
-        let registered_until = d.rec.registered_at + d.rec.expires;
+        let registered_until = d.rec.registered_at.saturating_add(d.rec.expires);
         if d.rec.expires == 0 || unix_now() > registered_until {
             return self.respond(req, peer, 404, vec![], Vec::new());
         }
@@ -805,7 +803,7 @@ impl Core {
         let call_id = sip::header(&resp.headers, "Call-ID").unwrap_or("").to_string();
         let to = sip::header(&resp.headers, "To").unwrap_or("").to_string();
         let from_tag = sip::header(&resp.headers, "From").and_then(sip::tag).unwrap_or("").to_string();
-        let cseq = sip::cseq(&resp.headers).map_or(1, |c| c.0) + 1;
+        let cseq = sip::cseq(&resp.headers).map_or(1, |c| c.0).saturating_add(1);
         let uri = format!("sip:{}@{}", sip::uri_user(&to).unwrap_or(""), peer.addr());
         let pending = Pending::InDialog { what: "BYE", reply: None };
         let _ = self.send_request(
@@ -923,7 +921,9 @@ impl Core {
                     _ => rtp.announce(new, stream.to_string()),
                 }
             }
-            if s.transport == MediaTransport::TcpActive {
+            if s.transport == MediaTransport::TcpActive && a.port == 0 {
+                warn!(stream, "answer with m= port 0: cannot connect (TCP active)");
+            } else if s.transport == MediaTransport::TcpActive {
                 let target = SocketAddr::new(a.connection.unwrap_or(peer.addr().ip()), a.port);
                 // Private c= behind NAT: fall back to the signalling source IP (wvp #1261).
                 let fallback = SocketAddr::new(peer.addr().ip(), a.port);
@@ -1138,7 +1138,7 @@ impl Core {
                     s.to_header.clone(),
                     &s.call_id,
                     &s.from_tag,
-                    s.cseq + 1,
+                    s.cseq.saturating_add(1),
                     vec![],
                     None,
                     Vec::new(),
@@ -1312,7 +1312,7 @@ impl Core {
             let _ = reply.send(Err(GbError::Bad("not an established playback session".into())));
             return;
         }
-        s.cseq += 1;
+        s.cseq = s.cseq.saturating_add(1);
         let rtsp_cseq = s.cseq;
         let body = match control {
             PlaybackControl::Play => format!("PLAY RTSP/1.0\r\nCSeq: {rtsp_cseq}\r\nRange: npt=now-\r\n\r\n"),
@@ -1354,7 +1354,7 @@ impl Core {
 
     fn tick(&mut self, now: Instant) {
         // Keepalive expiry: interval x misses without a word (wvp: min(Expires, that)).
-        let limit = self.gb.keepalive_interval.0 * self.gb.keepalive_misses;
+        let limit = self.gb.keepalive_interval.0.saturating_mul(self.gb.keepalive_misses);
         let unix = unix_now();
         let gone: Vec<(String, String)> = self
             .devices
@@ -1363,7 +1363,7 @@ impl Core {
             .filter_map(|d| {
                 if now.duration_since(d.last_seen) > limit {
                     Some((d.rec.id.clone(), format!("{} keepalives missed", self.gb.keepalive_misses)))
-                } else if unix > d.rec.registered_at + d.rec.expires {
+                } else if unix > d.rec.registered_at.saturating_add(d.rec.expires) {
                     Some((d.rec.id.clone(), "registration expired".to_string()))
                 } else {
                     None

@@ -250,7 +250,7 @@ pub struct CatalogItem {
 
 /// `(SumNum, items)` of a Catalog response or notify; items without a DeviceID are skipped.
 pub fn catalog(m: &Manscdp) -> (u32, Vec<CatalogItem>) {
-    let sum = m.el.text_of("SumNum").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let sum = sum_num(m);
     let mut items = Vec::new();
     if let Some(list) = m.el.child("DeviceList") {
         for it in list.children.iter().filter(|c| c.name.eq_ignore_ascii_case("Item")) {
@@ -307,8 +307,14 @@ pub struct RecordItem {
     pub record_type: String,
 }
 
+/// `SumNum`, clamped to [0, MAX_SUM_NUM]; absent, negative or garbage reads 0.
+pub fn sum_num(m: &Manscdp) -> u32 {
+    let v = m.el.text_of("SumNum").and_then(|s| super::clamped_number(s, u64::from(super::MAX_SUM_NUM)));
+    v.map_or(0, |v| v as u32)
+}
+
 pub fn record_info(m: &Manscdp) -> (u32, Vec<RecordItem>) {
-    let sum = m.el.text_of("SumNum").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let sum = sum_num(m);
     let mut items = Vec::new();
     if let Some(list) = m.el.child("RecordList") {
         for it in list.children.iter().filter(|c| c.name.eq_ignore_ascii_case("Item")) {
