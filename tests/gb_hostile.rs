@@ -42,6 +42,41 @@ fn keepalive(dev: &str, sn: u32) -> String {
     )
 }
 
+/// REGISTERs `dev` from `s`, answering the digest challenge with `password`; the final code.
+fn register_digest(s: &UdpSocket, sip_addr: SocketAddr, dev: &str, password: &str, branch: &str) -> u16 {
+    let local = s.local_addr().unwrap();
+    s.send_to(register(dev, local, &format!("{branch}a"), "3600", None).as_bytes(), sip_addr).unwrap();
+    let (code, resp) = recv_status(s).expect("a challenge");
+    if code != 401 {
+        return code;
+    }
+    let www = sip::header(&resp.headers, "WWW-Authenticate").unwrap();
+    let uri = format!("sip:{GW}@3402000000");
+    let auth = sip::digest::answer(www, "REGISTER", &uri, dev, password, "0a4f113b").unwrap();
+    s.send_to(register(dev, local, &format!("{branch}b"), "3600", Some(&auth)).as_bytes(), sip_addr).unwrap();
+    recv_status(s).expect("an answer").0
+}
+
+fn catalog_notify(dev: &str, sn: u32, sum: &str, items: &[&str]) -> String {
+    let list: String = items
+        .iter()
+        .map(|id| {
+            format!("<Item>\r\n<DeviceID>{id}</DeviceID>\r\n<Name>cam</Name>\r\n<Status>ON</Status>\r\n</Item>\r\n")
+        })
+        .collect();
+    format!(
+        "<?xml version=\"1.0\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{dev}</DeviceID>\r\n\
+<SumNum>{sum}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n{list}</DeviceList>\r\n</Response>\r\n",
+        items.len()
+    )
+}
+
+async fn counter(api: SocketAddr, name: &str) -> u64 {
+    let (status, body) = http_get(api, "/api/v1/gb/counters").await;
+    assert_eq!(status, 200, "{body}");
+    body["core"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {body}"))
+}
+
 fn recv_status(sock: &UdpSocket) -> Option<(u16, sip::rsip::Response)> {
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -96,5 +131,47 @@ To: <sip:{dev}@3402000000>;tag=b\r\nCall-ID: stray{i}\r\nCSeq: {n} INVITE\r\nCon
     let (status, body) = http_get(gw.api_addr, &format!("/api/v1/devices/{dev}")).await;
     assert_eq!(status, 200, "{body}");
     println!("clamped and alive after {:?}", t0.elapsed());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_message_from_another_address_neither_moves_the_device_nor_adds_channels() {
+    let mut cfg = test_config();
+    cfg.sip.password = "pw-hole-11".into();
+    cfg.gb.query_on_register = false;
+    let gw = start(cfg).await;
+    let sip_addr = gw.sip_addr.unwrap();
+    let gb = gw.gb.clone().unwrap();
+    let dev = "34020000001320000011";
+    let camera = udp("127.0.0.1");
+    let forger = udp("127.0.0.2");
+    let (cam_addr, forger_addr) = (camera.local_addr().unwrap(), forger.local_addr().unwrap());
+    tokio::task::block_in_place(|| {
+        assert_eq!(register_digest(&camera, sip_addr, dev, "pw-hole-11", "r1"), 200);
+        // The forger knows the device ID: its keepalive and its Catalog are refused ...
+        forger.send_to(message(dev, forger_addr, "k1", &keepalive(dev, 1)).as_bytes(), sip_addr).unwrap();
+        assert_eq!(recv_status(&forger).map(|r| r.0), Some(403), "forged keepalive");
+        let forged = catalog_notify(dev, 77, "1", &["34020000001310000666"]);
+        forger.send_to(message(dev, forger_addr, "c1", &forged).as_bytes(), sip_addr).unwrap();
+        assert_eq!(recv_status(&forger).map(|r| r.0), Some(403), "forged catalog");
+        // ... the camera's own keepalive is not.
+        camera.send_to(message(dev, cam_addr, "k2", &keepalive(dev, 2)).as_bytes(), sip_addr).unwrap();
+        assert_eq!(recv_status(&camera).map(|r| r.0), Some(200), "the camera's keepalive");
+    });
+    let d = gb.device(dev).unwrap();
+    assert_eq!(d.addr, cam_addr, "the device did not move");
+    assert!(d.channels.is_empty(), "no forged channel: {:?}", d.channels);
+    assert!(counter(gw.api_addr, "foreign_source_refused").await >= 2);
+    // A new address must REGISTER again, with the password.
+    tokio::task::block_in_place(|| {
+        assert_eq!(register_digest(&forger, sip_addr, dev, "wrong", "r2"), 403);
+        assert_eq!(gb.device(dev).unwrap().addr, cam_addr);
+        assert_eq!(register_digest(&forger, sip_addr, dev, "pw-hole-11", "r3"), 200);
+    });
+    let t0 = Instant::now();
+    while gb.device(dev).unwrap().addr != forger_addr {
+        assert!(t0.elapsed() < Duration::from_secs(2), "moved by an authenticated REGISTER");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.stop().await;
 }

@@ -4,6 +4,7 @@
 //! tick drives keepalive expiry, aggregation timeouts and session timers.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,8 @@ use tracing::{debug, info, info_span, warn};
 use super::store::Store;
 use super::transport::{self, Inbound, Peer, SipSender};
 use super::{
-    Command, DeviceRecord, Gb, GbError, GbEvent, HistoryRequest, PlayInfo, PlaybackControl, Reply, SessionView,
+    Command, DeviceRecord, Gb, GbCounters, GbError, GbEvent, HistoryRequest, PlayInfo, PlaybackControl, Reply,
+    SessionView,
 };
 use crate::config::{Config, GbConfig, RtpConfig, SipConfig};
 use crate::hub::Hub;
@@ -72,6 +74,7 @@ pub async fn start(
         devices.insert(rec.id.clone(), DevState { rec, conn: None, last_seen: now });
     }
     let shared = Arc::new(RwLock::new(snapshot));
+    let counters = Arc::new(GbCounters::default());
     let gb = Gb {
         devices: shared.clone(),
         cmd: cmd_tx,
@@ -79,6 +82,8 @@ pub async fn start(
         hub: hub.clone(),
         sip_addr,
         media_timeout: cfg.gb.media_timeout.0,
+        counters: counters.clone(),
+        sip_counters: out.clone(),
     };
     hub.add_demand(Arc::new(gb.clone()));
     let core = Core {
@@ -98,6 +103,9 @@ pub async fn start(
         secret: sip::hex_token(rand::random(), 32),
         auth_failures: HashMap::new(),
         auth_log: RateLimit::new(Duration::from_secs(10)),
+        foreign_log: RateLimit::new(Duration::from_secs(10)),
+        catalog_log: RateLimit::new(Duration::from_secs(10)),
+        counters,
         sn: 1,
         ssrc_seq: rand::random::<u32>() % 10_000,
         catalogs: HashMap::new(),
@@ -120,6 +128,12 @@ struct DevState {
 }
 
 impl DevState {
+    /// The address and transport of its registration: the only source its requests are
+    /// accepted from (a forged MESSAGE must not move it, issue 8 hole 11).
+    fn is_source(&self, peer: Peer) -> bool {
+        peer.addr() == self.rec.addr && peer.reliable() == (self.rec.transport == "tcp")
+    }
+
     fn peer(&self) -> Peer {
         match self.conn {
             Some(conn) => Peer::Tcp { conn, addr: self.rec.addr },
@@ -187,6 +201,11 @@ struct Core {
     secret: String,
     auth_failures: HashMap<IpAddr, (Instant, u32)>,
     auth_log: RateLimit,
+    /// Requests of a registered device from elsewhere (hole 11).
+    foreign_log: RateLimit,
+    /// Catalogs refused or trimmed (holes 6, 14).
+    catalog_log: RateLimit,
+    counters: Arc<GbCounters>,
     sn: u32,
     ssrc_seq: u32,
     catalogs: HashMap<(String, u32), Aggregation<CatalogItem>>,
@@ -445,6 +464,9 @@ impl Core {
             Method::Bye => {
                 let call_id = sip::header(&req.headers, "Call-ID").unwrap_or("").to_string();
                 match self.by_call.get(&call_id).cloned() {
+                    Some(stream) if !self.from_session_device(&stream, peer, now) => {
+                        self.respond(&req, peer, 403, vec![], Vec::new())
+                    }
                     Some(stream) => {
                         self.respond(&req, peer, 200, vec![], Vec::new());
                         self.end_session(&stream, "BYE from the device", false);
@@ -646,6 +668,9 @@ impl Core {
         };
         // MediaStatus is matched by Call-ID: Hikvision's From is not the device ID (wvp).
         if let Some(stream) = self.by_call.get(&call_id).cloned() {
+            if !self.from_session_device(&stream, peer, now) {
+                return self.respond(req, peer, 403, vec![], Vec::new());
+            }
             self.respond(req, peer, 200, vec![], Vec::new());
             if m.cmd_type == "MediaStatus" && m.el.text_of("NotifyType") == Some("121") {
                 self.end_session(&stream, "end of file (MediaStatus 121)", true);
@@ -662,8 +687,14 @@ impl Core {
         if d.rec.expires == 0 || unix_now() > registered_until {
             return self.respond(req, peer, 404, vec![], Vec::new());
         }
-        // Follow the device's address (NAT rebinding changes the port: wvp PR #2227).
-        d.rec.addr = peer.addr();
+        // Only from the address and transport of its registration (after our restart: the
+        // stored one, D25). A NAT rebinding shows up here too: the device must REGISTER again
+        // (with digest) from its new address rather than anyone moving it with one MESSAGE.
+        if !d.is_source(peer) {
+            let registered = d.rec.addr;
+            self.refuse_foreign(&id, peer, registered, &m.cmd_type, now);
+            return self.respond(req, peer, 403, vec![], Vec::new());
+        }
         if let Peer::Tcp { conn, .. } = peer {
             d.conn = Some(conn);
         }
@@ -694,6 +725,29 @@ impl Core {
             ("Response", "DeviceStatus") => self.answer_query(&id, "DeviceStatus", &m),
             ("Response", "RecordInfo") => self.on_record_info(&id, &m, now),
             (root, cmd) => debug!(device = %id, root, cmd, "MESSAGE acknowledged"),
+        }
+    }
+
+    /// Counts and logs (rate-limited) a request naming `device` from a source that is not its own.
+    fn refuse_foreign(&mut self, device: &str, peer: Peer, registered: SocketAddr, what: &str, now: Instant) {
+        self.counters.foreign_source_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.foreign_log.check(now) {
+            warn!(%device, peer = %peer.addr(), transport = peer.via(), %registered, what, suppressed,
+                "request of a registered device from another source refused (403): it must REGISTER from there");
+        }
+    }
+
+    /// Whether an in-dialog request of `stream` comes from its device's registered source.
+    fn from_session_device(&mut self, stream: &str, peer: Peer, now: Instant) -> bool {
+        let Some(dev) = self.sessions.get(stream).map(|s| s.device.clone()) else { return false };
+        match self.devices.get(&dev) {
+            Some(d) if d.is_source(peer) => true,
+            Some(d) => {
+                let registered = d.rec.addr;
+                self.refuse_foreign(&dev, peer, registered, "in-dialog request", now);
+                false
+            }
+            None => false,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,6 +40,24 @@ pub struct DeviceRecord {
     pub channels: Vec<CatalogItem>,
     /// Unix seconds when the catalog was last completed.
     pub catalog_at: Option<u64>,
+}
+
+/// What the signalling core refused, dropped or evicted because of a peer (issue 8); shown by
+/// `GET /api/v1/gb/counters`. Every one of these also logs, rate-limited.
+#[derive(Debug, Default, Serialize)]
+pub struct GbCounters {
+    /// Requests naming a registered device that came from another address or transport (403).
+    pub foreign_source_refused: AtomicU64,
+    /// Catalog messages refused: not answering our query and not a well-formed notification.
+    pub catalogs_refused: AtomicU64,
+    /// Catalogs with no item that would have erased a known channel list.
+    pub empty_catalogs_ignored: AtomicU64,
+    /// Catalog / RecordInfo aggregations not opened (per-device or global bound reached).
+    pub aggregations_refused: AtomicU64,
+    /// Items beyond an aggregation's bound, dropped.
+    pub aggregation_items_dropped: AtomicU64,
+    /// Store writes dropped because the writer's queue was full.
+    pub store_writes_dropped: AtomicU64,
 }
 
 /// A change of state other modules can react to (the control-center issue turns them into
@@ -191,6 +210,8 @@ pub struct Gb {
     hub: Arc<Hub>,
     pub sip_addr: SocketAddr,
     media_timeout: Duration,
+    counters: Arc<GbCounters>,
+    sip_counters: Arc<transport::SipSender>,
 }
 
 impl Gb {
@@ -200,6 +221,11 @@ impl Gb {
 
     pub fn device(&self, id: &str) -> Option<DeviceRecord> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// What was refused or dropped because of peers, and the SIP sockets' counters.
+    pub fn counters(&self) -> serde_json::Value {
+        serde_json::json!({ "core": &*self.counters, "sockets": &self.sip_counters.counters })
     }
 
     /// Subscribes to state changes.

@@ -50,7 +50,7 @@ pub enum Inbound {
     Closed(u64),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct SipCounters {
     pub received: AtomicU64,
     pub malformed: AtomicU64,
