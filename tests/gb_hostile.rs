@@ -71,6 +71,25 @@ fn catalog_notify(dev: &str, sn: u32, sum: &str, items: &[&str]) -> String {
     )
 }
 
+/// Answers the gateway's requests on `s` with 200 until `until` says stop; returns the SN of
+/// the first Catalog query seen.
+fn answer_queries(s: &UdpSocket, deadline: Duration) -> Option<u32> {
+    let mut buf = vec![0u8; 65_536];
+    let t0 = Instant::now();
+    while t0.elapsed() < deadline {
+        let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+        let Ok(SipMessage::Request(req)) = sip::parse(&buf[..n]) else { continue };
+        let ok = sip::response(&req, 200, "t1", from, vec![], Vec::new());
+        s.send_to(&ok.to_bytes(), from).unwrap();
+        if let Ok(m) = sip::manscdp::parse(&req.body) {
+            if m.cmd_type == "Catalog" {
+                return Some(m.sn);
+            }
+        }
+    }
+    None
+}
+
 async fn counter(api: SocketAddr, name: &str) -> u64 {
     let (status, body) = http_get(api, "/api/v1/gb/counters").await;
     assert_eq!(status, 200, "{body}");
@@ -173,5 +192,71 @@ async fn a_forged_message_from_another_address_neither_moves_the_device_nor_adds
         assert!(t0.elapsed() < Duration::from_secs(2), "moved by an authenticated REGISTER");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogs_count_only_as_answers_or_notifications_and_none_erases_a_known_list() {
+    let mut cfg = test_config();
+    cfg.sip.password = "pw-hole-14".into();
+    let gw = start(cfg).await;
+    let sip_addr = gw.sip_addr.unwrap();
+    let gb = gw.gb.clone().unwrap();
+    let dev = "34020000001320000014";
+    let (ch1, ch2, ch3) = ("34020000001310000001", "34020000001310000002", "34020000001310000003");
+    let camera = udp("127.0.0.1");
+    let local = camera.local_addr().unwrap();
+    let send = |branch: &str, body: &str| {
+        camera.send_to(message(dev, local, branch, body).as_bytes(), sip_addr).unwrap();
+        recv_status(&camera).map(|r| r.0)
+    };
+    tokio::task::block_in_place(|| {
+        assert_eq!(register_digest(&camera, sip_addr, dev, "pw-hole-14", "r1"), 200);
+        let sn = answer_queries(&camera, Duration::from_secs(5)).expect("a Catalog query after REGISTER");
+        assert_eq!(send("a1", &catalog_notify(dev, sn, "2", &[ch1, ch2])), Some(200));
+    });
+    let t0 = Instant::now();
+    while gb.device(dev).is_none_or(|d| d.channels.len() != 2) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "the answer to our query sets the list");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| {
+        // Empty answers under SNs we never asked (SumNum 0, negative, absent) ...
+        assert_eq!(send("e1", &catalog_notify(dev, 900, "0", &[])), Some(200));
+        assert_eq!(send("e2", &catalog_notify(dev, 901, "-1", &[])), Some(200));
+        assert_eq!(send("e3", &catalog_notify(dev, 902, "", &[])), Some(200));
+        // ... an empty notification ...
+        let empty_notify = catalog_notify(dev, 903, "0", &[]).replace("Response>", "Notify>");
+        assert_eq!(send("e4", &empty_notify), Some(200));
+        // ... and unsolicited answers with new SNs that once each opened a 10,000-item slot.
+        for i in 0..50 {
+            let body = catalog_notify(dev, 1000 + i, "10000", &["34020000001310000666"]);
+            assert_eq!(send(&format!("u{i}"), &body), Some(200));
+        }
+        // A well-formed notification is merged: ADD then DEL.
+        let add = catalog_notify(dev, 2000, "1", &[ch3])
+            .replace("Response>", "Notify>")
+            .replace("<Status>ON</Status>", "<Status>ON</Status>\r\n<Event>ADD</Event>");
+        assert_eq!(send("n1", &add), Some(200));
+    });
+    let t0 = Instant::now();
+    while gb.device(dev).is_none_or(|d| d.channels.len() != 3) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "ADD merged: {:?}", gb.device(dev).map(|d| d.channels));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids: Vec<String> = gb.device(dev).unwrap().channels.iter().map(|c| c.device_id.clone()).collect();
+    assert!(!ids.contains(&"34020000001310000666".to_string()), "{ids:?}");
+    tokio::task::block_in_place(|| {
+        let del = catalog_notify(dev, 2001, "1", &[ch3])
+            .replace("Response>", "Notify>")
+            .replace("<Status>ON</Status>", "<Status>OFF</Status>\r\n<Event>DEL</Event>");
+        assert_eq!(send("n2", &del), Some(200));
+    });
+    let t0 = Instant::now();
+    while gb.device(dev).is_none_or(|d| d.channels.len() != 2) {
+        assert!(t0.elapsed() < Duration::from_secs(3), "DEL merged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counter(gw.api_addr, "catalogs_refused").await >= 54);
     gw.stop().await;
 }

@@ -21,7 +21,7 @@ use super::{
 use crate::config::{Config, GbConfig, RtpConfig, SipConfig};
 use crate::hub::Hub;
 use crate::proto::sip::digest::{self, NonceCheck};
-use crate::proto::sip::manscdp::{self, CatalogItem, Manscdp, RecordItem};
+use crate::proto::sip::manscdp::{self, CatalogEvent, CatalogItem, Manscdp, RecordItem};
 use crate::proto::sip::rsip::{Method, Request, Response, SipMessage};
 use crate::proto::sip::sdp::{self, MediaTransport, SessionKind};
 use crate::proto::sip::transaction::{Action, Incoming, Transactions};
@@ -30,10 +30,14 @@ use crate::server::rtp::{self as rtp_server, RtpShared};
 use crate::util::RateLimit;
 
 const TICK: Duration = Duration::from_millis(200);
-/// Catalog / RecordInfo answers being assembled at once.
+/// Catalog / RecordInfo answers being assembled at once, all devices together ...
 const MAX_AGGREGATIONS: usize = 1024;
-/// Items kept per aggregation (a bogus SumNum must not grow memory without bound).
-const MAX_AGG_ITEMS: usize = 10_000;
+/// ... and RecordInfo queries per device (a device has one Catalog aggregation at most: a new
+/// query replaces the previous one), so one device cannot take every slot (issue 8, hole 6).
+const MAX_RECORD_QUERIES_PER_DEVICE: usize = 4;
+/// Items kept per aggregation, and channels kept per device (a bogus SumNum must not grow
+/// memory without bound).
+const MAX_AGG_ITEMS: usize = sip::MAX_SUM_NUM as usize;
 /// Source IPs tracked for failed authentications.
 const MAX_AUTH_SOURCES: usize = 10_000;
 
@@ -83,7 +87,7 @@ pub async fn start(
         sip_addr,
         media_timeout: cfg.gb.media_timeout.0,
         counters: counters.clone(),
-        sip_counters: out.clone(),
+        sip_counters: out.counters.clone(),
     };
     hub.add_demand(Arc::new(gb.clone()));
     let core = Core {
@@ -648,7 +652,12 @@ impl Core {
     }
 
     fn start_catalog(&mut self, device: &str, sn: u32, now: Instant) {
+        self.catalogs.retain(|(d, _), _| d != device);
         if self.catalogs.len() >= MAX_AGGREGATIONS {
+            self.counters.aggregations_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(now) {
+                warn!(%device, suppressed, "catalog answer not awaited: {MAX_AGGREGATIONS} aggregations open");
+            }
             return;
         }
         self.catalogs.insert(
@@ -763,31 +772,89 @@ impl Core {
         }
     }
 
+    /// A Catalog answer or notification from the device's registered source (D51). An answer is
+    /// taken only under the SN of our own query; a notification (`Notify`) only with items, merged
+    /// by DeviceID (Event DEL removes). Neither can erase a known list (issue 8, hole 14).
     fn on_catalog(&mut self, device: &str, m: &Manscdp, now: Instant) {
-        let (sum, items) = manscdp::catalog(m);
-        let key = (device.to_string(), m.sn);
-        if !self.catalogs.contains_key(&key) {
-            // An answer to a query we did not send (or after our timeout): assemble it too, but
-            // never let a stray one-item message replace a full list (wvp #1425) -- see finish.
-            self.start_catalog(device, m.sn, now);
+        let (sum, items) = manscdp::catalog_events(m);
+        if m.root == "Notify" {
+            return self.on_catalog_notify(device, m.sn, items, now);
         }
-        let Some(agg) = self.catalogs.get_mut(&key) else { return };
+        let key = (device.to_string(), m.sn);
+        let Some(agg) = self.catalogs.get_mut(&key) else {
+            self.counters.catalogs_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(now) {
+                warn!(%device, sn = m.sn, items = items.len(), suppressed, "Catalog answer to no query of ours (or too late): ignored");
+            }
+            return;
+        };
         agg.sum = sum;
         agg.last = now;
-        for it in items {
-            if agg.items.len() < MAX_AGG_ITEMS {
+        let mut dropped = 0u64;
+        for (it, _) in items {
+            if agg.items.len() < MAX_AGG_ITEMS || agg.items.contains_key(&it.device_id) {
                 agg.items.insert(it.device_id.clone(), it);
+            } else {
+                dropped += 1;
             }
         }
         if agg.items.len() as u32 >= agg.sum {
             self.finish_catalog(&key);
         }
+        self.items_dropped(device, "Catalog", dropped, now);
+    }
+
+    fn items_dropped(&mut self, device: &str, what: &str, dropped: u64, now: Instant) {
+        if dropped == 0 {
+            return;
+        }
+        self.counters.aggregation_items_dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(suppressed) = self.catalog_log.check(now) {
+            warn!(%device, what, dropped, suppressed, "items beyond {MAX_AGG_ITEMS} dropped");
+        }
+    }
+
+    fn on_catalog_notify(&mut self, device: &str, sn: u32, items: Vec<(CatalogItem, CatalogEvent)>, now: Instant) {
+        if items.is_empty() {
+            self.counters.catalogs_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(now) {
+                warn!(%device, sn, suppressed, "Catalog notification without items: ignored");
+            }
+            return;
+        }
+        let Some(d) = self.devices.get_mut(device) else { return };
+        let mut dropped = 0u64;
+        for (it, event) in items {
+            let at = d.rec.channels.iter().position(|c| c.device_id == it.device_id);
+            match (event, at) {
+                (CatalogEvent::Delete, Some(i)) => {
+                    d.rec.channels.remove(i);
+                }
+                (CatalogEvent::Delete, None) => {}
+                (CatalogEvent::Upsert, Some(i)) => d.rec.channels[i] = it,
+                (CatalogEvent::Upsert, None) if d.rec.channels.len() < MAX_AGG_ITEMS => d.rec.channels.push(it),
+                (CatalogEvent::Upsert, None) => dropped += 1,
+            }
+        }
+        d.rec.catalog_at = Some(unix_now());
+        let n = d.rec.channels.len();
+        info!(%device, channels = n, "catalog notification applied");
+        self.persist(device);
+        self.event(GbEvent::Catalog { device: device.to_string(), channels: n });
+        self.items_dropped(device, "Catalog notification", dropped, now);
     }
 
     fn finish_catalog(&mut self, key: &(String, u32)) {
         let Some(agg) = self.catalogs.remove(key) else { return };
         let Some(d) = self.devices.get_mut(&key.0) else { return };
         let complete = agg.items.len() as u32 >= agg.sum;
+        if agg.items.is_empty() && !d.rec.channels.is_empty() {
+            self.counters.empty_catalogs_ignored.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(Instant::now()) {
+                warn!(device = %key.0, known = d.rec.channels.len(), suppressed, "empty catalog does not erase the known channel list");
+            }
+            return;
+        }
         if !complete && agg.items.len() < d.rec.channels.len() {
             info!(device = %key.0, got = agg.items.len(), sum = agg.sum, "partial catalog kept aside (smaller than the current list)");
             return;
@@ -806,10 +873,13 @@ impl Core {
         let Some(agg) = self.records.get_mut(&key) else { return };
         agg.sum = sum;
         agg.last = now;
+        let mut dropped = 0u64;
         for it in items {
             if agg.items.len() < MAX_AGG_ITEMS {
                 // De-duplicated on start+end (wvp).
                 agg.items.insert(format!("{}|{}|{}", it.start_time, it.end_time, it.device_id), it);
+            } else {
+                dropped += 1;
             }
         }
         if agg.items.len() as u32 >= agg.sum {
@@ -819,6 +889,7 @@ impl Core {
                 }
             }
         }
+        self.items_dropped(device, "RecordInfo", dropped, now);
     }
 
     fn on_response(&mut self, resp: Response, peer: Peer) {
@@ -1278,7 +1349,9 @@ impl Core {
             Command::RecordInfo { device, channel, start, end, reply } => {
                 match self.find_device(device.as_deref(), &channel) {
                     Ok(dev) => {
-                        if self.records.len() >= MAX_AGGREGATIONS {
+                        let mine = self.records.keys().filter(|(d, _)| *d == dev).count();
+                        if self.records.len() >= MAX_AGGREGATIONS || mine >= MAX_RECORD_QUERIES_PER_DEVICE {
+                            self.counters.aggregations_refused.fetch_add(1, Ordering::Relaxed);
                             let _ = reply.send(Err(GbError::Busy("too many record queries".into())));
                             return;
                         }

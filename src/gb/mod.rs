@@ -211,7 +211,7 @@ pub struct Gb {
     pub sip_addr: SocketAddr,
     media_timeout: Duration,
     counters: Arc<GbCounters>,
-    sip_counters: Arc<transport::SipSender>,
+    sip_counters: Arc<transport::SipCounters>,
 }
 
 impl Gb {
@@ -225,7 +225,7 @@ impl Gb {
 
     /// What was refused or dropped because of peers, and the SIP sockets' counters.
     pub fn counters(&self) -> serde_json::Value {
-        serde_json::json!({ "core": &*self.counters, "sockets": &self.sip_counters.counters })
+        serde_json::json!({ "core": &*self.counters, "sockets": &*self.sip_counters })
     }
 
     /// Subscribes to state changes.

@@ -62,7 +62,7 @@ pub struct SipCounters {
 pub struct SipSender {
     udp: Arc<UdpSocket>,
     tcp: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
-    pub counters: SipCounters,
+    pub counters: Arc<SipCounters>,
     /// Lines a TCP peer can trigger, for all connections together.
     log: Mutex<RateLimit>,
 }
@@ -118,7 +118,7 @@ pub fn start(
     let sender = Arc::new(SipSender {
         udp: udp.clone(),
         tcp: Mutex::new(HashMap::new()),
-        counters: SipCounters::default(),
+        counters: Arc::default(),
         log: Mutex::new(RateLimit::new(Duration::from_secs(10))),
     });
     let (tx, rx) = mpsc::channel(queue);
