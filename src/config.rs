@@ -159,8 +159,10 @@ pub struct SipConfig {
     pub id: String,
     /// SIP domain and digest realm (normally the first 10 digits of `id`).
     pub domain: String,
-    /// Default password of every device (digest MD5). Empty: devices register without a challenge.
-    pub password: String,
+    /// Default password of every device (digest MD5). Unset: generated at first start and kept
+    /// in `gbgate-sip-password` next to `db` (issue 8, hole 4). `""` written out explicitly:
+    /// devices register without a challenge.
+    pub password: Option<String>,
     /// Per-device passwords, by device ID, overriding `password`.
     pub passwords: std::collections::BTreeMap<String, String>,
     /// The address devices reach us at, put in Contact, Via and SDP `c=`. Default: the listen
@@ -188,7 +190,7 @@ impl Default for SipConfig {
             listen: "0.0.0.0:5060".parse().expect("literal"),
             id: "34020000002000000001".into(),
             domain: "3402000000".into(),
-            password: String::new(),
+            password: None,
             passwords: Default::default(),
             advertise: None,
             nonce_ttl: HumanDuration(Duration::from_secs(300)),

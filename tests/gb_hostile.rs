@@ -156,7 +156,7 @@ To: <sip:{dev}@3402000000>;tag=b\r\nCall-ID: stray{i}\r\nCSeq: {n} INVITE\r\nCon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_message_from_another_address_neither_moves_the_device_nor_adds_channels() {
     let mut cfg = test_config();
-    cfg.sip.password = "pw-hole-11".into();
+    cfg.sip.password = Some("pw-hole-11".into());
     cfg.gb.query_on_register = false;
     let gw = start(cfg).await;
     let sip_addr = gw.sip_addr.unwrap();
@@ -198,7 +198,7 @@ async fn a_forged_message_from_another_address_neither_moves_the_device_nor_adds
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalogs_count_only_as_answers_or_notifications_and_none_erases_a_known_list() {
     let mut cfg = test_config();
-    cfg.sip.password = "pw-hole-14".into();
+    cfg.sip.password = Some("pw-hole-14".into());
     let gw = start(cfg).await;
     let sip_addr = gw.sip_addr.unwrap();
     let gb = gw.gb.clone().unwrap();
@@ -259,4 +259,69 @@ async fn catalogs_count_only_as_answers_or_notifications_and_none_erases_a_known
     }
     assert!(counter(gw.api_addr, "catalogs_refused").await >= 54);
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_password_configured_one_is_generated_kept_and_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config();
+    cfg.sip.password = None;
+    cfg.sip.db = Some(dir.path().join("gb.redb"));
+    cfg.gb.query_on_register = false;
+    let dev = "34020000001320000004";
+    let gw = start(cfg.clone()).await;
+    let file = dir.path().join(gbgate::gb::core::PASSWORD_FILE);
+    let password = std::fs::read_to_string(&file).expect("the generated password is stored").trim().to_string();
+    assert!(password.len() >= 16, "{password:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o077, 0, "only the owner reads it");
+    }
+    let sip_addr = gw.sip_addr.unwrap();
+    tokio::task::block_in_place(|| {
+        let s = udp("127.0.0.1");
+        assert_eq!(register_digest(&s, sip_addr, dev, "", "p1"), 403, "an empty password is not accepted");
+        assert_eq!(register_digest(&s, sip_addr, dev, "12345678", "p2"), 403);
+        assert_eq!(register_digest(&s, sip_addr, dev, &password, "p3"), 200);
+    });
+    gw.stop().await;
+    // The next start reads the same password back (once the store's writer let go of the file).
+    let t0 = Instant::now();
+    let gw = loop {
+        match gbgate::server::Gateway::start(cfg.clone()).await {
+            Ok(g) => break g,
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(5), "restart: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), password);
+    let sip_addr = gw.sip_addr.unwrap();
+    tokio::task::block_in_place(|| {
+        let s = udp("127.0.0.1");
+        assert_eq!(register_digest(&s, sip_addr, dev, &password, "p4"), 200);
+    });
+    gw.stop().await;
+    // No database to keep one in: still never open (a password for this run only).
+    let mut cfg = test_config();
+    cfg.sip.password = None;
+    let gw = start(cfg).await;
+    let sip_addr = gw.sip_addr.unwrap();
+    tokio::task::block_in_place(|| {
+        let s = udp("127.0.0.1");
+        let local = s.local_addr().unwrap();
+        s.send_to(register(dev, local, "q1", "3600", None).as_bytes(), sip_addr).unwrap();
+        assert_eq!(recv_status(&s).map(|r| r.0), Some(401));
+    });
+    gw.stop().await;
+    // `password = ""` written out is the only way to accept any device; absent is not empty.
+    let open = gbgate::config::Config::from_toml("[sip]\npassword = \"\"\n", "t").unwrap();
+    assert_eq!(open.sip.password.as_deref(), Some(""));
+    let unset = gbgate::config::Config::from_toml("[sip]\nid = \"34020000002000000001\"\n", "t").unwrap();
+    assert_eq!(unset.sip.password, None);
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gbgate.toml")).unwrap();
+    let shipped = gbgate::config::Config::from_toml(&shipped, "conf/gbgate.toml").unwrap();
+    assert_eq!(shipped.sip.password, None, "the shipped config carries no well-known password");
 }

@@ -47,6 +47,50 @@ pub enum GbStartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] super::store::StoreError),
+    #[error("SIP password file {path}: {source}")]
+    Password { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Name of the generated password's file, in the directory of `sip.db`.
+pub const PASSWORD_FILE: &str = "gbgate-sip-password";
+
+/// The default device password. Configured: as is (`""` = no authentication, said loudly).
+/// Unset: read from [`PASSWORD_FILE`] next to `sip.db`, or generated there (mode 0600) and
+/// logged once; with no `sip.db` there is nowhere to keep it, so one is generated for this run.
+/// A gateway never accepts unauthenticated devices by default (issue 8, hole 4).
+pub fn resolve_password(sip: &SipConfig) -> Result<String, GbStartError> {
+    if let Some(p) = &sip.password {
+        if p.is_empty() {
+            warn!("[sip] password = \"\": any device registers without authentication");
+        }
+        return Ok(p.clone());
+    }
+    let generated = || sip::hex_token(rand::random(), 16);
+    let Some(db) = &sip.db else {
+        let p = generated();
+        warn!(password = %p, "[sip] password unset and no [sip] db to keep one: generated for this run only; set [sip] password");
+        return Ok(p);
+    };
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let path = dir.join(PASSWORD_FILE);
+    let err = |source| GbStartError::Password { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            info!(file = %path.display(), "SIP device password read (set [sip] password to choose one)");
+            return Ok(text.trim().to_string());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let p = generated();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path).map_err(err)?, format!("{p}\n").as_bytes()).map_err(err)?;
+    warn!(password = %p, file = %path.display(), "[sip] password unset: generated one for devices, stored in the file (logged only this once)");
+    Ok(p)
 }
 
 /// Starts the SIP sockets and the signalling task; registers play on demand with the hub.
@@ -60,6 +104,7 @@ pub async fn start(
     let (udp, tcp, sip_addr) = transport::bind(cfg.sip.listen)
         .await
         .map_err(|source| GbStartError::Listen { addr: cfg.sip.listen, source })?;
+    let password = resolve_password(&cfg.sip)?;
     let (store, stored) = match &cfg.sip.db {
         Some(path) => Store::open(path)?,
         None => (Store::memory(), Vec::new()),
@@ -92,6 +137,7 @@ pub async fn start(
     hub.add_demand(Arc::new(gb.clone()));
     let core = Core {
         sip: cfg.sip.clone(),
+        password,
         gb: cfg.gb.clone(),
         rtp_cfg: cfg.rtp.clone(),
         hub,
@@ -190,6 +236,8 @@ struct Session {
 
 struct Core {
     sip: SipConfig,
+    /// The default device password, resolved at start (`resolve_password`).
+    password: String,
     gb: GbConfig,
     rtp_cfg: RtpConfig,
     hub: Arc<Hub>,
@@ -496,7 +544,7 @@ impl Core {
     }
 
     fn password_for(&self, id: &str) -> &str {
-        self.sip.passwords.get(id).map(String::as_str).unwrap_or(&self.sip.password)
+        self.sip.passwords.get(id).map(String::as_str).unwrap_or(&self.password)
     }
 
     /// Counts a failed authentication; `true` when the source is over its budget.
