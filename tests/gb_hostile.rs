@@ -6,8 +6,10 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{http_get, start, test_config};
+use common::{http_get, own_fixture, start, test_config};
 use gbgate::proto::sip::{self, rsip::SipMessage};
+use gbgate::sim::camera::{self, SimOptions, SimStats};
+use tokio_util::sync::CancellationToken;
 
 const GW: &str = "34020000002000000001";
 
@@ -46,7 +48,7 @@ fn keepalive(dev: &str, sn: u32) -> String {
 fn register_digest(s: &UdpSocket, sip_addr: SocketAddr, dev: &str, password: &str, branch: &str) -> u16 {
     let local = s.local_addr().unwrap();
     s.send_to(register(dev, local, &format!("{branch}a"), "3600", None).as_bytes(), sip_addr).unwrap();
-    let (code, resp) = recv_status(s).expect("a challenge");
+    let Some((code, resp)) = recv_status(s) else { return 0 };
     if code != 401 {
         return code;
     }
@@ -54,7 +56,42 @@ fn register_digest(s: &UdpSocket, sip_addr: SocketAddr, dev: &str, password: &st
     let uri = format!("sip:{GW}@3402000000");
     let auth = sip::digest::answer(www, "REGISTER", &uri, dev, password, "0a4f113b").unwrap();
     s.send_to(register(dev, local, &format!("{branch}b"), "3600", Some(&auth)).as_bytes(), sip_addr).unwrap();
-    recv_status(s).expect("an answer").0
+    recv_status(s).map_or(0, |r| r.0)
+}
+
+/// REGISTERs every ID in `ids` from `s` with a valid digest (one challenge, its nonce reused as
+/// a flood would), without waiting for answers; returns the codes read afterwards.
+fn register_flood(s: &UdpSocket, sip_addr: SocketAddr, ids: &[String], password: &str, expires: &str) -> Vec<u16> {
+    let local = s.local_addr().unwrap();
+    s.send_to(register(&ids[0], local, "flood-challenge", expires, None).as_bytes(), sip_addr).unwrap();
+    let (code, resp) = recv_status(s).expect("a challenge");
+    assert_eq!(code, 401);
+    let www = sip::header(&resp.headers, "WWW-Authenticate").unwrap().to_string();
+    let uri = format!("sip:{GW}@3402000000");
+    let mut codes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let auth = sip::digest::answer(&www, "REGISTER", &uri, id, password, "0a4f113b").unwrap();
+        s.send_to(register(id, local, &format!("fl{i}"), expires, Some(&auth)).as_bytes(), sip_addr).unwrap();
+        // Read what has arrived so far without waiting (the socket buffer is not endless).
+        s.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            if let Ok(SipMessage::Response(r)) = sip::parse(&buf[..n]) {
+                codes.push(r.status_code.code());
+            }
+        }
+        s.set_nonblocking(false).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while let Some((code, _)) = recv_status(s) {
+        codes.push(code);
+    }
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    codes
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
 }
 
 fn catalog_notify(dev: &str, sn: u32, sum: &str, items: &[&str]) -> String {
@@ -324,4 +361,146 @@ async fn with_no_password_configured_one_is_generated_kept_and_required() {
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gbgate.toml")).unwrap();
     let shipped = gbgate::config::Config::from_toml(&shipped, "conf/gbgate.toml").unwrap();
     assert_eq!(shipped.sip.password, None, "the shipped config carries no well-known password");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_flood_cannot_fill_the_device_table_the_longest_offline_give_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config();
+    cfg.sip.password = Some("pw-hole-13".into());
+    cfg.sip.max_devices = 50;
+    cfg.sip.max_devices_per_source = 20;
+    cfg.sip.db = Some(dir.path().join("gb.redb"));
+    cfg.gb.query_on_register = false;
+    let gw = start(cfg.clone()).await;
+    let sip_addr = gw.sip_addr.unwrap();
+    let gb = gw.gb.clone().unwrap();
+    // One source, 60 IDs with Expires: 1: it never holds more than its 20.
+    let flooder = udp("127.0.0.2");
+    let codes = tokio::task::block_in_place(|| {
+        register_flood(&flooder, sip_addr, &ids("340200000013200", 60), "pw-hole-13", "1")
+    });
+    assert!(codes.iter().filter(|c| **c == 200).count() >= 20, "{codes:?}");
+    let ip2: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    assert!(gb.devices().iter().filter(|d| d.addr.ip() == ip2).count() <= 20);
+    // Three more sources fill the table (50) with devices that expire after a second.
+    for (n, ip) in ["127.0.0.3", "127.0.0.4", "127.0.0.5"].iter().enumerate() {
+        let s = udp(ip);
+        let codes = tokio::task::block_in_place(|| {
+            register_flood(&s, sip_addr, &ids(&format!("3402000000132{}0", n + 1), 20), "pw-hole-13", "1")
+        });
+        assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    }
+    let t0 = Instant::now();
+    while gb.devices().iter().any(|d| d.online) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "Expires: 1 runs out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gb.devices().len(), 50, "full");
+    // A new device still registers: the longest-offline one gives way (and leaves the store).
+    let camera = udp("127.0.0.1");
+    let dev = "34020000001320009999";
+    tokio::task::block_in_place(|| assert_eq!(register_digest(&camera, sip_addr, dev, "pw-hole-13", "n1"), 200));
+    let t0 = Instant::now();
+    while gb.device(dev).is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gb.devices().len(), 50);
+    assert!(counter(gw.api_addr, "devices_evicted").await >= 1);
+    gw.stop().await;
+    let t0 = Instant::now();
+    let gw = loop {
+        match gbgate::server::Gateway::start(cfg.clone()).await {
+            Ok(g) => break g,
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(5), "restart: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let stored = gw.gb.clone().unwrap().devices();
+    assert!(stored.len() <= 50 && stored.iter().any(|d| d.id == dev), "{} stored", stored.len());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_flood_that_never_answers_queries_does_not_starve_play() {
+    let mut cfg = test_config();
+    cfg.sip.password = Some("pw-hole-15".into());
+    cfg.sip.max_transactions = 200;
+    cfg.sip.max_transactions_per_peer = 40;
+    let gw = start(cfg).await;
+    let sip_addr = gw.sip_addr.unwrap();
+    let gb = gw.gb.clone().unwrap();
+    // 300 registrants on one address that never answer DeviceInfo/Catalog queries.
+    let flooder = udp("127.0.0.2");
+    let codes = tokio::task::block_in_place(|| {
+        register_flood(&flooder, sip_addr, &ids("340200000013200", 300), "pw-hole-15", "3600")
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 300, "all registered");
+    // Then a real camera registers and plays.
+    let stop = CancellationToken::new();
+    let mut o = SimOptions::new(sip_addr, own_fixture("h264_g711a_8k.rtp"));
+    o.password = "pw-hole-15".into();
+    o.first_id = "34020000001320000777".into();
+    let stats = camera::spawn(o, stop.clone()).await.unwrap();
+    let t0 = Instant::now();
+    while SimStats::get(&stats.registered) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the camera registers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let channel = camera::channel_id("34020000001320000777", 0);
+    let t0 = Instant::now();
+    while !gb.device("34020000001320000777").is_some_and(|d| d.channels.iter().any(|c| c.device_id == channel)) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "its catalog arrives despite the flood");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info = gb.play(None, &channel, None).await.expect("play is not refused by a full transaction table");
+    gb.wait_keyframe(&info.stream).await.expect("media");
+    // The flooder got at most its share of queries in flight.
+    let queries = tokio::task::block_in_place(|| {
+        let mut buf = vec![0u8; 65_536];
+        let mut seen = std::collections::HashSet::new();
+        flooder.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        while let Ok((n, _)) = flooder.recv_from(&mut buf) {
+            if let Ok(SipMessage::Request(r)) = sip::parse(&buf[..n]) {
+                seen.insert(sip::header(&r.headers, "Call-ID").unwrap_or("").to_string());
+            }
+        }
+        seen.len()
+    });
+    assert!(queries <= 40, "{queries} distinct queries in flight towards one address");
+    assert!(queries > 0, "queries are sent, within the share");
+    stop.cancel();
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_budgeted_per_device_so_a_nat_neighbour_still_registers() {
+    let mut cfg = test_config();
+    cfg.sip.password = Some("pw-nat".into());
+    cfg.sip.auth_failures_per_minute = 5;
+    cfg.gb.query_on_register = false;
+    let gw = start(cfg).await;
+    let sip_addr = gw.sip_addr.unwrap();
+    tokio::task::block_in_place(|| {
+        // Two cameras behind one NAT address: one misconfigured, one right.
+        let nat = udp("127.0.0.2");
+        nat.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+        let mut answered = 0;
+        for i in 0..20 {
+            if let 403 | 401 = register_digest(&nat, sip_addr, "34020000001320000501", "wrong", &format!("w{i}")) {
+                answered += 1;
+            }
+        }
+        assert!(answered <= 7, "the misconfigured camera is cut off ({answered} answers)");
+        nat.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        assert_eq!(
+            register_digest(&nat, sip_addr, "34020000001320000502", "pw-nat", "ok"),
+            200,
+            "its neighbour registers"
+        );
+    });
+    gw.stop().await;
 }

@@ -24,7 +24,7 @@ use crate::proto::sip::digest::{self, NonceCheck};
 use crate::proto::sip::manscdp::{self, CatalogEvent, CatalogItem, Manscdp, RecordItem};
 use crate::proto::sip::rsip::{Method, Request, Response, SipMessage};
 use crate::proto::sip::sdp::{self, MediaTransport, SessionKind};
-use crate::proto::sip::transaction::{Action, Incoming, Transactions};
+use crate::proto::sip::transaction::{Action, GroupLimit, Incoming, Transactions};
 use crate::proto::sip::{self, OutRequest};
 use crate::server::rtp::{self as rtp_server, RtpShared};
 use crate::util::RateLimit;
@@ -38,8 +38,40 @@ const MAX_RECORD_QUERIES_PER_DEVICE: usize = 4;
 /// Items kept per aggregation, and channels kept per device (a bogus SumNum must not grow
 /// memory without bound).
 const MAX_AGG_ITEMS: usize = sip::MAX_SUM_NUM as usize;
-/// Source IPs tracked for failed authentications.
+/// (device ID, source IP) pairs and IPs tracked for failed authentications.
 const MAX_AUTH_SOURCES: usize = 10_000;
+/// The same device is not queried again (DeviceInfo + Catalog) within this long.
+const QUERY_PACE: Duration = Duration::from_secs(60);
+
+/// Log lines a peer can trigger: at most `max` per `window`, then one line saying how many were
+/// left out (a flood must not become a flood of log lines, issue 8 hole 15).
+struct LogBudget {
+    window: Duration,
+    max: u32,
+    start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const fn new(max: u32, window: Duration) -> Self {
+        LogBudget { window, max, start: None, used: 0, suppressed: 0 }
+    }
+
+    /// `Some(lines left out before this one)` when a line may be logged now.
+    fn check(&mut self, now: Instant) -> Option<u64> {
+        if self.start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.max {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GbStartError {
@@ -120,7 +152,7 @@ pub async fn start(
         // not expired brings it back (devices do not re-REGISTER after our restart).
         rec.online = false;
         snapshot.insert(rec.id.clone(), rec.clone());
-        devices.insert(rec.id.clone(), DevState { rec, conn: None, last_seen: now });
+        devices.insert(rec.id.clone(), DevState { rec, conn: None, last_seen: now, queried: None, query_due: false });
     }
     let shared = Arc::new(RwLock::new(snapshot));
     let counters = Arc::new(GbCounters::default());
@@ -152,6 +184,10 @@ pub async fn start(
         store,
         secret: sip::hex_token(rand::random(), 32),
         auth_failures: HashMap::new(),
+        ip_failures: HashMap::new(),
+        peer_log: LogBudget::new(20, Duration::from_secs(10)),
+        state_log: LogBudget::new(50, Duration::from_secs(10)),
+        query_window: (now, 0),
         auth_log: RateLimit::new(Duration::from_secs(10)),
         foreign_log: RateLimit::new(Duration::from_secs(10)),
         catalog_log: RateLimit::new(Duration::from_secs(10)),
@@ -175,6 +211,9 @@ struct DevState {
     /// The SIP-over-TCP connection the device registered on.
     conn: Option<u64>,
     last_seen: Instant,
+    /// When DeviceInfo + Catalog were last asked, and whether they are waiting for budget.
+    queried: Option<Instant>,
+    query_due: bool,
 }
 
 impl DevState {
@@ -194,10 +233,22 @@ impl DevState {
 
 /// What a client transaction was for (resolved on its final response or timeout).
 enum Pending {
-    Query { device: String, cmd: &'static str },
-    Invite { stream: String },
-    InDialog { what: &'static str, reply: Option<Reply<()>> },
-    Control { reply: Reply<()> },
+    /// `background`: sent after a registration (a share of the table at most), not asked for.
+    Query {
+        device: String,
+        cmd: &'static str,
+        background: bool,
+    },
+    Invite {
+        stream: String,
+    },
+    InDialog {
+        what: &'static str,
+        reply: Option<Reply<()>>,
+    },
+    Control {
+        reply: Reply<()>,
+    },
 }
 
 struct Aggregation<T> {
@@ -251,7 +302,16 @@ struct Core {
     events: broadcast::Sender<GbEvent>,
     store: Store,
     secret: String,
-    auth_failures: HashMap<IpAddr, (Instant, u32)>,
+    /// Failed authentications per (device ID, source IP): a NAT of cameras shares an IP.
+    auth_failures: HashMap<(String, IpAddr), (Instant, u32)>,
+    /// ... and per IP, all IDs together (a guesser rotating IDs).
+    ip_failures: HashMap<IpAddr, (Instant, u32)>,
+    /// Lines a peer can trigger (refusals, failures) ...
+    peer_log: LogBudget,
+    /// ... and state changes it can cause (registered, offline, back online).
+    state_log: LogBudget,
+    /// Queries after registrations sent in the current one-second window.
+    query_window: (Instant, u32),
     auth_log: RateLimit,
     /// Requests of a registered device from elsewhere (hole 11).
     foreign_log: RateLimit,
@@ -275,6 +335,13 @@ type PendingQuery = (Reply<BTreeMap<String, String>>, Instant);
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A server transaction's key: the branch (or Call-ID + CSeq) *and* the source. Cheap devices
+/// number their branches alike; without the source one device's REGISTER would be taken for a
+/// retransmission of another's and answered with that one's cached response.
+fn server_key(req: &Request, peer: Peer) -> Option<String> {
+    sip::transaction_key(&req.headers).map(|k| format!("{}|{}|{k}", peer.via(), peer.addr()))
 }
 
 fn random_token(n: usize) -> String {
@@ -366,7 +433,7 @@ impl Core {
         let resp = sip::response(req, code, &random_token(10), peer.addr(), extra, body);
         let bytes = resp.to_bytes();
         if code >= 200 {
-            if let Some(key) = sip::transaction_key(&req.headers) {
+            if let Some(key) = server_key(req, peer) {
                 self.tx.server_response(&key, &bytes, peer.reliable(), Instant::now());
             }
         }
@@ -410,9 +477,23 @@ impl Core {
         if let Some(p) = pending {
             let key = format!("{branch}|{method}");
             let invite = method == Method::Invite;
-            self.tx
-                .start_client(key, peer, bytes.clone(), peer.reliable(), invite, p, Instant::now())
-                .map_err(|e| GbError::Busy(e.to_string()))?;
+            // One peer holds at most its share of the table, and queries nobody asked for
+            // (after registrations) half of it: a flood of registrants never leaves a real
+            // camera's INVITE "transaction table full" (issue 8, hole 15).
+            let mut limits = vec![GroupLimit {
+                group: format!("peer {}", peer.addr().ip()),
+                max: self.sip.max_transactions_per_peer,
+            }];
+            if matches!(p, Pending::Query { background: true, .. }) {
+                limits.push(GroupLimit { group: "background".into(), max: (self.sip.max_transactions / 2).max(1) });
+            }
+            let reliable = peer.reliable();
+            if let Err(e) =
+                self.tx.start_client_limited(key, peer, bytes.clone(), reliable, invite, p, Instant::now(), &limits)
+            {
+                self.counters.transactions_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(GbError::Busy(format!("{e} (towards {} or in total)", peer.addr().ip())));
+            }
         }
         self.out.send(peer, bytes);
         Ok(())
@@ -462,13 +543,53 @@ impl Core {
         )
     }
 
-    fn query(&mut self, device: &str, cmd: &'static str) -> u32 {
+    fn query(&mut self, device: &str, cmd: &'static str, background: bool) -> Result<u32, GbError> {
         let sn = self.next_sn();
         let body = manscdp::build("Query", cmd, sn, device, "", true);
-        if let Err(e) = self.send_manscdp(device, device, body, Pending::Query { device: device.to_string(), cmd }) {
-            warn!(%device, "{cmd} query not sent: {e}");
+        let pending = Pending::Query { device: device.to_string(), cmd, background };
+        if let Err(e) = self.send_manscdp(device, device, body, pending) {
+            if let Some(suppressed) = self.peer_log.check(Instant::now()) {
+                warn!(%device, suppressed, "{cmd} query not sent: {e}");
+            }
+            return Err(e);
         }
-        sn
+        Ok(sn)
+    }
+
+    /// DeviceInfo + Catalog after a registration, paced: a device at most once per QUERY_PACE,
+    /// all devices together `queries_per_second`; a device whose address (or the background
+    /// share) has no transaction room left stays due, without using the budget, for a later tick.
+    fn send_due_queries(&mut self, now: Instant) {
+        let due: Vec<(String, IpAddr)> = self
+            .devices
+            .values()
+            .filter(|d| d.query_due && d.rec.online)
+            .map(|d| (d.rec.id.clone(), d.rec.addr.ip()))
+            .collect();
+        let background = (self.sip.max_transactions / 2).max(1);
+        for (id, ip) in due {
+            if now.duration_since(self.query_window.0) >= Duration::from_secs(1) {
+                self.query_window = (now, 0);
+            }
+            if self.query_window.1 >= self.sip.queries_per_second || self.tx.group_count("background") + 2 > background
+            {
+                return;
+            }
+            if self.tx.group_count(&format!("peer {ip}")) + 2 > self.sip.max_transactions_per_peer {
+                continue;
+            }
+            let Some(d) = self.devices.get_mut(&id) else { continue };
+            d.query_due = false;
+            if d.queried.is_some_and(|t| now.duration_since(t) < QUERY_PACE) {
+                continue;
+            }
+            d.queried = Some(now);
+            self.query_window.1 += 1;
+            let _ = self.query(&id, "DeviceInfo", true);
+            if let Ok(sn) = self.query(&id, "Catalog", true) {
+                self.start_catalog(&id, sn, now);
+            }
+        }
     }
 
     // ----- inbound -----
@@ -487,13 +608,16 @@ impl Core {
         }
         // A source over its failed-authentication budget is dropped before it can take a
         // transaction slot (a flood must not crowd out real devices).
-        if req.method == Method::Register && self.rate_limited(peer.addr().ip(), now) {
-            if let Some(suppressed) = self.auth_log.check(now) {
-                warn!(peer = %peer.addr(), suppressed, "REGISTER dropped: too many failed authentications from this source");
+        if req.method == Method::Register {
+            let id = Self::device_id_of(&req).unwrap_or_default();
+            if self.rate_limited(&id, peer.addr().ip(), now) {
+                if let Some(suppressed) = self.auth_log.check(now) {
+                    warn!(peer = %peer.addr(), device = %id, suppressed, "REGISTER dropped: too many failed authentications");
+                }
+                return;
             }
-            return;
         }
-        let Some(key) = sip::transaction_key(&req.headers) else { return };
+        let Some(key) = server_key(&req, peer) else { return };
         match self.tx.server_request(&key, peer, now) {
             Ok(Incoming::New) => {}
             Ok(Incoming::Retransmit(bytes)) => {
@@ -547,26 +671,46 @@ impl Core {
         self.sip.passwords.get(id).map(String::as_str).unwrap_or(&self.password)
     }
 
-    /// Counts a failed authentication; `true` when the source is over its budget.
-    fn auth_failed(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.auth_failures.len() >= MAX_AUTH_SOURCES && !self.auth_failures.contains_key(&ip) {
-            self.auth_failures.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+    /// Counts a failed authentication of `id` from `ip`; `true` when over the budget.
+    fn auth_failed(&mut self, id: &str, ip: IpAddr, now: Instant) -> bool {
+        let minute = Duration::from_secs(60);
+        let key = (id.to_string(), ip);
+        if self.auth_failures.len() >= MAX_AUTH_SOURCES && !self.auth_failures.contains_key(&key) {
+            self.auth_failures.retain(|_, (t, _)| now.duration_since(*t) < minute);
             if self.auth_failures.len() >= MAX_AUTH_SOURCES {
                 return true;
             }
         }
-        let e = self.auth_failures.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
+        if self.ip_failures.len() >= MAX_AUTH_SOURCES && !self.ip_failures.contains_key(&ip) {
+            self.ip_failures.retain(|_, (t, _)| now.duration_since(*t) < minute);
+        }
+        if self.ip_failures.len() < MAX_AUTH_SOURCES || self.ip_failures.contains_key(&ip) {
+            let e = self.ip_failures.entry(ip).or_insert((now, 0));
+            if now.duration_since(e.0) >= minute {
+                *e = (now, 0);
+            }
+            e.1 = e.1.saturating_add(1);
+        }
+        let e = self.auth_failures.entry(key).or_insert((now, 0));
+        if now.duration_since(e.0) >= minute {
             *e = (now, 0);
         }
-        e.1 += 1;
+        e.1 = e.1.saturating_add(1);
         e.1 > self.sip.auth_failures_per_minute
     }
 
-    fn rate_limited(&self, ip: IpAddr, now: Instant) -> bool {
-        self.auth_failures.get(&ip).is_some_and(|(t, n)| {
-            now.duration_since(*t) < Duration::from_secs(60) && *n >= self.sip.auth_failures_per_minute
-        })
+    /// Whether a REGISTER of `id` from `ip` is dropped unanswered: that pair used its failure
+    /// budget, or the IP used ten budgets and `id` is not registered from it (a guesser rotating
+    /// IDs; the devices behind the same NAT that authenticated keep refreshing).
+    fn rate_limited(&self, id: &str, ip: IpAddr, now: Instant) -> bool {
+        let minute = Duration::from_secs(60);
+        let budget = self.sip.auth_failures_per_minute;
+        let over = |(t, n): &(Instant, u32), max: u32| now.duration_since(*t) < minute && *n >= max;
+        if self.auth_failures.get(&(id.to_string(), ip)).is_some_and(|e| over(e, budget)) {
+            return true;
+        }
+        self.ip_failures.get(&ip).is_some_and(|e| over(e, budget.saturating_mul(10)))
+            && !self.devices.get(id).is_some_and(|d| d.rec.addr.ip() == ip)
     }
 
     fn on_register(&mut self, req: &Request, peer: Peer, now: Instant) {
@@ -615,8 +759,10 @@ impl Core {
                 }
             }
             if !digest::verify("REGISTER", &password, &params) {
-                let over = self.auth_failed(ip, now);
-                info!(over_limit = over, "REGISTER with a wrong password: 403");
+                let over = self.auth_failed(&id, ip, now);
+                if let Some(suppressed) = self.peer_log.check(now) {
+                    info!(over_limit = over, suppressed, "REGISTER with a wrong password: 403");
+                }
                 return self.respond(req, peer, 403, vec![], Vec::new());
             }
         }
@@ -633,15 +779,16 @@ impl Core {
             if let Some(d) = self.devices.get_mut(&id) {
                 d.rec.online = false;
                 d.rec.expires = 0;
-                info!("unregistered");
+                if let Some(suppressed) = self.state_log.check(now) {
+                    info!(suppressed, "unregistered");
+                }
                 self.persist(&id);
                 self.event(GbEvent::Unregistered { device: id.clone() });
                 self.end_device_sessions(&id, "device unregistered");
             }
             return;
         }
-        if !self.devices.contains_key(&id) && self.devices.len() >= self.sip.max_devices {
-            warn!(max = self.sip.max_devices, "device table full: 503");
+        if !self.devices.contains_key(&id) && !self.make_room(ip, now) {
             return self.respond(req, peer, 503, vec![], Vec::new());
         }
         let conn = match peer {
@@ -667,6 +814,8 @@ impl Core {
             },
             conn: None,
             last_seen: now,
+            queried: None,
+            query_due: false,
         });
         let was_online = entry.rec.online;
         entry.rec.online = true;
@@ -688,13 +837,58 @@ impl Core {
         );
         self.persist(&id);
         if !was_online {
-            info!(expires, "registered");
+            if let Some(suppressed) = self.state_log.check(now) {
+                info!(expires, suppressed, "registered");
+            }
             self.event(GbEvent::Registered { device: id.clone() });
             self.event(GbEvent::Online { device: id.clone() });
             if self.gb.query_on_register {
-                self.query(&id, "DeviceInfo");
-                let sn = self.query(&id, "Catalog");
-                self.start_catalog(&id, sn, now);
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.query_due = true;
+                }
+                self.send_due_queries(now);
+            }
+        }
+    }
+
+    /// Room for one more device registering from `ip` (issue 8, hole 13): over
+    /// `max_devices_per_source` that IP's longest-offline device gives way, and in a full table
+    /// the longest-offline device of any source (deleted from the store too). `false` (503)
+    /// when every candidate is online or has a session.
+    fn make_room(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let from_ip = self.devices.values().filter(|d| d.rec.addr.ip() == ip).count();
+        let (scope, max) = if from_ip >= self.sip.max_devices_per_source {
+            (Some(ip), "max_devices_per_source")
+        } else if self.devices.len() >= self.sip.max_devices {
+            (None, "max_devices")
+        } else {
+            return true;
+        };
+        let victim = self
+            .devices
+            .values()
+            .filter(|d| !d.rec.online && scope.is_none_or(|ip| d.rec.addr.ip() == ip))
+            .filter(|d| !self.sessions.values().any(|s| s.device == d.rec.id))
+            .min_by_key(|d| d.rec.last_keepalive.max(d.rec.registered_at))
+            .map(|d| d.rec.id.clone());
+        match victim {
+            Some(id) => {
+                self.devices.remove(&id);
+                self.shared.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.store.delete(&id);
+                self.catalogs.retain(|(d, _), _| *d != id);
+                self.counters.devices_evicted.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.peer_log.check(now) {
+                    info!(evicted = %id, %ip, limit = max, suppressed, "device table: the longest-offline device gives way");
+                }
+                true
+            }
+            None => {
+                self.counters.registers_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.peer_log.check(now) {
+                    warn!(%ip, limit = max, suppressed, "device table full of online devices: 503");
+                }
+                false
             }
         }
     }
@@ -763,7 +957,9 @@ impl Core {
         d.rec.online = true;
         self.respond(req, peer, 200, vec![], Vec::new());
         if came_online {
-            info!(device = %id, "back online (keepalive of a registered device)");
+            if let Some(suppressed) = self.state_log.check(now) {
+                info!(device = %id, suppressed, "back online (keepalive of a registered device)");
+            }
             self.persist(&id);
             self.event(GbEvent::Online { device: id.clone() });
         } else {
@@ -886,7 +1082,9 @@ impl Core {
         }
         d.rec.catalog_at = Some(unix_now());
         let n = d.rec.channels.len();
-        info!(%device, channels = n, "catalog notification applied");
+        if let Some(suppressed) = self.state_log.check(now) {
+            info!(%device, channels = n, suppressed, "catalog notification applied");
+        }
         self.persist(device);
         self.event(GbEvent::Catalog { device: device.to_string(), channels: n });
         self.items_dropped(device, "Catalog notification", dropped, now);
@@ -996,9 +1194,11 @@ impl Core {
 
     fn on_final(&mut self, p: Pending, resp: &Response, peer: Peer, code: u16) {
         match p {
-            Pending::Query { device, cmd } => {
+            Pending::Query { device, cmd, .. } => {
                 if code >= 300 {
-                    info!(%device, cmd, code, "query refused");
+                    if let Some(suppressed) = self.peer_log.check(Instant::now()) {
+                        info!(%device, cmd, code, suppressed, "query refused");
+                    }
                 }
             }
             Pending::InDialog { what, reply } => {
@@ -1134,7 +1334,11 @@ impl Core {
 
     fn on_timeout(&mut self, p: Pending) {
         match p {
-            Pending::Query { device, cmd } => info!(%device, cmd, "query: no answer"),
+            Pending::Query { device, cmd, .. } => {
+                if let Some(suppressed) = self.peer_log.check(Instant::now()) {
+                    info!(%device, cmd, suppressed, "query: no answer");
+                }
+            }
             Pending::InDialog { what, reply } => {
                 debug!(what, "in-dialog request: no answer");
                 if let Some(r) = reply {
@@ -1415,7 +1619,7 @@ impl Core {
                             (dev.clone(), sn),
                             Aggregation { sum: u32::MAX, items: BTreeMap::new(), last: now, reply: Some(reply) },
                         );
-                        let p = Pending::Query { device: dev.clone(), cmd: "RecordInfo" };
+                        let p = Pending::Query { device: dev.clone(), cmd: "RecordInfo", background: false };
                         if let Err(e) = self.send_manscdp(&dev, &channel, body, p) {
                             if let Some(agg) = self.records.remove(&(dev, sn)) {
                                 if let Some(r) = agg.reply {
@@ -1438,8 +1642,14 @@ impl Core {
                     let _ = reply.send(Err(GbError::Busy("too many queries".into())));
                     return;
                 }
-                let sn = self.query(&device, cmd.cmd_type());
-                self.queries.insert((device, cmd.cmd_type(), sn), (reply, now + self.gb.catalog_timeout.0));
+                match self.query(&device, cmd.cmd_type(), false) {
+                    Ok(sn) => {
+                        self.queries.insert((device, cmd.cmd_type(), sn), (reply, now + self.gb.catalog_timeout.0));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Sessions { reply } => {
                 let list = self
@@ -1549,7 +1759,9 @@ impl Core {
             if let Some(d) = self.devices.get_mut(&id) {
                 d.rec.online = false;
             }
-            info!(device = %id, %reason, "offline");
+            if let Some(suppressed) = self.state_log.check(now) {
+                info!(device = %id, %reason, suppressed, "offline");
+            }
             self.persist(&id);
             self.event(GbEvent::Offline { device: id.clone(), reason: reason.clone() });
             self.end_device_sessions(&id, &reason);
@@ -1620,5 +1832,9 @@ impl Core {
         if self.auth_failures.len() > 1024 {
             self.auth_failures.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
         }
+        if self.ip_failures.len() > 1024 {
+            self.ip_failures.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        self.send_due_queries(now);
     }
 }

@@ -56,6 +56,13 @@ pub struct GbCounters {
     pub aggregations_refused: AtomicU64,
     /// Items beyond an aggregation's bound, dropped.
     pub aggregation_items_dropped: AtomicU64,
+    /// Devices removed to make room (longest offline first), and REGISTERs refused with 503
+    /// because every candidate was online.
+    pub devices_evicted: AtomicU64,
+    pub registers_refused: AtomicU64,
+    /// Requests to devices not sent: the destination's (or background queries') share of the
+    /// transaction table was used up.
+    pub transactions_refused: AtomicU64,
     /// Store writes dropped because the writer's queue was full.
     pub store_writes_dropped: AtomicU64,
 }
