@@ -137,8 +137,9 @@ pub async fn start(
         .await
         .map_err(|source| GbStartError::Listen { addr: cfg.sip.listen, source })?;
     let password = resolve_password(&cfg.sip)?;
+    let counters = Arc::new(GbCounters::default());
     let (store, stored) = match &cfg.sip.db {
-        Some(path) => Store::open(path)?,
+        Some(path) => Store::open(path, counters.clone())?,
         None => (Store::memory(), Vec::new()),
     };
     let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, shutdown.clone());
@@ -155,7 +156,6 @@ pub async fn start(
         devices.insert(rec.id.clone(), DevState { rec, conn: None, last_seen: now, queried: None, query_due: false });
     }
     let shared = Arc::new(RwLock::new(snapshot));
-    let counters = Arc::new(GbCounters::default());
     let gb = Gb {
         devices: shared.clone(),
         cmd: cmd_tx,
