@@ -142,7 +142,11 @@ pub async fn start(
         Some(path) => Store::open(path, counters.clone())?,
         None => (Store::memory(), Vec::new()),
     };
-    let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, shutdown.clone());
+    // The sockets outlive the gateway's shutdown signal until the core has sent its BYEs and
+    // they are flushed: the core cancels `sockets` when it is done (SIGTERM lost a BYE when the
+    // sockets closed first and the core took the closed queue for the end).
+    let sockets = CancellationToken::new();
+    let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, sockets.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let mut devices = HashMap::new();
@@ -152,10 +156,14 @@ pub async fn start(
         // Nobody is online until it speaks: a keepalive from a device whose registration has
         // not expired brings it back (devices do not re-REGISTER after our restart).
         rec.online = false;
-        snapshot.insert(rec.id.clone(), rec.clone());
-        devices.insert(rec.id.clone(), DevState { rec, conn: None, last_seen: now, queried: None, query_due: false });
+        snapshot.insert(rec.id.clone(), view(&rec));
+        devices.insert(
+            rec.id.clone(),
+            DevState { rec, conn: None, last_seen: now, queried: None, query_due: false, reg_call_id: String::new() },
+        );
     }
     let shared = Arc::new(RwLock::new(snapshot));
+    let ended = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let gb = Gb {
         devices: shared.clone(),
         cmd: cmd_tx,
@@ -165,6 +173,7 @@ pub async fn start(
         media_timeout: cfg.gb.media_timeout.0,
         counters: counters.clone(),
         sip_counters: out.counters.clone(),
+        ended: ended.clone(),
     };
     hub.add_demand(Arc::new(gb.clone()));
     let core = Core {
@@ -190,6 +199,7 @@ pub async fn start(
         query_window: (now, 0),
         auth_log: RateLimit::new(Duration::from_secs(10)),
         foreign_log: RateLimit::new(Duration::from_secs(10)),
+        ended,
         catalog_log: RateLimit::new(Duration::from_secs(10)),
         counters,
         sn: 1,
@@ -202,7 +212,7 @@ pub async fn start(
         utc_offset: super::localtime::utc_offset(unix_now() as i64),
     };
     info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");
-    let task = tokio::spawn(core.run(inbound, cmd_rx, shutdown));
+    let task = tokio::spawn(core.run(inbound, cmd_rx, shutdown, sockets));
     Ok((gb, task))
 }
 
@@ -214,6 +224,9 @@ struct DevState {
     /// When DeviceInfo + Catalog were last asked, and whether they are waiting for budget.
     queried: Option<Instant>,
     query_due: bool,
+    /// Call-ID of its last REGISTER: a new one is a new boot of the device (RFC 3261 §10.2.4
+    /// keeps one Call-ID per boot for refreshes).
+    reg_call_id: String,
 }
 
 impl DevState {
@@ -318,6 +331,8 @@ struct Core {
     /// Catalogs refused or trimmed (holes 6, 14).
     catalog_log: RateLimit,
     counters: Arc<GbCounters>,
+    /// The last sessions that ended (shared with the API).
+    ended: Arc<std::sync::Mutex<std::collections::VecDeque<super::EndedSession>>>,
     sn: u32,
     ssrc_seq: u32,
     catalogs: HashMap<(String, u32), Aggregation<CatalogItem>>,
@@ -337,6 +352,18 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// A device as the API shows it: a channel is online only while its device is (the stored
+/// record keeps each channel's own Status for when the device is back).
+fn view(rec: &DeviceRecord) -> DeviceRecord {
+    let mut v = rec.clone();
+    if !v.online {
+        for c in &mut v.channels {
+            c.online = false;
+        }
+    }
+    v
+}
+
 /// A server transaction's key: the branch (or Call-ID + CSeq) *and* the source. Cheap devices
 /// number their branches alike; without the source one device's REGISTER would be taken for a
 /// retransmission of another's and answered with that one's cached response.
@@ -354,12 +381,16 @@ impl Core {
         mut inbound: mpsc::Receiver<Inbound>,
         mut cmds: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
+        sockets: CancellationToken,
     ) {
+        let _close_sockets = sockets.drop_guard();
         let mut next_tick = Instant::now() + TICK;
         let mut actions = Vec::new();
         loop {
             let wake = self.tx.poll_timeout().map_or(next_tick, |t| t.min(next_tick));
             tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.stop().await,
                 m = inbound.recv() => match m {
                     Some(Inbound::Message(msg, peer)) => self.on_message(*msg, peer, Instant::now()),
                     Some(Inbound::Closed(conn)) => {
@@ -369,11 +400,11 @@ impl Core {
                             }
                         }
                     }
-                    None => return,
+                    None => return self.stop().await,
                 },
                 c = cmds.recv() => match c {
                     Some(c) => self.on_command(c, Instant::now()),
-                    None => return,
+                    None => return self.stop().await,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -389,15 +420,18 @@ impl Core {
                         self.tick(now);
                     }
                 }
-                _ = shutdown.cancelled() => {
-                    let streams: Vec<String> = self.sessions.keys().cloned().collect();
-                    for s in streams {
-                        self.end_session(&s, "gateway stopping", true);
-                    }
-                    return;
-                }
             }
         }
+    }
+
+    /// Every graceful stop ends here: BYE every session, then wait (briefly) until the TCP
+    /// connections have written what is queued, before the sockets close.
+    async fn stop(&mut self) {
+        let streams: Vec<String> = self.sessions.keys().cloned().collect();
+        for s in streams {
+            self.end_session(&s, "gateway stopping", true);
+        }
+        self.out.flush(Duration::from_millis(500)).await;
     }
 
     // ----- plumbing -----
@@ -501,7 +535,7 @@ impl Core {
 
     fn publish(&mut self, id: &str) {
         if let Some(d) = self.devices.get(id) {
-            self.shared.write().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), d.rec.clone());
+            self.shared.write().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), view(&d.rec));
         }
     }
 
@@ -797,6 +831,13 @@ impl Core {
         };
         let ua = sip::header(&req.headers, "User-Agent").unwrap_or("").to_string();
         let unix = unix_now();
+        // A new Call-ID while we still hold sessions: the device restarted (a camera rebooted
+        // mid-play). Its dialogs are gone on its side; end ours (BYE to where they lived) so the
+        // next play INVITEs afresh instead of waiting on a dead session.
+        let call_id = sip::header(&req.headers, "Call-ID").unwrap_or("").to_string();
+        if self.devices.get(&id).is_some_and(|d| !d.reg_call_id.is_empty() && d.reg_call_id != call_id) {
+            self.end_device_sessions(&id, "device registered again (restarted)");
+        }
         let entry = self.devices.entry(id.clone()).or_insert_with(|| DevState {
             rec: DeviceRecord {
                 id: id.clone(),
@@ -816,8 +857,10 @@ impl Core {
             last_seen: now,
             queried: None,
             query_due: false,
+            reg_call_id: String::new(),
         });
         let was_online = entry.rec.online;
+        entry.reg_call_id = call_id;
         entry.rec.online = true;
         entry.rec.transport = if conn.is_some() { "tcp" } else { "udp" }.into();
         entry.rec.addr = peer.addr();
@@ -1524,6 +1567,19 @@ impl Core {
             }
         }
         info!(stream, device = %s.device, reason, "session ended");
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            if ended.len() >= super::ENDED_KEPT {
+                ended.pop_front();
+            }
+            ended.push_back(super::EndedSession {
+                stream: stream.to_string(),
+                device: s.device.clone(),
+                channel: s.channel.clone(),
+                reason: reason.to_string(),
+                ended_at: unix_now(),
+            });
+        }
         self.event(GbEvent::SessionEnded {
             device: s.device.clone(),
             channel: s.channel.clone(),
@@ -1803,6 +1859,12 @@ impl Core {
                 }
                 SessionState::Established => {
                     let stream = self.hub.get(&s.stream);
+                    if s.media_seen && stream.is_none() {
+                        // Its stream ended (RTP timeout over UDP, connection closed over TCP):
+                        // the session is dead too, and a new play must INVITE again.
+                        to_end.push((s.stream.clone(), "media stopped (the stream ended)".into(), true));
+                        continue;
+                    }
                     if !s.media_seen {
                         s.media_seen = stream.as_ref().is_some_and(|st| st.gop_cache_usage().0 > 0);
                         if !s.media_seen {

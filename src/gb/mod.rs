@@ -93,6 +93,20 @@ pub struct SessionView {
     pub established: bool,
 }
 
+/// A session that ended, and why (the last [`ENDED_KEPT`] are kept for the API).
+#[derive(Debug, Clone, Serialize)]
+pub struct EndedSession {
+    pub stream: String,
+    pub device: String,
+    pub channel: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub ended_at: u64,
+}
+
+/// Ended sessions kept for `GET /api/v1/gb/sessions`.
+pub const ENDED_KEPT: usize = 64;
+
 /// What a successful INVITE gives back.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlayInfo {
@@ -219,6 +233,7 @@ pub struct Gb {
     media_timeout: Duration,
     counters: Arc<GbCounters>,
     sip_counters: Arc<transport::SipCounters>,
+    ended: Arc<std::sync::Mutex<std::collections::VecDeque<EndedSession>>>,
 }
 
 impl Gb {
@@ -233,6 +248,11 @@ impl Gb {
     /// What was refused or dropped because of peers, and the SIP sockets' counters.
     pub fn counters(&self) -> serde_json::Value {
         serde_json::json!({ "core": &*self.counters, "sockets": &*self.sip_counters })
+    }
+
+    /// The last sessions that ended, newest last, with why.
+    pub fn ended_sessions(&self) -> Vec<EndedSession> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Subscribes to state changes.

@@ -3,7 +3,7 @@
 //! TCP is framed with rsipstack's `SipCodec` (Content-Length, 64 KiB cap).
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub struct SipSender {
     pub counters: Arc<SipCounters>,
     /// Lines a TCP peer can trigger, for all connections together.
     log: Mutex<RateLimit>,
+    /// Messages queued to TCP connections and not written yet (what `flush` waits for).
+    tcp_unwritten: AtomicUsize,
 }
 
 impl SipSender {
@@ -79,13 +81,26 @@ impl SipSender {
                 let tx = self.tcp.lock().unwrap_or_else(|e| e.into_inner()).get(&conn).cloned();
                 match tx {
                     Some(tx) => {
+                        self.tcp_unwritten.fetch_add(1, Ordering::Relaxed);
                         if tx.try_send(Bytes::from(bytes)).is_err() {
+                            self.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
                             debug!(%addr, "SIP TCP queue full or closed; message dropped");
                         }
                     }
                     None => debug!(%addr, "SIP TCP connection gone; message dropped"),
                 }
             }
+        }
+    }
+
+    /// Waits until every TCP connection's queue is written out (or `limit` passed).
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.tcp_unwritten.load(Ordering::Relaxed) == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -120,6 +135,7 @@ pub fn start(
         tcp: Mutex::new(HashMap::new()),
         counters: Arc::default(),
         log: Mutex::new(RateLimit::new(Duration::from_secs(10))),
+        tcp_unwritten: AtomicUsize::new(0),
     });
     let (tx, rx) = mpsc::channel(queue);
     tokio::spawn(udp_loop(udp, sender.clone(), tx.clone(), shutdown.clone()));
@@ -185,10 +201,7 @@ async fn tcp_accept(
         let (sender, tx, shutdown) = (sender.clone(), tx.clone(), shutdown.clone());
         tokio::spawn(
             async move {
-                tokio::select! {
-                    _ = tcp_connection(socket, addr, conn, sender.clone(), tx.clone()) => {}
-                    _ = shutdown.cancelled() => {}
-                }
+                tcp_connection(socket, addr, conn, sender.clone(), tx.clone(), shutdown).await;
                 sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
                 let _ = tx.try_send(Inbound::Closed(conn));
                 drop(permit);
@@ -204,15 +217,35 @@ async fn tcp_connection(
     conn: u64,
     sender: Arc<SipSender>,
     tx: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
 ) {
     let (rd, mut wr) = socket.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
     sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).insert(conn, out_tx);
+    let written = sender.clone();
     let writer = async move {
-        while let Some(b) = out_rx.recv().await {
-            if tokio::time::timeout(Duration::from_secs(10), wr.write_all(&b)).await.map_or(true, |r| r.is_err()) {
+        // On stop, what is queued (the core's last BYEs) is still written, then the
+        // connection closes.
+        let mut stopping = false;
+        loop {
+            let b = if stopping {
+                out_rx.try_recv().ok()
+            } else {
+                tokio::select! {
+                    b = out_rx.recv() => b,
+                    _ = stop.cancelled() => { stopping = true; continue; }
+                }
+            };
+            let Some(b) = b else { break };
+            let ok = tokio::time::timeout(Duration::from_secs(10), wr.write_all(&b)).await.is_ok_and(|r| r.is_ok());
+            written.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
+            if !ok {
                 break;
             }
+        }
+        // Queued and never written: not waited for.
+        while out_rx.try_recv().is_ok() {
+            written.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
         }
     };
     let peer = Peer::Tcp { conn, addr };

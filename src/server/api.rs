@@ -362,7 +362,9 @@ async fn playback(
 
 async fn sessions(State(state): State<ApiState>) -> Response {
     match gb_of(&state) {
-        Ok(gb) => Json(serde_json::json!({ "sessions": gb.sessions().await })).into_response(),
+        Ok(gb) => {
+            Json(serde_json::json!({ "sessions": gb.sessions().await, "ended": gb.ended_sessions() })).into_response()
+        }
         Err(r) => r,
     }
 }
