@@ -674,7 +674,7 @@ impl Core {
             Method::Bye => {
                 let call_id = sip::header(&req.headers, "Call-ID").unwrap_or("").to_string();
                 match self.by_call.get(&call_id).cloned() {
-                    Some(stream) if !self.from_session_device(&stream, peer, now) => {
+                    Some(stream) if !self.is_session_device(&stream, peer, now) => {
                         self.respond(&req, peer, 403, vec![], Vec::new())
                     }
                     Some(stream) => {
@@ -744,7 +744,7 @@ impl Core {
             return true;
         }
         self.ip_failures.get(&ip).is_some_and(|e| over(e, budget.saturating_mul(10)))
-            && !self.devices.get(id).is_some_and(|d| d.rec.addr.ip() == ip)
+            && self.devices.get(id).is_none_or(|d| d.rec.addr.ip() != ip)
     }
 
     fn on_register(&mut self, req: &Request, peer: Peer, now: Instant) {
@@ -962,7 +962,7 @@ impl Core {
         };
         // MediaStatus is matched by Call-ID: Hikvision's From is not the device ID (wvp).
         if let Some(stream) = self.by_call.get(&call_id).cloned() {
-            if !self.from_session_device(&stream, peer, now) {
+            if !self.is_session_device(&stream, peer, now) {
                 return self.respond(req, peer, 403, vec![], Vec::new());
             }
             self.respond(req, peer, 200, vec![], Vec::new());
@@ -1034,7 +1034,7 @@ impl Core {
     }
 
     /// Whether an in-dialog request of `stream` comes from its device's registered source.
-    fn from_session_device(&mut self, stream: &str, peer: Peer, now: Instant) -> bool {
+    fn is_session_device(&mut self, stream: &str, peer: Peer, now: Instant) -> bool {
         let Some(dev) = self.sessions.get(stream).map(|s| s.device.clone()) else { return false };
         match self.devices.get(&dev) {
             Some(d) if d.is_source(peer) => true,
