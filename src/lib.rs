@@ -6,6 +6,8 @@
 //! - [`media`]: the one frame type shared by every ingest and egress, plus the per-stream ingest
 //!   pipeline (RTP reorder -> PS demux -> frames).
 //! - [`hub`]: stream registry, GOP cache and bounded fan-out to subscribers.
+//! - [`gb`]: GB/T 28181 signalling: a sans-IO core by job (`gb::core`) under a thin tokio driver
+//!   (`gb::driver`) that owns the SIP sockets (`gb::transport`) and the device store (`gb::store`).
 //! - [`server`]: thin tokio drivers (RTP on one port, HTTP API).
 //! - [`probe`]: offline analysis of captures (`gbgate probe`).
 #![forbid(unsafe_code)]

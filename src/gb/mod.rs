@@ -1,8 +1,9 @@
 //! GB/T 28181 signalling: registrar, keepalive, queries, live/playback sessions and play on
-//! demand. The protocol pieces are sans-IO (`proto::sip`); this module is the one task that owns
-//! the device table, the transactions and the sessions ([`core`]), the sockets ([`transport`])
-//! and persistence ([`store`]).
+//! demand. The protocol pieces are sans-IO (`proto::sip`); so is [`core`], which owns the device
+//! table, the transactions and the sessions (messages, commands and `now` in, outputs out). The
+//! one task of [`driver`] runs it with the sockets ([`transport`]) and persistence ([`store`]).
 pub mod core;
+pub mod driver;
 pub mod localtime;
 pub mod store;
 pub mod transport;
@@ -360,4 +361,4 @@ impl StreamDemand for Gb {
     }
 }
 
-pub use self::core::start;
+pub use self::driver::{resolve_password, start, GbStartError, PASSWORD_FILE};

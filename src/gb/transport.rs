@@ -20,30 +20,7 @@ use tracing::{debug, warn, Instrument};
 use crate::proto::sip::{self, rsip::SipMessage};
 use crate::util::RateLimit;
 
-/// Where a message came from, and so where its answer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    Udp(SocketAddr),
-    Tcp { conn: u64, addr: SocketAddr },
-}
-
-impl Peer {
-    pub fn addr(&self) -> SocketAddr {
-        match self {
-            Peer::Udp(a) | Peer::Tcp { addr: a, .. } => *a,
-        }
-    }
-    pub fn reliable(&self) -> bool {
-        matches!(self, Peer::Tcp { .. })
-    }
-    pub fn via(&self) -> &'static str {
-        if self.reliable() {
-            "TCP"
-        } else {
-            "UDP"
-        }
-    }
-}
+pub use super::core::Peer;
 
 pub enum Inbound {
     Message(Box<SipMessage>, Peer),

@@ -44,7 +44,7 @@ pub enum StartError {
     #[error("cannot listen for RTMP on {addr} (config key rtmp.listen): {source}")]
     Rtmp { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
-    Sip(#[from] crate::gb::core::GbStartError),
+    Sip(#[from] crate::gb::GbStartError),
 }
 
 impl Gateway {

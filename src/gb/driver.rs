@@ -1,0 +1,300 @@
+//! The thin tokio driver of the signalling core: it owns the SIP sockets, the device database,
+//! the API's device snapshot, the event channel and the clock, feeds the sans-IO [`Core`] its
+//! inputs and carries out its [`Output`]s. The core reaches RTP through [`MediaPort`], which
+//! this module implements over `server::rtp` and the hub.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::core::{Core, CoreSetup, MediaPort, Output, StreamState};
+use super::store::Store;
+use super::transport::{self, Inbound, SipSender};
+use super::{DeviceRecord, EndedSession, Gb, GbCounters, GbEvent, ENDED_KEPT};
+use crate::config::{Config, RtpConfig, SipConfig};
+use crate::hub::Hub;
+use crate::proto::sip;
+use crate::server::rtp::{self as rtp_server, RtpShared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GbStartError {
+    #[error("cannot listen for SIP on {addr} (config key sip.listen): {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] super::store::StoreError),
+    #[error("SIP password file {path}: {source}")]
+    Password { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Name of the generated password's file, in the directory of `sip.db`.
+pub const PASSWORD_FILE: &str = "gbgate-sip-password";
+
+/// The default device password. Configured: as is (`""` = no authentication, said loudly).
+/// Unset: read from [`PASSWORD_FILE`] next to `sip.db`, or generated there (mode 0600) and
+/// logged once; with no `sip.db` there is nowhere to keep it, so one is generated for this run.
+/// A gateway never accepts unauthenticated devices by default (issue 8, hole 4).
+pub fn resolve_password(sip: &SipConfig) -> Result<String, GbStartError> {
+    if let Some(p) = &sip.password {
+        if p.is_empty() {
+            warn!("[sip] password = \"\": any device registers without authentication");
+        }
+        return Ok(p.clone());
+    }
+    let generated = || sip::hex_token(rand::random(), 16);
+    let Some(db) = &sip.db else {
+        let p = generated();
+        warn!(password = %p, "[sip] password unset and no [sip] db to keep one: generated for this run only; set [sip] password");
+        return Ok(p);
+    };
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let path = dir.join(PASSWORD_FILE);
+    let err = |source| GbStartError::Password { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            info!(file = %path.display(), "SIP device password read (set [sip] password to choose one)");
+            return Ok(text.trim().to_string());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let p = generated();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path).map_err(err)?, format!("{p}\n").as_bytes()).map_err(err)?;
+    warn!(password = %p, file = %path.display(), "[sip] password unset: generated one for devices, stored in the file (logged only this once)");
+    Ok(p)
+}
+
+/// Starts the SIP sockets and the signalling task; registers play on demand with the hub.
+pub async fn start(
+    cfg: &Config,
+    hub: Arc<Hub>,
+    rtp: Arc<RtpShared>,
+    rtp_addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(Gb, tokio::task::JoinHandle<()>), GbStartError> {
+    let (udp, tcp, sip_addr) = transport::bind(cfg.sip.listen)
+        .await
+        .map_err(|source| GbStartError::Listen { addr: cfg.sip.listen, source })?;
+    let password = resolve_password(&cfg.sip)?;
+    let counters = Arc::new(GbCounters::default());
+    let (store, stored) = match &cfg.sip.db {
+        Some(path) => Store::open(path, counters.clone())?,
+        None => (Store::memory(), Vec::new()),
+    };
+    // The sockets outlive the gateway's shutdown signal until the core has sent its BYEs and
+    // they are flushed: the driver cancels `sockets` when it is done (SIGTERM lost a BYE when
+    // the sockets closed first and the closed queue was taken for the end).
+    let sockets = CancellationToken::new();
+    let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, sockets.clone());
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (events, _) = broadcast::channel(1024);
+    let now = Instant::now();
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let media = RtpMedia {
+        hub: hub.clone(),
+        rtp,
+        rtp_cfg: cfg.rtp.clone(),
+        advertise: cfg.sip.advertise,
+        sip_addr,
+        active: HashMap::new(),
+    };
+    let setup = CoreSetup {
+        sip: cfg.sip.clone(),
+        gb: cfg.gb.clone(),
+        password,
+        rtp_port: rtp_addr.port(),
+        sip_addr,
+        stored,
+        counters: counters.clone(),
+        unix_ms,
+        utc_offset: super::localtime::utc_offset(unix_ms / 1000),
+    };
+    let core = Core::new(setup, Box::new(media), now);
+    let snapshot: BTreeMap<String, DeviceRecord> = core.snapshot().into_iter().map(|d| (d.id.clone(), d)).collect();
+    let shared = Arc::new(RwLock::new(snapshot));
+    let ended = Arc::new(Mutex::new(VecDeque::new()));
+    let gb = Gb {
+        devices: shared.clone(),
+        cmd: cmd_tx,
+        events: events.clone(),
+        hub: hub.clone(),
+        sip_addr,
+        media_timeout: cfg.gb.media_timeout.0,
+        counters,
+        sip_counters: out.counters.clone(),
+        ended: ended.clone(),
+    };
+    hub.add_demand(Arc::new(gb.clone()));
+    info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");
+    let driver = Driver { core, out, store, shared, events, ended };
+    let task = tokio::spawn(driver.run(inbound, cmd_rx, shutdown, sockets));
+    Ok((gb, task))
+}
+
+struct Driver {
+    core: Core,
+    out: Arc<SipSender>,
+    store: Store,
+    shared: Arc<RwLock<BTreeMap<String, DeviceRecord>>>,
+    events: broadcast::Sender<GbEvent>,
+    ended: Arc<Mutex<VecDeque<EndedSession>>>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut cmds: mpsc::Receiver<super::Command>,
+        shutdown: CancellationToken,
+        sockets: CancellationToken,
+    ) {
+        let _close_sockets = sockets.drop_guard();
+        loop {
+            let wake = self.core.poll_timeout();
+            let go_on = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => false,
+                m = inbound.recv() => match m {
+                    Some(Inbound::Message(msg, peer)) => { self.core.handle_message(*msg, peer, Instant::now()); true }
+                    Some(Inbound::Closed(conn)) => { self.core.handle_closed(conn, Instant::now()); true }
+                    None => false,
+                },
+                c = cmds.recv() => match c {
+                    Some(c) => { self.core.handle_command(c, Instant::now()); true }
+                    None => false,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => { self.core.on_wake(Instant::now()); true }
+            };
+            if !go_on {
+                // Every way out BYEs every session, then waits (briefly) until the TCP
+                // connections have written what is queued, before the sockets close.
+                self.core.stop(Instant::now());
+                self.apply();
+                self.out.flush(Duration::from_millis(500)).await;
+                return;
+            }
+            self.apply();
+        }
+    }
+
+    fn apply(&mut self) {
+        for o in self.core.take_outputs() {
+            match o {
+                Output::Send(peer, bytes) => self.out.send(peer, bytes),
+                Output::Publish(rec) => {
+                    self.shared.write().unwrap_or_else(|e| e.into_inner()).insert(rec.id.clone(), rec);
+                }
+                Output::Unpublish(id) => {
+                    self.shared.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                }
+                Output::Persist(rec) => self.store.put(&rec),
+                Output::Delete(id) => self.store.delete(&id),
+                Output::Event(e) => {
+                    let _ = self.events.send(e);
+                }
+                Output::Ended(e) => {
+                    let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+                    if ended.len() >= ENDED_KEPT {
+                        ended.pop_front();
+                    }
+                    ended.push_back(e);
+                }
+            }
+        }
+    }
+}
+
+/// [`MediaPort`] over the RTP server's shared state and the hub.
+struct RtpMedia {
+    hub: Arc<Hub>,
+    rtp: Arc<RtpShared>,
+    rtp_cfg: RtpConfig,
+    advertise: Option<IpAddr>,
+    sip_addr: SocketAddr,
+    /// TCP-active connections by stream.
+    active: HashMap<String, tokio::task::AbortHandle>,
+}
+
+impl MediaPort for RtpMedia {
+    fn announce(&mut self, ssrc: u32, stream: &str) {
+        self.rtp.announce(ssrc, stream.to_string());
+    }
+
+    fn announced_name(&self, ssrc: u32) -> Option<String> {
+        self.rtp.announced_name(ssrc)
+    }
+
+    fn withdraw(&mut self, ssrc: u32) {
+        self.rtp.withdraw(ssrc);
+    }
+
+    fn withdraw_name(&mut self, stream: &str) {
+        self.rtp.withdraw_name(stream);
+    }
+
+    fn expect_source(&mut self, ip: IpAddr, tcp: bool, stream: &str) {
+        self.rtp.expect_source(ip, tcp, stream.to_string());
+    }
+
+    fn hint_g711_rate(&mut self, stream: &str, rate: u32) {
+        self.rtp.hint_g711_rate(stream, rate);
+    }
+
+    fn stream_state(&self, stream: &str) -> Option<StreamState> {
+        self.hub
+            .get(stream)
+            .map(|s| StreamState { keyframe: s.gop_cache_usage().0 > 0, subscribers: s.subscriber_count() })
+    }
+
+    fn end_stream(&mut self, stream: &str) {
+        if let Some(st) = self.hub.get(stream) {
+            self.hub.remove(&st);
+        }
+    }
+
+    fn connect_active(&mut self, stream: &str, target: SocketAddr, fallback: SocketAddr) {
+        let (rtp, hub, cfg, name) = (self.rtp.clone(), self.hub.clone(), self.rtp_cfg.clone(), stream.to_string());
+        let handle = tokio::spawn(async move {
+            if let Err(e) = rtp_server::connect_active(target, Some(fallback), name.clone(), cfg, hub, rtp).await {
+                warn!(stream = %name, "TCP active: {e}");
+            }
+        });
+        if let Some(old) = self.active.insert(stream.to_string(), handle.abort_handle()) {
+            old.abort();
+        }
+        self.active.retain(|_, h| !h.is_finished());
+    }
+
+    fn stop_active(&mut self, stream: &str) {
+        if let Some(h) = self.active.remove(stream) {
+            h.abort();
+        }
+    }
+
+    /// `sip.advertise`, the listen IP, or the local address of the route to `toward`
+    /// (multi-homed hosts: the wrong one makes devices drop us, SRS #2695).
+    fn local_ip(&self, toward: SocketAddr) -> IpAddr {
+        if let Some(ip) = self.advertise {
+            return ip;
+        }
+        if !self.sip_addr.ip().is_unspecified() {
+            return self.sip_addr.ip();
+        }
+        let bind: SocketAddr = if toward.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+        std::net::UdpSocket::bind(bind)
+            .and_then(|s| {
+                s.connect(toward)?;
+                s.local_addr()
+            })
+            .map(|a| a.ip())
+            .unwrap_or(self.sip_addr.ip())
+    }
+}
