@@ -288,7 +288,7 @@ impl tokio_util::codec::Decoder for BoundedSipCodec {
     type Error = rsipstack::Error;
 
     fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<SipCodecType>, rsipstack::Error> {
-        if let Some(end) = src.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(end) = memchr::memmem::find(src, b"\r\n\r\n") {
             if let Some(Err(())) = content_length(&src[..end]) {
                 return Err(rsipstack::Error::Error("Content-Length not a number up to 65535".into()));
             }
