@@ -68,7 +68,7 @@ pub struct AudioConfig {
     /// AAC bitrate (bit/s).
     pub bitrate: u32,
     /// "syom" (pure Rust, default) or "fdk" (needs the `fdk-aac` cargo feature).
-    pub encoder: crate::media::audio::EncoderKind,
+    pub encoder: EncoderKind,
     /// G.711 sample rate: 0 = detect (PS carries none), or 8000 / 16000 to force it.
     pub g711_rate: u32,
 }
@@ -79,7 +79,7 @@ impl Default for AudioConfig {
             output: AudioOutput::Aac,
             rate: 11_025,
             bitrate: 24_000,
-            encoder: crate::media::audio::EncoderKind::Syom,
+            encoder: EncoderKind::Syom,
             g711_rate: 0,
         }
     }
@@ -278,14 +278,17 @@ impl Default for RtspConfig {
     }
 }
 
-/// How H.265 is carried in FLV.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How H.265 is carried in FLV (defined by the FLV muxer, which config sits above).
+pub use crate::proto::flv::HevcFlv;
+
+/// Which AAC encoder builds the output audio (`fdk` needs the `fdk-aac` cargo feature). Defined
+/// here, not in media/, because config sits below media (media reads its settings from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum HevcFlv {
-    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
-    Enhanced,
-    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
-    Legacy,
+pub enum EncoderKind {
+    #[default]
+    Syom,
+    Fdk,
 }
 
 /// One static RTMP push: every stream matching `stream` is pushed to `url`.
@@ -437,7 +440,7 @@ impl Config {
         if ![0, 8_000, 16_000].contains(&self.audio.g711_rate) {
             return Err(ConfigError::Invalid { key: "audio.g711_rate", message: "0 (detect), 8000 or 16000".into() });
         }
-        if self.audio.encoder == crate::media::audio::EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
+        if self.audio.encoder == EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
             return Err(ConfigError::Invalid {
                 key: "audio.encoder",
                 message: "\"fdk\" needs gbgate built with `--features fdk-aac`".into(),

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod frame;
 pub mod gb;
 pub mod hub;
 pub mod media;

@@ -9,7 +9,7 @@
 //! capture is exactly what the gateway would do with it.
 use std::sync::Arc;
 
-use crate::hub::{AudioStats, StreamStats, VideoStats};
+use crate::media::stats::{AudioStats, StreamStats, VideoStats};
 use crate::media::{CodecConfig, Frame, MediaKind};
 use crate::proto::ps::demux::{DemuxStats, PsDemuxer};
 use crate::proto::rtp::reorder::{ReorderBuffer, Reordered, RtpStats};

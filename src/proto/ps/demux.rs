@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::es::{AudioEs, AudioHint, VideoEs};
 use super::mux::crc32_mpeg2;
-use crate::media::frame::{Codec, CodecConfig, Frame};
+use crate::frame::{Codec, CodecConfig, Frame};
 
 /// Cap on the bytes kept between pushes (an incomplete header tail; at most a 64 KiB PSM).
 const MAX_TAIL: usize = 2 << 20;

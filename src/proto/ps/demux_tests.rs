@@ -125,11 +125,11 @@ fn run(data: &[u8]) -> (Vec<Frame>, DemuxStats) {
 }
 
 fn vids(f: &[Frame]) -> Vec<&Frame> {
-    f.iter().filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Video).collect()
+    f.iter().filter(|f| f.codec.kind() == crate::frame::MediaKind::Video).collect()
 }
 
 fn auds(f: &[Frame]) -> Vec<&Frame> {
-    f.iter().filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Audio).collect()
+    f.iter().filter(|f| f.codec.kind() == crate::frame::MediaKind::Audio).collect()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::demux::DemuxStats;
 use crate::codec::{aac, h264, h265, nal};
-use crate::media::frame::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
+use crate::frame::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
 
 const WRAP: i64 = 1 << 33;
 const MASK: u64 = (1 << 33) - 1;
