@@ -241,7 +241,7 @@ impl Rate {
         if from == to {
             return Ok(r);
         }
-        if from % 50 != 0 || from == 0 {
+        if !from.is_multiple_of(50) || from == 0 {
             return Err(r.err("the input rate must be a multiple of 50 Hz"));
         }
         r.chunk = from as usize / 50;

@@ -494,7 +494,7 @@ async fn serve_udp(
             }
         }
         // Streams that ended leave closed routes behind; sweep them now and then.
-        if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed) % 4096 == 0 {
+        if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed).is_multiple_of(4096) {
             routes.retain(|_, r| !r.tx.is_closed());
         }
     }
