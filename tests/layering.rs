@@ -96,6 +96,6 @@ fn sans_io_layers_import_no_driver_upper_layer_or_socket() {
     for layer in ["frame", "proto", "codec", "media"] {
         let bad: Vec<_> = deps.get(layer).into_iter().flatten().filter(|d| upper.contains(&d.as_str())).collect();
         assert!(bad.is_empty(), "{layer} imports {bad:?}: imports point down");
-        assert!(externs.get(layer).is_none(), "{layer} must stay sans-IO: {:?}", externs[layer]);
+        assert!(!externs.contains_key(layer), "{layer} must stay sans-IO: {:?}", externs[layer]);
     }
 }
