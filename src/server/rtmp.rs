@@ -8,7 +8,7 @@
 //! skipped to the next keyframe by the hub (it never slows ingest).
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -28,7 +28,8 @@ use crate::hub::{
 };
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
-use crate::proto::rtmp_guard::RtmpCommandGuard;
+use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
+use crate::util::RateLimit;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
 const PUBLISH_IDLE: Duration = Duration::from_secs(10);
@@ -36,10 +37,13 @@ const PUBLISH_IDLE: Duration = Duration::from_secs(10);
 /// How long a play request waits for its stream to appear.
 const PLAY_WAIT: Duration = Duration::from_secs(5);
 
-/// Serves RTMP on `listener` until `shutdown`.
+/// Rate limit of the warnings about peers refused for what they sent.
+static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+
 /// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 
+/// Serves RTMP on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
@@ -63,6 +67,14 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdo
             let _permit = permit;
             match connection(sock, peer, hub, cfg, shutdown).await {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
+                Err(e) if e.downcast_ref::<RtmpGuardError>().is_some() => {
+                    // A peer's hostile bytes: logged, rate-limited (a flood must not flood the log).
+                    if let Some(suppressed) =
+                        REFUSED_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(%peer, suppressed, "RTMP connection closed: {e:#}");
+                    }
+                }
                 Err(e) => debug!(%peer, "RTMP connection ended: {e:#}"),
             }
         });
@@ -385,7 +397,7 @@ async fn connection(
         hub,
         cfg,
         session,
-        guard: RtmpCommandGuard::new(),
+        guard: RtmpCommandGuard::default(),
         player: None,
         publisher: None,
         pending: Vec::new(),
@@ -521,12 +533,16 @@ impl Conn {
     }
 
     async fn input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        // rml_rtmp 0.8 panics on an AMF0 command with too few values (found by fuzz/rtmp_chunk):
-        // the guard refuses it first. Any other panic there is still caught, so a bad peer ends
-        // its own connection, nothing more.
-        self.guard.check(bytes)?;
+        // The session never reads the peer's chunks: the guard reassembles them within limits,
+        // refuses what rml_rtmp would panic or overflow its stack on, and hands on whole messages
+        // (D10, D30). Any other panic there is still caught, so a bad peer ends its own
+        // connection, nothing more.
+        let bytes = self.guard.filter(bytes)?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let session = &mut self.session;
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(&bytes)))
             .map_err(|_| anyhow!("malformed RTMP message"))?
             .map_err(|e| anyhow!("RTMP: {e:?}"))?;
         self.results(results).await
