@@ -205,3 +205,81 @@ async fn a_deeply_nested_amf0_command_closes_its_connection_and_the_gateway_keep
     let _ = camera.kill();
     let _ = camera.wait();
 }
+
+/// The first `len` bytes of a message announced as `announced` bytes long (a 128-byte chunk
+/// stream of video, type 9).
+fn partial_message(announced: usize, len: usize) -> Vec<u8> {
+    let mut wire = chunks(9, vec![0x17; announced]);
+    // The whole message's chunks, cut after `len` payload bytes (12-byte header, then 1-byte
+    // headers every 128 bytes).
+    let cut = 12 + len + len.saturating_sub(1) / 128;
+    wire.truncate(cut);
+    wire
+}
+
+async fn rtmp_counters(api: SocketAddr) -> serde_json::Value {
+    let (status, body) = http_get(api, "/api/v1/rtmp").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Hole 16: RTMP held an unfinished message twice per connection, without a bound (30
+/// connections x 12 MiB gave +656 MiB). A message longer than `rtmp.max_message_bytes` is refused
+/// at its chunk header; unfinished messages of all connections share `rtmp.max_partial_bytes`,
+/// and what exceeds it closes that connection only; both are counted, and the memory is returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_budget_exceeding_messages_close_only_their_connection() {
+    const MIB: usize = 1 << 20;
+    let mut gw = Daemon::start(&format!("max_message_bytes = {}\nmax_partial_bytes = {}\n", MIB, 5 * MIB / 2));
+    let mut camera = gw.camera("0100000002", 20);
+    gw.wait_stream("rtp/05F5E102").await;
+
+    // A 12 MiB message: refused from its header alone.
+    let mut big = tokio::net::TcpStream::connect(gw.rtmp).await.unwrap();
+    client_handshake(&mut big).await;
+    big.write_all(&partial_message(12 * MIB, 100)).await.unwrap();
+    assert!(closed_within(&mut big, Duration::from_secs(5)).await, "a 12 MiB message was accepted");
+    let c = rtmp_counters(gw.api).await;
+    assert_eq!(c["oversized_messages"], 1, "{c}");
+    assert!(gw.log().contains("rtmp.max_message_bytes"), "the reason is logged: {}", gw.log());
+
+    // Three connections each hold most of a 1 MiB message: two fit the 2.5 MiB budget, the third
+    // does not and is closed; the first two stay open.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(gw.rtmp).await.unwrap();
+        client_handshake(&mut s).await;
+        s.write_all(&partial_message(MIB, MIB - 1000)).await.unwrap();
+        holders.push(s);
+    }
+    let start = Instant::now();
+    while rtmp_counters(gw.api).await["partial_bytes"].as_u64().unwrap() < 2 * MIB as u64 - 2000 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", rtmp_counters(gw.api).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = tokio::net::TcpStream::connect(gw.rtmp).await.unwrap();
+    client_handshake(&mut third).await;
+    let _ = third.write_all(&partial_message(MIB, MIB - 1000)).await;
+    assert!(closed_within(&mut third, Duration::from_secs(5)).await, "the budget was exceeded");
+    let c = rtmp_counters(gw.api).await;
+    assert_eq!(c["budget_exhausted"], 1, "{c}");
+    assert!(c["partial_bytes"].as_u64().unwrap() <= 5 * MIB as u64 / 2, "{c}");
+    for s in &mut holders {
+        assert!(!closed_within(s, Duration::from_millis(300)).await, "a connection within the budget was closed");
+    }
+
+    // Others are unaffected: a player still plays the camera.
+    let frames = ffprobe_frames(&format!("rtmp://{}/rtp/05F5E102", gw.rtmp)).await;
+    assert!(frames.as_ref().is_ok_and(|&f| f > 0), "ffprobe: {frames:?}");
+    // The memory comes back when the holders go.
+    drop(holders);
+    let start = Instant::now();
+    while rtmp_counters(gw.api).await["partial_bytes"] != 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", rtmp_counters(gw.api).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rtmp_counters(gw.api).await["refused_connections"], 2);
+    assert!(gw.alive());
+    let _ = camera.kill();
+    let _ = camera.wait();
+}

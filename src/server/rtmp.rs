@@ -7,6 +7,7 @@
 //! stalled longer than `rtmp.push_timeout` disconnects, and a player that cannot keep up is
 //! skipped to the next keyframe by the hub (it never slows ingest).
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata};
 use rml_rtmp::time::RtmpTimestamp;
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -28,6 +30,7 @@ use crate::hub::{
 };
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
+use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
 use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
 use crate::util::RateLimit;
 
@@ -37,6 +40,67 @@ const PUBLISH_IDLE: Duration = Duration::from_secs(10);
 /// How long a play request waits for its stream to appear.
 const PLAY_WAIT: Duration = Duration::from_secs(5);
 
+/// What the RTMP listener shares between its connections: the byte budget for unfinished
+/// messages, and counters of what peers were refused (`GET /api/v1/rtmp`).
+#[derive(Debug)]
+pub struct RtmpShared {
+    pub limits: ChunkLimits,
+    pub budget: Arc<ByteBudget>,
+    /// Connections open now.
+    pub connections: AtomicUsize,
+    /// Connections closed for what they sent (malformed or hostile chunks or AMF0, limits).
+    pub refused: AtomicU64,
+}
+
+/// `GET /api/v1/rtmp`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RtmpCounters {
+    pub connections: usize,
+    /// Bytes of unfinished messages held now, and the budget (`rtmp.max_partial_bytes`).
+    pub partial_bytes: usize,
+    pub max_partial_bytes: usize,
+    pub max_message_bytes: usize,
+    /// Messages refused for their size (`rtmp.max_message_bytes`, or a connection's share).
+    pub oversized_messages: u64,
+    /// Connections closed because the shared budget was exhausted.
+    pub budget_exhausted: u64,
+    /// Connections closed for what they sent (all of the above included).
+    pub refused_connections: u64,
+}
+
+impl RtmpShared {
+    pub fn new(cfg: &RtmpConfig) -> Arc<RtmpShared> {
+        // A connection may hold one whole message and a little of another (audio interleaved
+        // with a large keyframe).
+        let limits = ChunkLimits {
+            max_message: cfg.max_message_bytes,
+            max_partial: cfg.max_message_bytes.saturating_add(256 << 10),
+        };
+        Arc::new(RtmpShared {
+            limits,
+            budget: Arc::new(ByteBudget::new(cfg.max_partial_bytes)),
+            connections: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    pub fn guard(&self) -> RtmpCommandGuard {
+        RtmpCommandGuard::new(self.limits, self.budget.clone())
+    }
+
+    pub fn snapshot(&self) -> RtmpCounters {
+        RtmpCounters {
+            connections: self.connections.load(Ordering::Relaxed),
+            partial_bytes: self.budget.used(),
+            max_partial_bytes: self.budget.limit(),
+            max_message_bytes: self.limits.max_message,
+            oversized_messages: self.budget.oversized.load(Ordering::Relaxed),
+            budget_exhausted: self.budget.exhausted.load(Ordering::Relaxed),
+            refused_connections: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Rate limit of the warnings about peers refused for what they sent.
 static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
 
@@ -44,7 +108,13 @@ static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimi
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 
 /// Serves RTMP on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    cfg: RtmpConfig,
+    shared: Arc<RtmpShared>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
         let (sock, peer) = tokio::select! {
@@ -62,12 +132,16 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdo
             warn!(%peer, "RTMP connection refused: rtmp.max_connections reached");
             continue;
         };
-        let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
+        let (hub, cfg, shared, shutdown) = (hub.clone(), cfg.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            match connection(sock, peer, hub, cfg, shutdown).await {
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let r = connection(sock, peer, hub, cfg, &shared, shutdown).await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
                 Err(e) if e.downcast_ref::<RtmpGuardError>().is_some() => {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
                     // A peer's hostile bytes: logged, rate-limited (a flood must not flood the log).
                     if let Some(suppressed) =
                         REFUSED_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
@@ -368,6 +442,7 @@ async fn connection(
     peer: SocketAddr,
     hub: Arc<Hub>,
     cfg: RtmpConfig,
+    shared: &RtmpShared,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = cfg.push_timeout.0;
@@ -392,16 +467,8 @@ async fn connection(
         }
     };
     let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
-    let mut c = Conn {
-        peer,
-        hub,
-        cfg,
-        session,
-        guard: RtmpCommandGuard::default(),
-        player: None,
-        publisher: None,
-        pending: Vec::new(),
-    };
+    let mut c =
+        Conn { peer, hub, cfg, session, guard: shared.guard(), player: None, publisher: None, pending: Vec::new() };
     let result = async {
         c.results(results).await?;
         if !leftover.is_empty() {
