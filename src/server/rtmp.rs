@@ -50,6 +50,8 @@ pub struct RtmpShared {
     pub connections: AtomicUsize,
     /// Connections closed for what they sent (malformed or hostile chunks or AMF0, limits).
     pub refused: AtomicU64,
+    /// Publish requests refused: a reserved prefix, a live name, a full gateway.
+    pub publish_refused: AtomicU64,
 }
 
 /// `GET /api/v1/rtmp`.
@@ -66,6 +68,8 @@ pub struct RtmpCounters {
     pub budget_exhausted: u64,
     /// Connections closed for what they sent (all of the above included).
     pub refused_connections: u64,
+    /// Publish requests refused (`NetStream.Publish.BadName` / `Rejected`).
+    pub publish_refused: u64,
 }
 
 impl RtmpShared {
@@ -81,6 +85,7 @@ impl RtmpShared {
             budget: Arc::new(ByteBudget::new(cfg.max_partial_bytes)),
             connections: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            publish_refused: AtomicU64::new(0),
         })
     }
 
@@ -97,12 +102,24 @@ impl RtmpShared {
             oversized_messages: self.budget.oversized.load(Ordering::Relaxed),
             budget_exhausted: self.budget.exhausted.load(Ordering::Relaxed),
             refused_connections: self.refused.load(Ordering::Relaxed),
+            publish_refused: self.publish_refused.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Rate limit of the warnings about peers refused for what they sent.
 static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+/// Rate limit of the warnings about refused publish requests.
+static PUBLISH_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+
+/// Name prefixes that belong to other kinds of source: `gb/` (GB28181 channels) and `rtp/` (RTP
+/// cameras by SSRC). An RTMP publisher may not publish under them (compared ignoring case).
+pub const RESERVED_PREFIXES: [&str; 2] = ["gb/", "rtp/"];
+
+/// The reserved prefix `name` starts with, if any.
+pub fn reserved_prefix(name: &str) -> Option<&'static str> {
+    RESERVED_PREFIXES.into_iter().find(|p| name.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))
+}
 
 /// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
@@ -136,7 +153,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             shared.connections.fetch_add(1, Ordering::Relaxed);
-            let r = connection(sock, peer, hub, cfg, &shared, shutdown).await;
+            let r = connection(sock, peer, hub, cfg, shared.clone(), shutdown).await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
             match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
@@ -427,6 +444,7 @@ impl Publisher {
 struct Conn {
     peer: SocketAddr,
     hub: Arc<Hub>,
+    shared: Arc<RtmpShared>,
     cfg: RtmpConfig,
     session: ServerSession,
     /// Sees every byte before `session` does (see `proto::rtmp_guard`).
@@ -442,7 +460,7 @@ async fn connection(
     peer: SocketAddr,
     hub: Arc<Hub>,
     cfg: RtmpConfig,
-    shared: &RtmpShared,
+    shared: Arc<RtmpShared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = cfg.push_timeout.0;
@@ -467,8 +485,17 @@ async fn connection(
         }
     };
     let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
-    let mut c =
-        Conn { peer, hub, cfg, session, guard: shared.guard(), player: None, publisher: None, pending: Vec::new() };
+    let mut c = Conn {
+        peer,
+        hub,
+        cfg,
+        session,
+        guard: shared.guard(),
+        shared,
+        player: None,
+        publisher: None,
+        pending: Vec::new(),
+    };
     let result = async {
         c.results(results).await?;
         if !leftover.is_empty() {
@@ -632,6 +659,21 @@ impl Conn {
         Ok(())
     }
 
+    /// Answers a publish request with `code`, counted and logged (rate-limited).
+    fn refuse_publish(
+        &mut self,
+        request_id: u32,
+        name: &str,
+        code: &str,
+        why: &str,
+    ) -> anyhow::Result<Vec<ServerSessionResult>> {
+        self.shared.publish_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = PUBLISH_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+            warn!(stream = %name, peer = %self.peer, code, suppressed, "RTMP publish refused: {why}");
+        }
+        self.session.reject_request(request_id, code, why).map_err(|e| anyhow!("{e:?}"))
+    }
+
     fn accept(&mut self, request_id: u32) -> anyhow::Result<Vec<ServerSessionResult>> {
         self.session.accept_request(request_id).map_err(|e| anyhow!("accept: {e:?}"))
     }
@@ -642,10 +684,17 @@ impl Conn {
             ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
                 let name = stream_name(&app_name, &stream_key);
                 if self.publisher.is_some() || self.player.is_some() || name.is_empty() {
-                    return self
-                        .session
-                        .reject_request(request_id, "NetStream.Publish.BadName", "one stream per connection")
-                        .map_err(|e| anyhow!("{e:?}"));
+                    return self.refuse_publish(
+                        request_id,
+                        &name,
+                        "NetStream.Publish.BadName",
+                        "one stream per connection",
+                    );
+                }
+                if let Some(prefix) = reserved_prefix(&name) {
+                    // `gb/` and `rtp/` belong to GB28181 and RTP sources (issue 8, hole 2).
+                    let why = format!("names under {prefix} belong to GB28181/RTP sources");
+                    return self.refuse_publish(request_id, &name, "NetStream.Publish.BadName", &why);
                 }
                 let source = Source { transport: Transport::Rtmp, peer: self.peer, ssrc: None };
                 match self.hub.create(&name, source, Takeover::Refuse) {
@@ -666,8 +715,7 @@ impl Conn {
                             PublishError::NameTaken { .. } => "NetStream.Publish.BadName",
                             PublishError::TooManyStreams(_) => "NetStream.Publish.Rejected",
                         };
-                        warn!(stream = %name, peer = %self.peer, "RTMP publish refused: {e}");
-                        self.session.reject_request(request_id, code, &e.to_string()).map_err(|e| anyhow!("{e:?}"))
+                        self.refuse_publish(request_id, &name, code, &e.to_string())
                     }
                 }
             }
@@ -776,6 +824,16 @@ mod tests {
         assert_eq!(c.map(0, 3600), 10800);
         // A leap forward is bridged the same way.
         assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+    }
+
+    #[test]
+    fn reserved_prefixes() {
+        assert_eq!(reserved_prefix("gb/34020000001320000001"), Some("gb/"));
+        assert_eq!(reserved_prefix("RTP/05F5E101"), Some("rtp/"));
+        assert_eq!(reserved_prefix(&stream_name("rtp", "0BEBC201")), Some("rtp/"));
+        assert_eq!(reserved_prefix("live/gb"), None);
+        assert_eq!(reserved_prefix("rtpx/1"), None);
+        assert_eq!(reserved_prefix("g"), None);
     }
 
     #[test]
