@@ -315,6 +315,10 @@ pub struct RtmpConfig {
     pub max_connections: usize,
     /// Merged write for players, as `[rtsp] merge_write`.
     pub merge_write: HumanDuration,
+    /// Longest RTMP message a peer may send (a 4K keyframe is a few MB); refused at its chunk header.
+    pub max_message_bytes: usize,
+    /// Bytes of partially received messages held by all RTMP connections together.
+    pub max_partial_bytes: usize,
 }
 
 impl Default for RtmpConfig {
@@ -327,6 +331,8 @@ impl Default for RtmpConfig {
             push: Vec::new(),
             max_connections: 2000,
             merge_write: HumanDuration(Duration::from_millis(200)),
+            max_message_bytes: 8 << 20,
+            max_partial_bytes: 128 << 20,
         }
     }
 }

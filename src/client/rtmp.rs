@@ -14,15 +14,19 @@ pub enum RtmpClientError {
     Session(String),
 }
 
-/// `ClientSession::handle_input` behind `guard` (which must see every byte the session sees), with
+/// `ClientSession::handle_input` behind `guard` (which reads every byte from the peer and hands the
+/// session only whole, checked messages), with
 /// any panic left in rml_rtmp on malformed input turned into an error.
 pub fn handle_input(
     session: &mut ClientSession,
     guard: &mut RtmpCommandGuard,
     bytes: &[u8],
 ) -> Result<Vec<ClientSessionResult>, RtmpClientError> {
-    guard.check(bytes)?;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+    let bytes = guard.filter(bytes)?;
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(&bytes)))
         .map_err(|_| RtmpClientError::Malformed)?
         .map_err(|e| RtmpClientError::Session(format!("{e:?}")))
 }

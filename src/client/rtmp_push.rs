@@ -220,7 +220,7 @@ async fn push_once(
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url);
     let (session, results) = ClientSession::new(config).map_err(session_err)?;
-    let mut c = Client { rd, wr, session, guard: RtmpCommandGuard::new(), timeout, buf };
+    let mut c = Client { rd, wr, session, guard: RtmpCommandGuard::default(), timeout, buf };
     c.send(results).await?;
     if !leftover.is_empty() {
         let results = handle_input(&mut c.session, &mut c.guard, &leftover)?;

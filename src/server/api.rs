@@ -23,6 +23,7 @@ pub struct ApiState {
     pub hub: Arc<Hub>,
     pub rtp: Arc<RtpShared>,
     pub gb: Option<Gb>,
+    pub rtmp: Arc<crate::server::rtmp::RtmpShared>,
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -111,6 +112,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/streams", get(list_streams))
         .route("/api/v1/streams/{*name}", get(get_stream))
         .route("/api/v1/rtp", get(rtp_counters))
+        .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/status", get(device_status))

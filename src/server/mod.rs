@@ -26,6 +26,8 @@ pub struct Gateway {
     pub rtsp_addr: Option<SocketAddr>,
     /// `None` when `[rtmp] enabled = false`.
     pub rtmp_addr: Option<SocketAddr>,
+    /// The RTMP listener's budget and counters.
+    pub rtmp: Arc<rtmp::RtmpShared>,
     /// GB28181 signalling; `None` when `[sip] enabled = false`.
     pub gb: Option<crate::gb::Gb>,
     pub sip_addr: Option<SocketAddr>,
@@ -81,8 +83,15 @@ impl Gateway {
             None => None,
         };
         let mut tasks = Vec::new();
+        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp);
         if let Some(l) = rtmp_listener {
-            tasks.push(tokio::spawn(rtmp::serve(l, hub.clone(), cfg.rtmp.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(rtmp::serve(
+                l,
+                hub.clone(),
+                cfg.rtmp.clone(),
+                rtmp_shared.clone(),
+                shutdown.clone(),
+            )));
         }
         if !cfg.rtmp.push.is_empty() {
             tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(
@@ -111,7 +120,10 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
-        let router = api::router(api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone(), gb: gb.clone() }, rtp_addr);
+        let router = api::router(
+            api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone(), gb: gb.clone(), rtmp: rtmp_shared.clone() },
+            rtp_addr,
+        );
         let api_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = api::serve(api_listener, router, api_shutdown).await {
@@ -119,7 +131,19 @@ impl Gateway {
             }
         }));
         info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, sip = ?sip_addr, "gbgate started");
-        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, rtmp_addr, gb, sip_addr, shutdown, tasks })
+        Ok(Gateway {
+            hub,
+            rtp: rtp_shared,
+            rtp_addr,
+            api_addr,
+            rtsp_addr,
+            rtmp_addr,
+            rtmp: rtmp_shared,
+            gb,
+            sip_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops every listener and waits for them.

@@ -7,14 +7,16 @@
 //! stalled longer than `rtmp.push_timeout` disconnects, and a player that cannot keep up is
 //! skipped to the next keyframe by the hub (it never slows ingest).
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata};
 use rml_rtmp::time::RtmpTimestamp;
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -28,7 +30,9 @@ use crate::hub::{
 };
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
-use crate::proto::rtmp_guard::RtmpCommandGuard;
+use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
+use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
+use crate::util::RateLimit;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
 const PUBLISH_IDLE: Duration = Duration::from_secs(10);
@@ -36,11 +40,98 @@ const PUBLISH_IDLE: Duration = Duration::from_secs(10);
 /// How long a play request waits for its stream to appear.
 const PLAY_WAIT: Duration = Duration::from_secs(5);
 
-/// Serves RTMP on `listener` until `shutdown`.
+/// What the RTMP listener shares between its connections: the byte budget for unfinished
+/// messages, and counters of what peers were refused (`GET /api/v1/rtmp`).
+#[derive(Debug)]
+pub struct RtmpShared {
+    pub limits: ChunkLimits,
+    pub budget: Arc<ByteBudget>,
+    /// Connections open now.
+    pub connections: AtomicUsize,
+    /// Connections closed for what they sent (malformed or hostile chunks or AMF0, limits).
+    pub refused: AtomicU64,
+    /// Publish requests refused: a reserved prefix, a live name, a full gateway.
+    pub publish_refused: AtomicU64,
+}
+
+/// `GET /api/v1/rtmp`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RtmpCounters {
+    pub connections: usize,
+    /// Bytes of unfinished messages held now, and the budget (`rtmp.max_partial_bytes`).
+    pub partial_bytes: usize,
+    pub max_partial_bytes: usize,
+    pub max_message_bytes: usize,
+    /// Messages refused for their size (`rtmp.max_message_bytes`, or a connection's share).
+    pub oversized_messages: u64,
+    /// Connections closed because the shared budget was exhausted.
+    pub budget_exhausted: u64,
+    /// Connections closed for what they sent (all of the above included).
+    pub refused_connections: u64,
+    /// Publish requests refused (`NetStream.Publish.BadName` / `Rejected`).
+    pub publish_refused: u64,
+}
+
+impl RtmpShared {
+    pub fn new(cfg: &RtmpConfig) -> Arc<RtmpShared> {
+        // A connection may hold one whole message and a little of another (audio interleaved
+        // with a large keyframe).
+        let limits = ChunkLimits {
+            max_message: cfg.max_message_bytes,
+            max_partial: cfg.max_message_bytes.saturating_add(256 << 10),
+        };
+        Arc::new(RtmpShared {
+            limits,
+            budget: Arc::new(ByteBudget::new(cfg.max_partial_bytes)),
+            connections: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            publish_refused: AtomicU64::new(0),
+        })
+    }
+
+    pub fn guard(&self) -> RtmpCommandGuard {
+        RtmpCommandGuard::new(self.limits, self.budget.clone())
+    }
+
+    pub fn snapshot(&self) -> RtmpCounters {
+        RtmpCounters {
+            connections: self.connections.load(Ordering::Relaxed),
+            partial_bytes: self.budget.used(),
+            max_partial_bytes: self.budget.limit(),
+            max_message_bytes: self.limits.max_message,
+            oversized_messages: self.budget.oversized.load(Ordering::Relaxed),
+            budget_exhausted: self.budget.exhausted.load(Ordering::Relaxed),
+            refused_connections: self.refused.load(Ordering::Relaxed),
+            publish_refused: self.publish_refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Rate limit of the warnings about peers refused for what they sent.
+static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+/// Rate limit of the warnings about refused publish requests.
+static PUBLISH_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+
+/// Name prefixes that belong to other kinds of source: `gb/` (GB28181 channels) and `rtp/` (RTP
+/// cameras by SSRC). An RTMP publisher may not publish under them (compared ignoring case).
+pub const RESERVED_PREFIXES: [&str; 2] = ["gb/", "rtp/"];
+
+/// The reserved prefix `name` starts with, if any.
+pub fn reserved_prefix(name: &str) -> Option<&'static str> {
+    RESERVED_PREFIXES.into_iter().find(|p| name.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))
+}
+
 /// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
+/// Serves RTMP on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    cfg: RtmpConfig,
+    shared: Arc<RtmpShared>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
         let (sock, peer) = tokio::select! {
@@ -58,11 +149,23 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdo
             warn!(%peer, "RTMP connection refused: rtmp.max_connections reached");
             continue;
         };
-        let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
+        let (hub, cfg, shared, shutdown) = (hub.clone(), cfg.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            match connection(sock, peer, hub, cfg, shutdown).await {
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let r = connection(sock, peer, hub, cfg, shared.clone(), shutdown).await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
+                Err(e) if e.downcast_ref::<RtmpGuardError>().is_some() => {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    // A peer's hostile bytes: logged, rate-limited (a flood must not flood the log).
+                    if let Some(suppressed) =
+                        REFUSED_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(%peer, suppressed, "RTMP connection closed: {e:#}");
+                    }
+                }
                 Err(e) => debug!(%peer, "RTMP connection ended: {e:#}"),
             }
         });
@@ -341,6 +444,7 @@ impl Publisher {
 struct Conn {
     peer: SocketAddr,
     hub: Arc<Hub>,
+    shared: Arc<RtmpShared>,
     cfg: RtmpConfig,
     session: ServerSession,
     /// Sees every byte before `session` does (see `proto::rtmp_guard`).
@@ -356,6 +460,7 @@ async fn connection(
     peer: SocketAddr,
     hub: Arc<Hub>,
     cfg: RtmpConfig,
+    shared: Arc<RtmpShared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = cfg.push_timeout.0;
@@ -385,7 +490,8 @@ async fn connection(
         hub,
         cfg,
         session,
-        guard: RtmpCommandGuard::new(),
+        guard: shared.guard(),
+        shared,
         player: None,
         publisher: None,
         pending: Vec::new(),
@@ -521,12 +627,16 @@ impl Conn {
     }
 
     async fn input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        // rml_rtmp 0.8 panics on an AMF0 command with too few values (found by fuzz/rtmp_chunk):
-        // the guard refuses it first. Any other panic there is still caught, so a bad peer ends
-        // its own connection, nothing more.
-        self.guard.check(bytes)?;
+        // The session never reads the peer's chunks: the guard reassembles them within limits,
+        // refuses what rml_rtmp would panic or overflow its stack on, and hands on whole messages
+        // (D10, D30). Any other panic there is still caught, so a bad peer ends its own
+        // connection, nothing more.
+        let bytes = self.guard.filter(bytes)?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let session = &mut self.session;
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(&bytes)))
             .map_err(|_| anyhow!("malformed RTMP message"))?
             .map_err(|e| anyhow!("RTMP: {e:?}"))?;
         self.results(results).await
@@ -549,6 +659,21 @@ impl Conn {
         Ok(())
     }
 
+    /// Answers a publish request with `code`, counted and logged (rate-limited).
+    fn refuse_publish(
+        &mut self,
+        request_id: u32,
+        name: &str,
+        code: &str,
+        why: &str,
+    ) -> anyhow::Result<Vec<ServerSessionResult>> {
+        self.shared.publish_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = PUBLISH_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+            warn!(stream = %name, peer = %self.peer, code, suppressed, "RTMP publish refused: {why}");
+        }
+        self.session.reject_request(request_id, code, why).map_err(|e| anyhow!("{e:?}"))
+    }
+
     fn accept(&mut self, request_id: u32) -> anyhow::Result<Vec<ServerSessionResult>> {
         self.session.accept_request(request_id).map_err(|e| anyhow!("accept: {e:?}"))
     }
@@ -559,10 +684,17 @@ impl Conn {
             ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
                 let name = stream_name(&app_name, &stream_key);
                 if self.publisher.is_some() || self.player.is_some() || name.is_empty() {
-                    return self
-                        .session
-                        .reject_request(request_id, "NetStream.Publish.BadName", "one stream per connection")
-                        .map_err(|e| anyhow!("{e:?}"));
+                    return self.refuse_publish(
+                        request_id,
+                        &name,
+                        "NetStream.Publish.BadName",
+                        "one stream per connection",
+                    );
+                }
+                if let Some(prefix) = reserved_prefix(&name) {
+                    // `gb/` and `rtp/` belong to GB28181 and RTP sources (issue 8, hole 2).
+                    let why = format!("names under {prefix} belong to GB28181/RTP sources");
+                    return self.refuse_publish(request_id, &name, "NetStream.Publish.BadName", &why);
                 }
                 let source = Source { transport: Transport::Rtmp, peer: self.peer, ssrc: None };
                 match self.hub.create(&name, source, Takeover::Refuse) {
@@ -583,8 +715,7 @@ impl Conn {
                             PublishError::NameTaken { .. } => "NetStream.Publish.BadName",
                             PublishError::TooManyStreams(_) => "NetStream.Publish.Rejected",
                         };
-                        warn!(stream = %name, peer = %self.peer, "RTMP publish refused: {e}");
-                        self.session.reject_request(request_id, code, &e.to_string()).map_err(|e| anyhow!("{e:?}"))
+                        self.refuse_publish(request_id, &name, code, &e.to_string())
                     }
                 }
             }
@@ -693,6 +824,16 @@ mod tests {
         assert_eq!(c.map(0, 3600), 10800);
         // A leap forward is bridged the same way.
         assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+    }
+
+    #[test]
+    fn reserved_prefixes() {
+        assert_eq!(reserved_prefix("gb/34020000001320000001"), Some("gb/"));
+        assert_eq!(reserved_prefix("RTP/05F5E101"), Some("rtp/"));
+        assert_eq!(reserved_prefix(&stream_name("rtp", "0BEBC201")), Some("rtp/"));
+        assert_eq!(reserved_prefix("live/gb"), None);
+        assert_eq!(reserved_prefix("rtpx/1"), None);
+        assert_eq!(reserved_prefix("g"), None);
     }
 
     #[test]

@@ -417,7 +417,7 @@ async fn rtmp_start(
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url.to_string());
     let (mut session, results) = ClientSession::new(config).map_err(|e| format!("RTMP: {e:?}"))?;
-    let mut guard = RtmpCommandGuard::new();
+    let mut guard = RtmpCommandGuard::default();
     let mut pending = vec![results];
     if !leftover.is_empty() {
         pending.push(rtmp_input(&mut session, &mut guard, &leftover)?);
