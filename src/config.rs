@@ -46,6 +46,8 @@ pub struct Config {
     pub hub: HubConfig,
     pub log: LogConfig,
     pub audio: AudioConfig,
+    /// `[auth]`: publish and play credentials (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// What leaves gbgate as audio.

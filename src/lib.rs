@@ -8,8 +8,10 @@
 //! - [`hub`]: stream registry, GOP cache and bounded fan-out to subscribers.
 //! - [`server`]: thin tokio drivers (RTP on one port, HTTP API).
 //! - [`probe`]: offline analysis of captures (`gbgate probe`).
+//! - [`auth`]: publish/play credentials (signed URLs, static keys), sans-IO, for RTMP and RTSP.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;

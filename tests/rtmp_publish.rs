@@ -112,3 +112,129 @@ async fn a_live_name_and_the_gb_and_rtp_prefixes_are_refused_to_rtmp_publishers(
     drop(first);
     gw.stop().await;
 }
+
+/// A raw RTMP publisher from `bind` (127.0.0.2 stands for another host): handshake, connect,
+/// publish `key` on `app`. Ok when the publish is accepted, else the status code or error.
+async fn raw_publish(bind: &str, to: SocketAddr, app: &str, key: &str) -> Result<(), String> {
+    use gbgate::client::rtmp::{handle_input, split_results};
+    use gbgate::proto::rtmp_guard::RtmpCommandGuard;
+    use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, PublishRequestType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{bind}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(to).await.map_err(|e| e.to_string())?;
+    let leftover = gbgate::client::rtmp::handshake(&mut s, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let (mut session, first) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+    let mut guard = RtmpCommandGuard::default();
+    let mut results = first;
+    results.extend(handle_input(&mut session, &mut guard, &leftover).map_err(|e| e.to_string())?);
+    results.push(session.request_connection(app.to_string()).unwrap());
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (bytes, events) = split_results(std::mem::take(&mut results));
+        s.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        for e in events {
+            match e {
+                ClientSessionEvent::ConnectionRequestAccepted => {
+                    results.push(session.request_publishing(key.to_string(), PublishRequestType::Live).unwrap())
+                }
+                ClientSessionEvent::PublishRequestAccepted => return Ok(()),
+                ClientSessionEvent::UnhandleableOnStatusCode { code } => return Err(code),
+                // rml_rtmp's server answers a refused request with `_error` (transaction 0).
+                ClientSessionEvent::UnknownTransactionResultReceived { additional_values, .. } => {
+                    let code = additional_values.into_iter().find_map(|v| match v {
+                        rml_rtmp::rml_amf0::Amf0Value::Object(mut o) => match o.remove("code") {
+                            Some(rml_rtmp::rml_amf0::Amf0Value::Utf8String(c)) => Some(c),
+                            _ => None,
+                        },
+                        _ => None,
+                    });
+                    return Err(code.unwrap_or_else(|| "_error".into()));
+                }
+                ClientSessionEvent::ConnectionRequestRejected { description } => return Err(description),
+                _ => {}
+            }
+        }
+        if !results.is_empty() {
+            continue;
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        results = handle_input(&mut session, &mut guard, &buf[..n]).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Hole 3: publishing from another host needs a credential by default (127.0.0.2, raw client);
+/// with the host's exemption turned off, real ffmpeg publishers are refused without a
+/// credential, with an expired or a wrong signature, and accepted with a valid signed URL or a
+/// static key; play authentication (off by default) works the same for ffprobe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_and_playing_need_a_valid_credential() {
+    // Defaults: 127.0.0.2 is another host; no credential, or one with nothing configured: refused.
+    let gw = start(test_config()).await;
+    let rtmp = gw.rtmp_addr.unwrap();
+    let r = raw_publish("127.0.0.2", rtmp, "live", "x").await;
+    assert_eq!(r, Err("NetStream.Publish.Rejected".to_string()));
+    assert_eq!(raw_publish("127.0.0.1", rtmp, "live", "y").await, Ok(()), "the host itself is exempt");
+    assert_eq!(gw.rtmp.snapshot().auth_refused, 1);
+    gw.stop().await;
+
+    let mut cfg = test_config();
+    cfg.auth.loopback_exempt = false;
+    cfg.auth.secret = "s3cret".into();
+    cfg.auth.keys = vec!["k1".into()];
+    cfg.auth.play = true;
+    let gw = start(cfg).await;
+    let rtmp = gw.rtmp_addr.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let valid = gbgate::auth::signed_query("s3cret", "live/signed", now + 300);
+    let expired = gbgate::auth::signed_query("s3cret", "live/expired", now - 10);
+    let wrong = gbgate::auth::signed_query("other", "live/wrong", now + 300);
+    for (key, why) in [
+        ("none".to_string(), "no credential"),
+        (format!("expired?{expired}"), "expired"),
+        (format!("wrong?{wrong}"), "wrong signature"),
+        // Signed for live/signed, used for another name.
+        (format!("other?{valid}"), "signature of another stream"),
+        ("badkey?key=k2".to_string(), "unknown key"),
+    ] {
+        let (ok, err) =
+            outcome(ffmpeg_publisher(&format!("rtmp://{rtmp}/live/{key}"), 20), Duration::from_secs(15)).await;
+        assert!(!ok, "{why}: accepted: {err}");
+    }
+    assert!(gw.hub.list().is_empty(), "a refused publisher created a stream");
+    assert_eq!(gw.rtmp.snapshot().auth_refused, 5);
+
+    let signed = ffmpeg_publisher(&format!("rtmp://{rtmp}/live/signed?{valid}"), 30);
+    let stream = wait_live(&gw, "live/signed").await;
+    assert!(frames_grow(&stream).await);
+    let keyed = ffmpeg_publisher(&format!("rtmp://{rtmp}/live/keyed?key=k1"), 30);
+    wait_live(&gw, "live/keyed").await;
+
+    // Play: refused without a credential, played with one.
+    let probe = |url: String| async move {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-read_intervals", "%+1", "-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+            .arg(url)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(20), out).await.expect("ffprobe timed out").unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, _) = probe(format!("rtmp://{rtmp}/live/signed")).await;
+    assert!(!ok, "played without a credential");
+    let (ok, out) = probe(format!("rtmp://{rtmp}/live/signed?key=k1")).await;
+    assert!(ok && out.contains("h264"), "{out}");
+    let play_sig = gbgate::auth::signed_query("s3cret", "live/keyed", now + 300);
+    let (ok, out) = probe(format!("rtmp://{rtmp}/live/keyed?{play_sig}")).await;
+    assert!(ok && out.contains("h264"), "{out}");
+    assert_eq!(gw.rtmp.snapshot().auth_refused, 6);
+    drop((signed, keyed));
+    gw.stop().await;
+}

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
@@ -200,23 +199,10 @@ async fn push_once(
         .map_err(|_| anyhow!("connect to {addr}: timed out"))?
         .with_context(|| format!("connect to {addr}"))?;
     let _ = sock.set_nodelay(true);
-    let (mut rd, mut wr) = sock.into_split();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut hs = Handshake::new(PeerType::Client);
-    let p0p1 = hs.generate_outbound_p0_and_p1().map_err(|e| anyhow!("handshake: {e:?}"))?;
-    write_timeout(&mut wr, &p0p1, timeout).await?;
-    let leftover = loop {
-        let n = read_timeout(&mut rd, &mut buf, timeout).await.context("handshake")?;
-        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                write_timeout(&mut wr, &response_bytes, timeout).await?;
-            }
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                write_timeout(&mut wr, &response_bytes, timeout).await?;
-                break remaining_bytes;
-            }
-        }
-    };
+    let mut sock = sock;
+    let leftover = super::rtmp::handshake(&mut sock, timeout).await?;
+    let (rd, wr) = sock.into_split();
+    let buf = vec![0u8; 64 * 1024];
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url);
     let (session, results) = ClientSession::new(config).map_err(session_err)?;

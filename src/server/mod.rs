@@ -83,7 +83,7 @@ impl Gateway {
             None => None,
         };
         let mut tasks = Vec::new();
-        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp);
+        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth);
         if let Some(l) = rtmp_listener {
             tasks.push(tokio::spawn(rtmp::serve(
                 l,

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch;
+use crate::auth::{self, Action, AuthConfig};
 use crate::config::{HevcFlv, RtmpConfig};
 use crate::hub::{
     AudioStats, Hub, PublishError, Source, Stream, StreamStats, Subscription, Takeover, Transport, VideoStats,
@@ -50,8 +51,11 @@ pub struct RtmpShared {
     pub connections: AtomicUsize,
     /// Connections closed for what they sent (malformed or hostile chunks or AMF0, limits).
     pub refused: AtomicU64,
-    /// Publish requests refused: a reserved prefix, a live name, a full gateway.
+    /// Publish requests refused: a reserved prefix, a live name, a full gateway, no credential.
     pub publish_refused: AtomicU64,
+    /// Publish and play requests refused for their credential (`[auth]`).
+    pub auth_refused: AtomicU64,
+    pub auth: AuthConfig,
 }
 
 /// `GET /api/v1/rtmp`.
@@ -70,10 +74,12 @@ pub struct RtmpCounters {
     pub refused_connections: u64,
     /// Publish requests refused (`NetStream.Publish.BadName` / `Rejected`).
     pub publish_refused: u64,
+    /// Publish and play requests refused for their credential.
+    pub auth_refused: u64,
 }
 
 impl RtmpShared {
-    pub fn new(cfg: &RtmpConfig) -> Arc<RtmpShared> {
+    pub fn new(cfg: &RtmpConfig, auth: &AuthConfig) -> Arc<RtmpShared> {
         // A connection may hold one whole message and a little of another (audio interleaved
         // with a large keyframe).
         let limits = ChunkLimits {
@@ -86,6 +92,8 @@ impl RtmpShared {
             connections: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             publish_refused: AtomicU64::new(0),
+            auth_refused: AtomicU64::new(0),
+            auth: auth.clone(),
         })
     }
 
@@ -103,6 +111,7 @@ impl RtmpShared {
             budget_exhausted: self.budget.exhausted.load(Ordering::Relaxed),
             refused_connections: self.refused.load(Ordering::Relaxed),
             publish_refused: self.publish_refused.load(Ordering::Relaxed),
+            auth_refused: self.auth_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -132,6 +141,9 @@ pub async fn serve(
     shared: Arc<RtmpShared>,
     shutdown: CancellationToken,
 ) {
+    if shared.auth.publish && shared.auth.secret.is_empty() && shared.auth.keys.is_empty() {
+        info!("RTMP publishing is open to this host only: set [auth] secret or keys to publish from others");
+    }
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
         let (sock, peer) = tokio::select! {
@@ -398,6 +410,15 @@ pub fn stream_name(app: &str, key: &str) -> String {
     }
 }
 
+/// The query string a client sent with its stream key (`key?txSecret=..`), or with the app.
+fn query_of<'a>(app: &'a str, key: &'a str) -> &'a str {
+    [key, app].into_iter().find_map(|s| s.split_once('?').map(|(_, q)| q)).unwrap_or("")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 struct Player {
     stream_id: u32,
     sub: Subscription,
@@ -453,6 +474,9 @@ struct Conn {
     publisher: Option<Publisher>,
     /// Bytes to send, in order.
     pending: Vec<u8>,
+    /// A request was refused: close once the answer is sent (as nginx-rtmp does on a failed
+    /// authentication), so a refused peer holds no connection slot.
+    close: Option<String>,
 }
 
 async fn connection(
@@ -495,6 +519,7 @@ async fn connection(
         player: None,
         publisher: None,
         pending: Vec::new(),
+        close: None,
     };
     let result = async {
         c.results(results).await?;
@@ -564,6 +589,11 @@ async fn connection(
                 hold_until = None;
                 c.flush(&mut wr).await?;
                 batch::trim(&mut c.pending);
+            }
+            if let Some(why) = c.close.take() {
+                c.flush(&mut wr).await?;
+                debug!(peer = %c.peer, "RTMP connection closed after a refusal: {why}");
+                return Ok(());
             }
         }
     }
@@ -668,6 +698,7 @@ impl Conn {
         why: &str,
     ) -> anyhow::Result<Vec<ServerSessionResult>> {
         self.shared.publish_refused.fetch_add(1, Ordering::Relaxed);
+        self.close = Some(format!("publish {name}: {code}"));
         if let Some(suppressed) = PUBLISH_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
             warn!(stream = %name, peer = %self.peer, code, suppressed, "RTMP publish refused: {why}");
         }
@@ -690,6 +721,14 @@ impl Conn {
                         "NetStream.Publish.BadName",
                         "one stream per connection",
                     );
+                }
+                let query = query_of(&app_name, &stream_key);
+                if let Err(e) =
+                    auth::check(&self.shared.auth, Action::Publish, &name, query, self.peer.ip(), unix_now())
+                {
+                    self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    let why = format!("authentication failed: {e}");
+                    return self.refuse_publish(request_id, &name, "NetStream.Publish.Rejected", &why);
                 }
                 if let Some(prefix) = reserved_prefix(&name) {
                     // `gb/` and `rtp/` belong to GB28181 and RTP sources (issue 8, hole 2).
@@ -722,6 +761,30 @@ impl Conn {
             ServerSessionEvent::PlayStreamRequested { request_id, app_name, stream_key, stream_id, .. } => {
                 let candidates =
                     [stream_name(&app_name, &stream_key), stream_name("", &app_name), stream_name("", &stream_key)];
+                // Checked before anything is started on demand: a credential signs the name asked
+                // for, as the client wrote it (app/key, or the key alone).
+                let query = query_of(&app_name, &stream_key);
+                let (peer, now) = (self.peer.ip(), unix_now());
+                let mut verdict = Err(auth::AuthError::Missing);
+                for n in candidates.iter().filter(|n| !n.is_empty()) {
+                    verdict = auth::check(&self.shared.auth, Action::Play, n, query, peer, now);
+                    if verdict.is_ok() {
+                        break;
+                    }
+                }
+                if let Err(e) = verdict {
+                    self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) =
+                        PUBLISH_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(stream = %candidates[0], peer = %self.peer, suppressed, "RTMP play refused: {e}");
+                    }
+                    let why = format!("authentication failed: {e}");
+                    return self
+                        .session
+                        .reject_request(request_id, "NetStream.Play.Failed", &why)
+                        .map_err(|e| anyhow!("{e:?}"));
+                }
                 if candidates.iter().all(|n| self.hub.get(n).is_none()) {
                     // Not live: a handler may start it (GB28181 play on demand).
                     for n in &candidates {
