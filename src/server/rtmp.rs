@@ -56,6 +56,54 @@ pub struct RtmpShared {
     /// Publish and play requests refused for their credential (`[auth]`).
     pub auth_refused: AtomicU64,
     pub auth: AuthConfig,
+    /// Connections closed for not completing handshake + connect + publish/play in time.
+    pub setup_timeouts: AtomicU64,
+    /// Connections refused at accept: their address already had `max_connections_per_ip`.
+    pub per_ip_refused: AtomicU64,
+    /// Connections refused at accept: `max_connections` reached.
+    pub full_refused: AtomicU64,
+    max_per_ip: usize,
+    /// Open connections per peer address.
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Why a connection was closed by the server's own limits (counted, logged rate-limited).
+#[derive(Debug, thiserror::Error)]
+pub enum RtmpLimitError {
+    #[error("no publish or play within {0:?} (rtmp.setup_timeout)")]
+    SetupTimeout(Duration),
+}
+
+trait LoopbackHost {
+    /// 127.0.0.1 or ::1: the gateway's own host.
+    fn is_loopback_host(&self) -> bool;
+}
+
+impl LoopbackHost for std::net::IpAddr {
+    fn is_loopback_host(&self) -> bool {
+        match self {
+            std::net::IpAddr::V4(v4) => *v4 == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(v6) => v6.is_loopback(),
+        }
+    }
+}
+
+/// One open connection of an address; released on drop.
+struct IpSlot {
+    shared: Arc<RtmpShared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// `GET /api/v1/rtmp`.
@@ -76,6 +124,11 @@ pub struct RtmpCounters {
     pub publish_refused: u64,
     /// Publish and play requests refused for their credential.
     pub auth_refused: u64,
+    /// Closed for not completing handshake + connect + publish/play within `rtmp.setup_timeout`.
+    pub setup_timeouts: u64,
+    /// Refused at accept: `rtmp.max_connections_per_ip`, `rtmp.max_connections`.
+    pub per_ip_refused: u64,
+    pub full_refused: u64,
 }
 
 impl RtmpShared {
@@ -94,6 +147,11 @@ impl RtmpShared {
             publish_refused: AtomicU64::new(0),
             auth_refused: AtomicU64::new(0),
             auth: auth.clone(),
+            setup_timeouts: AtomicU64::new(0),
+            per_ip_refused: AtomicU64::new(0),
+            full_refused: AtomicU64::new(0),
+            per_ip: Default::default(),
+            max_per_ip: cfg.max_connections_per_ip.max(1),
         })
     }
 
@@ -112,12 +170,29 @@ impl RtmpShared {
             refused_connections: self.refused.load(Ordering::Relaxed),
             publish_refused: self.publish_refused.load(Ordering::Relaxed),
             auth_refused: self.auth_refused.load(Ordering::Relaxed),
+            setup_timeouts: self.setup_timeouts.load(Ordering::Relaxed),
+            per_ip_refused: self.per_ip_refused.load(Ordering::Relaxed),
+            full_refused: self.full_refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// Takes a connection slot of `ip`, unless it holds `max_connections_per_ip` already. The
+    /// host itself is not limited (its own tools, the push's loopback tests).
+    fn ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip && !ip.is_loopback_host() {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { shared: self.clone(), ip })
     }
 }
 
 /// Rate limit of the warnings about peers refused for what they sent.
 static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+/// Rate limit of the warnings about connections refused or closed by the listener's limits.
+static ACCEPT_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
 /// Rate limit of the warnings about refused publish requests.
 static PUBLISH_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
 
@@ -158,17 +233,35 @@ pub async fn serve(
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, "RTMP connection refused: rtmp.max_connections reached");
+            shared.full_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+                warn!(%peer, suppressed, "RTMP connection refused: rtmp.max_connections reached");
+            }
+            continue;
+        };
+        // One address may not take every slot: others keep room.
+        let Some(ip_slot) = shared.ip_slot(peer.ip()) else {
+            shared.per_ip_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+                warn!(%peer, suppressed, "RTMP connection refused: rtmp.max_connections_per_ip reached");
+            }
             continue;
         };
         let (hub, cfg, shared, shutdown) = (hub.clone(), cfg.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, ip_slot);
             shared.connections.fetch_add(1, Ordering::Relaxed);
             let r = connection(sock, peer, hub, cfg, shared.clone(), shutdown).await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
             match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
+                Err(e) if e.downcast_ref::<RtmpLimitError>().is_some() => {
+                    shared.setup_timeouts.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(%peer, suppressed, "RTMP connection closed: {e:#}");
+                    }
+                }
                 Err(e) if e.downcast_ref::<RtmpGuardError>().is_some() => {
                     shared.refused.fetch_add(1, Ordering::Relaxed);
                     // A peer's hostile bytes: logged, rate-limited (a flood must not flood the log).
@@ -477,6 +570,8 @@ struct Conn {
     /// A request was refused: close once the answer is sent (as nginx-rtmp does on a failed
     /// authentication), so a refused peer holds no connection slot.
     close: Option<String>,
+    /// It published or played once (the setup deadline no longer applies).
+    had_role: bool,
 }
 
 async fn connection(
@@ -494,10 +589,19 @@ async fn connection(
     // hub's slow-subscriber rule find it, and kernel memory per player stays bounded.
     let _ = socket2::SockRef::from(&sock).set_send_buffer_size(PLAYER_SEND_BUFFER);
     let (mut rd, mut wr) = sock.into_split();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Handshake, connect and publish/play must be done by this deadline (a peer that stops
+    // after the handshake held its slot for ever before).
+    let setup = cfg.setup_timeout.0;
+    let setup_deadline = tokio::time::Instant::now() + setup;
+    let setup_left = || setup_deadline.saturating_duration_since(tokio::time::Instant::now());
+    // Small until the peer has shown it speaks RTMP (the handshake's packets are 1,537 bytes).
+    let mut buf = vec![0u8; 4096];
     let mut hs = Handshake::new(PeerType::Server);
     let leftover = loop {
-        let n = read_timeout(&mut rd, &mut buf, limit).await.context("handshake")?;
+        let n = match tokio::time::timeout(setup_left(), read_timeout(&mut rd, &mut buf, limit)).await {
+            Ok(r) => r.context("handshake")?,
+            Err(_) => return Err(RtmpLimitError::SetupTimeout(setup).into()),
+        };
         match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 write_timeout(&mut wr, &response_bytes, limit).await?;
@@ -508,6 +612,7 @@ async fn connection(
             }
         }
     };
+    buf.resize(64 * 1024, 0);
     let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
     let mut c = Conn {
         peer,
@@ -520,6 +625,7 @@ async fn connection(
         publisher: None,
         pending: Vec::new(),
         close: None,
+        had_role: false,
     };
     let result = async {
         c.results(results).await?;
@@ -535,8 +641,13 @@ async fn connection(
             let mut hold = false;
             // A merging player does not wake for each frame: its queue is drained when the interval ends.
             let take_frames = !(merging && hold_until.is_some());
+            // Until it publishes or plays, a connection lives by the setup deadline.
+            let unset = c.publisher.is_none() && c.player.is_none() && !c.had_role;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(setup_deadline), if unset => {
+                    return Err(RtmpLimitError::SetupTimeout(setup).into());
+                }
                 _ = batch::sleep_until_opt(hold_until) => {
                     if merging {
                         c.append_frames(None, &mut out)?;
@@ -546,12 +657,15 @@ async fn connection(
                     let n = match r {
                         Ok(r) => r?,
                         Err(_) if c.publisher.is_some() => bail!("publisher silent for {PUBLISH_IDLE:?}"),
+                        // Neither playing nor publishing any more, and silent: nothing to keep.
+                        Err(_) if c.player.is_none() => bail!("idle for {PUBLISH_IDLE:?}"),
                         Err(_) => continue,
                     };
                     if n == 0 {
                         return Ok(());
                     }
                     c.input(&buf[..n]).await?;
+                    c.had_role |= c.publisher.is_some() || c.player.is_some();
                     if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.stream))) {
                         // Another source took the name: this one stops (its stream is closed).
                         c.publisher = None;
