@@ -238,3 +238,51 @@ async fn publishing_and_playing_need_a_valid_credential() {
     drop((signed, keyed));
     gw.stop().await;
 }
+
+/// RTMP publishing passes through the media stage like every source: G.711 A-law in FLV (dropped
+/// before) leaves as AAC 11025 Hz mono, and the stream reports its frame rate (read 0 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g711_published_over_rtmp_plays_back_as_aac_11025_mono() {
+    let gw = start(test_config()).await;
+    let rtmp = gw.rtmp_addr.unwrap();
+    let url = format!("rtmp://{rtmp}/live/g711");
+    let _publisher = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1", "-t", "20", "-f", "flv", &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stream = wait_live(&gw, "live/g711").await;
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-read_intervals",
+            "%+3",
+            "-show_entries",
+            "stream=codec_type,codec_name,sample_rate,channels",
+        ])
+        .args(["-of", "json", &url])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out).await.expect("ffprobe timed out").unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let audio = v["streams"].as_array().unwrap().iter().find(|s| s["codec_type"] == "audio").cloned();
+    let audio = audio.unwrap_or_else(|| panic!("no audio track: {text}"));
+    assert_eq!(
+        (audio["codec_name"].as_str(), audio["sample_rate"].as_str(), audio["channels"].as_i64()),
+        (Some("aac"), Some("11025"), Some(1)),
+        "{text}"
+    );
+    let stats = stream.stats();
+    assert_eq!(stats.audio.as_ref().map(|a| a.codec), Some("g711a"), "{stats:?}");
+    let fps = stats.video.as_ref().map_or(0.0, |v| v.fps);
+    assert!((20.0..=30.0).contains(&fps), "fps {fps}");
+    gw.stop().await;
+}

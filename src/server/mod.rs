@@ -88,6 +88,7 @@ impl Gateway {
             tasks.push(tokio::spawn(rtmp::serve(
                 l,
                 hub.clone(),
+                rtp_shared.clone(),
                 cfg.rtmp.clone(),
                 rtmp_shared.clone(),
                 shutdown.clone(),

@@ -29,10 +29,13 @@ use crate::config::{HevcFlv, RtmpConfig};
 use crate::hub::{
     AudioStats, Hub, PublishError, Source, Stream, StreamStats, Subscription, Takeover, Transport, VideoStats,
 };
+use crate::media::ingest::TrackCounter;
+use crate::media::pipeline::MediaPipeline;
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
 use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
 use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
+use crate::server::rtp::RtpShared;
 use crate::util::RateLimit;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
@@ -212,6 +215,7 @@ const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 pub async fn serve(
     listener: TcpListener,
     hub: Arc<Hub>,
+    rtp: Arc<RtpShared>,
     cfg: RtmpConfig,
     shared: Arc<RtmpShared>,
     shutdown: CancellationToken,
@@ -247,11 +251,12 @@ pub async fn serve(
             }
             continue;
         };
-        let (hub, cfg, shared, shutdown) = (hub.clone(), cfg.clone(), shared.clone(), shutdown.clone());
+        let (hub, rtp, cfg, shared, shutdown) =
+            (hub.clone(), rtp.clone(), cfg.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = (permit, ip_slot);
             shared.connections.fetch_add(1, Ordering::Relaxed);
-            let r = connection(sock, peer, hub, cfg, shared.clone(), shutdown).await;
+            let r = connection(sock, peer, hub, rtp, cfg, shared.clone(), shutdown).await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
             match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
@@ -527,19 +532,42 @@ struct Publisher {
     demux: flv::FlvDemuxer,
     stats: StreamStats,
     errors_logged: bool,
+    /// The media stage every source passes through (timestamp repair, G.711 rate, AAC
+    /// transcoding), as for RTP streams (D11).
+    pipeline: MediaPipeline,
+    out: Vec<Frame>,
+    video: TrackCounter,
+    /// Arrival clock of the media stage.
+    epoch: Instant,
 }
 
 impl Publisher {
+    fn new(stream: Arc<Stream>, rtp: &RtpShared) -> Publisher {
+        Publisher {
+            pipeline: rtp.media_pipeline(&stream),
+            stream,
+            demux: flv::FlvDemuxer::new(),
+            stats: StreamStats::default(),
+            errors_logged: false,
+            out: Vec::new(),
+            video: TrackCounter::default(),
+            epoch: Instant::now(),
+        }
+    }
+
     fn frame(&mut self, f: Frame) {
         match &*f.config {
             CodecConfig::Video(v) => {
+                self.video.count(&f);
                 let s = self.stats.video.get_or_insert_with(VideoStats::default);
                 s.codec = f.codec.name();
                 (s.width, s.height) = (v.width, v.height);
                 s.frames += 1;
                 s.keyframes += f.keyframe as u64;
+                s.fps = self.video.rate();
             }
             CodecConfig::Audio(a) => {
+                // What the publisher sends; what leaves is the media stage's (`media`).
                 let s = self.stats.audio.get_or_insert_with(AudioStats::default);
                 s.codec = f.codec.name();
                 (s.sample_rate, s.channels) = (a.sample_rate, a.channels);
@@ -548,16 +576,38 @@ impl Publisher {
         }
         self.stats.bytes_in += f.data.len() as u64;
         self.stats.packets += 1;
-        if self.stats.packets % 25 == 1 || f.keyframe {
-            self.stream.set_stats(self.stats.clone());
+        let keyframe = f.keyframe && f.kind() == MediaKind::Video;
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        self.pipeline.push(f, Some(now_us), &mut self.out);
+        for f in self.out.drain(..) {
+            self.stream.publish(f);
         }
-        self.stream.publish(f);
+        if self.stats.packets % 25 == 1 || keyframe {
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        self.stats.media = self.pipeline.stats();
+        self.stream.set_stats(self.stats.clone());
+    }
+
+    /// The publisher left: audio still held by the media stage goes out, the stats are final.
+    fn finish(mut self, hub: &Hub) {
+        self.pipeline.finish(&mut self.out);
+        for f in self.out.drain(..) {
+            self.stream.publish(f);
+        }
+        self.publish_stats();
+        hub.remove(&self.stream);
     }
 }
 
 struct Conn {
     peer: SocketAddr,
     hub: Arc<Hub>,
+    /// The media stage's home (audio worker pool, G.711 rate hints), shared with RTP ingest.
+    rtp: Arc<RtpShared>,
     shared: Arc<RtmpShared>,
     cfg: RtmpConfig,
     session: ServerSession,
@@ -578,6 +628,7 @@ async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
     hub: Arc<Hub>,
+    rtp: Arc<RtpShared>,
     cfg: RtmpConfig,
     shared: Arc<RtmpShared>,
     shutdown: CancellationToken,
@@ -617,6 +668,7 @@ async fn connection(
     let mut c = Conn {
         peer,
         hub,
+        rtp,
         cfg,
         session,
         guard: shared.guard(),
@@ -713,9 +765,9 @@ async fn connection(
     }
     .await;
     if let Some(p) = c.publisher.take() {
-        p.stream.set_stats(p.stats.clone());
-        c.hub.remove(&p.stream);
-        info!(stream = %p.stream.name, peer = %c.peer, "RTMP publisher left");
+        let name = p.stream.name.clone();
+        p.finish(&c.hub);
+        info!(stream = %name, peer = %c.peer, "RTMP publisher left");
     }
     result
 }
@@ -853,12 +905,7 @@ impl Conn {
                 match self.hub.create(&name, source, Takeover::Refuse) {
                     Ok(stream) => {
                         info!(stream = %name, peer = %self.peer, "RTMP publish");
-                        self.publisher = Some(Publisher {
-                            stream,
-                            demux: flv::FlvDemuxer::new(),
-                            stats: StreamStats::default(),
-                            errors_logged: false,
-                        });
+                        self.publisher = Some(Publisher::new(stream, &self.rtp));
                         self.accept(request_id)
                     }
                     Err(e) => {
@@ -954,9 +1001,9 @@ impl Conn {
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(p) = self.publisher.take() {
-                    p.stream.set_stats(p.stats.clone());
-                    self.hub.remove(&p.stream);
-                    info!(stream = %p.stream.name, "RTMP publish finished");
+                    let name = p.stream.name.clone();
+                    p.finish(&self.hub);
+                    info!(stream = %name, "RTMP publish finished");
                 }
                 Ok(Vec::new())
             }
