@@ -46,6 +46,8 @@ pub struct Config {
     pub hub: HubConfig,
     pub log: LogConfig,
     pub audio: AudioConfig,
+    /// `[auth]`: publish and play credentials (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// What leaves gbgate as audio.
@@ -319,6 +321,10 @@ pub struct RtmpConfig {
     pub max_message_bytes: usize,
     /// Bytes of partially received messages held by all RTMP connections together.
     pub max_partial_bytes: usize,
+    /// A connection must complete the handshake, connect and publish/play within this.
+    pub setup_timeout: HumanDuration,
+    /// Concurrent connections from one IP address (127.0.0.1 and ::1 are not limited).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for RtmpConfig {
@@ -333,6 +339,8 @@ impl Default for RtmpConfig {
             merge_write: HumanDuration(Duration::from_millis(200)),
             max_message_bytes: 8 << 20,
             max_partial_bytes: 128 << 20,
+            setup_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections_per_ip: 64,
         }
     }
 }

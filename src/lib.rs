@@ -16,8 +16,10 @@
 //! - [`server`]: thin tokio drivers: RTP on one port, RTSP, RTMP, SIP transport, HTTP API.
 //! - [`probe`]: offline analysis of captures (`gbgate probe`).
 //! - [`sim`]: load and test tools: `send`, `players`, the camera simulator `sim` and `attack`.
+//! - [`auth`]: publish/play credentials (signed URLs, static keys), sans-IO, for RTMP and RTSP.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;

@@ -283,3 +283,58 @@ async fn oversized_and_budget_exceeding_messages_close_only_their_connection() {
     let _ = camera.kill();
     let _ = camera.wait();
 }
+
+/// A TCP connection to `to` from `from` (127.0.0.x stands for another host).
+async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((from, 0)))?;
+    sock.connect(to).await
+}
+
+/// Hole 12 (RTMP): a connection that has not published or played within `rtmp.setup_timeout`
+/// is closed, whether it sent nothing or stopped after the handshake (never timed out before);
+/// one address gets at most `rtmp.max_connections_per_ip`; a real player still plays while 200
+/// idle connections are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_address() {
+    let mut gw = Daemon::start("setup_timeout = \"2s\"\nmax_connections_per_ip = 16\n");
+    let mut camera = gw.camera("0100000003", 20);
+    gw.wait_stream("rtp/05F5E103").await;
+
+    // 200 idle connections from 200 addresses: half silent, half after a complete handshake.
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for i in 0..200u32 {
+        let from = std::net::Ipv4Addr::new(127, 0, 1 + (i / 200) as u8, 2 + (i % 200) as u8);
+        let mut s = connect_from(from, gw.rtmp).await.unwrap();
+        if i % 2 == 1 {
+            gbgate::client::rtmp::handshake(&mut s, Duration::from_secs(5)).await.unwrap();
+        }
+        idle.push(s);
+    }
+    // One address opening 40: 16 are served, 24 closed at once.
+    let greedy = std::net::Ipv4Addr::new(127, 0, 2, 2);
+    let mut greedy_socks = Vec::new();
+    for _ in 0..40 {
+        greedy_socks.push(connect_from(greedy, gw.rtmp).await.unwrap());
+    }
+    // A real player while they are all open.
+    let frames = ffprobe_frames(&format!("rtmp://{}/rtp/05F5E103", gw.rtmp)).await;
+    assert!(frames.as_ref().is_ok_and(|&f| f > 0), "ffprobe with 200 idle connections open: {frames:?}");
+
+    // All of them closed by the deadline (2 s after they opened; slack for a loaded machine).
+    for (i, s) in idle.iter_mut().enumerate() {
+        let left = Duration::from_secs(6).saturating_sub(opened.elapsed());
+        assert!(closed_within(s, left).await, "idle connection {i} still open after {:?}", opened.elapsed());
+    }
+    let c = rtmp_counters(gw.api).await;
+    assert_eq!(c["per_ip_refused"], 24, "{c}");
+    let start = Instant::now();
+    while rtmp_counters(gw.api).await["setup_timeouts"].as_u64().unwrap() < 216 {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", rtmp_counters(gw.api).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.alive());
+    let _ = camera.kill();
+    let _ = camera.wait();
+}

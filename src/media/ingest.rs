@@ -25,7 +25,7 @@ pub struct StreamIngest {
 
 /// Frame counts and a frame-rate estimate of one track, from the frames actually emitted.
 #[derive(Debug, Clone, Default)]
-struct TrackCounter {
+pub(crate) struct TrackCounter {
     frames: u64,
     keyframes: u64,
     /// The frame-rate window restarts when timestamps go back or jump (camera restart, looped
@@ -39,7 +39,7 @@ struct TrackCounter {
 const RATE_WINDOW_JUMP: i64 = 5 * 90_000;
 
 impl TrackCounter {
-    fn count(&mut self, frame: &Frame) {
+    pub(crate) fn count(&mut self, frame: &Frame) {
         self.frames += 1;
         self.keyframes += u64::from(frame.keyframe);
         let step = frame.pts - self.last_pts;
@@ -52,7 +52,7 @@ impl TrackCounter {
     }
 
     /// Frames per second over the current window; 0 when it cannot be told yet.
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         match self.window_start {
             Some(first) if self.last_pts > first && self.window_frames > 1 => {
                 let fps = (self.window_frames - 1) as f64 * 90_000.0 / (self.last_pts - first) as f64;

@@ -83,11 +83,12 @@ impl Gateway {
             None => None,
         };
         let mut tasks = Vec::new();
-        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp);
+        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth);
         if let Some(l) = rtmp_listener {
             tasks.push(tokio::spawn(rtmp::serve(
                 l,
                 hub.clone(),
+                rtp_shared.clone(),
                 cfg.rtmp.clone(),
                 rtmp_shared.clone(),
                 shutdown.clone(),
