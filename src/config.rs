@@ -117,6 +117,9 @@ pub struct RtpConfig {
     pub stream_queue: usize,
     /// Concurrent TCP connections accepted on the RTP port.
     pub max_tcp_connections: usize,
+    /// A UDP stream is bound to the source address of its first datagram; its SSRC from another
+    /// address is dropped, unless the bound source has been quiet this long (the camera moved).
+    pub rebind_after: HumanDuration,
 }
 
 impl Default for RtpConfig {
@@ -131,6 +134,7 @@ impl Default for RtpConfig {
             reorder_delay: HumanDuration(Duration::from_millis(100)),
             stream_queue: 2048,
             max_tcp_connections: 1000,
+            rebind_after: HumanDuration(Duration::from_secs(2)),
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct StreamStats {
     pub stray: u64,
     /// Packets dropped because the stream's task could not keep up (socket -> task queue full).
     pub queue_drops: u64,
+    /// Datagrams with this stream's SSRC from another source address, dropped (RTP over UDP).
+    pub foreign_packets: u64,
     /// Bytes the PS demuxer skipped while searching for sync.
     pub garbage_bytes: u64,
     pub resyncs: u64,

@@ -197,6 +197,7 @@ impl StreamIngest {
             seq_resets: rtp.resets,
             stray: rtp.stray,
             queue_drops: 0,
+            foreign_packets: 0,
             garbage_bytes: demux.garbage_bytes,
             resyncs: demux.resyncs,
             dropped_frames: demux.dropped_frames,

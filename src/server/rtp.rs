@@ -66,6 +66,14 @@ pub struct RtpCounters {
     pub tcp_resyncs: AtomicU64,
     /// Packets dropped because a stream's queue was full.
     pub queue_drops: AtomicU64,
+    /// Datagrams carrying a live UDP stream's SSRC from another source address, dropped (a
+    /// spoofer, or a second sender of the same SSRC nobody expected).
+    pub foreign_ssrc_packets: AtomicU64,
+    /// UDP streams whose source moved to a new address after the old one went quiet.
+    pub ssrc_rebinds: AtomicU64,
+    /// Two sessions' media with the same SSRC (two channels of one device answering the same
+    /// `y=`), told apart by source address.
+    pub ssrc_clashes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +90,9 @@ pub struct RtpCountersSnapshot {
     pub tcp_refused: u64,
     pub tcp_resyncs: u64,
     pub queue_drops: u64,
+    pub foreign_ssrc_packets: u64,
+    pub ssrc_rebinds: u64,
+    pub ssrc_clashes: u64,
     pub unknown_ssrcs: Vec<UnknownSsrcReport>,
 }
 
@@ -245,6 +256,9 @@ impl RtpShared {
             tcp_refused: get(&c.tcp_refused),
             tcp_resyncs: get(&c.tcp_resyncs),
             queue_drops: get(&c.queue_drops),
+            foreign_ssrc_packets: get(&c.foreign_ssrc_packets),
+            ssrc_rebinds: get(&c.ssrc_rebinds),
+            ssrc_clashes: get(&c.ssrc_clashes),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
         }
     }
@@ -355,9 +369,17 @@ impl Probation {
     }
 }
 
+/// Per-stream figures the socket task counts and the stream task publishes.
+#[derive(Debug, Default)]
+struct RouteStats {
+    queue_drops: AtomicU64,
+    /// Datagrams with this stream's SSRC from another source address, dropped.
+    foreign: AtomicU64,
+}
+
 struct Route {
     tx: mpsc::Sender<RtpPacket>,
-    drops: Arc<AtomicU64>,
+    stats: Arc<RouteStats>,
 }
 
 impl Route {
@@ -367,11 +389,38 @@ impl Route {
         match self.tx.try_send(packet) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.drops.fetch_add(1, Ordering::Relaxed);
+                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
                 counters.queue_drops.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(p)) => Err(p),
+        }
+    }
+}
+
+/// A UDP stream routed by SSRC, bound to the source address (IP *and* port) of its first
+/// datagram: the SSRC alone is 32 bits anyone can copy.
+struct Binding {
+    route: Route,
+    peer: SocketAddr,
+    last_seen: Instant,
+}
+
+/// What to do with a datagram whose SSRC is bound to another source address.
+#[derive(Debug, PartialEq, Eq)]
+enum Foreign {
+    /// The bound source has been quiet longer than `rebind_after`: the camera moved.
+    Rebind,
+    /// The bound source is still sending: drop it.
+    Drop,
+}
+
+impl Binding {
+    fn judge(&self, now: Instant, rebind_after: Duration) -> Foreign {
+        if now.saturating_duration_since(self.last_seen) > rebind_after {
+            Foreign::Rebind
+        } else {
+            Foreign::Drop
         }
     }
 }
@@ -383,7 +432,7 @@ async fn serve_udp(
     shared: Arc<RtpShared>,
     shutdown: CancellationToken,
 ) {
-    let mut routes: HashMap<u32, Route> = HashMap::new();
+    let mut routes: HashMap<u32, Binding> = HashMap::new();
     // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
     let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut probation = Probation::new();
@@ -391,6 +440,8 @@ async fn serve_udp(
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
     let mut unknown_log = RateLimit::new(Duration::from_secs(10));
     let mut refused_log = RateLimit::new(Duration::from_secs(10));
+    let mut foreign_log = RateLimit::new(Duration::from_secs(10));
+    let rebind_after = cfg.rebind_after.0;
     let counters = &shared.counters;
     loop {
         if buf.capacity() - buf.len() < 65536 {
@@ -408,6 +459,7 @@ async fn serve_udp(
             },
             _ = shutdown.cancelled() => return,
         };
+        let now = Instant::now();
         let datagram = buf.split().freeze();
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
@@ -419,7 +471,7 @@ async fn serve_udp(
             }
             Err(e) => {
                 counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = bad_log.check(Instant::now()) {
+                if let Some(suppressed) = bad_log.check(now) {
                     warn!(%peer, suppressed, "not an RTP packet: {e}");
                 }
                 continue;
@@ -436,29 +488,77 @@ async fn serve_udp(
             },
             None => packet,
         };
-        let packet = match routes.get(&ssrc) {
-            Some(route) => match route.forward(packet, counters) {
-                Ok(()) => continue,
+        // A live stream with this SSRC: from its own source the datagram is forwarded; from
+        // anywhere else it is another session's media (claimed by address below), a camera that
+        // moved (its old address quiet), or a spoofer (dropped, counted).
+        let mut clash_with = None;
+        let packet = match routes.get_mut(&ssrc) {
+            Some(b) if b.route.tx.is_closed() => {
                 // The stream ended (timeout, replaced): the SSRC is new again, under the same
                 // rules as any other new SSRC below.
-                Err(p) => {
-                    routes.remove(&ssrc);
-                    p
+                routes.remove(&ssrc);
+                packet
+            }
+            Some(b) if b.peer == peer => {
+                b.last_seen = now;
+                match b.route.forward(packet, counters) {
+                    Ok(()) => continue,
+                    Err(p) => {
+                        routes.remove(&ssrc);
+                        p
+                    }
                 }
-            },
+            }
+            Some(b) => {
+                clash_with = Some(b.peer);
+                packet
+            }
             None => packet,
         };
+        if let Some(bound) = clash_with {
+            // Another session waiting for media from this IP: the same SSRC answered for two
+            // channels of one device (Hikvision). Bind this source address to that session.
+            if let Claim::Bound(name) = shared.claim_source(peer.ip(), false) {
+                counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
+                warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.insert(peer, route);
+                }
+                continue;
+            }
+            let Some(b) = routes.get_mut(&ssrc) else { continue };
+            match b.judge(now, rebind_after) {
+                Foreign::Rebind => {
+                    counters.ssrc_rebinds.fetch_add(1, Ordering::Relaxed);
+                    info!(ssrc = %ssrc_text(ssrc), from = %b.peer, to = %peer, "the stream's source went quiet and came back from a new address: rebound");
+                    b.peer = peer;
+                    b.last_seen = now;
+                    if let Err(_p) = b.route.forward(packet, counters) {
+                        routes.remove(&ssrc);
+                    }
+                }
+                Foreign::Drop => {
+                    b.route.stats.foreign.fetch_add(1, Ordering::Relaxed);
+                    counters.foreign_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = foreign_log.check(now) {
+                        warn!(ssrc = %ssrc_text(ssrc), %peer, bound = %b.peer, suppressed, "a live stream's SSRC from another source address: dropped");
+                    }
+                }
+            }
+            continue;
+        }
         if let Some(name) = shared.announced_name(ssrc) {
             shared.forget_expected(&name);
             if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
-                routes.retain(|_, r| !r.tx.is_closed());
-                routes.insert(ssrc, route);
+                routes.retain(|_, b| !b.route.tx.is_closed());
+                routes.insert(ssrc, Binding { route, peer, last_seen: now });
             }
             continue;
         }
         match shared.claim_source(peer.ip(), false) {
             Claim::Bound(name) => {
-                info!(ssrc = format_args!("{ssrc:08X}"), %peer, stream = %name, "SSRC not the announced one: bound by source address");
+                info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
                     addr_routes.retain(|_, r| !r.tx.is_closed());
                     addr_routes.insert(peer, route);
@@ -474,19 +574,19 @@ async fn serve_udp(
         match cfg.unknown_ssrc {
             UnknownSsrc::Publish => {
                 if let Some(packets) = probation.offer(packet, peer, counters) {
-                    info!(ssrc = format_args!("{ssrc:08X}"), %peer, "unknown SSRC: publishing");
+                    info!(ssrc = %ssrc_text(ssrc), %peer, "unknown SSRC: publishing");
                     let name = unknown_stream_name(ssrc);
                     if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, &mut refused_log) {
-                        routes.retain(|_, r| !r.tx.is_closed());
-                        routes.insert(ssrc, route);
+                        routes.retain(|_, b| !b.route.tx.is_closed());
+                        routes.insert(ssrc, Binding { route, peer, last_seen: now });
                     }
                 }
             }
             UnknownSsrc::Report => {
                 counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
                 shared.report_unknown(ssrc, peer);
-                if let Some(suppressed) = unknown_log.check(Instant::now()) {
-                    warn!(ssrc = format_args!("{ssrc:08X}"), %peer, suppressed, "RTP from an unknown SSRC (not published)");
+                if let Some(suppressed) = unknown_log.check(now) {
+                    warn!(ssrc = %ssrc_text(ssrc), %peer, suppressed, "RTP from an unknown SSRC (not published)");
                 }
             }
             UnknownSsrc::Drop => {
@@ -495,9 +595,14 @@ async fn serve_udp(
         }
         // Streams that ended leave closed routes behind; sweep them now and then.
         if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed) % 4096 == 0 {
-            routes.retain(|_, r| !r.tx.is_closed());
+            routes.retain(|_, b| !b.route.tx.is_closed());
         }
     }
+}
+
+/// The GB form of an SSRC (10 decimal digits, as in SDP `y=`), used in logs and the API.
+pub fn ssrc_text(ssrc: u32) -> String {
+    format!("{ssrc:010}")
 }
 
 fn start_udp_stream(
@@ -526,15 +631,14 @@ fn start_udp_stream(
     for p in packets {
         let _ = tx.try_send(p);
     }
-    let drops = Arc::new(AtomicU64::new(0));
-    let route = Route { tx, drops: drops.clone() };
-    let span =
-        tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
+    let stats = Arc::new(RouteStats::default());
+    let route = Route { tx, stats: stats.clone() };
+    let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), %peer, transport = "udp");
     let (hub, cfg, pipeline) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream));
     tokio::spawn(
         async move {
             info!("stream started");
-            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, drops).await;
+            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats).await;
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -628,7 +732,7 @@ async fn run_stream(
     stream: &Arc<Stream>,
     cfg: &RtpConfig,
     pipeline: MediaPipeline,
-    queue_drops: Arc<AtomicU64>,
+    route_stats: Arc<RouteStats>,
 ) -> String {
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
@@ -679,7 +783,7 @@ async fn run_stream(
                 }
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
-                    publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
+                    publish_stats(stream, &ingest, &media.pipeline, &route_stats);
                     // Ended by signalling (BYE) or replaced: free the route so the camera's next
                     // session from the same address is routed afresh.
                     if stream.is_closed() {
@@ -696,14 +800,15 @@ async fn run_stream(
     publish_all(stream, &mut media, now_us());
     media.pipeline.finish(&mut media.out);
     publish_all(stream, &mut media, now_us());
-    publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
+    publish_stats(stream, &ingest, &media.pipeline, &route_stats);
     reason
 }
 
-fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, queue_drops: &AtomicU64) {
+fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, route: &RouteStats) {
     let mut stats = ingest.stream_stats();
     stats.media = media.stats();
-    stats.queue_drops = queue_drops.load(Ordering::Relaxed);
+    stats.queue_drops = route.queue_drops.load(Ordering::Relaxed);
+    stats.foreign_packets = route.foreign.load(Ordering::Relaxed);
     stream.set_stats(stats);
 }
 
@@ -809,7 +914,7 @@ async fn run_tcp_connection(
             UnknownSsrc::Report => {
                 shared.counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
                 shared.report_unknown(ssrc, peer);
-                warn!(ssrc = format_args!("{ssrc:08X}"), "TCP RTP from an unknown SSRC (not published); closing");
+                warn!(ssrc = %ssrc_text(ssrc), "TCP RTP from an unknown SSRC (not published); closing");
                 return;
             }
             UnknownSsrc::Drop => {
@@ -828,7 +933,7 @@ async fn run_tcp_connection(
             }
         };
     shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), transport = "tcp");
+    let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), transport = "tcp");
     async {
         info!("stream started");
         let resyncs_counted = framer.stats().resyncs;
@@ -837,7 +942,7 @@ async fn run_tcp_connection(
         }
         let pipeline = shared.media_pipeline(&stream);
         let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
-        let reason = run_stream(source, &stream, &cfg, pipeline, Arc::new(AtomicU64::new(0))).await;
+        let reason = run_stream(source, &stream, &cfg, pipeline, Arc::new(RouteStats::default())).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }
