@@ -74,6 +74,12 @@ pub struct RtpCounters {
     /// Two sessions' media with the same SSRC (two channels of one device answering the same
     /// `y=`), told apart by source address.
     pub ssrc_clashes: AtomicU64,
+    /// Streams refused because their name is live under another source (hub `NameTaken`): an
+    /// RTP/TCP connection sending a live camera's SSRC from another address, for example.
+    pub takeovers_refused: AtomicU64,
+    /// Media for a GB session (announced SSRC) from an address other than the one the device
+    /// signalled from: dropped (UDP) or the connection closed (TCP).
+    pub foreign_source_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +99,8 @@ pub struct RtpCountersSnapshot {
     pub foreign_ssrc_packets: u64,
     pub ssrc_rebinds: u64,
     pub ssrc_clashes: u64,
+    pub takeovers_refused: u64,
+    pub foreign_source_refused: u64,
     pub unknown_ssrcs: Vec<UnknownSsrcReport>,
 }
 
@@ -133,6 +141,11 @@ pub struct RtpShared {
     audio_pool: std::sync::OnceLock<Arc<AudioPool>>,
     /// G.711 sample rates announced by signalling (SDP `f=`), by stream name.
     g711_rates: std::sync::Mutex<HashMap<String, u32>>,
+    /// The IP each GB session's device signalled from, by stream name: its media must come
+    /// from there (issue 8, hole 2). Kept until the session is withdrawn, so a reconnect works.
+    signalled: std::sync::Mutex<HashMap<String, std::net::IpAddr>>,
+    /// One rate limit for the refusals a peer can trigger (log lines, not counters).
+    refusal_log: std::sync::Mutex<RateLimit>,
 }
 
 impl RtpShared {
@@ -149,6 +162,8 @@ impl RtpShared {
             audio,
             audio_pool: std::sync::OnceLock::new(),
             g711_rates: std::sync::Mutex::new(HashMap::new()),
+            signalled: std::sync::Mutex::new(HashMap::new()),
+            refusal_log: std::sync::Mutex::new(RateLimit::new(Duration::from_secs(10))),
         })
     }
 
@@ -192,12 +207,49 @@ impl RtpShared {
     pub fn withdraw_name(&self, name: &str) {
         self.announced.write().unwrap_or_else(|e| e.into_inner()).retain(|_, n| n != name);
         self.g711_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.signalled.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.forget_expected(name);
+    }
+
+    /// Whether media for `name` may come from `ip`: a GB session's media comes from the address
+    /// its device signalled from (`expect_source`); other streams have no such binding. A refusal
+    /// is counted and logged (rate-limited).
+    fn source_allowed(&self, name: &str, peer: SocketAddr) -> bool {
+        let signalled = self.signalled.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied();
+        match signalled {
+            Some(ip) if ip != peer.ip() => {
+                self.counters.foreign_source_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) =
+                    self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    warn!(stream = name, %peer, signalled = %ip, suppressed, "media for a GB session from an address its device did not signal from: refused");
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Counts and logs (rate-limited) a stream the hub refused.
+    fn refused(&self, name: &str, peer: SocketAddr, e: &crate::hub::PublishError) {
+        self.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+        if matches!(e, crate::hub::PublishError::NameTaken { .. }) {
+            self.counters.takeovers_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(suppressed) = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now()) {
+            warn!(stream = name, %peer, suppressed, "stream refused: {e}");
+        }
     }
 
     /// Expects media for `name` from `ip`, over TCP or UDP, with an SSRC nobody announced (see
     /// `expected`).
     pub fn expect_source(&self, ip: std::net::IpAddr, tcp: bool, name: String) {
+        {
+            let mut signalled = self.signalled.lock().unwrap_or_else(|e| e.into_inner());
+            if signalled.len() < EXPECTED_CAPACITY || signalled.contains_key(&name) {
+                signalled.insert(name.clone(), ip);
+            }
+        }
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
         e.retain(|x| x.name != name);
         if e.len() >= EXPECTED_CAPACITY {
@@ -259,6 +311,8 @@ impl RtpShared {
             foreign_ssrc_packets: get(&c.foreign_ssrc_packets),
             ssrc_rebinds: get(&c.ssrc_rebinds),
             ssrc_clashes: get(&c.ssrc_clashes),
+            takeovers_refused: get(&c.takeovers_refused),
+            foreign_source_refused: get(&c.foreign_source_refused),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
         }
     }
@@ -439,7 +493,6 @@ async fn serve_udp(
     let mut buf = BytesMut::with_capacity(256 * 1024);
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
     let mut unknown_log = RateLimit::new(Duration::from_secs(10));
-    let mut refused_log = RateLimit::new(Duration::from_secs(10));
     let mut foreign_log = RateLimit::new(Duration::from_secs(10));
     let rebind_after = cfg.rebind_after.0;
     let counters = &shared.counters;
@@ -521,7 +574,7 @@ async fn serve_udp(
             if let Claim::Bound(name) = shared.claim_source(peer.ip(), false) {
                 counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
                 warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
-                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared) {
                     addr_routes.retain(|_, r| !r.tx.is_closed());
                     addr_routes.insert(peer, route);
                 }
@@ -549,8 +602,11 @@ async fn serve_udp(
             continue;
         }
         if let Some(name) = shared.announced_name(ssrc) {
+            if !shared.source_allowed(&name, peer) {
+                continue;
+            }
             shared.forget_expected(&name);
-            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared) {
                 routes.retain(|_, b| !b.route.tx.is_closed());
                 routes.insert(ssrc, Binding { route, peer, last_seen: now });
             }
@@ -559,7 +615,7 @@ async fn serve_udp(
         match shared.claim_source(peer.ip(), false) {
             Claim::Bound(name) => {
                 info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
-                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared) {
                     addr_routes.retain(|_, r| !r.tx.is_closed());
                     addr_routes.insert(peer, route);
                 }
@@ -576,7 +632,7 @@ async fn serve_udp(
                 if let Some(packets) = probation.offer(packet, peer, counters) {
                     info!(ssrc = %ssrc_text(ssrc), %peer, "unknown SSRC: publishing");
                     let name = unknown_stream_name(ssrc);
-                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, &mut refused_log) {
+                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared) {
                         routes.retain(|_, b| !b.route.tx.is_closed());
                         routes.insert(ssrc, Binding { route, peer, last_seen: now });
                     }
@@ -612,17 +668,13 @@ fn start_udp_stream(
     cfg: &RtpConfig,
     hub: &Arc<Hub>,
     shared: &Arc<RtpShared>,
-    refused_log: &mut RateLimit,
 ) -> Option<Route> {
     let ssrc = packets.first().map(|p| p.ssrc)?;
     let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
     let stream = match hub.create(&name, source, Takeover::SameSource) {
         Ok(s) => s,
         Err(e) => {
-            shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = refused_log.check(Instant::now()) {
-                warn!(stream = %name, %peer, suppressed, "stream refused: {e}");
-            }
+            shared.refused(&name, peer, &e);
             return None;
         }
     };
@@ -906,6 +958,9 @@ async fn run_tcp_connection(
     }
     let name = match name {
         Some(name) => {
+            if !shared.source_allowed(&name, peer) {
+                return;
+            }
             shared.forget_expected(&name);
             name
         }
@@ -927,8 +982,7 @@ async fn run_tcp_connection(
         match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) }, Takeover::SameSource) {
             Ok(s) => s,
             Err(e) => {
-                shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(stream = %name, "stream refused: {e}");
+                shared.refused(&name, peer, &e);
                 return;
             }
         };
