@@ -120,6 +120,11 @@ pub struct RtpConfig {
     /// A UDP stream is bound to the source address of its first datagram; its SSRC from another
     /// address is dropped, unless the bound source has been quiet this long (the camera moved).
     pub rebind_after: HumanDuration,
+    /// Streams of SSRCs nobody announced (counted within `max_streams`): the rest is kept for
+    /// announced sessions (GB INVITEs, API channels).
+    pub max_unknown_streams: usize,
+    /// Streams of unannounced SSRCs from one source IP.
+    pub max_unknown_per_source: usize,
 }
 
 impl Default for RtpConfig {
@@ -135,6 +140,8 @@ impl Default for RtpConfig {
             stream_queue: 2048,
             max_tcp_connections: 1000,
             rebind_after: HumanDuration(Duration::from_secs(2)),
+            max_unknown_streams: 200,
+            max_unknown_per_source: 16,
         }
     }
 }

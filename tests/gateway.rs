@@ -145,6 +145,8 @@ fn corrupted_tcp_stream() -> Vec<u8> {
 async fn sixty_streams_at_once_with_faulty_ones_beside_them() {
     let mut cfg = test_config();
     cfg.rtp.max_streams = 100;
+    // Sixty cameras from one host: lift the per-source budget of unannounced streams.
+    cfg.rtp.max_unknown_per_source = 100;
     let gw = start(cfg).await;
     let tmp = tempfile::tempdir().unwrap();
     let to = gw.rtp_addr;

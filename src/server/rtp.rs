@@ -80,6 +80,11 @@ pub struct RtpCounters {
     /// Media for a GB session (announced SSRC) from an address other than the one the device
     /// signalled from: dropped (UDP) or the connection closed (TCP).
     pub foreign_source_refused: AtomicU64,
+    /// Unannounced streams refused because their budget (`max_unknown_streams`, or
+    /// `max_unknown_per_source` for one IP) was spent on streams that are still sending.
+    pub unknown_refused: AtomicU64,
+    /// Unannounced streams ended to make room (idle ones first).
+    pub unknown_evicted: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +106,9 @@ pub struct RtpCountersSnapshot {
     pub ssrc_clashes: u64,
     pub takeovers_refused: u64,
     pub foreign_source_refused: u64,
+    pub unknown_streams: usize,
+    pub unknown_refused: u64,
+    pub unknown_evicted: u64,
     pub unknown_ssrcs: Vec<UnknownSsrcReport>,
 }
 
@@ -116,6 +124,15 @@ enum Claim {
     Ambiguous,
     Nobody,
 }
+
+/// Milliseconds on a process-wide monotonic clock (for activity stamps shared between tasks).
+fn mono_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// An unannounced stream quiet this long may be ended to make room for another.
+const UNKNOWN_IDLE_MS: u64 = 1000;
 
 /// Sessions expecting media by source IP (bounded; oldest dropped first).
 const EXPECTED_CAPACITY: usize = 4096;
@@ -146,6 +163,17 @@ pub struct RtpShared {
     signalled: std::sync::Mutex<HashMap<String, std::net::IpAddr>>,
     /// One rate limit for the refusals a peer can trigger (log lines, not counters).
     refusal_log: std::sync::Mutex<RateLimit>,
+    /// Live streams of SSRCs nobody announced: they have their own budget, so announced
+    /// sessions always find a slot (issue 8, hole 9).
+    unknown: std::sync::Mutex<Vec<UnknownStream>>,
+    /// `[rtp] max_unknown_streams` and `max_unknown_per_source`.
+    unknown_limits: std::sync::Mutex<(usize, usize)>,
+}
+
+struct UnknownStream {
+    ip: std::net::IpAddr,
+    stream: Arc<Stream>,
+    stats: Arc<RouteStats>,
 }
 
 impl RtpShared {
@@ -164,6 +192,11 @@ impl RtpShared {
             g711_rates: std::sync::Mutex::new(HashMap::new()),
             signalled: std::sync::Mutex::new(HashMap::new()),
             refusal_log: std::sync::Mutex::new(RateLimit::new(Duration::from_secs(10))),
+            unknown: std::sync::Mutex::new(Vec::new()),
+            unknown_limits: std::sync::Mutex::new({
+                let d = RtpConfig::default();
+                (d.max_unknown_streams, d.max_unknown_per_source)
+            }),
         })
     }
 
@@ -227,6 +260,128 @@ impl RtpShared {
                 false
             }
             _ => true,
+        }
+    }
+
+    /// Sets the budget of unannounced streams (`serve` does it from the config).
+    pub fn set_unknown_limits(&self, total: usize, per_source: usize) {
+        *self.unknown_limits.lock().unwrap_or_else(|e| e.into_inner()) = (total, per_source);
+    }
+
+    fn now_ms(&self) -> u64 {
+        mono_ms()
+    }
+
+    fn unknown_live(&self) -> usize {
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| !x.stream.is_closed());
+        u.len()
+    }
+
+    /// Whether an unannounced stream from `ip` may start. At the budget (all of them, or those of
+    /// this IP), the stream of that group that has been quiet longest is ended to make room if
+    /// it has been quiet for a second; otherwise the new one is refused (counted).
+    fn admit_unknown(&self, ip: std::net::IpAddr, hub: &Hub) -> bool {
+        let (total, per_source) = *self.unknown_limits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| !x.stream.is_closed());
+        let from_ip = u.iter().filter(|x| x.ip == ip).count();
+        // The group that must give way: this IP's streams, or everyone's.
+        let only_ip = if from_ip >= per_source {
+            Some(ip)
+        } else if u.len() >= total {
+            None
+        } else {
+            return true;
+        };
+        let group = |x: &UnknownStream| only_ip.is_none_or(|ip| x.ip == ip);
+        let now = self.now_ms();
+        let idlest = u
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| group(x))
+            .min_by_key(|(_, x)| x.stats.last_packet_ms.load(Ordering::Relaxed))
+            .map(|(i, x)| (i, now.saturating_sub(x.stats.last_packet_ms.load(Ordering::Relaxed))));
+        match idlest {
+            Some((i, quiet_ms)) if quiet_ms >= UNKNOWN_IDLE_MS => {
+                let evicted = u.swap_remove(i);
+                drop(u);
+                self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
+                info!(stream = %evicted.stream.name, quiet_ms, "unannounced stream ended to make room");
+                hub.remove(&evicted.stream);
+                true
+            }
+            _ => {
+                drop(u);
+                self.counters.unknown_refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) =
+                    self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    warn!(%ip, suppressed, total, per_source, "unannounced stream refused: its budget is spent");
+                }
+                false
+            }
+        }
+    }
+
+    fn track_unknown(&self, ip: std::net::IpAddr, stream: &Arc<Stream>, stats: &Arc<RouteStats>) {
+        stats.last_packet_ms.store(self.now_ms(), Ordering::Relaxed);
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.push(UnknownStream { ip, stream: stream.clone(), stats: stats.clone() });
+    }
+
+    /// The hub is full and an announced session needs a slot: end the unannounced stream that
+    /// has been quiet longest. Returns whether one was ended.
+    fn evict_for_announced(&self, hub: &Hub) -> bool {
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| !x.stream.is_closed());
+        let Some(i) =
+            u.iter().enumerate().min_by_key(|(_, x)| x.stats.last_packet_ms.load(Ordering::Relaxed)).map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let evicted = u.swap_remove(i);
+        drop(u);
+        self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
+        info!(stream = %evicted.stream.name, "unannounced stream ended: an announced session needs its slot");
+        hub.remove(&evicted.stream);
+        true
+    }
+
+    /// Creates the hub stream for an RTP source. Unannounced streams (`unknown`) spend their own
+    /// budget; announced ones may end an unannounced stream when the hub is full.
+    fn create_stream(
+        &self,
+        hub: &Hub,
+        name: &str,
+        source: Source,
+        unknown: bool,
+        stats: &Arc<RouteStats>,
+    ) -> Option<Arc<Stream>> {
+        let peer = source.peer;
+        if unknown && !self.admit_unknown(peer.ip(), hub) {
+            return None;
+        }
+        let mut result = hub.create(name, source.clone(), Takeover::SameSource);
+        if !unknown
+            && matches!(result, Err(crate::hub::PublishError::TooManyStreams(_)))
+            && self.evict_for_announced(hub)
+        {
+            result = hub.create(name, source, Takeover::SameSource);
+        }
+        match result {
+            Ok(stream) => {
+                self.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+                if unknown {
+                    self.track_unknown(peer.ip(), &stream, stats);
+                }
+                Some(stream)
+            }
+            Err(e) => {
+                self.refused(name, peer, &e);
+                None
+            }
         }
     }
 
@@ -313,6 +468,9 @@ impl RtpShared {
             ssrc_clashes: get(&c.ssrc_clashes),
             takeovers_refused: get(&c.takeovers_refused),
             foreign_source_refused: get(&c.foreign_source_refused),
+            unknown_streams: self.unknown_live(),
+            unknown_refused: get(&c.unknown_refused),
+            unknown_evicted: get(&c.unknown_evicted),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
         }
     }
@@ -371,6 +529,9 @@ pub async fn serve(
     shared: Arc<RtpShared>,
     shutdown: CancellationToken,
 ) {
+    // Whatever the config says, a fifth of the slots stays for announced sessions.
+    let total = cfg.max_unknown_streams.min(cfg.max_streams - cfg.max_streams / 5);
+    shared.set_unknown_limits(total, cfg.max_unknown_per_source);
     let udp_task = tokio::spawn(serve_udp(udp, cfg.clone(), hub.clone(), shared.clone(), shutdown.clone()));
     let tcp_task = tokio::spawn(serve_tcp(tcp, cfg, hub, shared, shutdown));
     let _ = tokio::join!(udp_task, tcp_task);
@@ -427,6 +588,9 @@ impl Probation {
 #[derive(Debug, Default)]
 struct RouteStats {
     queue_drops: AtomicU64,
+    /// When the stream last received a packet, in ms since `RtpShared::epoch` (idle squatters
+    /// are evicted first).
+    last_packet_ms: AtomicU64,
     /// Datagrams with this stream's SSRC from another source address, dropped.
     foreign: AtomicU64,
 }
@@ -574,7 +738,7 @@ async fn serve_udp(
             if let Claim::Bound(name) = shared.claim_source(peer.ip(), false) {
                 counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
                 warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
-                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared) {
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
                     addr_routes.retain(|_, r| !r.tx.is_closed());
                     addr_routes.insert(peer, route);
                 }
@@ -606,7 +770,7 @@ async fn serve_udp(
                 continue;
             }
             shared.forget_expected(&name);
-            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared) {
+            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
                 routes.retain(|_, b| !b.route.tx.is_closed());
                 routes.insert(ssrc, Binding { route, peer, last_seen: now });
             }
@@ -615,7 +779,7 @@ async fn serve_udp(
         match shared.claim_source(peer.ip(), false) {
             Claim::Bound(name) => {
                 info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
-                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared) {
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
                     addr_routes.retain(|_, r| !r.tx.is_closed());
                     addr_routes.insert(peer, route);
                 }
@@ -632,7 +796,7 @@ async fn serve_udp(
                 if let Some(packets) = probation.offer(packet, peer, counters) {
                     info!(ssrc = %ssrc_text(ssrc), %peer, "unknown SSRC: publishing");
                     let name = unknown_stream_name(ssrc);
-                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared) {
+                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, true) {
                         routes.retain(|_, b| !b.route.tx.is_closed());
                         routes.insert(ssrc, Binding { route, peer, last_seen: now });
                     }
@@ -668,22 +832,16 @@ fn start_udp_stream(
     cfg: &RtpConfig,
     hub: &Arc<Hub>,
     shared: &Arc<RtpShared>,
+    unknown: bool,
 ) -> Option<Route> {
     let ssrc = packets.first().map(|p| p.ssrc)?;
     let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
-    let stream = match hub.create(&name, source, Takeover::SameSource) {
-        Ok(s) => s,
-        Err(e) => {
-            shared.refused(&name, peer, &e);
-            return None;
-        }
-    };
-    shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+    let stats = Arc::new(RouteStats::default());
+    let stream = shared.create_stream(hub, &name, source, unknown, &stats)?;
     let (tx, rx) = mpsc::channel(cfg.stream_queue);
     for p in packets {
         let _ = tx.try_send(p);
     }
-    let stats = Arc::new(RouteStats::default());
     let route = Route { tx, stats: stats.clone() };
     let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), %peer, transport = "udp");
     let (hub, cfg, pipeline) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream));
@@ -810,6 +968,7 @@ async fn run_stream(
                 Ok(true) => {
                     if !batch.is_empty() {
                         last_data = Instant::now();
+                        route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
                         idle_flushed = false;
                         let now = now_us();
                         for packet in batch.drain(..) {
@@ -956,6 +1115,7 @@ async fn run_tcp_connection(
         }
         name = name.or_else(|| shared.announced_name(ssrc));
     }
+    let unknown = name.is_none();
     let name = match name {
         Some(name) => {
             if !shared.source_allowed(&name, peer) {
@@ -978,15 +1138,9 @@ async fn run_tcp_connection(
             }
         },
     };
-    let stream =
-        match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) }, Takeover::SameSource) {
-            Ok(s) => s,
-            Err(e) => {
-                shared.refused(&name, peer, &e);
-                return;
-            }
-        };
-    shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+    let route_stats = Arc::new(RouteStats::default());
+    let source = Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) };
+    let Some(stream) = shared.create_stream(&hub, &name, source, unknown, &route_stats) else { return };
     let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), transport = "tcp");
     async {
         info!("stream started");
@@ -996,7 +1150,7 @@ async fn run_tcp_connection(
         }
         let pipeline = shared.media_pipeline(&stream);
         let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
-        let reason = run_stream(source, &stream, &cfg, pipeline, Arc::new(RouteStats::default())).await;
+        let reason = run_stream(source, &stream, &cfg, pipeline, route_stats).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }
