@@ -114,6 +114,7 @@ pub struct RtpCountersSnapshot {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnknownSsrcReport {
+    #[serde(serialize_with = "serialize_ssrc")]
     pub ssrc: u32,
     pub peer: SocketAddr,
     pub packets: u64,
@@ -823,6 +824,24 @@ async fn serve_udp(
 /// The GB form of an SSRC (10 decimal digits, as in SDP `y=`), used in logs and the API.
 pub fn ssrc_text(ssrc: u32) -> String {
     format!("{ssrc:010}")
+}
+
+/// Serializes an SSRC in its 10-digit GB form: as a number, `0200000002` would lose its zero.
+pub fn serialize_ssrc<S: serde::Serializer>(ssrc: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ssrc_text(*ssrc))
+}
+
+/// A stream's source as the API shows it: the SSRC in its 10-digit GB form, as in
+/// `/api/v1/gb/sessions`.
+pub fn serialize_source<S: serde::Serializer>(source: &Source, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct View<'a> {
+        transport: crate::hub::Transport,
+        peer: SocketAddr,
+        ssrc: Option<&'a str>,
+    }
+    let ssrc = source.ssrc.map(ssrc_text);
+    View { transport: source.transport, peer: source.peer, ssrc: ssrc.as_deref() }.serialize(s)
 }
 
 fn start_udp_stream(
