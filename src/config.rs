@@ -125,6 +125,15 @@ pub struct RtpConfig {
     pub max_unknown_streams: usize,
     /// Streams of unannounced SSRCs from one source IP.
     pub max_unknown_per_source: usize,
+    /// Largest access unit (bytes) reassembled per stream; larger ones are dropped and counted.
+    pub max_access_unit: usize,
+    /// Payload bytes one stream's reorder buffer may hold waiting for a gap.
+    pub reorder_bytes: usize,
+    /// Bytes queued from the socket to one stream's task (besides `stream_queue` packets).
+    pub stream_queue_bytes: usize,
+    /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
+    /// dropped and streams shed their partial access units (counted as `budget_drops`).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for RtpConfig {
@@ -142,6 +151,10 @@ impl Default for RtpConfig {
             rebind_after: HumanDuration(Duration::from_secs(2)),
             max_unknown_streams: 200,
             max_unknown_per_source: 16,
+            max_access_unit: 4 << 20,
+            reorder_bytes: 1 << 20,
+            stream_queue_bytes: 2 << 20,
+            max_buffered_bytes: 512 << 20,
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct StreamStats {
     pub garbage_bytes: u64,
     pub resyncs: u64,
     pub dropped_frames: u64,
+    /// Access units (or header tails) larger than `[rtp] max_access_unit`, dropped.
+    pub oversize_drops: u64,
     /// Timestamp repairs, G.711 rate detection and audio transcoding.
     pub media: crate::media::pipeline::MediaStats,
 }

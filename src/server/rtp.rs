@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -43,6 +43,8 @@ const IDLE_FLUSH: Duration = Duration::from_millis(200);
 const PROBATION_CAPACITY: usize = 1024;
 /// Datagrams kept per SSRC on probation (handed to the stream once it is created).
 const PROBATION_PACKETS: usize = 4;
+/// Payload bytes probation holds in all (1024 x 4 full-size datagrams would be 256 MiB).
+const PROBATION_BYTES: usize = 4 << 20;
 /// Unknown SSRCs remembered for the API in `report` mode.
 const REPORTED_CAPACITY: usize = 256;
 
@@ -85,6 +87,8 @@ pub struct RtpCounters {
     pub unknown_refused: AtomicU64,
     /// Unannounced streams ended to make room (idle ones first).
     pub unknown_evicted: AtomicU64,
+    /// Packets dropped, or partial access units shed, because `max_buffered_bytes` was reached.
+    pub budget_drops: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +113,10 @@ pub struct RtpCountersSnapshot {
     pub unknown_streams: usize,
     pub unknown_refused: u64,
     pub unknown_evicted: u64,
+    pub budget_drops: u64,
+    /// Bytes all RTP streams hold now: queued, reordered, reassembly, probation.
+    pub buffered_bytes: usize,
+    pub max_buffered_bytes: usize,
     pub unknown_ssrcs: Vec<UnknownSsrcReport>,
 }
 
@@ -131,6 +139,9 @@ fn mono_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
+
+/// Over the global byte budget, a stream holding more than this for reassembly sheds it.
+const SHED_ABOVE: usize = 1 << 20;
 
 /// An unannounced stream quiet this long may be ended to make room for another.
 const UNKNOWN_IDLE_MS: u64 = 1000;
@@ -169,6 +180,10 @@ pub struct RtpShared {
     unknown: std::sync::Mutex<Vec<UnknownStream>>,
     /// `[rtp] max_unknown_streams` and `max_unknown_per_source`.
     unknown_limits: std::sync::Mutex<(usize, usize)>,
+    /// Bytes all RTP streams hold (queues, reorder buffers, reassembly, probation), and the
+    /// global budget for them (`[rtp] max_buffered_bytes`; issue 8, holes 7, 16 and 18).
+    buffered: std::sync::atomic::AtomicUsize,
+    max_buffered: std::sync::atomic::AtomicUsize,
 }
 
 struct UnknownStream {
@@ -198,6 +213,8 @@ impl RtpShared {
                 let d = RtpConfig::default();
                 (d.max_unknown_streams, d.max_unknown_per_source)
             }),
+            buffered: std::sync::atomic::AtomicUsize::new(0),
+            max_buffered: std::sync::atomic::AtomicUsize::new(RtpConfig::default().max_buffered_bytes),
         })
     }
 
@@ -262,6 +279,21 @@ impl RtpShared {
             }
             _ => true,
         }
+    }
+
+    /// Reserves `n` bytes of the global budget; false (and nothing reserved) when it is spent.
+    fn reserve(&self, n: usize) -> bool {
+        let max = self.max_buffered.load(Ordering::Relaxed);
+        let prev = self.buffered.fetch_add(n, Ordering::Relaxed);
+        if prev.saturating_add(n) > max {
+            self.buffered.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: usize) {
+        self.buffered.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Sets the budget of unannounced streams (`serve` does it from the config).
@@ -472,6 +504,9 @@ impl RtpShared {
             unknown_streams: self.unknown_live(),
             unknown_refused: get(&c.unknown_refused),
             unknown_evicted: get(&c.unknown_evicted),
+            budget_drops: get(&c.budget_drops),
+            buffered_bytes: self.buffered.load(Ordering::Relaxed),
+            max_buffered_bytes: self.max_buffered.load(Ordering::Relaxed),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
         }
     }
@@ -533,6 +568,7 @@ pub async fn serve(
     // Whatever the config says, a fifth of the slots stays for announced sessions.
     let total = cfg.max_unknown_streams.min(cfg.max_streams - cfg.max_streams / 5);
     shared.set_unknown_limits(total, cfg.max_unknown_per_source);
+    shared.max_buffered.store(cfg.max_buffered_bytes, Ordering::Relaxed);
     let udp_task = tokio::spawn(serve_udp(udp, cfg.clone(), hub.clone(), shared.clone(), shutdown.clone()));
     let tcp_task = tokio::spawn(serve_tcp(tcp, cfg, hub, shared, shutdown));
     let _ = tokio::join!(udp_task, tcp_task);
@@ -548,11 +584,26 @@ struct Pending {
 struct Probation {
     pending: HashMap<u32, Pending>,
     order: VecDeque<u32>,
+    /// Payload bytes held (each datagram owns its buffer: see `serve_udp`).
+    bytes: usize,
+}
+
+fn payload_bytes(packets: &[RtpPacket]) -> usize {
+    packets.iter().map(|p| p.payload.len()).sum()
 }
 
 impl Probation {
     fn new() -> Probation {
-        Probation { pending: HashMap::new(), order: VecDeque::new() }
+        Probation { pending: HashMap::new(), order: VecDeque::new(), bytes: 0 }
+    }
+
+    fn evict_oldest(&mut self, counters: &RtpCounters) {
+        if let Some(old) = self.order.pop_front() {
+            if let Some(p) = self.pending.remove(&old) {
+                self.bytes -= payload_bytes(&p.packets);
+            }
+            counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Returns the packets to publish when `packet` completes probation for its SSRC.
@@ -563,22 +614,25 @@ impl Probation {
             // A second packet from the same host continuing the sequence proves a real sender.
             if p.peer.ip() == peer.ip() && (1..=64).contains(&step) {
                 let mut p = self.pending.remove(&ssrc).expect("present");
+                self.bytes -= payload_bytes(&p.packets);
                 self.order.retain(|s| *s != ssrc);
                 p.packets.push(packet);
                 return Some(p.packets);
             }
-            if p.packets.len() < PROBATION_PACKETS {
+            if p.packets.len() < PROBATION_PACKETS && self.bytes + packet.payload.len() <= PROBATION_BYTES {
+                self.bytes += packet.payload.len();
                 p.packets.push(packet);
             }
             p.last_seq = seq;
             return None;
         }
         if self.pending.len() >= PROBATION_CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.pending.remove(&old);
-                counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
-            }
+            self.evict_oldest(counters);
         }
+        while self.bytes + packet.payload.len() > PROBATION_BYTES && !self.order.is_empty() {
+            self.evict_oldest(counters);
+        }
+        self.bytes += packet.payload.len();
         self.order.push_back(ssrc);
         self.pending.insert(ssrc, Pending { peer, last_seq: packet.seq, packets: vec![packet] });
         None
@@ -594,25 +648,50 @@ struct RouteStats {
     last_packet_ms: AtomicU64,
     /// Datagrams with this stream's SSRC from another source address, dropped.
     foreign: AtomicU64,
+    /// Payload bytes in the socket -> stream queue (bounded by `stream_queue_bytes`).
+    queued_bytes: std::sync::atomic::AtomicUsize,
 }
 
 struct Route {
     tx: mpsc::Sender<RtpPacket>,
     stats: Arc<RouteStats>,
+    max_queue_bytes: usize,
 }
 
 impl Route {
-    /// Queues a packet for the stream; a full queue drops it (counted). `Err` gives the packet
-    /// back when the stream has ended.
-    fn forward(&self, packet: RtpPacket, counters: &RtpCounters) -> Result<(), RtpPacket> {
+    /// Queues a packet for the stream; a full queue (packets or bytes) or a spent global budget
+    /// drops it (counted). `Err` gives the packet back when the stream has ended.
+    fn forward(&self, packet: RtpPacket, shared: &RtpShared) -> Result<(), RtpPacket> {
+        let counters = &shared.counters;
+        if self.tx.is_closed() {
+            return Err(packet);
+        }
+        let len = packet.payload.len();
+        if self.stats.queued_bytes.load(Ordering::Relaxed).saturating_add(len) > self.max_queue_bytes {
+            self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if !shared.reserve(len) {
+            self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            counters.budget_drops.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
         match self.tx.try_send(packet) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-                counters.queue_drops.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+            Err(e) => {
+                self.stats.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                shared.release(len);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+                        counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    mpsc::error::TrySendError::Closed(p) => Err(p),
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(p)) => Err(p),
         }
     }
 }
@@ -655,30 +734,29 @@ async fn serve_udp(
     // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
     let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut probation = Probation::new();
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    // Each datagram is copied out into its own exact-size buffer: a packet held in probation,
+    // a reorder buffer or a queue then pins its own bytes only, never a shared 256 KiB receive
+    // buffer (issue 8, hole 7), so every byte bound below is a bound on memory.
+    let mut buf = vec![0u8; 65536];
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
     let mut unknown_log = RateLimit::new(Duration::from_secs(10));
     let mut foreign_log = RateLimit::new(Duration::from_secs(10));
     let rebind_after = cfg.rebind_after.0;
     let counters = &shared.counters;
     loop {
-        if buf.capacity() - buf.len() < 65536 {
-            buf.reserve(256 * 1024);
-        }
-        let (_, peer) = tokio::select! {
-            r = socket.recv_buf_from(&mut buf) => match r {
+        let (n, peer) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP port unreachable and the like surface here on some systems: not fatal.
                     debug!("UDP receive error: {e}");
-                    buf.clear();
                     continue;
                 }
             },
             _ = shutdown.cancelled() => return,
         };
         let now = Instant::now();
-        let datagram = buf.split().freeze();
+        let datagram = Bytes::copy_from_slice(&buf[..n]);
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
         let packet = match RtpPacket::parse(datagram) {
@@ -697,7 +775,7 @@ async fn serve_udp(
         };
         let ssrc = packet.ssrc;
         let packet = match addr_routes.get(&peer) {
-            Some(route) => match route.forward(packet, counters) {
+            Some(route) => match route.forward(packet, &shared) {
                 Ok(()) => continue,
                 Err(p) => {
                     addr_routes.remove(&peer);
@@ -719,7 +797,7 @@ async fn serve_udp(
             }
             Some(b) if b.peer == peer => {
                 b.last_seen = now;
-                match b.route.forward(packet, counters) {
+                match b.route.forward(packet, &shared) {
                     Ok(()) => continue,
                     Err(p) => {
                         routes.remove(&ssrc);
@@ -752,7 +830,7 @@ async fn serve_udp(
                     info!(ssrc = %ssrc_text(ssrc), from = %b.peer, to = %peer, "the stream's source went quiet and came back from a new address: rebound");
                     b.peer = peer;
                     b.last_seen = now;
-                    if let Err(_p) = b.route.forward(packet, counters) {
+                    if let Err(_p) = b.route.forward(packet, &shared) {
                         routes.remove(&ssrc);
                     }
                 }
@@ -858,16 +936,16 @@ fn start_udp_stream(
     let stats = Arc::new(RouteStats::default());
     let stream = shared.create_stream(hub, &name, source, unknown, &stats)?;
     let (tx, rx) = mpsc::channel(cfg.stream_queue);
+    let route = Route { tx, stats: stats.clone(), max_queue_bytes: cfg.stream_queue_bytes };
     for p in packets {
-        let _ = tx.try_send(p);
+        let _ = route.forward(p, shared);
     }
-    let route = Route { tx, stats: stats.clone() };
     let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), %peer, transport = "udp");
-    let (hub, cfg, pipeline) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream));
+    let (hub, cfg, pipeline, shared) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream), shared.clone());
     tokio::spawn(
         async move {
             info!("stream started");
-            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats).await;
+            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats, &shared).await;
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -962,10 +1040,14 @@ async fn run_stream(
     cfg: &RtpConfig,
     pipeline: MediaPipeline,
     route_stats: Arc<RouteStats>,
+    shared: &RtpShared,
 ) -> String {
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
-    let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
+    let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64)
+        .with_byte_limits(cfg.max_access_unit, cfg.reorder_bytes);
+    // Bytes of the global budget this stream's reassembly holds (see `account`).
+    let mut reserved = 0usize;
     let mut media = Media { pipeline, demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
     let mut batch = Vec::with_capacity(64);
     let mut read_buf = match source {
@@ -990,9 +1072,16 @@ async fn run_stream(
                         route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
                         idle_flushed = false;
                         let now = now_us();
+                        let mut dequeued = 0usize;
                         for packet in batch.drain(..) {
+                            dequeued += packet.payload.len();
                             ingest.push_rtp(packet, now, &mut media.demuxed);
                         }
+                        if matches!(source, PacketSource::Queue(_)) {
+                            route_stats.queued_bytes.fetch_sub(dequeued, Ordering::Relaxed);
+                            shared.release(dequeued);
+                        }
+                        account(&mut ingest, &mut reserved, shared, &mut media.demuxed);
                         publish_all(stream, &mut media, now);
                     }
                 }
@@ -1028,10 +1117,49 @@ async fn run_stream(
     };
     ingest.finish(&mut media.demuxed);
     publish_all(stream, &mut media, now_us());
+    shared.release(reserved);
+    if let PacketSource::Queue(rx) = &mut source {
+        // What is still queued leaves the budget with the queue.
+        rx.close();
+        let mut left = 0usize;
+        while let Ok(p) = rx.try_recv() {
+            left += p.payload.len();
+        }
+        route_stats.queued_bytes.fetch_sub(left, Ordering::Relaxed);
+        shared.release(left);
+    }
     media.pipeline.finish(&mut media.out);
     publish_all(stream, &mut media, now_us());
     publish_stats(stream, &ingest, &media.pipeline, &route_stats);
     reason
+}
+
+/// Keeps this stream's share of the global byte budget equal to what its reassembly holds. When
+/// the budget is spent, a stream holding more than a reorder window's worth sheds its partial
+/// access unit (counted in `budget_drops`) instead of growing.
+fn account(ingest: &mut StreamIngest, reserved: &mut usize, shared: &RtpShared, out: &mut Vec<crate::media::Frame>) {
+    let held = ingest.held_bytes();
+    if held <= *reserved {
+        shared.release(*reserved - held);
+        *reserved = held;
+        return;
+    }
+    if shared.reserve(held - *reserved) {
+        *reserved = held;
+        return;
+    }
+    if held > SHED_ABOVE {
+        shared.counters.budget_drops.fetch_add(1, Ordering::Relaxed);
+        ingest.shed(out);
+    }
+    // What it still holds is counted even over the budget (bounded by the per-stream caps).
+    let held = ingest.held_bytes();
+    if held >= *reserved {
+        shared.buffered.fetch_add(held - *reserved, Ordering::Relaxed);
+    } else {
+        shared.release(*reserved - held);
+    }
+    *reserved = held;
 }
 
 fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, route: &RouteStats) {
@@ -1168,8 +1296,9 @@ async fn run_tcp_connection(
             shared.counters.tcp_resyncs.fetch_add(resyncs_counted, Ordering::Relaxed);
         }
         let pipeline = shared.media_pipeline(&stream);
+        let shared2 = shared.clone();
         let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
-        let reason = run_stream(source, &stream, &cfg, pipeline, route_stats).await;
+        let reason = run_stream(source, &stream, &cfg, pipeline, route_stats, &shared2).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }
