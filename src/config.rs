@@ -119,6 +119,23 @@ pub struct RtpConfig {
     pub stream_queue: usize,
     /// Concurrent TCP connections accepted on the RTP port.
     pub max_tcp_connections: usize,
+    /// A UDP stream is bound to the source address of its first datagram; its SSRC from another
+    /// address is dropped, unless the bound source has been quiet this long (the camera moved).
+    pub rebind_after: HumanDuration,
+    /// Streams of SSRCs nobody announced (counted within `max_streams`): the rest is kept for
+    /// announced sessions (GB INVITEs, API channels).
+    pub max_unknown_streams: usize,
+    /// Streams of unannounced SSRCs from one source IP.
+    pub max_unknown_per_source: usize,
+    /// Largest access unit (bytes) reassembled per stream; larger ones are dropped and counted.
+    pub max_access_unit: usize,
+    /// Payload bytes one stream's reorder buffer may hold waiting for a gap.
+    pub reorder_bytes: usize,
+    /// Bytes queued from the socket to one stream's task (besides `stream_queue` packets).
+    pub stream_queue_bytes: usize,
+    /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
+    /// dropped and streams shed their partial access units (counted as `budget_drops`).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for RtpConfig {
@@ -133,6 +150,13 @@ impl Default for RtpConfig {
             reorder_delay: HumanDuration(Duration::from_millis(100)),
             stream_queue: 2048,
             max_tcp_connections: 1000,
+            rebind_after: HumanDuration(Duration::from_secs(2)),
+            max_unknown_streams: 200,
+            max_unknown_per_source: 16,
+            max_access_unit: 4 << 20,
+            reorder_bytes: 1 << 20,
+            stream_queue_bytes: 2 << 20,
+            max_buffered_bytes: 512 << 20,
         }
     }
 }

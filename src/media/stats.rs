@@ -18,10 +18,14 @@ pub struct StreamStats {
     pub stray: u64,
     /// Packets dropped because the stream's task could not keep up (socket -> task queue full).
     pub queue_drops: u64,
+    /// Datagrams with this stream's SSRC from another source address, dropped (RTP over UDP).
+    pub foreign_packets: u64,
     /// Bytes the PS demuxer skipped while searching for sync.
     pub garbage_bytes: u64,
     pub resyncs: u64,
     pub dropped_frames: u64,
+    /// Access units (or header tails) larger than `[rtp] max_access_unit`, dropped.
+    pub oversize_drops: u64,
     /// Timestamp repairs, G.711 rate detection and audio transcoding.
     pub media: super::pipeline::MediaStats,
 }

@@ -30,6 +30,7 @@ pub struct ApiState {
 #[derive(Debug, Serialize)]
 pub struct StreamView {
     pub name: String,
+    #[serde(serialize_with = "crate::server::rtp::serialize_source")]
     pub source: Source,
     #[serde(flatten)]
     pub stats: StreamStats,

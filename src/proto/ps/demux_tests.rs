@@ -436,7 +436,7 @@ fn memory_stays_bounded() {
     for _ in 0..100 {
         d.push(&pes(0xE0, None, &body), &mut out);
     }
-    assert!(d.video.buffered() <= crate::proto::ps::es::MAX_AU);
+    assert!(d.video.buffered() <= crate::proto::ps::es::DEFAULT_MAX_AU);
     assert!(d.stats().oversize_drops >= 1);
 }
 
