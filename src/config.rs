@@ -185,8 +185,10 @@ pub struct SipConfig {
     pub id: String,
     /// SIP domain and digest realm (normally the first 10 digits of `id`).
     pub domain: String,
-    /// Default password of every device (digest MD5). Empty: devices register without a challenge.
-    pub password: String,
+    /// Default password of every device (digest MD5). Unset: generated at first start and kept
+    /// in `gbgate-sip-password` next to `db` (issue 8, hole 4). `""` written out explicitly:
+    /// devices register without a challenge.
+    pub password: Option<String>,
     /// Per-device passwords, by device ID, overriding `password`.
     pub passwords: std::collections::BTreeMap<String, String>,
     /// The address devices reach us at, put in Contact, Via and SDP `c=`. Default: the listen
@@ -194,12 +196,24 @@ pub struct SipConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// How long a nonce stays valid after it is issued.
     pub nonce_ttl: HumanDuration,
-    /// Failed authentications allowed per source IP per minute; beyond it REGISTERs are dropped.
+    /// Failed authentications allowed per device ID and source IP per minute; beyond it that
+    /// device's REGISTERs from that IP are dropped (devices with the right password behind the
+    /// same NAT are not). Ten times as many per IP, all IDs together, stop IDs it has not
+    /// registered yet (a password guesser rotating IDs).
     pub auth_failures_per_minute: u32,
-    /// Upper bound of known devices.
+    /// Upper bound of known devices. When full, the longest-offline device gives way.
     pub max_devices: usize,
+    /// Devices registered from one source IP; beyond it that IP's longest-offline device gives
+    /// way, or the REGISTER gets 503.
+    pub max_devices_per_source: usize,
+    /// DeviceInfo + Catalog queries sent after registrations, per second, all devices together
+    /// (more wait for a later tick); a device is not asked again within a minute.
+    pub queries_per_second: u32,
     /// Upper bound of pending SIP transactions (each side).
     pub max_transactions: usize,
+    /// Pending client transactions towards one IP (so one peer cannot fill the table; queries
+    /// after registrations may take half of it at most).
+    pub max_transactions_per_peer: usize,
     /// Concurrent SIP-over-TCP connections.
     pub max_tcp_connections: usize,
     /// Embedded database (redb) keeping registrations and device facts across restarts.
@@ -214,13 +228,16 @@ impl Default for SipConfig {
             listen: "0.0.0.0:5060".parse().expect("literal"),
             id: "34020000002000000001".into(),
             domain: "3402000000".into(),
-            password: String::new(),
+            password: None,
             passwords: Default::default(),
             advertise: None,
             nonce_ttl: HumanDuration(Duration::from_secs(300)),
             auth_failures_per_minute: 10,
             max_devices: 10_000,
+            max_devices_per_source: 500,
+            queries_per_second: 20,
             max_transactions: 4096,
+            max_transactions_per_peer: 256,
             max_tcp_connections: 2000,
             db: None,
         }
@@ -431,6 +448,11 @@ impl Config {
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
+        positive("sip.max_devices", self.sip.max_devices)?;
+        positive("sip.max_devices_per_source", self.sip.max_devices_per_source)?;
+        positive("sip.queries_per_second", self.sip.queries_per_second as usize)?;
+        positive("sip.max_transactions", self.sip.max_transactions)?;
+        positive("sip.max_transactions_per_peer", self.sip.max_transactions_per_peer)?;
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
         if self.rtp.reorder_packets > 4096 {

@@ -153,7 +153,7 @@ async fn a_live_ssrc_from_another_port_is_dropped_and_the_binding_moves_only_aft
 async fn two_channels_answering_the_same_ssrc_get_their_own_streams() {
     use gbgate::sim::camera::{self, Quirk, SimOptions};
     let mut cfg = test_config();
-    cfg.sip.password = "12345678".into();
+    cfg.sip.password = Some("12345678".into());
     let gw = start(cfg).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let id = "34020000001320000901";

@@ -124,6 +124,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/devices/{id}/channels/{ch}/records", get(records))
         .route("/api/v1/devices/{id}/channels/{ch}/playback", post(playback))
         .route("/api/v1/gb/sessions", get(sessions))
+        .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { not_found("no such endpoint".into()) })
@@ -161,6 +162,13 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+async fn gb_counters(State(state): State<ApiState>) -> Response {
+    match gb_of(&state) {
+        Ok(gb) => Json(gb.counters()).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn list_devices(State(state): State<ApiState>) -> Response {
@@ -357,7 +365,9 @@ async fn playback(
 
 async fn sessions(State(state): State<ApiState>) -> Response {
     match gb_of(&state) {
-        Ok(gb) => Json(serde_json::json!({ "sessions": gb.sessions().await })).into_response(),
+        Ok(gb) => {
+            Json(serde_json::json!({ "sessions": gb.sessions().await, "ended": gb.ended_sessions() })).into_response()
+        }
         Err(r) => r,
     }
 }

@@ -218,8 +218,8 @@ impl RtpShared {
         })
     }
 
-    /// The G.711 rate signalling announced for stream `name` (SDP `f=`): it replaces detection
-    /// for that stream's next media stage (`[audio] g711_rate` in the config still wins).
+    /// The G.711 rate signalling announced for stream `name` (SDP `f=`): a hint for that stream's
+    /// next media stage, which detection still corrects (`[audio] g711_rate` in the config wins).
     pub fn hint_g711_rate(&self, name: &str, rate: u32) {
         let mut rates = self.g711_rates.lock().unwrap_or_else(|e| e.into_inner());
         if rates.len() < EXPECTED_CAPACITY || rates.contains_key(name) {
@@ -1365,11 +1365,37 @@ mod tests {
         let mut p = shared.media_pipeline(&hinted);
         p.push(frame.clone(), Some(0), &mut out);
         let stats = p.stats();
-        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("configured")));
+        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("signalled")));
         let mut p = shared.media_pipeline(&other);
         p.push(frame, Some(0), &mut out);
         assert_eq!(p.stats().g711_rate, None, "still detecting");
         shared.withdraw_name(&hinted.name);
         assert!(shared.g711_rates.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_signalled_8k_rate_is_corrected_when_the_camera_sends_16k() {
+        let shared = RtpShared::new();
+        let hub = Hub::new(HubConfig::default(), 4);
+        let src = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
+        let s = hub.create("gb/34020000001310000001", src, Takeover::Refuse).unwrap();
+        shared.hint_g711_rate(&s.name, 8_000);
+        let mut p = shared.media_pipeline(&s);
+        let mut out = Vec::new();
+        // 640 bytes every 40 ms (PTS and arrival): 16 kHz.
+        for i in 0..75u64 {
+            let frame = Frame {
+                codec: Codec::G711A,
+                pts: i as i64 * 3600,
+                dts: i as i64 * 3600,
+                keyframe: true,
+                data: Bytes::from_static(&[0xd5; 640]),
+                config: Arc::new(CodecConfig::Audio(TrackAudio { sample_rate: 8000, channels: 1, asc: None })),
+                cache: Default::default(),
+            };
+            p.push(frame, Some(i * 40_000), &mut out);
+        }
+        let stats = p.stats();
+        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("detected")));
     }
 }
