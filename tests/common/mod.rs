@@ -147,3 +147,25 @@ pub async fn run_program<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
     let (ok, out, err) = run_program_bytes(cmd, args, limit).await;
     (ok, String::from_utf8_lossy(&out).into(), err)
 }
+
+/// Sends `request` (a whole raw HTTP/1.0 request) to `addr` and returns (status, head, body).
+/// Blocking; the server closes after answering an HTTP/1.0 request.
+pub fn http_raw_blocking(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+pub async fn http_raw(addr: SocketAddr, request: String) -> (u16, String, String) {
+    tokio::task::spawn_blocking(move || http_raw_blocking(addr, &request)).await.unwrap()
+}
+
+/// A raw HTTP/1.0 request with the given extra header lines (each ending in `\r\n`) and body.
+pub fn http_request(method: &str, path: &str, host: &str, headers: &str, body: &str) -> String {
+    format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len())
+}
