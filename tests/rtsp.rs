@@ -501,3 +501,92 @@ async fn idle_session_times_out_and_connection_limit_answers_503() {
     println!("idle connection closed after {:?} (timeout 2 s)", t.elapsed());
     assert!(t.elapsed() >= Duration::from_millis(1500));
 }
+
+/// Opens `count` TCP connections to `to` from 127.0.0.2 (another host) that never send a byte.
+async fn idle_sockets(to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        out.push(s.connect(to).await.unwrap());
+    }
+    out
+}
+
+/// How many of `socks` the server closed (read gives EOF or a reset) by `deadline`.
+async fn closed_by(socks: Vec<TcpStream>, deadline: tokio::time::Instant) -> usize {
+    let waits = socks.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue, // a 503 before the close
+                Err(_) => return false,
+            }
+        }
+    });
+    futures_util::future::join_all(waits).await.into_iter().filter(|c| *c).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_host_are_closed_and_real_players_still_play() {
+    let mut cfg = test_config();
+    // Caps small enough that, without eviction, 300 idle sockets would lock everybody out.
+    cfg.rtsp.max_connections = 100;
+    cfg.api.max_connections = 100;
+    let s = start_rtsp_with(cfg).await;
+    let name = feed(&s, "h264_g711a_8k", 0x0BEBC301, 20).await;
+    let api = s.gw.api_addr;
+    let t = Instant::now();
+    let rtsp_idle = idle_sockets(s.rtsp, 300).await;
+    let api_idle = idle_sockets(api, 300).await;
+    // A real player from another address plays, and the API answers, while the idle sockets are open.
+    let streams = ffprobe_streams(&format!("rtsp://{}/{name}", s.rtsp), "tcp").await;
+    assert!(streams.iter().any(|v| v["codec_name"] == "h264"), "{streams:?}");
+    let (status, body) = http_get(api, "/api/v1/streams").await;
+    assert_eq!(status, 200, "{body}");
+    // Every idle socket is closed: the request deadline is 5 s.
+    let deadline = tokio::time::Instant::from_std(t) + Duration::from_secs(12);
+    let (rtsp_closed, api_closed) = tokio::join!(closed_by(rtsp_idle, deadline), closed_by(api_idle, deadline));
+    println!("closed after {:?}: rtsp {rtsp_closed}/300, api {api_closed}/300", t.elapsed());
+    assert_eq!((rtsp_closed, api_closed), (300, 300));
+    // The API counts what the listeners did with them.
+    let (_, l) = http_get(api, "/api/v1/listeners").await;
+    for name in ["rtsp", "api"] {
+        let dropped = ["refused", "evicted", "timed_out"].iter().map(|k| l[name][k].as_u64().unwrap()).sum::<u64>();
+        assert!(dropped >= 300, "{name}: {l}");
+        assert!(l[name]["evicted"].as_u64().unwrap() > 0 && l[name]["timed_out"].as_u64().unwrap() > 0, "{l}");
+    }
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rtsp_request_is_closed_after_the_request_timeout() {
+    let mut cfg = test_config();
+    cfg.rtsp.request_timeout = gbgate::config::HumanDuration(Duration::from_secs(1));
+    let s = start_rtsp_with(cfg).await;
+    let mut sock = TcpStream::connect(s.rtsp).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = request(&mut sock, &mut pending, "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    // A session that completed a request may idle (session_timeout, 60 s) ...
+    let mut buf = [0u8; 64];
+    assert!(tokio::time::timeout(Duration::from_millis(1500), sock.read(&mut buf)).await.is_err());
+    // ... but a request that trickles in a byte at a time is cut at the request timeout.
+    let t = Instant::now();
+    let closed = async {
+        for b in b"OPTIONS * RTSP/1.0\r\nCSeq: 2\r\n" {
+            if sock.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), sock.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                _ => {}
+            }
+        }
+        false
+    };
+    assert!(closed.await, "the slow request was never cut");
+    assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    s.gw.stop().await;
+}

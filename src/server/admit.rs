@@ -40,6 +40,20 @@ pub struct AdmitCounters {
     pub timed_out: AtomicU64,
 }
 
+/// What `GET /api/v1/listeners` shows of one listener.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdmitSnapshot {
+    pub open: usize,
+    /// Open connections that have not completed a request.
+    pub pending: usize,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub admitted: u64,
+    pub refused: u64,
+    pub evicted: u64,
+    pub timed_out: u64,
+}
+
 /// The admission state of one listener.
 pub struct Admission {
     max_total: usize,
@@ -117,6 +131,24 @@ impl Admission {
             if *n == 0 {
                 st.per_source.remove(&ip);
             }
+        }
+    }
+
+    pub fn snapshot(&self) -> AdmitSnapshot {
+        let (open, pending) = {
+            let st = self.lock();
+            (st.total, st.pending.len())
+        };
+        let c = &self.counters;
+        AdmitSnapshot {
+            open,
+            pending,
+            max_connections: self.max_total,
+            max_connections_per_source: self.max_per_source,
+            admitted: c.admitted.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            evicted: c.evicted.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
         }
     }
 

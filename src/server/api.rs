@@ -23,6 +23,8 @@ pub struct ApiState {
     pub hub: Arc<Hub>,
     pub rtp: Arc<RtpShared>,
     pub gb: Option<Gb>,
+    /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
+    pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -103,6 +105,13 @@ async fn rtp_counters(State(state): State<ApiState>, listen: axum::Extension<Rtp
     })
 }
 
+/// Connection admission figures per TCP listener (D60).
+async fn listeners(State(state): State<ApiState>) -> Response {
+    let map: std::collections::BTreeMap<&str, _> =
+        state.listeners.iter().map(|(name, a)| (*name, a.snapshot())).collect();
+    Json(map).into_response()
+}
+
 #[derive(Clone, Copy)]
 struct RtpListen(SocketAddr);
 
@@ -111,6 +120,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/streams", get(list_streams))
         .route("/api/v1/streams/{*name}", get(get_stream))
         .route("/api/v1/rtp", get(rtp_counters))
+        .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/status", get(device_status))
@@ -494,21 +504,15 @@ pub fn protect(router: Router, policy: Policy) -> Router {
     router.layer(axum::middleware::from_fn_with_state(Arc::new(policy), guard))
 }
 
-/// Limits of the API listener's connections (D62).
+/// Limits of the API listener's connections (D62); the caps are in its `Admission`.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
     pub header_timeout: std::time::Duration,
-    pub max_connections: usize,
-    pub max_per_source: usize,
 }
 
 impl ConnLimits {
     pub fn of(cfg: &crate::config::ApiConfig) -> ConnLimits {
-        ConnLimits {
-            header_timeout: cfg.header_timeout.0.max(std::time::Duration::from_millis(100)),
-            max_connections: cfg.max_connections,
-            max_per_source: cfg.max_connections_per_source,
-        }
+        ConnLimits { header_timeout: cfg.header_timeout.0.max(std::time::Duration::from_millis(100)) }
     }
 }
 
@@ -518,11 +522,10 @@ impl ConnLimits {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    admission: Arc<crate::server::admit::Admission>,
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use crate::server::admit::Admission;
-    let admission = Admission::new(limits.max_connections, limits.max_per_source);
     let mut refused_log = crate::util::RateLimit::new(std::time::Duration::from_secs(10));
     loop {
         let (sock, peer) = tokio::select! {
@@ -576,7 +579,13 @@ async fn connection(
     let mut first_done = false;
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
+            r = conn.as_mut() => {
+                // hyper's header read timeout (a later request head, or racing our first deadline).
+                if r.is_err_and(|e| e.is_timeout()) {
+                    ticket.timed_out();
+                }
+                return;
+            }
             _ = ticket.evicted.cancelled() => return,
             _ = &mut first, if !first_done => {
                 first_done = true;

@@ -88,6 +88,8 @@ impl Gateway {
             Some(l) => Some(l.local_addr().map_err(|source| StartError::Rtmp { addr: cfg.rtmp.listen, source })?),
             None => None,
         };
+        let rtsp_admission = admit::Admission::new(cfg.rtsp.max_connections, cfg.rtsp.max_connections_per_source);
+        let api_admission = admit::Admission::new(cfg.api.max_connections, cfg.api.max_connections_per_source);
         let mut tasks = Vec::new();
         if let Some(l) = rtmp_listener {
             tasks.push(tokio::spawn(rtmp::serve(l, hub.clone(), cfg.rtmp.clone(), shutdown.clone())));
@@ -100,7 +102,13 @@ impl Gateway {
             )));
         }
         if let Some(l) = rtsp_listener {
-            tasks.push(tokio::spawn(rtsp::serve(l, hub.clone(), cfg.rtsp.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(rtsp::serve(
+                l,
+                hub.clone(),
+                cfg.rtsp.clone(),
+                rtsp_admission.clone(),
+                shutdown.clone(),
+            )));
         }
         tasks.push(tokio::spawn(rtp::serve(
             udp,
@@ -119,7 +127,15 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
-        let router = api::router(api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone(), gb: gb.clone() }, rtp_addr);
+        let router = api::router(
+            api::ApiState {
+                hub: hub.clone(),
+                rtp: rtp_shared.clone(),
+                gb: gb.clone(),
+                listeners: vec![("api", api_admission.clone()), ("rtsp", rtsp_admission)],
+            },
+            rtp_addr,
+        );
         let router = api::protect(router, api::Policy::of(&cfg.api));
         match cfg.api.token.as_deref().is_none_or(str::is_empty) {
             true => info!(api = %api_addr, "API has no token ([api] token): it listens on loopback only"),
@@ -127,7 +143,7 @@ impl Gateway {
         }
         let (api_shutdown, limits) = (shutdown.clone(), api::ConnLimits::of(&cfg.api));
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = api::serve(api_listener, router, limits, api_shutdown).await {
+            if let Err(e) = api::serve(api_listener, router, api_admission, limits, api_shutdown).await {
                 tracing::error!("API server failed: {e}");
             }
         }));
