@@ -590,3 +590,88 @@ async fn a_stalled_rtsp_request_is_closed_after_the_request_timeout() {
     assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     s.gw.stop().await;
 }
+
+/// An RTP dump of `secs` s of 25 fps H.264 and G.711A 8 kHz whose audio clock lies (360-byte
+/// packets, PTS step 92 ms): the G.711 rate stays undecided until 1.5 s of arrival time is seen.
+fn lying_audio_clock_dump(dir: &std::path::Path, secs: usize, ssrc: u32) -> std::path::PathBuf {
+    use gbgate::media::Codec;
+    use gbgate::sim::synth::{rtp_dump, split_annexb_aus, Anomaly, SynthInput};
+    let video = dir.join("v.h264");
+    let lavfi = format!("testsrc2=size=160x120:rate=25:duration={secs}");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i", &lavfi])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0", "-threads", "1"])
+        .args(["-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
+        .arg(&video)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(st.success());
+    let aus = split_annexb_aus(&std::fs::read(&video).unwrap(), Codec::H264);
+    let audio = vec![0xD5u8; secs * 8000]; // A-law silence
+    let input = SynthInput {
+        video_codec: Codec::H264,
+        video: &aus[..secs * 25],
+        audio_codec: Codec::G711A,
+        audio: &audio,
+        g711_rate: 8000,
+        anomaly: Anomaly::FastAudioClock,
+        ssrc,
+    };
+    let path = dir.join("lying_audio_clock.rtp");
+    std::fs::write(&path, rtp_dump(&input)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_in_the_first_300_ms_of_a_g711_stream_lists_the_aac_track_and_ffprobe_gets_audio() {
+    let s = start_rtsp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ssrc = 0x0BEB_C601;
+    let path = lying_audio_clock_dump(dir.path(), 6, ssrc);
+    let opts = SendOptions {
+        to: s.gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops: 1,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(300),
+    };
+    tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
+    let name = format!("rtp/{ssrc:08X}");
+    let t = Instant::now();
+    while s.gw.hub.get(&name).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "stream {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let url = format!("rtsp://{}/{name}", s.rtsp);
+    // A real player that starts with the stream, while the G.711 rate is still undecided.
+    let probe_url = url.clone();
+    let probe = tokio::spawn(async move {
+        let args = ["-v", "error", "-rtsp_transport", "tcp", "-read_intervals", "%+4", "-select_streams", "a"];
+        let args: Vec<&str> =
+            args.iter().copied().chain(["-show_entries", "packet=pts", "-of", "json", &probe_url]).collect();
+        run_program("ffprobe", &args, Duration::from_secs(30)).await
+    });
+    let started = s.gw.hub.get(&name).unwrap().started_at;
+    let mut sock = TcpStream::connect(s.rtsp).await.unwrap();
+    let mut pending = Vec::new();
+    let t = Instant::now();
+    let (head, sdp) = request(&mut sock, &mut pending, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n")).await;
+    let (took, age) = (t.elapsed(), started.elapsed().unwrap());
+    println!("DESCRIBE answered in {took:?}, {age:?} after the stream started");
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    // The AAC output track (AAC-LC 11025 Hz mono: config 1508), without waiting for audio.
+    assert!(sdp.contains("m=audio") && sdp.contains("MPEG4-GENERIC/11025/1"), "{sdp}");
+    assert!(sdp.to_ascii_lowercase().contains("config=1508"), "{sdp}");
+    assert!(age < Duration::from_millis(300), "the DESCRIBE was not early: {age:?}");
+    assert!(took < Duration::from_millis(250), "DESCRIBE waited {took:?}");
+    let (ok, out, err) = probe.await.unwrap();
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let packets = v["packets"].as_array().map_or(0, Vec::len);
+    println!("ffprobe: {packets} audio packets");
+    assert!(packets > 10, "the early player got no audio: {out}");
+    s.gw.stop().await;
+}

@@ -98,19 +98,26 @@ pub async fn serve(
 }
 
 /// Looks a stream's tracks up from its cached GOP (then live frames), waiting up to
-/// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets and an audio frame.
+/// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets. Audio is the track the media stage
+/// announced (AAC, known before the first audio frame and before the G.711 rate is decided,
+/// D63), else the audio frames seen (passthrough).
 pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
     let stream = hub.get_or_demand(name).await?;
     let mut sub = stream.subscribe_as("rtsp");
     let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
     let (mut video, mut audio): (Option<TrackDesc>, Option<TrackDesc>) = (None, None);
+    let announced = || stream.announced_audio().map(|(codec, config)| TrackDesc { codec, config });
     let mut first_pts: Option<i64> = None;
     let mut audio_frames = 0u32;
     let old = stream.started_at.elapsed().unwrap_or_default() > Duration::from_secs(2);
     loop {
-        // PS does not signal G.711 rates: the ingest infers 16 kHz after a few frames, so a
-        // young stream's first G.711 frames may still say 8 kHz.
-        let audio_settled = audio_frames >= 5 || old || audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
+        if let Some(a) = announced() {
+            audio = Some(a);
+        }
+        let announced_audio = audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
+        // Passthrough G.711: PS does not signal its rate, and the ingest infers 16 kHz after a few
+        // frames, so a young stream's first G.711 frames may still say 8 kHz.
+        let audio_settled = audio_frames >= 5 || old || announced_audio;
         if video.is_some() && audio.is_some() && audio_settled {
             break;
         }
@@ -120,9 +127,13 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
                 break;
             }
         }
-        let frame = match tokio::time::timeout_at(deadline, sub.recv()).await {
+        // Wake at least every 50 ms to see an announcement made meanwhile.
+        let slice = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+        let frame = match tokio::time::timeout_at(slice, sub.recv()).await {
             Ok(Ok(f)) => f,
-            _ => break,
+            Ok(Err(_)) => break,
+            Err(_) if slice < deadline => continue,
+            Err(_) => break,
         };
         let first = *first_pts.get_or_insert(frame.pts);
         let desc = TrackDesc { codec: frame.codec, config: frame.config.clone() };
@@ -137,6 +148,7 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
             }
             _ => {}
         }
+        // A second of media without audio frames nor an announcement: video only.
         if (video.is_some() || audio.is_some()) && frame.pts - first >= CLOCK_RATE {
             break;
         }
