@@ -38,10 +38,6 @@ fn check_config_prints_the_effective_config_and_names_bad_keys() {
     }
 }
 
-fn ffprobe_available() -> bool {
-    Command::new("ffprobe").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
 /// What ffprobe decodes from a program stream: (codec, width, height, frames, keyframes).
 fn ffprobe_video(ps: &Path) -> Option<(String, u64, u64, u64, u64)> {
     let out = Command::new("ffprobe")
@@ -123,8 +119,7 @@ fn check_fixture(file: &Path, audio: Option<(&str, u64)>, tmp: &Path) {
 
 #[test]
 fn probe_matches_ffprobe_on_the_projects_own_fixtures() {
-    if !ffprobe_available() {
-        println!("skipped: ffprobe not installed (README's test command installs it)");
+    if !require_tool("probe_matches_ffprobe_on_the_projects_own_fixtures", "ffprobe") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -144,8 +139,7 @@ fn probe_matches_ffprobe_on_the_projects_own_fixtures() {
 #[test]
 fn probe_matches_ffprobe_on_the_shared_fixtures() {
     let Some(dir) = shared_or_skip("probe_matches_ffprobe_on_the_shared_fixtures") else { return };
-    if !ffprobe_available() {
-        println!("skipped: ffprobe not installed (README's test command installs it)");
+    if !require_tool("probe_matches_ffprobe_on_the_shared_fixtures", "ffprobe") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -204,7 +204,7 @@ async fn ffmpeg_decode(ffmpeg: &Path, input: &str) -> (String, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp() {
     let Some(ffmpeg) = modern_ffmpeg() else {
-        println!("skipped: imageio_ffmpeg is not importable (pip install imageio-ffmpeg)");
+        missing("modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp", "imageio-ffmpeg (pip install imageio-ffmpeg)");
         return;
     };
     let (gw, rtmp) = start_with_rtmp(test_config()).await;

@@ -25,13 +25,42 @@ pub fn shared_fixtures() -> Option<PathBuf> {
     env.is_dir().then_some(env)
 }
 
-/// Returns the shared fixtures folder, or prints why the calling test is skipped.
+/// `CI=true` (or `1`): every peer and fixture the tests use must be present.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Something a test needs is missing: with `CI=true` the test fails; elsewhere it says it is
+/// skipped (the caller then returns). `.ci/run` and `tools/test.sh` install everything.
+pub fn missing(test: &str, what: &str) {
+    if strict() {
+        panic!("{test}: {what} is missing and CI=true: install it (tools/test.sh does) instead of skipping");
+    }
+    println!("{test}: skipped: {what} is missing (tools/test.sh installs it)");
+}
+
+/// Returns the shared fixtures folder, or reports it missing (fails under `CI=true`).
 pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
     let dir = shared_fixtures();
     if dir.is_none() {
-        println!("{test}: skipped: ../shared/fixtures not present");
+        missing(test, "../shared/fixtures (or $GBGATE_SHARED/fixtures)");
     }
     dir
+}
+
+/// Whether the program `tool` can be started; reports it missing (fails under `CI=true`).
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        missing(test, tool);
+    }
+    found
 }
 
 /// A config listening on kernel-chosen loopback ports.
