@@ -236,6 +236,21 @@ async fn wait_listening(port: u16, limit: Duration) -> bool {
     false
 }
 
+/// An origin on a port the kernel just had free; ffmpeg cannot bind port 0, so when another
+/// process takes the port first (ffmpeg exits), it is tried again on another one.
+async fn origin_on_free_port(out: &Path) -> (u16, std::process::Child) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut origin = spawn_origin(port, out);
+        if wait_listening(port, Duration::from_secs(10)).await && origin.try_wait().unwrap().is_none() {
+            return (port, origin);
+        }
+        let _ = origin.kill();
+        let _ = origin.wait();
+    }
+    panic!("the ffmpeg origin could not listen on any of 5 ports");
+}
+
 /// An `ffmpeg -listen 1` RTMP origin writing `out`.
 fn spawn_origin(port: u16, out: &Path) -> std::process::Child {
     Command::new("ffmpeg")
@@ -269,11 +284,9 @@ async fn wait_exit(mut child: std::process::Child, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let (out1, out2) = (dir.path().join("out1.flv"), dir.path().join("out2.flv"));
     // Origin first; ffmpeg -listen only accepts once it listens.
-    let origin = spawn_origin(port, &out1);
-    assert!(wait_listening(port, Duration::from_secs(10)).await, "ffmpeg origin never listened");
+    let (port, origin) = origin_on_free_port(&out1).await;
 
     let mut cfg = test_config();
     cfg.rtmp.push_timeout.0 = Duration::from_secs(3);
