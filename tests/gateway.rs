@@ -334,9 +334,14 @@ async fn unknown_ssrc_report_mode_records_and_drop_mode_ignores() {
         let gw = start(cfg).await;
         send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 620_000_001)).await.unwrap();
         send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, true, 1, 620_000_002)).await.ok();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the packets are counted (104 over UDP, the TCP connection's first) they have been
+        // handled: then nothing may be published.
+        let rtp = wait_json(gw.api_addr, "/api/v1/rtp", Duration::from_secs(5), |r| {
+            r["unknown_ssrc_packets"].as_u64().is_some_and(|n| n >= 105)
+                && (mode != UnknownSsrc::Report || r["unknown_ssrcs"].as_array().is_some_and(|l| l.len() == 2))
+        })
+        .await;
         assert!(streams(gw.api_addr).await.is_empty(), "{mode:?} must not publish");
-        let (_, rtp) = http_get(gw.api_addr, "/api/v1/rtp").await;
         assert!(rtp["unknown_ssrc_packets"].as_u64().unwrap() >= 100, "{rtp}");
         let reported: Vec<u64> =
             rtp["unknown_ssrcs"].as_array().unwrap().iter().map(|r| r["ssrc"].as_u64().unwrap()).collect();
@@ -371,9 +376,16 @@ async fn a_subscriber_starts_at_the_cached_gop_and_is_counted() {
     let sender = tokio::spawn(async move {
         send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(to, false, 1, 640_000_001)).await.unwrap()
     });
-    // Join mid-GOP: after a few frames have gone by.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let stream = gw.hub.get(&name_of(640_000_001)).expect("stream is live");
+    // Join mid-GOP: once a few frames of the first GOP (25 frames, 1 s) have gone by.
+    let t = std::time::Instant::now();
+    let stream = loop {
+        match gw.hub.get(&name_of(640_000_001)) {
+            Some(s) if s.gop_cache_usage().0 >= 8 => break s,
+            _ => {}
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the stream did not go live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let mut sub = stream.subscribe();
     let first_video = loop {
         let f = sub.recv().await.unwrap();
@@ -415,9 +427,10 @@ async fn a_returning_ssrc_follows_the_unknown_ssrc_policy() {
     // The session is over; the same SSRC comes back unannounced: report mode must not publish it.
     gw.rtp.withdraw(650_000_001);
     send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 650_000_001)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(streams(gw.api_addr).await.is_empty(), "report mode published a returning SSRC");
-    let (_, rtp) = http_get(gw.api_addr, "/api/v1/rtp").await;
+    let rtp =
+        wait_json(gw.api_addr, "/api/v1/rtp", Duration::from_secs(5), |r| r["unknown_ssrcs"][0]["ssrc"] == 650_000_001)
+            .await;
     assert_eq!(rtp["unknown_ssrcs"][0]["ssrc"], 650_000_001, "{rtp}");
+    assert!(streams(gw.api_addr).await.is_empty(), "report mode published a returning SSRC");
     gw.stop().await;
 }

@@ -123,10 +123,11 @@ async fn probe_fixture(fixture: &str, ssrc: u32, loops: u32) -> Probe {
 
 async fn probe_fixture_with(cfg: Config, fixture: &str, ssrc: u32, loops: u32) -> Probe {
     let (gw, rtmp) = start_with_rtmp(cfg).await;
+    let asked = AskedFor::watch(&gw.hub);
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let probe = tokio::spawn(run(ffprobe_cmd(&url), Duration::from_secs(30)));
     // ffprobe connects and asks to play; the server waits for the stream to appear.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&[name_of(ssrc)], Duration::from_secs(10)).await;
     send_in_background(&gw, fixture, ssrc, loops).await.unwrap();
     let (ok, out, err) = probe.await.unwrap();
     assert!(ok, "ffprobe failed: {err}");
@@ -208,11 +209,12 @@ async fn modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp() {
         return;
     };
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let asked = AskedFor::watch(&gw.hub);
     let ssrc = 0x0BEBC202;
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let ff = ffmpeg.clone();
     let dec = tokio::spawn(async move { ffmpeg_decode(&ff, &url).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&[name_of(ssrc)], Duration::from_secs(10)).await;
     send_in_background(&gw, "h265_aac_16k", ssrc, 2).await.unwrap();
     let (err, frames) = dec.await.unwrap();
     gw.stop().await;

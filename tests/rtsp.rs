@@ -449,7 +449,13 @@ async fn a_player_that_stops_reading_does_not_delay_others() {
     let id = header(&head, "Session").unwrap().split(';').next().unwrap().to_string();
     stalled.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {id}\r\n\r\n").as_bytes()).await.unwrap();
     let stalled_since = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait until it is playing (subscribed; from then on it reads nothing).
+    let stream = s.gw.hub.get(&name).expect("live");
+    let rtsp_players = |st: &gbgate::hub::Stream| st.subscriber_counts().get("rtsp").copied().unwrap_or(0);
+    while rtsp_players(&stream) == 0 {
+        assert!(stalled_since.elapsed() < Duration::from_secs(10), "the stalled player never played");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Meanwhile another player gets the stream promptly.
     let t = Instant::now();
@@ -460,9 +466,13 @@ async fn a_player_that_stops_reading_does_not_delay_others() {
 
     // The stalled player is disconnected once its writes block for WRITE_TIMEOUT, well before
     // the stream ends.
-    // Keep not reading for a while (stream still live until ~20 s), then drain: a server that
-    // dropped us gives the kernel-buffered bytes and EOF at once.
-    tokio::time::sleep(Duration::from_secs(14).saturating_sub(stalled_since.elapsed())).await;
+    // Keep not reading until the server dropped the player (stream still live until ~20 s), then
+    // drain: a server that dropped us gives the kernel-buffered bytes and EOF at once.
+    while rtsp_players(&stream) > 0 {
+        assert!(stalled_since.elapsed() < Duration::from_secs(18), "the stalled player was never dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.gw.hub.get(&name).is_some(), "the stream is still live when the player is dropped");
     let mut total = 0usize;
     let mut b = vec![0u8; 65536];
     let closed = loop {

@@ -198,3 +198,55 @@ pub async fn http_raw(addr: SocketAddr, request: String) -> (u16, String, String
 pub fn http_request(method: &str, path: &str, host: &str, headers: &str, body: &str) -> String {
     format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len())
 }
+
+/// Polls `GET path` until `done` holds for its body or `timeout` passes; returns the last body.
+pub async fn wait_json(api: SocketAddr, path: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, body) = http_get(api, path).await;
+        if done(&body) || start.elapsed() > timeout {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records which stream names players have asked for (RTSP DESCRIBE, RTMP play: both ask the
+/// hub's on-demand handlers first), without starting anything: a test can wait until its
+/// players have asked before the stream exists, instead of sleeping.
+#[derive(Default)]
+pub struct AskedFor(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl gbgate::hub::StreamDemand for AskedFor {
+    fn handles(&self, name: &str) -> bool {
+        self.0.lock().unwrap().insert(name.to_string());
+        false
+    }
+    fn demand(&self, _: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        Box::pin(async { Err("not handled".to_string()) })
+    }
+}
+
+impl AskedFor {
+    pub fn watch(hub: &gbgate::hub::Hub) -> std::sync::Arc<AskedFor> {
+        let asked = std::sync::Arc::new(AskedFor::default());
+        hub.add_demand(asked.clone());
+        asked
+    }
+
+    /// Waits until every one of `names` was asked for.
+    pub async fn wait(&self, names: &[String], timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let missing: Vec<&String> = {
+                let asked = self.0.lock().unwrap();
+                names.iter().filter(|n| !asked.contains(*n)).collect()
+            };
+            if missing.is_empty() {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "no player asked for {missing:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
