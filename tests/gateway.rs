@@ -302,9 +302,11 @@ async fn bad_input_is_counted_never_fatal_and_the_stream_limit_holds() {
     assert!(rtp["streams_refused"].as_u64().unwrap() >= 1, "{rtp}");
     assert_eq!(rtp["max_streams"], 20);
     // The lying-length stream exists, decoded nothing, and said why.
-    if let Some(s) = streams.get(&name_of(700_000_001)) {
-        assert!(s["video"].is_null() || s["video"]["frames"] == 0, "{s}");
-    }
+    let s = streams.get(&name_of(700_000_001)).unwrap_or_else(|| panic!("no lying-length stream: {list:?}"));
+    assert!(s["video"].is_null() || s["video"]["frames"] == 0, "{s}");
+    assert_eq!(s["packets"], 50, "every packet was received: {s}");
+    let why = ["garbage_bytes", "resyncs", "dropped_frames"].map(|k| s[k].as_u64().unwrap_or(0));
+    assert!(why.iter().sum::<u64>() > 0, "decoded nothing and did not say why: {s}");
     // Still serving.
     let (status, _) = http_get(gw.api_addr, "/api/v1/streams").await;
     assert_eq!(status, 200);

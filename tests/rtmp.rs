@@ -515,6 +515,21 @@ fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>
     gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
 }
 
+type PanicHook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync + 'static;
+
+/// Reinstates a panic hook when dropped (not while unwinding: `take_hook` would panic then).
+struct RestoreHook(std::sync::Arc<PanicHook>);
+
+impl Drop for RestoreHook {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let previous = self.0.clone();
+            drop(std::panic::take_hook());
+            std::panic::set_hook(Box::new(move |info| previous(info)));
+        }
+    }
+}
+
 /// Panics raised with rml_rtmp on the stack in this test process, wherever they were caught.
 static RML_RTMP_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -529,14 +544,17 @@ async fn a_short_amf0_command_closes_that_connection_without_a_panic() {
     use rml_rtmp::time::RtmpTimestamp;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let previous = std::panic::take_hook();
+    let previous: std::sync::Arc<PanicHook> = std::panic::take_hook().into();
+    let chained = previous.clone();
     std::panic::set_hook(Box::new(move |info| {
         // The panic's location is in core (a slice index), so look for rml_rtmp on the stack.
         if std::backtrace::Backtrace::force_capture().to_string().contains("rml_rtmp") {
             RML_RTMP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        previous(info);
+        chained(info);
     }));
+    // The hook is process-wide: put the previous one back when the test ends.
+    let _restore = RestoreHook(previous);
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
     let ssrc = 0x0BEBC2A0;
     let _sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 5);
