@@ -504,6 +504,10 @@ pub fn protect(router: Router, policy: Policy) -> Router {
     router.layer(axum::middleware::from_fn_with_state(Arc::new(policy), guard))
 }
 
+/// Longest life of one API connection: longer than the slowest answer (a play waits for the
+/// INVITE and the first keyframe, 18 s by default).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Limits of the API listener's connections (D62); the caps are in its `Admission`.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
@@ -568,14 +572,20 @@ async fn connection(
         let router = router.clone();
         async move { tower::ServiceExt::oneshot(router, req.map(axum::body::Body::new)).await }
     });
+    // One request per connection: an idle keep-alive connection cannot hold a slot, and the
+    // control API gains nothing from reuse.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        .keep_alive(false)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(sock), service);
     tokio::pin!(conn);
     let first = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(first);
+    // A body trickled in after the head, or an answer that never ends, is cut here.
+    let whole = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(whole);
     let mut first_done = false;
     loop {
         tokio::select! {
@@ -587,6 +597,10 @@ async fn connection(
                 return;
             }
             _ = ticket.evicted.cancelled() => return,
+            _ = &mut whole => {
+                ticket.timed_out();
+                return;
+            }
             _ = &mut first, if !first_done => {
                 first_done = true;
                 // Still pending: no request head arrived in time.
