@@ -315,7 +315,24 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     let mut killed = spawn_origin(port, &out2);
     assert!(wait_listening(port, Duration::from_secs(10)).await);
     let sender = send_in_background(&gw, "h264_g711a_8k", 0x0BEBC205, 5);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Mid-stream: the push is subscribed and connected to the origin (an established TCP
+    // connection on the origin's port).
+    let t = Instant::now();
+    let pushing = |gw: &gbgate::server::Gateway| {
+        gw.hub.get(&name_of(0x0BEBC205)).is_some_and(|s| s.subscriber_counts().get("push").is_some_and(|n| *n > 0))
+    };
+    let connected = || {
+        let local = format!("0100007F:{port:04X}");
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        tcp.lines().any(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c.len() > 3 && c[1] == local && c[3] == "01"
+        })
+    };
+    while !(pushing(&gw) && connected()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the push never reached the first origin");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     let origin = spawn_origin(port, &out3);
