@@ -164,12 +164,33 @@ impl Default for RtpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// Without a `token` this must be a loopback address (the gateway refuses to start otherwise).
     pub listen: SocketAddr,
+    /// Bearer token: when set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Host names the API answers to besides IP literals and `localhost` (DNS rebinding defence).
+    pub hosts: Vec<String>,
+    /// Origins (`http://console.example:3000`) allowed to write besides the API's own.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not sent a request's head within this long is closed.
+    pub header_timeout: HumanDuration,
+    /// Concurrent API connections (when full, the oldest one without a request is closed first).
+    pub max_connections: usize,
+    /// Concurrent API connections per source address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".parse().expect("literal") }
+        ApiConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            token: None,
+            hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections: 256,
+            max_connections_per_source: 32,
+        }
     }
 }
 
@@ -299,8 +320,14 @@ pub struct RtspConfig {
     pub session_timeout: HumanDuration,
     /// Largest RTP payload sent to players.
     pub max_payload: usize,
-    /// Concurrent RTSP connections.
+    /// Concurrent RTSP connections. When full, the oldest connection that has not completed a
+    /// request is closed to make room.
     pub max_connections: usize,
+    /// Concurrent RTSP connections per source address.
+    pub max_connections_per_source: usize,
+    /// A connection that has not completed its first request within this long is closed, and so
+    /// is one whose request in progress stalls this long.
+    pub request_timeout: HumanDuration,
     /// Merged write: an interleaved (TCP) player's media is written at most once per this interval
     /// (0: once per video frame). Fewer, larger writes and wakeups halve the CPU per player, at
     /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
@@ -316,6 +343,8 @@ impl Default for RtspConfig {
             session_timeout: HumanDuration(Duration::from_secs(60)),
             max_payload: 1400,
             max_connections: 2000,
+            max_connections_per_source: 64,
+            request_timeout: HumanDuration(Duration::from_secs(5)),
             merge_write: HumanDuration(Duration::from_millis(200)),
         }
     }

@@ -22,6 +22,11 @@ enum Command {
         /// Config file. Default: conf/gbgate.toml when present, else built-in defaults.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Once every listener is bound, write the bound addresses here as JSON
+        /// (`{"rtp":"127.0.0.1:10000","api":…,"rtsp":…,"rtmp":…,"sip":…}`): ports 0 in the config
+        /// are then usable by scripts and tests.
+        #[arg(long)]
+        ports_file: Option<PathBuf>,
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig { file: PathBuf },
@@ -167,7 +172,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config, ports_file } => run(config, ports_file),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 println!("# {}: valid. Effective configuration:", file.display());
@@ -446,7 +451,7 @@ fn load_config(path: Option<PathBuf>) -> Result<(Config, String), String> {
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
     let (cfg, from) = match load_config(config) {
         Ok(c) => c,
         Err(e) => {
@@ -477,11 +482,33 @@ fn run(config: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(path) = ports_file {
+            if let Err(e) = write_ports(&path, &gateway) {
+                tracing::error!("cannot write the ports file {}: {e}", path.display());
+                gateway.stop().await;
+                return ExitCode::FAILURE;
+            }
+        }
         shutdown_signal().await;
         tracing::info!("shutting down");
         gateway.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Writes the bound addresses as JSON, atomically (a reader never sees half a file).
+fn write_ports(path: &Path, gw: &Gateway) -> std::io::Result<()> {
+    let text = serde_json::json!({
+        "rtp": gw.rtp_addr.to_string(),
+        "api": gw.api_addr.to_string(),
+        "rtsp": gw.rtsp_addr.map(|a| a.to_string()),
+        "rtmp": gw.rtmp_addr.map(|a| a.to_string()),
+        "sip": gw.sip_addr.map(|a| a.to_string()),
+    })
+    .to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 async fn shutdown_signal() {

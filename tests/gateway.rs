@@ -152,7 +152,8 @@ async fn sixty_streams_at_once_with_faulty_ones_beside_them() {
     let to = gw.rtp_addr;
     let clean = own_fixture("h264_g711a_8k.rtp");
     let faulty = faulty_dump(tmp.path());
-    let shared_faults = shared_fixtures().map(|d| d.join("synthetic/h264_g711a_8k_faults.rtp"));
+    let shared_faults = shared_or_skip("sixty_streams_at_once_with_faulty_ones_beside_them")
+        .map(|d| d.join("synthetic/h264_g711a_8k_faults.rtp"));
     let udp = {
         let clean = clean.clone();
         tokio::spawn(async move { send_file(&clean, &opts(to, false, 50, 310_000_001)).await.unwrap() })
@@ -303,9 +304,11 @@ async fn bad_input_is_counted_never_fatal_and_the_stream_limit_holds() {
     assert!(rtp["streams_refused"].as_u64().unwrap() >= 1, "{rtp}");
     assert_eq!(rtp["max_streams"], 20);
     // The lying-length stream exists, decoded nothing, and said why.
-    if let Some(s) = streams.get(&name_of(700_000_001)) {
-        assert!(s["video"].is_null() || s["video"]["frames"] == 0, "{s}");
-    }
+    let s = streams.get(&name_of(700_000_001)).unwrap_or_else(|| panic!("no lying-length stream: {list:?}"));
+    assert!(s["video"].is_null() || s["video"]["frames"] == 0, "{s}");
+    assert_eq!(s["packets"], 50, "every packet was received: {s}");
+    let why = ["garbage_bytes", "resyncs", "dropped_frames"].map(|k| s[k].as_u64().unwrap_or(0));
+    assert!(why.iter().sum::<u64>() > 0, "decoded nothing and did not say why: {s}");
     // Still serving.
     let (status, _) = http_get(gw.api_addr, "/api/v1/streams").await;
     assert_eq!(status, 200);
@@ -335,9 +338,14 @@ async fn unknown_ssrc_report_mode_records_and_drop_mode_ignores() {
         let gw = start(cfg).await;
         send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 620_000_001)).await.unwrap();
         send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, true, 1, 620_000_002)).await.ok();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the packets are counted (104 over UDP, the TCP connection's first) they have been
+        // handled: then nothing may be published.
+        let rtp = wait_json(gw.api_addr, "/api/v1/rtp", Duration::from_secs(5), |r| {
+            r["unknown_ssrc_packets"].as_u64().is_some_and(|n| n >= 105)
+                && (mode != UnknownSsrc::Report || r["unknown_ssrcs"].as_array().is_some_and(|l| l.len() == 2))
+        })
+        .await;
         assert!(streams(gw.api_addr).await.is_empty(), "{mode:?} must not publish");
-        let (_, rtp) = http_get(gw.api_addr, "/api/v1/rtp").await;
         assert!(rtp["unknown_ssrc_packets"].as_u64().unwrap() >= 100, "{rtp}");
         let reported: Vec<u64> = rtp["unknown_ssrcs"]
             .as_array()
@@ -378,9 +386,16 @@ async fn a_subscriber_starts_at_the_cached_gop_and_is_counted() {
     let sender = tokio::spawn(async move {
         send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(to, false, 1, 640_000_001)).await.unwrap()
     });
-    // Join mid-GOP: after a few frames have gone by.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let stream = gw.hub.get(&name_of(640_000_001)).expect("stream is live");
+    // Join mid-GOP: once a few frames of the first GOP (25 frames, 1 s) have gone by.
+    let t = std::time::Instant::now();
+    let stream = loop {
+        match gw.hub.get(&name_of(640_000_001)) {
+            Some(s) if s.gop_cache_usage().0 >= 8 => break s,
+            _ => {}
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the stream did not go live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let mut sub = stream.subscribe();
     let first_video = loop {
         let f = sub.recv().await.unwrap();
@@ -422,9 +437,11 @@ async fn a_returning_ssrc_follows_the_unknown_ssrc_policy() {
     // The session is over; the same SSRC comes back unannounced: report mode must not publish it.
     gw.rtp.withdraw(650_000_001);
     send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 650_000_001)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(streams(gw.api_addr).await.is_empty(), "report mode published a returning SSRC");
-    let (_, rtp) = http_get(gw.api_addr, "/api/v1/rtp").await;
+    let rtp = wait_json(gw.api_addr, "/api/v1/rtp", Duration::from_secs(5), |r| {
+        r["unknown_ssrcs"][0]["ssrc"] == "0650000001"
+    })
+    .await;
     assert_eq!(rtp["unknown_ssrcs"][0]["ssrc"], "0650000001", "{rtp}");
+    assert!(streams(gw.api_addr).await.is_empty(), "report mode published a returning SSRC");
     gw.stop().await;
 }

@@ -87,6 +87,9 @@ pub struct Stream {
     next_subscriber: AtomicU64,
     /// Frames not delivered to some subscriber, summed over subscribers.
     drops: AtomicU64,
+    /// The audio track the stream will carry, announced by its media stage before the first
+    /// audio frame (D63): lets RTSP DESCRIBE list it at once.
+    audio_hint: Mutex<Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)>>,
     cfg: HubConfig,
 }
 
@@ -105,8 +108,19 @@ impl Stream {
             stats: Mutex::new(StreamStats::default()),
             next_subscriber: AtomicU64::new(1),
             drops: AtomicU64::new(0),
+            audio_hint: Mutex::new(None),
             cfg,
         }
+    }
+
+    /// Announces the audio track this stream's frames will carry (codec and output config).
+    pub fn announce_audio(&self, codec: crate::media::Codec, config: Arc<crate::media::CodecConfig>) {
+        *lock(&self.audio_hint) = Some((codec, config));
+    }
+
+    /// The announced audio track, if any.
+    pub fn announced_audio(&self) -> Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)> {
+        lock(&self.audio_hint).clone()
     }
 
     /// Publishes one frame: into the GOP cache and to every subscriber, never waiting.

@@ -1021,6 +1021,11 @@ fn publish_all(stream: &Stream, media: &mut Media, now_us: u64) {
     for frame in media.demuxed.drain(..) {
         media.pipeline.push(frame, Some(now_us), &mut media.out);
     }
+    if let Some((codec, config)) = media.pipeline.announced_audio() {
+        if stream.announced_audio().is_none() {
+            stream.announce_audio(codec, config);
+        }
+    }
     for frame in media.out.drain(..) {
         stream.publish(frame);
     }
