@@ -46,6 +46,8 @@ pub struct Config {
     pub hub: HubConfig,
     pub log: LogConfig,
     pub audio: AudioConfig,
+    /// `[auth]`: publish and play credentials (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// What leaves gbgate as audio.
@@ -68,7 +70,7 @@ pub struct AudioConfig {
     /// AAC bitrate (bit/s).
     pub bitrate: u32,
     /// "syom" (pure Rust, default) or "fdk" (needs the `fdk-aac` cargo feature).
-    pub encoder: crate::media::audio::EncoderKind,
+    pub encoder: EncoderKind,
     /// G.711 sample rate: 0 = detect (PS carries none), or 8000 / 16000 to force it.
     pub g711_rate: u32,
 }
@@ -79,7 +81,7 @@ impl Default for AudioConfig {
             output: AudioOutput::Aac,
             rate: 11_025,
             bitrate: 24_000,
-            encoder: crate::media::audio::EncoderKind::Syom,
+            encoder: EncoderKind::Syom,
             g711_rate: 0,
         }
     }
@@ -117,6 +119,23 @@ pub struct RtpConfig {
     pub stream_queue: usize,
     /// Concurrent TCP connections accepted on the RTP port.
     pub max_tcp_connections: usize,
+    /// A UDP stream is bound to the source address of its first datagram; its SSRC from another
+    /// address is dropped, unless the bound source has been quiet this long (the camera moved).
+    pub rebind_after: HumanDuration,
+    /// Streams of SSRCs nobody announced (counted within `max_streams`): the rest is kept for
+    /// announced sessions (GB INVITEs, API channels).
+    pub max_unknown_streams: usize,
+    /// Streams of unannounced SSRCs from one source IP.
+    pub max_unknown_per_source: usize,
+    /// Largest access unit (bytes) reassembled per stream; larger ones are dropped and counted.
+    pub max_access_unit: usize,
+    /// Payload bytes one stream's reorder buffer may hold waiting for a gap.
+    pub reorder_bytes: usize,
+    /// Bytes queued from the socket to one stream's task (besides `stream_queue` packets).
+    pub stream_queue_bytes: usize,
+    /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
+    /// dropped and streams shed their partial access units (counted as `budget_drops`).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for RtpConfig {
@@ -131,6 +150,13 @@ impl Default for RtpConfig {
             reorder_delay: HumanDuration(Duration::from_millis(100)),
             stream_queue: 2048,
             max_tcp_connections: 1000,
+            rebind_after: HumanDuration(Duration::from_secs(2)),
+            max_unknown_streams: 200,
+            max_unknown_per_source: 16,
+            max_access_unit: 4 << 20,
+            reorder_bytes: 1 << 20,
+            stream_queue_bytes: 2 << 20,
+            max_buffered_bytes: 512 << 20,
         }
     }
 }
@@ -138,12 +164,33 @@ impl Default for RtpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// Without a `token` this must be a loopback address (the gateway refuses to start otherwise).
     pub listen: SocketAddr,
+    /// Bearer token: when set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Host names the API answers to besides IP literals and `localhost` (DNS rebinding defence).
+    pub hosts: Vec<String>,
+    /// Origins (`http://console.example:3000`) allowed to write besides the API's own.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not sent a request's head within this long is closed.
+    pub header_timeout: HumanDuration,
+    /// Concurrent API connections (when full, the oldest one without a request is closed first).
+    pub max_connections: usize,
+    /// Concurrent API connections per source address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".parse().expect("literal") }
+        ApiConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            token: None,
+            hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections: 256,
+            max_connections_per_source: 32,
+        }
     }
 }
 
@@ -273,8 +320,14 @@ pub struct RtspConfig {
     pub session_timeout: HumanDuration,
     /// Largest RTP payload sent to players.
     pub max_payload: usize,
-    /// Concurrent RTSP connections.
+    /// Concurrent RTSP connections. When full, the oldest connection that has not completed a
+    /// request is closed to make room.
     pub max_connections: usize,
+    /// Concurrent RTSP connections per source address.
+    pub max_connections_per_source: usize,
+    /// A connection that has not completed its first request within this long is closed, and so
+    /// is one whose request in progress stalls this long.
+    pub request_timeout: HumanDuration,
     /// Merged write: an interleaved (TCP) player's media is written at most once per this interval
     /// (0: once per video frame). Fewer, larger writes and wakeups halve the CPU per player, at
     /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
@@ -290,19 +343,24 @@ impl Default for RtspConfig {
             session_timeout: HumanDuration(Duration::from_secs(60)),
             max_payload: 1400,
             max_connections: 2000,
+            max_connections_per_source: 64,
+            request_timeout: HumanDuration(Duration::from_secs(5)),
             merge_write: HumanDuration(Duration::from_millis(200)),
         }
     }
 }
 
-/// How H.265 is carried in FLV.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How H.265 is carried in FLV (defined by the FLV muxer, which config sits above).
+pub use crate::proto::flv::HevcFlv;
+
+/// Which AAC encoder builds the output audio (`fdk` needs the `fdk-aac` cargo feature). Defined
+/// here, not in media/, because config sits below media (media reads its settings from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum HevcFlv {
-    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
-    Enhanced,
-    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
-    Legacy,
+pub enum EncoderKind {
+    #[default]
+    Syom,
+    Fdk,
 }
 
 /// One static RTMP push: every stream matching `stream` is pushed to `url`.
@@ -329,6 +387,14 @@ pub struct RtmpConfig {
     pub max_connections: usize,
     /// Merged write for players, as `[rtsp] merge_write`.
     pub merge_write: HumanDuration,
+    /// Longest RTMP message a peer may send (a 4K keyframe is a few MB); refused at its chunk header.
+    pub max_message_bytes: usize,
+    /// Bytes of partially received messages held by all RTMP connections together.
+    pub max_partial_bytes: usize,
+    /// A connection must complete the handshake, connect and publish/play within this.
+    pub setup_timeout: HumanDuration,
+    /// Concurrent connections from one IP address (127.0.0.1 and ::1 are not limited).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for RtmpConfig {
@@ -341,6 +407,10 @@ impl Default for RtmpConfig {
             push: Vec::new(),
             max_connections: 2000,
             merge_write: HumanDuration(Duration::from_millis(200)),
+            max_message_bytes: 8 << 20,
+            max_partial_bytes: 128 << 20,
+            setup_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -459,7 +529,7 @@ impl Config {
         if ![0, 8_000, 16_000].contains(&self.audio.g711_rate) {
             return Err(ConfigError::Invalid { key: "audio.g711_rate", message: "0 (detect), 8000 or 16000".into() });
         }
-        if self.audio.encoder == crate::media::audio::EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
+        if self.audio.encoder == EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
             return Err(ConfigError::Invalid {
                 key: "audio.encoder",
                 message: "\"fdk\" needs gbgate built with `--features fdk-aac`".into(),

@@ -77,7 +77,7 @@ async fn run(mut cmd: Command, limit: Duration) -> (bool, String, String) {
 fn ffprobe_cmd(input: &str) -> Command {
     let mut c = Command::new("ffprobe");
     c.args(["-v", "error", "-count_frames", "-show_entries"])
-        .arg("stream=index,codec_name,codec_type,width,height,sample_rate,nb_read_frames:packet=stream_index,pts")
+        .arg("stream=index,codec_name,codec_type,width,height,sample_rate,channels,nb_read_frames:packet=stream_index,pts")
         .args(["-of", "json", input]);
     c
 }
@@ -123,10 +123,11 @@ async fn probe_fixture(fixture: &str, ssrc: u32, loops: u32) -> Probe {
 
 async fn probe_fixture_with(cfg: Config, fixture: &str, ssrc: u32, loops: u32) -> Probe {
     let (gw, rtmp) = start_with_rtmp(cfg).await;
+    let asked = AskedFor::watch(&gw.hub);
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let probe = tokio::spawn(run(ffprobe_cmd(&url), Duration::from_secs(30)));
     // ffprobe connects and asks to play; the server waits for the stream to appear.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&[name_of(ssrc)], Duration::from_secs(10)).await;
     send_in_background(&gw, fixture, ssrc, loops).await.unwrap();
     let (ok, out, err) = probe.await.unwrap();
     assert!(ok, "ffprobe failed: {err}");
@@ -204,15 +205,16 @@ async fn ffmpeg_decode(ffmpeg: &Path, input: &str) -> (String, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp() {
     let Some(ffmpeg) = modern_ffmpeg() else {
-        println!("skipped: imageio_ffmpeg is not importable (pip install imageio-ffmpeg)");
+        missing("modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp", "imageio-ffmpeg (pip install imageio-ffmpeg)");
         return;
     };
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let asked = AskedFor::watch(&gw.hub);
     let ssrc = 0x0BEBC202;
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let ff = ffmpeg.clone();
     let dec = tokio::spawn(async move { ffmpeg_decode(&ff, &url).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&[name_of(ssrc)], Duration::from_secs(10)).await;
     send_in_background(&gw, "h265_aac_16k", ssrc, 2).await.unwrap();
     let (err, frames) = dec.await.unwrap();
     gw.stop().await;
@@ -234,6 +236,21 @@ async fn wait_listening(port: u16, limit: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// An origin on a port the kernel just had free; ffmpeg cannot bind port 0, so when another
+/// process takes the port first (ffmpeg exits), it is tried again on another one.
+async fn origin_on_free_port(out: &Path) -> (u16, std::process::Child) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut origin = spawn_origin(port, out);
+        if wait_listening(port, Duration::from_secs(10)).await && origin.try_wait().unwrap().is_none() {
+            return (port, origin);
+        }
+        let _ = origin.kill();
+        let _ = origin.wait();
+    }
+    panic!("the ffmpeg origin could not listen on any of 5 ports");
 }
 
 /// An `ffmpeg -listen 1` RTMP origin writing `out`.
@@ -269,11 +286,9 @@ async fn wait_exit(mut child: std::process::Child, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let (out1, out2) = (dir.path().join("out1.flv"), dir.path().join("out2.flv"));
     // Origin first; ffmpeg -listen only accepts once it listens.
-    let origin = spawn_origin(port, &out1);
-    assert!(wait_listening(port, Duration::from_secs(10)).await, "ffmpeg origin never listened");
+    let (port, origin) = origin_on_free_port(&out1).await;
 
     let mut cfg = test_config();
     cfg.rtmp.push_timeout.0 = Duration::from_secs(3);
@@ -300,7 +315,24 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     let mut killed = spawn_origin(port, &out2);
     assert!(wait_listening(port, Duration::from_secs(10)).await);
     let sender = send_in_background(&gw, "h264_g711a_8k", 0x0BEBC205, 5);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Mid-stream: the push is subscribed and connected to the origin (an established TCP
+    // connection on the origin's port).
+    let t = Instant::now();
+    let pushing = |gw: &gbgate::server::Gateway| {
+        gw.hub.get(&name_of(0x0BEBC205)).is_some_and(|s| s.subscriber_counts().get("push").is_some_and(|n| *n > 0))
+    };
+    let connected = || {
+        let local = format!("0100007F:{port:04X}");
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        tcp.lines().any(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c.len() > 3 && c[1] == local && c[3] == "01"
+        })
+    };
+    while !(pushing(&gw) && connected()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the push never reached the first origin");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     let origin = spawn_origin(port, &out3);
@@ -325,7 +357,9 @@ fn make_h264_aac_flv(path: &Path) {
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=4"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4"])
-        .args(["-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv"])
+        .args([
+            "-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-f", "flv",
+        ])
         .arg(path)
         .status()
         .unwrap();
@@ -367,8 +401,12 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
         (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
         (Some("h264"), Some(320), Some(240))
     );
+    // 44.1 kHz stereo AAC in, through the media stage like every source: AAC 11025 Hz mono out.
     let a = p.stream("audio").expect("audio");
-    assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some("aac"), Some("44100")));
+    assert_eq!(
+        (a["codec_name"].as_str(), a["sample_rate"].as_str(), a["channels"].as_i64()),
+        (Some("aac"), Some("11025"), Some(1))
+    );
     let frames = p.frames("video");
     assert!(frames >= 50, "played back {frames} frames");
     assert_monotonic(&p.pts("video"));
@@ -384,6 +422,9 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     assert!(kinds.contains(&("video".into(), "h264".into())), "{rtsp_out}");
     assert!(kinds.contains(&("audio".into(), "aac".into())), "{rtsp_out}");
     let stats = stream.stats();
+    let fps = stats.video.as_ref().map_or(0.0, |v| v.fps);
+    assert!((20.0..=30.0).contains(&fps), "fps of an RTMP-published 25 fps stream: {fps}");
+    assert!(stats.media.transcode.is_some(), "the audio went through the media stage: {:?}", stats.media);
     let (ok, _, err) = publisher.await.unwrap();
     assert!(ok, "publisher: {err}");
     println!("publish: hub saw {:?}; playback read {frames} video frames", stats.video.map(|v| v.frames));
@@ -500,6 +541,21 @@ fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>
     gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
 }
 
+type PanicHook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync + 'static;
+
+/// Reinstates a panic hook when dropped (not while unwinding: `take_hook` would panic then).
+struct RestoreHook(std::sync::Arc<PanicHook>);
+
+impl Drop for RestoreHook {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let previous = self.0.clone();
+            drop(std::panic::take_hook());
+            std::panic::set_hook(Box::new(move |info| previous(info)));
+        }
+    }
+}
+
 /// Panics raised with rml_rtmp on the stack in this test process, wherever they were caught.
 static RML_RTMP_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -514,14 +570,17 @@ async fn a_short_amf0_command_closes_that_connection_without_a_panic() {
     use rml_rtmp::time::RtmpTimestamp;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let previous = std::panic::take_hook();
+    let previous: std::sync::Arc<PanicHook> = std::panic::take_hook().into();
+    let chained = previous.clone();
     std::panic::set_hook(Box::new(move |info| {
         // The panic's location is in core (a slice index), so look for rml_rtmp on the stack.
         if std::backtrace::Backtrace::force_capture().to_string().contains("rml_rtmp") {
             RML_RTMP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        previous(info);
+        chained(info);
     }));
+    // The hook is process-wide: put the previous one back when the test ends.
+    let _restore = RestoreHook(previous);
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
     let ssrc = 0x0BEBC2A0;
     let _sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 5);
