@@ -1,9 +1,10 @@
 //! The thin tokio driver of the signalling core: it owns the SIP sockets, the device database,
 //! the API's device snapshot, the event channel and the clock, feeds the sans-IO [`Core`] its
-//! inputs and carries out its [`Output`]s. The core reaches RTP through [`MediaPort`], which
-//! this module implements over `server::rtp` and the hub.
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+//! inputs and carries out its [`Output`]s. The core reaches RTP through [`MediaPort`], which the
+//! server implements over its RTP side and the hub (`server::gb_media`) and hands in: gb never
+//! imports a driver above it.
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,14 +12,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::core::{Core, CoreSetup, MediaPort, Output, StreamState};
+use super::core::{Core, CoreSetup, MediaPort, Output};
 use super::store::Store;
 use super::transport::{self, Inbound, SipSender};
 use super::{DeviceRecord, EndedSession, Gb, GbCounters, GbEvent, ENDED_KEPT};
-use crate::config::{Config, RtpConfig, SipConfig};
+use crate::config::{Config, SipConfig};
 use crate::hub::Hub;
 use crate::proto::sip;
-use crate::server::rtp::{self as rtp_server, RtpShared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GbStartError {
@@ -73,10 +73,11 @@ pub fn resolve_password(sip: &SipConfig) -> Result<String, GbStartError> {
 }
 
 /// Starts the SIP sockets and the signalling task; registers play on demand with the hub.
+/// `media` is the RTP side as the core reaches it; `rtp_addr` the RTP port put in SDP offers.
 pub async fn start(
     cfg: &Config,
     hub: Arc<Hub>,
-    rtp: Arc<RtpShared>,
+    media: Box<dyn MediaPort>,
     rtp_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<(Gb, tokio::task::JoinHandle<()>), GbStartError> {
@@ -98,14 +99,6 @@ pub async fn start(
     let (events, _) = broadcast::channel(1024);
     let now = Instant::now();
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let media = RtpMedia {
-        hub: hub.clone(),
-        rtp,
-        rtp_cfg: cfg.rtp.clone(),
-        advertise: cfg.sip.advertise,
-        sip_addr,
-        active: HashMap::new(),
-    };
     let setup = CoreSetup {
         sip: cfg.sip.clone(),
         gb: cfg.gb.clone(),
@@ -117,7 +110,7 @@ pub async fn start(
         unix_ms,
         utc_offset: super::localtime::utc_offset(unix_ms / 1000),
     };
-    let core = Core::new(setup, Box::new(media), now);
+    let core = Core::new(setup, media, now);
     let snapshot: BTreeMap<String, DeviceRecord> = core.snapshot().into_iter().map(|d| (d.id.clone(), d)).collect();
     let shared = Arc::new(RwLock::new(snapshot));
     let ended = Arc::new(Mutex::new(VecDeque::new()));
@@ -209,92 +202,5 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-/// [`MediaPort`] over the RTP server's shared state and the hub.
-struct RtpMedia {
-    hub: Arc<Hub>,
-    rtp: Arc<RtpShared>,
-    rtp_cfg: RtpConfig,
-    advertise: Option<IpAddr>,
-    sip_addr: SocketAddr,
-    /// TCP-active connections by stream.
-    active: HashMap<String, tokio::task::AbortHandle>,
-}
-
-impl MediaPort for RtpMedia {
-    fn announce(&mut self, ssrc: u32, stream: &str) {
-        self.rtp.announce(ssrc, stream.to_string());
-    }
-
-    fn announced_name(&self, ssrc: u32) -> Option<String> {
-        self.rtp.announced_name(ssrc)
-    }
-
-    fn withdraw(&mut self, ssrc: u32) {
-        self.rtp.withdraw(ssrc);
-    }
-
-    fn withdraw_name(&mut self, stream: &str) {
-        self.rtp.withdraw_name(stream);
-    }
-
-    fn expect_source(&mut self, ip: IpAddr, tcp: bool, stream: &str) {
-        self.rtp.expect_source(ip, tcp, stream.to_string());
-    }
-
-    fn hint_g711_rate(&mut self, stream: &str, rate: u32) {
-        self.rtp.hint_g711_rate(stream, rate);
-    }
-
-    fn stream_state(&self, stream: &str) -> Option<StreamState> {
-        self.hub
-            .get(stream)
-            .map(|s| StreamState { keyframe: s.gop_cache_usage().0 > 0, subscribers: s.subscriber_count() })
-    }
-
-    fn end_stream(&mut self, stream: &str) {
-        if let Some(st) = self.hub.get(stream) {
-            self.hub.remove(&st);
-        }
-    }
-
-    fn connect_active(&mut self, stream: &str, target: SocketAddr, fallback: SocketAddr) {
-        let (rtp, hub, cfg, name) = (self.rtp.clone(), self.hub.clone(), self.rtp_cfg.clone(), stream.to_string());
-        let handle = tokio::spawn(async move {
-            if let Err(e) = rtp_server::connect_active(target, Some(fallback), name.clone(), cfg, hub, rtp).await {
-                warn!(stream = %name, "TCP active: {e}");
-            }
-        });
-        if let Some(old) = self.active.insert(stream.to_string(), handle.abort_handle()) {
-            old.abort();
-        }
-        self.active.retain(|_, h| !h.is_finished());
-    }
-
-    fn stop_active(&mut self, stream: &str) {
-        if let Some(h) = self.active.remove(stream) {
-            h.abort();
-        }
-    }
-
-    /// `sip.advertise`, the listen IP, or the local address of the route to `toward`
-    /// (multi-homed hosts: the wrong one makes devices drop us, SRS #2695).
-    fn local_ip(&self, toward: SocketAddr) -> IpAddr {
-        if let Some(ip) = self.advertise {
-            return ip;
-        }
-        if !self.sip_addr.ip().is_unspecified() {
-            return self.sip_addr.ip();
-        }
-        let bind: SocketAddr = if toward.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-        std::net::UdpSocket::bind(bind)
-            .and_then(|s| {
-                s.connect(toward)?;
-                s.local_addr()
-            })
-            .map(|a| a.ip())
-            .unwrap_or(self.sip_addr.ip())
     }
 }

@@ -3,6 +3,7 @@ pub mod admit;
 pub mod api;
 pub mod audio_pool;
 pub(crate) mod batch;
+pub mod gb_media;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
@@ -129,8 +130,14 @@ impl Gateway {
             shutdown.clone(),
         )));
         let gb = if cfg.sip.enabled {
-            let (gb, task) =
-                crate::gb::start(&cfg, hub.clone(), rtp_shared.clone(), rtp_addr, shutdown.clone()).await?;
+            let (gb, task) = crate::gb::start(
+                &cfg,
+                hub.clone(),
+                Box::new(gb_media::RtpMedia::new(hub.clone(), rtp_shared.clone(), cfg.rtp.clone(), &cfg.sip)),
+                rtp_addr,
+                shutdown.clone(),
+            )
+            .await?;
             tasks.push(task);
             Some(gb)
         } else {
