@@ -221,7 +221,7 @@ async fn tcp_accept(
             async move {
                 tokio::select! {
                     // `shutdown` is handled inside: the last BYEs are still written on stop.
-                    _ = tcp_connection(socket, addr, conn, sender.clone(), tx.clone(), shutdown, &ticket, &limits) => {}
+                    _ = tcp_connection(socket, Peer::Tcp { conn, addr }, sender.clone(), tx.clone(), shutdown, &ticket, &limits) => {}
                     _ = ticket.evicted.cancelled() => debug!("SIP TCP connection evicted: no message yet and the listener is full"),
                 }
                 sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
@@ -235,14 +235,14 @@ async fn tcp_accept(
 
 async fn tcp_connection(
     socket: TcpStream,
-    addr: SocketAddr,
-    conn: u64,
+    peer: Peer,
     sender: Arc<SipSender>,
     tx: mpsc::Sender<Inbound>,
     stop: CancellationToken,
     ticket: &Ticket,
     limits: &TcpLimits,
 ) {
+    let Peer::Tcp { conn, .. } = peer else { return };
     let (rd, mut wr) = socket.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
     sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).insert(conn, out_tx);
@@ -272,7 +272,6 @@ async fn tcp_connection(
             written.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
         }
     };
-    let peer = Peer::Tcp { conn, addr };
     let reader = async {
         let mut frames = FramedRead::new(rd, BoundedSipCodec(SipCodec::new()));
         // The deadline runs from the last whole message, so a peer dripping bytes that never make
