@@ -237,6 +237,14 @@ pub struct SipConfig {
     pub max_transactions_per_peer: usize,
     /// Concurrent SIP-over-TCP connections.
     pub max_tcp_connections: usize,
+    /// SIP-over-TCP connections from one source IP (a NAT of many devices needs more). When a cap
+    /// is reached, the oldest connection that has not sent a whole message yet makes room.
+    pub max_tcp_connections_per_source: usize,
+    /// A SIP-over-TCP connection must deliver its first whole message within this.
+    pub tcp_request_timeout: HumanDuration,
+    /// A SIP-over-TCP connection with no whole message for this long is closed (a device sends a
+    /// keepalive every `[gb] keepalive_interval`; bytes that never make a message do not count).
+    pub tcp_idle_timeout: HumanDuration,
     /// Embedded database (redb) keeping registrations and device facts across restarts.
     /// Unset: kept in memory only.
     pub db: Option<std::path::PathBuf>,
@@ -260,6 +268,9 @@ impl Default for SipConfig {
             max_transactions: 4096,
             max_transactions_per_peer: 256,
             max_tcp_connections: 2000,
+            max_tcp_connections_per_source: 64,
+            tcp_request_timeout: HumanDuration(Duration::from_secs(5)),
+            tcp_idle_timeout: HumanDuration(Duration::from_secs(180)),
             db: None,
         }
     }
@@ -478,6 +489,16 @@ impl Config {
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
         positive("sip.max_devices", self.sip.max_devices)?;
+        positive("sip.max_tcp_connections_per_source", self.sip.max_tcp_connections_per_source)?;
+        if self.sip.tcp_request_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid { key: "sip.tcp_request_timeout", message: "at least 100ms".into() });
+        }
+        if self.sip.tcp_idle_timeout.0 < self.sip.tcp_request_timeout.0 {
+            return Err(ConfigError::Invalid {
+                key: "sip.tcp_idle_timeout",
+                message: "at least sip.tcp_request_timeout".into(),
+            });
+        }
         positive("sip.max_devices_per_source", self.sip.max_devices_per_source)?;
         positive("sip.queries_per_second", self.sip.queries_per_second as usize)?;
         positive("sip.max_transactions", self.sip.max_transactions)?;

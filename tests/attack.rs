@@ -141,7 +141,8 @@ async fn every_hole_of_issue_8_is_closed_while_a_camera_and_a_player_run() {
     let opts = CampaignOptions {
         attacks: Attack::ALL.to_vec(),
         camera_ip: "127.0.0.1".parse().unwrap(),
-        play_for: Duration::from_secs(100),
+        // Under the RTSP session timeout (60 s): the counting player sends no keepalives.
+        play_for: Duration::from_secs(50),
         pid: Some(gw.child.id()),
         settle: Duration::from_secs(5),
     };

@@ -94,7 +94,16 @@ pub async fn start(
     // they are flushed: the driver cancels `sockets` when it is done (SIGTERM lost a BYE when
     // the sockets closed first and the closed queue was taken for the end).
     let sockets = CancellationToken::new();
-    let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, sockets.clone());
+    let tcp_limits = transport::TcpLimits {
+        admission: crate::util::admit::Admission::new(
+            cfg.sip.max_tcp_connections,
+            cfg.sip.max_tcp_connections_per_source,
+        ),
+        request_timeout: cfg.sip.tcp_request_timeout.0,
+        idle_timeout: cfg.sip.tcp_idle_timeout.0,
+    };
+    let sip_tcp = tcp_limits.admission.clone();
+    let (out, inbound) = transport::start(udp, tcp, tcp_limits, 4096, sockets.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let now = Instant::now();
@@ -123,6 +132,7 @@ pub async fn start(
         media_timeout: cfg.gb.media_timeout.0,
         counters,
         sip_counters: out.counters.clone(),
+        sip_tcp,
         ended: ended.clone(),
     };
     hub.add_demand(Arc::new(gb.clone()));

@@ -234,6 +234,8 @@ pub struct Gb {
     media_timeout: Duration,
     counters: Arc<GbCounters>,
     sip_counters: Arc<transport::SipCounters>,
+    /// Admission of SIP-over-TCP connections (shown in `GET /api/v1/listeners` as `sip`).
+    pub sip_tcp: Arc<crate::util::admit::Admission>,
     ended: Arc<std::sync::Mutex<std::collections::VecDeque<EndedSession>>>,
 }
 

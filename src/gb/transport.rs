@@ -12,12 +12,13 @@ use futures_util::StreamExt;
 use rsipstack::transport::stream::{SipCodec, SipCodecType};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::proto::sip::{self, rsip::SipMessage};
+use crate::util::admit::{Admission, Ticket};
 use crate::util::RateLimit;
 
 pub use super::core::Peer;
@@ -98,11 +99,22 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener
     Ok((UdpSocket::from_std(udp.into())?, tcp, bound))
 }
 
+/// How SIP over TCP admits and times out connections (issue 8, hole 12).
+#[derive(Clone)]
+pub struct TcpLimits {
+    /// Global and per-source caps; pending connections (no whole message yet) give way first.
+    pub admission: Arc<Admission>,
+    /// The first whole message must arrive within this.
+    pub request_timeout: Duration,
+    /// Later, a whole message at least this often (bytes that never make a message do not count).
+    pub idle_timeout: Duration,
+}
+
 /// Starts the socket tasks; returns the sender and the queue of parsed messages.
 pub fn start(
     udp: UdpSocket,
     tcp: TcpListener,
-    max_tcp: usize,
+    limits: TcpLimits,
     queue: usize,
     shutdown: CancellationToken,
 ) -> (Arc<SipSender>, mpsc::Receiver<Inbound>) {
@@ -116,7 +128,7 @@ pub fn start(
     });
     let (tx, rx) = mpsc::channel(queue);
     tokio::spawn(udp_loop(udp, sender.clone(), tx.clone(), shutdown.clone()));
-    tokio::spawn(tcp_accept(tcp, sender.clone(), tx, max_tcp, shutdown));
+    tokio::spawn(tcp_accept(tcp, sender.clone(), tx, limits, shutdown));
     (sender, rx)
 }
 
@@ -157,11 +169,11 @@ async fn tcp_accept(
     listener: TcpListener,
     sender: Arc<SipSender>,
     tx: mpsc::Sender<Inbound>,
-    max: usize,
+    limits: TcpLimits,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(max));
     let next_id = AtomicU64::new(1);
+    let mut refused_log = RateLimit::new(Duration::from_secs(10));
     loop {
         let (socket, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -170,18 +182,28 @@ async fn tcp_accept(
             },
             _ = shutdown.cancelled() => return,
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            sender.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
-            continue;
+        let ticket = match limits.admission.admit(addr.ip()) {
+            Ok(t) => t,
+            Err(e) => {
+                sender.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = refused_log.check(Instant::now()) {
+                    warn!(peer = %addr, suppressed, "SIP TCP connection refused: {e}");
+                }
+                continue;
+            }
         };
         let conn = next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, tx, shutdown) = (sender.clone(), tx.clone(), shutdown.clone());
+        let (sender, tx, shutdown, limits) = (sender.clone(), tx.clone(), shutdown.clone(), limits.clone());
         tokio::spawn(
             async move {
-                tcp_connection(socket, addr, conn, sender.clone(), tx.clone(), shutdown).await;
+                tokio::select! {
+                    // `shutdown` is handled inside: the last BYEs are still written on stop.
+                    _ = tcp_connection(socket, Peer::Tcp { conn, addr }, sender.clone(), tx.clone(), shutdown, &ticket, &limits) => {}
+                    _ = ticket.evicted.cancelled() => debug!("SIP TCP connection evicted: no message yet and the listener is full"),
+                }
                 sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
                 let _ = tx.try_send(Inbound::Closed(conn));
-                drop(permit);
+                drop(ticket);
             }
             .instrument(tracing::info_span!("sip_tcp", peer = %addr)),
         );
@@ -190,12 +212,14 @@ async fn tcp_accept(
 
 async fn tcp_connection(
     socket: TcpStream,
-    addr: SocketAddr,
-    conn: u64,
+    peer: Peer,
     sender: Arc<SipSender>,
     tx: mpsc::Sender<Inbound>,
     stop: CancellationToken,
+    ticket: &Ticket,
+    limits: &TcpLimits,
 ) {
+    let Peer::Tcp { conn, .. } = peer else { return };
     let (rd, mut wr) = socket.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
     sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).insert(conn, out_tx);
@@ -225,12 +249,25 @@ async fn tcp_connection(
             written.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
         }
     };
-    let peer = Peer::Tcp { conn, addr };
     let reader = async {
         let mut frames = FramedRead::new(rd, BoundedSipCodec(SipCodec::new()));
-        while let Some(item) = frames.next().await {
+        // The deadline runs from the last whole message, so a peer dripping bytes that never make
+        // one cannot hold its slot (a read timeout would restart with every byte).
+        let mut wait = limits.request_timeout;
+        loop {
+            let item = match tokio::time::timeout(wait, frames.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(_) => {
+                    ticket.timed_out();
+                    debug!(timeout = ?wait, "SIP over TCP: no whole message in time; closing");
+                    return;
+                }
+            };
             match item {
                 Ok(SipCodecType::Message(msg)) => {
+                    ticket.established();
+                    wait = limits.idle_timeout;
                     sender.counters.received.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = sip::validate(&msg) {
                         sender.counters.malformed.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! Thin tokio drivers around the sans-IO modules, and the daemon's wiring.
-pub mod admit;
+/// Connection admission lives below the drivers so the SIP transport (in gb) can use it too.
+pub use crate::util::admit;
 pub mod api;
 pub mod audio_pool;
 pub(crate) mod batch;
@@ -150,7 +151,10 @@ impl Gateway {
                 rtp: rtp_shared.clone(),
                 gb: gb.clone(),
                 rtmp: rtmp_shared.clone(),
-                listeners: vec![("api", api_admission.clone()), ("rtsp", rtsp_admission)],
+                listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission)]
+                    .into_iter()
+                    .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
+                    .collect(),
             },
             rtp_addr,
         );

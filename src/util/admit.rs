@@ -1,4 +1,4 @@
-//! Admission of TCP connections to a listener (D60): a global cap, a cap per source address, and
+//! Admission of TCP connections to a listener (D60; RTSP, API, SIP over TCP): a global cap, a cap per source address, and
 //! room for newcomers. A connection is *pending* until it completes its first request; pending
 //! connections are the ones sacrificed when a cap is reached (oldest first), so idle sockets
 //! opened by one host cannot lock real players and operators out, and each driver closes a
