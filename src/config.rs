@@ -134,6 +134,11 @@ pub struct RtpConfig {
     /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
     /// dropped and streams shed their partial access units (counted as `budget_drops`).
     pub max_buffered_bytes: usize,
+    /// RTP over TCP: the first RFC 4571 frame must arrive within this of the connection, and each
+    /// later frame within this of its first byte (a deadline per frame, not per read).
+    pub tcp_frame_timeout: HumanDuration,
+    /// Concurrent RTP/TCP connections from one source IP.
+    pub max_tcp_per_source: usize,
 }
 
 impl Default for RtpConfig {
@@ -155,6 +160,8 @@ impl Default for RtpConfig {
             reorder_bytes: 1 << 20,
             stream_queue_bytes: 2 << 20,
             max_buffered_bytes: 512 << 20,
+            tcp_frame_timeout: HumanDuration(Duration::from_secs(5)),
+            max_tcp_per_source: 64,
         }
     }
 }

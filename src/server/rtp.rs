@@ -89,6 +89,9 @@ pub struct RtpCounters {
     pub unknown_evicted: AtomicU64,
     /// Packets dropped, or partial access units shed, because `max_buffered_bytes` was reached.
     pub budget_drops: AtomicU64,
+    /// RTP/TCP connections closed because a frame (the first, or a later one) did not complete
+    /// within `tcp_frame_timeout`: slow-drip clients.
+    pub tcp_slow_closed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +117,7 @@ pub struct RtpCountersSnapshot {
     pub unknown_refused: u64,
     pub unknown_evicted: u64,
     pub budget_drops: u64,
+    pub tcp_slow_closed: u64,
     /// Bytes all RTP streams hold now: queued, reordered, reassembly, probation.
     pub buffered_bytes: usize,
     pub max_buffered_bytes: usize,
@@ -505,6 +509,7 @@ impl RtpShared {
             unknown_refused: get(&c.unknown_refused),
             unknown_evicted: get(&c.unknown_evicted),
             budget_drops: get(&c.budget_drops),
+            tcp_slow_closed: get(&c.tcp_slow_closed),
             buffered_bytes: self.buffered.load(Ordering::Relaxed),
             max_buffered_bytes: self.max_buffered.load(Ordering::Relaxed),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
@@ -1058,6 +1063,9 @@ async fn run_stream(
     let mut last_data = Instant::now();
     let mut next_stats = Instant::now() + STATS_INTERVAL;
     let mut idle_flushed = true;
+    // RTP/TCP: when the frame now being received started (bytes buffered, not yet complete).
+    let mut partial_since: Option<Instant> = None;
+    let frame_timeout = cfg.tcp_frame_timeout.0;
     let reason = loop {
         let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
         let mut wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
@@ -1067,6 +1075,14 @@ async fn run_stream(
         tokio::select! {
             r = source.recv(&mut batch, &mut read_buf) => match r {
                 Ok(true) => {
+                    if let PacketSource::Tcp { framer, .. } = &source {
+                        partial_since = match (framer.buffered(), batch.is_empty(), partial_since) {
+                            (0, _, _) => None,
+                            // A frame completed and the next one has begun.
+                            (_, false, _) => Some(Instant::now()),
+                            (_, true, since) => since.or_else(|| Some(Instant::now())),
+                        };
+                    }
                     if !batch.is_empty() {
                         last_data = Instant::now();
                         route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
@@ -1110,6 +1126,10 @@ async fn run_stream(
                     }
                     if now.duration_since(last_data) >= timeout {
                         break format!("no data for {}", humantime::format_duration(timeout));
+                    }
+                    if partial_since.is_some_and(|t| now.duration_since(t) >= frame_timeout) {
+                        shared.counters.tcp_slow_closed.fetch_add(1, Ordering::Relaxed);
+                        break format!("a frame took longer than {} to arrive", humantime::format_duration(frame_timeout));
                     }
                 }
             }
@@ -1178,6 +1198,8 @@ async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_tcp_connections));
+    let per_source: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let mut refused_log = RateLimit::new(Duration::from_secs(10));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (socket, peer) = tokio::select! {
@@ -1197,6 +1219,14 @@ async fn serve_tcp(
             shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        // One address may hold only so many connections: room stays for everyone else.
+        let Some(per_source) = SourceSlot::take(&per_source, peer.ip(), cfg.max_tcp_per_source) else {
+            shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = refused_log.check(Instant::now()) {
+                warn!(%peer, suppressed, limit = cfg.max_tcp_per_source, "RTP/TCP connection refused: too many from this address");
+            }
+            continue;
+        };
         shared.counters.tcp_connections.fetch_add(1, Ordering::Relaxed);
         let _ = socket.set_nodelay(true);
         let (cfg, hub, shared, shutdown) = (cfg.clone(), hub.clone(), shared.clone(), shutdown.clone());
@@ -1207,9 +1237,44 @@ async fn serve_tcp(
                     _ = shutdown.cancelled() => {}
                 }
                 drop(permit);
+                drop(per_source);
             }
             .instrument(tracing::info_span!("rtp_tcp", %peer)),
         );
+    }
+}
+
+/// A connection counted against its source address; the count drops with it.
+struct SourceSlot {
+    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<SourceSlot> {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -1223,6 +1288,7 @@ async fn run_tcp_connection(
 ) {
     let mut framer = TcpFramer::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let first_deadline = Instant::now() + cfg.tcp_frame_timeout.0;
     // Wait for the first RTP packet to learn the SSRC (and so the stream name).
     let first = loop {
         if let Some(frame) = framer.next_packet() {
@@ -1234,7 +1300,8 @@ async fn run_tcp_connection(
                 }
             }
         }
-        match tokio::time::timeout(cfg.timeout.0, socket.read(&mut buf)).await {
+        // One deadline for the whole first frame: a byte now and then does not extend it.
+        match tokio::time::timeout_at(first_deadline.into(), socket.read(&mut buf)).await {
             Ok(Ok(0)) => return,
             Ok(Ok(n)) => framer.push(&buf[..n]),
             Ok(Err(e)) => {
@@ -1242,7 +1309,12 @@ async fn run_tcp_connection(
                 return;
             }
             Err(_) => {
-                info!("no RTP within {} on a new TCP connection; closing", humantime::format_duration(cfg.timeout.0));
+                shared.counters.tcp_slow_closed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) =
+                    shared.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    info!(%peer, suppressed, "no complete RTP frame within {} on a new TCP connection; closing", humantime::format_duration(cfg.tcp_frame_timeout.0));
+                }
                 return;
             }
         }
