@@ -64,5 +64,36 @@ async fn small_packets_on_probation_do_not_pin_receive_buffers() {
     // ... and it created nothing and pinned almost nothing (before: ~180 MiB resident).
     assert!(streams(api).await.is_empty());
     assert!(grew < 48 << 10, "RSS grew by {grew} KiB");
+
+    // Then 1,024 more SSRCs whose 100-byte payload sits behind a 60 KB header extension: the
+    // budgets count payloads, so what is held must be the payload, not the datagram (60 MB).
+    let before = rss_kib();
+    for i in 0..groups {
+        let mut pkt = vec![0x90, 96, 0, 1, 0, 0, 0, 0];
+        pkt.extend_from_slice(&(0x7100_0000 + i).to_be_bytes());
+        let words: u16 = 15_000;
+        pkt.extend_from_slice(&[0xBE, 0xDE]);
+        pkt.extend_from_slice(&words.to_be_bytes());
+        pkt.resize(pkt.len() + usize::from(words) * 4, 0);
+        pkt.extend_from_slice(&[0u8; 100]);
+        sock.send_to(&pkt, rtp).await.unwrap();
+        if i % 16 == 15 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut last = 0;
+    let c = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, c) = http_get(api, "/api/v1/rtp").await;
+        let n = c["datagrams"].as_u64().unwrap_or(0);
+        if n == last {
+            break c;
+        }
+        last = n;
+    };
+    let grew = rss_kib().saturating_sub(before);
+    println!("{} datagrams read; RSS grew by {} KiB", c["datagrams"], grew);
+    assert!(c["datagrams"].as_u64() >= Some(u64::from(groups) * 4 + u64::from(groups) * 8 / 10), "{c}");
+    assert!(grew < 24 << 10, "RSS grew by {grew} KiB");
     gw.stop().await;
 }

@@ -344,7 +344,11 @@ impl RtpShared {
                 let evicted = u.swap_remove(i);
                 drop(u);
                 self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
-                info!(stream = %evicted.stream.name, quiet_ms, "unannounced stream ended to make room");
+                if let Some(suppressed) =
+                    self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    info!(stream = %evicted.stream.name, quiet_ms, suppressed, "unannounced stream ended to make room");
+                }
                 hub.remove(&evicted.stream);
                 true
             }
@@ -381,7 +385,9 @@ impl RtpShared {
         let evicted = u.swap_remove(i);
         drop(u);
         self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
-        info!(stream = %evicted.stream.name, "unannounced stream ended: an announced session needs its slot");
+        if let Some(suppressed) = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now()) {
+            info!(stream = %evicted.stream.name, suppressed, "unannounced stream ended: an announced session needs its slot");
+        }
         hub.remove(&evicted.stream);
         true
     }
@@ -765,6 +771,12 @@ async fn serve_udp(
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
         let packet = match RtpPacket::parse(datagram) {
+            // A big header (extension) around a small payload: keep the payload only, so that
+            // the byte budgets, which count payloads, count what the packet holds.
+            Ok(mut p) if n - p.payload.len() > 256 => {
+                p.payload = Bytes::copy_from_slice(&p.payload);
+                p
+            }
             Ok(p) => p,
             Err(RtpError::Rtcp(_)) => {
                 counters.rtcp.fetch_add(1, Ordering::Relaxed);
