@@ -196,3 +196,52 @@ async fn two_channels_answering_the_same_ssrc_get_their_own_streams() {
     stop.cancel();
     gw.stop().await;
 }
+
+/// A GB session's UDP media may move port after a quiet spell (a new media socket), never to
+/// another host: its SSRC stays bound to the IP the device signalled from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_gb_stream_is_not_rebound_to_another_host() {
+    let mut cfg = test_config();
+    cfg.rtp.timeout = HumanDuration(Duration::from_secs(8));
+    let gw = start(cfg).await;
+    let (rtp, api) = (gw.rtp_addr, gw.api_addr);
+    let ssrc = 200_000_901;
+    let name = "gb/34020000001310000901";
+    gw.rtp.announce(ssrc, name.into());
+    gw.rtp.expect_source("127.0.0.1".parse().unwrap(), false, name.into());
+    let dump = read_rtp_dump(&own_fixture("h264_g711a_8k.rtp"));
+    // Sends the capture's packets `from`, sequence numbers shifted by `pass` captures.
+    let send = |from: &'static str, pass: u16, count: usize| {
+        let mut dump = dump.clone();
+        dump.truncate(count);
+        async move {
+            let sock = tokio::net::UdpSocket::bind(format!("{from}:0")).await.unwrap();
+            let n = dump.len() as u16;
+            for mut p in dump {
+                let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add(n.wrapping_mul(pass));
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                sock.send_to(&p, rtp).await.unwrap();
+                if p[1] & 0x80 != 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    let all = dump.len();
+    send("127.0.0.1", 0, all).await;
+    let n = all as u64;
+    let s = wait_stream(api, name, Duration::from_secs(5), |s| s["packets"].as_u64() == Some(n)).await;
+    assert_eq!(s["packets"].as_u64(), Some(n), "{s}");
+    // Quiet for longer than rebind_after; then another host sends the session's SSRC.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send("127.0.0.2", 1, 20).await;
+    // The device comes back from a new port of its own address: that one is followed.
+    send("127.0.0.1", 2, all).await;
+    let s = wait_stream(api, name, Duration::from_secs(5), |s| s["packets"].as_u64() == Some(2 * n)).await;
+    assert_eq!(s["packets"].as_u64(), Some(2 * n), "only the device's packets: {s}");
+    assert!((16..=20).contains(&s["foreign_packets"].as_u64().unwrap()), "the other host's 20 dropped: {s}");
+    let c = rtp_counters(api).await;
+    assert_eq!(c["ssrc_rebinds"], 1, "{c}");
+    gw.stop().await;
+}

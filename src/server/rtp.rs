@@ -266,6 +266,10 @@ impl RtpShared {
         self.forget_expected(name);
     }
 
+    fn signalled_ip(&self, name: &str) -> Option<std::net::IpAddr> {
+        self.signalled.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
     /// Whether media for `name` may come from `ip`: a GB session's media comes from the address
     /// its device signalled from (`expect_source`); other streams have no such binding. A refusal
     /// is counted and logged (rate-limited).
@@ -713,6 +717,9 @@ struct Binding {
     route: Route,
     peer: SocketAddr,
     last_seen: Instant,
+    /// A GB session's media stays bound to the IP its device signalled from (D41): it may move
+    /// port, never host.
+    signalled: Option<std::net::IpAddr>,
 }
 
 /// What to do with a datagram whose SSRC is bound to another source address.
@@ -725,7 +732,10 @@ enum Foreign {
 }
 
 impl Binding {
-    fn judge(&self, now: Instant, rebind_after: Duration) -> Foreign {
+    fn judge(&self, peer: SocketAddr, now: Instant, rebind_after: Duration) -> Foreign {
+        if self.signalled.is_some_and(|ip| ip != peer.ip()) {
+            return Foreign::Drop;
+        }
         if now.saturating_duration_since(self.last_seen) > rebind_after {
             Foreign::Rebind
         } else {
@@ -841,7 +851,7 @@ async fn serve_udp(
                 continue;
             }
             let Some(b) = routes.get_mut(&ssrc) else { continue };
-            match b.judge(now, rebind_after) {
+            match b.judge(peer, now, rebind_after) {
                 Foreign::Rebind => {
                     counters.ssrc_rebinds.fetch_add(1, Ordering::Relaxed);
                     info!(ssrc = %ssrc_text(ssrc), from = %b.peer, to = %peer, "the stream's source went quiet and came back from a new address: rebound");
@@ -866,9 +876,10 @@ async fn serve_udp(
                 continue;
             }
             shared.forget_expected(&name);
+            let signalled = shared.signalled_ip(&name);
             if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
                 routes.retain(|_, b| !b.route.tx.is_closed());
-                routes.insert(ssrc, Binding { route, peer, last_seen: now });
+                routes.insert(ssrc, Binding { route, peer, last_seen: now, signalled });
             }
             continue;
         }
@@ -894,7 +905,7 @@ async fn serve_udp(
                     let name = unknown_stream_name(ssrc);
                     if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, true) {
                         routes.retain(|_, b| !b.route.tx.is_closed());
-                        routes.insert(ssrc, Binding { route, peer, last_seen: now });
+                        routes.insert(ssrc, Binding { route, peer, last_seen: now, signalled: None });
                     }
                 }
             }
