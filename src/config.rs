@@ -421,6 +421,16 @@ impl Config {
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
+        positive("rtp.max_tcp_per_source", self.rtp.max_tcp_per_source)?;
+        positive("rtp.max_unknown_per_source", self.rtp.max_unknown_per_source)?;
+        positive("rtp.stream_queue_bytes", self.rtp.stream_queue_bytes)?;
+        positive("rtp.max_buffered_bytes", self.rtp.max_buffered_bytes)?;
+        if self.rtp.max_access_unit < 64 << 10 {
+            return Err(ConfigError::Invalid { key: "rtp.max_access_unit", message: "at least 65536".into() });
+        }
+        if self.rtp.tcp_frame_timeout.0 < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid { key: "rtp.tcp_frame_timeout", message: "at least 500ms".into() });
+        }
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
         if self.rtp.reorder_packets > 4096 {
