@@ -245,3 +245,46 @@ async fn a_quiet_gb_stream_is_not_rebound_to_another_host() {
     assert_eq!(c["ssrc_rebinds"], 1, "{c}");
     gw.stop().await;
 }
+
+/// The same SSRC answered for two sessions of one address (Hikvision channels), the second
+/// session's media arriving first: the answered ports (SDP `m=`, `RtpShared::expect_port`) tell
+/// them apart, so each stream gets its own device's packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_ports_tell_apart_two_sessions_with_one_ssrc_whichever_sends_first() {
+    let gw = start(test_config()).await;
+    let (rtp, api) = (gw.rtp_addr, gw.api_addr);
+    let ssrc = 600_901;
+    let (a, b) = ("gb/34020000001310000911", "gb/34020000001310000912");
+    let sock_a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sock_b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // What the GB core does: both INVITEs expect media from the device; the answers carry the
+    // same y= (announced for the first session only) and each channel's m= port.
+    gw.rtp.announce(ssrc, a.into());
+    for (name, sock) in [(a, &sock_a), (b, &sock_b)] {
+        gw.rtp.expect_source("127.0.0.1".parse().unwrap(), false, name.into());
+        gw.rtp.expect_port(name, sock.local_addr().unwrap().port());
+    }
+    let dump = read_rtp_dump(&own_fixture("h264_g711a_8k.rtp"));
+    for sock in [&sock_b, &sock_a] {
+        for mut p in dump.clone() {
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            sock.send_to(&p, rtp).await.unwrap();
+            if p[1] & 0x80 != 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let n = dump.len() as u64;
+    let list = wait_streams(api, Duration::from_secs(5), |l| {
+        l.len() == 2 && l.iter().all(|s| s["packets"].as_u64() == Some(n))
+    })
+    .await;
+    for (name, sock) in [(a, &sock_a), (b, &sock_b)] {
+        let s = list.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("{name}: {list:?}"));
+        assert_eq!(s["source"]["peer"], sock.local_addr().unwrap().to_string(), "{name}: {s}");
+        assert_eq!(s["packets"].as_u64(), Some(n), "{name}: {s}");
+        assert_eq!(s["duplicates"], 0, "{name}: {s}");
+    }
+    assert_eq!(rtp_counters(api).await["ssrc_clashes"], 1);
+    gw.stop().await;
+}

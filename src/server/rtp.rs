@@ -157,6 +157,8 @@ struct ExpectedSource {
     ip: std::net::IpAddr,
     tcp: bool,
     name: String,
+    /// UDP: the port the device answered (SDP `m=`), where it normally sends from.
+    port: Option<u16>,
 }
 
 /// State shared between the RTP tasks and the API.
@@ -457,7 +459,29 @@ impl RtpShared {
         if e.len() >= EXPECTED_CAPACITY {
             e.pop_front();
         }
-        e.push_back(ExpectedSource { ip, tcp, name });
+        e.push_back(ExpectedSource { ip, tcp, name, port: None });
+    }
+
+    /// The port a session's device answered (SDP `m=` over UDP): cameras send from it, so two
+    /// sessions on one address that send the same SSRC (Hikvision channels) are told apart even
+    /// when the second one's media arrives first.
+    pub fn expect_port(&self, name: &str, port: u16) {
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(x) = e.iter_mut().find(|x| x.name == name && !x.tcp) {
+            x.port = Some(port).filter(|p| *p != 0);
+        }
+    }
+
+    /// Media with `name`'s announced SSRC from `peer`, while `name` expects another port and
+    /// another session on that address expects exactly this one: it is that session's media.
+    fn claim_by_port(&self, name: &str, peer: SocketAddr) -> Option<String> {
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = e.iter().find(|x| x.name == name)?.port?;
+        if mine == peer.port() {
+            return None;
+        }
+        let i = e.iter().position(|x| x.name != name && !x.tcp && x.ip == peer.ip() && x.port == Some(peer.port()))?;
+        e.remove(i).map(|x| x.name)
     }
 
     fn forget_expected(&self, name: &str) {
@@ -468,8 +492,15 @@ impl RtpShared {
     /// several (cameras behind one NAT address, or a Hikvision answer not yet processed) the
     /// packet cannot be attributed: it is dropped, and a later one binds once the other sessions
     /// have their media.
-    fn claim_source(&self, ip: std::net::IpAddr, tcp: bool) -> Claim {
+    fn claim_source(&self, ip: std::net::IpAddr, tcp: bool, port: Option<u16>) -> Claim {
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        // A session that answered this very source port wins over the others on the address.
+        if let Some(port) = port {
+            let mut by_port = e.iter().enumerate().filter(|(_, x)| x.ip == ip && x.tcp == tcp && x.port == Some(port));
+            if let (Some((i, _)), None) = (by_port.next(), by_port.next()) {
+                return e.remove(i).map_or(Claim::Nobody, |x| Claim::Bound(x.name));
+            }
+        }
         let mut found = e.iter().enumerate().filter(|(_, x)| x.ip == ip && x.tcp == tcp).map(|(i, _)| i);
         match (found.next(), found.next()) {
             (None, _) => Claim::Nobody,
@@ -841,7 +872,7 @@ async fn serve_udp(
         if let Some(bound) = clash_with {
             // Another session waiting for media from this IP: the same SSRC answered for two
             // channels of one device (Hikvision). Bind this source address to that session.
-            if let Claim::Bound(name) = shared.claim_source(peer.ip(), false) {
+            if let Claim::Bound(name) = shared.claim_source(peer.ip(), false, Some(peer.port())) {
                 counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
                 warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
@@ -872,6 +903,16 @@ async fn serve_udp(
             continue;
         }
         if let Some(name) = shared.announced_name(ssrc) {
+            if let Some(other) = shared.claim_by_port(&name, peer) {
+                // The SSRC is announced for `name`, but the port says it is `other`'s media.
+                counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
+                warn!(ssrc = %ssrc_text(ssrc), %peer, stream = %other, announced_for = %name, "two sessions send the same SSRC: told apart by the answered port");
+                if let Some(route) = start_udp_stream(other, vec![packet], peer, &cfg, &hub, &shared, false) {
+                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.insert(peer, route);
+                }
+                continue;
+            }
             if !shared.source_allowed(&name, peer) {
                 continue;
             }
@@ -883,7 +924,7 @@ async fn serve_udp(
             }
             continue;
         }
-        match shared.claim_source(peer.ip(), false) {
+        match shared.claim_source(peer.ip(), false, Some(peer.port())) {
             Claim::Bound(name) => {
                 info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
@@ -1350,7 +1391,7 @@ async fn run_tcp_connection(
         if name.is_some() {
             break;
         }
-        match shared.claim_source(peer.ip(), true) {
+        match shared.claim_source(peer.ip(), true, None) {
             Claim::Bound(n) => name = Some(n),
             Claim::Ambiguous => tokio::time::sleep(Duration::from_millis(100)).await,
             Claim::Nobody => break,
