@@ -43,6 +43,8 @@ const IDLE_FLUSH: Duration = Duration::from_millis(200);
 const PROBATION_CAPACITY: usize = 1024;
 /// Datagrams kept per SSRC on probation (handed to the stream once it is created).
 const PROBATION_PACKETS: usize = 4;
+/// SSRCs one source IP may have on probation at once (a quarter of the table).
+const PROBATION_PER_SOURCE: usize = PROBATION_CAPACITY / 4;
 /// Payload bytes probation holds in all (1024 x 4 full-size datagrams would be 256 MiB).
 const PROBATION_BYTES: usize = 4 << 20;
 /// Unknown SSRCs remembered for the API in `report` mode.
@@ -632,6 +634,9 @@ struct Probation {
     order: VecDeque<u32>,
     /// Payload bytes held (each datagram owns its buffer: see `serve_udp`).
     bytes: usize,
+    /// SSRCs on probation per source IP: a flood from one address evicts its own entries, not
+    /// the first packet of a camera elsewhere.
+    per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
 fn payload_bytes(packets: &[RtpPacket]) -> usize {
@@ -640,15 +645,38 @@ fn payload_bytes(packets: &[RtpPacket]) -> usize {
 
 impl Probation {
     fn new() -> Probation {
-        Probation { pending: HashMap::new(), order: VecDeque::new(), bytes: 0 }
+        Probation { pending: HashMap::new(), order: VecDeque::new(), bytes: 0, per_ip: HashMap::new() }
+    }
+
+    /// Removes `ssrc`'s entry (not from `order`: callers do that).
+    fn take(&mut self, ssrc: u32) -> Option<Pending> {
+        let p = self.pending.remove(&ssrc)?;
+        self.bytes -= payload_bytes(&p.packets);
+        let ip = p.peer.ip();
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        Some(p)
     }
 
     fn evict_oldest(&mut self, counters: &RtpCounters) {
         if let Some(old) = self.order.pop_front() {
-            if let Some(p) = self.pending.remove(&old) {
-                self.bytes -= payload_bytes(&p.packets);
-            }
+            self.take(old);
             counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Evicts the oldest entry from `ip`.
+    fn evict_oldest_of(&mut self, ip: std::net::IpAddr, counters: &RtpCounters) {
+        let pending = &self.pending;
+        if let Some(i) = self.order.iter().position(|s| pending.get(s).is_some_and(|p| p.peer.ip() == ip)) {
+            if let Some(old) = self.order.remove(i) {
+                self.take(old);
+                counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -659,8 +687,7 @@ impl Probation {
             let step = packet.seq.wrapping_sub(p.last_seq);
             // A second packet from the same host continuing the sequence proves a real sender.
             if p.peer.ip() == peer.ip() && (1..=64).contains(&step) {
-                let mut p = self.pending.remove(&ssrc).expect("present");
-                self.bytes -= payload_bytes(&p.packets);
+                let mut p = self.take(ssrc).expect("present");
                 self.order.retain(|s| *s != ssrc);
                 p.packets.push(packet);
                 return Some(p.packets);
@@ -672,6 +699,9 @@ impl Probation {
             p.last_seq = seq;
             return None;
         }
+        if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= PROBATION_PER_SOURCE {
+            self.evict_oldest_of(peer.ip(), counters);
+        }
         if self.pending.len() >= PROBATION_CAPACITY {
             self.evict_oldest(counters);
         }
@@ -679,6 +709,7 @@ impl Probation {
             self.evict_oldest(counters);
         }
         self.bytes += packet.payload.len();
+        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
         self.order.push_back(ssrc);
         self.pending.insert(ssrc, Pending { peer, last_seq: packet.seq, packets: vec![packet] });
         None
@@ -1478,6 +1509,28 @@ mod tests {
     use super::*;
     use crate::config::HubConfig;
     use crate::media::{AudioConfig as TrackAudio, Codec, CodecConfig, Frame};
+
+    fn probe_packet(ssrc: u32, seq: u16) -> RtpPacket {
+        RtpPacket { ssrc, seq, timestamp: 0, marker: false, payload_type: 96, payload: Bytes::from_static(&[0; 100]) }
+    }
+
+    #[test]
+    fn a_flood_from_one_address_evicts_its_own_probation_entries_only() {
+        let counters = RtpCounters::default();
+        let mut p = Probation::new();
+        let camera: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let flooder: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        assert!(p.offer(probe_packet(1, 10), camera, &counters).is_none());
+        for ssrc in 100..100_000 {
+            assert!(p.offer(probe_packet(ssrc, 1), flooder, &counters).is_none());
+        }
+        assert_eq!(p.per_ip[&flooder.ip()], PROBATION_PER_SOURCE);
+        assert!(p.bytes <= PROBATION_BYTES);
+        // The camera's first packet survived the flood: its second completes probation.
+        let packets = p.offer(probe_packet(1, 11), camera, &counters).expect("promoted");
+        assert_eq!(packets.len(), 2);
+        assert!(counters.probation_evicted.load(Ordering::Relaxed) >= 99_000);
+    }
 
     #[test]
     fn a_signalled_g711_rate_replaces_detection_for_that_stream_only() {
