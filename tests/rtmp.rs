@@ -404,24 +404,10 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     gw.stop().await;
 }
 
-/// The client side of the RTMP handshake; returns the bytes the server sent after it.
+/// The client side of the RTMP handshake (the library's, as the push uses it); returns the bytes
+/// the server sent after it.
 async fn client_handshake(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "server closed during the handshake");
-        match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                s.write_all(&response_bytes).await.unwrap();
-                return remaining_bytes;
-            }
-        }
-    }
+    gbgate::client::rtmp::handshake(s, Duration::from_secs(10)).await.expect("RTMP handshake")
 }
 
 /// A player that connects, asks to play, then never reads again.
@@ -509,6 +495,19 @@ fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>
     gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
 }
 
+/// Puts a saved panic hook back when dropped (also when the test fails).
+type Hook = std::sync::Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync>;
+
+struct RestoreHook(Option<Hook>);
+
+impl Drop for RestoreHook {
+    fn drop(&mut self) {
+        if let Some(previous) = self.0.take() {
+            std::panic::set_hook(Box::new(move |info| previous(info)));
+        }
+    }
+}
+
 /// Panics raised with rml_rtmp on the stack in this test process, wherever they were caught.
 static RML_RTMP_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -523,14 +522,17 @@ async fn a_short_amf0_command_closes_that_connection_without_a_panic() {
     use rml_rtmp::time::RtmpTimestamp;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let previous = std::panic::take_hook();
+    // The process-wide hook is put back at the end (other tests of this binary run after it).
+    let previous: Hook = std::sync::Arc::from(std::panic::take_hook());
+    let chained = previous.clone();
     std::panic::set_hook(Box::new(move |info| {
         // The panic's location is in core (a slice index), so look for rml_rtmp on the stack.
         if std::backtrace::Backtrace::force_capture().to_string().contains("rml_rtmp") {
             RML_RTMP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        previous(info);
+        chained(info);
     }));
+    let _restore = RestoreHook(Some(previous));
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
     let ssrc = 0x0BEBC2A0;
     let _sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 5);
