@@ -406,6 +406,18 @@ impl Config {
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
+        positive("rtmp.max_connections_per_ip", self.rtmp.max_connections_per_ip)?;
+        positive("rtmp.max_partial_bytes", self.rtmp.max_partial_bytes)?;
+        // An RTMP message length is 24 bits; below 64 KiB a keyframe of any real stream is refused.
+        if !(64 << 10..=0xFF_FFFF).contains(&self.rtmp.max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "rtmp.max_message_bytes",
+                message: "between 65536 and 16777215".into(),
+            });
+        }
+        if self.rtmp.setup_timeout.0 < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid { key: "rtmp.setup_timeout", message: "at least 500ms".into() });
+        }
         if self.rtp.reorder_packets > 4096 {
             return Err(ConfigError::Invalid { key: "rtp.reorder_packets", message: "at most 4096".into() });
         }
