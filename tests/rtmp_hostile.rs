@@ -324,3 +324,48 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
     let _ = camera.kill();
     let _ = camera.wait();
 }
+
+/// Resident memory of a process, from /proc (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Hole 16 as reported: 30 connections each sending most of a 12 MiB message grew the gateway by
+/// 656 MiB. With the defaults (8 MiB messages, 128 MiB for all unfinished ones) they are refused
+/// at their headers and the gateway's memory stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_connections_sending_12_mib_messages_do_not_grow_the_gateway() {
+    let mut gw = Daemon::start("");
+    let pid = gw.child.id();
+    let before = rss_kib(pid);
+    let message = partial_message(12 << 20, (12 << 20) - 4096);
+    let mut socks = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (rtmp, message) = (gw.rtmp, message.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(rtmp).await.unwrap();
+            client_handshake(&mut s).await;
+            let _ = s.write_all(&message).await;
+            s
+        }));
+    }
+    for t in tasks {
+        socks.push(t.await.unwrap());
+    }
+    // Measured while the 30 connections are still within their setup time (5 s), when the
+    // unfinished messages would be held.
+    let during = rss_kib(pid);
+    println!("gbgate RSS {before} KiB before, {during} KiB with 30 x 12 MiB sent");
+    assert!(during < before + 64 * 1024, "RSS grew from {before} to {during} KiB");
+    for s in &mut socks {
+        assert!(closed_within(s, Duration::from_secs(2)).await, "a 12 MiB message's connection stayed open");
+    }
+    assert_eq!(rtmp_counters(gw.api).await["oversized_messages"], 30);
+    assert!(gw.alive());
+}
