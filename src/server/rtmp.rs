@@ -355,24 +355,24 @@ impl OutClock {
     pub(crate) fn map(&mut self, track: usize, dts: i64) -> i64 {
         if !self.started {
             self.started = true;
-            self.offset = -dts;
+            self.offset = dts.saturating_neg();
         }
         let t = &mut self.tracks[track];
         match t.last_raw {
             None => (t.epoch, t.offset) = (self.epoch, self.offset),
-            Some(last) if dts < last || dts > last + MAX_LEAP => {
+            Some(last) if dts < last || dts > last.saturating_add(MAX_LEAP) => {
                 if t.epoch < self.epoch {
                     (t.epoch, t.offset) = (self.epoch, self.offset);
                 } else {
                     self.epoch += 1;
-                    self.offset = self.last_out + DISCONTINUITY_STEP - dts;
+                    self.offset = self.last_out.saturating_add(DISCONTINUITY_STEP).saturating_sub(dts);
                     (t.epoch, t.offset) = (self.epoch, self.offset);
                 }
             }
             Some(_) => {}
         }
         t.last_raw = Some(dts);
-        let out = (dts + t.offset).max(0);
+        let out = dts.saturating_add(t.offset).max(0);
         self.last_out = self.last_out.max(out);
         out
     }
@@ -1048,6 +1048,16 @@ mod tests {
         assert_eq!(c.map(0, 3600), 10800);
         // A leap forward is bridged the same way.
         assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+    }
+
+    /// Peer-chosen times at the ends of i64 cannot overflow the output clock.
+    #[test]
+    fn out_clock_saturates_at_the_extremes() {
+        let mut c = OutClock::default();
+        assert_eq!(c.map(0, i64::MIN), 0);
+        assert!(c.map(0, i64::MAX) >= 0);
+        assert!(c.map(1, i64::MAX) >= 0);
+        assert!(c.map(0, 0) >= 0);
     }
 
     #[test]
