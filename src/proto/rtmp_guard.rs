@@ -410,4 +410,126 @@ mod smoke {
         }
         println!("rtmp guard smoke: {runs} runs in {secs} s");
     }
+
+    /// What an origin sends a pushing client: connect and publish accepted (a real ServerSession
+    /// answering a real ClientSession, in memory), then a ping and acknowledgements.
+    fn origin_answers() -> Vec<u8> {
+        use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionResult, PublishRequestType};
+        let (mut client, first) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+        let (mut server, sfirst) = ServerSession::new(ServerSessionConfig::new()).unwrap();
+        let mut to_server = Vec::new();
+        let mut to_client = Vec::new();
+        let client_out = |rs: Vec<ClientSessionResult>, to_server: &mut Vec<u8>| {
+            for r in rs {
+                if let ClientSessionResult::OutboundResponse(p) = r {
+                    to_server.extend(p.bytes);
+                }
+            }
+        };
+        client_out(first, &mut to_server);
+        for r in sfirst {
+            if let ServerSessionResult::OutboundResponse(p) = r {
+                to_client.extend(p.bytes);
+            }
+        }
+        client_out(vec![client.request_connection("live".into()).unwrap()], &mut to_server);
+        let (mut fed, mut published) = (0, false);
+        for step in 0..4 {
+            let mut queue = server.handle_input(&std::mem::take(&mut to_server)).unwrap();
+            while let Some(r) = queue.pop() {
+                match r {
+                    ServerSessionResult::OutboundResponse(p) => to_client.extend(p.bytes),
+                    ServerSessionResult::RaisedEvent(
+                        ServerSessionEvent::ConnectionRequested { request_id, .. }
+                        | ServerSessionEvent::PublishStreamRequested { request_id, .. },
+                    ) => queue.extend(server.accept_request(request_id).unwrap().into_iter().rev()),
+                    _ => {}
+                }
+            }
+            let new = &to_client[fed..];
+            fed = to_client.len();
+            let rs = client.handle_input(new).unwrap();
+            published |= rs.iter().any(|r| {
+                matches!(
+                    r,
+                    ClientSessionResult::RaisedEvent(rml_rtmp::sessions::ClientSessionEvent::PublishRequestAccepted)
+                )
+            });
+            client_out(rs, &mut to_server);
+            if step == 0 {
+                client_out(
+                    vec![client.request_publishing("cam".into(), PublishRequestType::Live).unwrap()],
+                    &mut to_server,
+                );
+            }
+        }
+        assert!(published, "the seed must reach an accepted publish");
+        let (ping, _) = server.send_ping_request().unwrap();
+        to_client.extend(ping.bytes);
+        to_client
+    }
+
+    /// The push side: mutated origin answers through the guard into a ClientSession that made
+    /// the same requests, nothing caught.
+    #[test]
+    #[ignore]
+    fn smoke_client() {
+        use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, PublishRequestType};
+        let secs: u64 = std::env::var("GBGATE_SMOKE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let mut seeds = vec![origin_answers()];
+        seeds.extend(
+            [
+                &include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_command.seed")[2..],
+                &include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_data.seed")[2..],
+            ]
+            .map(|s| s.to_vec()),
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let start = std::time::Instant::now();
+        let mut runs = 0u64;
+        while start.elapsed().as_secs() < secs {
+            runs += 1;
+            let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
+            for _ in 0..rng.gen_range(1..8) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = rng.gen_range(0..input.len());
+                match rng.gen_range(0..4) {
+                    0 => input[at] = rng.gen(),
+                    1 => input.insert(at, rng.gen()),
+                    2 => {
+                        input.remove(at);
+                    }
+                    _ => {
+                        let other = &seeds[rng.gen_range(0..seeds.len())];
+                        let from = rng.gen_range(0..other.len());
+                        let n = rng.gen_range(0..64).min(other.len() - from);
+                        input.splice(at..at, other[from..from + n].iter().copied());
+                    }
+                }
+            }
+            let (mut client, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+            let _ = client.request_connection("live".into());
+            let mut guard = RtmpCommandGuard::default();
+            let mut publish_sent = false;
+            for p in input.chunks(rng.gen_range(1..4096)) {
+                let Ok(bytes) = guard.filter(p) else { break };
+                let Ok(results) = client.handle_input(&bytes) else { break };
+                let accepted = results.iter().any(|r| {
+                    matches!(
+                        r,
+                        rml_rtmp::sessions::ClientSessionResult::RaisedEvent(
+                            rml_rtmp::sessions::ClientSessionEvent::ConnectionRequestAccepted
+                        )
+                    )
+                });
+                if accepted && !publish_sent {
+                    publish_sent = true;
+                    let _ = client.request_publishing("cam".into(), PublishRequestType::Live);
+                }
+            }
+        }
+        println!("rtmp guard client smoke: {runs} runs in {secs} s");
+    }
 }
