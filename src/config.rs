@@ -70,7 +70,7 @@ pub struct AudioConfig {
     /// AAC bitrate (bit/s).
     pub bitrate: u32,
     /// "syom" (pure Rust, default) or "fdk" (needs the `fdk-aac` cargo feature).
-    pub encoder: crate::media::audio::EncoderKind,
+    pub encoder: EncoderKind,
     /// G.711 sample rate: 0 = detect (PS carries none), or 8000 / 16000 to force it.
     pub g711_rate: u32,
 }
@@ -81,7 +81,7 @@ impl Default for AudioConfig {
             output: AudioOutput::Aac,
             rate: 11_025,
             bitrate: 24_000,
-            encoder: crate::media::audio::EncoderKind::Syom,
+            encoder: EncoderKind::Syom,
             g711_rate: 0,
         }
     }
@@ -119,6 +119,23 @@ pub struct RtpConfig {
     pub stream_queue: usize,
     /// Concurrent TCP connections accepted on the RTP port.
     pub max_tcp_connections: usize,
+    /// A UDP stream is bound to the source address of its first datagram; its SSRC from another
+    /// address is dropped, unless the bound source has been quiet this long (the camera moved).
+    pub rebind_after: HumanDuration,
+    /// Streams of SSRCs nobody announced (counted within `max_streams`): the rest is kept for
+    /// announced sessions (GB INVITEs, API channels).
+    pub max_unknown_streams: usize,
+    /// Streams of unannounced SSRCs from one source IP.
+    pub max_unknown_per_source: usize,
+    /// Largest access unit (bytes) reassembled per stream; larger ones are dropped and counted.
+    pub max_access_unit: usize,
+    /// Payload bytes one stream's reorder buffer may hold waiting for a gap.
+    pub reorder_bytes: usize,
+    /// Bytes queued from the socket to one stream's task (besides `stream_queue` packets).
+    pub stream_queue_bytes: usize,
+    /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
+    /// dropped and streams shed their partial access units (counted as `budget_drops`).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for RtpConfig {
@@ -133,6 +150,13 @@ impl Default for RtpConfig {
             reorder_delay: HumanDuration(Duration::from_millis(100)),
             stream_queue: 2048,
             max_tcp_connections: 1000,
+            rebind_after: HumanDuration(Duration::from_secs(2)),
+            max_unknown_streams: 200,
+            max_unknown_per_source: 16,
+            max_access_unit: 4 << 20,
+            reorder_bytes: 1 << 20,
+            stream_queue_bytes: 2 << 20,
+            max_buffered_bytes: 512 << 20,
         }
     }
 }
@@ -140,12 +164,33 @@ impl Default for RtpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// Without a `token` this must be a loopback address (the gateway refuses to start otherwise).
     pub listen: SocketAddr,
+    /// Bearer token: when set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Host names the API answers to besides IP literals and `localhost` (DNS rebinding defence).
+    pub hosts: Vec<String>,
+    /// Origins (`http://console.example:3000`) allowed to write besides the API's own.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not sent a request's head within this long is closed.
+    pub header_timeout: HumanDuration,
+    /// Concurrent API connections (when full, the oldest one without a request is closed first).
+    pub max_connections: usize,
+    /// Concurrent API connections per source address.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".parse().expect("literal") }
+        ApiConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            token: None,
+            hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections: 256,
+            max_connections_per_source: 32,
+        }
     }
 }
 
@@ -161,8 +206,10 @@ pub struct SipConfig {
     pub id: String,
     /// SIP domain and digest realm (normally the first 10 digits of `id`).
     pub domain: String,
-    /// Default password of every device (digest MD5). Empty: devices register without a challenge.
-    pub password: String,
+    /// Default password of every device (digest MD5). Unset: generated at first start and kept
+    /// in `gbgate-sip-password` next to `db` (issue 8, hole 4). `""` written out explicitly:
+    /// devices register without a challenge.
+    pub password: Option<String>,
     /// Per-device passwords, by device ID, overriding `password`.
     pub passwords: std::collections::BTreeMap<String, String>,
     /// The address devices reach us at, put in Contact, Via and SDP `c=`. Default: the listen
@@ -170,14 +217,34 @@ pub struct SipConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// How long a nonce stays valid after it is issued.
     pub nonce_ttl: HumanDuration,
-    /// Failed authentications allowed per source IP per minute; beyond it REGISTERs are dropped.
+    /// Failed authentications allowed per device ID and source IP per minute; beyond it that
+    /// device's REGISTERs from that IP are dropped (devices with the right password behind the
+    /// same NAT are not). Ten times as many per IP, all IDs together, stop IDs it has not
+    /// registered yet (a password guesser rotating IDs).
     pub auth_failures_per_minute: u32,
-    /// Upper bound of known devices.
+    /// Upper bound of known devices. When full, the longest-offline device gives way.
     pub max_devices: usize,
+    /// Devices registered from one source IP; beyond it that IP's longest-offline device gives
+    /// way, or the REGISTER gets 503.
+    pub max_devices_per_source: usize,
+    /// DeviceInfo + Catalog queries sent after registrations, per second, all devices together
+    /// (more wait for a later tick); a device is not asked again within a minute.
+    pub queries_per_second: u32,
     /// Upper bound of pending SIP transactions (each side).
     pub max_transactions: usize,
+    /// Pending client transactions towards one IP (so one peer cannot fill the table; queries
+    /// after registrations may take half of it at most).
+    pub max_transactions_per_peer: usize,
     /// Concurrent SIP-over-TCP connections.
     pub max_tcp_connections: usize,
+    /// SIP-over-TCP connections from one source IP (a NAT of many devices needs more). When a cap
+    /// is reached, the oldest connection that has not sent a whole message yet makes room.
+    pub max_tcp_connections_per_source: usize,
+    /// A SIP-over-TCP connection must deliver its first whole message within this.
+    pub tcp_request_timeout: HumanDuration,
+    /// A SIP-over-TCP connection with no whole message for this long is closed (a device sends a
+    /// keepalive every `[gb] keepalive_interval`; bytes that never make a message do not count).
+    pub tcp_idle_timeout: HumanDuration,
     /// Embedded database (redb) keeping registrations and device facts across restarts.
     /// Unset: kept in memory only.
     pub db: Option<std::path::PathBuf>,
@@ -190,14 +257,20 @@ impl Default for SipConfig {
             listen: "0.0.0.0:5060".parse().expect("literal"),
             id: "34020000002000000001".into(),
             domain: "3402000000".into(),
-            password: String::new(),
+            password: None,
             passwords: Default::default(),
             advertise: None,
             nonce_ttl: HumanDuration(Duration::from_secs(300)),
             auth_failures_per_minute: 10,
             max_devices: 10_000,
+            max_devices_per_source: 500,
+            queries_per_second: 20,
             max_transactions: 4096,
+            max_transactions_per_peer: 256,
             max_tcp_connections: 2000,
+            max_tcp_connections_per_source: 64,
+            tcp_request_timeout: HumanDuration(Duration::from_secs(5)),
+            tcp_idle_timeout: HumanDuration(Duration::from_secs(180)),
             db: None,
         }
     }
@@ -258,8 +331,14 @@ pub struct RtspConfig {
     pub session_timeout: HumanDuration,
     /// Largest RTP payload sent to players.
     pub max_payload: usize,
-    /// Concurrent RTSP connections.
+    /// Concurrent RTSP connections. When full, the oldest connection that has not completed a
+    /// request is closed to make room.
     pub max_connections: usize,
+    /// Concurrent RTSP connections per source address.
+    pub max_connections_per_source: usize,
+    /// A connection that has not completed its first request within this long is closed, and so
+    /// is one whose request in progress stalls this long.
+    pub request_timeout: HumanDuration,
     /// Merged write: an interleaved (TCP) player's media is written at most once per this interval
     /// (0: once per video frame). Fewer, larger writes and wakeups halve the CPU per player, at
     /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
@@ -275,19 +354,24 @@ impl Default for RtspConfig {
             session_timeout: HumanDuration(Duration::from_secs(60)),
             max_payload: 1400,
             max_connections: 2000,
+            max_connections_per_source: 64,
+            request_timeout: HumanDuration(Duration::from_secs(5)),
             merge_write: HumanDuration(Duration::from_millis(200)),
         }
     }
 }
 
-/// How H.265 is carried in FLV.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How H.265 is carried in FLV (defined by the FLV muxer, which config sits above).
+pub use crate::proto::flv::HevcFlv;
+
+/// Which AAC encoder builds the output audio (`fdk` needs the `fdk-aac` cargo feature). Defined
+/// here, not in media/, because config sits below media (media reads its settings from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum HevcFlv {
-    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
-    Enhanced,
-    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
-    Legacy,
+pub enum EncoderKind {
+    #[default]
+    Syom,
+    Fdk,
 }
 
 /// One static RTMP push: every stream matching `stream` is pushed to `url`.
@@ -404,6 +488,21 @@ impl Config {
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
+        positive("sip.max_devices", self.sip.max_devices)?;
+        positive("sip.max_tcp_connections_per_source", self.sip.max_tcp_connections_per_source)?;
+        if self.sip.tcp_request_timeout.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid { key: "sip.tcp_request_timeout", message: "at least 100ms".into() });
+        }
+        if self.sip.tcp_idle_timeout.0 < self.sip.tcp_request_timeout.0 {
+            return Err(ConfigError::Invalid {
+                key: "sip.tcp_idle_timeout",
+                message: "at least sip.tcp_request_timeout".into(),
+            });
+        }
+        positive("sip.max_devices_per_source", self.sip.max_devices_per_source)?;
+        positive("sip.queries_per_second", self.sip.queries_per_second as usize)?;
+        positive("sip.max_transactions", self.sip.max_transactions)?;
+        positive("sip.max_transactions_per_peer", self.sip.max_transactions_per_peer)?;
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
         positive("rtmp.max_connections_per_ip", self.rtmp.max_connections_per_ip)?;
@@ -463,7 +562,7 @@ impl Config {
         if ![0, 8_000, 16_000].contains(&self.audio.g711_rate) {
             return Err(ConfigError::Invalid { key: "audio.g711_rate", message: "0 (detect), 8000 or 16000".into() });
         }
-        if self.audio.encoder == crate::media::audio::EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
+        if self.audio.encoder == EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
             return Err(ConfigError::Invalid {
                 key: "audio.encoder",
                 message: "\"fdk\" needs gbgate built with `--features fdk-aac`".into(),

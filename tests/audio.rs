@@ -163,6 +163,7 @@ async fn g711a_8k_g711u_16k_and_aac_16k_leave_as_aac_11025_mono_1khz_over_rtmp_a
         ("aac_16k", "aac16k.adts", Codec::Aac, 16_000, 0x0C00_0003),
     ];
     let gw = start(test_config()).await;
+    let asked = AskedFor::watch(&gw.hub);
     let (rtmp, rtsp) = (gw.rtmp_addr.unwrap(), gw.rtsp_addr.unwrap());
     let mut jobs = Vec::new();
     for (label, audio, codec, rate, ssrc) in cases {
@@ -172,18 +173,30 @@ async fn g711a_8k_g711u_16k_and_aac_16k_leave_as_aac_11025_mono_1khz_over_rtmp_a
         let rtmp_play = tokio::spawn(decode_audio(format!("rtmp://{rtmp}/{name}"), Duration::from_secs(60)));
         jobs.push((label, rtmp_play, path, name, ssrc));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&jobs.iter().map(|j| j.3.clone()).collect::<Vec<_>>(), Duration::from_secs(10)).await;
     let mut rtsp_plays = Vec::new();
     for (_, _, path, name, ssrc) in &jobs {
         send_in_background(&gw, path.clone(), *ssrc);
         wait_stream(&gw, name).await;
         rtsp_plays.push(tokio::spawn(decode_audio(format!("rtsp://{rtsp}/{name}"), Duration::from_secs(60))));
     }
-    // While they run: the API shows what the media stage does.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // While they run: the API shows what the media stage does, once every rate is detected and
+    // 10 s of audio went through the encoder.
     let names: Vec<String> = jobs.iter().map(|j| j.3.clone()).collect();
-    let streams_seen: Vec<Value> =
-        streams(gw.api_addr).await.into_iter().filter(|s| names.iter().any(|n| s["name"] == n.as_str())).collect();
+    let settled = |s: &Value| {
+        let m = &s["media"];
+        m["transcode"]["frames_out"].as_u64().is_some_and(|n| n * 1024 >= 10 * 11_025)
+            && (s["audio"]["codec"] == "aac" || m["g711_rate_source"] == "detected")
+    };
+    let mine = |l: &[Value]| -> Vec<Value> {
+        l.iter().filter(|s| names.iter().any(|n| s["name"] == n.as_str())).cloned().collect()
+    };
+    let list = wait_streams(gw.api_addr, Duration::from_secs(25), |l| {
+        let m = mine(l);
+        m.len() == 3 && m.iter().all(settled)
+    })
+    .await;
+    let streams_seen = mine(&list);
     assert_eq!(streams_seen.len(), 3, "{streams_seen:?}");
     for ((label, rtmp_play, _, _, _), rtsp_play) in jobs.into_iter().zip(rtsp_plays) {
         let (pcm, err) = rtmp_play.await.unwrap();
@@ -257,6 +270,7 @@ async fn anomaly_streams_come_out_monotonic_aligned_and_complete() {
         Anomaly::HourJump,
     ];
     let gw = start(test_config()).await;
+    let asked = AskedFor::watch(&gw.hub);
     let rtmp = gw.rtmp_addr.unwrap();
     let mut jobs = Vec::new();
     for (i, anomaly) in anomalies.into_iter().enumerate() {
@@ -266,15 +280,19 @@ async fn anomaly_streams_come_out_monotonic_aligned_and_complete() {
         let probe = tokio::spawn(probe_packets(format!("rtmp://{rtmp}/{name}")));
         jobs.push((anomaly, probe, path, name, ssrc));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&jobs.iter().map(|j| j.3.clone()).collect::<Vec<_>>(), Duration::from_secs(10)).await;
     for (_, _, path, _, ssrc) in &jobs {
         send_in_background(&gw, path.clone(), *ssrc);
     }
-    let mut api = Vec::new();
-    tokio::time::sleep(Duration::from_secs(SECS as u64 - 2)).await;
-    for (_, _, _, name, _) in &jobs {
-        api.push(streams(gw.api_addr).await.into_iter().find(|s| s["name"] == name.as_str()));
-    }
+    // The API near the end of each stream (its repair counters complete): 2 s before the end.
+    let names: Vec<String> = jobs.iter().map(|j| j.3.clone()).collect();
+    let near_end = |s: &Value| s["video"]["frames"].as_u64().is_some_and(|n| n >= (SECS as u64 - 2) * 25);
+    let list = wait_streams(gw.api_addr, Duration::from_secs(SECS as u64 + 20), |l| {
+        names.iter().all(|n| l.iter().any(|s| s["name"] == n.as_str() && near_end(s)))
+    })
+    .await;
+    let api: Vec<Option<Value>> =
+        names.iter().map(|n| list.iter().find(|s| s["name"] == n.as_str()).cloned()).collect();
     for ((anomaly, probe, _, _, _), api) in jobs.into_iter().zip(api) {
         let packets = probe.await.unwrap();
         let video: Vec<i64> = packets.iter().filter(|p| p.0 == "video").map(|p| p.1).collect();

@@ -38,10 +38,6 @@ fn check_config_prints_the_effective_config_and_names_bad_keys() {
     }
 }
 
-fn ffprobe_available() -> bool {
-    Command::new("ffprobe").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
 /// What ffprobe decodes from a program stream: (codec, width, height, frames, keyframes).
 fn ffprobe_video(ps: &Path) -> Option<(String, u64, u64, u64, u64)> {
     let out = Command::new("ffprobe")
@@ -123,8 +119,7 @@ fn check_fixture(file: &Path, audio: Option<(&str, u64)>, tmp: &Path) {
 
 #[test]
 fn probe_matches_ffprobe_on_the_projects_own_fixtures() {
-    if !ffprobe_available() {
-        println!("skipped: ffprobe not installed (README's test command installs it)");
+    if !require_tool("probe_matches_ffprobe_on_the_projects_own_fixtures", "ffprobe") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -144,8 +139,7 @@ fn probe_matches_ffprobe_on_the_projects_own_fixtures() {
 #[test]
 fn probe_matches_ffprobe_on_the_shared_fixtures() {
     let Some(dir) = shared_or_skip("probe_matches_ffprobe_on_the_shared_fixtures") else { return };
-    if !ffprobe_available() {
-        println!("skipped: ffprobe not installed (README's test command installs it)");
+    if !require_tool("probe_matches_ffprobe_on_the_shared_fixtures", "ffprobe") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -218,24 +212,43 @@ fn probe_reads_pcaps_and_says_what_is_wrong_with_bad_files() {
     assert!(text.contains("audio    g711a 8000 Hz 1 ch, 50 frames"), "{text}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn the_binary_runs_receives_a_camera_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (rtp, api) = (free_port(), free_port());
+    // Every listener on a port the kernel picks: another gbgate on the default ports is no problem.
     let cfg = dir.path().join("gbgate.toml");
-    std::fs::write(&cfg, format!("[rtp]\nlisten = \"127.0.0.1:{rtp}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[sip]\nlisten = \"127.0.0.1:0\"\n"))
+    let mut text = String::new();
+    for section in ["rtp", "api", "rtsp", "rtmp", "sip"] {
+        text += &format!("[{section}]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let ports = dir.path().join("ports.json");
+    let mut child = gbgate()
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .arg("--ports-file")
+        .arg(&ports)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let mut child =
-        gbgate().args(["run", "-c"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let api_addr = format!("127.0.0.1:{api}").parse().unwrap();
     let start = Instant::now();
-    while std::net::TcpStream::connect(api_addr).is_err() {
+    let bound: Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&ports) {
+            break serde_json::from_str(&text).unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut log = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+            panic!("gbgate exited ({status}) before listening: {log}");
+        }
         assert!(start.elapsed() < Duration::from_secs(10), "gbgate did not start");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let addr = |k: &str| -> std::net::SocketAddr { bound[k].as_str().unwrap().parse().unwrap() };
+    let (api_addr, rtp) = (addr("api"), addr("rtp").port());
+    for k in ["rtsp", "rtmp", "sip"] {
+        assert_ne!(addr(k).port(), 0, "{k}: {bound}");
     }
     let out = gbgate()
         .args(["send", "--to", &format!("127.0.0.1:{rtp}"), "--tcp", "--ssrc", "0100000001", "--linger", "3s"])

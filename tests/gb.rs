@@ -2,7 +2,7 @@
 //! project's camera simulator (`gbgate sim`, run in-process through its library entry).
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -28,12 +28,8 @@ fn init_log() {
 fn gb_config() -> gbgate::config::Config {
     init_log();
     let mut cfg = test_config();
-    cfg.sip.password = PASSWORD.into();
+    cfg.sip.password = Some(PASSWORD.into());
     cfg
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn scenario(name: &str) -> PathBuf {
@@ -42,14 +38,13 @@ fn scenario(name: &str) -> PathBuf {
 
 /// Runs one sipp call of `scenario` against `sip`; returns (success, stderr+error log).
 async fn sipp(scenario_file: &str, sip: SocketAddr, transport: &str, dev: &str, password: &str) -> (bool, String) {
-    let port = free_udp_port().to_string();
     let dir = tempfile::tempdir().unwrap();
     let err_file = dir.path().join("err.log");
     let out = tokio::process::Command::new("sipp")
         .arg(sip.to_string())
         .arg("-sf")
         .arg(scenario(scenario_file))
-        .args(["-m", "1", "-i", "127.0.0.1", "-p", &port, "-t", transport, "-au", dev, "-ap", password])
+        .args(["-m", "1", "-i", "127.0.0.1", "-t", transport, "-au", dev, "-ap", password])
         .args(["-key", "gw_id", "34020000002000000001", "-key", "domain", "3402000000", "-key", "dev", dev])
         .args(["-timeout", "15s", "-timeout_error", "-recv_timeout", "5000", "-nostdin", "-trace_err"])
         .arg("-error_file")

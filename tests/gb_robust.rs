@@ -105,7 +105,7 @@ CSeq: 2 MESSAGE\r\nContent-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_bad_auth_registers_is_cut_off_per_source_and_other_devices_still_register() {
     let mut cfg = test_config();
-    cfg.sip.password = "12345678".into();
+    cfg.sip.password = Some("12345678".into());
     cfg.sip.auth_failures_per_minute = 5;
     cfg.sip.max_transactions = 200;
     let gw = start(cfg).await;
@@ -152,22 +152,29 @@ async fn a_flood_of_bad_auth_registers_is_cut_off_per_source_and_other_devices_s
     }
     assert_eq!(SimStats::get(&stats.registered), 1);
     // The server transaction table is bounded (200 here): answered entries give way, so 300
-    // distinct OPTIONS are all answered (the bound itself is unit-tested in proto::sip::transaction).
-    let codes = tokio::task::block_in_place(|| {
+    // distinct OPTIONS are all answered, and the oldest answers are forgotten: a retransmission
+    // of the first is answered afresh (a new To tag), one of the last from the cache (same tag).
+    let (codes, first, last) = tokio::task::block_in_place(|| {
         let s = udp("127.0.0.1");
         let local = s.local_addr().unwrap();
-        let mut codes = Vec::new();
-        for i in 0..300 {
-            let m = format!(
+        let options = |i: usize| {
+            format!(
                 "OPTIONS sip:34020000002000000001@3402000000 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKo{i}\r\n\
 From: <sip:x@y>;tag=1\r\nTo: <sip:z@y>\r\nCall-ID: o{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-            );
-            s.send_to(m.as_bytes(), sip_addr).unwrap();
-            codes.push(recv_status(&s).map(|r| r.0).unwrap_or(0));
-        }
-        codes
+            )
+        };
+        let ask = |i: usize| {
+            s.send_to(options(i).as_bytes(), sip_addr).unwrap();
+            recv_status(&s).map(|(code, r)| (code, sip::header(&r.headers, "To").unwrap_or("").to_string()))
+        };
+        let answers: Vec<(u16, String)> = (0..300).map(|i| ask(i).unwrap_or_default()).collect();
+        let (first, last) = (ask(0).unwrap_or_default(), ask(299).unwrap_or_default());
+        let tags = (answers[0].1.clone(), answers[299].1.clone());
+        (answers, (tags.0, first.1), (tags.1, last.1))
     });
-    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    assert!(codes.iter().all(|c| c.0 == 200), "{codes:?}");
+    assert_ne!(first.0, first.1, "the first answer was still cached after 300 more: the table is not bounded");
+    assert_eq!(last.0, last.1, "a recent retransmission is answered from the cache");
     stop.cancel();
     gw.stop().await;
 }
@@ -176,7 +183,7 @@ From: <sip:x@y>;tag=1\r\nTo: <sip:z@y>\r\nCall-ID: o{i}\r\nCSeq: 1 OPTIONS\r\nCo
 async fn registrations_survive_a_restart_and_a_keepalive_brings_the_device_back_online() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config();
-    cfg.sip.password = "12345678".into();
+    cfg.sip.password = Some("12345678".into());
     cfg.sip.db = Some(dir.path().join("gb.redb"));
     let gw = start(cfg.clone()).await;
     let sip_addr = gw.sip_addr.unwrap();
@@ -193,7 +200,8 @@ async fn registrations_survive_a_restart_and_a_keepalive_brings_the_device_back_
         assert!(t0.elapsed() < Duration::from_secs(5), "registered with its catalog");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // the writer thread commits
+    // Stopping drops the store's queue: its writer commits what was queued, then closes the file,
+    // and the restart below retries until the file is free.
     gw.stop().await;
     // Same SIP address: the camera keeps sending keepalives there and never re-registers.
     cfg.sip.listen = sip_addr;

@@ -1,5 +1,6 @@
 //! Demuxes the shared PS fixtures and checks them against their READMEs (and ffprobe).
 //! Run in a worktree with `GBGATE_SHARED=/work/shared`.
+mod common;
 use std::path::PathBuf;
 
 use gbgate::media::frame::{Codec, CodecConfig, Frame};
@@ -19,7 +20,7 @@ macro_rules! fixture {
         match shared() {
             Some(s) => std::fs::read(s.join("fixtures").join($rel)).expect("read fixture"),
             None => {
-                println!("skipped: ../shared/fixtures not present");
+                common::missing("ps_fixtures", "../shared/fixtures (set GBGATE_SHARED)");
                 return;
             }
         }

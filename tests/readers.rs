@@ -1,4 +1,5 @@
 //! Capture readers against the shared fixtures and against pcap/pcapng/rtpdump files built here.
+mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +16,7 @@ fn shared() -> Option<PathBuf> {
     if dir.join("fixtures").is_dir() {
         Some(dir.join("fixtures"))
     } else {
-        println!("skipped: ../shared/fixtures not present (set GBGATE_SHARED)");
+        common::missing("readers", "../shared/fixtures (set GBGATE_SHARED)");
         None
     }
 }

@@ -123,10 +123,11 @@ async fn probe_fixture(fixture: &str, ssrc: u32, loops: u32) -> Probe {
 
 async fn probe_fixture_with(cfg: Config, fixture: &str, ssrc: u32, loops: u32) -> Probe {
     let (gw, rtmp) = start_with_rtmp(cfg).await;
+    let asked = AskedFor::watch(&gw.hub);
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let probe = tokio::spawn(run(ffprobe_cmd(&url), Duration::from_secs(30)));
     // ffprobe connects and asks to play; the server waits for the stream to appear.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&[name_of(ssrc)], Duration::from_secs(10)).await;
     send_in_background(&gw, fixture, ssrc, loops).await.unwrap();
     let (ok, out, err) = probe.await.unwrap();
     assert!(ok, "ffprobe failed: {err}");
@@ -204,15 +205,16 @@ async fn ffmpeg_decode(ffmpeg: &Path, input: &str) -> (String, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp() {
     let Some(ffmpeg) = modern_ffmpeg() else {
-        println!("skipped: imageio_ffmpeg is not importable (pip install imageio-ffmpeg)");
+        missing("modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp", "imageio-ffmpeg (pip install imageio-ffmpeg)");
         return;
     };
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
+    let asked = AskedFor::watch(&gw.hub);
     let ssrc = 0x0BEBC202;
     let url = format!("rtmp://{rtmp}/{}", name_of(ssrc));
     let ff = ffmpeg.clone();
     let dec = tokio::spawn(async move { ffmpeg_decode(&ff, &url).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    asked.wait(&[name_of(ssrc)], Duration::from_secs(10)).await;
     send_in_background(&gw, "h265_aac_16k", ssrc, 2).await.unwrap();
     let (err, frames) = dec.await.unwrap();
     gw.stop().await;
@@ -234,6 +236,21 @@ async fn wait_listening(port: u16, limit: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// An origin on a port the kernel just had free; ffmpeg cannot bind port 0, so when another
+/// process takes the port first (ffmpeg exits), it is tried again on another one.
+async fn origin_on_free_port(out: &Path) -> (u16, std::process::Child) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut origin = spawn_origin(port, out);
+        if wait_listening(port, Duration::from_secs(10)).await && origin.try_wait().unwrap().is_none() {
+            return (port, origin);
+        }
+        let _ = origin.kill();
+        let _ = origin.wait();
+    }
+    panic!("the ffmpeg origin could not listen on any of 5 ports");
 }
 
 /// An `ffmpeg -listen 1` RTMP origin writing `out`.
@@ -269,11 +286,9 @@ async fn wait_exit(mut child: std::process::Child, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let (out1, out2) = (dir.path().join("out1.flv"), dir.path().join("out2.flv"));
     // Origin first; ffmpeg -listen only accepts once it listens.
-    let origin = spawn_origin(port, &out1);
-    assert!(wait_listening(port, Duration::from_secs(10)).await, "ffmpeg origin never listened");
+    let (port, origin) = origin_on_free_port(&out1).await;
 
     let mut cfg = test_config();
     cfg.rtmp.push_timeout.0 = Duration::from_secs(3);
@@ -300,7 +315,24 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     let mut killed = spawn_origin(port, &out2);
     assert!(wait_listening(port, Duration::from_secs(10)).await);
     let sender = send_in_background(&gw, "h264_g711a_8k", 0x0BEBC205, 5);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Mid-stream: the push is subscribed and connected to the origin (an established TCP
+    // connection on the origin's port).
+    let t = Instant::now();
+    let pushing = |gw: &gbgate::server::Gateway| {
+        gw.hub.get(&name_of(0x0BEBC205)).is_some_and(|s| s.subscriber_counts().get("push").is_some_and(|n| *n > 0))
+    };
+    let connected = || {
+        let local = format!("0100007F:{port:04X}");
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        tcp.lines().any(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c.len() > 3 && c[1] == local && c[3] == "01"
+        })
+    };
+    while !(pushing(&gw) && connected()) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the push never reached the first origin");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     let origin = spawn_origin(port, &out3);
@@ -495,14 +527,16 @@ fn gbgate_stream_live(gw: &Gateway, stream: &std::sync::Arc<gbgate::hub::Stream>
     gw.hub.get(&stream.name).is_some_and(|s| std::sync::Arc::ptr_eq(&s, stream))
 }
 
-/// Puts a saved panic hook back when dropped (also when the test fails).
-type Hook = std::sync::Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync>;
+type PanicHook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync + 'static;
 
-struct RestoreHook(Option<Hook>);
+/// Reinstates a panic hook when dropped (not while unwinding: `take_hook` would panic then).
+struct RestoreHook(std::sync::Arc<PanicHook>);
 
 impl Drop for RestoreHook {
     fn drop(&mut self) {
-        if let Some(previous) = self.0.take() {
+        if !std::thread::panicking() {
+            let previous = self.0.clone();
+            drop(std::panic::take_hook());
             std::panic::set_hook(Box::new(move |info| previous(info)));
         }
     }
@@ -522,8 +556,7 @@ async fn a_short_amf0_command_closes_that_connection_without_a_panic() {
     use rml_rtmp::time::RtmpTimestamp;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    // The process-wide hook is put back at the end (other tests of this binary run after it).
-    let previous: Hook = std::sync::Arc::from(std::panic::take_hook());
+    let previous: std::sync::Arc<PanicHook> = std::panic::take_hook().into();
     let chained = previous.clone();
     std::panic::set_hook(Box::new(move |info| {
         // The panic's location is in core (a slice index), so look for rml_rtmp on the stack.
@@ -532,7 +565,8 @@ async fn a_short_amf0_command_closes_that_connection_without_a_panic() {
         }
         chained(info);
     }));
-    let _restore = RestoreHook(Some(previous));
+    // The hook is process-wide: put the previous one back when the test ends.
+    let _restore = RestoreHook(previous);
     let (gw, rtmp) = start_with_rtmp(test_config()).await;
     let ssrc = 0x0BEBC2A0;
     let _sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 5);

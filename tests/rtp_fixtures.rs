@@ -1,5 +1,6 @@
 //! RTP reorder buffer and TCP framer against the shared synthetic `.rtp` dumps
 //! (`[u16 BE length][RTP packet]` records). Run in a worktree with `GBGATE_SHARED=/work/shared`.
+mod common;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ fn synthetic_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("skipped: ../shared/fixtures not present");
+        common::missing("rtp_fixtures", "../shared/fixtures (set GBGATE_SHARED)");
         None
     }
 }

@@ -449,7 +449,13 @@ async fn a_player_that_stops_reading_does_not_delay_others() {
     let id = header(&head, "Session").unwrap().split(';').next().unwrap().to_string();
     stalled.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {id}\r\n\r\n").as_bytes()).await.unwrap();
     let stalled_since = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait until it is playing (subscribed; from then on it reads nothing).
+    let stream = s.gw.hub.get(&name).expect("live");
+    let rtsp_players = |st: &gbgate::hub::Stream| st.subscriber_counts().get("rtsp").copied().unwrap_or(0);
+    while rtsp_players(&stream) == 0 {
+        assert!(stalled_since.elapsed() < Duration::from_secs(10), "the stalled player never played");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Meanwhile another player gets the stream promptly.
     let t = Instant::now();
@@ -460,9 +466,13 @@ async fn a_player_that_stops_reading_does_not_delay_others() {
 
     // The stalled player is disconnected once its writes block for WRITE_TIMEOUT, well before
     // the stream ends.
-    // Keep not reading for a while (stream still live until ~20 s), then drain: a server that
-    // dropped us gives the kernel-buffered bytes and EOF at once.
-    tokio::time::sleep(Duration::from_secs(14).saturating_sub(stalled_since.elapsed())).await;
+    // Keep not reading until the server dropped the player (stream still live until ~20 s), then
+    // drain: a server that dropped us gives the kernel-buffered bytes and EOF at once.
+    while rtsp_players(&stream) > 0 {
+        assert!(stalled_since.elapsed() < Duration::from_secs(18), "the stalled player was never dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.gw.hub.get(&name).is_some(), "the stream is still live when the player is dropped");
     let mut total = 0usize;
     let mut b = vec![0u8; 65536];
     let closed = loop {
@@ -500,4 +510,178 @@ async fn idle_session_times_out_and_connection_limit_answers_503() {
     tokio::time::timeout(Duration::from_secs(6), first.read_to_end(&mut rest)).await.unwrap().unwrap();
     println!("idle connection closed after {:?} (timeout 2 s)", t.elapsed());
     assert!(t.elapsed() >= Duration::from_millis(1500));
+}
+
+/// Opens `count` TCP connections to `to` from 127.0.0.2 (another host) that never send a byte.
+async fn idle_sockets(to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        out.push(s.connect(to).await.unwrap());
+    }
+    out
+}
+
+/// How many of `socks` the server closed (read gives EOF or a reset) by `deadline`.
+async fn closed_by(socks: Vec<TcpStream>, deadline: tokio::time::Instant) -> usize {
+    let waits = socks.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue, // a 503 before the close
+                Err(_) => return false,
+            }
+        }
+    });
+    futures_util::future::join_all(waits).await.into_iter().filter(|c| *c).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_host_are_closed_and_real_players_still_play() {
+    let mut cfg = test_config();
+    // Caps small enough that, without eviction, 300 idle sockets would lock everybody out.
+    cfg.rtsp.max_connections = 100;
+    cfg.api.max_connections = 100;
+    let s = start_rtsp_with(cfg).await;
+    let name = feed(&s, "h264_g711a_8k", 0x0BEBC301, 20).await;
+    let api = s.gw.api_addr;
+    let t = Instant::now();
+    let rtsp_idle = idle_sockets(s.rtsp, 300).await;
+    let api_idle = idle_sockets(api, 300).await;
+    // A real player from another address plays, and the API answers, while the idle sockets are open.
+    let streams = ffprobe_streams(&format!("rtsp://{}/{name}", s.rtsp), "tcp").await;
+    assert!(streams.iter().any(|v| v["codec_name"] == "h264"), "{streams:?}");
+    let (status, body) = http_get(api, "/api/v1/streams").await;
+    assert_eq!(status, 200, "{body}");
+    // Every idle socket is closed: the request deadline is 5 s.
+    let deadline = tokio::time::Instant::from_std(t) + Duration::from_secs(12);
+    let (rtsp_closed, api_closed) = tokio::join!(closed_by(rtsp_idle, deadline), closed_by(api_idle, deadline));
+    println!("closed after {:?}: rtsp {rtsp_closed}/300, api {api_closed}/300", t.elapsed());
+    assert_eq!((rtsp_closed, api_closed), (300, 300));
+    // The API counts what the listeners did with them.
+    let (_, l) = http_get(api, "/api/v1/listeners").await;
+    for name in ["rtsp", "api"] {
+        let dropped = ["refused", "evicted", "timed_out"].iter().map(|k| l[name][k].as_u64().unwrap()).sum::<u64>();
+        assert!(dropped >= 300, "{name}: {l}");
+        assert!(l[name]["evicted"].as_u64().unwrap() > 0 && l[name]["timed_out"].as_u64().unwrap() > 0, "{l}");
+    }
+    s.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rtsp_request_is_closed_after_the_request_timeout() {
+    let mut cfg = test_config();
+    cfg.rtsp.request_timeout = gbgate::config::HumanDuration(Duration::from_secs(1));
+    let s = start_rtsp_with(cfg).await;
+    let mut sock = TcpStream::connect(s.rtsp).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = request(&mut sock, &mut pending, "OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n").await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    // A session that completed a request may idle (session_timeout, 60 s) ...
+    let mut buf = [0u8; 64];
+    assert!(tokio::time::timeout(Duration::from_millis(1500), sock.read(&mut buf)).await.is_err());
+    // ... but a request that trickles in a byte at a time is cut at the request timeout.
+    let t = Instant::now();
+    let closed = async {
+        for b in b"OPTIONS * RTSP/1.0\r\nCSeq: 2\r\n" {
+            if sock.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), sock.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                _ => {}
+            }
+        }
+        false
+    };
+    assert!(closed.await, "the slow request was never cut");
+    assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    s.gw.stop().await;
+}
+
+/// An RTP dump of `secs` s of 25 fps H.264 and G.711A 8 kHz whose audio clock lies (360-byte
+/// packets, PTS step 92 ms): the G.711 rate stays undecided until 1.5 s of arrival time is seen.
+fn lying_audio_clock_dump(dir: &std::path::Path, secs: usize, ssrc: u32) -> std::path::PathBuf {
+    use gbgate::media::Codec;
+    use gbgate::sim::synth::{rtp_dump, split_annexb_aus, Anomaly, SynthInput};
+    let video = dir.join("v.h264");
+    let lavfi = format!("testsrc2=size=160x120:rate=25:duration={secs}");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i", &lavfi])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0", "-threads", "1"])
+        .args(["-bsf:v", "h264_metadata=aud=insert", "-f", "h264"])
+        .arg(&video)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(st.success());
+    let aus = split_annexb_aus(&std::fs::read(&video).unwrap(), Codec::H264);
+    let audio = vec![0xD5u8; secs * 8000]; // A-law silence
+    let input = SynthInput {
+        video_codec: Codec::H264,
+        video: &aus[..secs * 25],
+        audio_codec: Codec::G711A,
+        audio: &audio,
+        g711_rate: 8000,
+        anomaly: Anomaly::FastAudioClock,
+        ssrc,
+    };
+    let path = dir.join("lying_audio_clock.rtp");
+    std::fs::write(&path, rtp_dump(&input)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_in_the_first_300_ms_of_a_g711_stream_lists_the_aac_track_and_ffprobe_gets_audio() {
+    let s = start_rtsp().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ssrc = 0x0BEB_C601;
+    let path = lying_audio_clock_dump(dir.path(), 6, ssrc);
+    let opts = SendOptions {
+        to: s.gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops: 1,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(300),
+    };
+    tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
+    let name = format!("rtp/{ssrc:08X}");
+    let t = Instant::now();
+    while s.gw.hub.get(&name).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "stream {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let url = format!("rtsp://{}/{name}", s.rtsp);
+    // A real player that starts with the stream, while the G.711 rate is still undecided.
+    let probe_url = url.clone();
+    let probe = tokio::spawn(async move {
+        let args = ["-v", "error", "-rtsp_transport", "tcp", "-read_intervals", "%+4", "-select_streams", "a"];
+        let args: Vec<&str> =
+            args.iter().copied().chain(["-show_entries", "packet=pts", "-of", "json", &probe_url]).collect();
+        run_program("ffprobe", &args, Duration::from_secs(30)).await
+    });
+    let started = s.gw.hub.get(&name).unwrap().started_at;
+    let mut sock = TcpStream::connect(s.rtsp).await.unwrap();
+    let mut pending = Vec::new();
+    let t = Instant::now();
+    let (head, sdp) = request(&mut sock, &mut pending, &format!("DESCRIBE {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n")).await;
+    let (took, age) = (t.elapsed(), started.elapsed().unwrap());
+    println!("DESCRIBE answered in {took:?}, {age:?} after the stream started");
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    // The AAC output track (AAC-LC 11025 Hz mono: config 1508), without waiting for audio.
+    assert!(sdp.contains("m=audio") && sdp.contains("MPEG4-GENERIC/11025/1"), "{sdp}");
+    assert!(sdp.to_ascii_lowercase().contains("config=1508"), "{sdp}");
+    assert!(age < Duration::from_millis(300), "the DESCRIBE was not early: {age:?}");
+    assert!(took < Duration::from_millis(250), "DESCRIBE waited {took:?}");
+    let (ok, out, err) = probe.await.unwrap();
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let packets = v["packets"].as_array().map_or(0, Vec::len);
+    println!("ffprobe: {packets} audio packets");
+    assert!(packets > 10, "the early player got no audio: {out}");
+    s.gw.stop().await;
 }

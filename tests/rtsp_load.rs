@@ -14,6 +14,8 @@ async fn two_hundred_players_get_every_frame_and_a_stalled_one_is_dropped() {
     // the test (the server's 256 KiB socket send buffer absorbs the first seconds).
     cfg.hub.subscriber_queue = 64;
     cfg.hub.max_skips_per_minute = 2;
+    // All 200 players come from 127.0.0.1, as through a proxy: lift the per-source cap (64).
+    cfg.rtsp.max_connections_per_source = 1000;
     let gw = start(cfg).await;
     let rtsp = gw.rtsp_addr.unwrap();
     let to = gw.rtp_addr;

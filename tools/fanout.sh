@@ -37,6 +37,7 @@ listen = "127.0.0.1:$api"
 [rtsp]
 listen = "127.0.0.1:$rtsp"
 max_connections = 5000
+max_connections_per_source = 5000
 merge_write = "$MERGE"
 [rtmp]
 listen = "127.0.0.1:$rtmp"

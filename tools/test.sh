@@ -11,6 +11,7 @@ command -v ffprobe >/dev/null 2>&1 || pkgs+=(ffmpeg)
 command -v sipp >/dev/null 2>&1 || pkgs+=(sip-tester)
 command -v gst-launch-1.0 >/dev/null 2>&1 ||
   pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav)
+[ -f /usr/share/zoneinfo/Asia/Shanghai ] || pkgs+=(tzdata)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "== installing ${pkgs[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -21,8 +22,11 @@ if ! python3 -c "import imageio_ffmpeg" >/dev/null 2>&1; then
   echo "== installing imageio-ffmpeg (pip)"
   python3 -m pip install -q imageio-ffmpeg
 fi
+for tool in ffprobe sipp gst-launch-1.0; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after the install" >&2; exit 1; }
+done
 if [ ! -d ../shared/fixtures ] && [ -z "${GBGATE_SHARED:-}" ]; then
-  echo "note: ../shared/fixtures is absent: tests that use it print 'skipped' and pass"
+  echo "note: ../shared/fixtures is absent: tests that use it print 'skipped' and pass (with CI=true they fail)"
 fi
 
 echo "== cargo fmt --check"

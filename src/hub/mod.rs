@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::config::HubConfig;
 use crate::media::{Frame, MediaKind};
+// The stats types are media's (the ingest fills them); the hub keeps one per stream.
+pub use crate::media::stats::{AudioStats, StreamStats, VideoStats};
 
 mod gop;
 pub use gop::GopCache;
@@ -46,49 +48,6 @@ pub struct Source {
     pub peer: SocketAddr,
     /// The RTP SSRC for GB28181 sources; `None` for RTMP/RTSP ingest.
     pub ssrc: Option<u32>,
-}
-
-/// Per-stream ingest figures, refreshed by the stream's ingest task.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StreamStats {
-    pub video: Option<VideoStats>,
-    pub audio: Option<AudioStats>,
-    pub bytes_in: u64,
-    pub packets: u64,
-    pub lost: u64,
-    pub duplicates: u64,
-    pub reordered: u64,
-    pub late: u64,
-    /// Sequence restarts (camera restart, sequence jump confirmed by a second packet).
-    pub seq_resets: u64,
-    /// Single packets far outside the sequence, ignored.
-    pub stray: u64,
-    /// Packets dropped because the stream's task could not keep up (socket -> task queue full).
-    pub queue_drops: u64,
-    /// Bytes the PS demuxer skipped while searching for sync.
-    pub garbage_bytes: u64,
-    pub resyncs: u64,
-    pub dropped_frames: u64,
-    /// Timestamp repairs, G.711 rate detection and audio transcoding.
-    pub media: crate::media::pipeline::MediaStats,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct VideoStats {
-    pub codec: &'static str,
-    pub width: u32,
-    pub height: u32,
-    pub frames: u64,
-    pub keyframes: u64,
-    pub fps: f64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AudioStats {
-    pub codec: &'static str,
-    pub sample_rate: u32,
-    pub channels: u8,
-    pub frames: u64,
 }
 
 /// Why a subscription ended.
@@ -128,6 +87,9 @@ pub struct Stream {
     next_subscriber: AtomicU64,
     /// Frames not delivered to some subscriber, summed over subscribers.
     drops: AtomicU64,
+    /// The audio track the stream will carry, announced by its media stage before the first
+    /// audio frame (D63): lets RTSP DESCRIBE list it at once.
+    audio_hint: Mutex<Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)>>,
     cfg: HubConfig,
 }
 
@@ -146,8 +108,19 @@ impl Stream {
             stats: Mutex::new(StreamStats::default()),
             next_subscriber: AtomicU64::new(1),
             drops: AtomicU64::new(0),
+            audio_hint: Mutex::new(None),
             cfg,
         }
+    }
+
+    /// Announces the audio track this stream's frames will carry (codec and output config).
+    pub fn announce_audio(&self, codec: crate::media::Codec, config: Arc<crate::media::CodecConfig>) {
+        *lock(&self.audio_hint) = Some((codec, config));
+    }
+
+    /// The announced audio track, if any.
+    pub fn announced_audio(&self) -> Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)> {
+        lock(&self.audio_hint).clone()
     }
 
     /// Publishes one frame: into the GOP cache and to every subscriber, never waiting.

@@ -110,6 +110,15 @@ struct Held {
     video_ref: Option<i64>,
 }
 
+/// The 2-byte AudioSpecificConfig of AAC-LC (ISO 14496-3 1.6.2.1: object type 2, a sampling
+/// frequency index, a channel configuration); `None` for a rate without an index.
+pub fn aac_lc_asc(rate: u32, channels: u8) -> Option<[u8; 2]> {
+    const RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+    let index = RATES.iter().position(|r| *r == rate)? as u16;
+    let v = (2u16 << 11) | (index << 7) | (u16::from(channels.min(7)) << 3);
+    Some(v.to_be_bytes())
+}
+
 pub struct MediaPipeline {
     settings: AudioSettings,
     repair: TimestampRepair,
@@ -121,6 +130,8 @@ pub struct MediaPipeline {
     offload_dropped: u64,
     g711_config: Option<Arc<CodecConfig>>,
     saw_g711: bool,
+    /// The AAC output config, once audio has been seen and is transcoded (D63).
+    announced: Option<Arc<CodecConfig>>,
 }
 
 impl MediaPipeline {
@@ -140,6 +151,7 @@ impl MediaPipeline {
             offload_dropped: 0,
             g711_config: None,
             saw_g711: false,
+            announced: None,
         }
     }
 
@@ -149,15 +161,32 @@ impl MediaPipeline {
         MediaPipeline { offload: Some(offload), ..Self::new(settings) }
     }
 
-    /// A G.711 rate known from signalling (SDP `f=`): detection stops.
+    /// A G.711 rate signalled by the device (SDP `f=`): a hint, used at once and corrected by
+    /// detection (cameras sampling at 16 kHz often declare 8 kHz). `[audio] g711_rate` wins.
     pub fn set_g711_rate(&mut self, rate: u32) {
         if self.settings.g711_rate == 0 && matches!(rate, 8_000 | 16_000) {
-            self.detector = G711RateDetector::with_override(rate);
+            self.detector = G711RateDetector::with_hint(rate);
         }
+    }
+
+    /// The audio track the output will carry, known as soon as the source's first audio frame is
+    /// seen, before the G.711 rate is decided: AAC-LC at the configured rate, mono (D63).
+    /// `None` before any audio, and in passthrough (whose G.711 config waits for the rate).
+    pub fn announced_audio(&self) -> Option<(Codec, Arc<CodecConfig>)> {
+        self.announced.clone().map(|c| (Codec::Aac, c))
     }
 
     /// Processes one frame that arrived at `now_us` (`None`: no arrival clock, e.g. a file).
     pub fn push(&mut self, mut frame: Frame, now_us: Option<u64>, out: &mut Vec<Frame>) {
+        if self.announced.is_none() && frame.kind() == MediaKind::Audio && self.settings.output == AudioOutput::Aac {
+            self.announced = aac_lc_asc(self.settings.rate, 1).map(|asc| {
+                Arc::new(CodecConfig::Audio(AudioConfig {
+                    sample_rate: self.settings.rate,
+                    channels: 1,
+                    asc: Some(bytes::Bytes::copy_from_slice(&asc)),
+                }))
+            });
+        }
         match frame.codec {
             Codec::H264 | Codec::H265 => {
                 self.repair.video(&mut frame, now_us);
@@ -250,6 +279,8 @@ impl MediaPipeline {
             g711_rate_source: g711.then(|| {
                 if self.settings.g711_rate != 0 || self.detector.is_fixed() {
                     "configured"
+                } else if self.detector.is_hinted() {
+                    "signalled"
                 } else if self.detector.defaulted {
                     "assumed"
                 } else {
@@ -272,5 +303,22 @@ impl MediaPipeline {
             (MediaKind::Audio, AudioOutput::Aac) => Codec::Aac,
             _ => input,
         }
+    }
+}
+
+#[cfg(test)]
+mod announce_tests {
+    use super::*;
+    use crate::media::audio::EncoderKind;
+
+    #[test]
+    fn the_announced_asc_is_the_encoders_own() {
+        for rate in [8_000, 11_025, 16_000, 22_050, 44_100, 48_000] {
+            let t = AudioTranscoder::new(EncoderKind::Syom, rate, 24_000).unwrap();
+            let CodecConfig::Audio(cfg) = t.config().as_ref() else { panic!() };
+            assert_eq!(cfg.asc.as_deref(), aac_lc_asc(rate, 1).as_ref().map(|a| &a[..]), "{rate} Hz");
+        }
+        assert_eq!(aac_lc_asc(11_025, 1), Some([0x15, 0x08]));
+        assert_eq!(aac_lc_asc(12_345, 1), None);
     }
 }

@@ -13,9 +13,18 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{h264, h265, nal};
-use crate::config::HevcFlv;
-use crate::media::frame::FrameCache;
-use crate::media::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
+use crate::frame::FrameCache;
+use crate::frame::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
+
+/// How H.265 is carried in FLV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HevcFlv {
+    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
+    Enhanced,
+    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
+    Legacy,
+}
 
 /// FLV video codec id of H.264.
 pub const CODEC_ID_AVC: u8 = 7;

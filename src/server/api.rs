@@ -24,12 +24,15 @@ pub struct ApiState {
     pub rtp: Arc<RtpShared>,
     pub gb: Option<Gb>,
     pub rtmp: Arc<crate::server::rtmp::RtmpShared>,
+    /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
+    pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
 #[derive(Debug, Serialize)]
 pub struct StreamView {
     pub name: String,
+    #[serde(serialize_with = "crate::server::rtp::serialize_source")]
     pub source: Source,
     #[serde(flatten)]
     pub stats: StreamStats,
@@ -104,6 +107,13 @@ async fn rtp_counters(State(state): State<ApiState>, listen: axum::Extension<Rtp
     })
 }
 
+/// Connection admission figures per TCP listener (D60).
+async fn listeners(State(state): State<ApiState>) -> Response {
+    let map: std::collections::BTreeMap<&str, _> =
+        state.listeners.iter().map(|(name, a)| (*name, a.snapshot())).collect();
+    Json(map).into_response()
+}
+
 #[derive(Clone, Copy)]
 struct RtpListen(SocketAddr);
 
@@ -113,6 +123,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/streams/{*name}", get(get_stream))
         .route("/api/v1/rtp", get(rtp_counters))
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
+        .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/status", get(device_status))
@@ -123,6 +134,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/devices/{id}/channels/{ch}/records", get(records))
         .route("/api/v1/devices/{id}/channels/{ch}/playback", post(playback))
         .route("/api/v1/gb/sessions", get(sessions))
+        .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { not_found("no such endpoint".into()) })
@@ -160,6 +172,13 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+async fn gb_counters(State(state): State<ApiState>) -> Response {
+    match gb_of(&state) {
+        Ok(gb) => Json(gb.counters()).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn list_devices(State(state): State<ApiState>) -> Response {
@@ -356,7 +375,9 @@ async fn playback(
 
 async fn sessions(State(state): State<ApiState>) -> Response {
     match gb_of(&state) {
-        Ok(gb) => Json(serde_json::json!({ "sessions": gb.sessions().await })).into_response(),
+        Ok(gb) => {
+            Json(serde_json::json!({ "sessions": gb.sessions().await, "ended": gb.ended_sessions() })).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -384,8 +405,230 @@ async fn control(State(state): State<ApiState>, Path(stream): Path<String>, body
     }
 }
 
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+/// Who may drive the API (D61): the token, the host names it answers to, the origins that may write.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub token: Option<String>,
+    pub hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Policy {
+    pub fn of(cfg: &crate::config::ApiConfig) -> Policy {
+        Policy {
+            token: cfg.token.clone().filter(|t| !t.is_empty()),
+            hosts: cfg.hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect(),
+            allowed_origins: cfg.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Checks a request's head; `Err` is the answer. Order: Host (421), token (401), Origin (403),
+    /// content type (415).
+    #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
+    pub fn check(&self, req: &axum::http::request::Parts) -> Result<(), Response> {
+        use axum::http::{header, Method};
+        let text = |name: header::HeaderName| req.headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends
+        // `Host: evil.example`. Browsers always send Host; a client without one is no browser.
+        let host = text(header::HOST);
+        if let Some(h) = host {
+            if !self.host_allowed(h) {
+                return Err(error(StatusCode::MISDIRECTED_REQUEST, format!("this API does not answer to host {h:?}")));
+            }
+        }
+        if let Some(token) = &self.token {
+            let exempt = matches!(req.uri.path(), "/healthz" | "/metrics");
+            let given = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+            if !exempt && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token ([api] token)".into());
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                return Err(r);
+            }
+        }
+        if matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return Ok(());
+        }
+        // A browser sends Origin with every cross-origin write (fetch, form): only our own page
+        // (same host and port as the request) or a configured console may write.
+        if let Some(origin) = text(header::ORIGIN) {
+            let o = origin.trim_end_matches('/').to_ascii_lowercase();
+            let same = host.is_some_and(|h| {
+                let h = h.to_ascii_lowercase();
+                o == format!("http://{h}") || o == format!("https://{h}")
+            });
+            if !same && !self.allowed_origins.contains(&o) {
+                return Err(error(StatusCode::FORBIDDEN, format!("writes from origin {origin:?} are not allowed")));
+            }
+        }
+        // A form or a `text/plain` fetch needs no CORS preflight; JSON does. An empty body without
+        // a content type (curl -X POST) carries nothing to misread and is allowed.
+        let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+            || text(header::CONTENT_LENGTH).is_some_and(|l| l.trim() != "0");
+        match text(header::CONTENT_TYPE) {
+            None if !has_body => Ok(()),
+            Some(ct) if is_json(ct) => Ok(()),
+            ct => Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("writes need Content-Type: application/json (got {})", ct.unwrap_or("none")),
+            )),
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let h = host.trim().to_ascii_lowercase();
+        // Strip the port: `[::1]:8080`, `127.0.0.1:8080`, `name:8080`.
+        let name = if let Some(rest) = h.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => return false,
+            }
+        } else {
+            h.rsplit_once(':').map_or(h.as_str(), |(n, _)| n)
+        };
+        let name = name.trim_end_matches('.');
+        name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || self.hosts.iter().any(|a| a == name)
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(
+    State(policy): State<Arc<Policy>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(r) = policy.check(&parts) {
+        tracing::debug!(method = %parts.method, uri = %parts.uri, status = r.status().as_u16(), "API request refused");
+        return r;
+    }
+    next.run(axum::extract::Request::from_parts(parts, body)).await
+}
+
+/// Adds the [`Policy`] checks in front of every route.
+pub fn protect(router: Router, policy: Policy) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(Arc::new(policy), guard))
+}
+
+/// Longest life of one API connection: longer than the slowest answer (a play waits for the
+/// INVITE and the first keyframe, 18 s by default).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Limits of the API listener's connections (D62); the caps are in its `Admission`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub header_timeout: std::time::Duration,
+}
+
+impl ConnLimits {
+    pub fn of(cfg: &crate::config::ApiConfig) -> ConnLimits {
+        ConnLimits { header_timeout: cfg.header_timeout.0.max(std::time::Duration::from_millis(100)) }
+    }
+}
+
+/// Serves the API: each connection is admitted (per-source and global caps, the oldest idle
+/// connection makes room), must send its first request head within `header_timeout`, and later
+/// heads within the same time (hyper's header read timeout).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    admission: Arc<crate::server::admit::Admission>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut refused_log = crate::util::RateLimit::new(std::time::Duration::from_secs(10));
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("API accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(suppressed) = refused_log.check(std::time::Instant::now()) {
+                    tracing::warn!(%peer, suppressed, "API connection refused: {e}");
+                }
+                continue;
+            }
+        };
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tokio::spawn(async move { connection(sock, router, limits, ticket, shutdown).await });
+    }
+}
+
+async fn connection(
+    sock: tokio::net::TcpStream,
+    router: Router,
+    limits: ConnLimits,
+    ticket: crate::server::admit::Ticket,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let ticket = Arc::new(ticket);
+    let seen = ticket.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        seen.established();
+        let router = router.clone();
+        async move { tower::ServiceExt::oneshot(router, req.map(axum::body::Body::new)).await }
+    });
+    // One request per connection: an idle keep-alive connection cannot hold a slot, and the
+    // control API gains nothing from reuse.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(sock), service);
+    tokio::pin!(conn);
+    let first = tokio::time::sleep(limits.header_timeout);
+    tokio::pin!(first);
+    // A body trickled in after the head, or an answer that never ends, is cut here.
+    let whole = tokio::time::sleep(CONNECTION_LIFETIME);
+    tokio::pin!(whole);
+    let mut first_done = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                // hyper's header read timeout (a later request head, or racing our first deadline).
+                if r.is_err_and(|e| e.is_timeout()) {
+                    ticket.timed_out();
+                }
+                return;
+            }
+            _ = ticket.evicted.cancelled() => return,
+            _ = &mut whole => {
+                ticket.timed_out();
+                return;
+            }
+            _ = &mut first, if !first_done => {
+                first_done = true;
+                // Still pending: no request head arrived in time.
+                if ticket.is_pending() {
+                    ticket.timed_out();
+                    return;
+                }
+            }
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.as_mut()).await;
+                return;
+            }
+        }
+    }
 }
 
 /// Formats a time as RFC 3339 in UTC with millisecond precision, without a date crate.

@@ -1,4 +1,6 @@
 //! Thin tokio drivers around the sans-IO modules, and the daemon's wiring.
+/// Connection admission lives below the drivers so the SIP transport (in gb) can use it too.
+pub use crate::util::admit;
 pub mod api;
 pub mod audio_pool;
 pub(crate) mod batch;
@@ -41,6 +43,10 @@ pub enum StartError {
     Rtp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for the API on {addr} (config key api.listen): {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "the API would listen on {0} without a token: set [api] token, or keep [api] listen on loopback (127.0.0.1)"
+    )]
+    ApiUnprotected(SocketAddr),
     #[error("cannot listen for RTSP on {addr} (config key rtsp.listen): {source}")]
     Rtsp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for RTMP on {addr} (config key rtmp.listen): {source}")]
@@ -57,6 +63,9 @@ impl Gateway {
         let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;
+        if cfg.api.token.as_deref().is_none_or(str::is_empty) && !cfg.api.listen.ip().is_loopback() {
+            return Err(StartError::ApiUnprotected(cfg.api.listen));
+        }
         let api_listener = tokio::net::TcpListener::bind(cfg.api.listen)
             .await
             .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
@@ -82,6 +91,8 @@ impl Gateway {
             Some(l) => Some(l.local_addr().map_err(|source| StartError::Rtmp { addr: cfg.rtmp.listen, source })?),
             None => None,
         };
+        let rtsp_admission = admit::Admission::new(cfg.rtsp.max_connections, cfg.rtsp.max_connections_per_source);
+        let api_admission = admit::Admission::new(cfg.api.max_connections, cfg.api.max_connections_per_source);
         let mut tasks = Vec::new();
         let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth);
         if let Some(l) = rtmp_listener {
@@ -102,7 +113,13 @@ impl Gateway {
             )));
         }
         if let Some(l) = rtsp_listener {
-            tasks.push(tokio::spawn(rtsp::serve(l, hub.clone(), cfg.rtsp.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(rtsp::serve(
+                l,
+                hub.clone(),
+                cfg.rtsp.clone(),
+                rtsp_admission.clone(),
+                shutdown.clone(),
+            )));
         }
         tasks.push(tokio::spawn(rtp::serve(
             udp,
@@ -122,12 +139,26 @@ impl Gateway {
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
         let router = api::router(
-            api::ApiState { hub: hub.clone(), rtp: rtp_shared.clone(), gb: gb.clone(), rtmp: rtmp_shared.clone() },
+            api::ApiState {
+                hub: hub.clone(),
+                rtp: rtp_shared.clone(),
+                gb: gb.clone(),
+                rtmp: rtmp_shared.clone(),
+                listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission)]
+                    .into_iter()
+                    .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
+                    .collect(),
+            },
             rtp_addr,
         );
-        let api_shutdown = shutdown.clone();
+        let router = api::protect(router, api::Policy::of(&cfg.api));
+        match cfg.api.token.as_deref().is_none_or(str::is_empty) {
+            true => info!(api = %api_addr, "API has no token ([api] token): it listens on loopback only"),
+            false => info!(api = %api_addr, "API requires a bearer token"),
+        }
+        let (api_shutdown, limits) = (shutdown.clone(), api::ConnLimits::of(&cfg.api));
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = api::serve(api_listener, router, api_shutdown).await {
+            if let Err(e) = api::serve(api_listener, router, api_admission, limits, api_shutdown).await {
                 tracing::error!("API server failed: {e}");
             }
         }));

@@ -16,11 +16,11 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::admit::{Admission, Ticket};
 use super::batch;
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
@@ -45,9 +45,15 @@ const MAX_FORWARD: i64 = 10 * CLOCK_RATE;
 const DISCONTINUITY_STEP: i64 = 3600;
 
 /// Accepts RTSP connections until `shutdown`.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    cfg: RtspConfig,
+    admission: Arc<Admission>,
+    shutdown: CancellationToken,
+) {
     let local_ip = listener.local_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let mut refused_log = crate::util::RateLimit::new(Duration::from_secs(10));
     info!(addr = ?listener.local_addr().ok(), "RTSP server listening");
     loop {
         let accepted = tokio::select! {
@@ -62,14 +68,19 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdo
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "RTSP connection limit reached, refusing");
-            tokio::spawn(async move {
-                let mut sock = sock;
-                let busy = crate::proto::rtsp::Response::new(503).header("Connection", "close").to_bytes();
-                let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&busy)).await;
-            });
-            continue;
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(suppressed) = refused_log.check(Instant::now()) {
+                    warn!(%peer, suppressed, "RTSP connection refused: {e}");
+                }
+                tokio::spawn(async move {
+                    let mut sock = sock;
+                    let busy = crate::proto::rtsp::Response::new(503).header("Connection", "close").to_bytes();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&busy)).await;
+                });
+                continue;
+            }
         };
         let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -78,28 +89,35 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtspConfig, shutdo
                 true => sock.local_addr().map(|a| a.ip()).unwrap_or(local_ip),
                 false => local_ip,
             };
-            if let Err(e) = connection(sock, peer, ip, hub, cfg, shutdown).await {
+            if let Err(e) = connection(sock, peer, ip, hub, cfg, &ticket, shutdown).await {
                 debug!(%peer, "RTSP connection ended: {e}");
             }
-            drop(permit);
+            drop(ticket);
         });
     }
 }
 
 /// Looks a stream's tracks up from its cached GOP (then live frames), waiting up to
-/// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets and an audio frame.
+/// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets. Audio is the track the media stage
+/// announced (AAC, known before the first audio frame and before the G.711 rate is decided,
+/// D63), else the audio frames seen (passthrough).
 pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
     let stream = hub.get_or_demand(name).await?;
     let mut sub = stream.subscribe_as("rtsp");
     let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
     let (mut video, mut audio): (Option<TrackDesc>, Option<TrackDesc>) = (None, None);
+    let announced = || stream.announced_audio().map(|(codec, config)| TrackDesc { codec, config });
     let mut first_pts: Option<i64> = None;
     let mut audio_frames = 0u32;
     let old = stream.started_at.elapsed().unwrap_or_default() > Duration::from_secs(2);
     loop {
-        // PS does not signal G.711 rates: the ingest infers 16 kHz after a few frames, so a
-        // young stream's first G.711 frames may still say 8 kHz.
-        let audio_settled = audio_frames >= 5 || old || audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
+        if let Some(a) = announced() {
+            audio = Some(a);
+        }
+        let announced_audio = audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
+        // Passthrough G.711: PS does not signal its rate, and the ingest infers 16 kHz after a few
+        // frames, so a young stream's first G.711 frames may still say 8 kHz.
+        let audio_settled = audio_frames >= 5 || old || announced_audio;
         if video.is_some() && audio.is_some() && audio_settled {
             break;
         }
@@ -109,9 +127,13 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
                 break;
             }
         }
-        let frame = match tokio::time::timeout_at(deadline, sub.recv()).await {
+        // Wake at least every 50 ms to see an announcement made meanwhile.
+        let slice = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+        let frame = match tokio::time::timeout_at(slice, sub.recv()).await {
             Ok(Ok(f)) => f,
-            _ => break,
+            Ok(Err(_)) => break,
+            Err(_) if slice < deadline => continue,
+            Err(_) => break,
         };
         let first = *first_pts.get_or_insert(frame.pts);
         let desc = TrackDesc { codec: frame.codec, config: frame.config.clone() };
@@ -126,6 +148,7 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
             }
             _ => {}
         }
+        // A second of media without audio frames nor an announcement: video only.
         if (video.is_some() || audio.is_some()) && frame.pts - first >= CLOCK_RATE {
             break;
         }
@@ -248,6 +271,10 @@ enum Event {
     Frame(Result<Frame, SubscriptionEnded>),
     Tick,
     FlushHeld,
+    /// A request did not complete in time.
+    RequestTimeout,
+    /// Evicted by the admission to make room for a newcomer (it had completed no request).
+    Evicted,
 }
 
 async fn recv_frame(player: Option<&mut Player>) -> Result<Frame, SubscriptionEnded> {
@@ -270,6 +297,7 @@ async fn connection(
     ip: IpAddr,
     hub: Arc<Hub>,
     cfg: RtspConfig,
+    ticket: &Ticket,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let _ = sock.set_nodelay(true);
@@ -289,6 +317,10 @@ async fn connection(
     // Interleaved bytes not yet written, and when held audio must go out at the latest.
     let mut out: Vec<u8> = Vec::new();
     let mut hold_until: Option<tokio::time::Instant> = None;
+    // The first request, and later any request in progress, must complete by this deadline (D60):
+    // idle and slow-loris connections give their slot back.
+    let request_timeout = cfg.request_timeout.0.max(Duration::from_millis(100));
+    let mut request_deadline = Some(tokio::time::Instant::now() + request_timeout);
     let result = 'conn: loop {
         let merging = player.as_ref().is_some_and(|p| !p.merge.is_zero());
         // A merging player does not wake for each frame: its queue is drained when the interval ends.
@@ -299,6 +331,8 @@ async fn connection(
             f = recv_frame(player.as_mut()), if take_frames => Event::Frame(f),
             _ = tick.tick() => Event::Tick,
             _ = batch::sleep_until_opt(hold_until) => Event::FlushHeld,
+            _ = batch::sleep_until_opt(request_deadline) => Event::RequestTimeout,
+            _ = ticket.evicted.cancelled() => Event::Evicted,
         };
         if merging && !matches!(ev, Event::Frame(_)) {
             if let Some(p) = player.as_mut() {
@@ -318,6 +352,15 @@ async fn connection(
         }
         match ev {
             Event::Shutdown => break Ok(()),
+            Event::Evicted => {
+                debug!(%peer, "RTSP connection evicted: no request yet and the listener is full");
+                break Ok(());
+            }
+            Event::RequestTimeout => {
+                ticket.timed_out();
+                debug!(%peer, buffered = parser.buffered(), "RTSP request not completed in time");
+                break Ok(());
+            }
             Event::Read(Err(e)) => break Err(e),
             Event::Read(Ok(0)) => break Ok(()),
             Event::Read(Ok(n)) => {
@@ -325,9 +368,22 @@ async fn connection(
                 parser.push(&buf[..n]);
                 loop {
                     let req = match parser.next_input() {
-                        Ok(None) => break,
+                        Ok(None) => {
+                            // A request (or interleaved frame) in progress must complete in time.
+                            let partial = parser.buffered() > 0;
+                            if !partial && !ticket.is_pending() {
+                                request_deadline = None;
+                            } else if partial && request_deadline.is_none() {
+                                request_deadline = Some(tokio::time::Instant::now() + request_timeout);
+                            }
+                            break;
+                        }
                         Ok(Some(Input::Interleaved { .. })) => continue,
-                        Ok(Some(Input::Request(r))) => r,
+                        Ok(Some(Input::Request(r))) => {
+                            ticket.established();
+                            request_deadline = None;
+                            r
+                        }
                         Err(e) => {
                             debug!(%peer, "bad RTSP request: {e}");
                             let _ = write_timed(&mut wr, &ServerSession::bad_request().to_bytes()).await;

@@ -25,13 +25,42 @@ pub fn shared_fixtures() -> Option<PathBuf> {
     env.is_dir().then_some(env)
 }
 
-/// Returns the shared fixtures folder, or prints why the calling test is skipped.
+/// `CI=true` (or `1`): every peer and fixture the tests use must be present.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Something a test needs is missing: with `CI=true` the test fails; elsewhere it says it is
+/// skipped (the caller then returns). `.ci/run` and `tools/test.sh` install everything.
+pub fn missing(test: &str, what: &str) {
+    if strict() {
+        panic!("{test}: {what} is missing and CI=true: install it (tools/test.sh does) instead of skipping");
+    }
+    println!("{test}: skipped: {what} is missing (tools/test.sh installs it)");
+}
+
+/// Returns the shared fixtures folder, or reports it missing (fails under `CI=true`).
 pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
     let dir = shared_fixtures();
     if dir.is_none() {
-        println!("{test}: skipped: ../shared/fixtures not present");
+        missing(test, "../shared/fixtures (or $GBGATE_SHARED/fixtures)");
     }
     dir
+}
+
+/// Whether the program `tool` can be started; reports it missing (fails under `CI=true`).
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        missing(test, tool);
+    }
+    found
 }
 
 /// A config listening on kernel-chosen loopback ports.
@@ -42,6 +71,8 @@ pub fn test_config() -> Config {
     cfg.rtsp.listen = "127.0.0.1:0".parse().unwrap();
     cfg.rtmp.listen = "127.0.0.1:0".parse().unwrap();
     cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
+    // Unset, the gateway generates a device password (hole 4); the tests that need one set it.
+    cfg.sip.password = Some(String::new());
     cfg
 }
 
@@ -146,4 +177,78 @@ pub async fn run_program<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
 ) -> (bool, String, String) {
     let (ok, out, err) = run_program_bytes(cmd, args, limit).await;
     (ok, String::from_utf8_lossy(&out).into(), err)
+}
+
+/// Sends `request` (a whole raw HTTP/1.0 request) to `addr` and returns (status, head, body).
+/// Blocking; the server closes after answering an HTTP/1.0 request.
+pub fn http_raw_blocking(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+pub async fn http_raw(addr: SocketAddr, request: String) -> (u16, String, String) {
+    tokio::task::spawn_blocking(move || http_raw_blocking(addr, &request)).await.unwrap()
+}
+
+/// A raw HTTP/1.0 request with the given extra header lines (each ending in `\r\n`) and body.
+pub fn http_request(method: &str, path: &str, host: &str, headers: &str, body: &str) -> String {
+    format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// Polls `GET path` until `done` holds for its body or `timeout` passes; returns the last body.
+pub async fn wait_json(api: SocketAddr, path: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, body) = http_get(api, path).await;
+        if done(&body) || start.elapsed() > timeout {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Records which stream names players have asked for (RTSP DESCRIBE, RTMP play: both ask the
+/// hub's on-demand handlers first), without starting anything: a test can wait until its
+/// players have asked before the stream exists, instead of sleeping.
+#[derive(Default)]
+pub struct AskedFor(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl gbgate::hub::StreamDemand for AskedFor {
+    fn handles(&self, name: &str) -> bool {
+        self.0.lock().unwrap().insert(name.to_string());
+        false
+    }
+    fn demand(&self, _: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        Box::pin(async { Err("not handled".to_string()) })
+    }
+}
+
+impl AskedFor {
+    pub fn watch(hub: &gbgate::hub::Hub) -> std::sync::Arc<AskedFor> {
+        let asked = std::sync::Arc::new(AskedFor::default());
+        hub.add_demand(asked.clone());
+        asked
+    }
+
+    /// Waits until every one of `names` was asked for.
+    pub async fn wait(&self, names: &[String], timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let missing: Vec<&String> = {
+                let asked = self.0.lock().unwrap();
+                names.iter().filter(|n| !asked.contains(*n)).collect()
+            };
+            if missing.is_empty() {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "no player asked for {missing:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! Small shared helpers.
+//! Small shared helpers, and connection admission shared by every TCP listener.
+pub mod admit;
+
 use std::time::{Duration, Instant};
 
 /// Lets one log line through per interval and counts what it suppressed, so a flood of bad

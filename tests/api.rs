@@ -1,0 +1,112 @@
+//! The HTTP API's trust boundary (issue 8 hole 17 and the API token of hole 3), over raw HTTP.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gbgate::sim::camera::{self, SimOptions, SimStats};
+use tokio_util::sync::CancellationToken;
+
+async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {
+    let mut cfg = test_config();
+    cfg.sip.password = Some("12345678".into());
+    let gw = start(cfg).await;
+    let stop = CancellationToken::new();
+    let mut o = SimOptions::new(gw.sip_addr.unwrap(), own_fixture("h264_g711a_8k.rtp"));
+    o.password = "12345678".into();
+    let stats = camera::spawn(o, stop.clone()).await.unwrap();
+    let gb = gw.gb.clone().unwrap();
+    let dev = "34020000001320000001";
+    let ch = camera::channel_id(dev, 0);
+    assert!(wait_for(Duration::from_secs(5), || gb.device(dev).is_some_and(|d| !d.channels.is_empty())).await);
+    let api = gw.api_addr;
+    let host = api.to_string();
+    let ptz = format!("/api/v1/devices/{dev}/channels/{ch}/ptz");
+    let body = r#"{"action":"right","speed":31}"#;
+
+    // The cross-site "simple request" a page can send without a CORS preflight.
+    let req = http_request("POST", &ptz, &host, "Content-Type: text/plain\r\nOrigin: http://evil\r\n", body);
+    let (status, _, text) = http_raw(api, req).await;
+    assert_eq!(status, 403, "foreign origin: {text}");
+    // The same from our own origin, still not JSON.
+    let own = format!("Origin: http://{host}\r\n");
+    let req = http_request("POST", &ptz, &host, &format!("Content-Type: text/plain\r\n{own}"), body);
+    let (status, _, text) = http_raw(api, req).await;
+    assert_eq!(status, 415, "text/plain write: {text}");
+    assert!(text.contains("application/json"), "{text}");
+    let req = http_request("POST", &ptz, &host, "Content-Type: application/x-www-form-urlencoded\r\n", body);
+    assert_eq!(http_raw(api, req).await.0, 415, "form write");
+    // JSON from a foreign origin (a page on another port of this host is foreign too).
+    for origin in ["http://evil", "null", &format!("http://127.0.0.1:{}", api.port() ^ 1)] {
+        let req =
+            http_request("POST", &ptz, &host, &format!("Content-Type: application/json\r\nOrigin: {origin}\r\n"), body);
+        assert_eq!(http_raw(api, req).await.0, 403, "origin {origin}");
+    }
+    // DNS rebinding: the page's own name pointed at 127.0.0.1.
+    for verb in ["GET", "POST"] {
+        let path = if verb == "GET" { "/api/v1/streams" } else { ptz.as_str() };
+        let req = http_request(verb, path, "evil.example:8080", "Content-Type: application/json\r\n", "");
+        let (status, _, text) = http_raw(api, req).await;
+        assert_eq!(status, 421, "{verb} with Host evil.example: {text}");
+    }
+    assert_eq!(SimStats::get(&stats.ptz), 0, "no refused request reached the camera");
+
+    // Malformed JSON: 400 naming the problem.
+    let req = http_request("POST", &ptz, &host, "Content-Type: application/json\r\n", r#"{"action":"right","#);
+    let (status, _, text) = http_raw(api, req).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("bad JSON body") && text.contains("EOF"), "{text}");
+
+    // The legitimate client (same origin or none, JSON, localhost name) still moves the camera.
+    let named = format!("localhost:{}", api.port());
+    let own = format!("Origin: http://{named}\r\n");
+    let req = http_request("POST", &ptz, &named, &format!("Content-Type: application/json\r\n{own}"), body);
+    let (status, _, text) = http_raw(api, req).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(wait_for(Duration::from_secs(3), || SimStats::get(&stats.ptz) == 1).await);
+    stop.cancel();
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_token_is_required_when_set_and_without_one_the_api_stays_on_loopback() {
+    // No token and a non-loopback listen address: refused at start, with the way out named.
+    let mut cfg = test_config();
+    cfg.sip.enabled = false;
+    cfg.api.listen = "0.0.0.0:0".parse().unwrap();
+    let err = gbgate::server::Gateway::start(cfg.clone()).await.err().expect("an unprotected public API is refused");
+    assert!(err.to_string().contains("[api] token"), "{err}");
+
+    cfg.api.token = Some("s3cret-token".into());
+    let gw = start(cfg).await;
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], gw.api_addr.port()));
+    let host = api.to_string();
+    let get = |auth: &str| http_request("GET", "/api/v1/streams", &host, auth, "");
+    let (status, head, _) = http_raw(api, get("")).await;
+    assert_eq!(status, 401);
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(http_raw(api, get("Authorization: Bearer wrong-token!\r\n")).await.0, 401);
+    assert_eq!(http_raw(api, get("Authorization: Basic czNjcmV0LXRva2Vu\r\n")).await.0, 401);
+    let (status, _, body) = http_raw(api, get("Authorization: Bearer s3cret-token\r\n")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"streams\""), "{body}");
+    // A write without the token is refused before anything else is looked at.
+    let req = http_request("POST", "/api/v1/gb/sessions/x", &host, "Content-Type: application/json\r\n", "{}");
+    assert_eq!(http_raw(api, req).await.0, 401);
+    // Health checks need no token.
+    let (status, _, body) = http_raw(api, http_request("GET", "/healthz", &host, "", "")).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    gw.stop().await;
+}
