@@ -279,11 +279,11 @@ async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Resu
 
 /// Hole 12 (RTMP): a connection that has not published or played within `rtmp.setup_timeout`
 /// is closed, whether it sent nothing or stopped after the handshake (never timed out before);
-/// one address gets at most `rtmp.max_connections_per_ip`; a real player still plays while 200
-/// idle connections are open.
+/// one address holds at most `rtmp.max_connections_per_source` (its oldest idle connection makes
+/// room); a real player still plays while 200 idle connections are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_address() {
-    let mut gw = Daemon::start("setup_timeout = \"2s\"\nmax_connections_per_ip = 16\n");
+    let mut gw = Daemon::start("setup_timeout = \"2s\"\nmax_connections_per_source = 16\n");
     let mut camera = gw.camera("0100000003", 20);
     gw.wait_stream("rtp/05F5E103").await;
 
@@ -298,7 +298,7 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
         }
         idle.push(s);
     }
-    // One address opening 40: 16 are served, 24 closed at once.
+    // One address opening 40: it keeps 16; each newcomer beyond closes its oldest idle one.
     let greedy = std::net::Ipv4Addr::new(127, 0, 2, 2);
     let mut greedy_socks = Vec::new();
     for _ in 0..40 {
@@ -313,8 +313,12 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
         let left = Duration::from_secs(6).saturating_sub(opened.elapsed());
         assert!(closed_within(s, left).await, "idle connection {i} still open after {:?}", opened.elapsed());
     }
-    let c = rtmp_counters(gw.api).await;
-    assert_eq!(c["per_ip_refused"], 24, "{c}");
+    for (i, s) in greedy_socks.iter_mut().enumerate() {
+        let left = Duration::from_secs(6).saturating_sub(opened.elapsed());
+        assert!(closed_within(s, left).await, "connection {i} of the greedy address still open");
+    }
+    let (_, listeners) = http_get(gw.api, "/api/v1/listeners").await;
+    assert_eq!(listeners["rtmp"]["evicted"], 24, "{listeners}");
     let start = Instant::now();
     while rtmp_counters(gw.api).await["setup_timeouts"].as_u64().unwrap() < 216 {
         assert!(start.elapsed() < Duration::from_secs(5), "{}", rtmp_counters(gw.api).await);
