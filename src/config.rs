@@ -411,8 +411,9 @@ pub struct RtmpConfig {
     pub max_partial_bytes: usize,
     /// A connection must complete the handshake, connect and publish/play within this.
     pub setup_timeout: HumanDuration,
-    /// Concurrent connections from one IP address (127.0.0.1 and ::1 are not limited).
-    pub max_connections_per_ip: usize,
+    /// Concurrent connections from one source address; when reached, its oldest connection that
+    /// is not yet publishing or playing makes room (as `[rtsp]`, D60).
+    pub max_connections_per_source: usize,
 }
 
 impl Default for RtmpConfig {
@@ -428,7 +429,7 @@ impl Default for RtmpConfig {
             max_message_bytes: 8 << 20,
             max_partial_bytes: 128 << 20,
             setup_timeout: HumanDuration(Duration::from_secs(5)),
-            max_connections_per_ip: 64,
+            max_connections_per_source: 64,
         }
     }
 }
@@ -522,6 +523,18 @@ impl Config {
         }
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
+        positive("rtmp.max_connections_per_source", self.rtmp.max_connections_per_source)?;
+        positive("rtmp.max_partial_bytes", self.rtmp.max_partial_bytes)?;
+        // An RTMP message length is 24 bits; below 64 KiB a keyframe of any real stream is refused.
+        if !(64 << 10..=0xFF_FFFF).contains(&self.rtmp.max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "rtmp.max_message_bytes",
+                message: "between 65536 and 16777215".into(),
+            });
+        }
+        if self.rtmp.setup_timeout.0 < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid { key: "rtmp.setup_timeout", message: "at least 500ms".into() });
+        }
         if self.rtp.reorder_packets > 4096 {
             return Err(ConfigError::Invalid { key: "rtp.reorder_packets", message: "at most 4096".into() });
         }
