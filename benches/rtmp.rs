@@ -98,13 +98,14 @@ fn publishing() -> (Vec<Vec<u8>>, Vec<u8>) {
     (setup, media)
 }
 
-fn server_ready(setup: &[Vec<u8>]) -> (ServerSession, RtmpCommandGuard) {
+/// A session that accepted the publish; with `guarded`, fed through the guard as the server does.
+fn server_ready(setup: &[Vec<u8>], guarded: bool) -> (ServerSession, RtmpCommandGuard) {
     let (mut server, first) = ServerSession::new(ServerSessionConfig::new()).unwrap();
     let _ = serve(&mut server, first);
-    let mut guard = RtmpCommandGuard::new();
+    let mut guard = RtmpCommandGuard::default();
     for piece in setup {
-        guard.check(piece).unwrap();
-        let results = server.handle_input(piece).unwrap();
+        let piece = if guarded { guard.filter(piece).unwrap() } else { piece.clone() };
+        let results = server.handle_input(&piece).unwrap();
         let _ = serve(&mut server, results);
     }
     (server, guard)
@@ -112,7 +113,7 @@ fn server_ready(setup: &[Vec<u8>]) -> (ServerSession, RtmpCommandGuard) {
 
 fn rtmp_ingest(c: &mut Criterion) {
     let (setup, media) = publishing();
-    let (mut server, _) = server_ready(&setup);
+    let (mut server, _) = server_ready(&setup, false);
     let all = server.handle_input(&media).unwrap();
     let videos = all.into_iter().filter(|r| {
         matches!(r, ServerSessionResult::RaisedEvent(ServerSessionEvent::VideoDataReceived { data, .. }) if data.len() == 10_000)
@@ -122,17 +123,17 @@ fn rtmp_ingest(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(media.len() as u64));
     g.bench_function("session", |b| {
         b.iter_batched(
-            || server_ready(&setup),
+            || server_ready(&setup, false),
             |(mut server, _)| black_box(server.handle_input(&media).unwrap().len()),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("guard_then_session", |b| {
         b.iter_batched(
-            || server_ready(&setup),
+            || server_ready(&setup, true),
             |(mut server, mut guard)| {
-                guard.check(&media).unwrap();
-                black_box(server.handle_input(&media).unwrap().len())
+                let whole = guard.filter(&media).unwrap();
+                black_box(server.handle_input(&whole).unwrap().len())
             },
             BatchSize::SmallInput,
         )

@@ -46,6 +46,8 @@ pub struct Config {
     pub hub: HubConfig,
     pub log: LogConfig,
     pub audio: AudioConfig,
+    /// `[auth]`: publish and play credentials (see [`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// What leaves gbgate as audio.
@@ -68,7 +70,7 @@ pub struct AudioConfig {
     /// AAC bitrate (bit/s).
     pub bitrate: u32,
     /// "syom" (pure Rust, default) or "fdk" (needs the `fdk-aac` cargo feature).
-    pub encoder: crate::media::audio::EncoderKind,
+    pub encoder: EncoderKind,
     /// G.711 sample rate: 0 = detect (PS carries none), or 8000 / 16000 to force it.
     pub g711_rate: u32,
 }
@@ -79,7 +81,7 @@ impl Default for AudioConfig {
             output: AudioOutput::Aac,
             rate: 11_025,
             bitrate: 24_000,
-            encoder: crate::media::audio::EncoderKind::Syom,
+            encoder: EncoderKind::Syom,
             g711_rate: 0,
         }
     }
@@ -117,6 +119,23 @@ pub struct RtpConfig {
     pub stream_queue: usize,
     /// Concurrent TCP connections accepted on the RTP port.
     pub max_tcp_connections: usize,
+    /// A UDP stream is bound to the source address of its first datagram; its SSRC from another
+    /// address is dropped, unless the bound source has been quiet this long (the camera moved).
+    pub rebind_after: HumanDuration,
+    /// Streams of SSRCs nobody announced (counted within `max_streams`): the rest is kept for
+    /// announced sessions (GB INVITEs, API channels).
+    pub max_unknown_streams: usize,
+    /// Streams of unannounced SSRCs from one source IP.
+    pub max_unknown_per_source: usize,
+    /// Largest access unit (bytes) reassembled per stream; larger ones are dropped and counted.
+    pub max_access_unit: usize,
+    /// Payload bytes one stream's reorder buffer may hold waiting for a gap.
+    pub reorder_bytes: usize,
+    /// Bytes queued from the socket to one stream's task (besides `stream_queue` packets).
+    pub stream_queue_bytes: usize,
+    /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
+    /// dropped and streams shed their partial access units (counted as `budget_drops`).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for RtpConfig {
@@ -131,6 +150,13 @@ impl Default for RtpConfig {
             reorder_delay: HumanDuration(Duration::from_millis(100)),
             stream_queue: 2048,
             max_tcp_connections: 1000,
+            rebind_after: HumanDuration(Duration::from_secs(2)),
+            max_unknown_streams: 200,
+            max_unknown_per_source: 16,
+            max_access_unit: 4 << 20,
+            reorder_bytes: 1 << 20,
+            stream_queue_bytes: 2 << 20,
+            max_buffered_bytes: 512 << 20,
         }
     }
 }
@@ -180,8 +206,10 @@ pub struct SipConfig {
     pub id: String,
     /// SIP domain and digest realm (normally the first 10 digits of `id`).
     pub domain: String,
-    /// Default password of every device (digest MD5). Empty: devices register without a challenge.
-    pub password: String,
+    /// Default password of every device (digest MD5). Unset: generated at first start and kept
+    /// in `gbgate-sip-password` next to `db` (issue 8, hole 4). `""` written out explicitly:
+    /// devices register without a challenge.
+    pub password: Option<String>,
     /// Per-device passwords, by device ID, overriding `password`.
     pub passwords: std::collections::BTreeMap<String, String>,
     /// The address devices reach us at, put in Contact, Via and SDP `c=`. Default: the listen
@@ -189,12 +217,24 @@ pub struct SipConfig {
     pub advertise: Option<std::net::IpAddr>,
     /// How long a nonce stays valid after it is issued.
     pub nonce_ttl: HumanDuration,
-    /// Failed authentications allowed per source IP per minute; beyond it REGISTERs are dropped.
+    /// Failed authentications allowed per device ID and source IP per minute; beyond it that
+    /// device's REGISTERs from that IP are dropped (devices with the right password behind the
+    /// same NAT are not). Ten times as many per IP, all IDs together, stop IDs it has not
+    /// registered yet (a password guesser rotating IDs).
     pub auth_failures_per_minute: u32,
-    /// Upper bound of known devices.
+    /// Upper bound of known devices. When full, the longest-offline device gives way.
     pub max_devices: usize,
+    /// Devices registered from one source IP; beyond it that IP's longest-offline device gives
+    /// way, or the REGISTER gets 503.
+    pub max_devices_per_source: usize,
+    /// DeviceInfo + Catalog queries sent after registrations, per second, all devices together
+    /// (more wait for a later tick); a device is not asked again within a minute.
+    pub queries_per_second: u32,
     /// Upper bound of pending SIP transactions (each side).
     pub max_transactions: usize,
+    /// Pending client transactions towards one IP (so one peer cannot fill the table; queries
+    /// after registrations may take half of it at most).
+    pub max_transactions_per_peer: usize,
     /// Concurrent SIP-over-TCP connections.
     pub max_tcp_connections: usize,
     /// Embedded database (redb) keeping registrations and device facts across restarts.
@@ -209,13 +249,16 @@ impl Default for SipConfig {
             listen: "0.0.0.0:5060".parse().expect("literal"),
             id: "34020000002000000001".into(),
             domain: "3402000000".into(),
-            password: String::new(),
+            password: None,
             passwords: Default::default(),
             advertise: None,
             nonce_ttl: HumanDuration(Duration::from_secs(300)),
             auth_failures_per_minute: 10,
             max_devices: 10_000,
+            max_devices_per_source: 500,
+            queries_per_second: 20,
             max_transactions: 4096,
+            max_transactions_per_peer: 256,
             max_tcp_connections: 2000,
             db: None,
         }
@@ -307,14 +350,17 @@ impl Default for RtspConfig {
     }
 }
 
-/// How H.265 is carried in FLV.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How H.265 is carried in FLV (defined by the FLV muxer, which config sits above).
+pub use crate::proto::flv::HevcFlv;
+
+/// Which AAC encoder builds the output audio (`fdk` needs the `fdk-aac` cargo feature). Defined
+/// here, not in media/, because config sits below media (media reads its settings from config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum HevcFlv {
-    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
-    Enhanced,
-    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
-    Legacy,
+pub enum EncoderKind {
+    #[default]
+    Syom,
+    Fdk,
 }
 
 /// One static RTMP push: every stream matching `stream` is pushed to `url`.
@@ -341,6 +387,14 @@ pub struct RtmpConfig {
     pub max_connections: usize,
     /// Merged write for players, as `[rtsp] merge_write`.
     pub merge_write: HumanDuration,
+    /// Longest RTMP message a peer may send (a 4K keyframe is a few MB); refused at its chunk header.
+    pub max_message_bytes: usize,
+    /// Bytes of partially received messages held by all RTMP connections together.
+    pub max_partial_bytes: usize,
+    /// A connection must complete the handshake, connect and publish/play within this.
+    pub setup_timeout: HumanDuration,
+    /// Concurrent connections from one IP address (127.0.0.1 and ::1 are not limited).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for RtmpConfig {
@@ -353,6 +407,10 @@ impl Default for RtmpConfig {
             push: Vec::new(),
             max_connections: 2000,
             merge_write: HumanDuration(Duration::from_millis(200)),
+            max_message_bytes: 8 << 20,
+            max_partial_bytes: 128 << 20,
+            setup_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -419,6 +477,11 @@ impl Config {
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;
+        positive("sip.max_devices", self.sip.max_devices)?;
+        positive("sip.max_devices_per_source", self.sip.max_devices_per_source)?;
+        positive("sip.queries_per_second", self.sip.queries_per_second as usize)?;
+        positive("sip.max_transactions", self.sip.max_transactions)?;
+        positive("sip.max_transactions_per_peer", self.sip.max_transactions_per_peer)?;
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
         positive("api.max_connections", self.api.max_connections)?;
@@ -481,7 +544,7 @@ impl Config {
         if ![0, 8_000, 16_000].contains(&self.audio.g711_rate) {
             return Err(ConfigError::Invalid { key: "audio.g711_rate", message: "0 (detect), 8000 or 16000".into() });
         }
-        if self.audio.encoder == crate::media::audio::EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
+        if self.audio.encoder == EncoderKind::Fdk && !cfg!(feature = "fdk-aac") {
             return Err(ConfigError::Invalid {
                 key: "audio.encoder",
                 message: "\"fdk\" needs gbgate built with `--features fdk-aac`".into(),

@@ -76,6 +76,55 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stall: usize,
     },
+    /// Replay the hostile inputs of issue #8 against a running gateway while a legitimate camera
+    /// streams and a player plays; prints what each attack saw, the player's frames, and the
+    /// gateway's memory and file descriptors (with --pid) as JSON.
+    Attack {
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        rtp: std::net::SocketAddr,
+        #[arg(long)]
+        rtsp: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        rtmp: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        sip: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
+        /// Source address of the attacks (any 127/8 address stands for another host).
+        #[arg(long, default_value = "127.0.0.2")]
+        attacker_ip: std::net::IpAddr,
+        /// Source address of the legitimate camera.
+        #[arg(long, default_value = "127.0.0.1")]
+        camera_ip: std::net::IpAddr,
+        /// The legitimate camera's SSRC (decimal GB form).
+        #[arg(long, default_value_t = 100_000_001)]
+        victim_ssrc: u32,
+        /// A registered device for the forged SIP requests.
+        #[arg(long)]
+        victim_device: Option<String>,
+        /// The gateway's SIP password (the flood attacks use valid digests).
+        #[arg(long)]
+        sip_password: Option<String>,
+        #[arg(long, default_value = "34020000002000000001")]
+        server_id: String,
+        /// Only these attacks (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<gbgate::sim::attack::Attack>,
+        /// Scales every count (1.0 = the figures of issue #8).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// How long connection-holding attacks hold their connections.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        hold: Duration,
+        /// How long the legitimate player plays (the attacks run inside this window).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+        play_for: Duration,
+        /// The gateway's process id, to read its RSS and open file descriptors.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        settle: Duration,
+    },
     /// Simulate GB28181 cameras: register (digest), keepalive, answer queries, PTZ and INVITEs
     /// (UDP, TCP passive, TCP active) with PS over RTP from a capture; Ctrl-C unregisters them.
     Sim {
@@ -159,6 +208,43 @@ fn main() -> ExitCode {
             }
         },
         Command::Players { url, count, duration, stall } => players(url, count, duration, stall),
+        Command::Attack {
+            rtp,
+            rtsp,
+            rtmp,
+            sip,
+            api,
+            attacker_ip,
+            camera_ip,
+            victim_ssrc,
+            victim_device,
+            sip_password,
+            server_id,
+            only,
+            scale,
+            hold,
+            play_for,
+            pid,
+            settle,
+        } => {
+            let target = gbgate::sim::attack::AttackTarget {
+                rtp,
+                rtsp,
+                rtmp,
+                sip,
+                api,
+                attacker_ip,
+                victim_ssrc,
+                victim_device,
+                sip_password,
+                server_id,
+                scale,
+                hold,
+            };
+            let attacks = if only.is_empty() { gbgate::sim::attack::Attack::ALL.to_vec() } else { only };
+            let opts = gbgate::sim::attack::CampaignOptions { attacks, camera_ip, play_for, pid, settle };
+            attack(target, opts)
+        }
         Command::Sim {
             server,
             server_id,
@@ -267,6 +353,35 @@ fn sim(opts: gbgate::sim::camera::SimOptions, duration: Option<Duration>) -> Exi
         );
         ExitCode::SUCCESS
     })
+}
+
+fn attack(target: gbgate::sim::attack::AttackTarget, opts: gbgate::sim::attack::CampaignOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(gbgate::sim::attack::campaign(&target, &opts));
+    match serde_json::to_string_pretty(&report) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print the report: {e}"),
+    }
+    let legit = &report.legit;
+    let lost_frames = legit.frames_expected.saturating_sub(legit.video_frames);
+    eprintln!(
+        "gateway alive: {}; legit player: {} of ~{} frames, {} sequence gaps{}",
+        report.alive,
+        legit.video_frames,
+        legit.frames_expected,
+        legit.video_seq_gaps,
+        legit.player_error.as_ref().map(|e| format!(", error: {e}")).unwrap_or_default()
+    );
+    if !report.alive || legit.video_seq_gaps > 0 || legit.closed_early || lost_frames > 2 * 25 {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitCode {

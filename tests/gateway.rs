@@ -76,7 +76,7 @@ async fn every_own_fixture_over_udp_and_tcp_shows_its_codecs_resolution_and_coun
     let list = wait_streams(gw.api_addr, Duration::from_secs(10), |list| {
         list.len() == 8
             && list.iter().all(|s| {
-                let ssrc = s["source"]["ssrc"].as_u64().unwrap() as usize;
+                let ssrc: usize = s["source"]["ssrc"].as_str().unwrap().parse().unwrap();
                 complete(s, &expected(OWN_FIXTURES[(ssrc - 1) % 100_000_000 % 4]))
             })
     })
@@ -86,7 +86,7 @@ async fn every_own_fixture_over_udp_and_tcp_shows_its_codecs_resolution_and_coun
         let exp = expected(name);
         for (ssrc, transport) in [(300_000_001 + i as u32, "udp"), (400_000_001 + i as u32, "tcp")] {
             let s = streams.get(&name_of(ssrc)).unwrap_or_else(|| panic!("{name} over {transport} missing: {list:?}"));
-            assert_eq!(s["source"]["ssrc"], ssrc);
+            assert_eq!(s["source"]["ssrc"], format!("{ssrc:010}"));
             assert_eq!(s["source"]["peer"].as_str().unwrap().split(':').next(), Some("127.0.0.1"));
             assert_matches_fixture(s, &exp, transport);
         }
@@ -145,6 +145,8 @@ fn corrupted_tcp_stream() -> Vec<u8> {
 async fn sixty_streams_at_once_with_faulty_ones_beside_them() {
     let mut cfg = test_config();
     cfg.rtp.max_streams = 100;
+    // Sixty cameras from one host: lift the per-source budget of unannounced streams.
+    cfg.rtp.max_unknown_per_source = 100;
     let gw = start(cfg).await;
     let tmp = tempfile::tempdir().unwrap();
     let to = gw.rtp_addr;
@@ -345,8 +347,12 @@ async fn unknown_ssrc_report_mode_records_and_drop_mode_ignores() {
         .await;
         assert!(streams(gw.api_addr).await.is_empty(), "{mode:?} must not publish");
         assert!(rtp["unknown_ssrc_packets"].as_u64().unwrap() >= 100, "{rtp}");
-        let reported: Vec<u64> =
-            rtp["unknown_ssrcs"].as_array().unwrap().iter().map(|r| r["ssrc"].as_u64().unwrap()).collect();
+        let reported: Vec<u64> = rtp["unknown_ssrcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["ssrc"].as_str().unwrap().parse().unwrap())
+            .collect();
         match mode {
             UnknownSsrc::Report => assert_eq!(reported, vec![620_000_001, 620_000_002]),
             _ => assert!(reported.is_empty()),
@@ -364,6 +370,8 @@ async fn an_announced_ssrc_publishes_under_its_name_without_probation() {
     let list = wait_streams(gw.api_addr, Duration::from_secs(5), |l| l.iter().any(|s| complete(s, &exp))).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["name"], "gb/34020000001310000001");
+    // The SSRC in its 10-digit GB form, leading zero kept (as /api/v1/gb/sessions shows it).
+    assert_eq!(list[0]["source"]["ssrc"], "0630000001");
     assert_matches_fixture(&list[0], &exp, "udp");
     let (status, one) = http_get(gw.api_addr, "/api/v1/streams/gb/34020000001310000001").await;
     assert_eq!(status, 200);
@@ -429,10 +437,11 @@ async fn a_returning_ssrc_follows_the_unknown_ssrc_policy() {
     // The session is over; the same SSRC comes back unannounced: report mode must not publish it.
     gw.rtp.withdraw(650_000_001);
     send_file(&own_fixture("h264_g711a_8k.rtp"), &opts(gw.rtp_addr, false, 1, 650_000_001)).await.unwrap();
-    let rtp =
-        wait_json(gw.api_addr, "/api/v1/rtp", Duration::from_secs(5), |r| r["unknown_ssrcs"][0]["ssrc"] == 650_000_001)
-            .await;
-    assert_eq!(rtp["unknown_ssrcs"][0]["ssrc"], 650_000_001, "{rtp}");
+    let rtp = wait_json(gw.api_addr, "/api/v1/rtp", Duration::from_secs(5), |r| {
+        r["unknown_ssrcs"][0]["ssrc"] == "0650000001"
+    })
+    .await;
+    assert_eq!(rtp["unknown_ssrcs"][0]["ssrc"], "0650000001", "{rtp}");
     assert!(streams(gw.api_addr).await.is_empty(), "report mode published a returning SSRC");
     gw.stop().await;
 }

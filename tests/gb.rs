@@ -28,7 +28,7 @@ fn init_log() {
 fn gb_config() -> gbgate::config::Config {
     init_log();
     let mut cfg = test_config();
-    cfg.sip.password = PASSWORD.into();
+    cfg.sip.password = Some(PASSWORD.into());
     cfg
 }
 

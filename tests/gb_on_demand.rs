@@ -116,7 +116,7 @@ async fn play(api: SocketAddr, device: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failed_step_of_play_on_demand_is_named_with_its_status() {
     let mut cfg = test_config();
-    cfg.sip.password = PASSWORD.into();
+    cfg.sip.password = Some(PASSWORD.into());
     cfg.gb.query_on_register = false;
     cfg.gb.invite_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
     cfg.gb.media_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));

@@ -142,7 +142,7 @@ async fn device_requests_replayed_from_the_captures_get_correct_answers() {
         let mut cfg = test_config();
         cfg.gb.query_on_register = false;
         if auth {
-            cfg.sip.password = "12345678".into();
+            cfg.sip.password = Some("12345678".into());
         }
         let gw = start(cfg).await;
         let sip_addr = gw.sip_addr.unwrap();

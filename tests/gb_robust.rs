@@ -105,7 +105,7 @@ CSeq: 2 MESSAGE\r\nContent-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_bad_auth_registers_is_cut_off_per_source_and_other_devices_still_register() {
     let mut cfg = test_config();
-    cfg.sip.password = "12345678".into();
+    cfg.sip.password = Some("12345678".into());
     cfg.sip.auth_failures_per_minute = 5;
     cfg.sip.max_transactions = 200;
     let gw = start(cfg).await;
@@ -183,7 +183,7 @@ From: <sip:x@y>;tag=1\r\nTo: <sip:z@y>\r\nCall-ID: o{i}\r\nCSeq: 1 OPTIONS\r\nCo
 async fn registrations_survive_a_restart_and_a_keepalive_brings_the_device_back_online() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config();
-    cfg.sip.password = "12345678".into();
+    cfg.sip.password = Some("12345678".into());
     cfg.sip.db = Some(dir.path().join("gb.redb"));
     let gw = start(cfg.clone()).await;
     let sip_addr = gw.sip_addr.unwrap();

@@ -77,7 +77,7 @@ async fn run(mut cmd: Command, limit: Duration) -> (bool, String, String) {
 fn ffprobe_cmd(input: &str) -> Command {
     let mut c = Command::new("ffprobe");
     c.args(["-v", "error", "-count_frames", "-show_entries"])
-        .arg("stream=index,codec_name,codec_type,width,height,sample_rate,nb_read_frames:packet=stream_index,pts")
+        .arg("stream=index,codec_name,codec_type,width,height,sample_rate,channels,nb_read_frames:packet=stream_index,pts")
         .args(["-of", "json", input]);
     c
 }
@@ -357,7 +357,9 @@ fn make_h264_aac_flv(path: &Path) {
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=4"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=4"])
-        .args(["-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv"])
+        .args([
+            "-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-f", "flv",
+        ])
         .arg(path)
         .status()
         .unwrap();
@@ -399,8 +401,12 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
         (v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()),
         (Some("h264"), Some(320), Some(240))
     );
+    // 44.1 kHz stereo AAC in, through the media stage like every source: AAC 11025 Hz mono out.
     let a = p.stream("audio").expect("audio");
-    assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some("aac"), Some("44100")));
+    assert_eq!(
+        (a["codec_name"].as_str(), a["sample_rate"].as_str(), a["channels"].as_i64()),
+        (Some("aac"), Some("11025"), Some(1))
+    );
     let frames = p.frames("video");
     assert!(frames >= 50, "played back {frames} frames");
     assert_monotonic(&p.pts("video"));
@@ -416,6 +422,9 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     assert!(kinds.contains(&("video".into(), "h264".into())), "{rtsp_out}");
     assert!(kinds.contains(&("audio".into(), "aac".into())), "{rtsp_out}");
     let stats = stream.stats();
+    let fps = stats.video.as_ref().map_or(0.0, |v| v.fps);
+    assert!((20.0..=30.0).contains(&fps), "fps of an RTMP-published 25 fps stream: {fps}");
+    assert!(stats.media.transcode.is_some(), "the audio went through the media stage: {:?}", stats.media);
     let (ok, _, err) = publisher.await.unwrap();
     assert!(ok, "publisher: {err}");
     println!("publish: hub saw {:?}; playback read {frames} video frames", stats.video.map(|v| v.frames));

@@ -5,10 +5,11 @@
 //! Input layout: byte 0 selects the mode (0: handshake then session, 1: session only, 2: FLV tag
 //! bodies as `[u8 kind][u16 BE len][body]` records); byte 1 is a chunk size for feeding.
 //!
-//! Session input goes through `RtmpCommandGuard` first, as in the server, and nothing is caught
-//! outside it. The guard refuses rml_rtmp 0.8's AMF0 command with fewer than three values, and it
-//! turns an overflow in rml_rtmp's chunk reader into an error (D10). Any other panic, in rml_rtmp
-//! or in gbgate, aborts the run.
+//! Session input goes through `RtmpCommandGuard` first, as in the server: our own chunk reader
+//! (limits, budget) and the iterative AMF0 scan, then only whole, checked messages re-chunked by
+//! rml_rtmp's serializer reach the session (D10, D30). Nothing is caught: any panic or stack
+//! overflow, in rml_rtmp or in gbgate, aborts the run. The corpus holds deep nesting (seeds
+//! `deep_*`: strict arrays and objects 10,000 deep in a command and in a data message).
 #![no_main]
 
 use gbgate::proto::flv::FlvDemuxer;
@@ -16,29 +17,6 @@ use gbgate::proto::rtmp_guard::RtmpCommandGuard;
 use libfuzzer_sys::fuzz_target;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
-
-/// Runs the guard. libfuzzer-sys's panic hook aborts on every panic, even one that is caught, so
-/// while the guard runs (it catches rml_rtmp's chunk-reader overflow itself) that hook is skipped.
-/// The session runs with the aborting hook: any panic there is a crash.
-fn check(guard: &mut RtmpCommandGuard, piece: &[u8]) -> bool {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !IN_GUARD.with(|g| g.get()) {
-                default(info);
-            }
-        }));
-    });
-    IN_GUARD.with(|g| g.set(true));
-    let ok = guard.check(piece).is_ok();
-    IN_GUARD.with(|g| g.set(false));
-    ok
-}
-
-thread_local! {
-    static IN_GUARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
 
 fn drive(session: &mut ServerSession, demux: &mut FlvDemuxer, results: Vec<ServerSessionResult>) {
     let mut queue = results;
@@ -107,13 +85,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok((mut session, results)) = ServerSession::new(ServerSessionConfig::new()) else {
         return;
     };
-    let mut guard = RtmpCommandGuard::new();
+    let mut guard = RtmpCommandGuard::default();
     drive(&mut session, &mut demux, results);
     for piece in input.chunks(chunk) {
-        if !check(&mut guard, piece) {
-            return;
-        }
-        match session.handle_input(piece) {
+        let Ok(piece) = guard.filter(piece) else { return };
+        match session.handle_input(&piece) {
             Ok(results) => drive(&mut session, &mut demux, results),
             Err(_) => return,
         }

@@ -4,14 +4,14 @@
 //! A push task connects, handshakes, sends connect / createStream / publish (each step bounded by
 //! `rtmp.push_timeout`), subscribes to the stream (so it starts at the GOP cache) and sends
 //! metadata, sequence headers and frames; a send stalled longer than `push_timeout` disconnects.
-//! When the origin goes away it reconnects with a backoff of 1 s doubling to 30 s, resubscribing
+//! When the origin goes away it reconnects with a backoff of 1 s doubling to 30 s (back to 1 s
+//! after a push that was healthy: publishing and sending media for 3 s), resubscribing
 //! (so it restarts at a keyframe). It stops when the stream ends.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
@@ -56,16 +56,58 @@ pub fn push_url(entry: &PushConfig, stream: &str) -> String {
     entry.url.replace("{stream}", stream)
 }
 
-/// `rtmp://host[:port]/app/key...` -> (`host:port`, app, key, tcUrl).
-pub fn parse_url(url: &str) -> anyhow::Result<(String, String, String, String)> {
-    let rest = url.strip_prefix("rtmp://").ok_or_else(|| anyhow!("not an rtmp:// URL: {url}"))?;
-    let (authority, path) = rest.split_once('/').ok_or_else(|| anyhow!("no app in {url}"))?;
-    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:1935") };
+/// `rtmp://host[:port]/app/key...` -> (`host:port`, app, key, tcUrl), read by a URL parser
+/// (`rtmp://[::1]/live/x` is host `::1`, port 1935). A query (`?txSecret=..`) stays on the key,
+/// where origins look for it.
+pub fn parse_url(text: &str) -> anyhow::Result<(String, String, String, String)> {
+    let url = url::Url::parse(text).with_context(|| format!("push URL {text}"))?;
+    if url.scheme() != "rtmp" {
+        bail!("not an rtmp:// URL: {text}");
+    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| anyhow!("no host in {text}"))?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let addr = format!("{host}:{}", url.port().unwrap_or(1935));
+    let path = url.path().trim_start_matches('/');
     let (app, key) = path.split_once('/').unwrap_or((path, ""));
     if app.is_empty() {
-        bail!("no app in {url}");
+        bail!("no app in {text}");
     }
-    Ok((addr, app.to_string(), key.to_string(), format!("rtmp://{authority}/{app}")))
+    let key = match url.query() {
+        Some(q) => format!("{key}?{q}"),
+        None => key.to_string(),
+    };
+    Ok((addr, app.to_string(), key, format!("rtmp://{authority}/{app}")))
+}
+
+/// How long a push waits before reconnecting: 1 s doubling to 30 s, back to 1 s after a push that
+/// was healthy (publishing accepted and media sent for [`HEALTHY_AFTER`]), however short.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+/// A push that has sent media this long after its publish was accepted counts as healthy.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(3);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The wait after an attempt that ended; `healthy` if it had been healthy.
+    pub fn after(&mut self, healthy: bool) -> Duration {
+        if healthy {
+            self.next = BACKOFF_MIN;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
 }
 
 /// Keeps one push task per (matching stream, push entry) until `shutdown`.
@@ -111,26 +153,24 @@ pub async fn run_pushes(hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationTo
 }
 
 async fn push_task(stream: Arc<Stream>, url: String, timeout: Duration, hevc: HevcFlv, shutdown: CancellationToken) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
-        let started = tokio::time::Instant::now();
-        match push_once(&stream, &url, timeout, hevc, &shutdown).await {
+        let mut healthy = false;
+        let wait = match push_once(&stream, &url, timeout, hevc, &shutdown, &mut healthy).await {
             Ok(()) => {
                 info!(stream = %stream.name, %url, "RTMP push finished");
                 return;
             }
             Err(e) => {
-                if started.elapsed() > BACKOFF_MAX {
-                    backoff = BACKOFF_MIN;
-                }
-                warn!(stream = %stream.name, %url, "RTMP push failed: {e:#}; retrying in {backoff:?}");
+                let wait = backoff.after(healthy);
+                warn!(stream = %stream.name, %url, "RTMP push failed: {e:#}; retrying in {wait:?}");
+                wait
             }
-        }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
         // A stream that ended while we were away is not pushed again.
         if stream.subscribe_as("push").recv().await.is_err() {
             return;
@@ -193,6 +233,7 @@ async fn push_once(
     timeout: Duration,
     hevc: HevcFlv,
     shutdown: &CancellationToken,
+    healthy: &mut bool,
 ) -> anyhow::Result<()> {
     let (addr, app, key, tc_url) = parse_url(url)?;
     let sock = tokio::time::timeout(timeout, TcpStream::connect(&addr))
@@ -200,27 +241,14 @@ async fn push_once(
         .map_err(|_| anyhow!("connect to {addr}: timed out"))?
         .with_context(|| format!("connect to {addr}"))?;
     let _ = sock.set_nodelay(true);
-    let (mut rd, mut wr) = sock.into_split();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut hs = Handshake::new(PeerType::Client);
-    let p0p1 = hs.generate_outbound_p0_and_p1().map_err(|e| anyhow!("handshake: {e:?}"))?;
-    write_timeout(&mut wr, &p0p1, timeout).await?;
-    let leftover = loop {
-        let n = read_timeout(&mut rd, &mut buf, timeout).await.context("handshake")?;
-        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                write_timeout(&mut wr, &response_bytes, timeout).await?;
-            }
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                write_timeout(&mut wr, &response_bytes, timeout).await?;
-                break remaining_bytes;
-            }
-        }
-    };
+    let mut sock = sock;
+    let leftover = super::rtmp::handshake(&mut sock, timeout).await?;
+    let (rd, wr) = sock.into_split();
+    let buf = vec![0u8; 64 * 1024];
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url);
     let (session, results) = ClientSession::new(config).map_err(session_err)?;
-    let mut c = Client { rd, wr, session, guard: RtmpCommandGuard::new(), timeout, buf };
+    let mut c = Client { rd, wr, session, guard: RtmpCommandGuard::default(), timeout, buf };
     c.send(results).await?;
     if !leftover.is_empty() {
         let results = handle_input(&mut c.session, &mut c.guard, &leftover)?;
@@ -234,6 +262,7 @@ async fn push_once(
     c.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted), "publish").await?;
     info!(stream = %stream.name, %url, "RTMP push publishing");
 
+    let publishing = tokio::time::Instant::now();
     let mut sub = stream.subscribe_as("push");
     let mut flow = FlvFlow::new(&stream.name, hevc);
     let mut out = Vec::new();
@@ -260,6 +289,7 @@ async fn push_once(
                     }.map_err(session_err)?);
                 }
                 c.send(results).await?;
+                *healthy |= publishing.elapsed() >= HEALTHY_AFTER;
             }
         }
     }
@@ -290,5 +320,25 @@ mod tests {
         assert_eq!(tc, "rtmp://127.0.0.1:1936/live");
         assert_eq!(parse_url("rtmp://h/live").unwrap().0, "h:1935");
         assert!(parse_url("http://h/x").is_err());
+        // IPv6 literals, ports and queries (issue 8: `[::1]` was read as a host with no port).
+        let (addr, app, key, tc) = parse_url("rtmp://[::1]/app/key").unwrap();
+        assert_eq!((addr.as_str(), app.as_str(), key.as_str()), ("[::1]:1935", "app", "key"));
+        assert_eq!(tc, "rtmp://[::1]/app");
+        assert!(addr.parse::<std::net::SocketAddr>().is_ok());
+        assert_eq!(parse_url("rtmp://[::1]:1936/app/k").unwrap().0, "[::1]:1936");
+        let (_, _, key, _) = parse_url("rtmp://h/live/cam1?txSecret=ab&txTime=FF").unwrap();
+        assert_eq!(key, "cam1?txSecret=ab&txTime=FF");
+        assert!(parse_url("rtmp:///live/x").is_err());
+        assert!(parse_url("rtmp://h/").is_err());
+    }
+
+    #[test]
+    fn the_backoff_doubles_and_resets_after_a_healthy_push() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..7).map(|_| b.after(false).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        // A push that dropped after 18 s of healthy publishing retries at once, not in 30 s.
+        assert_eq!(b.after(true), Duration::from_secs(1));
+        assert_eq!(b.after(false), Duration::from_secs(2));
     }
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::media::frame::{Codec, CodecConfig, Frame};
+use crate::frame::{Codec, CodecConfig, Frame};
 
 /// Smallest `max_payload` the packetisers accept (room for FU headers and a few bytes).
 pub const MIN_PAYLOAD: usize = 16;
@@ -309,7 +309,7 @@ fn pack_aac(data: &[u8], max: usize) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::frame::{AudioConfig, VideoConfig};
+    use crate::frame::{AudioConfig, VideoConfig};
 
     fn avcc(nals: &[Vec<u8>]) -> Vec<u8> {
         let mut v = Vec::new();

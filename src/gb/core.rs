@@ -4,6 +4,7 @@
 //! tick drives keepalive expiry, aggregation timeouts and session timers.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,26 +15,63 @@ use tracing::{debug, info, info_span, warn};
 use super::store::Store;
 use super::transport::{self, Inbound, Peer, SipSender};
 use super::{
-    Command, DeviceRecord, Gb, GbError, GbEvent, HistoryRequest, PlayInfo, PlaybackControl, Reply, SessionView,
+    Command, DeviceRecord, Gb, GbCounters, GbError, GbEvent, HistoryRequest, PlayInfo, PlaybackControl, Reply,
+    SessionView,
 };
 use crate::config::{Config, GbConfig, RtpConfig, SipConfig};
 use crate::hub::Hub;
 use crate::proto::sip::digest::{self, NonceCheck};
-use crate::proto::sip::manscdp::{self, CatalogItem, Manscdp, RecordItem};
+use crate::proto::sip::manscdp::{self, CatalogEvent, CatalogItem, Manscdp, RecordItem};
 use crate::proto::sip::rsip::{Method, Request, Response, SipMessage};
 use crate::proto::sip::sdp::{self, MediaTransport, SessionKind};
-use crate::proto::sip::transaction::{Action, Incoming, Transactions};
+use crate::proto::sip::transaction::{Action, GroupLimit, Incoming, Transactions};
 use crate::proto::sip::{self, OutRequest};
 use crate::server::rtp::{self as rtp_server, RtpShared};
 use crate::util::RateLimit;
 
 const TICK: Duration = Duration::from_millis(200);
-/// Catalog / RecordInfo answers being assembled at once.
+/// Catalog / RecordInfo answers being assembled at once, all devices together ...
 const MAX_AGGREGATIONS: usize = 1024;
-/// Items kept per aggregation (a bogus SumNum must not grow memory without bound).
-const MAX_AGG_ITEMS: usize = 10_000;
-/// Source IPs tracked for failed authentications.
+/// ... and RecordInfo queries per device (a device has one Catalog aggregation at most: a new
+/// query replaces the previous one), so one device cannot take every slot (issue 8, hole 6).
+const MAX_RECORD_QUERIES_PER_DEVICE: usize = 4;
+/// Items kept per aggregation, and channels kept per device (a bogus SumNum must not grow
+/// memory without bound).
+const MAX_AGG_ITEMS: usize = sip::MAX_SUM_NUM as usize;
+/// (device ID, source IP) pairs and IPs tracked for failed authentications.
 const MAX_AUTH_SOURCES: usize = 10_000;
+/// The same device is not queried again (DeviceInfo + Catalog) within this long.
+const QUERY_PACE: Duration = Duration::from_secs(60);
+
+/// Log lines a peer can trigger: at most `max` per `window`, then one line saying how many were
+/// left out (a flood must not become a flood of log lines, issue 8 hole 15).
+struct LogBudget {
+    window: Duration,
+    max: u32,
+    start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const fn new(max: u32, window: Duration) -> Self {
+        LogBudget { window, max, start: None, used: 0, suppressed: 0 }
+    }
+
+    /// `Some(lines left out before this one)` when a line may be logged now.
+    fn check(&mut self, now: Instant) -> Option<u64> {
+        if self.start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.max {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GbStartError {
@@ -41,6 +79,50 @@ pub enum GbStartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] super::store::StoreError),
+    #[error("SIP password file {path}: {source}")]
+    Password { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Name of the generated password's file, in the directory of `sip.db`.
+pub const PASSWORD_FILE: &str = "gbgate-sip-password";
+
+/// The default device password. Configured: as is (`""` = no authentication, said loudly).
+/// Unset: read from [`PASSWORD_FILE`] next to `sip.db`, or generated there (mode 0600) and
+/// logged once; with no `sip.db` there is nowhere to keep it, so one is generated for this run.
+/// A gateway never accepts unauthenticated devices by default (issue 8, hole 4).
+pub fn resolve_password(sip: &SipConfig) -> Result<String, GbStartError> {
+    if let Some(p) = &sip.password {
+        if p.is_empty() {
+            warn!("[sip] password = \"\": any device registers without authentication");
+        }
+        return Ok(p.clone());
+    }
+    let generated = || sip::hex_token(rand::random(), 16);
+    let Some(db) = &sip.db else {
+        let p = generated();
+        warn!(password = %p, "[sip] password unset and no [sip] db to keep one: generated for this run only; set [sip] password");
+        return Ok(p);
+    };
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let path = dir.join(PASSWORD_FILE);
+    let err = |source| GbStartError::Password { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            info!(file = %path.display(), "SIP device password read (set [sip] password to choose one)");
+            return Ok(text.trim().to_string());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let p = generated();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path).map_err(err)?, format!("{p}\n").as_bytes()).map_err(err)?;
+    warn!(password = %p, file = %path.display(), "[sip] password unset: generated one for devices, stored in the file (logged only this once)");
+    Ok(p)
 }
 
 /// Starts the SIP sockets and the signalling task; registers play on demand with the hub.
@@ -54,11 +136,17 @@ pub async fn start(
     let (udp, tcp, sip_addr) = transport::bind(cfg.sip.listen)
         .await
         .map_err(|source| GbStartError::Listen { addr: cfg.sip.listen, source })?;
+    let password = resolve_password(&cfg.sip)?;
+    let counters = Arc::new(GbCounters::default());
     let (store, stored) = match &cfg.sip.db {
-        Some(path) => Store::open(path)?,
+        Some(path) => Store::open(path, counters.clone())?,
         None => (Store::memory(), Vec::new()),
     };
-    let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, shutdown.clone());
+    // The sockets outlive the gateway's shutdown signal until the core has sent its BYEs and
+    // they are flushed: the core cancels `sockets` when it is done (SIGTERM lost a BYE when the
+    // sockets closed first and the core took the closed queue for the end).
+    let sockets = CancellationToken::new();
+    let (out, inbound) = transport::start(udp, tcp, cfg.sip.max_tcp_connections, 4096, sockets.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let mut devices = HashMap::new();
@@ -68,10 +156,14 @@ pub async fn start(
         // Nobody is online until it speaks: a keepalive from a device whose registration has
         // not expired brings it back (devices do not re-REGISTER after our restart).
         rec.online = false;
-        snapshot.insert(rec.id.clone(), rec.clone());
-        devices.insert(rec.id.clone(), DevState { rec, conn: None, last_seen: now });
+        snapshot.insert(rec.id.clone(), view(&rec));
+        devices.insert(
+            rec.id.clone(),
+            DevState { rec, conn: None, last_seen: now, queried: None, query_due: false, reg_call_id: String::new() },
+        );
     }
     let shared = Arc::new(RwLock::new(snapshot));
+    let ended = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let gb = Gb {
         devices: shared.clone(),
         cmd: cmd_tx,
@@ -79,10 +171,14 @@ pub async fn start(
         hub: hub.clone(),
         sip_addr,
         media_timeout: cfg.gb.media_timeout.0,
+        counters: counters.clone(),
+        sip_counters: out.counters.clone(),
+        ended: ended.clone(),
     };
     hub.add_demand(Arc::new(gb.clone()));
     let core = Core {
         sip: cfg.sip.clone(),
+        password,
         gb: cfg.gb.clone(),
         rtp_cfg: cfg.rtp.clone(),
         hub,
@@ -97,7 +193,15 @@ pub async fn start(
         store,
         secret: sip::hex_token(rand::random(), 32),
         auth_failures: HashMap::new(),
+        ip_failures: HashMap::new(),
+        peer_log: LogBudget::new(20, Duration::from_secs(10)),
+        state_log: LogBudget::new(50, Duration::from_secs(10)),
+        query_window: (now, 0),
         auth_log: RateLimit::new(Duration::from_secs(10)),
+        foreign_log: RateLimit::new(Duration::from_secs(10)),
+        ended,
+        catalog_log: RateLimit::new(Duration::from_secs(10)),
+        counters,
         sn: 1,
         ssrc_seq: rand::random::<u32>() % 10_000,
         catalogs: HashMap::new(),
@@ -108,7 +212,7 @@ pub async fn start(
         utc_offset: super::localtime::utc_offset(unix_now() as i64),
     };
     info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");
-    let task = tokio::spawn(core.run(inbound, cmd_rx, shutdown));
+    let task = tokio::spawn(core.run(inbound, cmd_rx, shutdown, sockets));
     Ok((gb, task))
 }
 
@@ -117,9 +221,21 @@ struct DevState {
     /// The SIP-over-TCP connection the device registered on.
     conn: Option<u64>,
     last_seen: Instant,
+    /// When DeviceInfo + Catalog were last asked, and whether they are waiting for budget.
+    queried: Option<Instant>,
+    query_due: bool,
+    /// Call-ID of its last REGISTER: a new one is a new boot of the device (RFC 3261 §10.2.4
+    /// keeps one Call-ID per boot for refreshes).
+    reg_call_id: String,
 }
 
 impl DevState {
+    /// The address and transport of its registration: the only source its requests are
+    /// accepted from (a forged MESSAGE must not move it, issue 8 hole 11).
+    fn is_source(&self, peer: Peer) -> bool {
+        peer.addr() == self.rec.addr && peer.reliable() == (self.rec.transport == "tcp")
+    }
+
     fn peer(&self) -> Peer {
         match self.conn {
             Some(conn) => Peer::Tcp { conn, addr: self.rec.addr },
@@ -130,10 +246,22 @@ impl DevState {
 
 /// What a client transaction was for (resolved on its final response or timeout).
 enum Pending {
-    Query { device: String, cmd: &'static str },
-    Invite { stream: String },
-    InDialog { what: &'static str, reply: Option<Reply<()>> },
-    Control { reply: Reply<()> },
+    /// `background`: sent after a registration (a share of the table at most), not asked for.
+    Query {
+        device: String,
+        cmd: &'static str,
+        background: bool,
+    },
+    Invite {
+        stream: String,
+    },
+    InDialog {
+        what: &'static str,
+        reply: Option<Reply<()>>,
+    },
+    Control {
+        reply: Reply<()>,
+    },
 }
 
 struct Aggregation<T> {
@@ -172,6 +300,8 @@ struct Session {
 
 struct Core {
     sip: SipConfig,
+    /// The default device password, resolved at start (`resolve_password`).
+    password: String,
     gb: GbConfig,
     rtp_cfg: RtpConfig,
     hub: Arc<Hub>,
@@ -185,8 +315,24 @@ struct Core {
     events: broadcast::Sender<GbEvent>,
     store: Store,
     secret: String,
-    auth_failures: HashMap<IpAddr, (Instant, u32)>,
+    /// Failed authentications per (device ID, source IP): a NAT of cameras shares an IP.
+    auth_failures: HashMap<(String, IpAddr), (Instant, u32)>,
+    /// ... and per IP, all IDs together (a guesser rotating IDs).
+    ip_failures: HashMap<IpAddr, (Instant, u32)>,
+    /// Lines a peer can trigger (refusals, failures) ...
+    peer_log: LogBudget,
+    /// ... and state changes it can cause (registered, offline, back online).
+    state_log: LogBudget,
+    /// Queries after registrations sent in the current one-second window.
+    query_window: (Instant, u32),
     auth_log: RateLimit,
+    /// Requests of a registered device from elsewhere (hole 11).
+    foreign_log: RateLimit,
+    /// Catalogs refused or trimmed (holes 6, 14).
+    catalog_log: RateLimit,
+    counters: Arc<GbCounters>,
+    /// The last sessions that ended (shared with the API).
+    ended: Arc<std::sync::Mutex<std::collections::VecDeque<super::EndedSession>>>,
     sn: u32,
     ssrc_seq: u32,
     catalogs: HashMap<(String, u32), Aggregation<CatalogItem>>,
@@ -206,6 +352,25 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// A device as the API shows it: a channel is online only while its device is (the stored
+/// record keeps each channel's own Status for when the device is back).
+fn view(rec: &DeviceRecord) -> DeviceRecord {
+    let mut v = rec.clone();
+    if !v.online {
+        for c in &mut v.channels {
+            c.online = false;
+        }
+    }
+    v
+}
+
+/// A server transaction's key: the branch (or Call-ID + CSeq) *and* the source. Cheap devices
+/// number their branches alike; without the source one device's REGISTER would be taken for a
+/// retransmission of another's and answered with that one's cached response.
+fn server_key(req: &Request, peer: Peer) -> Option<String> {
+    sip::transaction_key(&req.headers).map(|k| format!("{}|{}|{k}", peer.via(), peer.addr()))
+}
+
 fn random_token(n: usize) -> String {
     sip::hex_token(rand::random(), n)
 }
@@ -216,12 +381,16 @@ impl Core {
         mut inbound: mpsc::Receiver<Inbound>,
         mut cmds: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
+        sockets: CancellationToken,
     ) {
+        let _close_sockets = sockets.drop_guard();
         let mut next_tick = Instant::now() + TICK;
         let mut actions = Vec::new();
         loop {
             let wake = self.tx.poll_timeout().map_or(next_tick, |t| t.min(next_tick));
             tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.stop().await,
                 m = inbound.recv() => match m {
                     Some(Inbound::Message(msg, peer)) => self.on_message(*msg, peer, Instant::now()),
                     Some(Inbound::Closed(conn)) => {
@@ -231,11 +400,11 @@ impl Core {
                             }
                         }
                     }
-                    None => return,
+                    None => return self.stop().await,
                 },
                 c = cmds.recv() => match c {
                     Some(c) => self.on_command(c, Instant::now()),
-                    None => return,
+                    None => return self.stop().await,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -251,15 +420,18 @@ impl Core {
                         self.tick(now);
                     }
                 }
-                _ = shutdown.cancelled() => {
-                    let streams: Vec<String> = self.sessions.keys().cloned().collect();
-                    for s in streams {
-                        self.end_session(&s, "gateway stopping", true);
-                    }
-                    return;
-                }
             }
         }
+    }
+
+    /// Every graceful stop ends here: BYE every session, then wait (briefly) until the TCP
+    /// connections have written what is queued, before the sockets close.
+    async fn stop(&mut self) {
+        let streams: Vec<String> = self.sessions.keys().cloned().collect();
+        for s in streams {
+            self.end_session(&s, "gateway stopping", true);
+        }
+        self.out.flush(Duration::from_millis(500)).await;
     }
 
     // ----- plumbing -----
@@ -295,7 +467,7 @@ impl Core {
         let resp = sip::response(req, code, &random_token(10), peer.addr(), extra, body);
         let bytes = resp.to_bytes();
         if code >= 200 {
-            if let Some(key) = sip::transaction_key(&req.headers) {
+            if let Some(key) = server_key(req, peer) {
                 self.tx.server_response(&key, &bytes, peer.reliable(), Instant::now());
             }
         }
@@ -339,9 +511,23 @@ impl Core {
         if let Some(p) = pending {
             let key = format!("{branch}|{method}");
             let invite = method == Method::Invite;
-            self.tx
-                .start_client(key, peer, bytes.clone(), peer.reliable(), invite, p, Instant::now())
-                .map_err(|e| GbError::Busy(e.to_string()))?;
+            // One peer holds at most its share of the table, and queries nobody asked for
+            // (after registrations) half of it: a flood of registrants never leaves a real
+            // camera's INVITE "transaction table full" (issue 8, hole 15).
+            let mut limits = vec![GroupLimit {
+                group: format!("peer {}", peer.addr().ip()),
+                max: self.sip.max_transactions_per_peer,
+            }];
+            if matches!(p, Pending::Query { background: true, .. }) {
+                limits.push(GroupLimit { group: "background".into(), max: (self.sip.max_transactions / 2).max(1) });
+            }
+            let reliable = peer.reliable();
+            if let Err(e) =
+                self.tx.start_client_limited(key, peer, bytes.clone(), reliable, invite, p, Instant::now(), &limits)
+            {
+                self.counters.transactions_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(GbError::Busy(format!("{e} (towards {} or in total)", peer.addr().ip())));
+            }
         }
         self.out.send(peer, bytes);
         Ok(())
@@ -349,7 +535,7 @@ impl Core {
 
     fn publish(&mut self, id: &str) {
         if let Some(d) = self.devices.get(id) {
-            self.shared.write().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), d.rec.clone());
+            self.shared.write().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), view(&d.rec));
         }
     }
 
@@ -391,13 +577,53 @@ impl Core {
         )
     }
 
-    fn query(&mut self, device: &str, cmd: &'static str) -> u32 {
+    fn query(&mut self, device: &str, cmd: &'static str, background: bool) -> Result<u32, GbError> {
         let sn = self.next_sn();
         let body = manscdp::build("Query", cmd, sn, device, "", true);
-        if let Err(e) = self.send_manscdp(device, device, body, Pending::Query { device: device.to_string(), cmd }) {
-            warn!(%device, "{cmd} query not sent: {e}");
+        let pending = Pending::Query { device: device.to_string(), cmd, background };
+        if let Err(e) = self.send_manscdp(device, device, body, pending) {
+            if let Some(suppressed) = self.peer_log.check(Instant::now()) {
+                warn!(%device, suppressed, "{cmd} query not sent: {e}");
+            }
+            return Err(e);
         }
-        sn
+        Ok(sn)
+    }
+
+    /// DeviceInfo + Catalog after a registration, paced: a device at most once per QUERY_PACE,
+    /// all devices together `queries_per_second`; a device whose address (or the background
+    /// share) has no transaction room left stays due, without using the budget, for a later tick.
+    fn send_due_queries(&mut self, now: Instant) {
+        let due: Vec<(String, IpAddr)> = self
+            .devices
+            .values()
+            .filter(|d| d.query_due && d.rec.online)
+            .map(|d| (d.rec.id.clone(), d.rec.addr.ip()))
+            .collect();
+        let background = (self.sip.max_transactions / 2).max(1);
+        for (id, ip) in due {
+            if now.duration_since(self.query_window.0) >= Duration::from_secs(1) {
+                self.query_window = (now, 0);
+            }
+            if self.query_window.1 >= self.sip.queries_per_second || self.tx.group_count("background") + 2 > background
+            {
+                return;
+            }
+            if self.tx.group_count(&format!("peer {ip}")) + 2 > self.sip.max_transactions_per_peer {
+                continue;
+            }
+            let Some(d) = self.devices.get_mut(&id) else { continue };
+            d.query_due = false;
+            if d.queried.is_some_and(|t| now.duration_since(t) < QUERY_PACE) {
+                continue;
+            }
+            d.queried = Some(now);
+            self.query_window.1 += 1;
+            let _ = self.query(&id, "DeviceInfo", true);
+            if let Ok(sn) = self.query(&id, "Catalog", true) {
+                self.start_catalog(&id, sn, now);
+            }
+        }
     }
 
     // ----- inbound -----
@@ -416,13 +642,16 @@ impl Core {
         }
         // A source over its failed-authentication budget is dropped before it can take a
         // transaction slot (a flood must not crowd out real devices).
-        if req.method == Method::Register && self.rate_limited(peer.addr().ip(), now) {
-            if let Some(suppressed) = self.auth_log.check(now) {
-                warn!(peer = %peer.addr(), suppressed, "REGISTER dropped: too many failed authentications from this source");
+        if req.method == Method::Register {
+            let id = Self::device_id_of(&req).unwrap_or_default();
+            if self.rate_limited(&id, peer.addr().ip(), now) {
+                if let Some(suppressed) = self.auth_log.check(now) {
+                    warn!(peer = %peer.addr(), device = %id, suppressed, "REGISTER dropped: too many failed authentications");
+                }
+                return;
             }
-            return;
         }
-        let Some(key) = sip::transaction_key(&req.headers) else { return };
+        let Some(key) = server_key(&req, peer) else { return };
         match self.tx.server_request(&key, peer, now) {
             Ok(Incoming::New) => {}
             Ok(Incoming::Retransmit(bytes)) => {
@@ -445,6 +674,9 @@ impl Core {
             Method::Bye => {
                 let call_id = sip::header(&req.headers, "Call-ID").unwrap_or("").to_string();
                 match self.by_call.get(&call_id).cloned() {
+                    Some(stream) if !self.is_session_device(&stream, peer, now) => {
+                        self.respond(&req, peer, 403, vec![], Vec::new())
+                    }
                     Some(stream) => {
                         self.respond(&req, peer, 200, vec![], Vec::new());
                         self.end_session(&stream, "BYE from the device", false);
@@ -470,29 +702,49 @@ impl Core {
     }
 
     fn password_for(&self, id: &str) -> &str {
-        self.sip.passwords.get(id).map(String::as_str).unwrap_or(&self.sip.password)
+        self.sip.passwords.get(id).map(String::as_str).unwrap_or(&self.password)
     }
 
-    /// Counts a failed authentication; `true` when the source is over its budget.
-    fn auth_failed(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.auth_failures.len() >= MAX_AUTH_SOURCES && !self.auth_failures.contains_key(&ip) {
-            self.auth_failures.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+    /// Counts a failed authentication of `id` from `ip`; `true` when over the budget.
+    fn auth_failed(&mut self, id: &str, ip: IpAddr, now: Instant) -> bool {
+        let minute = Duration::from_secs(60);
+        let key = (id.to_string(), ip);
+        if self.auth_failures.len() >= MAX_AUTH_SOURCES && !self.auth_failures.contains_key(&key) {
+            self.auth_failures.retain(|_, (t, _)| now.duration_since(*t) < minute);
             if self.auth_failures.len() >= MAX_AUTH_SOURCES {
                 return true;
             }
         }
-        let e = self.auth_failures.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
+        if self.ip_failures.len() >= MAX_AUTH_SOURCES && !self.ip_failures.contains_key(&ip) {
+            self.ip_failures.retain(|_, (t, _)| now.duration_since(*t) < minute);
+        }
+        if self.ip_failures.len() < MAX_AUTH_SOURCES || self.ip_failures.contains_key(&ip) {
+            let e = self.ip_failures.entry(ip).or_insert((now, 0));
+            if now.duration_since(e.0) >= minute {
+                *e = (now, 0);
+            }
+            e.1 = e.1.saturating_add(1);
+        }
+        let e = self.auth_failures.entry(key).or_insert((now, 0));
+        if now.duration_since(e.0) >= minute {
             *e = (now, 0);
         }
-        e.1 += 1;
+        e.1 = e.1.saturating_add(1);
         e.1 > self.sip.auth_failures_per_minute
     }
 
-    fn rate_limited(&self, ip: IpAddr, now: Instant) -> bool {
-        self.auth_failures.get(&ip).is_some_and(|(t, n)| {
-            now.duration_since(*t) < Duration::from_secs(60) && *n >= self.sip.auth_failures_per_minute
-        })
+    /// Whether a REGISTER of `id` from `ip` is dropped unanswered: that pair used its failure
+    /// budget, or the IP used ten budgets and `id` is not registered from it (a guesser rotating
+    /// IDs; the devices behind the same NAT that authenticated keep refreshing).
+    fn rate_limited(&self, id: &str, ip: IpAddr, now: Instant) -> bool {
+        let minute = Duration::from_secs(60);
+        let budget = self.sip.auth_failures_per_minute;
+        let over = |(t, n): &(Instant, u32), max: u32| now.duration_since(*t) < minute && *n >= max;
+        if self.auth_failures.get(&(id.to_string(), ip)).is_some_and(|e| over(e, budget)) {
+            return true;
+        }
+        self.ip_failures.get(&ip).is_some_and(|e| over(e, budget.saturating_mul(10)))
+            && self.devices.get(id).is_none_or(|d| d.rec.addr.ip() != ip)
     }
 
     fn on_register(&mut self, req: &Request, peer: Peer, now: Instant) {
@@ -503,10 +755,8 @@ impl Core {
         let span = info_span!("register", device = %id, peer = %peer.addr());
         let _g = span.enter();
         let contact = sip::header(&req.headers, "Contact").unwrap_or("").to_string();
-        let expires = sip::header(&req.headers, "Expires")
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| sip::param(&contact, "expires").and_then(|v| v.parse().ok()));
-        let Some(expires) = expires else {
+        // Clamped to [0, MAX_EXPIRES]: the answer's Expires tells the device what it got.
+        let Some(expires) = sip::expires(&req.headers) else {
             return self.respond(req, peer, 400, vec![], Vec::new());
         };
         let password = self.password_for(&id).to_string();
@@ -543,8 +793,10 @@ impl Core {
                 }
             }
             if !digest::verify("REGISTER", &password, &params) {
-                let over = self.auth_failed(ip, now);
-                info!(over_limit = over, "REGISTER with a wrong password: 403");
+                let over = self.auth_failed(&id, ip, now);
+                if let Some(suppressed) = self.peer_log.check(now) {
+                    info!(over_limit = over, suppressed, "REGISTER with a wrong password: 403");
+                }
                 return self.respond(req, peer, 403, vec![], Vec::new());
             }
         }
@@ -561,15 +813,16 @@ impl Core {
             if let Some(d) = self.devices.get_mut(&id) {
                 d.rec.online = false;
                 d.rec.expires = 0;
-                info!("unregistered");
+                if let Some(suppressed) = self.state_log.check(now) {
+                    info!(suppressed, "unregistered");
+                }
                 self.persist(&id);
                 self.event(GbEvent::Unregistered { device: id.clone() });
                 self.end_device_sessions(&id, "device unregistered");
             }
             return;
         }
-        if !self.devices.contains_key(&id) && self.devices.len() >= self.sip.max_devices {
-            warn!(max = self.sip.max_devices, "device table full: 503");
+        if !self.devices.contains_key(&id) && !self.make_room(ip, now) {
             return self.respond(req, peer, 503, vec![], Vec::new());
         }
         let conn = match peer {
@@ -578,6 +831,13 @@ impl Core {
         };
         let ua = sip::header(&req.headers, "User-Agent").unwrap_or("").to_string();
         let unix = unix_now();
+        // A new Call-ID while we still hold sessions: the device restarted (a camera rebooted
+        // mid-play). Its dialogs are gone on its side; end ours (BYE to where they lived) so the
+        // next play INVITEs afresh instead of waiting on a dead session.
+        let call_id = sip::header(&req.headers, "Call-ID").unwrap_or("").to_string();
+        if self.devices.get(&id).is_some_and(|d| !d.reg_call_id.is_empty() && d.reg_call_id != call_id) {
+            self.end_device_sessions(&id, "device registered again (restarted)");
+        }
         let entry = self.devices.entry(id.clone()).or_insert_with(|| DevState {
             rec: DeviceRecord {
                 id: id.clone(),
@@ -595,8 +855,12 @@ impl Core {
             },
             conn: None,
             last_seen: now,
+            queried: None,
+            query_due: false,
+            reg_call_id: String::new(),
         });
         let was_online = entry.rec.online;
+        entry.reg_call_id = call_id;
         entry.rec.online = true;
         entry.rec.transport = if conn.is_some() { "tcp" } else { "udp" }.into();
         entry.rec.addr = peer.addr();
@@ -616,19 +880,69 @@ impl Core {
         );
         self.persist(&id);
         if !was_online {
-            info!(expires, "registered");
+            if let Some(suppressed) = self.state_log.check(now) {
+                info!(expires, suppressed, "registered");
+            }
             self.event(GbEvent::Registered { device: id.clone() });
             self.event(GbEvent::Online { device: id.clone() });
             if self.gb.query_on_register {
-                self.query(&id, "DeviceInfo");
-                let sn = self.query(&id, "Catalog");
-                self.start_catalog(&id, sn, now);
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.query_due = true;
+                }
+                self.send_due_queries(now);
+            }
+        }
+    }
+
+    /// Room for one more device registering from `ip` (issue 8, hole 13): over
+    /// `max_devices_per_source` that IP's longest-offline device gives way, and in a full table
+    /// the longest-offline device of any source (deleted from the store too). `false` (503)
+    /// when every candidate is online or has a session.
+    fn make_room(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let from_ip = self.devices.values().filter(|d| d.rec.addr.ip() == ip).count();
+        let (scope, max) = if from_ip >= self.sip.max_devices_per_source {
+            (Some(ip), "max_devices_per_source")
+        } else if self.devices.len() >= self.sip.max_devices {
+            (None, "max_devices")
+        } else {
+            return true;
+        };
+        let victim = self
+            .devices
+            .values()
+            .filter(|d| !d.rec.online && scope.is_none_or(|ip| d.rec.addr.ip() == ip))
+            .filter(|d| !self.sessions.values().any(|s| s.device == d.rec.id))
+            .min_by_key(|d| d.rec.last_keepalive.max(d.rec.registered_at))
+            .map(|d| d.rec.id.clone());
+        match victim {
+            Some(id) => {
+                self.devices.remove(&id);
+                self.shared.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.store.delete(&id);
+                self.catalogs.retain(|(d, _), _| *d != id);
+                self.counters.devices_evicted.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.peer_log.check(now) {
+                    info!(evicted = %id, %ip, limit = max, suppressed, "device table: the longest-offline device gives way");
+                }
+                true
+            }
+            None => {
+                self.counters.registers_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.peer_log.check(now) {
+                    warn!(%ip, limit = max, suppressed, "device table full of online devices: 503");
+                }
+                false
             }
         }
     }
 
     fn start_catalog(&mut self, device: &str, sn: u32, now: Instant) {
+        self.catalogs.retain(|(d, _), _| d != device);
         if self.catalogs.len() >= MAX_AGGREGATIONS {
+            self.counters.aggregations_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(now) {
+                warn!(%device, suppressed, "catalog answer not awaited: {MAX_AGGREGATIONS} aggregations open");
+            }
             return;
         }
         self.catalogs.insert(
@@ -648,6 +962,9 @@ impl Core {
         };
         // MediaStatus is matched by Call-ID: Hikvision's From is not the device ID (wvp).
         if let Some(stream) = self.by_call.get(&call_id).cloned() {
+            if !self.is_session_device(&stream, peer, now) {
+                return self.respond(req, peer, 403, vec![], Vec::new());
+            }
             self.respond(req, peer, 200, vec![], Vec::new());
             if m.cmd_type == "MediaStatus" && m.el.text_of("NotifyType") == Some("121") {
                 self.end_session(&stream, "end of file (MediaStatus 121)", true);
@@ -660,12 +977,18 @@ impl Core {
             debug!(device = %id, cmd = %m.cmd_type, "MESSAGE from an unknown device: 404");
             return self.respond(req, peer, 404, vec![], Vec::new());
         };
-        let registered_until = d.rec.registered_at + d.rec.expires;
+        let registered_until = d.rec.registered_at.saturating_add(d.rec.expires);
         if d.rec.expires == 0 || unix_now() > registered_until {
             return self.respond(req, peer, 404, vec![], Vec::new());
         }
-        // Follow the device's address (NAT rebinding changes the port: wvp PR #2227).
-        d.rec.addr = peer.addr();
+        // Only from the address and transport of its registration (after our restart: the
+        // stored one, D25). A NAT rebinding shows up here too: the device must REGISTER again
+        // (with digest) from its new address rather than anyone moving it with one MESSAGE.
+        if !d.is_source(peer) {
+            let registered = d.rec.addr;
+            self.refuse_foreign(&id, peer, registered, &m.cmd_type, now);
+            return self.respond(req, peer, 403, vec![], Vec::new());
+        }
         if let Peer::Tcp { conn, .. } = peer {
             d.conn = Some(conn);
         }
@@ -677,7 +1000,9 @@ impl Core {
         d.rec.online = true;
         self.respond(req, peer, 200, vec![], Vec::new());
         if came_online {
-            info!(device = %id, "back online (keepalive of a registered device)");
+            if let Some(suppressed) = self.state_log.check(now) {
+                info!(device = %id, suppressed, "back online (keepalive of a registered device)");
+            }
             self.persist(&id);
             self.event(GbEvent::Online { device: id.clone() });
         } else {
@@ -699,6 +1024,29 @@ impl Core {
         }
     }
 
+    /// Counts and logs (rate-limited) a request naming `device` from a source that is not its own.
+    fn refuse_foreign(&mut self, device: &str, peer: Peer, registered: SocketAddr, what: &str, now: Instant) {
+        self.counters.foreign_source_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.foreign_log.check(now) {
+            warn!(%device, peer = %peer.addr(), transport = peer.via(), %registered, what, suppressed,
+                "request of a registered device from another source refused (403): it must REGISTER from there");
+        }
+    }
+
+    /// Whether an in-dialog request of `stream` comes from its device's registered source.
+    fn is_session_device(&mut self, stream: &str, peer: Peer, now: Instant) -> bool {
+        let Some(dev) = self.sessions.get(stream).map(|s| s.device.clone()) else { return false };
+        match self.devices.get(&dev) {
+            Some(d) if d.is_source(peer) => true,
+            Some(d) => {
+                let registered = d.rec.addr;
+                self.refuse_foreign(&dev, peer, registered, "in-dialog request", now);
+                false
+            }
+            None => false,
+        }
+    }
+
     fn answer_query(&mut self, device: &str, cmd: &'static str, m: &Manscdp) {
         if let Some((reply, _)) = self.queries.remove(&(device.to_string(), cmd, m.sn)) {
             let fields =
@@ -711,31 +1059,91 @@ impl Core {
         }
     }
 
+    /// A Catalog answer or notification from the device's registered source (D51). An answer is
+    /// taken only under the SN of our own query; a notification (`Notify`) only with items, merged
+    /// by DeviceID (Event DEL removes). Neither can erase a known list (issue 8, hole 14).
     fn on_catalog(&mut self, device: &str, m: &Manscdp, now: Instant) {
-        let (sum, items) = manscdp::catalog(m);
-        let key = (device.to_string(), m.sn);
-        if !self.catalogs.contains_key(&key) {
-            // An answer to a query we did not send (or after our timeout): assemble it too, but
-            // never let a stray one-item message replace a full list (wvp #1425) -- see finish.
-            self.start_catalog(device, m.sn, now);
+        let (sum, items) = manscdp::catalog_events(m);
+        if m.root == "Notify" {
+            return self.on_catalog_notify(device, m.sn, items, now);
         }
-        let Some(agg) = self.catalogs.get_mut(&key) else { return };
+        let key = (device.to_string(), m.sn);
+        let Some(agg) = self.catalogs.get_mut(&key) else {
+            self.counters.catalogs_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(now) {
+                warn!(%device, sn = m.sn, items = items.len(), suppressed, "Catalog answer to no query of ours (or too late): ignored");
+            }
+            return;
+        };
         agg.sum = sum;
         agg.last = now;
-        for it in items {
-            if agg.items.len() < MAX_AGG_ITEMS {
+        let mut dropped = 0u64;
+        for (it, _) in items {
+            if agg.items.len() < MAX_AGG_ITEMS || agg.items.contains_key(&it.device_id) {
                 agg.items.insert(it.device_id.clone(), it);
+            } else {
+                dropped += 1;
             }
         }
         if agg.items.len() as u32 >= agg.sum {
             self.finish_catalog(&key);
         }
+        self.items_dropped(device, "Catalog", dropped, now);
+    }
+
+    fn items_dropped(&mut self, device: &str, what: &str, dropped: u64, now: Instant) {
+        if dropped == 0 {
+            return;
+        }
+        self.counters.aggregation_items_dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(suppressed) = self.catalog_log.check(now) {
+            warn!(%device, what, dropped, suppressed, "items beyond {MAX_AGG_ITEMS} dropped");
+        }
+    }
+
+    fn on_catalog_notify(&mut self, device: &str, sn: u32, items: Vec<(CatalogItem, CatalogEvent)>, now: Instant) {
+        if items.is_empty() {
+            self.counters.catalogs_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(now) {
+                warn!(%device, sn, suppressed, "Catalog notification without items: ignored");
+            }
+            return;
+        }
+        let Some(d) = self.devices.get_mut(device) else { return };
+        let mut dropped = 0u64;
+        for (it, event) in items {
+            let at = d.rec.channels.iter().position(|c| c.device_id == it.device_id);
+            match (event, at) {
+                (CatalogEvent::Delete, Some(i)) => {
+                    d.rec.channels.remove(i);
+                }
+                (CatalogEvent::Delete, None) => {}
+                (CatalogEvent::Upsert, Some(i)) => d.rec.channels[i] = it,
+                (CatalogEvent::Upsert, None) if d.rec.channels.len() < MAX_AGG_ITEMS => d.rec.channels.push(it),
+                (CatalogEvent::Upsert, None) => dropped += 1,
+            }
+        }
+        d.rec.catalog_at = Some(unix_now());
+        let n = d.rec.channels.len();
+        if let Some(suppressed) = self.state_log.check(now) {
+            info!(%device, channels = n, suppressed, "catalog notification applied");
+        }
+        self.persist(device);
+        self.event(GbEvent::Catalog { device: device.to_string(), channels: n });
+        self.items_dropped(device, "Catalog notification", dropped, now);
     }
 
     fn finish_catalog(&mut self, key: &(String, u32)) {
         let Some(agg) = self.catalogs.remove(key) else { return };
         let Some(d) = self.devices.get_mut(&key.0) else { return };
         let complete = agg.items.len() as u32 >= agg.sum;
+        if agg.items.is_empty() && !d.rec.channels.is_empty() {
+            self.counters.empty_catalogs_ignored.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.catalog_log.check(Instant::now()) {
+                warn!(device = %key.0, known = d.rec.channels.len(), suppressed, "empty catalog does not erase the known channel list");
+            }
+            return;
+        }
         if !complete && agg.items.len() < d.rec.channels.len() {
             info!(device = %key.0, got = agg.items.len(), sum = agg.sum, "partial catalog kept aside (smaller than the current list)");
             return;
@@ -754,10 +1162,13 @@ impl Core {
         let Some(agg) = self.records.get_mut(&key) else { return };
         agg.sum = sum;
         agg.last = now;
+        let mut dropped = 0u64;
         for it in items {
             if agg.items.len() < MAX_AGG_ITEMS {
                 // De-duplicated on start+end (wvp).
                 agg.items.insert(format!("{}|{}|{}", it.start_time, it.end_time, it.device_id), it);
+            } else {
+                dropped += 1;
             }
         }
         if agg.items.len() as u32 >= agg.sum {
@@ -767,6 +1178,7 @@ impl Core {
                 }
             }
         }
+        self.items_dropped(device, "RecordInfo", dropped, now);
     }
 
     fn on_response(&mut self, resp: Response, peer: Peer) {
@@ -805,7 +1217,7 @@ impl Core {
         let call_id = sip::header(&resp.headers, "Call-ID").unwrap_or("").to_string();
         let to = sip::header(&resp.headers, "To").unwrap_or("").to_string();
         let from_tag = sip::header(&resp.headers, "From").and_then(sip::tag).unwrap_or("").to_string();
-        let cseq = sip::cseq(&resp.headers).map_or(1, |c| c.0) + 1;
+        let cseq = sip::cseq(&resp.headers).map_or(1, |c| c.0).saturating_add(1);
         let uri = format!("sip:{}@{}", sip::uri_user(&to).unwrap_or(""), peer.addr());
         let pending = Pending::InDialog { what: "BYE", reply: None };
         let _ = self.send_request(
@@ -825,9 +1237,11 @@ impl Core {
 
     fn on_final(&mut self, p: Pending, resp: &Response, peer: Peer, code: u16) {
         match p {
-            Pending::Query { device, cmd } => {
+            Pending::Query { device, cmd, .. } => {
                 if code >= 300 {
-                    info!(%device, cmd, code, "query refused");
+                    if let Some(suppressed) = self.peer_log.check(Instant::now()) {
+                        info!(%device, cmd, code, suppressed, "query refused");
+                    }
                 }
             }
             Pending::InDialog { what, reply } => {
@@ -923,7 +1337,9 @@ impl Core {
                     _ => rtp.announce(new, stream.to_string()),
                 }
             }
-            if s.transport == MediaTransport::TcpActive {
+            if s.transport == MediaTransport::TcpActive && a.port == 0 {
+                warn!(stream, "answer with m= port 0: cannot connect (TCP active)");
+            } else if s.transport == MediaTransport::TcpActive {
                 let target = SocketAddr::new(a.connection.unwrap_or(peer.addr().ip()), a.port);
                 // Private c= behind NAT: fall back to the signalling source IP (wvp #1261).
                 let fallback = SocketAddr::new(peer.addr().ip(), a.port);
@@ -961,7 +1377,11 @@ impl Core {
 
     fn on_timeout(&mut self, p: Pending) {
         match p {
-            Pending::Query { device, cmd } => info!(%device, cmd, "query: no answer"),
+            Pending::Query { device, cmd, .. } => {
+                if let Some(suppressed) = self.peer_log.check(Instant::now()) {
+                    info!(%device, cmd, suppressed, "query: no answer");
+                }
+            }
             Pending::InDialog { what, reply } => {
                 debug!(what, "in-dialog request: no answer");
                 if let Some(r) = reply {
@@ -1138,7 +1558,7 @@ impl Core {
                     s.to_header.clone(),
                     &s.call_id,
                     &s.from_tag,
-                    s.cseq + 1,
+                    s.cseq.saturating_add(1),
                     vec![],
                     None,
                     Vec::new(),
@@ -1147,6 +1567,19 @@ impl Core {
             }
         }
         info!(stream, device = %s.device, reason, "session ended");
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            if ended.len() >= super::ENDED_KEPT {
+                ended.pop_front();
+            }
+            ended.push_back(super::EndedSession {
+                stream: stream.to_string(),
+                device: s.device.clone(),
+                channel: s.channel.clone(),
+                reason: reason.to_string(),
+                ended_at: unix_now(),
+            });
+        }
         self.event(GbEvent::SessionEnded {
             device: s.device.clone(),
             channel: s.channel.clone(),
@@ -1224,7 +1657,9 @@ impl Core {
             Command::RecordInfo { device, channel, start, end, reply } => {
                 match self.find_device(device.as_deref(), &channel) {
                     Ok(dev) => {
-                        if self.records.len() >= MAX_AGGREGATIONS {
+                        let mine = self.records.keys().filter(|(d, _)| *d == dev).count();
+                        if self.records.len() >= MAX_AGGREGATIONS || mine >= MAX_RECORD_QUERIES_PER_DEVICE {
+                            self.counters.aggregations_refused.fetch_add(1, Ordering::Relaxed);
                             let _ = reply.send(Err(GbError::Busy("too many record queries".into())));
                             return;
                         }
@@ -1240,7 +1675,7 @@ impl Core {
                             (dev.clone(), sn),
                             Aggregation { sum: u32::MAX, items: BTreeMap::new(), last: now, reply: Some(reply) },
                         );
-                        let p = Pending::Query { device: dev.clone(), cmd: "RecordInfo" };
+                        let p = Pending::Query { device: dev.clone(), cmd: "RecordInfo", background: false };
                         if let Err(e) = self.send_manscdp(&dev, &channel, body, p) {
                             if let Some(agg) = self.records.remove(&(dev, sn)) {
                                 if let Some(r) = agg.reply {
@@ -1263,8 +1698,14 @@ impl Core {
                     let _ = reply.send(Err(GbError::Busy("too many queries".into())));
                     return;
                 }
-                let sn = self.query(&device, cmd.cmd_type());
-                self.queries.insert((device, cmd.cmd_type(), sn), (reply, now + self.gb.catalog_timeout.0));
+                match self.query(&device, cmd.cmd_type(), false) {
+                    Ok(sn) => {
+                        self.queries.insert((device, cmd.cmd_type(), sn), (reply, now + self.gb.catalog_timeout.0));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Sessions { reply } => {
                 let list = self
@@ -1312,7 +1753,7 @@ impl Core {
             let _ = reply.send(Err(GbError::Bad("not an established playback session".into())));
             return;
         }
-        s.cseq += 1;
+        s.cseq = s.cseq.saturating_add(1);
         let rtsp_cseq = s.cseq;
         let body = match control {
             PlaybackControl::Play => format!("PLAY RTSP/1.0\r\nCSeq: {rtsp_cseq}\r\nRange: npt=now-\r\n\r\n"),
@@ -1354,7 +1795,7 @@ impl Core {
 
     fn tick(&mut self, now: Instant) {
         // Keepalive expiry: interval x misses without a word (wvp: min(Expires, that)).
-        let limit = self.gb.keepalive_interval.0 * self.gb.keepalive_misses;
+        let limit = self.gb.keepalive_interval.0.saturating_mul(self.gb.keepalive_misses);
         let unix = unix_now();
         let gone: Vec<(String, String)> = self
             .devices
@@ -1363,7 +1804,7 @@ impl Core {
             .filter_map(|d| {
                 if now.duration_since(d.last_seen) > limit {
                     Some((d.rec.id.clone(), format!("{} keepalives missed", self.gb.keepalive_misses)))
-                } else if unix > d.rec.registered_at + d.rec.expires {
+                } else if unix > d.rec.registered_at.saturating_add(d.rec.expires) {
                     Some((d.rec.id.clone(), "registration expired".to_string()))
                 } else {
                     None
@@ -1374,7 +1815,9 @@ impl Core {
             if let Some(d) = self.devices.get_mut(&id) {
                 d.rec.online = false;
             }
-            info!(device = %id, %reason, "offline");
+            if let Some(suppressed) = self.state_log.check(now) {
+                info!(device = %id, %reason, suppressed, "offline");
+            }
             self.persist(&id);
             self.event(GbEvent::Offline { device: id.clone(), reason: reason.clone() });
             self.end_device_sessions(&id, &reason);
@@ -1416,6 +1859,12 @@ impl Core {
                 }
                 SessionState::Established => {
                     let stream = self.hub.get(&s.stream);
+                    if s.media_seen && stream.is_none() {
+                        // Its stream ended (RTP timeout over UDP, connection closed over TCP):
+                        // the session is dead too, and a new play must INVITE again.
+                        to_end.push((s.stream.clone(), "media stopped (the stream ended)".into(), true));
+                        continue;
+                    }
                     if !s.media_seen {
                         s.media_seen = stream.as_ref().is_some_and(|st| st.gop_cache_usage().0 > 0);
                         if !s.media_seen {
@@ -1445,5 +1894,9 @@ impl Core {
         if self.auth_failures.len() > 1024 {
             self.auth_failures.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
         }
+        if self.ip_failures.len() > 1024 {
+            self.ip_failures.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        self.send_due_queries(now);
     }
 }

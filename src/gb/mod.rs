@@ -9,6 +9,7 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -41,6 +42,31 @@ pub struct DeviceRecord {
     pub catalog_at: Option<u64>,
 }
 
+/// What the signalling core refused, dropped or evicted because of a peer (issue 8); shown by
+/// `GET /api/v1/gb/counters`. Every one of these also logs, rate-limited.
+#[derive(Debug, Default, Serialize)]
+pub struct GbCounters {
+    /// Requests naming a registered device that came from another address or transport (403).
+    pub foreign_source_refused: AtomicU64,
+    /// Catalog messages refused: not answering our query and not a well-formed notification.
+    pub catalogs_refused: AtomicU64,
+    /// Catalogs with no item that would have erased a known channel list.
+    pub empty_catalogs_ignored: AtomicU64,
+    /// Catalog / RecordInfo aggregations not opened (per-device or global bound reached).
+    pub aggregations_refused: AtomicU64,
+    /// Items beyond an aggregation's bound, dropped.
+    pub aggregation_items_dropped: AtomicU64,
+    /// Devices removed to make room (longest offline first), and REGISTERs refused with 503
+    /// because every candidate was online.
+    pub devices_evicted: AtomicU64,
+    pub registers_refused: AtomicU64,
+    /// Requests to devices not sent: the destination's (or background queries') share of the
+    /// transaction table was used up.
+    pub transactions_refused: AtomicU64,
+    /// Store writes dropped because the writer's queue was full.
+    pub store_writes_dropped: AtomicU64,
+}
+
 /// A change of state other modules can react to (the control-center issue turns them into
 /// callbacks). Delivered on a bounded broadcast channel: a lagging subscriber loses the oldest.
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +92,20 @@ pub struct SessionView {
     pub ssrc: String,
     pub established: bool,
 }
+
+/// A session that ended, and why (the last [`ENDED_KEPT`] are kept for the API).
+#[derive(Debug, Clone, Serialize)]
+pub struct EndedSession {
+    pub stream: String,
+    pub device: String,
+    pub channel: String,
+    pub reason: String,
+    /// Unix seconds.
+    pub ended_at: u64,
+}
+
+/// Ended sessions kept for `GET /api/v1/gb/sessions`.
+pub const ENDED_KEPT: usize = 64;
 
 /// What a successful INVITE gives back.
 #[derive(Debug, Clone, Serialize)]
@@ -191,6 +231,9 @@ pub struct Gb {
     hub: Arc<Hub>,
     pub sip_addr: SocketAddr,
     media_timeout: Duration,
+    counters: Arc<GbCounters>,
+    sip_counters: Arc<transport::SipCounters>,
+    ended: Arc<std::sync::Mutex<std::collections::VecDeque<EndedSession>>>,
 }
 
 impl Gb {
@@ -200,6 +243,16 @@ impl Gb {
 
     pub fn device(&self, id: &str) -> Option<DeviceRecord> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// What was refused or dropped because of peers, and the SIP sockets' counters.
+    pub fn counters(&self) -> serde_json::Value {
+        serde_json::json!({ "core": &*self.counters, "sockets": &*self.sip_counters })
+    }
+
+    /// The last sessions that ended, newest last, with why.
+    pub fn ended_sessions(&self) -> Vec<EndedSession> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 
     /// Subscribes to state changes.

@@ -3,7 +3,7 @@
 //! TCP is framed with rsipstack's `SipCodec` (Content-Length, 64 KiB cap).
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ pub enum Inbound {
     Closed(u64),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct SipCounters {
     pub received: AtomicU64,
     pub malformed: AtomicU64,
@@ -62,7 +62,11 @@ pub struct SipCounters {
 pub struct SipSender {
     udp: Arc<UdpSocket>,
     tcp: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
-    pub counters: SipCounters,
+    pub counters: Arc<SipCounters>,
+    /// Lines a TCP peer can trigger, for all connections together.
+    log: Mutex<RateLimit>,
+    /// Messages queued to TCP connections and not written yet (what `flush` waits for).
+    tcp_unwritten: AtomicUsize,
 }
 
 impl SipSender {
@@ -77,13 +81,26 @@ impl SipSender {
                 let tx = self.tcp.lock().unwrap_or_else(|e| e.into_inner()).get(&conn).cloned();
                 match tx {
                     Some(tx) => {
+                        self.tcp_unwritten.fetch_add(1, Ordering::Relaxed);
                         if tx.try_send(Bytes::from(bytes)).is_err() {
+                            self.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
                             debug!(%addr, "SIP TCP queue full or closed; message dropped");
                         }
                     }
                     None => debug!(%addr, "SIP TCP connection gone; message dropped"),
                 }
             }
+        }
+    }
+
+    /// Waits until every TCP connection's queue is written out (or `limit` passed).
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.tcp_unwritten.load(Ordering::Relaxed) == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -113,8 +130,13 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (Arc<SipSender>, mpsc::Receiver<Inbound>) {
     let udp = Arc::new(udp);
-    let sender =
-        Arc::new(SipSender { udp: udp.clone(), tcp: Mutex::new(HashMap::new()), counters: SipCounters::default() });
+    let sender = Arc::new(SipSender {
+        udp: udp.clone(),
+        tcp: Mutex::new(HashMap::new()),
+        counters: Arc::default(),
+        log: Mutex::new(RateLimit::new(Duration::from_secs(10))),
+        tcp_unwritten: AtomicUsize::new(0),
+    });
     let (tx, rx) = mpsc::channel(queue);
     tokio::spawn(udp_loop(udp, sender.clone(), tx.clone(), shutdown.clone()));
     tokio::spawn(tcp_accept(tcp, sender.clone(), tx, max_tcp, shutdown));
@@ -179,10 +201,7 @@ async fn tcp_accept(
         let (sender, tx, shutdown) = (sender.clone(), tx.clone(), shutdown.clone());
         tokio::spawn(
             async move {
-                tokio::select! {
-                    _ = tcp_connection(socket, addr, conn, sender.clone(), tx.clone()) => {}
-                    _ = shutdown.cancelled() => {}
-                }
+                tcp_connection(socket, addr, conn, sender.clone(), tx.clone(), shutdown).await;
                 sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
                 let _ = tx.try_send(Inbound::Closed(conn));
                 drop(permit);
@@ -198,20 +217,40 @@ async fn tcp_connection(
     conn: u64,
     sender: Arc<SipSender>,
     tx: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
 ) {
     let (rd, mut wr) = socket.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(256);
     sender.tcp.lock().unwrap_or_else(|e| e.into_inner()).insert(conn, out_tx);
+    let written = sender.clone();
     let writer = async move {
-        while let Some(b) = out_rx.recv().await {
-            if tokio::time::timeout(Duration::from_secs(10), wr.write_all(&b)).await.map_or(true, |r| r.is_err()) {
+        // On stop, what is queued (the core's last BYEs) is still written, then the
+        // connection closes.
+        let mut stopping = false;
+        loop {
+            let b = if stopping {
+                out_rx.try_recv().ok()
+            } else {
+                tokio::select! {
+                    b = out_rx.recv() => b,
+                    _ = stop.cancelled() => { stopping = true; continue; }
+                }
+            };
+            let Some(b) = b else { break };
+            let ok = tokio::time::timeout(Duration::from_secs(10), wr.write_all(&b)).await.is_ok_and(|r| r.is_ok());
+            written.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
+            if !ok {
                 break;
             }
+        }
+        // Queued and never written: not waited for.
+        while out_rx.try_recv().is_ok() {
+            written.tcp_unwritten.fetch_sub(1, Ordering::Relaxed);
         }
     };
     let peer = Peer::Tcp { conn, addr };
     let reader = async {
-        let mut frames = FramedRead::new(rd, SipCodec::new());
+        let mut frames = FramedRead::new(rd, BoundedSipCodec(SipCodec::new()));
         while let Some(item) = frames.next().await {
             match item {
                 Ok(SipCodecType::Message(msg)) => {
@@ -229,7 +268,10 @@ async fn tcp_connection(
                 Err(e) => {
                     // Framing is lost (bad Content-Length, message over 64 KiB): close.
                     sender.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    warn!("SIP over TCP: {e}; closing");
+                    let ok = sender.log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now());
+                    if let Some(suppressed) = ok {
+                        warn!(suppressed, "SIP over TCP: {e}; closing");
+                    }
                     return;
                 }
             }
@@ -238,5 +280,62 @@ async fn tcp_connection(
     tokio::select! {
         _ = reader => {}
         _ = writer => {}
+    }
+}
+
+/// rsipstack's `SipCodec`, after a check of the Content-Length it adds unchecked to the header
+/// length (a value near `usize::MAX` overflows there): above [`sip::MAX_MESSAGE`], or not a
+/// number, the connection's framing is refused before the inner codec sees it.
+struct BoundedSipCodec(SipCodec);
+
+/// The Content-Length of a header block (full or compact name), `Some(Err)` when unusable.
+fn content_length(head: &[u8]) -> Option<Result<usize, ()>> {
+    for line in head.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+            let v = std::str::from_utf8(line[colon + 1..].trim_ascii()).unwrap_or("x");
+            return Some(
+                sip::clamped_number(v, sip::MAX_MESSAGE as u64 + 1)
+                    .filter(|n| *n <= sip::MAX_MESSAGE as u64)
+                    .map(|n| n as usize)
+                    .ok_or(()),
+            );
+        }
+    }
+    None
+}
+
+impl tokio_util::codec::Decoder for BoundedSipCodec {
+    type Item = SipCodecType;
+    type Error = rsipstack::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<SipCodecType>, rsipstack::Error> {
+        if let Some(end) = src.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(Err(())) = content_length(&src[..end]) {
+                return Err(rsipstack::Error::Error("Content-Length not a number up to 65535".into()));
+            }
+        }
+        self.0.decode(src)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::codec::Decoder;
+
+    #[test]
+    fn a_content_length_near_usize_max_is_refused_not_added() {
+        let head = "MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:a@b>\r\nCall-ID: 1\r\nCSeq: 1 MESSAGE\r\nContent-Length: ";
+        for cl in ["18446744073709551615", "18446744073709551612", "65536", "-1", "x"] {
+            let mut buf = bytes::BytesMut::from(format!("{head}{cl}\r\n\r\nabc").as_bytes());
+            assert!(BoundedSipCodec(SipCodec::new()).decode(&mut buf).is_err(), "{cl}");
+        }
+        let mut buf = bytes::BytesMut::from(format!("{head}3\r\n\r\nabc").as_bytes());
+        assert!(matches!(BoundedSipCodec(SipCodec::new()).decode(&mut buf), Ok(Some(SipCodecType::Message(_)))));
+        let mut buf = bytes::BytesMut::from(format!("{head}10\r\n\r\nabc").as_bytes());
+        assert!(matches!(BoundedSipCodec(SipCodec::new()).decode(&mut buf), Ok(None)), "waits for the body");
     }
 }

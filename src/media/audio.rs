@@ -48,14 +48,7 @@ pub trait AacEncoder: Send {
     fn encode(&mut self, pcm: &[f32], out: &mut dyn FnMut(&[u8])) -> Result<(), AudioError>;
 }
 
-/// Which encoder to build (`fdk` needs the `fdk-aac` cargo feature).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum EncoderKind {
-    #[default]
-    Syom,
-    Fdk,
-}
+pub use crate::config::EncoderKind;
 
 /// Builds an encoder of `kind`.
 pub fn new_encoder(kind: EncoderKind, rate: u32, bitrate: u32) -> Result<Box<dyn AacEncoder>, AudioError> {
@@ -248,7 +241,7 @@ impl Rate {
         if from == to {
             return Ok(r);
         }
-        if from % 50 != 0 || from == 0 {
+        if !from.is_multiple_of(50) || from == 0 {
             return Err(r.err("the input rate must be a multiple of 50 Hz"));
         }
         r.chunk = from as usize / 50;

@@ -9,7 +9,7 @@
 //! capture is exactly what the gateway would do with it.
 use std::sync::Arc;
 
-use crate::hub::{AudioStats, StreamStats, VideoStats};
+use crate::media::stats::{AudioStats, StreamStats, VideoStats};
 use crate::media::{CodecConfig, Frame, MediaKind};
 use crate::proto::ps::demux::{DemuxStats, PsDemuxer};
 use crate::proto::rtp::reorder::{ReorderBuffer, Reordered, RtpStats};
@@ -25,7 +25,7 @@ pub struct StreamIngest {
 
 /// Frame counts and a frame-rate estimate of one track, from the frames actually emitted.
 #[derive(Debug, Clone, Default)]
-struct TrackCounter {
+pub(crate) struct TrackCounter {
     frames: u64,
     keyframes: u64,
     /// The frame-rate window restarts when timestamps go back or jump (camera restart, looped
@@ -39,7 +39,7 @@ struct TrackCounter {
 const RATE_WINDOW_JUMP: i64 = 5 * 90_000;
 
 impl TrackCounter {
-    fn count(&mut self, frame: &Frame) {
+    pub(crate) fn count(&mut self, frame: &Frame) {
         self.frames += 1;
         self.keyframes += u64::from(frame.keyframe);
         let step = frame.pts - self.last_pts;
@@ -52,7 +52,7 @@ impl TrackCounter {
     }
 
     /// Frames per second over the current window; 0 when it cannot be told yet.
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         match self.window_start {
             Some(first) if self.last_pts > first && self.window_frames > 1 => {
                 let fps = (self.window_frames - 1) as f64 * 90_000.0 / (self.last_pts - first) as f64;
@@ -73,6 +73,27 @@ impl StreamIngest {
             video: TrackCounter::default(),
             audio: TrackCounter::default(),
         }
+    }
+
+    /// Bounds what this stream holds in bytes: the pending access unit (larger ones are dropped
+    /// and counted in `oversize_drops`) and the payload waiting in the reorder buffer.
+    pub fn with_byte_limits(mut self, max_access_unit: usize, reorder_bytes: usize) -> StreamIngest {
+        self.demux = std::mem::take(&mut self.demux).with_max_access_unit(max_access_unit);
+        self.reorder = std::mem::replace(&mut self.reorder, ReorderBuffer::new(1, 0)).with_max_bytes(reorder_bytes);
+        self
+    }
+
+    /// Bytes held for reassembly: reorder buffer payloads and the demuxer's buffers.
+    pub fn held_bytes(&self) -> usize {
+        self.reorder.held_bytes() + self.demux.allocated_bytes()
+    }
+
+    /// Memory is short (the global budget is spent): drop the partial access unit, as after a
+    /// loss; the next keyframe resumes the stream.
+    pub fn shed(&mut self, out: &mut Vec<Frame>) {
+        self.reorder.flush(&mut self.reordered);
+        self.drain(out);
+        self.demux.lost();
     }
 
     /// Feeds one RTP packet received at `now_us`; completed frames are appended to `out`.
@@ -197,9 +218,11 @@ impl StreamIngest {
             seq_resets: rtp.resets,
             stray: rtp.stray,
             queue_drops: 0,
+            foreign_packets: 0,
             garbage_bytes: demux.garbage_bytes,
             resyncs: demux.resyncs,
             dropped_frames: demux.dropped_frames,
+            oversize_drops: demux.oversize_drops,
             media: Default::default(),
         }
     }

@@ -161,10 +161,11 @@ impl MediaPipeline {
         MediaPipeline { offload: Some(offload), ..Self::new(settings) }
     }
 
-    /// A G.711 rate known from signalling (SDP `f=`): detection stops.
+    /// A G.711 rate signalled by the device (SDP `f=`): a hint, used at once and corrected by
+    /// detection (cameras sampling at 16 kHz often declare 8 kHz). `[audio] g711_rate` wins.
     pub fn set_g711_rate(&mut self, rate: u32) {
         if self.settings.g711_rate == 0 && matches!(rate, 8_000 | 16_000) {
-            self.detector = G711RateDetector::with_override(rate);
+            self.detector = G711RateDetector::with_hint(rate);
         }
     }
 
@@ -278,6 +279,8 @@ impl MediaPipeline {
             g711_rate_source: g711.then(|| {
                 if self.settings.g711_rate != 0 || self.detector.is_fixed() {
                     "configured"
+                } else if self.detector.is_hinted() {
+                    "signalled"
                 } else if self.detector.defaulted {
                     "assumed"
                 } else {

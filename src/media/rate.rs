@@ -10,7 +10,10 @@
 //!
 //! The reference clock wins when it has seen enough (1.5 s); a decision is switched only after a
 //! second of consistent evidence, so a burst or one odd frame does not flap the rate. A configured
-//! rate (or an SDP `f=` line, through [`G711RateDetector::with_override`]) disables detection.
+//! rate ([`G711RateDetector::with_override`]) disables detection. A rate signalled in SDP `f=`
+//! ([`G711RateDetector::with_hint`]) is only a hint: it is the rate from the first frame (no
+//! audio held back), and the evidence corrects it like any decision, since cameras sampling at
+//! 16 kHz often declare 8 kHz.
 use std::collections::VecDeque;
 
 /// Seconds of reference time the byte-rate window spans.
@@ -26,6 +29,8 @@ const GIVE_UP_FRAMES: u32 = 200;
 #[derive(Debug, Clone)]
 pub struct G711RateDetector {
     fixed: Option<u32>,
+    /// A signalled rate not confirmed or corrected by evidence yet.
+    hint: Option<u32>,
     rate: Option<u32>,
     prev: Option<(i64, usize)>,
     pts_rate: Option<u32>,
@@ -57,6 +62,7 @@ impl G711RateDetector {
     pub fn new() -> Self {
         G711RateDetector {
             fixed: None,
+            hint: None,
             rate: None,
             prev: None,
             pts_rate: None,
@@ -75,6 +81,16 @@ impl G711RateDetector {
     /// A rate known from configuration or signalling: detection is off.
     pub fn with_override(rate: u32) -> Self {
         G711RateDetector { fixed: Some(rate), rate: Some(rate), ..Self::new() }
+    }
+
+    /// A rate signalled by the device (SDP `f=`): used at once, still checked against the bytes.
+    pub fn with_hint(rate: u32) -> Self {
+        G711RateDetector { hint: Some(rate), rate: Some(rate), ..Self::new() }
+    }
+
+    /// The rate in use is a signalled one that no evidence has confirmed or corrected yet.
+    pub fn is_hinted(&self) -> bool {
+        self.hint.is_some()
     }
 
     /// The rate was given, not detected.
@@ -112,15 +128,20 @@ impl G711RateDetector {
             }
             (Some(cur), Some(c)) if c != cur => {
                 let n = match self.pending {
-                    Some((r, n)) if r == c => n + 1,
+                    Some((r, n)) if r == c => n.saturating_add(1),
                     _ => 1,
                 };
                 self.pending = Some((c, n));
                 if n >= SWITCH_FRAMES {
                     self.rate = Some(c);
                     self.pending = None;
+                    self.hint = None;
                     self.switches += 1;
                 }
+            }
+            (Some(_), Some(_)) => {
+                self.pending = None;
+                self.hint = None;
             }
             _ => self.pending = None,
         }
@@ -220,6 +241,21 @@ mod tests {
         }
         assert_eq!(d.rate(), Some(16_000));
         assert_eq!(d.switches, 1);
+    }
+
+    #[test]
+    fn a_signalled_rate_is_used_at_once_and_corrected_by_the_bytes() {
+        // Declares 8 kHz, sends 16 kHz (640 bytes per 40 ms), honest PTS and arrival.
+        let mut d = G711RateDetector::with_hint(8_000);
+        assert_eq!(d.observe(640, 0, Some(0)), Some(8_000), "no frame held back");
+        assert!(d.is_hinted());
+        assert_eq!(run(&mut d, 60, 640, 3600, Some(3600)), Some(16_000));
+        assert!(!d.is_hinted());
+        assert_eq!(d.switches, 1);
+        // Declares 16 kHz and means it: confirmed, never switched.
+        let mut d = G711RateDetector::with_hint(16_000);
+        assert_eq!(run(&mut d, 60, 640, 3600, Some(3600)), Some(16_000));
+        assert_eq!((d.switches, d.is_hinted()), (0, false));
     }
 
     #[test]

@@ -358,7 +358,7 @@ fn read_pcapng(path: &Path, data: &Bytes, net: &mut Net, warnings: &mut Vec<Stri
         }
         let btype = rd(0, le);
         let blen = rd(4, le) as usize;
-        if blen < 12 || blen % 4 != 0 {
+        if blen < 12 || !blen.is_multiple_of(4) {
             warnings.push(format!("bogus pcapng block length {blen} at offset {pos}; stopped"));
             break;
         }

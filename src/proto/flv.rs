@@ -13,9 +13,18 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{h264, h265, nal};
-use crate::config::HevcFlv;
-use crate::media::frame::FrameCache;
-use crate::media::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
+use crate::frame::FrameCache;
+use crate::frame::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
+
+/// How H.265 is carried in FLV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HevcFlv {
+    /// Enhanced RTMP (FourCC `hvc1`): what ffmpeg 6+, OBS and modern players read.
+    Enhanced,
+    /// The legacy Chinese convention, codec id 12 (older players and CDNs).
+    Legacy,
+}
 
 /// FLV video codec id of H.264.
 pub const CODEC_ID_AVC: u8 = 7;
@@ -23,6 +32,9 @@ pub const CODEC_ID_AVC: u8 = 7;
 pub const CODEC_ID_HEVC_LEGACY: u8 = 12;
 /// FLV sound format of AAC.
 pub const SOUND_FORMAT_AAC: u8 = 10;
+/// G.711 A-law and µ-law sound formats (FLV spec E.4.2.1).
+pub const SOUND_FORMAT_G711A: u8 = 7;
+pub const SOUND_FORMAT_G711U: u8 = 8;
 /// Enhanced RTMP FourCC of H.265.
 pub const FOURCC_HVC1: [u8; 4] = *b"hvc1";
 
@@ -285,6 +297,7 @@ pub enum FlvError {
 pub struct FlvDemuxer {
     video: Option<VideoTrack>,
     audio: Option<Arc<CodecConfig>>,
+    g711: Option<Arc<CodecConfig>>,
     video_clock: Unwrap,
     audio_clock: Unwrap,
 }
@@ -411,9 +424,35 @@ impl FlvDemuxer {
         Ok(())
     }
 
-    /// One audio tag body. Only AAC is accepted; `Ok(None)` for the sequence header.
+    /// One audio tag body: AAC, or G.711 A-law/µ-law (sound formats 7 and 8, always 8 kHz mono
+    /// in FLV, E.4.2.1); `Ok(None)` for the AAC sequence header.
     pub fn audio(&mut self, ts_ms: u32, body: &[u8]) -> Result<Option<Frame>, FlvError> {
         let b0 = *body.first().ok_or(FlvError::Short)?;
+        if let Some(codec) = match b0 >> 4 {
+            SOUND_FORMAT_G711A => Some(Codec::G711A),
+            SOUND_FORMAT_G711U => Some(Codec::G711U),
+            _ => None,
+        } {
+            if body.len() < 2 {
+                return Ok(None);
+            }
+            let config = self
+                .g711
+                .get_or_insert_with(|| {
+                    Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8_000, channels: 1, asc: None }))
+                })
+                .clone();
+            let t = self.audio_clock.extend(ts_ms) * 90;
+            return Ok(Some(Frame {
+                codec,
+                pts: t,
+                dts: t,
+                keyframe: true,
+                data: Bytes::copy_from_slice(&body[1..]),
+                config,
+                cache: FrameCache::default(),
+            }));
+        }
         if b0 >> 4 != SOUND_FORMAT_AAC {
             return Err(FlvError::SoundFormat(b0 >> 4));
         }
@@ -510,6 +549,18 @@ fn to_avcc(codec: Codec, payload: &[u8], length_size: usize, keyframe: bool, con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn g711_tags_become_8khz_mono_frames() {
+        let mut d = FlvDemuxer::new();
+        let f = d.audio(40, &[(SOUND_FORMAT_G711A << 4) | 0x02, 0xd5, 0xd5]).unwrap().unwrap();
+        assert_eq!((f.codec, f.pts, f.data.len()), (Codec::G711A, 40 * 90, 2));
+        assert!(matches!(&*f.config, CodecConfig::Audio(a) if a.sample_rate == 8_000 && a.channels == 1));
+        let f = d.audio(60, &[SOUND_FORMAT_G711U << 4, 0xff]).unwrap().unwrap();
+        assert_eq!(f.codec, Codec::G711U);
+        assert!(matches!(d.audio(80, &[SOUND_FORMAT_G711U << 4]), Ok(None)));
+        assert!(matches!(d.audio(80, &[0x20, 0]), Err(FlvError::SoundFormat(2))));
+    }
 
     /// The first VPS/SPS/PPS in one of the project's PS fixtures.
     fn fixture_params(name: &str, h265: bool) -> (Option<Bytes>, Bytes, Bytes) {

@@ -1,6 +1,8 @@
 //! Sans-IO protocol modules: bytes in, events out. No tokio, no sockets, no clocks here.
+pub mod amf0;
 pub mod flv;
 pub mod ps;
+pub mod rtmp_chunk;
 pub mod rtmp_guard;
 pub mod rtp;
 pub mod rtsp;

@@ -1,102 +1,132 @@
-//! Rejects the RTMP messages that make rml_rtmp 0.8 panic, before its session sees them.
+//! Everything a peer sends over RTMP passes here before an rml_rtmp session sees it (D10, D30).
 //!
-//! rml_rtmp decodes an AMF0 command (message type 20, or 17 "AMF3" that is really AMF0) with
-//! `arguments.drain(..3)`, which panics when the command has fewer than three values (fuzz
-//! target `rtmp_chunk` found it; 0.8.0 is the newest release). Its session API offers no hook
-//! between chunk reassembly and message decoding, so this guard runs rml_rtmp's own public
-//! `ChunkDeserializer` over the same bytes, follows SetChunkSize as the session does, and checks
-//! each command before the bytes are handed on. The cost is a second reassembly of the peer's
-//! bytes; commands are the only messages it decodes.
-use bytes::Bytes;
-use rml_rtmp::chunk_io::ChunkDeserializer;
-use rml_rtmp::messages::{MessagePayload, RtmpMessage};
-use rml_rtmp::rml_amf0;
+//! rml_rtmp 0.8 (no release since 2023) falls over on peer bytes three ways: an AMF0 command with
+//! fewer than three values panics (`arguments.drain(..3)`), its chunk reader does unchecked
+//! arithmetic on a header that shrinks a message, and its recursive AMF0 decoder overflows the
+//! stack on deep nesting (a process abort nothing can catch). So the session never reads the
+//! peer's chunks at all:
+//! - our own chunk reader ([`super::rtmp_chunk`]) reassembles the peer's messages, with size limits
+//!   and a shared byte budget;
+//! - every AMF0 message (data 15/18, command 17/20) is walked by the iterative
+//!   [`super::amf0::scan`] (depth, count and size limits), and a command must hold three values;
+//! - what passes is written again by rml_rtmp's own serializer, one whole message per chunk, and
+//!   that is what the session decodes. Its chunk reader thus only ever sees well-formed chunks,
+//!   and never holds an unfinished message (hole 16: the peer's bytes were held twice).
+//!
+//! SetChunkSize and Abort from the peer are applied by our reader and not passed on; the session
+//! is told once, first, that our chunks are as large as any message.
+use std::sync::Arc;
+
+use rml_rtmp::chunk_io::ChunkSerializer;
+use rml_rtmp::messages::MessagePayload;
+use rml_rtmp::time::RtmpTimestamp;
+
+use super::amf0::{self, Amf0Error, Amf0Limits};
+use super::rtmp_chunk::{ByteBudget, ChunkError, ChunkLimits, ChunkReader, Message};
 
 /// AMF0 command message type.
 const AMF0_COMMAND: u8 = 20;
 /// AMF3 command message type (Flash clients send AMF0 in it, often after a 0 byte).
 const AMF3_COMMAND: u8 = 17;
-/// SetChunkSize message type.
-const SET_CHUNK_SIZE: u8 = 1;
+/// AMF0 data message type (onMetaData).
+const AMF0_DATA: u8 = 18;
+/// AMF3 data message type (rml_rtmp decodes it as AMF0).
+const AMF3_DATA: u8 = 15;
+/// The chunk size the session is told: every message fits in one chunk (lengths are 24 bits).
+const SESSION_CHUNK_SIZE: u32 = 0xFF_FFFF;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RtmpGuardError {
     #[error("AMF0 command with {values} value(s); a command needs a name, a transaction id and an object")]
     ShortCommand { values: usize },
-    #[error("malformed RTMP chunk: {0}")]
-    Chunk(String),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error("AMF0 message (type {type_id}) refused: {error}")]
+    Amf0 { type_id: u8, error: Amf0Error },
+    #[error("re-serialising a message for the session: {0}")]
+    Serialize(String),
 }
 
-/// Follows one direction of an RTMP connection (after the handshake) in step with an rml_rtmp
-/// session fed the same bytes.
+/// Follows one direction of an RTMP connection (after the handshake): the peer's bytes in, the
+/// bytes an rml_rtmp session may safely read out.
 pub struct RtmpCommandGuard {
-    chunks: ChunkDeserializer,
+    reader: ChunkReader,
+    ser: ChunkSerializer,
+    amf0: Amf0Limits,
+    /// The SetChunkSize the session must read before anything else.
+    preamble: Option<Vec<u8>>,
+    messages: Vec<Message>,
 }
 
 impl Default for RtmpCommandGuard {
     fn default() -> Self {
-        RtmpCommandGuard { chunks: ChunkDeserializer::new() }
+        let limits = ChunkLimits::default();
+        RtmpCommandGuard::new(limits, ByteBudget::unshared(limits.max_partial))
     }
 }
 
 impl RtmpCommandGuard {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Checks `bytes`, the next bytes from the peer. `Err` means they must not reach the session
-    /// (close the connection).
-    pub fn check(&mut self, bytes: &[u8]) -> Result<(), RtmpGuardError> {
-        let mut input = bytes;
-        while let Some(payload) = self.next(input)? {
-            input = &[];
-            match payload.type_id {
-                SET_CHUNK_SIZE => {
-                    // As the session: a valid size is applied, an invalid one is its error to raise.
-                    if let Ok(RtmpMessage::SetChunkSize { size }) = payload.to_rtmp_message() {
-                        let _ = self.chunks.set_max_chunk_size(size as usize);
-                    }
-                }
-                AMF0_COMMAND => check_command(payload.data)?,
-                AMF3_COMMAND => {
-                    let data = payload.data;
-                    check_command(if data.first() == Some(&0) { data.slice(1..) } else { data })?
-                }
-                _ => {}
-            }
+    /// `budget` is shared by the connections of one listener (the server) or owned (a client).
+    pub fn new(limits: ChunkLimits, budget: Arc<ByteBudget>) -> Self {
+        let mut ser = ChunkSerializer::new();
+        let preamble = ser.set_max_chunk_size(SESSION_CHUNK_SIZE, RtmpTimestamp::new(0)).map(|p| p.bytes).ok();
+        RtmpCommandGuard {
+            reader: ChunkReader::new(limits, budget),
+            ser,
+            amf0: Amf0Limits::default(),
+            preamble,
+            messages: Vec::new(),
         }
-        Ok(())
     }
 
-    fn next(&mut self, input: &[u8]) -> Result<Option<MessagePayload>, RtmpGuardError> {
-        // rml_rtmp's chunk reader also does unchecked arithmetic on header fields (a length that
-        // shrinks mid-message underflows, found by fuzz/rtmp_chunk); with overflow checks on that
-        // panics. The guard reads every byte first, so fencing it here keeps such input from
-        // ever reaching the session. The connection is closed after any error.
-        let chunks = &mut self.chunks;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chunks.get_next_message(input)))
-            .map_err(|_| RtmpGuardError::Chunk("inconsistent chunk header (rml_rtmp's reader overflowed)".into()))?
-            .map_err(|e| RtmpGuardError::Chunk(format!("{e:?}")))
+    /// Bytes of unfinished messages held for this connection.
+    pub fn held(&self) -> usize {
+        self.reader.held()
+    }
+
+    /// Reads `bytes`, the next bytes from the peer, and returns what the session is to be fed
+    /// (possibly nothing). `Err` means the connection must be closed.
+    pub fn filter(&mut self, bytes: &[u8]) -> Result<Vec<u8>, RtmpGuardError> {
+        let mut out = self.preamble.take().unwrap_or_default();
+        self.reader.push(bytes, &mut self.messages)?;
+        for m in self.messages.drain(..) {
+            check(&m, &self.amf0)?;
+            let payload = MessagePayload {
+                timestamp: RtmpTimestamp::new(m.timestamp),
+                type_id: m.type_id,
+                message_stream_id: m.stream_id,
+                data: m.data,
+            };
+            let packet =
+                self.ser.serialize(&payload, true, false).map_err(|e| RtmpGuardError::Serialize(format!("{e:?}")))?;
+            out.extend_from_slice(&packet.bytes);
+        }
+        Ok(out)
     }
 }
 
-/// A command that does not decode is left to the session, which reports it as an error; only
-/// the decodable-but-short case panics there.
-fn check_command(data: Bytes) -> Result<(), RtmpGuardError> {
-    let mut cursor = std::io::Cursor::new(data);
-    match rml_amf0::deserialize(&mut cursor) {
-        Ok(values) if values.len() < 3 => Err(RtmpGuardError::ShortCommand { values: values.len() }),
-        _ => Ok(()),
+/// Refuses AMF0 messages rml_rtmp would overflow its stack on or panic over.
+fn check(m: &Message, limits: &Amf0Limits) -> Result<(), RtmpGuardError> {
+    let data = match m.type_id {
+        AMF3_COMMAND if m.data.first() == Some(&0) => &m.data[1..],
+        AMF0_COMMAND | AMF3_COMMAND | AMF0_DATA | AMF3_DATA => &m.data[..],
+        _ => return Ok(()),
+    };
+    let values = amf0::scan(data, limits).map_err(|error| RtmpGuardError::Amf0 { type_id: m.type_id, error })?;
+    if matches!(m.type_id, AMF0_COMMAND | AMF3_COMMAND) && values < 3 {
+        return Err(RtmpGuardError::ShortCommand { values });
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rml_amf0::Amf0Value;
-    use rml_rtmp::chunk_io::ChunkSerializer;
-    use rml_rtmp::sessions::{ServerSession, ServerSessionConfig};
-    use rml_rtmp::time::RtmpTimestamp;
+    use bytes::Bytes;
+    use rml_rtmp::rml_amf0::{self, Amf0Value};
+    use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
+
+    const SET_CHUNK_SIZE: u8 = 1;
 
     fn chunked(ser: &mut ChunkSerializer, type_id: u8, data: Vec<u8>) -> Vec<u8> {
         let payload =
@@ -108,23 +138,56 @@ mod tests {
         rml_amf0::serialize(&values.to_vec()).unwrap()
     }
 
-    fn connect() -> Vec<u8> {
-        let mut props = std::collections::HashMap::new();
-        props.insert("app".to_string(), Amf0Value::Utf8String("live".into()));
-        amf(&[Amf0Value::Utf8String("connect".into()), Amf0Value::Number(1.0), Amf0Value::Object(props)])
+    fn requested_connection(results: Vec<ServerSessionResult>) -> bool {
+        results.iter().any(|r| {
+            matches!(r, ServerSessionResult::RaisedEvent(ServerSessionEvent::ConnectionRequested { app_name, .. }) if app_name == "live")
+        })
     }
 
     #[test]
     fn a_short_command_is_refused_before_it_can_panic_the_session() {
         let mut ser = ChunkSerializer::new();
         let bad = chunked(&mut ser, AMF0_COMMAND, amf(&[Amf0Value::Utf8String("connect".into())]));
-        let mut guard = RtmpCommandGuard::new();
-        assert_eq!(guard.check(&bad), Err(RtmpGuardError::ShortCommand { values: 1 }));
-        // The same bytes are what rml_rtmp 0.8 panics on; if a release fixes it, this fails and
-        // the guard can go.
+        let mut guard = RtmpCommandGuard::default();
+        assert_eq!(guard.filter(&bad), Err(RtmpGuardError::ShortCommand { values: 1 }));
+        // The same bytes are what rml_rtmp 0.8 panics on; if a release fixes it, this fails.
         let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(&bad))).is_err();
         assert!(panicked, "rml_rtmp no longer panics on a short AMF0 command");
+    }
+
+    /// Hole 1: a command nesting strict arrays 10,000 deep (48 KiB) overflowed the stack in
+    /// rml_amf0's recursive decoder. It is refused before any decoder sees it, in a command, a
+    /// data message and an AMF3 command alike.
+    #[test]
+    fn deep_nesting_is_refused_before_any_recursive_decoder() {
+        let deep = amf0::nested_strict_arrays(10_000);
+        assert!(deep.len() >= 48 * 1024);
+        for type_id in [AMF0_COMMAND, AMF3_COMMAND, AMF0_DATA, AMF3_DATA] {
+            let mut ser = ChunkSerializer::new();
+            let wire = chunked(&mut ser, type_id, deep.clone());
+            let mut guard = RtmpCommandGuard::default();
+            let r = wire.chunks(4096).map(|p| guard.filter(p)).find(|r| r.is_err());
+            assert_eq!(r, Some(Err(RtmpGuardError::Amf0 { type_id, error: Amf0Error::TooDeep(32) })), "type {type_id}");
+            assert_eq!(guard.held(), 0);
+        }
+    }
+
+    /// The fuzz corpus's deep-nesting entries (mode 1: session input fed in 200-byte pieces) are
+    /// refused by the guard the fuzz target runs first.
+    #[test]
+    fn the_fuzz_corpus_deep_nesting_seeds_are_refused() {
+        let seeds: [&[u8]; 4] = [
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_command.seed"),
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_object_command.seed"),
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_data.seed"),
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_amf3_command.seed"),
+        ];
+        for seed in seeds {
+            let mut guard = RtmpCommandGuard::default();
+            let r = seed[2..].chunks(seed[1] as usize).map(|p| guard.filter(p)).find(|r| r.is_err());
+            assert!(matches!(r, Some(Err(RtmpGuardError::Amf0 { error: Amf0Error::TooDeep(32), .. }))), "{r:?}");
+        }
     }
 
     #[test]
@@ -132,40 +195,47 @@ mod tests {
         let mut ser = ChunkSerializer::new();
         let mut data = vec![0];
         data.extend(amf(&[Amf0Value::Null]));
-        let mut guard = RtmpCommandGuard::new();
+        let mut guard = RtmpCommandGuard::default();
         assert_eq!(
-            guard.check(&chunked(&mut ser, AMF3_COMMAND, data)),
+            guard.filter(&chunked(&mut ser, AMF3_COMMAND, data)),
             Err(RtmpGuardError::ShortCommand { values: 1 })
         );
     }
 
+    /// The session decodes what the guard hands on, across a peer's chunk size change and input
+    /// split at every 7 bytes.
     #[test]
-    fn valid_commands_pass_across_a_chunk_size_change_and_split_input() {
+    fn valid_commands_reach_the_session_across_a_chunk_size_change_and_split_input() {
         let mut ser = ChunkSerializer::new();
-        let mut wire = chunked(&mut ser, AMF0_COMMAND, connect());
-        wire.extend(chunked(&mut ser, SET_CHUNK_SIZE, 4096u32.to_be_bytes().to_vec()));
+        let mut wire = chunked(&mut ser, SET_CHUNK_SIZE, 4096u32.to_be_bytes().to_vec());
         ser.set_max_chunk_size(4096, RtmpTimestamp::new(0)).unwrap();
-        // A command longer than the default 128-byte chunk: only a guard that followed the
+        // A connect longer than the default 128-byte chunk: only a reader that followed the
         // SetChunkSize reads it as one chunk.
-        let long = amf(&[
-            Amf0Value::Utf8String("publish".into()),
-            Amf0Value::Number(2.0),
-            Amf0Value::Null,
-            Amf0Value::Utf8String("x".repeat(300)),
-        ]);
-        wire.extend(chunked(&mut ser, AMF0_COMMAND, long));
+        let mut props = std::collections::HashMap::new();
+        props.insert("app".to_string(), Amf0Value::Utf8String("live".into()));
+        props.insert("tcUrl".to_string(), Amf0Value::Utf8String("x".repeat(300)));
+        wire.extend(chunked(
+            &mut ser,
+            AMF0_COMMAND,
+            amf(&[Amf0Value::Utf8String("connect".into()), Amf0Value::Number(1.0), Amf0Value::Object(props)]),
+        ));
+        let short_at = wire.len();
         wire.extend(chunked(&mut ser, AMF0_COMMAND, amf(&[Amf0Value::Utf8String("x".into())])));
-        let mut guard = RtmpCommandGuard::new();
-        let short_at = wire.len() - 20;
+        let mut guard = RtmpCommandGuard::default();
+        let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).unwrap();
+        let mut connected = false;
         for piece in wire[..short_at].chunks(7) {
-            assert_eq!(guard.check(piece), Ok(()));
+            let bytes = guard.filter(piece).unwrap();
+            connected |= requested_connection(session.handle_input(&bytes).unwrap());
         }
-        assert_eq!(guard.check(&wire[short_at..]), Err(RtmpGuardError::ShortCommand { values: 1 }));
+        assert!(connected);
+        assert_eq!(guard.filter(&wire[short_at..]), Err(RtmpGuardError::ShortCommand { values: 1 }));
     }
+
     /// fuzz/rtmp_chunk's input (mode 1, fed in 37-byte pieces) that overflowed rml_rtmp's chunk
-    /// reader: the guard reports an error and does not panic.
+    /// reader: ours reports an error and does not panic.
     #[test]
-    fn a_chunk_header_that_overflows_rml_rtmps_reader_is_an_error() {
+    fn a_chunk_header_that_overflowed_rml_rtmps_reader_is_an_error() {
         const INPUT: &[u8] = &[
             19, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37, 37,
             37, 37, 0, 0, 255, 255, 255, 255, 40, 43, 252, 241, 0, 0, 179, 44, 146, 198, 186, 250, 121, 0, 0, 0, 0, 0,
@@ -174,8 +244,8 @@ mod tests {
             107, 107, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             0, 0, 0, 0, 0, 0, 0, 0, 211, 200, 107, 104, 28,
         ];
-        let mut guard = RtmpCommandGuard::new();
-        let refused = INPUT[2..].chunks(37).map(|piece| guard.check(piece)).find(|r| r.is_err());
+        let mut guard = RtmpCommandGuard::default();
+        let refused = INPUT[2..].chunks(37).map(|piece| guard.filter(piece)).find(|r| r.is_err());
         assert!(matches!(refused, Some(Err(RtmpGuardError::Chunk(_)))), "{refused:?}");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::codec::rtp_pack;
-use crate::media::frame::{Codec, CodecConfig};
+use crate::frame::{Codec, CodecConfig};
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -586,7 +586,7 @@ fn choose_transport(spec: &str, index: usize, env: &mut dyn Env) -> Option<Track
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::frame::{AudioConfig, VideoConfig};
+    use crate::frame::{AudioConfig, VideoConfig};
 
     struct TestEnv {
         n: u32,

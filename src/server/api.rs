@@ -23,6 +23,7 @@ pub struct ApiState {
     pub hub: Arc<Hub>,
     pub rtp: Arc<RtpShared>,
     pub gb: Option<Gb>,
+    pub rtmp: Arc<crate::server::rtmp::RtmpShared>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
 }
@@ -31,6 +32,7 @@ pub struct ApiState {
 #[derive(Debug, Serialize)]
 pub struct StreamView {
     pub name: String,
+    #[serde(serialize_with = "crate::server::rtp::serialize_source")]
     pub source: Source,
     #[serde(flatten)]
     pub stats: StreamStats,
@@ -120,6 +122,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/streams", get(list_streams))
         .route("/api/v1/streams/{*name}", get(get_stream))
         .route("/api/v1/rtp", get(rtp_counters))
+        .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
@@ -131,6 +134,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/devices/{id}/channels/{ch}/records", get(records))
         .route("/api/v1/devices/{id}/channels/{ch}/playback", post(playback))
         .route("/api/v1/gb/sessions", get(sessions))
+        .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { not_found("no such endpoint".into()) })
@@ -168,6 +172,13 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+async fn gb_counters(State(state): State<ApiState>) -> Response {
+    match gb_of(&state) {
+        Ok(gb) => Json(gb.counters()).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn list_devices(State(state): State<ApiState>) -> Response {
@@ -364,7 +375,9 @@ async fn playback(
 
 async fn sessions(State(state): State<ApiState>) -> Response {
     match gb_of(&state) {
-        Ok(gb) => Json(serde_json::json!({ "sessions": gb.sessions().await })).into_response(),
+        Ok(gb) => {
+            Json(serde_json::json!({ "sessions": gb.sessions().await, "ended": gb.ended_sessions() })).into_response()
+        }
         Err(r) => r,
     }
 }

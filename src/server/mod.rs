@@ -27,6 +27,8 @@ pub struct Gateway {
     pub rtsp_addr: Option<SocketAddr>,
     /// `None` when `[rtmp] enabled = false`.
     pub rtmp_addr: Option<SocketAddr>,
+    /// The RTMP listener's budget and counters.
+    pub rtmp: Arc<rtmp::RtmpShared>,
     /// GB28181 signalling; `None` when `[sip] enabled = false`.
     pub gb: Option<crate::gb::Gb>,
     pub sip_addr: Option<SocketAddr>,
@@ -91,8 +93,16 @@ impl Gateway {
         let rtsp_admission = admit::Admission::new(cfg.rtsp.max_connections, cfg.rtsp.max_connections_per_source);
         let api_admission = admit::Admission::new(cfg.api.max_connections, cfg.api.max_connections_per_source);
         let mut tasks = Vec::new();
+        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth);
         if let Some(l) = rtmp_listener {
-            tasks.push(tokio::spawn(rtmp::serve(l, hub.clone(), cfg.rtmp.clone(), shutdown.clone())));
+            tasks.push(tokio::spawn(rtmp::serve(
+                l,
+                hub.clone(),
+                rtp_shared.clone(),
+                cfg.rtmp.clone(),
+                rtmp_shared.clone(),
+                shutdown.clone(),
+            )));
         }
         if !cfg.rtmp.push.is_empty() {
             tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(
@@ -132,6 +142,7 @@ impl Gateway {
                 hub: hub.clone(),
                 rtp: rtp_shared.clone(),
                 gb: gb.clone(),
+                rtmp: rtmp_shared.clone(),
                 listeners: vec![("api", api_admission.clone()), ("rtsp", rtsp_admission)],
             },
             rtp_addr,
@@ -148,7 +159,19 @@ impl Gateway {
             }
         }));
         info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, sip = ?sip_addr, "gbgate started");
-        Ok(Gateway { hub, rtp: rtp_shared, rtp_addr, api_addr, rtsp_addr, rtmp_addr, gb, sip_addr, shutdown, tasks })
+        Ok(Gateway {
+            hub,
+            rtp: rtp_shared,
+            rtp_addr,
+            api_addr,
+            rtsp_addr,
+            rtmp_addr,
+            rtmp: rtmp_shared,
+            gb,
+            sip_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops every listener and waits for them.

@@ -7,14 +7,16 @@
 //! stalled longer than `rtmp.push_timeout` disconnects, and a player that cannot keep up is
 //! skipped to the next keyframe by the hub (it never slows ingest).
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata};
 use rml_rtmp::time::RtmpTimestamp;
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -22,13 +24,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch;
+use crate::auth::{self, Action, AuthConfig};
 use crate::config::{HevcFlv, RtmpConfig};
 use crate::hub::{
     AudioStats, Hub, PublishError, Source, Stream, StreamStats, Subscription, Takeover, Transport, VideoStats,
 };
+use crate::media::ingest::TrackCounter;
+use crate::media::pipeline::MediaPipeline;
 use crate::media::{Codec, CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
-use crate::proto::rtmp_guard::RtmpCommandGuard;
+use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
+use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
+use crate::server::rtp::RtpShared;
+use crate::util::RateLimit;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
 const PUBLISH_IDLE: Duration = Duration::from_secs(10);
@@ -36,11 +44,185 @@ const PUBLISH_IDLE: Duration = Duration::from_secs(10);
 /// How long a play request waits for its stream to appear.
 const PLAY_WAIT: Duration = Duration::from_secs(5);
 
-/// Serves RTMP on `listener` until `shutdown`.
+/// What the RTMP listener shares between its connections: the byte budget for unfinished
+/// messages, and counters of what peers were refused (`GET /api/v1/rtmp`).
+#[derive(Debug)]
+pub struct RtmpShared {
+    pub limits: ChunkLimits,
+    pub budget: Arc<ByteBudget>,
+    /// Connections open now.
+    pub connections: AtomicUsize,
+    /// Connections closed for what they sent (malformed or hostile chunks or AMF0, limits).
+    pub refused: AtomicU64,
+    /// Publish requests refused: a reserved prefix, a live name, a full gateway, no credential.
+    pub publish_refused: AtomicU64,
+    /// Publish and play requests refused for their credential (`[auth]`).
+    pub auth_refused: AtomicU64,
+    pub auth: AuthConfig,
+    /// Connections closed for not completing handshake + connect + publish/play in time.
+    pub setup_timeouts: AtomicU64,
+    /// Connections refused at accept: their address already had `max_connections_per_ip`.
+    pub per_ip_refused: AtomicU64,
+    /// Connections refused at accept: `max_connections` reached.
+    pub full_refused: AtomicU64,
+    max_per_ip: usize,
+    /// Open connections per peer address.
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Why a connection was closed by the server's own limits (counted, logged rate-limited).
+#[derive(Debug, thiserror::Error)]
+pub enum RtmpLimitError {
+    #[error("no publish or play within {0:?} (rtmp.setup_timeout)")]
+    SetupTimeout(Duration),
+}
+
+trait LoopbackHost {
+    /// 127.0.0.1 or ::1: the gateway's own host.
+    fn is_loopback_host(&self) -> bool;
+}
+
+impl LoopbackHost for std::net::IpAddr {
+    fn is_loopback_host(&self) -> bool {
+        match self {
+            std::net::IpAddr::V4(v4) => *v4 == std::net::Ipv4Addr::LOCALHOST,
+            std::net::IpAddr::V6(v6) => v6.is_loopback(),
+        }
+    }
+}
+
+/// One open connection of an address; released on drop.
+struct IpSlot {
+    shared: Arc<RtmpShared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/rtmp`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RtmpCounters {
+    pub connections: usize,
+    /// Bytes of unfinished messages held now, and the budget (`rtmp.max_partial_bytes`).
+    pub partial_bytes: usize,
+    pub max_partial_bytes: usize,
+    pub max_message_bytes: usize,
+    /// Messages refused for their size (`rtmp.max_message_bytes`, or a connection's share).
+    pub oversized_messages: u64,
+    /// Connections closed because the shared budget was exhausted.
+    pub budget_exhausted: u64,
+    /// Connections closed for what they sent (all of the above included).
+    pub refused_connections: u64,
+    /// Publish requests refused (`NetStream.Publish.BadName` / `Rejected`).
+    pub publish_refused: u64,
+    /// Publish and play requests refused for their credential.
+    pub auth_refused: u64,
+    /// Closed for not completing handshake + connect + publish/play within `rtmp.setup_timeout`.
+    pub setup_timeouts: u64,
+    /// Refused at accept: `rtmp.max_connections_per_ip`, `rtmp.max_connections`.
+    pub per_ip_refused: u64,
+    pub full_refused: u64,
+}
+
+impl RtmpShared {
+    pub fn new(cfg: &RtmpConfig, auth: &AuthConfig) -> Arc<RtmpShared> {
+        // A connection may hold one whole message and a little of another (audio interleaved
+        // with a large keyframe).
+        let limits = ChunkLimits {
+            max_message: cfg.max_message_bytes,
+            max_partial: cfg.max_message_bytes.saturating_add(256 << 10),
+        };
+        Arc::new(RtmpShared {
+            limits,
+            budget: Arc::new(ByteBudget::new(cfg.max_partial_bytes)),
+            connections: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            publish_refused: AtomicU64::new(0),
+            auth_refused: AtomicU64::new(0),
+            auth: auth.clone(),
+            setup_timeouts: AtomicU64::new(0),
+            per_ip_refused: AtomicU64::new(0),
+            full_refused: AtomicU64::new(0),
+            per_ip: Default::default(),
+            max_per_ip: cfg.max_connections_per_ip.max(1),
+        })
+    }
+
+    pub fn guard(&self) -> RtmpCommandGuard {
+        RtmpCommandGuard::new(self.limits, self.budget.clone())
+    }
+
+    pub fn snapshot(&self) -> RtmpCounters {
+        RtmpCounters {
+            connections: self.connections.load(Ordering::Relaxed),
+            partial_bytes: self.budget.used(),
+            max_partial_bytes: self.budget.limit(),
+            max_message_bytes: self.limits.max_message,
+            oversized_messages: self.budget.oversized.load(Ordering::Relaxed),
+            budget_exhausted: self.budget.exhausted.load(Ordering::Relaxed),
+            refused_connections: self.refused.load(Ordering::Relaxed),
+            publish_refused: self.publish_refused.load(Ordering::Relaxed),
+            auth_refused: self.auth_refused.load(Ordering::Relaxed),
+            setup_timeouts: self.setup_timeouts.load(Ordering::Relaxed),
+            per_ip_refused: self.per_ip_refused.load(Ordering::Relaxed),
+            full_refused: self.full_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes a connection slot of `ip`, unless it holds `max_connections_per_ip` already. The
+    /// host itself is not limited (its own tools, the push's loopback tests).
+    fn ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip && !ip.is_loopback_host() {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { shared: self.clone(), ip })
+    }
+}
+
+/// Rate limit of the warnings about peers refused for what they sent.
+static REFUSED_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+/// Rate limit of the warnings about connections refused or closed by the listener's limits.
+static ACCEPT_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+/// Rate limit of the warnings about refused publish requests.
+static PUBLISH_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimit::new(Duration::from_secs(1)));
+
+/// Name prefixes that belong to other kinds of source: `gb/` (GB28181 channels) and `rtp/` (RTP
+/// cameras by SSRC). An RTMP publisher may not publish under them (compared ignoring case).
+pub const RESERVED_PREFIXES: [&str; 2] = ["gb/", "rtp/"];
+
+/// The reserved prefix `name` starts with, if any.
+pub fn reserved_prefix(name: &str) -> Option<&'static str> {
+    RESERVED_PREFIXES.into_iter().find(|p| name.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))
+}
+
 /// Kernel send buffer per RTMP connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
+/// Serves RTMP on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    rtp: Arc<RtpShared>,
+    cfg: RtmpConfig,
+    shared: Arc<RtmpShared>,
+    shutdown: CancellationToken,
+) {
+    if shared.auth.publish && shared.auth.secret.is_empty() && shared.auth.keys.is_empty() {
+        info!("RTMP publishing is open to this host only: set [auth] secret or keys to publish from others");
+    }
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
         let (sock, peer) = tokio::select! {
@@ -55,14 +237,45 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cfg: RtmpConfig, shutdo
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, "RTMP connection refused: rtmp.max_connections reached");
+            shared.full_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+                warn!(%peer, suppressed, "RTMP connection refused: rtmp.max_connections reached");
+            }
             continue;
         };
-        let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
+        // One address may not take every slot: others keep room.
+        let Some(ip_slot) = shared.ip_slot(peer.ip()) else {
+            shared.per_ip_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+                warn!(%peer, suppressed, "RTMP connection refused: rtmp.max_connections_per_ip reached");
+            }
+            continue;
+        };
+        let (hub, rtp, cfg, shared, shutdown) =
+            (hub.clone(), rtp.clone(), cfg.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            match connection(sock, peer, hub, cfg, shutdown).await {
+            let _permit = (permit, ip_slot);
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let r = connection(sock, peer, hub, rtp, cfg, shared.clone(), shutdown).await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
+                Err(e) if e.downcast_ref::<RtmpLimitError>().is_some() => {
+                    shared.setup_timeouts.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(%peer, suppressed, "RTMP connection closed: {e:#}");
+                    }
+                }
+                Err(e) if e.downcast_ref::<RtmpGuardError>().is_some() => {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    // A peer's hostile bytes: logged, rate-limited (a flood must not flood the log).
+                    if let Some(suppressed) =
+                        REFUSED_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(%peer, suppressed, "RTMP connection closed: {e:#}");
+                    }
+                }
                 Err(e) => debug!(%peer, "RTMP connection ended: {e:#}"),
             }
         });
@@ -295,6 +508,15 @@ pub fn stream_name(app: &str, key: &str) -> String {
     }
 }
 
+/// The query string a client sent with its stream key (`key?txSecret=..`), or with the app.
+fn query_of<'a>(app: &'a str, key: &'a str) -> &'a str {
+    [key, app].into_iter().find_map(|s| s.split_once('?').map(|(_, q)| q)).unwrap_or("")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 struct Player {
     stream_id: u32,
     sub: Subscription,
@@ -310,19 +532,42 @@ struct Publisher {
     demux: flv::FlvDemuxer,
     stats: StreamStats,
     errors_logged: bool,
+    /// The media stage every source passes through (timestamp repair, G.711 rate, AAC
+    /// transcoding), as for RTP streams (D11).
+    pipeline: MediaPipeline,
+    out: Vec<Frame>,
+    video: TrackCounter,
+    /// Arrival clock of the media stage.
+    epoch: Instant,
 }
 
 impl Publisher {
+    fn new(stream: Arc<Stream>, rtp: &RtpShared) -> Publisher {
+        Publisher {
+            pipeline: rtp.media_pipeline(&stream),
+            stream,
+            demux: flv::FlvDemuxer::new(),
+            stats: StreamStats::default(),
+            errors_logged: false,
+            out: Vec::new(),
+            video: TrackCounter::default(),
+            epoch: Instant::now(),
+        }
+    }
+
     fn frame(&mut self, f: Frame) {
         match &*f.config {
             CodecConfig::Video(v) => {
+                self.video.count(&f);
                 let s = self.stats.video.get_or_insert_with(VideoStats::default);
                 s.codec = f.codec.name();
                 (s.width, s.height) = (v.width, v.height);
                 s.frames += 1;
                 s.keyframes += f.keyframe as u64;
+                s.fps = self.video.rate();
             }
             CodecConfig::Audio(a) => {
+                // What the publisher sends; what leaves is the media stage's (`media`).
                 let s = self.stats.audio.get_or_insert_with(AudioStats::default);
                 s.codec = f.codec.name();
                 (s.sample_rate, s.channels) = (a.sample_rate, a.channels);
@@ -331,16 +576,39 @@ impl Publisher {
         }
         self.stats.bytes_in += f.data.len() as u64;
         self.stats.packets += 1;
-        if self.stats.packets % 25 == 1 || f.keyframe {
-            self.stream.set_stats(self.stats.clone());
+        let keyframe = f.keyframe && f.kind() == MediaKind::Video;
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        self.pipeline.push(f, Some(now_us), &mut self.out);
+        for f in self.out.drain(..) {
+            self.stream.publish(f);
         }
-        self.stream.publish(f);
+        if self.stats.packets % 25 == 1 || keyframe {
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        self.stats.media = self.pipeline.stats();
+        self.stream.set_stats(self.stats.clone());
+    }
+
+    /// The publisher left: audio still held by the media stage goes out, the stats are final.
+    fn finish(mut self, hub: &Hub) {
+        self.pipeline.finish(&mut self.out);
+        for f in self.out.drain(..) {
+            self.stream.publish(f);
+        }
+        self.publish_stats();
+        hub.remove(&self.stream);
     }
 }
 
 struct Conn {
     peer: SocketAddr,
     hub: Arc<Hub>,
+    /// The media stage's home (audio worker pool, G.711 rate hints), shared with RTP ingest.
+    rtp: Arc<RtpShared>,
+    shared: Arc<RtmpShared>,
     cfg: RtmpConfig,
     session: ServerSession,
     /// Sees every byte before `session` does (see `proto::rtmp_guard`).
@@ -349,13 +617,20 @@ struct Conn {
     publisher: Option<Publisher>,
     /// Bytes to send, in order.
     pending: Vec<u8>,
+    /// A request was refused: close once the answer is sent (as nginx-rtmp does on a failed
+    /// authentication), so a refused peer holds no connection slot.
+    close: Option<String>,
+    /// It published or played once (the setup deadline no longer applies).
+    had_role: bool,
 }
 
 async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
     hub: Arc<Hub>,
+    rtp: Arc<RtpShared>,
     cfg: RtmpConfig,
+    shared: Arc<RtmpShared>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = cfg.push_timeout.0;
@@ -365,10 +640,19 @@ async fn connection(
     // hub's slow-subscriber rule find it, and kernel memory per player stays bounded.
     let _ = socket2::SockRef::from(&sock).set_send_buffer_size(PLAYER_SEND_BUFFER);
     let (mut rd, mut wr) = sock.into_split();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Handshake, connect and publish/play must be done by this deadline (a peer that stops
+    // after the handshake held its slot for ever before).
+    let setup = cfg.setup_timeout.0;
+    let setup_deadline = tokio::time::Instant::now() + setup;
+    let setup_left = || setup_deadline.saturating_duration_since(tokio::time::Instant::now());
+    // Small until the peer has shown it speaks RTMP (the handshake's packets are 1,537 bytes).
+    let mut buf = vec![0u8; 4096];
     let mut hs = Handshake::new(PeerType::Server);
     let leftover = loop {
-        let n = read_timeout(&mut rd, &mut buf, limit).await.context("handshake")?;
+        let n = match tokio::time::timeout(setup_left(), read_timeout(&mut rd, &mut buf, limit)).await {
+            Ok(r) => r.context("handshake")?,
+            Err(_) => return Err(RtmpLimitError::SetupTimeout(setup).into()),
+        };
         match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 write_timeout(&mut wr, &response_bytes, limit).await?;
@@ -379,16 +663,21 @@ async fn connection(
             }
         }
     };
+    buf.resize(64 * 1024, 0);
     let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
     let mut c = Conn {
         peer,
         hub,
+        rtp,
         cfg,
         session,
-        guard: RtmpCommandGuard::new(),
+        guard: shared.guard(),
+        shared,
         player: None,
         publisher: None,
         pending: Vec::new(),
+        close: None,
+        had_role: false,
     };
     let result = async {
         c.results(results).await?;
@@ -404,8 +693,13 @@ async fn connection(
             let mut hold = false;
             // A merging player does not wake for each frame: its queue is drained when the interval ends.
             let take_frames = !(merging && hold_until.is_some());
+            // Until it publishes or plays, a connection lives by the setup deadline.
+            let unset = c.publisher.is_none() && c.player.is_none() && !c.had_role;
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(setup_deadline), if unset => {
+                    return Err(RtmpLimitError::SetupTimeout(setup).into());
+                }
                 _ = batch::sleep_until_opt(hold_until) => {
                     if merging {
                         c.append_frames(None, &mut out)?;
@@ -415,12 +709,15 @@ async fn connection(
                     let n = match r {
                         Ok(r) => r?,
                         Err(_) if c.publisher.is_some() => bail!("publisher silent for {PUBLISH_IDLE:?}"),
+                        // Neither playing nor publishing any more, and silent: nothing to keep.
+                        Err(_) if c.player.is_none() => bail!("idle for {PUBLISH_IDLE:?}"),
                         Err(_) => continue,
                     };
                     if n == 0 {
                         return Ok(());
                     }
                     c.input(&buf[..n]).await?;
+                    c.had_role |= c.publisher.is_some() || c.player.is_some();
                     if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.stream))) {
                         // Another source took the name: this one stops (its stream is closed).
                         c.publisher = None;
@@ -459,13 +756,18 @@ async fn connection(
                 c.flush(&mut wr).await?;
                 batch::trim(&mut c.pending);
             }
+            if let Some(why) = c.close.take() {
+                c.flush(&mut wr).await?;
+                debug!(peer = %c.peer, "RTMP connection closed after a refusal: {why}");
+                return Ok(());
+            }
         }
     }
     .await;
     if let Some(p) = c.publisher.take() {
-        p.stream.set_stats(p.stats.clone());
-        c.hub.remove(&p.stream);
-        info!(stream = %p.stream.name, peer = %c.peer, "RTMP publisher left");
+        let name = p.stream.name.clone();
+        p.finish(&c.hub);
+        info!(stream = %name, peer = %c.peer, "RTMP publisher left");
     }
     result
 }
@@ -521,12 +823,16 @@ impl Conn {
     }
 
     async fn input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        // rml_rtmp 0.8 panics on an AMF0 command with too few values (found by fuzz/rtmp_chunk):
-        // the guard refuses it first. Any other panic there is still caught, so a bad peer ends
-        // its own connection, nothing more.
-        self.guard.check(bytes)?;
+        // The session never reads the peer's chunks: the guard reassembles them within limits,
+        // refuses what rml_rtmp would panic or overflow its stack on, and hands on whole messages
+        // (D10, D30). Any other panic there is still caught, so a bad peer ends its own
+        // connection, nothing more.
+        let bytes = self.guard.filter(bytes)?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let session = &mut self.session;
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(&bytes)))
             .map_err(|_| anyhow!("malformed RTMP message"))?
             .map_err(|e| anyhow!("RTMP: {e:?}"))?;
         self.results(results).await
@@ -549,6 +855,22 @@ impl Conn {
         Ok(())
     }
 
+    /// Answers a publish request with `code`, counted and logged (rate-limited).
+    fn refuse_publish(
+        &mut self,
+        request_id: u32,
+        name: &str,
+        code: &str,
+        why: &str,
+    ) -> anyhow::Result<Vec<ServerSessionResult>> {
+        self.shared.publish_refused.fetch_add(1, Ordering::Relaxed);
+        self.close = Some(format!("publish {name}: {code}"));
+        if let Some(suppressed) = PUBLISH_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+            warn!(stream = %name, peer = %self.peer, code, suppressed, "RTMP publish refused: {why}");
+        }
+        self.session.reject_request(request_id, code, why).map_err(|e| anyhow!("{e:?}"))
+    }
+
     fn accept(&mut self, request_id: u32) -> anyhow::Result<Vec<ServerSessionResult>> {
         self.session.accept_request(request_id).map_err(|e| anyhow!("accept: {e:?}"))
     }
@@ -559,21 +881,31 @@ impl Conn {
             ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
                 let name = stream_name(&app_name, &stream_key);
                 if self.publisher.is_some() || self.player.is_some() || name.is_empty() {
-                    return self
-                        .session
-                        .reject_request(request_id, "NetStream.Publish.BadName", "one stream per connection")
-                        .map_err(|e| anyhow!("{e:?}"));
+                    return self.refuse_publish(
+                        request_id,
+                        &name,
+                        "NetStream.Publish.BadName",
+                        "one stream per connection",
+                    );
+                }
+                let query = query_of(&app_name, &stream_key);
+                if let Err(e) =
+                    auth::check(&self.shared.auth, Action::Publish, &name, query, self.peer.ip(), unix_now())
+                {
+                    self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    let why = format!("authentication failed: {e}");
+                    return self.refuse_publish(request_id, &name, "NetStream.Publish.Rejected", &why);
+                }
+                if let Some(prefix) = reserved_prefix(&name) {
+                    // `gb/` and `rtp/` belong to GB28181 and RTP sources (issue 8, hole 2).
+                    let why = format!("names under {prefix} belong to GB28181/RTP sources");
+                    return self.refuse_publish(request_id, &name, "NetStream.Publish.BadName", &why);
                 }
                 let source = Source { transport: Transport::Rtmp, peer: self.peer, ssrc: None };
                 match self.hub.create(&name, source, Takeover::Refuse) {
                     Ok(stream) => {
                         info!(stream = %name, peer = %self.peer, "RTMP publish");
-                        self.publisher = Some(Publisher {
-                            stream,
-                            demux: flv::FlvDemuxer::new(),
-                            stats: StreamStats::default(),
-                            errors_logged: false,
-                        });
+                        self.publisher = Some(Publisher::new(stream, &self.rtp));
                         self.accept(request_id)
                     }
                     Err(e) => {
@@ -583,14 +915,37 @@ impl Conn {
                             PublishError::NameTaken { .. } => "NetStream.Publish.BadName",
                             PublishError::TooManyStreams(_) => "NetStream.Publish.Rejected",
                         };
-                        warn!(stream = %name, peer = %self.peer, "RTMP publish refused: {e}");
-                        self.session.reject_request(request_id, code, &e.to_string()).map_err(|e| anyhow!("{e:?}"))
+                        self.refuse_publish(request_id, &name, code, &e.to_string())
                     }
                 }
             }
             ServerSessionEvent::PlayStreamRequested { request_id, app_name, stream_key, stream_id, .. } => {
                 let candidates =
                     [stream_name(&app_name, &stream_key), stream_name("", &app_name), stream_name("", &stream_key)];
+                // Checked before anything is started on demand: a credential signs the name asked
+                // for, as the client wrote it (app/key, or the key alone).
+                let query = query_of(&app_name, &stream_key);
+                let (peer, now) = (self.peer.ip(), unix_now());
+                let mut verdict = Err(auth::AuthError::Missing);
+                for n in candidates.iter().filter(|n| !n.is_empty()) {
+                    verdict = auth::check(&self.shared.auth, Action::Play, n, query, peer, now);
+                    if verdict.is_ok() {
+                        break;
+                    }
+                }
+                if let Err(e) = verdict {
+                    self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) =
+                        PUBLISH_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
+                    {
+                        warn!(stream = %candidates[0], peer = %self.peer, suppressed, "RTMP play refused: {e}");
+                    }
+                    let why = format!("authentication failed: {e}");
+                    return self
+                        .session
+                        .reject_request(request_id, "NetStream.Play.Failed", &why)
+                        .map_err(|e| anyhow!("{e:?}"));
+                }
                 if candidates.iter().all(|n| self.hub.get(n).is_none()) {
                     // Not live: a handler may start it (GB28181 play on demand).
                     for n in &candidates {
@@ -646,9 +1001,9 @@ impl Conn {
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(p) = self.publisher.take() {
-                    p.stream.set_stats(p.stats.clone());
-                    self.hub.remove(&p.stream);
-                    info!(stream = %p.stream.name, "RTMP publish finished");
+                    let name = p.stream.name.clone();
+                    p.finish(&self.hub);
+                    info!(stream = %name, "RTMP publish finished");
                 }
                 Ok(Vec::new())
             }
@@ -693,6 +1048,16 @@ mod tests {
         assert_eq!(c.map(0, 3600), 10800);
         // A leap forward is bridged the same way.
         assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+    }
+
+    #[test]
+    fn reserved_prefixes() {
+        assert_eq!(reserved_prefix("gb/34020000001320000001"), Some("gb/"));
+        assert_eq!(reserved_prefix("RTP/05F5E101"), Some("rtp/"));
+        assert_eq!(reserved_prefix(&stream_name("rtp", "0BEBC201")), Some("rtp/"));
+        assert_eq!(reserved_prefix("live/gb"), None);
+        assert_eq!(reserved_prefix("rtpx/1"), None);
+        assert_eq!(reserved_prefix("g"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -43,6 +43,8 @@ const IDLE_FLUSH: Duration = Duration::from_millis(200);
 const PROBATION_CAPACITY: usize = 1024;
 /// Datagrams kept per SSRC on probation (handed to the stream once it is created).
 const PROBATION_PACKETS: usize = 4;
+/// Payload bytes probation holds in all (1024 x 4 full-size datagrams would be 256 MiB).
+const PROBATION_BYTES: usize = 4 << 20;
 /// Unknown SSRCs remembered for the API in `report` mode.
 const REPORTED_CAPACITY: usize = 256;
 
@@ -66,6 +68,27 @@ pub struct RtpCounters {
     pub tcp_resyncs: AtomicU64,
     /// Packets dropped because a stream's queue was full.
     pub queue_drops: AtomicU64,
+    /// Datagrams carrying a live UDP stream's SSRC from another source address, dropped (a
+    /// spoofer, or a second sender of the same SSRC nobody expected).
+    pub foreign_ssrc_packets: AtomicU64,
+    /// UDP streams whose source moved to a new address after the old one went quiet.
+    pub ssrc_rebinds: AtomicU64,
+    /// Two sessions' media with the same SSRC (two channels of one device answering the same
+    /// `y=`), told apart by source address.
+    pub ssrc_clashes: AtomicU64,
+    /// Streams refused because their name is live under another source (hub `NameTaken`): an
+    /// RTP/TCP connection sending a live camera's SSRC from another address, for example.
+    pub takeovers_refused: AtomicU64,
+    /// Media for a GB session (announced SSRC) from an address other than the one the device
+    /// signalled from: dropped (UDP) or the connection closed (TCP).
+    pub foreign_source_refused: AtomicU64,
+    /// Unannounced streams refused because their budget (`max_unknown_streams`, or
+    /// `max_unknown_per_source` for one IP) was spent on streams that are still sending.
+    pub unknown_refused: AtomicU64,
+    /// Unannounced streams ended to make room (idle ones first).
+    pub unknown_evicted: AtomicU64,
+    /// Packets dropped, or partial access units shed, because `max_buffered_bytes` was reached.
+    pub budget_drops: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,11 +105,24 @@ pub struct RtpCountersSnapshot {
     pub tcp_refused: u64,
     pub tcp_resyncs: u64,
     pub queue_drops: u64,
+    pub foreign_ssrc_packets: u64,
+    pub ssrc_rebinds: u64,
+    pub ssrc_clashes: u64,
+    pub takeovers_refused: u64,
+    pub foreign_source_refused: u64,
+    pub unknown_streams: usize,
+    pub unknown_refused: u64,
+    pub unknown_evicted: u64,
+    pub budget_drops: u64,
+    /// Bytes all RTP streams hold now: queued, reordered, reassembly, probation.
+    pub buffered_bytes: usize,
+    pub max_buffered_bytes: usize,
     pub unknown_ssrcs: Vec<UnknownSsrcReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnknownSsrcReport {
+    #[serde(serialize_with = "serialize_ssrc")]
     pub ssrc: u32,
     pub peer: SocketAddr,
     pub packets: u64,
@@ -97,6 +133,18 @@ enum Claim {
     Ambiguous,
     Nobody,
 }
+
+/// Milliseconds on a process-wide monotonic clock (for activity stamps shared between tasks).
+fn mono_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Over the global byte budget, a stream holding more than this for reassembly sheds it.
+const SHED_ABOVE: usize = 1 << 20;
+
+/// An unannounced stream quiet this long may be ended to make room for another.
+const UNKNOWN_IDLE_MS: u64 = 1000;
 
 /// Sessions expecting media by source IP (bounded; oldest dropped first).
 const EXPECTED_CAPACITY: usize = 4096;
@@ -122,6 +170,26 @@ pub struct RtpShared {
     audio_pool: std::sync::OnceLock<Arc<AudioPool>>,
     /// G.711 sample rates announced by signalling (SDP `f=`), by stream name.
     g711_rates: std::sync::Mutex<HashMap<String, u32>>,
+    /// The IP each GB session's device signalled from, by stream name: its media must come
+    /// from there (issue 8, hole 2). Kept until the session is withdrawn, so a reconnect works.
+    signalled: std::sync::Mutex<HashMap<String, std::net::IpAddr>>,
+    /// One rate limit for the refusals a peer can trigger (log lines, not counters).
+    refusal_log: std::sync::Mutex<RateLimit>,
+    /// Live streams of SSRCs nobody announced: they have their own budget, so announced
+    /// sessions always find a slot (issue 8, hole 9).
+    unknown: std::sync::Mutex<Vec<UnknownStream>>,
+    /// `[rtp] max_unknown_streams` and `max_unknown_per_source`.
+    unknown_limits: std::sync::Mutex<(usize, usize)>,
+    /// Bytes all RTP streams hold (queues, reorder buffers, reassembly, probation), and the
+    /// global budget for them (`[rtp] max_buffered_bytes`; issue 8, holes 7, 16 and 18).
+    buffered: std::sync::atomic::AtomicUsize,
+    max_buffered: std::sync::atomic::AtomicUsize,
+}
+
+struct UnknownStream {
+    ip: std::net::IpAddr,
+    stream: Arc<Stream>,
+    stats: Arc<RouteStats>,
 }
 
 impl RtpShared {
@@ -138,11 +206,20 @@ impl RtpShared {
             audio,
             audio_pool: std::sync::OnceLock::new(),
             g711_rates: std::sync::Mutex::new(HashMap::new()),
+            signalled: std::sync::Mutex::new(HashMap::new()),
+            refusal_log: std::sync::Mutex::new(RateLimit::new(Duration::from_secs(10))),
+            unknown: std::sync::Mutex::new(Vec::new()),
+            unknown_limits: std::sync::Mutex::new({
+                let d = RtpConfig::default();
+                (d.max_unknown_streams, d.max_unknown_per_source)
+            }),
+            buffered: std::sync::atomic::AtomicUsize::new(0),
+            max_buffered: std::sync::atomic::AtomicUsize::new(RtpConfig::default().max_buffered_bytes),
         })
     }
 
-    /// The G.711 rate signalling announced for stream `name` (SDP `f=`): it replaces detection
-    /// for that stream's next media stage (`[audio] g711_rate` in the config still wins).
+    /// The G.711 rate signalling announced for stream `name` (SDP `f=`): a hint for that stream's
+    /// next media stage, which detection still corrects (`[audio] g711_rate` in the config wins).
     pub fn hint_g711_rate(&self, name: &str, rate: u32) {
         let mut rates = self.g711_rates.lock().unwrap_or_else(|e| e.into_inner());
         if rates.len() < EXPECTED_CAPACITY || rates.contains_key(name) {
@@ -181,12 +258,186 @@ impl RtpShared {
     pub fn withdraw_name(&self, name: &str) {
         self.announced.write().unwrap_or_else(|e| e.into_inner()).retain(|_, n| n != name);
         self.g711_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.signalled.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.forget_expected(name);
+    }
+
+    /// Whether media for `name` may come from `ip`: a GB session's media comes from the address
+    /// its device signalled from (`expect_source`); other streams have no such binding. A refusal
+    /// is counted and logged (rate-limited).
+    fn source_allowed(&self, name: &str, peer: SocketAddr) -> bool {
+        let signalled = self.signalled.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied();
+        match signalled {
+            Some(ip) if ip != peer.ip() => {
+                self.counters.foreign_source_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) =
+                    self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    warn!(stream = name, %peer, signalled = %ip, suppressed, "media for a GB session from an address its device did not signal from: refused");
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Reserves `n` bytes of the global budget; false (and nothing reserved) when it is spent.
+    fn reserve(&self, n: usize) -> bool {
+        let max = self.max_buffered.load(Ordering::Relaxed);
+        let prev = self.buffered.fetch_add(n, Ordering::Relaxed);
+        if prev.saturating_add(n) > max {
+            self.buffered.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: usize) {
+        self.buffered.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Sets the budget of unannounced streams (`serve` does it from the config).
+    pub fn set_unknown_limits(&self, total: usize, per_source: usize) {
+        *self.unknown_limits.lock().unwrap_or_else(|e| e.into_inner()) = (total, per_source);
+    }
+
+    fn now_ms(&self) -> u64 {
+        mono_ms()
+    }
+
+    fn unknown_live(&self) -> usize {
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| !x.stream.is_closed());
+        u.len()
+    }
+
+    /// Whether an unannounced stream from `ip` may start. At the budget (all of them, or those of
+    /// this IP), the stream of that group that has been quiet longest is ended to make room if
+    /// it has been quiet for a second; otherwise the new one is refused (counted).
+    fn admit_unknown(&self, ip: std::net::IpAddr, hub: &Hub) -> bool {
+        let (total, per_source) = *self.unknown_limits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| !x.stream.is_closed());
+        let from_ip = u.iter().filter(|x| x.ip == ip).count();
+        // The group that must give way: this IP's streams, or everyone's.
+        let only_ip = if from_ip >= per_source {
+            Some(ip)
+        } else if u.len() >= total {
+            None
+        } else {
+            return true;
+        };
+        let group = |x: &UnknownStream| only_ip.is_none_or(|ip| x.ip == ip);
+        let now = self.now_ms();
+        let idlest = u
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| group(x))
+            .min_by_key(|(_, x)| x.stats.last_packet_ms.load(Ordering::Relaxed))
+            .map(|(i, x)| (i, now.saturating_sub(x.stats.last_packet_ms.load(Ordering::Relaxed))));
+        match idlest {
+            Some((i, quiet_ms)) if quiet_ms >= UNKNOWN_IDLE_MS => {
+                let evicted = u.swap_remove(i);
+                drop(u);
+                self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
+                info!(stream = %evicted.stream.name, quiet_ms, "unannounced stream ended to make room");
+                hub.remove(&evicted.stream);
+                true
+            }
+            _ => {
+                drop(u);
+                self.counters.unknown_refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) =
+                    self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    warn!(%ip, suppressed, total, per_source, "unannounced stream refused: its budget is spent");
+                }
+                false
+            }
+        }
+    }
+
+    fn track_unknown(&self, ip: std::net::IpAddr, stream: &Arc<Stream>, stats: &Arc<RouteStats>) {
+        stats.last_packet_ms.store(self.now_ms(), Ordering::Relaxed);
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.push(UnknownStream { ip, stream: stream.clone(), stats: stats.clone() });
+    }
+
+    /// The hub is full and an announced session needs a slot: end the unannounced stream that
+    /// has been quiet longest. Returns whether one was ended.
+    fn evict_for_announced(&self, hub: &Hub) -> bool {
+        let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+        u.retain(|x| !x.stream.is_closed());
+        let Some(i) =
+            u.iter().enumerate().min_by_key(|(_, x)| x.stats.last_packet_ms.load(Ordering::Relaxed)).map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let evicted = u.swap_remove(i);
+        drop(u);
+        self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
+        info!(stream = %evicted.stream.name, "unannounced stream ended: an announced session needs its slot");
+        hub.remove(&evicted.stream);
+        true
+    }
+
+    /// Creates the hub stream for an RTP source. Unannounced streams (`unknown`) spend their own
+    /// budget; announced ones may end an unannounced stream when the hub is full.
+    fn create_stream(
+        &self,
+        hub: &Hub,
+        name: &str,
+        source: Source,
+        unknown: bool,
+        stats: &Arc<RouteStats>,
+    ) -> Option<Arc<Stream>> {
+        let peer = source.peer;
+        if unknown && !self.admit_unknown(peer.ip(), hub) {
+            return None;
+        }
+        let mut result = hub.create(name, source.clone(), Takeover::SameSource);
+        if !unknown
+            && matches!(result, Err(crate::hub::PublishError::TooManyStreams(_)))
+            && self.evict_for_announced(hub)
+        {
+            result = hub.create(name, source, Takeover::SameSource);
+        }
+        match result {
+            Ok(stream) => {
+                self.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+                if unknown {
+                    self.track_unknown(peer.ip(), &stream, stats);
+                }
+                Some(stream)
+            }
+            Err(e) => {
+                self.refused(name, peer, &e);
+                None
+            }
+        }
+    }
+
+    /// Counts and logs (rate-limited) a stream the hub refused.
+    fn refused(&self, name: &str, peer: SocketAddr, e: &crate::hub::PublishError) {
+        self.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
+        if matches!(e, crate::hub::PublishError::NameTaken { .. }) {
+            self.counters.takeovers_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(suppressed) = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now()) {
+            warn!(stream = name, %peer, suppressed, "stream refused: {e}");
+        }
     }
 
     /// Expects media for `name` from `ip`, over TCP or UDP, with an SSRC nobody announced (see
     /// `expected`).
     pub fn expect_source(&self, ip: std::net::IpAddr, tcp: bool, name: String) {
+        {
+            let mut signalled = self.signalled.lock().unwrap_or_else(|e| e.into_inner());
+            if signalled.len() < EXPECTED_CAPACITY || signalled.contains_key(&name) {
+                signalled.insert(name.clone(), ip);
+            }
+        }
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
         e.retain(|x| x.name != name);
         if e.len() >= EXPECTED_CAPACITY {
@@ -245,6 +496,17 @@ impl RtpShared {
             tcp_refused: get(&c.tcp_refused),
             tcp_resyncs: get(&c.tcp_resyncs),
             queue_drops: get(&c.queue_drops),
+            foreign_ssrc_packets: get(&c.foreign_ssrc_packets),
+            ssrc_rebinds: get(&c.ssrc_rebinds),
+            ssrc_clashes: get(&c.ssrc_clashes),
+            takeovers_refused: get(&c.takeovers_refused),
+            foreign_source_refused: get(&c.foreign_source_refused),
+            unknown_streams: self.unknown_live(),
+            unknown_refused: get(&c.unknown_refused),
+            unknown_evicted: get(&c.unknown_evicted),
+            budget_drops: get(&c.budget_drops),
+            buffered_bytes: self.buffered.load(Ordering::Relaxed),
+            max_buffered_bytes: self.max_buffered.load(Ordering::Relaxed),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
         }
     }
@@ -303,6 +565,10 @@ pub async fn serve(
     shared: Arc<RtpShared>,
     shutdown: CancellationToken,
 ) {
+    // Whatever the config says, a fifth of the slots stays for announced sessions.
+    let total = cfg.max_unknown_streams.min(cfg.max_streams - cfg.max_streams / 5);
+    shared.set_unknown_limits(total, cfg.max_unknown_per_source);
+    shared.max_buffered.store(cfg.max_buffered_bytes, Ordering::Relaxed);
     let udp_task = tokio::spawn(serve_udp(udp, cfg.clone(), hub.clone(), shared.clone(), shutdown.clone()));
     let tcp_task = tokio::spawn(serve_tcp(tcp, cfg, hub, shared, shutdown));
     let _ = tokio::join!(udp_task, tcp_task);
@@ -318,11 +584,26 @@ struct Pending {
 struct Probation {
     pending: HashMap<u32, Pending>,
     order: VecDeque<u32>,
+    /// Payload bytes held (each datagram owns its buffer: see `serve_udp`).
+    bytes: usize,
+}
+
+fn payload_bytes(packets: &[RtpPacket]) -> usize {
+    packets.iter().map(|p| p.payload.len()).sum()
 }
 
 impl Probation {
     fn new() -> Probation {
-        Probation { pending: HashMap::new(), order: VecDeque::new() }
+        Probation { pending: HashMap::new(), order: VecDeque::new(), bytes: 0 }
+    }
+
+    fn evict_oldest(&mut self, counters: &RtpCounters) {
+        if let Some(old) = self.order.pop_front() {
+            if let Some(p) = self.pending.remove(&old) {
+                self.bytes -= payload_bytes(&p.packets);
+            }
+            counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Returns the packets to publish when `packet` completes probation for its SSRC.
@@ -333,45 +614,111 @@ impl Probation {
             // A second packet from the same host continuing the sequence proves a real sender.
             if p.peer.ip() == peer.ip() && (1..=64).contains(&step) {
                 let mut p = self.pending.remove(&ssrc).expect("present");
+                self.bytes -= payload_bytes(&p.packets);
                 self.order.retain(|s| *s != ssrc);
                 p.packets.push(packet);
                 return Some(p.packets);
             }
-            if p.packets.len() < PROBATION_PACKETS {
+            if p.packets.len() < PROBATION_PACKETS && self.bytes + packet.payload.len() <= PROBATION_BYTES {
+                self.bytes += packet.payload.len();
                 p.packets.push(packet);
             }
             p.last_seq = seq;
             return None;
         }
         if self.pending.len() >= PROBATION_CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.pending.remove(&old);
-                counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
-            }
+            self.evict_oldest(counters);
         }
+        while self.bytes + packet.payload.len() > PROBATION_BYTES && !self.order.is_empty() {
+            self.evict_oldest(counters);
+        }
+        self.bytes += packet.payload.len();
         self.order.push_back(ssrc);
         self.pending.insert(ssrc, Pending { peer, last_seq: packet.seq, packets: vec![packet] });
         None
     }
 }
 
+/// Per-stream figures the socket task counts and the stream task publishes.
+#[derive(Debug, Default)]
+struct RouteStats {
+    queue_drops: AtomicU64,
+    /// When the stream last received a packet, in ms since `RtpShared::epoch` (idle squatters
+    /// are evicted first).
+    last_packet_ms: AtomicU64,
+    /// Datagrams with this stream's SSRC from another source address, dropped.
+    foreign: AtomicU64,
+    /// Payload bytes in the socket -> stream queue (bounded by `stream_queue_bytes`).
+    queued_bytes: std::sync::atomic::AtomicUsize,
+}
+
 struct Route {
     tx: mpsc::Sender<RtpPacket>,
-    drops: Arc<AtomicU64>,
+    stats: Arc<RouteStats>,
+    max_queue_bytes: usize,
 }
 
 impl Route {
-    /// Queues a packet for the stream; a full queue drops it (counted). `Err` gives the packet
-    /// back when the stream has ended.
-    fn forward(&self, packet: RtpPacket, counters: &RtpCounters) -> Result<(), RtpPacket> {
+    /// Queues a packet for the stream; a full queue (packets or bytes) or a spent global budget
+    /// drops it (counted). `Err` gives the packet back when the stream has ended.
+    fn forward(&self, packet: RtpPacket, shared: &RtpShared) -> Result<(), RtpPacket> {
+        let counters = &shared.counters;
+        if self.tx.is_closed() {
+            return Err(packet);
+        }
+        let len = packet.payload.len();
+        if self.stats.queued_bytes.load(Ordering::Relaxed).saturating_add(len) > self.max_queue_bytes {
+            self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if !shared.reserve(len) {
+            self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            counters.budget_drops.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
         match self.tx.try_send(packet) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.drops.fetch_add(1, Ordering::Relaxed);
-                counters.queue_drops.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+            Err(e) => {
+                self.stats.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                shared.release(len);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+                        counters.queue_drops.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    mpsc::error::TrySendError::Closed(p) => Err(p),
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(p)) => Err(p),
+        }
+    }
+}
+
+/// A UDP stream routed by SSRC, bound to the source address (IP *and* port) of its first
+/// datagram: the SSRC alone is 32 bits anyone can copy.
+struct Binding {
+    route: Route,
+    peer: SocketAddr,
+    last_seen: Instant,
+}
+
+/// What to do with a datagram whose SSRC is bound to another source address.
+#[derive(Debug, PartialEq, Eq)]
+enum Foreign {
+    /// The bound source has been quiet longer than `rebind_after`: the camera moved.
+    Rebind,
+    /// The bound source is still sending: drop it.
+    Drop,
+}
+
+impl Binding {
+    fn judge(&self, now: Instant, rebind_after: Duration) -> Foreign {
+        if now.saturating_duration_since(self.last_seen) > rebind_after {
+            Foreign::Rebind
+        } else {
+            Foreign::Drop
         }
     }
 }
@@ -383,32 +730,33 @@ async fn serve_udp(
     shared: Arc<RtpShared>,
     shutdown: CancellationToken,
 ) {
-    let mut routes: HashMap<u32, Route> = HashMap::new();
+    let mut routes: HashMap<u32, Binding> = HashMap::new();
     // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
     let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut probation = Probation::new();
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    // Each datagram is copied out into its own exact-size buffer: a packet held in probation,
+    // a reorder buffer or a queue then pins its own bytes only, never a shared 256 KiB receive
+    // buffer (issue 8, hole 7), so every byte bound below is a bound on memory.
+    let mut buf = vec![0u8; 65536];
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
     let mut unknown_log = RateLimit::new(Duration::from_secs(10));
-    let mut refused_log = RateLimit::new(Duration::from_secs(10));
+    let mut foreign_log = RateLimit::new(Duration::from_secs(10));
+    let rebind_after = cfg.rebind_after.0;
     let counters = &shared.counters;
     loop {
-        if buf.capacity() - buf.len() < 65536 {
-            buf.reserve(256 * 1024);
-        }
-        let (_, peer) = tokio::select! {
-            r = socket.recv_buf_from(&mut buf) => match r {
+        let (n, peer) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP port unreachable and the like surface here on some systems: not fatal.
                     debug!("UDP receive error: {e}");
-                    buf.clear();
                     continue;
                 }
             },
             _ = shutdown.cancelled() => return,
         };
-        let datagram = buf.split().freeze();
+        let now = Instant::now();
+        let datagram = Bytes::copy_from_slice(&buf[..n]);
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
         let packet = match RtpPacket::parse(datagram) {
@@ -419,7 +767,7 @@ async fn serve_udp(
             }
             Err(e) => {
                 counters.bad_packets.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = bad_log.check(Instant::now()) {
+                if let Some(suppressed) = bad_log.check(now) {
                     warn!(%peer, suppressed, "not an RTP packet: {e}");
                 }
                 continue;
@@ -427,7 +775,7 @@ async fn serve_udp(
         };
         let ssrc = packet.ssrc;
         let packet = match addr_routes.get(&peer) {
-            Some(route) => match route.forward(packet, counters) {
+            Some(route) => match route.forward(packet, &shared) {
                 Ok(()) => continue,
                 Err(p) => {
                     addr_routes.remove(&peer);
@@ -436,30 +784,81 @@ async fn serve_udp(
             },
             None => packet,
         };
-        let packet = match routes.get(&ssrc) {
-            Some(route) => match route.forward(packet, counters) {
-                Ok(()) => continue,
+        // A live stream with this SSRC: from its own source the datagram is forwarded; from
+        // anywhere else it is another session's media (claimed by address below), a camera that
+        // moved (its old address quiet), or a spoofer (dropped, counted).
+        let mut clash_with = None;
+        let packet = match routes.get_mut(&ssrc) {
+            Some(b) if b.route.tx.is_closed() => {
                 // The stream ended (timeout, replaced): the SSRC is new again, under the same
                 // rules as any other new SSRC below.
-                Err(p) => {
-                    routes.remove(&ssrc);
-                    p
+                routes.remove(&ssrc);
+                packet
+            }
+            Some(b) if b.peer == peer => {
+                b.last_seen = now;
+                match b.route.forward(packet, &shared) {
+                    Ok(()) => continue,
+                    Err(p) => {
+                        routes.remove(&ssrc);
+                        p
+                    }
                 }
-            },
+            }
+            Some(b) => {
+                clash_with = Some(b.peer);
+                packet
+            }
             None => packet,
         };
+        if let Some(bound) = clash_with {
+            // Another session waiting for media from this IP: the same SSRC answered for two
+            // channels of one device (Hikvision). Bind this source address to that session.
+            if let Claim::Bound(name) = shared.claim_source(peer.ip(), false) {
+                counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
+                warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
+                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.insert(peer, route);
+                }
+                continue;
+            }
+            let Some(b) = routes.get_mut(&ssrc) else { continue };
+            match b.judge(now, rebind_after) {
+                Foreign::Rebind => {
+                    counters.ssrc_rebinds.fetch_add(1, Ordering::Relaxed);
+                    info!(ssrc = %ssrc_text(ssrc), from = %b.peer, to = %peer, "the stream's source went quiet and came back from a new address: rebound");
+                    b.peer = peer;
+                    b.last_seen = now;
+                    if let Err(_p) = b.route.forward(packet, &shared) {
+                        routes.remove(&ssrc);
+                    }
+                }
+                Foreign::Drop => {
+                    b.route.stats.foreign.fetch_add(1, Ordering::Relaxed);
+                    counters.foreign_ssrc_packets.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = foreign_log.check(now) {
+                        warn!(ssrc = %ssrc_text(ssrc), %peer, bound = %b.peer, suppressed, "a live stream's SSRC from another source address: dropped");
+                    }
+                }
+            }
+            continue;
+        }
         if let Some(name) = shared.announced_name(ssrc) {
+            if !shared.source_allowed(&name, peer) {
+                continue;
+            }
             shared.forget_expected(&name);
-            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
-                routes.retain(|_, r| !r.tx.is_closed());
-                routes.insert(ssrc, route);
+            if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
+                routes.retain(|_, b| !b.route.tx.is_closed());
+                routes.insert(ssrc, Binding { route, peer, last_seen: now });
             }
             continue;
         }
         match shared.claim_source(peer.ip(), false) {
             Claim::Bound(name) => {
-                info!(ssrc = format_args!("{ssrc:08X}"), %peer, stream = %name, "SSRC not the announced one: bound by source address");
-                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, &mut refused_log) {
+                info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
+                if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
                     addr_routes.retain(|_, r| !r.tx.is_closed());
                     addr_routes.insert(peer, route);
                 }
@@ -474,19 +873,19 @@ async fn serve_udp(
         match cfg.unknown_ssrc {
             UnknownSsrc::Publish => {
                 if let Some(packets) = probation.offer(packet, peer, counters) {
-                    info!(ssrc = format_args!("{ssrc:08X}"), %peer, "unknown SSRC: publishing");
+                    info!(ssrc = %ssrc_text(ssrc), %peer, "unknown SSRC: publishing");
                     let name = unknown_stream_name(ssrc);
-                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, &mut refused_log) {
-                        routes.retain(|_, r| !r.tx.is_closed());
-                        routes.insert(ssrc, route);
+                    if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, true) {
+                        routes.retain(|_, b| !b.route.tx.is_closed());
+                        routes.insert(ssrc, Binding { route, peer, last_seen: now });
                     }
                 }
             }
             UnknownSsrc::Report => {
                 counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
                 shared.report_unknown(ssrc, peer);
-                if let Some(suppressed) = unknown_log.check(Instant::now()) {
-                    warn!(ssrc = format_args!("{ssrc:08X}"), %peer, suppressed, "RTP from an unknown SSRC (not published)");
+                if let Some(suppressed) = unknown_log.check(now) {
+                    warn!(ssrc = %ssrc_text(ssrc), %peer, suppressed, "RTP from an unknown SSRC (not published)");
                 }
             }
             UnknownSsrc::Drop => {
@@ -494,10 +893,33 @@ async fn serve_udp(
             }
         }
         // Streams that ended leave closed routes behind; sweep them now and then.
-        if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed) % 4096 == 0 {
-            routes.retain(|_, r| !r.tx.is_closed());
+        if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed).is_multiple_of(4096) {
+            routes.retain(|_, b| !b.route.tx.is_closed());
         }
     }
+}
+
+/// The GB form of an SSRC (10 decimal digits, as in SDP `y=`), used in logs and the API.
+pub fn ssrc_text(ssrc: u32) -> String {
+    format!("{ssrc:010}")
+}
+
+/// Serializes an SSRC in its 10-digit GB form: as a number, `0200000002` would lose its zero.
+pub fn serialize_ssrc<S: serde::Serializer>(ssrc: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ssrc_text(*ssrc))
+}
+
+/// A stream's source as the API shows it: the SSRC in its 10-digit GB form, as in
+/// `/api/v1/gb/sessions`.
+pub fn serialize_source<S: serde::Serializer>(source: &Source, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct View<'a> {
+        transport: crate::hub::Transport,
+        peer: SocketAddr,
+        ssrc: Option<&'a str>,
+    }
+    let ssrc = source.ssrc.map(ssrc_text);
+    View { transport: source.transport, peer: source.peer, ssrc: ssrc.as_deref() }.serialize(s)
 }
 
 fn start_udp_stream(
@@ -507,34 +929,23 @@ fn start_udp_stream(
     cfg: &RtpConfig,
     hub: &Arc<Hub>,
     shared: &Arc<RtpShared>,
-    refused_log: &mut RateLimit,
+    unknown: bool,
 ) -> Option<Route> {
     let ssrc = packets.first().map(|p| p.ssrc)?;
     let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
-    let stream = match hub.create(&name, source, Takeover::SameSource) {
-        Ok(s) => s,
-        Err(e) => {
-            shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = refused_log.check(Instant::now()) {
-                warn!(stream = %name, %peer, suppressed, "stream refused: {e}");
-            }
-            return None;
-        }
-    };
-    shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
+    let stats = Arc::new(RouteStats::default());
+    let stream = shared.create_stream(hub, &name, source, unknown, &stats)?;
     let (tx, rx) = mpsc::channel(cfg.stream_queue);
+    let route = Route { tx, stats: stats.clone(), max_queue_bytes: cfg.stream_queue_bytes };
     for p in packets {
-        let _ = tx.try_send(p);
+        let _ = route.forward(p, shared);
     }
-    let drops = Arc::new(AtomicU64::new(0));
-    let route = Route { tx, drops: drops.clone() };
-    let span =
-        tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), %peer, transport = "udp");
-    let (hub, cfg, pipeline) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream));
+    let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), %peer, transport = "udp");
+    let (hub, cfg, pipeline, shared) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream), shared.clone());
     tokio::spawn(
         async move {
             info!("stream started");
-            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, drops).await;
+            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats, &shared).await;
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -633,11 +1044,15 @@ async fn run_stream(
     stream: &Arc<Stream>,
     cfg: &RtpConfig,
     pipeline: MediaPipeline,
-    queue_drops: Arc<AtomicU64>,
+    route_stats: Arc<RouteStats>,
+    shared: &RtpShared,
 ) -> String {
     let epoch = Instant::now();
     let now_us = || epoch.elapsed().as_micros() as u64;
-    let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64);
+    let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64)
+        .with_byte_limits(cfg.max_access_unit, cfg.reorder_bytes);
+    // Bytes of the global budget this stream's reassembly holds (see `account`).
+    let mut reserved = 0usize;
     let mut media = Media { pipeline, demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
     let mut batch = Vec::with_capacity(64);
     let mut read_buf = match source {
@@ -659,11 +1074,19 @@ async fn run_stream(
                 Ok(true) => {
                     if !batch.is_empty() {
                         last_data = Instant::now();
+                        route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
                         idle_flushed = false;
                         let now = now_us();
+                        let mut dequeued = 0usize;
                         for packet in batch.drain(..) {
+                            dequeued += packet.payload.len();
                             ingest.push_rtp(packet, now, &mut media.demuxed);
                         }
+                        if matches!(source, PacketSource::Queue(_)) {
+                            route_stats.queued_bytes.fetch_sub(dequeued, Ordering::Relaxed);
+                            shared.release(dequeued);
+                        }
+                        account(&mut ingest, &mut reserved, shared, &mut media.demuxed);
                         publish_all(stream, &mut media, now);
                     }
                 }
@@ -684,7 +1107,7 @@ async fn run_stream(
                 }
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
-                    publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
+                    publish_stats(stream, &ingest, &media.pipeline, &route_stats);
                     // Ended by signalling (BYE) or replaced: free the route so the camera's next
                     // session from the same address is routed afresh.
                     if stream.is_closed() {
@@ -699,16 +1122,56 @@ async fn run_stream(
     };
     ingest.finish(&mut media.demuxed);
     publish_all(stream, &mut media, now_us());
+    shared.release(reserved);
+    if let PacketSource::Queue(rx) = &mut source {
+        // What is still queued leaves the budget with the queue.
+        rx.close();
+        let mut left = 0usize;
+        while let Ok(p) = rx.try_recv() {
+            left += p.payload.len();
+        }
+        route_stats.queued_bytes.fetch_sub(left, Ordering::Relaxed);
+        shared.release(left);
+    }
     media.pipeline.finish(&mut media.out);
     publish_all(stream, &mut media, now_us());
-    publish_stats(stream, &ingest, &media.pipeline, &queue_drops);
+    publish_stats(stream, &ingest, &media.pipeline, &route_stats);
     reason
 }
 
-fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, queue_drops: &AtomicU64) {
+/// Keeps this stream's share of the global byte budget equal to what its reassembly holds. When
+/// the budget is spent, a stream holding more than a reorder window's worth sheds its partial
+/// access unit (counted in `budget_drops`) instead of growing.
+fn account(ingest: &mut StreamIngest, reserved: &mut usize, shared: &RtpShared, out: &mut Vec<crate::media::Frame>) {
+    let held = ingest.held_bytes();
+    if held <= *reserved {
+        shared.release(*reserved - held);
+        *reserved = held;
+        return;
+    }
+    if shared.reserve(held - *reserved) {
+        *reserved = held;
+        return;
+    }
+    if held > SHED_ABOVE {
+        shared.counters.budget_drops.fetch_add(1, Ordering::Relaxed);
+        ingest.shed(out);
+    }
+    // What it still holds is counted even over the budget (bounded by the per-stream caps).
+    let held = ingest.held_bytes();
+    if held >= *reserved {
+        shared.buffered.fetch_add(held - *reserved, Ordering::Relaxed);
+    } else {
+        shared.release(*reserved - held);
+    }
+    *reserved = held;
+}
+
+fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, route: &RouteStats) {
     let mut stats = ingest.stream_stats();
     stats.media = media.stats();
-    stats.queue_drops = queue_drops.load(Ordering::Relaxed);
+    stats.queue_drops = route.queue_drops.load(Ordering::Relaxed);
+    stats.foreign_packets = route.foreign.load(Ordering::Relaxed);
     stream.set_stats(stats);
 }
 
@@ -804,8 +1267,12 @@ async fn run_tcp_connection(
         }
         name = name.or_else(|| shared.announced_name(ssrc));
     }
+    let unknown = name.is_none();
     let name = match name {
         Some(name) => {
+            if !shared.source_allowed(&name, peer) {
+                return;
+            }
             shared.forget_expected(&name);
             name
         }
@@ -814,7 +1281,7 @@ async fn run_tcp_connection(
             UnknownSsrc::Report => {
                 shared.counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
                 shared.report_unknown(ssrc, peer);
-                warn!(ssrc = format_args!("{ssrc:08X}"), "TCP RTP from an unknown SSRC (not published); closing");
+                warn!(ssrc = %ssrc_text(ssrc), "TCP RTP from an unknown SSRC (not published); closing");
                 return;
             }
             UnknownSsrc::Drop => {
@@ -823,17 +1290,10 @@ async fn run_tcp_connection(
             }
         },
     };
-    let stream =
-        match hub.create(&name, Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) }, Takeover::SameSource) {
-            Ok(s) => s,
-            Err(e) => {
-                shared.counters.streams_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(stream = %name, "stream refused: {e}");
-                return;
-            }
-        };
-    shared.counters.streams_created.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("stream", stream = %name, ssrc = format_args!("{ssrc:08X}"), transport = "tcp");
+    let route_stats = Arc::new(RouteStats::default());
+    let source = Source { transport: Transport::Tcp, peer, ssrc: Some(ssrc) };
+    let Some(stream) = shared.create_stream(&hub, &name, source, unknown, &route_stats) else { return };
+    let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), transport = "tcp");
     async {
         info!("stream started");
         let resyncs_counted = framer.stats().resyncs;
@@ -841,8 +1301,9 @@ async fn run_tcp_connection(
             shared.counters.tcp_resyncs.fetch_add(resyncs_counted, Ordering::Relaxed);
         }
         let pipeline = shared.media_pipeline(&stream);
+        let shared2 = shared.clone();
         let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
-        let reason = run_stream(source, &stream, &cfg, pipeline, Arc::new(AtomicU64::new(0))).await;
+        let reason = run_stream(source, &stream, &cfg, pipeline, route_stats, &shared2).await;
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }
@@ -909,11 +1370,37 @@ mod tests {
         let mut p = shared.media_pipeline(&hinted);
         p.push(frame.clone(), Some(0), &mut out);
         let stats = p.stats();
-        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("configured")));
+        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("signalled")));
         let mut p = shared.media_pipeline(&other);
         p.push(frame, Some(0), &mut out);
         assert_eq!(p.stats().g711_rate, None, "still detecting");
         shared.withdraw_name(&hinted.name);
         assert!(shared.g711_rates.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_signalled_8k_rate_is_corrected_when_the_camera_sends_16k() {
+        let shared = RtpShared::new();
+        let hub = Hub::new(HubConfig::default(), 4);
+        let src = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
+        let s = hub.create("gb/34020000001310000001", src, Takeover::Refuse).unwrap();
+        shared.hint_g711_rate(&s.name, 8_000);
+        let mut p = shared.media_pipeline(&s);
+        let mut out = Vec::new();
+        // 640 bytes every 40 ms (PTS and arrival): 16 kHz.
+        for i in 0..75u64 {
+            let frame = Frame {
+                codec: Codec::G711A,
+                pts: i as i64 * 3600,
+                dts: i as i64 * 3600,
+                keyframe: true,
+                data: Bytes::from_static(&[0xd5; 640]),
+                config: Arc::new(CodecConfig::Audio(TrackAudio { sample_rate: 8000, channels: 1, asc: None })),
+                cache: Default::default(),
+            };
+            p.push(frame, Some(i * 40_000), &mut out);
+        }
+        let stats = p.stats();
+        assert_eq!((stats.g711_rate, stats.g711_rate_source), (Some(16_000), Some("detected")));
     }
 }

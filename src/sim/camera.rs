@@ -58,6 +58,8 @@ pub struct SimOptions {
     pub local_ip: IpAddr,
     /// Playback/download sessions end with MediaStatus 121 after this long.
     pub playback_length: Duration,
+    /// `false`: stopping is a crash (power cut, reboot): media stops, no BYE, no unregister.
+    pub unregister_on_stop: bool,
 }
 
 impl SimOptions {
@@ -77,6 +79,7 @@ impl SimOptions {
             gb2312_names: false,
             local_ip: "127.0.0.1".parse().expect("literal"),
             playback_length: Duration::from_secs(5),
+            unregister_on_stop: true,
         }
     }
 }
@@ -369,7 +372,7 @@ impl Camera {
             tokio::select! {
                 _ = self.stop.cancelled() => {
                     for d in self.dialogs.values() { d.stop.cancel(); }
-                    if self.registered {
+                    if self.registered && self.opts.unregister_on_stop {
                         self.unregister(&mut buf).await;
                     }
                     return;

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult};
 
 use crate::proto::rtmp_guard::RtmpCommandGuard;
@@ -399,25 +398,12 @@ async fn rtmp_start(
     chunk: &mut [u8],
     deadline: Instant,
 ) -> Result<(ClientSession, RtmpCommandGuard, Instant, Vec<ClientSessionEvent>), String> {
-    let mut hs = Handshake::new(PeerType::Client);
-    let p0p1 = hs.generate_outbound_p0_and_p1().map_err(|e| format!("handshake: {e:?}"))?;
-    sock.write_all(&p0p1).await.map_err(|e| e.to_string())?;
-    let leftover = loop {
-        let n = setup_read(sock, chunk, deadline).await?;
-        match hs.process_bytes(&chunk[..n]).map_err(|e| format!("handshake: {e:?}"))? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                sock.write_all(&response_bytes).await.map_err(|e| e.to_string())?
-            }
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                sock.write_all(&response_bytes).await.map_err(|e| e.to_string())?;
-                break remaining_bytes;
-            }
-        }
-    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let leftover = crate::client::rtmp::handshake(sock, left).await.map_err(|e| e.to_string())?;
     let mut config = ClientSessionConfig::new();
     config.tc_url = Some(tc_url.to_string());
     let (mut session, results) = ClientSession::new(config).map_err(|e| format!("RTMP: {e:?}"))?;
-    let mut guard = RtmpCommandGuard::new();
+    let mut guard = RtmpCommandGuard::default();
     let mut pending = vec![results];
     if !leftover.is_empty() {
         pending.push(rtmp_input(&mut session, &mut guard, &leftover)?);

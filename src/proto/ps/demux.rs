@@ -9,10 +9,11 @@ use serde::Serialize;
 
 use super::es::{AudioEs, AudioHint, VideoEs};
 use super::mux::crc32_mpeg2;
-use crate::media::frame::{Codec, CodecConfig, Frame};
+use crate::frame::{Codec, CodecConfig, Frame};
 
-/// Cap on the bytes kept between pushes (an incomplete header tail; at most a 64 KiB PSM).
-const MAX_TAIL: usize = 2 << 20;
+/// Cap on the bytes kept between pushes (an incomplete header tail; at most a 64 KiB PSM or a
+/// PES skipped by its 16-bit length).
+const MAX_TAIL: usize = 512 << 10;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DemuxStats {
@@ -303,6 +304,22 @@ impl PsDemuxer {
             self.tail.clear();
             self.lose_sync();
         }
+        if self.tail.capacity() > 64 << 10 && self.tail.len() < 16 << 10 {
+            // A big tail was parsed: give the memory back rather than keep it per stream.
+            self.tail.shrink_to(16 << 10);
+        }
+    }
+
+    /// Caps the pending access unit (bytes); larger units are dropped and counted
+    /// (`oversize_drops`). Default [`crate::proto::ps::es::DEFAULT_MAX_AU`].
+    pub fn with_max_access_unit(mut self, max: usize) -> Self {
+        self.video.set_max_au(max);
+        self
+    }
+
+    /// Bytes this demuxer has allocated for reassembly (tail, pending access unit, audio).
+    pub fn allocated_bytes(&self) -> usize {
+        self.tail.capacity() + self.video.allocated() + self.audio.allocated()
     }
 
     /// Data was lost just before the next push: drop partial PES/frames, resync at the next

@@ -125,11 +125,11 @@ fn run(data: &[u8]) -> (Vec<Frame>, DemuxStats) {
 }
 
 fn vids(f: &[Frame]) -> Vec<&Frame> {
-    f.iter().filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Video).collect()
+    f.iter().filter(|f| f.codec.kind() == crate::frame::MediaKind::Video).collect()
 }
 
 fn auds(f: &[Frame]) -> Vec<&Frame> {
-    f.iter().filter(|f| f.codec.kind() == crate::media::frame::MediaKind::Audio).collect()
+    f.iter().filter(|f| f.codec.kind() == crate::frame::MediaKind::Audio).collect()
 }
 
 #[test]
@@ -436,7 +436,7 @@ fn memory_stays_bounded() {
     for _ in 0..100 {
         d.push(&pes(0xE0, None, &body), &mut out);
     }
-    assert!(d.video.buffered() <= crate::proto::ps::es::MAX_AU);
+    assert!(d.video.buffered() <= crate::proto::ps::es::DEFAULT_MAX_AU);
     assert!(d.stats().oversize_drops >= 1);
 }
 

@@ -7,13 +7,17 @@ use bytes::Bytes;
 
 use super::demux::DemuxStats;
 use crate::codec::{aac, h264, h265, nal};
-use crate::media::frame::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
+use crate::frame::{AudioConfig, Codec, CodecConfig, Frame, VideoConfig};
 
 const WRAP: i64 = 1 << 33;
 const MASK: u64 = (1 << 33) - 1;
-/// Pending access unit cap. Larger than any camera I-frame we know of (hik 1080p: 59 KB), small
-/// enough that a lying length or a stream without start codes cannot grow memory without bound.
-pub(crate) const MAX_AU: usize = 4 << 20;
+/// Default pending access unit cap (`[rtp] max_access_unit`). Larger than any camera I-frame we
+/// know of (hik 1080p: 59 KB; a 4K keyframe is a few MB), small enough that a lying length or a
+/// stream without start codes cannot grow memory without bound. The buffer's capacity never
+/// exceeds it either (issue 8, hole 18).
+pub const DEFAULT_MAX_AU: usize = 4 << 20;
+/// Capacity the pending-AU buffer starts with and shrinks back to after an oversize unit.
+const AU_START_CAPACITY: usize = 256 << 10;
 /// AU duration assumed before two timestamps have been seen (25 fps).
 const DEFAULT_DUR: i64 = 3600;
 /// Marks an AUD in `cur`: its bytes are not copied into the frame.
@@ -80,6 +84,7 @@ pub(crate) struct VideoEs {
     sps: Option<Bytes>,
     pps: Option<Bytes>,
     pub config: Option<Arc<CodecConfig>>,
+    max_au: usize,
 }
 
 impl VideoEs {
@@ -87,7 +92,7 @@ impl VideoEs {
         VideoEs {
             codec: None,
             hint: None,
-            buf: Vec::with_capacity(256 << 10),
+            buf: Vec::with_capacity(AU_START_CAPACITY),
             base: 0,
             scan: 0,
             cur: None,
@@ -108,6 +113,7 @@ impl VideoEs {
             sps: None,
             pps: None,
             config: None,
+            max_au: DEFAULT_MAX_AU,
         }
     }
 
@@ -115,6 +121,15 @@ impl VideoEs {
     #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes allocated for the pending access unit (at most the cap).
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    pub fn set_max_au(&mut self, max: usize) {
+        self.max_au = max.max(64 << 10);
     }
 
     /// A video PES header was parsed; its payload follows.
@@ -130,20 +145,31 @@ impl VideoEs {
     }
 
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Frame>, st: &mut DemuxStats) {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() > MAX_AU {
+        let need = self.buf.len().saturating_add(data.len());
+        if need > self.max_au {
+            // The unit would outgrow the cap: drop it (counted) before any byte of it is stored.
             st.oversize_drops += 1;
             if self.codec.is_none() {
                 // Still sniffing: drop what cannot hold a parameter set, keep a tail for a split start code.
-                let cut = self.buf.len() - 3;
-                st.garbage_bytes += cut as u64;
-                self.consume(cut);
+                let mut keep: Vec<u8> = self.buf.iter().chain(data).rev().take(3).copied().collect();
+                keep.reverse();
+                st.garbage_bytes += (need - keep.len()) as u64;
+                let n = self.buf.len();
+                self.consume(n);
+                self.buf.extend_from_slice(&keep);
                 self.cur = None;
-                return;
+            } else {
+                self.drop_partial(st);
             }
-            self.drop_partial(st);
+            self.buf.shrink_to(AU_START_CAPACITY);
             return;
         }
+        if need > self.buf.capacity() {
+            // Grow by doubling, but never past the cap: the allocation is bounded, not just the length.
+            let target = self.buf.capacity().saturating_mul(2).max(need).min(self.max_au);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(data);
         self.scan_nals(out, st, false);
     }
 
@@ -170,6 +196,10 @@ impl VideoEs {
         }
         let n = self.buf.len();
         self.consume(n);
+        if self.buf.capacity() > 4 * AU_START_CAPACITY {
+            // A big unit was dropped: give its memory back.
+            self.buf.shrink_to(AU_START_CAPACITY);
+        }
         self.reset_au();
         self.pts_q.clear();
         self.force_cut = None;
@@ -531,6 +561,11 @@ impl AudioEs {
         self.pes_ts = pts.map(|p| (p & MASK, dts.map(|d| d & MASK)));
         self.in_pes = true;
         self.buf.truncate(self.leftover);
+    }
+
+    /// Bytes allocated for the pending audio PES.
+    pub fn allocated(&self) -> usize {
+        self.buf.capacity()
     }
 
     pub fn push(&mut self, data: &[u8]) {

@@ -7,7 +7,7 @@
 //! ```
 use bytes::Bytes;
 
-use crate::media::frame::{Codec, MediaKind};
+use crate::frame::{Codec, MediaKind};
 
 /// Largest PES payload we write. Cameras stay well below the 65,535-byte PES length limit.
 pub const MAX_PES_PAYLOAD: usize = 65_000;

@@ -22,6 +22,8 @@ pub const PROBATION_WINDOW: i16 = 32;
 pub const SILENCE_RESET_US: u64 = 2_000_000;
 /// Ring capacity is clamped to this so the window stays far inside the i16 widening range.
 pub const MAX_CAPACITY: usize = 16384;
+/// Default bound on the payload bytes held (see [`ReorderBuffer::with_max_bytes`]).
+pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
 /// Widened sequence numbers start here so backward steps never underflow.
 const EXT_BASE: u64 = 1 << 32;
 /// Lost ranges remembered to tell late packets from duplicates.
@@ -70,6 +72,9 @@ pub struct ReorderBuffer {
     /// First widened seq of the current sequence: anything older is late, not a duplicate.
     first: u64,
     held: usize,
+    /// Payload bytes of the held packets, bounded by `max_bytes` (issue 8, hole 7).
+    held_bytes: usize,
+    max_bytes: usize,
     /// Earliest arrival among held packets (valid when `held > 0`).
     oldest_arrival: u64,
     last_arrival: u64,
@@ -99,6 +104,8 @@ impl ReorderBuffer {
             highest: EXT_BASE,
             first: EXT_BASE,
             held: 0,
+            held_bytes: 0,
+            max_bytes: DEFAULT_MAX_BYTES,
             oldest_arrival: 0,
             last_arrival: 0,
             probe: None,
@@ -150,6 +157,18 @@ impl ReorderBuffer {
 
     pub fn stats(&self) -> &RtpStats {
         &self.stats
+    }
+
+    /// Bounds the payload bytes held waiting for a gap (at least one packet is always held):
+    /// beyond it the oldest gaps are given up, as when the window is full.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Payload bytes currently held back (the parked restart candidate included).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes + self.probe.as_ref().map_or(0, |p| p.payload.len())
     }
 
     /// Number of packets currently held back.
@@ -264,6 +283,16 @@ impl ReorderBuffer {
             self.stats.duplicates += 1;
             return;
         }
+        let len = pkt.payload.len();
+        if self.held > 0 && self.held_bytes.saturating_add(len) > self.max_bytes {
+            // Byte budget exceeded: give up on the oldest gaps until it fits, then place the
+            // packet afresh (it fits now, or nothing is held: one level of recursion).
+            while self.held > 0 && self.held_bytes.saturating_add(len) > self.max_bytes {
+                self.release_first_gap(out);
+            }
+            return self.accept(pkt, now_us, out);
+        }
+        self.held_bytes += len;
         if ext < self.highest {
             self.stats.reordered += 1;
         } else {
@@ -297,6 +326,7 @@ impl ReorderBuffer {
             match self.ring[slot].take() {
                 Some((pkt, _)) => {
                     self.held -= 1;
+                    self.held_bytes -= pkt.payload.len();
                     self.emit_lost(lost, out);
                     lost = 0;
                     self.expected += 1;
@@ -320,6 +350,7 @@ impl ReorderBuffer {
             match self.ring[slot].take() {
                 Some((pkt, _)) => {
                     self.held -= 1;
+                    self.held_bytes -= pkt.payload.len();
                     self.expected += 1;
                     self.deliver(pkt, out);
                 }
@@ -413,6 +444,20 @@ mod tests {
 
     fn ps(seqs: &[u16]) -> Vec<String> {
         seqs.iter().map(|s| format!("P{s}")).collect()
+    }
+
+    #[test]
+    fn held_payload_is_bounded_in_bytes_not_just_packets() {
+        // Packets of 2 bytes, at most 6 bytes held: the fourth held packet gives up the gap.
+        let mut rb = ReorderBuffer::new(64, 100_000).with_max_bytes(6);
+        assert_eq!(feed(&mut rb, &[10]), ps(&[10]));
+        assert_eq!(feed(&mut rb, &[12, 13, 14]), Vec::<String>::new());
+        assert_eq!(rb.held_bytes(), 6);
+        assert_eq!(feed(&mut rb, &[16]), ["L1", "P12", "P13", "P14"]);
+        assert_eq!(rb.held_bytes(), 2);
+        assert_eq!(feed(&mut rb, &[15]), ps(&[15, 16]));
+        assert_eq!(rb.held_bytes(), 0);
+        assert_eq!(rb.stats().lost, 1);
     }
 
     #[test]

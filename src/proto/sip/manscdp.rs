@@ -250,26 +250,51 @@ pub struct CatalogItem {
 
 /// `(SumNum, items)` of a Catalog response or notify; items without a DeviceID are skipped.
 pub fn catalog(m: &Manscdp) -> (u32, Vec<CatalogItem>) {
-    let sum = m.el.text_of("SumNum").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (sum, items) = catalog_events(m);
+    (sum, items.into_iter().map(|(it, _)| it).collect())
+}
+
+/// What a catalog notification says happened to an item (GB/T 28181-2016 §9.6.4 `Event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogEvent {
+    /// ADD, UPDATE, ON, VLOST, DEFECT, or no Event (a plain answer's item).
+    Upsert,
+    /// DEL.
+    Delete,
+}
+
+/// Like [`catalog`], with each item's `Event`; at most [`super::MAX_SUM_NUM`] items are read.
+pub fn catalog_events(m: &Manscdp) -> (u32, Vec<(CatalogItem, CatalogEvent)>) {
+    let sum = sum_num(m);
     let mut items = Vec::new();
     if let Some(list) = m.el.child("DeviceList") {
         for it in list.children.iter().filter(|c| c.name.eq_ignore_ascii_case("Item")) {
-            let Some(id) = it.text_of("DeviceID") else { continue };
+            let Some(id) = it.text_of("DeviceID").filter(|id| !id.is_empty()) else { continue };
+            if items.len() >= super::MAX_SUM_NUM as usize {
+                break;
+            }
+            let event = match it.text_of("Event") {
+                Some(e) if e.eq_ignore_ascii_case("DEL") => CatalogEvent::Delete,
+                _ => CatalogEvent::Upsert,
+            };
             let s = |n: &str| it.text_of(n).unwrap_or("").to_string();
-            items.push(CatalogItem {
-                device_id: id.to_string(),
-                name: s("Name"),
-                manufacturer: s("Manufacturer"),
-                model: s("Model"),
-                parent_id: s("ParentID"),
-                civil_code: s("CivilCode"),
-                address: s("Address"),
-                parental: it.text_of("Parental") == Some("1"),
-                online: it
-                    .text_of("Status")
-                    .is_none_or(|v| v.eq_ignore_ascii_case("ON") || v.eq_ignore_ascii_case("OK")),
-                ptz_type: it.child("Info").and_then(|i| i.text_of("PTZType")).and_then(|v| v.parse().ok()),
-            });
+            items.push((
+                CatalogItem {
+                    device_id: id.to_string(),
+                    name: s("Name"),
+                    manufacturer: s("Manufacturer"),
+                    model: s("Model"),
+                    parent_id: s("ParentID"),
+                    civil_code: s("CivilCode"),
+                    address: s("Address"),
+                    parental: it.text_of("Parental") == Some("1"),
+                    online: it
+                        .text_of("Status")
+                        .is_none_or(|v| v.eq_ignore_ascii_case("ON") || v.eq_ignore_ascii_case("OK")),
+                    ptz_type: it.child("Info").and_then(|i| i.text_of("PTZType")).and_then(|v| v.parse().ok()),
+                },
+                event,
+            ));
         }
     }
     (sum, items)
@@ -307,8 +332,14 @@ pub struct RecordItem {
     pub record_type: String,
 }
 
+/// `SumNum`, clamped to [0, MAX_SUM_NUM]; absent, negative or garbage reads 0.
+pub fn sum_num(m: &Manscdp) -> u32 {
+    let v = m.el.text_of("SumNum").and_then(|s| super::clamped_number(s, u64::from(super::MAX_SUM_NUM)));
+    v.map_or(0, |v| v as u32)
+}
+
 pub fn record_info(m: &Manscdp) -> (u32, Vec<RecordItem>) {
-    let sum = m.el.text_of("SumNum").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let sum = sum_num(m);
     let mut items = Vec::new();
     if let Some(list) = m.el.child("RecordList") {
         for it in list.children.iter().filter(|c| c.name.eq_ignore_ascii_case("Item")) {

@@ -81,11 +81,41 @@ pub fn headers_named<'a>(headers: &'a Headers, name: &str) -> Vec<&'a str> {
     headers.iter().filter(|h| h.name().eq_ignore_ascii_case(name)).map(|h| h.value().trim()).collect()
 }
 
-/// `(number, method)` of the CSeq header.
+// Ranges every number a peer sends is held to (issue 8, hole 5). A value outside is clamped
+// where a smaller one still means the same thing to the peer (a registrar may shorten Expires,
+// RFC 3261 §10.3 step 7) and refused where it cannot (CSeq). Arithmetic on these values is
+// checked or saturating all the same.
+
+/// Longest registration granted (one day); a longer Expires is answered with this one.
+pub const MAX_EXPIRES: u64 = 86_400;
+/// Largest CSeq number: RFC 3261 §8.1.1.5 wants it below 2^31, so +1 never overflows a u32.
+pub const MAX_CSEQ: u32 = (1 << 31) - 1;
+/// Largest SumNum / item count believed from one Catalog or RecordInfo answer.
+pub const MAX_SUM_NUM: u32 = 10_000;
+
+/// A decimal number of a peer, saturated at `max`; `None` unless it is all ASCII digits (a sign,
+/// a fraction or garbage is not a number). `Expires: 18446744073709551615` gives `max`.
+pub fn clamped_number(v: &str, max: u64) -> Option<u64> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.bytes().fold(0u64, |acc, b| acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))).min(max))
+}
+
+/// The registration lifetime asked for: the Expires header, else the Contact's `expires`
+/// parameter, clamped to [0, MAX_EXPIRES].
+pub fn expires(headers: &Headers) -> Option<u64> {
+    header(headers, "Expires").and_then(|v| clamped_number(v, MAX_EXPIRES)).or_else(|| {
+        header(headers, "Contact").and_then(|c| param(c, "expires")).and_then(|v| clamped_number(v, MAX_EXPIRES))
+    })
+}
+
+/// `(number, method)` of the CSeq header; `None` above [`MAX_CSEQ`] (the message is refused).
 pub fn cseq(headers: &Headers) -> Option<(u32, String)> {
     let v = header(headers, "CSeq")?;
     let mut it = v.split_whitespace();
-    let n = it.next()?.parse().ok()?;
+    let n = it.next()?.parse().ok().filter(|n| *n <= MAX_CSEQ)?;
     let m = it.next()?.to_ascii_uppercase();
     Some((n, m))
 }
@@ -401,6 +431,27 @@ c: Application/MANSCDP+xml\r\nl: 4\r\n\r\n"
         assert!(parse(b"hello").is_err());
         assert!(parse(&vec![b'A'; MAX_MESSAGE + 1]).is_err());
         assert!(parse(b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 1 MESSAGE\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn peer_numbers_are_clamped() {
+        assert_eq!(clamped_number("18446744073709551615", MAX_EXPIRES), Some(MAX_EXPIRES));
+        assert_eq!(clamped_number("99999999999999999999999999", MAX_EXPIRES), Some(MAX_EXPIRES));
+        assert_eq!(clamped_number(" 3600 ", MAX_EXPIRES), Some(3600));
+        assert_eq!(clamped_number("-1", MAX_EXPIRES), None);
+        assert_eq!(clamped_number("", MAX_EXPIRES), None);
+        let text = std::str::from_utf8(REGISTER).unwrap();
+        let big = text.replace("CSeq: 1 REGISTER", "CSeq: 4294967295 REGISTER");
+        assert!(parse(big.as_bytes()).is_err(), "CSeq above 2^31-1 is refused");
+        let max = text.replace("CSeq: 1 REGISTER", "CSeq: 2147483647 REGISTER");
+        assert!(parse(max.as_bytes()).is_ok());
+        let huge = text.replace("Expires: 3600", "Expires: 18446744073709551615");
+        let SipMessage::Request(req) = parse(huge.as_bytes()).unwrap() else { panic!("request") };
+        assert_eq!(expires(&req.headers), Some(MAX_EXPIRES));
+        for cl in ["18446744073709551615", "4294967296", "99999", "-1"] {
+            let m = text.replace("Content-Length: 0", &format!("Content-Length: {cl}"));
+            let _ = parse(format!("{m}abc").as_bytes()); // no panic, whatever the verdict
+        }
     }
 
     #[test]

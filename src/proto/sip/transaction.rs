@@ -38,6 +38,8 @@ struct Client<D, T> {
     next_send: Option<Instant>,
     deadline: Instant,
     token: T,
+    /// The groups it counts in (see [`Transactions::start_client_limited`]).
+    groups: Vec<String>,
 }
 
 struct Server<D> {
@@ -49,6 +51,13 @@ struct Server<D> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("transaction table full ({0} pending)")]
 pub struct TableFull(pub usize);
+
+/// A share of the client table, by group (a destination, a class of requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLimit {
+    pub group: String,
+    pub max: usize,
+}
 
 /// What to do with an incoming request.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,11 +74,13 @@ pub struct Transactions<D, T> {
     clients: HashMap<String, Client<D, T>>,
     servers: HashMap<String, Server<D>>,
     max: usize,
+    /// Pending client transactions per group.
+    groups: HashMap<String, usize>,
 }
 
 impl<D: Destination, T> Transactions<D, T> {
     pub fn new(max: usize) -> Self {
-        Transactions { clients: HashMap::new(), servers: HashMap::new(), max }
+        Transactions { clients: HashMap::new(), servers: HashMap::new(), max, groups: HashMap::new() }
     }
 
     pub fn client_count(&self) -> usize {
@@ -92,15 +103,60 @@ impl<D: Destination, T> Transactions<D, T> {
         token: T,
         now: Instant,
     ) -> Result<(), TableFull> {
+        self.start_client_limited(key, dest, bytes, reliable, invite, token, now, &[])
+    }
+
+    /// Like [`Self::start_client`], refused also when one of `limits`' groups already holds its
+    /// `max` pending transactions: one destination (or one kind of request) can then never take
+    /// the whole table from the others.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_client_limited(
+        &mut self,
+        key: String,
+        dest: D,
+        bytes: Vec<u8>,
+        reliable: bool,
+        invite: bool,
+        token: T,
+        now: Instant,
+        limits: &[GroupLimit],
+    ) -> Result<(), TableFull> {
         if self.clients.len() >= self.max {
             return Err(TableFull(self.clients.len()));
         }
+        for l in limits {
+            let n = self.groups.get(&l.group).copied().unwrap_or(0);
+            if n >= l.max {
+                return Err(TableFull(n));
+            }
+        }
+        let groups: Vec<String> = limits.iter().map(|l| l.group.clone()).collect();
+        for g in &groups {
+            *self.groups.entry(g.clone()).or_insert(0) += 1;
+        }
         let next_send = (!reliable).then_some(now + T1);
-        self.clients.insert(
-            key,
-            Client { dest, bytes, reliable, invite, interval: T1, next_send, deadline: now + TIMEOUT_64T1, token },
-        );
+        let deadline = now + TIMEOUT_64T1;
+        let client = Client { dest, bytes, reliable, invite, interval: T1, next_send, deadline, token, groups };
+        if let Some(old) = self.clients.insert(key, client) {
+            self.release(&old.groups);
+        }
         Ok(())
+    }
+
+    /// Pending client transactions in `group`.
+    pub fn group_count(&self, group: &str) -> usize {
+        self.groups.get(group).copied().unwrap_or(0)
+    }
+
+    fn release(&mut self, groups: &[String]) {
+        for g in groups {
+            if let Some(n) = self.groups.get_mut(g) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.groups.remove(g);
+                }
+            }
+        }
     }
 
     /// A response arrived for client transaction `key`. Returns the token when it is final.
@@ -115,7 +171,9 @@ impl<D: Destination, T> Transactions<D, T> {
             }
             return None;
         }
-        self.clients.remove(key).map(|c| c.token)
+        let c = self.clients.remove(key)?;
+        self.release(&c.groups);
+        Some(c.token)
     }
 
     /// Is `key` a pending client transaction (used to tell a response we wait for from a stray)?
@@ -190,6 +248,7 @@ impl<D: Destination, T> Transactions<D, T> {
         }
         for key in done {
             if let Some(c) = self.clients.remove(&key) {
+                self.release(&c.groups);
                 out.push(Action::Timeout(c.token));
             }
         }
@@ -241,6 +300,29 @@ mod tests {
         assert_eq!(tx.client_response("inv", 200), Some(7));
         assert_eq!(tx.client_response("inv", 200), None);
         assert_eq!(tx.poll_timeout(), None);
+    }
+
+    #[test]
+    fn group_limits_keep_room_for_other_destinations() {
+        let t0 = Instant::now();
+        let mut tx: Transactions<u8, u32> = Transactions::new(10);
+        let lim = |g: &str, max| vec![GroupLimit { group: g.into(), max }];
+        for i in 0..3 {
+            tx.start_client_limited(format!("a{i}"), 1, vec![], false, false, i, t0, &lim("flooder", 3)).unwrap();
+        }
+        assert_eq!(
+            tx.start_client_limited("a3".into(), 1, vec![], false, false, 3, t0, &lim("flooder", 3)),
+            Err(TableFull(3))
+        );
+        assert!(tx.start_client_limited("b0".into(), 2, vec![], false, false, 9, t0, &lim("camera", 3)).is_ok());
+        // A final response or a timeout gives the slot back.
+        assert_eq!(tx.client_response("a0", 200), Some(0));
+        assert_eq!(tx.group_count("flooder"), 2);
+        let mut out = Vec::new();
+        tx.handle_timeout(t0 + TIMEOUT_64T1, &mut out);
+        assert_eq!(tx.group_count("flooder"), 0);
+        assert_eq!(tx.group_count("camera"), 0);
+        assert_eq!(tx.client_count(), 0);
     }
 
     #[test]
