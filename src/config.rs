@@ -535,6 +535,21 @@ impl Config {
         if self.rtmp.setup_timeout.0 < Duration::from_millis(500) {
             return Err(ConfigError::Invalid { key: "rtmp.setup_timeout", message: "at least 500ms".into() });
         }
+        positive("api.max_connections", self.api.max_connections)?;
+        positive("api.max_connections_per_source", self.api.max_connections_per_source)?;
+        positive("rtsp.max_connections", self.rtsp.max_connections)?;
+        positive("rtsp.max_connections_per_source", self.rtsp.max_connections_per_source)?;
+        for (key, d) in
+            [("api.header_timeout", self.api.header_timeout.0), ("rtsp.request_timeout", self.rtsp.request_timeout.0)]
+        {
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
+                return Err(ConfigError::Invalid { key, message: "between 100ms and 60s".into() });
+            }
+        }
+        // A bearer token is the only thing between the network and the cameras' controls.
+        if self.api.token.as_ref().is_some_and(|t| t.chars().count() < 16) {
+            return Err(ConfigError::Invalid { key: "api.token", message: "at least 16 characters".into() });
+        }
         if self.rtp.reorder_packets > 4096 {
             return Err(ConfigError::Invalid { key: "rtp.reorder_packets", message: "at most 4096".into() });
         }

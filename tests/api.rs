@@ -89,7 +89,7 @@ async fn the_api_token_is_required_when_set_and_without_one_the_api_stays_on_loo
     let err = gbgate::server::Gateway::start(cfg.clone()).await.err().expect("an unprotected public API is refused");
     assert!(err.to_string().contains("[api] token"), "{err}");
 
-    cfg.api.token = Some("s3cret-token".into());
+    cfg.api.token = Some("s3cret-token-0123456789".into());
     let gw = start(cfg).await;
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], gw.api_addr.port()));
     let host = api.to_string();
@@ -99,7 +99,7 @@ async fn the_api_token_is_required_when_set_and_without_one_the_api_stays_on_loo
     assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
     assert_eq!(http_raw(api, get("Authorization: Bearer wrong-token!\r\n")).await.0, 401);
     assert_eq!(http_raw(api, get("Authorization: Basic czNjcmV0LXRva2Vu\r\n")).await.0, 401);
-    let (status, _, body) = http_raw(api, get("Authorization: Bearer s3cret-token\r\n")).await;
+    let (status, _, body) = http_raw(api, get("Authorization: Bearer s3cret-token-0123456789\r\n")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"streams\""), "{body}");
     // A write without the token is refused before anything else is looked at.

@@ -28,6 +28,9 @@ fn check_config_prints_the_effective_config_and_names_bad_keys() {
         ("[rtp]\nlisten_addr = \"0.0.0.0:1\"\n", "listen_addr"),
         ("[rtp]\ntimeout = \"soon\"\n", "timeout"),
         ("[rtp]\nunknown_ssrc = \"maybe\"\n", "unknown_ssrc"),
+        ("[api]\ntoken = \"short\"\n", "api.token"),
+        ("[rtsp]\nrequest_timeout = \"0s\"\n", "rtsp.request_timeout"),
+        ("[api]\nmax_connections_per_source = 0\n", "api.max_connections_per_source"),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, body).unwrap();

@@ -685,3 +685,24 @@ async fn describe_in_the_first_300_ms_of_a_g711_stream_lists_the_aac_track_and_f
     assert!(packets > 10, "the early player got no audio: {out}");
     s.gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_players_tool_keeps_its_session_alive_past_the_session_timeout() {
+    let mut cfg = test_config();
+    cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
+    let s = start_rtsp_with(cfg).await;
+    // 4 loops = 8 s of stream: four session timeouts.
+    let name = feed(&s, "h264_g711a_8k", 0x0BEB_C701, 4).await;
+    let opts = gbgate::sim::players::PlayersOptions {
+        url: format!("rtsp://{}/{name}", s.rtsp),
+        count: 1,
+        duration: Duration::from_secs(6),
+        stall: 0,
+    };
+    let report = gbgate::sim::players::run_players(&opts).await.unwrap();
+    let p = &report.players[0];
+    println!("player: {} video frames, closed early {}", p.video_frames, p.closed_early);
+    assert!(p.error.is_none() && !p.closed_early, "the session timed out under the player: {:?}", p.error);
+    assert!(p.video_frames >= 100, "{} frames in 6 s", p.video_frames);
+    s.gw.stop().await;
+}

@@ -651,6 +651,69 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn parts(method: &str, path: &str, headers: &[(&str, &str)]) -> axum::http::request::Parts {
+        let mut b = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn status(p: &Policy, method: &str, headers: &[(&str, &str)]) -> u16 {
+        p.check(&parts(method, "/api/v1/streams", headers)).err().map_or(200, |r| r.status().as_u16())
+    }
+
+    #[test]
+    fn hosts_that_may_be_answered() {
+        let p = Policy { token: None, hosts: vec!["gw.example".into()], allowed_origins: vec![] };
+        for ok in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::1]",
+            "10.0.0.5",
+            "localhost:8080",
+            "LOCALHOST",
+            "gw.example.",
+            "GW.example:80",
+        ] {
+            assert_eq!(status(&p, "GET", &[("host", ok)]), 200, "{ok}");
+        }
+        for bad in
+            ["evil.example", "evil.example:8080", "localhost.evil.example", "[evil]:80", "127.0.0.1.evil.example"]
+        {
+            assert_eq!(status(&p, "GET", &[("host", bad)]), 421, "{bad}");
+        }
+        assert_eq!(status(&p, "GET", &[]), 200, "no Host: not a browser");
+    }
+
+    #[test]
+    fn writes_need_json_and_their_own_origin() {
+        let p = Policy { token: None, hosts: vec![], allowed_origins: vec!["http://console:3000".into()] };
+        let h = ("host", "127.0.0.1:8080");
+        let json = ("content-type", "application/json; charset=utf-8");
+        let len = ("content-length", "2");
+        assert_eq!(status(&p, "POST", &[h, json, len]), 200);
+        assert_eq!(status(&p, "POST", &[h, ("content-type", "application/merge-patch+json"), len]), 200);
+        assert_eq!(status(&p, "POST", &[h, ("content-type", "text/plain"), len]), 415);
+        assert_eq!(status(&p, "POST", &[h, len]), 415, "a body without a content type");
+        assert_eq!(status(&p, "POST", &[h, ("content-length", "0")]), 200, "curl -X POST");
+        assert_eq!(status(&p, "POST", &[h, json, len, ("origin", "http://127.0.0.1:8080")]), 200);
+        assert_eq!(status(&p, "POST", &[h, json, len, ("origin", "http://console:3000/")]), 200);
+        for o in ["http://evil", "null", "http://127.0.0.1:8081", "https://127.0.0.1:8080.evil"] {
+            assert_eq!(status(&p, "POST", &[h, json, len, ("origin", o)]), 403, "{o}");
+        }
+        assert_eq!(status(&p, "GET", &[h, ("origin", "http://evil")]), 200, "reads are not writes");
+    }
+
+    #[test]
+    fn the_token_guards_everything_but_health() {
+        let p = Policy { token: Some("0123456789abcdef".into()), hosts: vec![], allowed_origins: vec![] };
+        assert_eq!(status(&p, "GET", &[]), 401);
+        assert_eq!(status(&p, "GET", &[("authorization", "Bearer 0123456789abcdeF")]), 401);
+        assert_eq!(status(&p, "GET", &[("authorization", "Bearer 0123456789abcdef")]), 200);
+        assert!(p.check(&parts("GET", "/healthz", &[])).is_ok());
+    }
+
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");

@@ -17,6 +17,10 @@ use crate::proto::rtmp_guard::RtmpCommandGuard;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Longest interval between an RTSP player's GET_PARAMETER keepalives (a third of the session
+/// timeout the server announces, when shorter).
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct PlayersOptions {
     pub url: String,
@@ -228,6 +232,7 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
     let hevc = sdp.contains("H265/90000");
     let tracks = sdp_tracks(&sdp, &url);
     let mut session = String::new();
+    let mut keepalive = KEEPALIVE;
     let mut video_channel = None;
     for (i, (control, is_video)) in tracks.iter().enumerate() {
         let ch = 2 * i;
@@ -238,7 +243,14 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
         match exchange(&mut sock, &mut buf, req("SETUP", control, &extra)).await {
             Ok((200, text)) => {
                 if session.is_empty() {
-                    session = header(&text, "session").unwrap_or("").split(';').next().unwrap_or("").to_string();
+                    let value = header(&text, "session").unwrap_or("");
+                    session = value.split(';').next().unwrap_or("").to_string();
+                    // `Session: id;timeout=60`: keep alive three times per timeout.
+                    if let Some(t) =
+                        value.split(';').find_map(|p| p.trim().strip_prefix("timeout=")?.parse::<u64>().ok())
+                    {
+                        keepalive = Duration::from_secs(t.max(1)).div_f64(3.0).min(KEEPALIVE);
+                    }
                 }
                 if *is_video && video_channel.is_none() {
                     video_channel = Some(ch as u8);
@@ -274,7 +286,19 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
     }
     let mut chunk = vec![0u8; 64 * 1024];
     let mut last_seq: Option<u16> = None;
+    // Like a real player, keep the session alive (RFC 2326 12.37: a session with no request for
+    // its timeout, 60 s by default, is closed by the server).
+    let mut next_keepalive = Instant::now() + keepalive;
     loop {
+        if Instant::now() >= next_keepalive {
+            next_keepalive = Instant::now() + keepalive;
+            let ka = req("GET_PARAMETER", &url, &format!("Session: {session}\r\n"));
+            if let Err(e) = sock.write_all(ka.as_bytes()).await {
+                r.closed_early = true;
+                r.error = Some(e.to_string());
+                break;
+            }
+        }
         // Parse complete interleaved frames.
         let mut i = 0;
         while buf.len() >= i + 4 {
@@ -323,7 +347,8 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
         if now >= deadline {
             break;
         }
-        match tokio::time::timeout(deadline - now, sock.read(&mut chunk)).await {
+        let wake = deadline.min(next_keepalive.max(now));
+        match tokio::time::timeout(wake - now, sock.read(&mut chunk)).await {
             Ok(Ok(0)) => {
                 r.closed_early = true;
                 break;
@@ -334,6 +359,7 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
                 r.error = Some(e.to_string());
                 break;
             }
+            Err(_) if Instant::now() < deadline => {}
             Err(_) => break,
         }
     }
