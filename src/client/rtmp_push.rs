@@ -24,8 +24,9 @@ use tracing::{info, warn};
 
 use crate::config::{HevcFlv, PushConfig, RtmpConfig};
 use crate::hub::{Hub, Stream};
+use crate::proto::flv_flow::{FlvFlow, Out};
 use crate::proto::rtmp_guard::RtmpCommandGuard;
-use crate::server::rtmp::{read_timeout, write_timeout, FlvFlow, Out};
+use crate::util::io::{read_timeout, write_timeout};
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);

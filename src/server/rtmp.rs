@@ -12,30 +12,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
+
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata};
 use rml_rtmp::time::RtmpTimestamp;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch;
 use crate::auth::{self, Action, AuthConfig};
-use crate::config::{HevcFlv, RtmpConfig};
+use crate::config::RtmpConfig;
 use crate::hub::{
     AudioStats, Hub, PublishError, Source, Stream, StreamStats, Subscription, Takeover, Transport, VideoStats,
 };
 use crate::media::ingest::TrackCounter;
 use crate::media::pipeline::MediaPipeline;
-use crate::media::{Codec, CodecConfig, Frame, MediaKind};
+use crate::media::{CodecConfig, Frame, MediaKind};
 use crate::proto::flv;
+use crate::proto::flv_flow::{FlvFlow, Out};
 use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
 use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
 use crate::server::rtp::RtpShared;
 use crate::util::admit::{Admission, Ticket};
+use crate::util::io::{read_timeout, write_timeout};
 use crate::util::RateLimit;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
@@ -220,175 +222,6 @@ pub async fn serve(
                 Err(e) => debug!(%peer, "RTMP connection ended: {e:#}"),
             }
         });
-    }
-}
-
-/// Writes with a deadline: a peer that stops reading for `limit` is an error.
-pub(crate) async fn write_timeout<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    bytes: &[u8],
-    limit: Duration,
-) -> anyhow::Result<()> {
-    tokio::time::timeout(limit, w.write_all(bytes)).await.map_err(|_| anyhow!("send stalled for {limit:?}"))??;
-    Ok(())
-}
-
-pub(crate) async fn read_timeout<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-    limit: Duration,
-) -> anyhow::Result<usize> {
-    let n = tokio::time::timeout(limit, r.read(buf)).await.map_err(|_| anyhow!("no data for {limit:?}"))??;
-    if n == 0 {
-        bail!("connection closed by peer");
-    }
-    Ok(n)
-}
-
-/// One message of the outgoing FLV flow.
-pub(crate) enum Out {
-    Meta(StreamMetadata),
-    Video(Bytes, RtmpTimestamp),
-    Audio(Bytes, RtmpTimestamp),
-}
-
-/// Turns hub frames into the FLV flow of one player/push: metadata first, sequence headers before
-/// the first frame and whenever a track's configuration changes, timestamps from 0.
-pub(crate) struct FlvFlow {
-    hevc: HevcFlv,
-    stream: String,
-    meta_sent: bool,
-    video_cfg: Option<Arc<CodecConfig>>,
-    audio_cfg: Option<Arc<CodecConfig>>,
-    clock: OutClock,
-    g711_logged: bool,
-    video_started: bool,
-    first_audio_dts: Option<i64>,
-}
-
-/// Maps source decoding times to output timestamps that start at 0 and never jump: a source whose
-/// clock restarts or leaps (a looping file, a camera reboot) continues one frame after the last
-/// output time. Each track rebases on its own discontinuity, onto the offset the first track to
-/// see that discontinuity chose, so audio and video stay together.
-#[derive(Debug, Default)]
-pub(crate) struct OutClock {
-    started: bool,
-    epoch: u32,
-    offset: i64,
-    last_out: i64,
-    tracks: [TrackClock; 2],
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct TrackClock {
-    last_raw: Option<i64>,
-    epoch: u32,
-    offset: i64,
-}
-
-/// A forward leap larger than this is a discontinuity (90 kHz).
-const MAX_LEAP: i64 = 10 * 90_000;
-/// The step placed over a discontinuity (one 25 fps frame).
-const DISCONTINUITY_STEP: i64 = 3600;
-
-impl OutClock {
-    /// The output decoding time (90 kHz, from 0) of a frame of `track` (0 video, 1 audio).
-    pub(crate) fn map(&mut self, track: usize, dts: i64) -> i64 {
-        if !self.started {
-            self.started = true;
-            self.offset = dts.saturating_neg();
-        }
-        let t = &mut self.tracks[track];
-        match t.last_raw {
-            None => (t.epoch, t.offset) = (self.epoch, self.offset),
-            Some(last) if dts < last || dts > last.saturating_add(MAX_LEAP) => {
-                if t.epoch < self.epoch {
-                    (t.epoch, t.offset) = (self.epoch, self.offset);
-                } else {
-                    self.epoch += 1;
-                    self.offset = self.last_out.saturating_add(DISCONTINUITY_STEP).saturating_sub(dts);
-                    (t.epoch, t.offset) = (self.epoch, self.offset);
-                }
-            }
-            Some(_) => {}
-        }
-        t.last_raw = Some(dts);
-        let out = dts.saturating_add(t.offset).max(0);
-        self.last_out = self.last_out.max(out);
-        out
-    }
-}
-
-impl FlvFlow {
-    pub(crate) fn new(stream: &str, hevc: HevcFlv) -> FlvFlow {
-        FlvFlow {
-            hevc,
-            stream: stream.to_string(),
-            meta_sent: false,
-            video_cfg: None,
-            audio_cfg: None,
-            clock: OutClock::default(),
-            video_started: false,
-            first_audio_dts: None,
-            g711_logged: false,
-        }
-    }
-
-    pub(crate) fn push(&mut self, frame: &Frame, out: &mut Vec<Out>) {
-        if matches!(frame.codec, Codec::G711A | Codec::G711U) {
-            if !self.g711_logged {
-                self.g711_logged = true;
-                info!(stream = %self.stream, codec = %frame.codec, "G.711 audio is not sent over RTMP (video only)");
-            }
-            return;
-        }
-        let video = frame.kind() == MediaKind::Video;
-        if video {
-            self.video_started = true;
-        } else if !self.video_started {
-            // A stream's first audio frames may precede its first video frame (the demuxer emits
-            // a video frame when the next one starts). Players probe tracks from the first tags,
-            // so audio waits for video, unless the stream shows no video for a second.
-            let first = *self.first_audio_dts.get_or_insert(frame.dts);
-            if frame.dts - first < 90_000 {
-                return;
-            }
-        }
-        let track = if video { 0 } else { 1 };
-        let ts = RtmpTimestamp::new((self.clock.map(track, frame.dts) / 90) as u32);
-        if !self.meta_sent {
-            self.meta_sent = true;
-            out.push(Out::Meta(self.metadata(frame)));
-        }
-        let current = if video { &mut self.video_cfg } else { &mut self.audio_cfg };
-        let changed = match current {
-            Some(c) => !Arc::ptr_eq(c, &frame.config) && **c != *frame.config,
-            None => true,
-        };
-        if changed {
-            *current = Some(frame.config.clone());
-            if let Some(seq) = flv::sequence_header(frame, self.hevc) {
-                out.push(if video { Out::Video(seq, ts) } else { Out::Audio(seq, ts) });
-            }
-        }
-        if let Some(tag) = flv::cached_frame_tag(frame, self.hevc) {
-            out.push(if video { Out::Video(tag, ts) } else { Out::Audio(tag, ts) });
-        }
-    }
-
-    fn metadata(&self, first: &Frame) -> StreamMetadata {
-        let mut m = StreamMetadata::new();
-        m.encoder = Some("gbgate".to_string());
-        if let CodecConfig::Video(v) = &*first.config {
-            m.video_width = Some(v.width);
-            m.video_height = Some(v.height);
-            m.video_codec_id = Some(match (first.codec, self.hevc) {
-                (Codec::H264, _) => flv::CODEC_ID_AVC as u32,
-                (_, HevcFlv::Legacy) => flv::CODEC_ID_HEVC_LEGACY as u32,
-                (_, HevcFlv::Enhanced) => u32::from_be_bytes(flv::FOURCC_HVC1),
-            });
-        }
-        m
     }
 }
 
@@ -981,31 +814,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn out_clock_starts_at_zero_and_bridges_a_restarting_source() {
-        let mut c = OutClock::default();
-        assert_eq!(c.map(0, 900_000), 0);
-        assert_eq!(c.map(1, 899_000), 0);
-        assert_eq!(c.map(1, 902_000), 2000);
-        assert_eq!(c.map(0, 903_600), 3600);
-        // The source restarts at 0: video continues one frame later, audio joins the same offset.
-        assert_eq!(c.map(0, 0), 7200);
-        assert_eq!(c.map(1, 100), 7300);
-        assert_eq!(c.map(0, 3600), 10800);
-        // A leap forward is bridged the same way.
-        assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
-    }
-
-    /// Peer-chosen times at the ends of i64 cannot overflow the output clock.
-    #[test]
-    fn out_clock_saturates_at_the_extremes() {
-        let mut c = OutClock::default();
-        assert_eq!(c.map(0, i64::MIN), 0);
-        assert!(c.map(0, i64::MAX) >= 0);
-        assert!(c.map(1, i64::MAX) >= 0);
-        assert!(c.map(0, 0) >= 0);
-    }
 
     #[test]
     fn reserved_prefixes() {

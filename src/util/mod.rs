@@ -1,5 +1,6 @@
 //! Small shared helpers, and connection admission shared by every TCP listener.
 pub mod admit;
+pub mod io;
 
 use std::time::{Duration, Instant};
 
