@@ -136,6 +136,11 @@ pub struct RtpConfig {
     /// All RTP streams together: queued, reordered and reassembly bytes. Beyond it packets are
     /// dropped and streams shed their partial access units (counted as `budget_drops`).
     pub max_buffered_bytes: usize,
+    /// RTP over TCP: the first RFC 4571 frame must arrive within this of the connection, and each
+    /// later frame within this of its first byte (a deadline per frame, not per read).
+    pub tcp_frame_timeout: HumanDuration,
+    /// Concurrent RTP/TCP connections from one source IP.
+    pub max_tcp_per_source: usize,
 }
 
 impl Default for RtpConfig {
@@ -157,6 +162,8 @@ impl Default for RtpConfig {
             reorder_bytes: 1 << 20,
             stream_queue_bytes: 2 << 20,
             max_buffered_bytes: 512 << 20,
+            tcp_frame_timeout: HumanDuration(Duration::from_secs(5)),
+            max_tcp_per_source: 64,
         }
     }
 }
@@ -404,8 +411,9 @@ pub struct RtmpConfig {
     pub max_partial_bytes: usize,
     /// A connection must complete the handshake, connect and publish/play within this.
     pub setup_timeout: HumanDuration,
-    /// Concurrent connections from one IP address (127.0.0.1 and ::1 are not limited).
-    pub max_connections_per_ip: usize,
+    /// Concurrent connections from one source address; when reached, its oldest connection that
+    /// is not yet publishing or playing makes room (as `[rtsp]`, D60).
+    pub max_connections_per_source: usize,
 }
 
 impl Default for RtmpConfig {
@@ -421,7 +429,7 @@ impl Default for RtmpConfig {
             max_message_bytes: 8 << 20,
             max_partial_bytes: 128 << 20,
             setup_timeout: HumanDuration(Duration::from_secs(5)),
-            max_connections_per_ip: 64,
+            max_connections_per_source: 64,
         }
     }
 }
@@ -503,8 +511,30 @@ impl Config {
         positive("sip.queries_per_second", self.sip.queries_per_second as usize)?;
         positive("sip.max_transactions", self.sip.max_transactions)?;
         positive("sip.max_transactions_per_peer", self.sip.max_transactions_per_peer)?;
+        positive("rtp.max_tcp_per_source", self.rtp.max_tcp_per_source)?;
+        positive("rtp.max_unknown_per_source", self.rtp.max_unknown_per_source)?;
+        positive("rtp.stream_queue_bytes", self.rtp.stream_queue_bytes)?;
+        positive("rtp.max_buffered_bytes", self.rtp.max_buffered_bytes)?;
+        if self.rtp.max_access_unit < 64 << 10 {
+            return Err(ConfigError::Invalid { key: "rtp.max_access_unit", message: "at least 65536".into() });
+        }
+        if self.rtp.tcp_frame_timeout.0 < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid { key: "rtp.tcp_frame_timeout", message: "at least 500ms".into() });
+        }
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
+        positive("rtmp.max_connections_per_source", self.rtmp.max_connections_per_source)?;
+        positive("rtmp.max_partial_bytes", self.rtmp.max_partial_bytes)?;
+        // An RTMP message length is 24 bits; below 64 KiB a keyframe of any real stream is refused.
+        if !(64 << 10..=0xFF_FFFF).contains(&self.rtmp.max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "rtmp.max_message_bytes",
+                message: "between 65536 and 16777215".into(),
+            });
+        }
+        if self.rtmp.setup_timeout.0 < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid { key: "rtmp.setup_timeout", message: "at least 500ms".into() });
+        }
         if self.rtp.reorder_packets > 4096 {
             return Err(ConfigError::Invalid { key: "rtp.reorder_packets", message: "at most 4096".into() });
         }

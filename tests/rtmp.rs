@@ -436,24 +436,10 @@ async fn ffmpeg_publishes_into_the_hub_and_ffprobe_plays_it_back() {
     gw.stop().await;
 }
 
-/// The client side of the RTMP handshake; returns the bytes the server sent after it.
+/// The client side of the RTMP handshake (the library's, as the push uses it); returns the bytes
+/// the server sent after it.
 async fn client_handshake(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "server closed during the handshake");
-        match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                s.write_all(&response_bytes).await.unwrap();
-                return remaining_bytes;
-            }
-        }
-    }
+    gbgate::client::rtmp::handshake(s, Duration::from_secs(10)).await.expect("RTMP handshake")
 }
 
 /// A player that connects, asks to play, then never reads again.

@@ -123,23 +123,9 @@ impl Drop for Daemon {
     }
 }
 
-/// The client side of the RTMP handshake; returns the bytes the server sent after it.
+/// The client side of the RTMP handshake (the library's); returns the bytes sent after it.
 async fn client_handshake(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-    let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(&hs.generate_outbound_p0_and_p1().unwrap()).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "server closed during the handshake");
-        match hs.process_bytes(&buf[..n]).unwrap() {
-            HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                s.write_all(&response_bytes).await.unwrap();
-                return remaining_bytes;
-            }
-        }
-    }
+    gbgate::client::rtmp::handshake(s, Duration::from_secs(10)).await.expect("RTMP handshake")
 }
 
 /// One message as chunk bytes, at the default 128-byte chunk size.
@@ -293,11 +279,11 @@ async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Resu
 
 /// Hole 12 (RTMP): a connection that has not published or played within `rtmp.setup_timeout`
 /// is closed, whether it sent nothing or stopped after the handshake (never timed out before);
-/// one address gets at most `rtmp.max_connections_per_ip`; a real player still plays while 200
-/// idle connections are open.
+/// one address holds at most `rtmp.max_connections_per_source` (its oldest idle connection makes
+/// room); a real player still plays while 200 idle connections are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_address() {
-    let mut gw = Daemon::start("setup_timeout = \"2s\"\nmax_connections_per_ip = 16\n");
+    let mut gw = Daemon::start("setup_timeout = \"2s\"\nmax_connections_per_source = 16\n");
     let mut camera = gw.camera("0100000003", 20);
     gw.wait_stream("rtp/05F5E103").await;
 
@@ -312,7 +298,7 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
         }
         idle.push(s);
     }
-    // One address opening 40: 16 are served, 24 closed at once.
+    // One address opening 40: it keeps 16; each newcomer beyond closes its oldest idle one.
     let greedy = std::net::Ipv4Addr::new(127, 0, 2, 2);
     let mut greedy_socks = Vec::new();
     for _ in 0..40 {
@@ -327,8 +313,12 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
         let left = Duration::from_secs(6).saturating_sub(opened.elapsed());
         assert!(closed_within(s, left).await, "idle connection {i} still open after {:?}", opened.elapsed());
     }
-    let c = rtmp_counters(gw.api).await;
-    assert_eq!(c["per_ip_refused"], 24, "{c}");
+    for (i, s) in greedy_socks.iter_mut().enumerate() {
+        let left = Duration::from_secs(6).saturating_sub(opened.elapsed());
+        assert!(closed_within(s, left).await, "connection {i} of the greedy address still open");
+    }
+    let (_, listeners) = http_get(gw.api, "/api/v1/listeners").await;
+    assert_eq!(listeners["rtmp"]["evicted"], 24, "{listeners}");
     let start = Instant::now();
     while rtmp_counters(gw.api).await["setup_timeouts"].as_u64().unwrap() < 216 {
         assert!(start.elapsed() < Duration::from_secs(5), "{}", rtmp_counters(gw.api).await);
@@ -337,4 +327,49 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
     assert!(gw.alive());
     let _ = camera.kill();
     let _ = camera.wait();
+}
+
+/// Resident memory of a process, from /proc (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Hole 16 as reported: 30 connections each sending most of a 12 MiB message grew the gateway by
+/// 656 MiB. With the defaults (8 MiB messages, 128 MiB for all unfinished ones) they are refused
+/// at their headers and the gateway's memory stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_connections_sending_12_mib_messages_do_not_grow_the_gateway() {
+    let mut gw = Daemon::start("");
+    let pid = gw.child.id();
+    let before = rss_kib(pid);
+    let message = partial_message(12 << 20, (12 << 20) - 4096);
+    let mut socks = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (rtmp, message) = (gw.rtmp, message.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(rtmp).await.unwrap();
+            client_handshake(&mut s).await;
+            let _ = s.write_all(&message).await;
+            s
+        }));
+    }
+    for t in tasks {
+        socks.push(t.await.unwrap());
+    }
+    // Measured while the 30 connections are still within their setup time (5 s), when the
+    // unfinished messages would be held.
+    let during = rss_kib(pid);
+    println!("gbgate RSS {before} KiB before, {during} KiB with 30 x 12 MiB sent");
+    assert!(during < before + 64 * 1024, "RSS grew from {before} to {during} KiB");
+    for s in &mut socks {
+        assert!(closed_within(s, Duration::from_secs(2)).await, "a 12 MiB message's connection stayed open");
+    }
+    assert_eq!(rtmp_counters(gw.api).await["oversized_messages"], 30);
+    assert!(gw.alive());
 }

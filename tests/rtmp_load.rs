@@ -9,7 +9,10 @@ use gbgate::sim::send::{send_file, SendOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_rtmp_players_start_at_a_keyframe_and_keep_up() {
-    let gw = start(test_config()).await;
+    let mut cfg = test_config();
+    // All 100 players come from 127.0.0.1 (as in tests/rtsp_load.rs).
+    cfg.rtmp.max_connections_per_source = 1000;
+    let gw = start(cfg).await;
     let rtmp = gw.rtmp_addr.expect("RTMP is enabled by default");
     let to = gw.rtp_addr;
     let sender = tokio::spawn(async move {

@@ -196,3 +196,95 @@ async fn two_channels_answering_the_same_ssrc_get_their_own_streams() {
     stop.cancel();
     gw.stop().await;
 }
+
+/// A GB session's UDP media may move port after a quiet spell (a new media socket), never to
+/// another host: its SSRC stays bound to the IP the device signalled from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_gb_stream_is_not_rebound_to_another_host() {
+    let mut cfg = test_config();
+    cfg.rtp.timeout = HumanDuration(Duration::from_secs(8));
+    let gw = start(cfg).await;
+    let (rtp, api) = (gw.rtp_addr, gw.api_addr);
+    let ssrc = 200_000_901;
+    let name = "gb/34020000001310000901";
+    gw.rtp.announce(ssrc, name.into());
+    gw.rtp.expect_source("127.0.0.1".parse().unwrap(), false, name.into());
+    let dump = read_rtp_dump(&own_fixture("h264_g711a_8k.rtp"));
+    // Sends the capture's packets `from`, sequence numbers shifted by `pass` captures.
+    let send = |from: &'static str, pass: u16, count: usize| {
+        let mut dump = dump.clone();
+        dump.truncate(count);
+        async move {
+            let sock = tokio::net::UdpSocket::bind(format!("{from}:0")).await.unwrap();
+            let n = dump.len() as u16;
+            for mut p in dump {
+                let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add(n.wrapping_mul(pass));
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                sock.send_to(&p, rtp).await.unwrap();
+                if p[1] & 0x80 != 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    let all = dump.len();
+    send("127.0.0.1", 0, all).await;
+    let n = all as u64;
+    let s = wait_stream(api, name, Duration::from_secs(5), |s| s["packets"].as_u64() == Some(n)).await;
+    assert_eq!(s["packets"].as_u64(), Some(n), "{s}");
+    // Quiet for longer than rebind_after; then another host sends the session's SSRC.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send("127.0.0.2", 1, 20).await;
+    // The device comes back from a new port of its own address: that one is followed.
+    send("127.0.0.1", 2, all).await;
+    let s = wait_stream(api, name, Duration::from_secs(5), |s| s["packets"].as_u64() == Some(2 * n)).await;
+    assert_eq!(s["packets"].as_u64(), Some(2 * n), "only the device's packets: {s}");
+    assert!((16..=20).contains(&s["foreign_packets"].as_u64().unwrap()), "the other host's 20 dropped: {s}");
+    let c = rtp_counters(api).await;
+    assert_eq!(c["ssrc_rebinds"], 1, "{c}");
+    gw.stop().await;
+}
+
+/// The same SSRC answered for two sessions of one address (Hikvision channels), the second
+/// session's media arriving first: the answered ports (SDP `m=`, `RtpShared::expect_port`) tell
+/// them apart, so each stream gets its own device's packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_ports_tell_apart_two_sessions_with_one_ssrc_whichever_sends_first() {
+    let gw = start(test_config()).await;
+    let (rtp, api) = (gw.rtp_addr, gw.api_addr);
+    let ssrc = 600_901;
+    let (a, b) = ("gb/34020000001310000911", "gb/34020000001310000912");
+    let sock_a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sock_b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // What the GB core does: both INVITEs expect media from the device; the answers carry the
+    // same y= (announced for the first session only) and each channel's m= port.
+    gw.rtp.announce(ssrc, a.into());
+    for (name, sock) in [(a, &sock_a), (b, &sock_b)] {
+        gw.rtp.expect_source("127.0.0.1".parse().unwrap(), false, name.into());
+        gw.rtp.expect_port(name, sock.local_addr().unwrap().port());
+    }
+    let dump = read_rtp_dump(&own_fixture("h264_g711a_8k.rtp"));
+    for sock in [&sock_b, &sock_a] {
+        for mut p in dump.clone() {
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            sock.send_to(&p, rtp).await.unwrap();
+            if p[1] & 0x80 != 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let n = dump.len() as u64;
+    let list = wait_streams(api, Duration::from_secs(5), |l| {
+        l.len() == 2 && l.iter().all(|s| s["packets"].as_u64() == Some(n))
+    })
+    .await;
+    for (name, sock) in [(a, &sock_a), (b, &sock_b)] {
+        let s = list.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("{name}: {list:?}"));
+        assert_eq!(s["source"]["peer"], sock.local_addr().unwrap().to_string(), "{name}: {s}");
+        assert_eq!(s["packets"].as_u64(), Some(n), "{name}: {s}");
+        assert_eq!(s["duplicates"], 0, "{name}: {s}");
+    }
+    assert_eq!(rtp_counters(api).await["ssrc_clashes"], 1);
+    gw.stop().await;
+}

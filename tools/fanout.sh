@@ -42,6 +42,7 @@ merge_write = "$MERGE"
 [rtmp]
 listen = "127.0.0.1:$rtmp"
 max_connections = 5000
+max_connections_per_source = 5000
 merge_write = "$MERGE"
 TOML
     "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$PROTO-$n.log" &

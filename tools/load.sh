@@ -138,6 +138,7 @@ max_tcp_connections = 1000
 # Every simulated camera sends from 127.0.0.1 with an unannounced SSRC.
 max_unknown_streams = 1000
 max_unknown_per_source = 1000
+max_tcp_per_source = 1000
 timeout = "10s"
 recv_buffer = 33554432
 

@@ -317,10 +317,16 @@ struct Unwrap {
 }
 
 impl Unwrap {
+    /// The 90 kHz time of `ts`, saturating (never overflowing) however far a peer steps.
+    fn extend_90k(&mut self, ts: u32) -> i64 {
+        self.extend(ts).saturating_mul(90)
+    }
+
     fn extend(&mut self, ts: u32) -> i64 {
         if let Some(last) = self.last {
             let diff = ts.wrapping_sub(last) as i32;
-            self.base += diff as i64;
+            // A peer can step +2^31 ms per message: saturate rather than overflow.
+            self.base = self.base.saturating_add(diff as i64);
         } else {
             self.base = ts as i64;
         }
@@ -381,7 +387,7 @@ impl FlvDemuxer {
             }
             1 => {
                 let track = self.video.as_ref().filter(|t| t.codec == codec).ok_or(FlvError::NoConfig)?;
-                let dts = self.video_clock.extend(ts_ms) * 90;
+                let dts = self.video_clock.extend_90k(ts_ms);
                 let pts = dts + cts as i64 * 90;
                 let data = to_avcc(codec, payload, track.length_size, keyframe, &track.config);
                 if data.is_empty() {
@@ -442,7 +448,7 @@ impl FlvDemuxer {
                     Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8_000, channels: 1, asc: None }))
                 })
                 .clone();
-            let t = self.audio_clock.extend(ts_ms) * 90;
+            let t = self.audio_clock.extend_90k(ts_ms);
             return Ok(Some(Frame {
                 codec,
                 pts: t,
@@ -471,7 +477,7 @@ impl FlvDemuxer {
         if payload.is_empty() {
             return Ok(None);
         }
-        let t = self.audio_clock.extend(ts_ms) * 90;
+        let t = self.audio_clock.extend_90k(ts_ms);
         Ok(Some(Frame {
             codec: Codec::Aac,
             pts: t,
@@ -549,6 +555,22 @@ fn to_avcc(codec: Codec, payload: &[u8], length_size: usize, keyframe: bool, con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A publisher stepping every timestamp by +2^31-1 ms cannot overflow the unwrapped clock.
+    #[test]
+    fn timestamps_that_leap_forward_for_ever_saturate() {
+        let mut d = FlvDemuxer::new();
+        let mut ts = 0u32;
+        d.audio_clock.extend(ts);
+        // As after about 4e9 such messages.
+        d.audio_clock.base = i64::MAX - 10;
+        for _ in 0..4 {
+            ts = ts.wrapping_add(0x7fff_ffff);
+            assert_eq!(d.audio_clock.extend_90k(ts), i64::MAX);
+        }
+        let f = d.audio(ts.wrapping_add(0x7fff_ffff), &[SOUND_FORMAT_G711A << 4, 0xd5]).unwrap().unwrap();
+        assert_eq!(f.pts, i64::MAX);
+    }
 
     #[test]
     fn g711_tags_become_8khz_mono_frames() {

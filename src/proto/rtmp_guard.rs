@@ -32,6 +32,9 @@ const AMF3_COMMAND: u8 = 17;
 const AMF0_DATA: u8 = 18;
 /// AMF3 data message type (rml_rtmp decodes it as AMF0).
 const AMF3_DATA: u8 = 15;
+/// The AMF0 string `@setDataFrame` (marker 2, 16-bit length 13), as the first value of a data
+/// message: rml_amf0 has no other encoding of a string that short.
+const SET_DATA_FRAME: &[u8] = b"\x02\x00\x0d@setDataFrame";
 /// The chunk size the session is told: every message fits in one chunk (lengths are 24 bits).
 const SESSION_CHUNK_SIZE: u32 = 0xFF_FFFF;
 
@@ -39,6 +42,8 @@ const SESSION_CHUNK_SIZE: u32 = 0xFF_FFFF;
 pub enum RtmpGuardError {
     #[error("AMF0 command with {values} value(s); a command needs a name, a transaction id and an object")]
     ShortCommand { values: usize },
+    #[error("@setDataFrame with {values} value(s); it needs onMetaData and the metadata")]
+    ShortSetDataFrame { values: usize },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
     #[error("AMF0 message (type {type_id}) refused: {error}")]
@@ -116,6 +121,11 @@ fn check(m: &Message, limits: &Amf0Limits) -> Result<(), RtmpGuardError> {
     if matches!(m.type_id, AMF0_COMMAND | AMF3_COMMAND) && values < 3 {
         return Err(RtmpGuardError::ShortCommand { values });
     }
+    // rml_rtmp's server reads `data[0]` and `data.remove(1)` after an `@setDataFrame` without
+    // checking the count (found by the randomized smoke test below): it needs three values.
+    if matches!(m.type_id, AMF0_DATA | AMF3_DATA) && data.starts_with(SET_DATA_FRAME) && values < 3 {
+        return Err(RtmpGuardError::ShortSetDataFrame { values });
+    }
     Ok(())
 }
 
@@ -190,6 +200,31 @@ mod tests {
         }
     }
 
+    /// rml_rtmp 0.8's server panics (index out of bounds) on `@setDataFrame` with fewer than three
+    /// values while publishing; the guard refuses it.
+    #[test]
+    fn a_short_set_data_frame_is_refused_before_it_can_panic_the_session() {
+        assert_eq!(&amf(&[Amf0Value::Utf8String("@setDataFrame".into())])[..], SET_DATA_FRAME);
+        for values in [
+            vec![Amf0Value::Utf8String("@setDataFrame".into())],
+            vec![Amf0Value::Utf8String("@setDataFrame".into()), Amf0Value::Utf8String("onMetaData".into())],
+        ] {
+            let n = values.len();
+            let mut ser = ChunkSerializer::new();
+            let wire = chunked(&mut ser, AMF0_DATA, amf(&values));
+            let mut guard = RtmpCommandGuard::default();
+            assert_eq!(guard.filter(&wire), Err(RtmpGuardError::ShortSetDataFrame { values: n }));
+        }
+        // A whole one passes.
+        let mut ser = ChunkSerializer::new();
+        let ok = amf(&[
+            Amf0Value::Utf8String("@setDataFrame".into()),
+            Amf0Value::Utf8String("onMetaData".into()),
+            Amf0Value::Object(Default::default()),
+        ]);
+        assert!(RtmpCommandGuard::default().filter(&chunked(&mut ser, AMF0_DATA, ok)).is_ok());
+    }
+
     #[test]
     fn amf3_commands_are_checked_after_their_leading_zero() {
         let mut ser = ChunkSerializer::new();
@@ -247,5 +282,254 @@ mod tests {
         let mut guard = RtmpCommandGuard::default();
         let refused = INPUT[2..].chunks(37).map(|piece| guard.filter(piece)).find(|r| r.is_err());
         assert!(matches!(refused, Some(Err(RtmpGuardError::Chunk(_)))), "{refused:?}");
+    }
+}
+
+/// A randomized stand-in for `fuzz/rtmp_chunk` where cargo-fuzz is not installed: mutations of a
+/// real publisher's session and of the deep-nesting corpus, through the guard, then into rml_rtmp's
+/// session with nothing caught (a panic fails the test, a stack overflow aborts it). Run with
+/// `GBGATE_SMOKE_SECS=60 cargo test --lib rtmp_guard::smoke -- --ignored`.
+#[cfg(test)]
+mod smoke {
+    use super::*;
+    use bytes::Bytes;
+    use rand::{Rng, SeedableRng};
+    use rml_rtmp::rml_amf0::Amf0Value;
+    use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
+
+    fn publisher_session() -> Vec<u8> {
+        let mut ser = ChunkSerializer::new();
+        let mut wire = Vec::new();
+        let mut msg = |ser: &mut ChunkSerializer, ts: u32, type_id: u8, sid: u32, data: Vec<u8>| {
+            let p = MessagePayload {
+                timestamp: RtmpTimestamp::new(ts),
+                type_id,
+                message_stream_id: sid,
+                data: Bytes::from(data),
+            };
+            wire.extend(ser.serialize(&p, false, false).unwrap().bytes);
+        };
+        let amf = |v: Vec<Amf0Value>| rml_rtmp::rml_amf0::serialize(&v).unwrap();
+        let mut props = std::collections::HashMap::new();
+        props.insert("app".to_string(), Amf0Value::Utf8String("live".into()));
+        msg(
+            &mut ser,
+            0,
+            20,
+            0,
+            amf(vec![Amf0Value::Utf8String("connect".into()), Amf0Value::Number(1.0), Amf0Value::Object(props)]),
+        );
+        msg(
+            &mut ser,
+            0,
+            20,
+            0,
+            amf(vec![Amf0Value::Utf8String("createStream".into()), Amf0Value::Number(2.0), Amf0Value::Null]),
+        );
+        msg(
+            &mut ser,
+            0,
+            20,
+            1,
+            amf(vec![
+                Amf0Value::Utf8String("publish".into()),
+                Amf0Value::Number(3.0),
+                Amf0Value::Null,
+                Amf0Value::Utf8String("cam".into()),
+                Amf0Value::Utf8String("live".into()),
+            ]),
+        );
+        msg(&mut ser, 0, 18, 1, amf(vec![Amf0Value::Utf8String("@setDataFrame".into()), Amf0Value::Null]));
+        for i in 0..6u32 {
+            msg(&mut ser, i * 40, 9, 1, vec![0x17; 300]);
+            msg(&mut ser, i * 40 + 5, 8, 1, vec![0xaf; 40]);
+        }
+        wire
+    }
+
+    #[test]
+    #[ignore]
+    fn smoke() {
+        let secs: u64 = std::env::var("GBGATE_SMOKE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let seeds: Vec<Vec<u8>> = vec![
+            publisher_session(),
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_command.seed")[2..].to_vec(),
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_object_command.seed")[2..].to_vec(),
+            include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_data.seed")[2..].to_vec(),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let start = std::time::Instant::now();
+        let mut runs = 0u64;
+        while start.elapsed().as_secs() < secs {
+            runs += 1;
+            let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
+            for _ in 0..rng.gen_range(1..8) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = rng.gen_range(0..input.len());
+                match rng.gen_range(0..5) {
+                    0 => input[at] = rng.gen(),
+                    1 => input[at] ^= 1 << rng.gen_range(0..8),
+                    2 => input.insert(at, rng.gen()),
+                    3 => {
+                        input.remove(at);
+                    }
+                    _ => {
+                        let other = &seeds[rng.gen_range(0..seeds.len())];
+                        let from = rng.gen_range(0..other.len());
+                        let n = rng.gen_range(0..64).min(other.len() - from);
+                        input.splice(at..at, other[from..from + n].iter().copied());
+                    }
+                }
+            }
+            let piece = rng.gen_range(1..4096);
+            let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).unwrap();
+            let mut guard = RtmpCommandGuard::default();
+            for p in input.chunks(piece) {
+                let Ok(bytes) = guard.filter(p) else { break };
+                let Ok(results) = session.handle_input(&bytes) else { break };
+                let mut queue = results;
+                let mut rounds = 0;
+                while let Some(r) = queue.pop() {
+                    rounds += 1;
+                    if rounds > 100 {
+                        break;
+                    }
+                    if let ServerSessionResult::RaisedEvent(
+                        ServerSessionEvent::ConnectionRequested { request_id, .. }
+                        | ServerSessionEvent::PublishStreamRequested { request_id, .. },
+                    ) = r
+                    {
+                        if let Ok(more) = session.accept_request(request_id) {
+                            queue.extend(more);
+                        }
+                    }
+                }
+            }
+        }
+        println!("rtmp guard smoke: {runs} runs in {secs} s");
+    }
+
+    /// What an origin sends a pushing client: connect and publish accepted (a real ServerSession
+    /// answering a real ClientSession, in memory), then a ping and acknowledgements.
+    fn origin_answers() -> Vec<u8> {
+        use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionResult, PublishRequestType};
+        let (mut client, first) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+        let (mut server, sfirst) = ServerSession::new(ServerSessionConfig::new()).unwrap();
+        let mut to_server = Vec::new();
+        let mut to_client = Vec::new();
+        let client_out = |rs: Vec<ClientSessionResult>, to_server: &mut Vec<u8>| {
+            for r in rs {
+                if let ClientSessionResult::OutboundResponse(p) = r {
+                    to_server.extend(p.bytes);
+                }
+            }
+        };
+        client_out(first, &mut to_server);
+        for r in sfirst {
+            if let ServerSessionResult::OutboundResponse(p) = r {
+                to_client.extend(p.bytes);
+            }
+        }
+        client_out(vec![client.request_connection("live".into()).unwrap()], &mut to_server);
+        let (mut fed, mut published) = (0, false);
+        for step in 0..4 {
+            let mut queue = server.handle_input(&std::mem::take(&mut to_server)).unwrap();
+            while let Some(r) = queue.pop() {
+                match r {
+                    ServerSessionResult::OutboundResponse(p) => to_client.extend(p.bytes),
+                    ServerSessionResult::RaisedEvent(
+                        ServerSessionEvent::ConnectionRequested { request_id, .. }
+                        | ServerSessionEvent::PublishStreamRequested { request_id, .. },
+                    ) => queue.extend(server.accept_request(request_id).unwrap().into_iter().rev()),
+                    _ => {}
+                }
+            }
+            let new = &to_client[fed..];
+            fed = to_client.len();
+            let rs = client.handle_input(new).unwrap();
+            published |= rs.iter().any(|r| {
+                matches!(
+                    r,
+                    ClientSessionResult::RaisedEvent(rml_rtmp::sessions::ClientSessionEvent::PublishRequestAccepted)
+                )
+            });
+            client_out(rs, &mut to_server);
+            if step == 0 {
+                client_out(
+                    vec![client.request_publishing("cam".into(), PublishRequestType::Live).unwrap()],
+                    &mut to_server,
+                );
+            }
+        }
+        assert!(published, "the seed must reach an accepted publish");
+        let (ping, _) = server.send_ping_request().unwrap();
+        to_client.extend(ping.bytes);
+        to_client
+    }
+
+    /// The push side: mutated origin answers through the guard into a ClientSession that made
+    /// the same requests, nothing caught.
+    #[test]
+    #[ignore]
+    fn smoke_client() {
+        use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, PublishRequestType};
+        let secs: u64 = std::env::var("GBGATE_SMOKE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let mut seeds = vec![origin_answers()];
+        seeds.extend(
+            [
+                &include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_command.seed")[2..],
+                &include_bytes!("../../fuzz/seeds/rtmp_chunk/deep_strict_array_data.seed")[2..],
+            ]
+            .map(|s| s.to_vec()),
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let start = std::time::Instant::now();
+        let mut runs = 0u64;
+        while start.elapsed().as_secs() < secs {
+            runs += 1;
+            let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
+            for _ in 0..rng.gen_range(1..8) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = rng.gen_range(0..input.len());
+                match rng.gen_range(0..4) {
+                    0 => input[at] = rng.gen(),
+                    1 => input.insert(at, rng.gen()),
+                    2 => {
+                        input.remove(at);
+                    }
+                    _ => {
+                        let other = &seeds[rng.gen_range(0..seeds.len())];
+                        let from = rng.gen_range(0..other.len());
+                        let n = rng.gen_range(0..64).min(other.len() - from);
+                        input.splice(at..at, other[from..from + n].iter().copied());
+                    }
+                }
+            }
+            let (mut client, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+            let _ = client.request_connection("live".into());
+            let mut guard = RtmpCommandGuard::default();
+            let mut publish_sent = false;
+            for p in input.chunks(rng.gen_range(1..4096)) {
+                let Ok(bytes) = guard.filter(p) else { break };
+                let Ok(results) = client.handle_input(&bytes) else { break };
+                let accepted = results.iter().any(|r| {
+                    matches!(
+                        r,
+                        rml_rtmp::sessions::ClientSessionResult::RaisedEvent(
+                            rml_rtmp::sessions::ClientSessionEvent::ConnectionRequestAccepted
+                        )
+                    )
+                });
+                if accepted && !publish_sent {
+                    publish_sent = true;
+                    let _ = client.request_publishing("cam".into(), PublishRequestType::Live);
+                }
+            }
+        }
+        println!("rtmp guard client smoke: {runs} runs in {secs} s");
     }
 }

@@ -94,15 +94,16 @@ impl Gateway {
         };
         let rtsp_admission = admit::Admission::new(cfg.rtsp.max_connections, cfg.rtsp.max_connections_per_source);
         let api_admission = admit::Admission::new(cfg.api.max_connections, cfg.api.max_connections_per_source);
+        let rtmp_admission = admit::Admission::new(cfg.rtmp.max_connections, cfg.rtmp.max_connections_per_source);
         let mut tasks = Vec::new();
-        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth);
+        let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth, rtp_shared.clone());
         if let Some(l) = rtmp_listener {
             tasks.push(tokio::spawn(rtmp::serve(
                 l,
                 hub.clone(),
-                rtp_shared.clone(),
                 cfg.rtmp.clone(),
                 rtmp_shared.clone(),
+                rtmp_admission.clone(),
                 shutdown.clone(),
             )));
         }
@@ -151,7 +152,7 @@ impl Gateway {
                 rtp: rtp_shared.clone(),
                 gb: gb.clone(),
                 rtmp: rtmp_shared.clone(),
-                listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission)]
+                listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission), ("rtmp", rtmp_admission)]
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),

@@ -19,7 +19,6 @@ use rml_rtmp::time::RtmpTimestamp;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -36,6 +35,7 @@ use crate::proto::flv;
 use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
 use crate::proto::rtmp_guard::{RtmpCommandGuard, RtmpGuardError};
 use crate::server::rtp::RtpShared;
+use crate::util::admit::{Admission, Ticket};
 use crate::util::RateLimit;
 
 /// A publisher that sends nothing for this long is disconnected (its stream ends).
@@ -46,7 +46,6 @@ const PLAY_WAIT: Duration = Duration::from_secs(5);
 
 /// What the RTMP listener shares between its connections: the byte budget for unfinished
 /// messages, and counters of what peers were refused (`GET /api/v1/rtmp`).
-#[derive(Debug)]
 pub struct RtmpShared {
     pub limits: ChunkLimits,
     pub budget: Arc<ByteBudget>,
@@ -59,15 +58,10 @@ pub struct RtmpShared {
     /// Publish and play requests refused for their credential (`[auth]`).
     pub auth_refused: AtomicU64,
     pub auth: AuthConfig,
+    /// Where publishers' media stages come from (the audio worker pool, shared with RTP).
+    media: Arc<RtpShared>,
     /// Connections closed for not completing handshake + connect + publish/play in time.
     pub setup_timeouts: AtomicU64,
-    /// Connections refused at accept: their address already had `max_connections_per_ip`.
-    pub per_ip_refused: AtomicU64,
-    /// Connections refused at accept: `max_connections` reached.
-    pub full_refused: AtomicU64,
-    max_per_ip: usize,
-    /// Open connections per peer address.
-    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 /// Why a connection was closed by the server's own limits (counted, logged rate-limited).
@@ -75,38 +69,8 @@ pub struct RtmpShared {
 pub enum RtmpLimitError {
     #[error("no publish or play within {0:?} (rtmp.setup_timeout)")]
     SetupTimeout(Duration),
-}
-
-trait LoopbackHost {
-    /// 127.0.0.1 or ::1: the gateway's own host.
-    fn is_loopback_host(&self) -> bool;
-}
-
-impl LoopbackHost for std::net::IpAddr {
-    fn is_loopback_host(&self) -> bool {
-        match self {
-            std::net::IpAddr::V4(v4) => *v4 == std::net::Ipv4Addr::LOCALHOST,
-            std::net::IpAddr::V6(v6) => v6.is_loopback(),
-        }
-    }
-}
-
-/// One open connection of an address; released on drop.
-struct IpSlot {
-    shared: Arc<RtmpShared>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
+    #[error("closed to make room for a newcomer (it was not publishing or playing yet)")]
+    Evicted,
 }
 
 /// `GET /api/v1/rtmp`.
@@ -129,13 +93,10 @@ pub struct RtmpCounters {
     pub auth_refused: u64,
     /// Closed for not completing handshake + connect + publish/play within `rtmp.setup_timeout`.
     pub setup_timeouts: u64,
-    /// Refused at accept: `rtmp.max_connections_per_ip`, `rtmp.max_connections`.
-    pub per_ip_refused: u64,
-    pub full_refused: u64,
 }
 
 impl RtmpShared {
-    pub fn new(cfg: &RtmpConfig, auth: &AuthConfig) -> Arc<RtmpShared> {
+    pub fn new(cfg: &RtmpConfig, auth: &AuthConfig, media: Arc<RtpShared>) -> Arc<RtmpShared> {
         // A connection may hold one whole message and a little of another (audio interleaved
         // with a large keyframe).
         let limits = ChunkLimits {
@@ -150,11 +111,8 @@ impl RtmpShared {
             publish_refused: AtomicU64::new(0),
             auth_refused: AtomicU64::new(0),
             auth: auth.clone(),
+            media,
             setup_timeouts: AtomicU64::new(0),
-            per_ip_refused: AtomicU64::new(0),
-            full_refused: AtomicU64::new(0),
-            per_ip: Default::default(),
-            max_per_ip: cfg.max_connections_per_ip.max(1),
         })
     }
 
@@ -174,21 +132,7 @@ impl RtmpShared {
             publish_refused: self.publish_refused.load(Ordering::Relaxed),
             auth_refused: self.auth_refused.load(Ordering::Relaxed),
             setup_timeouts: self.setup_timeouts.load(Ordering::Relaxed),
-            per_ip_refused: self.per_ip_refused.load(Ordering::Relaxed),
-            full_refused: self.full_refused.load(Ordering::Relaxed),
         }
-    }
-
-    /// Takes a connection slot of `ip`, unless it holds `max_connections_per_ip` already. The
-    /// host itself is not limited (its own tools, the push's loopback tests).
-    fn ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip && !ip.is_loopback_host() {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot { shared: self.clone(), ip })
     }
 }
 
@@ -215,15 +159,14 @@ const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 pub async fn serve(
     listener: TcpListener,
     hub: Arc<Hub>,
-    rtp: Arc<RtpShared>,
     cfg: RtmpConfig,
     shared: Arc<RtmpShared>,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 ) {
     if shared.auth.publish && shared.auth.secret.is_empty() && shared.auth.keys.is_empty() {
         info!("RTMP publishing is open to this host only: set [auth] secret or keys to publish from others");
     }
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     loop {
         let (sock, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -236,32 +179,30 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            shared.full_refused.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
-                warn!(%peer, suppressed, "RTMP connection refused: rtmp.max_connections reached");
+        // A global cap and one per source address; when reached, the oldest connection not yet
+        // publishing or playing makes room (D33, the listeners' shared admission D60).
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
+                    warn!(%peer, suppressed, "RTMP connection refused: {e}");
+                }
+                continue;
             }
-            continue;
         };
-        // One address may not take every slot: others keep room.
-        let Some(ip_slot) = shared.ip_slot(peer.ip()) else {
-            shared.per_ip_refused.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now()) {
-                warn!(%peer, suppressed, "RTMP connection refused: rtmp.max_connections_per_ip reached");
-            }
-            continue;
-        };
-        let (hub, rtp, cfg, shared, shutdown) =
-            (hub.clone(), rtp.clone(), cfg.clone(), shared.clone(), shutdown.clone());
+        let (hub, cfg, shared, shutdown) = (hub.clone(), cfg.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = (permit, ip_slot);
             shared.connections.fetch_add(1, Ordering::Relaxed);
-            let r = connection(sock, peer, hub, rtp, cfg, shared.clone(), shutdown).await;
+            let r = connection(sock, peer, hub, cfg, shared.clone(), &ticket, shutdown).await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
             match r {
                 Ok(()) => debug!(%peer, "RTMP connection closed"),
+                Err(e) if matches!(e.downcast_ref::<RtmpLimitError>(), Some(RtmpLimitError::Evicted)) => {
+                    debug!(%peer, "RTMP connection closed: {e:#}");
+                }
                 Err(e) if e.downcast_ref::<RtmpLimitError>().is_some() => {
                     shared.setup_timeouts.fetch_add(1, Ordering::Relaxed);
+                    ticket.timed_out();
                     if let Some(suppressed) = ACCEPT_LOG.lock().unwrap_or_else(|p| p.into_inner()).check(Instant::now())
                     {
                         warn!(%peer, suppressed, "RTMP connection closed: {e:#}");
@@ -355,24 +296,24 @@ impl OutClock {
     pub(crate) fn map(&mut self, track: usize, dts: i64) -> i64 {
         if !self.started {
             self.started = true;
-            self.offset = -dts;
+            self.offset = dts.saturating_neg();
         }
         let t = &mut self.tracks[track];
         match t.last_raw {
             None => (t.epoch, t.offset) = (self.epoch, self.offset),
-            Some(last) if dts < last || dts > last + MAX_LEAP => {
+            Some(last) if dts < last || dts > last.saturating_add(MAX_LEAP) => {
                 if t.epoch < self.epoch {
                     (t.epoch, t.offset) = (self.epoch, self.offset);
                 } else {
                     self.epoch += 1;
-                    self.offset = self.last_out + DISCONTINUITY_STEP - dts;
+                    self.offset = self.last_out.saturating_add(DISCONTINUITY_STEP).saturating_sub(dts);
                     (t.epoch, t.offset) = (self.epoch, self.offset);
                 }
             }
             Some(_) => {}
         }
         t.last_raw = Some(dts);
-        let out = (dts + t.offset).max(0);
+        let out = dts.saturating_add(t.offset).max(0);
         self.last_out = self.last_out.max(out);
         out
     }
@@ -606,8 +547,6 @@ impl Publisher {
 struct Conn {
     peer: SocketAddr,
     hub: Arc<Hub>,
-    /// The media stage's home (audio worker pool, G.711 rate hints), shared with RTP ingest.
-    rtp: Arc<RtpShared>,
     shared: Arc<RtmpShared>,
     cfg: RtmpConfig,
     session: ServerSession,
@@ -628,9 +567,9 @@ async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
     hub: Arc<Hub>,
-    rtp: Arc<RtpShared>,
     cfg: RtmpConfig,
     shared: Arc<RtmpShared>,
+    ticket: &Ticket,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limit = cfg.push_timeout.0;
@@ -649,9 +588,13 @@ async fn connection(
     let mut buf = vec![0u8; 4096];
     let mut hs = Handshake::new(PeerType::Server);
     let leftover = loop {
-        let n = match tokio::time::timeout(setup_left(), read_timeout(&mut rd, &mut buf, limit)).await {
-            Ok(r) => r.context("handshake")?,
-            Err(_) => return Err(RtmpLimitError::SetupTimeout(setup).into()),
+        let read = tokio::time::timeout(setup_left(), read_timeout(&mut rd, &mut buf, limit));
+        let n = tokio::select! {
+            r = read => match r {
+                Ok(r) => r.context("handshake")?,
+                Err(_) => return Err(RtmpLimitError::SetupTimeout(setup).into()),
+            },
+            _ = ticket.evicted.cancelled() => return Err(RtmpLimitError::Evicted.into()),
         };
         match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
             HandshakeProcessResult::InProgress { response_bytes } => {
@@ -668,7 +611,6 @@ async fn connection(
     let mut c = Conn {
         peer,
         hub,
-        rtp,
         cfg,
         session,
         guard: shared.guard(),
@@ -700,6 +642,7 @@ async fn connection(
                 _ = tokio::time::sleep_until(setup_deadline), if unset => {
                     return Err(RtmpLimitError::SetupTimeout(setup).into());
                 }
+                _ = ticket.evicted.cancelled(), if unset => return Err(RtmpLimitError::Evicted.into()),
                 _ = batch::sleep_until_opt(hold_until) => {
                     if merging {
                         c.append_frames(None, &mut out)?;
@@ -717,7 +660,11 @@ async fn connection(
                         return Ok(());
                     }
                     c.input(&buf[..n]).await?;
-                    c.had_role |= c.publisher.is_some() || c.player.is_some();
+                    if !c.had_role && (c.publisher.is_some() || c.player.is_some()) {
+                        // Publishing or playing: no longer first in line to make room.
+                        c.had_role = true;
+                        ticket.established();
+                    }
                     if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.stream))) {
                         // Another source took the name: this one stops (its stream is closed).
                         c.publisher = None;
@@ -905,7 +852,7 @@ impl Conn {
                 match self.hub.create(&name, source, Takeover::Refuse) {
                     Ok(stream) => {
                         info!(stream = %name, peer = %self.peer, "RTMP publish");
-                        self.publisher = Some(Publisher::new(stream, &self.rtp));
+                        self.publisher = Some(Publisher::new(stream, &self.shared.media));
                         self.accept(request_id)
                     }
                     Err(e) => {
@@ -1048,6 +995,16 @@ mod tests {
         assert_eq!(c.map(0, 3600), 10800);
         // A leap forward is bridged the same way.
         assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+    }
+
+    /// Peer-chosen times at the ends of i64 cannot overflow the output clock.
+    #[test]
+    fn out_clock_saturates_at_the_extremes() {
+        let mut c = OutClock::default();
+        assert_eq!(c.map(0, i64::MIN), 0);
+        assert!(c.map(0, i64::MAX) >= 0);
+        assert!(c.map(1, i64::MAX) >= 0);
+        assert!(c.map(0, 0) >= 0);
     }
 
     #[test]

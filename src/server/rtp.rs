@@ -43,6 +43,8 @@ const IDLE_FLUSH: Duration = Duration::from_millis(200);
 const PROBATION_CAPACITY: usize = 1024;
 /// Datagrams kept per SSRC on probation (handed to the stream once it is created).
 const PROBATION_PACKETS: usize = 4;
+/// SSRCs one source IP may have on probation at once (a quarter of the table).
+const PROBATION_PER_SOURCE: usize = PROBATION_CAPACITY / 4;
 /// Payload bytes probation holds in all (1024 x 4 full-size datagrams would be 256 MiB).
 const PROBATION_BYTES: usize = 4 << 20;
 /// Unknown SSRCs remembered for the API in `report` mode.
@@ -89,6 +91,9 @@ pub struct RtpCounters {
     pub unknown_evicted: AtomicU64,
     /// Packets dropped, or partial access units shed, because `max_buffered_bytes` was reached.
     pub budget_drops: AtomicU64,
+    /// RTP/TCP connections closed because a frame (the first, or a later one) did not complete
+    /// within `tcp_frame_timeout`: slow-drip clients.
+    pub tcp_slow_closed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +119,7 @@ pub struct RtpCountersSnapshot {
     pub unknown_refused: u64,
     pub unknown_evicted: u64,
     pub budget_drops: u64,
+    pub tcp_slow_closed: u64,
     /// Bytes all RTP streams hold now: queued, reordered, reassembly, probation.
     pub buffered_bytes: usize,
     pub max_buffered_bytes: usize,
@@ -153,6 +159,8 @@ struct ExpectedSource {
     ip: std::net::IpAddr,
     tcp: bool,
     name: String,
+    /// UDP: the port the device answered (SDP `m=`), where it normally sends from.
+    port: Option<u16>,
 }
 
 /// State shared between the RTP tasks and the API.
@@ -262,6 +270,10 @@ impl RtpShared {
         self.forget_expected(name);
     }
 
+    fn signalled_ip(&self, name: &str) -> Option<std::net::IpAddr> {
+        self.signalled.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
     /// Whether media for `name` may come from `ip`: a GB session's media comes from the address
     /// its device signalled from (`expect_source`); other streams have no such binding. A refusal
     /// is counted and logged (rate-limited).
@@ -340,7 +352,11 @@ impl RtpShared {
                 let evicted = u.swap_remove(i);
                 drop(u);
                 self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
-                info!(stream = %evicted.stream.name, quiet_ms, "unannounced stream ended to make room");
+                if let Some(suppressed) =
+                    self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    info!(stream = %evicted.stream.name, quiet_ms, suppressed, "unannounced stream ended to make room");
+                }
                 hub.remove(&evicted.stream);
                 true
             }
@@ -377,7 +393,9 @@ impl RtpShared {
         let evicted = u.swap_remove(i);
         drop(u);
         self.counters.unknown_evicted.fetch_add(1, Ordering::Relaxed);
-        info!(stream = %evicted.stream.name, "unannounced stream ended: an announced session needs its slot");
+        if let Some(suppressed) = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now()) {
+            info!(stream = %evicted.stream.name, suppressed, "unannounced stream ended: an announced session needs its slot");
+        }
         hub.remove(&evicted.stream);
         true
     }
@@ -443,7 +461,29 @@ impl RtpShared {
         if e.len() >= EXPECTED_CAPACITY {
             e.pop_front();
         }
-        e.push_back(ExpectedSource { ip, tcp, name });
+        e.push_back(ExpectedSource { ip, tcp, name, port: None });
+    }
+
+    /// The port a session's device answered (SDP `m=` over UDP): cameras send from it, so two
+    /// sessions on one address that send the same SSRC (Hikvision channels) are told apart even
+    /// when the second one's media arrives first.
+    pub fn expect_port(&self, name: &str, port: u16) {
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(x) = e.iter_mut().find(|x| x.name == name && !x.tcp) {
+            x.port = Some(port).filter(|p| *p != 0);
+        }
+    }
+
+    /// Media with `name`'s announced SSRC from `peer`, while `name` expects another port and
+    /// another session on that address expects exactly this one: it is that session's media.
+    fn claim_by_port(&self, name: &str, peer: SocketAddr) -> Option<String> {
+        let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = e.iter().find(|x| x.name == name)?.port?;
+        if mine == peer.port() {
+            return None;
+        }
+        let i = e.iter().position(|x| x.name != name && !x.tcp && x.ip == peer.ip() && x.port == Some(peer.port()))?;
+        e.remove(i).map(|x| x.name)
     }
 
     fn forget_expected(&self, name: &str) {
@@ -454,8 +494,15 @@ impl RtpShared {
     /// several (cameras behind one NAT address, or a Hikvision answer not yet processed) the
     /// packet cannot be attributed: it is dropped, and a later one binds once the other sessions
     /// have their media.
-    fn claim_source(&self, ip: std::net::IpAddr, tcp: bool) -> Claim {
+    fn claim_source(&self, ip: std::net::IpAddr, tcp: bool, port: Option<u16>) -> Claim {
         let mut e = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        // A session that answered this very source port wins over the others on the address.
+        if let Some(port) = port {
+            let mut by_port = e.iter().enumerate().filter(|(_, x)| x.ip == ip && x.tcp == tcp && x.port == Some(port));
+            if let (Some((i, _)), None) = (by_port.next(), by_port.next()) {
+                return e.remove(i).map_or(Claim::Nobody, |x| Claim::Bound(x.name));
+            }
+        }
         let mut found = e.iter().enumerate().filter(|(_, x)| x.ip == ip && x.tcp == tcp).map(|(i, _)| i);
         match (found.next(), found.next()) {
             (None, _) => Claim::Nobody,
@@ -505,6 +552,7 @@ impl RtpShared {
             unknown_refused: get(&c.unknown_refused),
             unknown_evicted: get(&c.unknown_evicted),
             budget_drops: get(&c.budget_drops),
+            tcp_slow_closed: get(&c.tcp_slow_closed),
             buffered_bytes: self.buffered.load(Ordering::Relaxed),
             max_buffered_bytes: self.max_buffered.load(Ordering::Relaxed),
             unknown_ssrcs: self.reported.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
@@ -586,6 +634,9 @@ struct Probation {
     order: VecDeque<u32>,
     /// Payload bytes held (each datagram owns its buffer: see `serve_udp`).
     bytes: usize,
+    /// SSRCs on probation per source IP: a flood from one address evicts its own entries, not
+    /// the first packet of a camera elsewhere.
+    per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
 fn payload_bytes(packets: &[RtpPacket]) -> usize {
@@ -594,15 +645,38 @@ fn payload_bytes(packets: &[RtpPacket]) -> usize {
 
 impl Probation {
     fn new() -> Probation {
-        Probation { pending: HashMap::new(), order: VecDeque::new(), bytes: 0 }
+        Probation { pending: HashMap::new(), order: VecDeque::new(), bytes: 0, per_ip: HashMap::new() }
+    }
+
+    /// Removes `ssrc`'s entry (not from `order`: callers do that).
+    fn take(&mut self, ssrc: u32) -> Option<Pending> {
+        let p = self.pending.remove(&ssrc)?;
+        self.bytes -= payload_bytes(&p.packets);
+        let ip = p.peer.ip();
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        Some(p)
     }
 
     fn evict_oldest(&mut self, counters: &RtpCounters) {
         if let Some(old) = self.order.pop_front() {
-            if let Some(p) = self.pending.remove(&old) {
-                self.bytes -= payload_bytes(&p.packets);
-            }
+            self.take(old);
             counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Evicts the oldest entry from `ip`.
+    fn evict_oldest_of(&mut self, ip: std::net::IpAddr, counters: &RtpCounters) {
+        let pending = &self.pending;
+        if let Some(i) = self.order.iter().position(|s| pending.get(s).is_some_and(|p| p.peer.ip() == ip)) {
+            if let Some(old) = self.order.remove(i) {
+                self.take(old);
+                counters.probation_evicted.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -613,8 +687,7 @@ impl Probation {
             let step = packet.seq.wrapping_sub(p.last_seq);
             // A second packet from the same host continuing the sequence proves a real sender.
             if p.peer.ip() == peer.ip() && (1..=64).contains(&step) {
-                let mut p = self.pending.remove(&ssrc).expect("present");
-                self.bytes -= payload_bytes(&p.packets);
+                let mut p = self.take(ssrc).expect("present");
                 self.order.retain(|s| *s != ssrc);
                 p.packets.push(packet);
                 return Some(p.packets);
@@ -626,6 +699,9 @@ impl Probation {
             p.last_seq = seq;
             return None;
         }
+        if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= PROBATION_PER_SOURCE {
+            self.evict_oldest_of(peer.ip(), counters);
+        }
         if self.pending.len() >= PROBATION_CAPACITY {
             self.evict_oldest(counters);
         }
@@ -633,6 +709,7 @@ impl Probation {
             self.evict_oldest(counters);
         }
         self.bytes += packet.payload.len();
+        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
         self.order.push_back(ssrc);
         self.pending.insert(ssrc, Pending { peer, last_seq: packet.seq, packets: vec![packet] });
         None
@@ -702,6 +779,9 @@ struct Binding {
     route: Route,
     peer: SocketAddr,
     last_seen: Instant,
+    /// A GB session's media stays bound to the IP its device signalled from (D41): it may move
+    /// port, never host.
+    signalled: Option<std::net::IpAddr>,
 }
 
 /// What to do with a datagram whose SSRC is bound to another source address.
@@ -714,7 +794,10 @@ enum Foreign {
 }
 
 impl Binding {
-    fn judge(&self, now: Instant, rebind_after: Duration) -> Foreign {
+    fn judge(&self, peer: SocketAddr, now: Instant, rebind_after: Duration) -> Foreign {
+        if self.signalled.is_some_and(|ip| ip != peer.ip()) {
+            return Foreign::Drop;
+        }
         if now.saturating_duration_since(self.last_seen) > rebind_after {
             Foreign::Rebind
         } else {
@@ -760,6 +843,12 @@ async fn serve_udp(
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
         let packet = match RtpPacket::parse(datagram) {
+            // A big header (extension) around a small payload: keep the payload only, so that
+            // the byte budgets, which count payloads, count what the packet holds.
+            Ok(mut p) if n - p.payload.len() > 256 => {
+                p.payload = Bytes::copy_from_slice(&p.payload);
+                p
+            }
             Ok(p) => p,
             Err(RtpError::Rtcp(_)) => {
                 counters.rtcp.fetch_add(1, Ordering::Relaxed);
@@ -814,7 +903,7 @@ async fn serve_udp(
         if let Some(bound) = clash_with {
             // Another session waiting for media from this IP: the same SSRC answered for two
             // channels of one device (Hikvision). Bind this source address to that session.
-            if let Claim::Bound(name) = shared.claim_source(peer.ip(), false) {
+            if let Claim::Bound(name) = shared.claim_source(peer.ip(), false, Some(peer.port())) {
                 counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
                 warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
@@ -824,7 +913,7 @@ async fn serve_udp(
                 continue;
             }
             let Some(b) = routes.get_mut(&ssrc) else { continue };
-            match b.judge(now, rebind_after) {
+            match b.judge(peer, now, rebind_after) {
                 Foreign::Rebind => {
                     counters.ssrc_rebinds.fetch_add(1, Ordering::Relaxed);
                     info!(ssrc = %ssrc_text(ssrc), from = %b.peer, to = %peer, "the stream's source went quiet and came back from a new address: rebound");
@@ -845,17 +934,28 @@ async fn serve_udp(
             continue;
         }
         if let Some(name) = shared.announced_name(ssrc) {
+            if let Some(other) = shared.claim_by_port(&name, peer) {
+                // The SSRC is announced for `name`, but the port says it is `other`'s media.
+                counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
+                warn!(ssrc = %ssrc_text(ssrc), %peer, stream = %other, announced_for = %name, "two sessions send the same SSRC: told apart by the answered port");
+                if let Some(route) = start_udp_stream(other, vec![packet], peer, &cfg, &hub, &shared, false) {
+                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.insert(peer, route);
+                }
+                continue;
+            }
             if !shared.source_allowed(&name, peer) {
                 continue;
             }
             shared.forget_expected(&name);
+            let signalled = shared.signalled_ip(&name);
             if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
                 routes.retain(|_, b| !b.route.tx.is_closed());
-                routes.insert(ssrc, Binding { route, peer, last_seen: now });
+                routes.insert(ssrc, Binding { route, peer, last_seen: now, signalled });
             }
             continue;
         }
-        match shared.claim_source(peer.ip(), false) {
+        match shared.claim_source(peer.ip(), false, Some(peer.port())) {
             Claim::Bound(name) => {
                 info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
@@ -877,7 +977,7 @@ async fn serve_udp(
                     let name = unknown_stream_name(ssrc);
                     if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, true) {
                         routes.retain(|_, b| !b.route.tx.is_closed());
-                        routes.insert(ssrc, Binding { route, peer, last_seen: now });
+                        routes.insert(ssrc, Binding { route, peer, last_seen: now, signalled: None });
                     }
                 }
             }
@@ -1063,6 +1163,9 @@ async fn run_stream(
     let mut last_data = Instant::now();
     let mut next_stats = Instant::now() + STATS_INTERVAL;
     let mut idle_flushed = true;
+    // RTP/TCP: when the frame now being received started (bytes buffered, not yet complete).
+    let mut partial_since: Option<Instant> = None;
+    let frame_timeout = cfg.tcp_frame_timeout.0;
     let reason = loop {
         let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
         let mut wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
@@ -1072,6 +1175,14 @@ async fn run_stream(
         tokio::select! {
             r = source.recv(&mut batch, &mut read_buf) => match r {
                 Ok(true) => {
+                    if let PacketSource::Tcp { framer, .. } = &source {
+                        partial_since = match (framer.buffered(), batch.is_empty(), partial_since) {
+                            (0, _, _) => None,
+                            // A frame completed and the next one has begun.
+                            (_, false, _) => Some(Instant::now()),
+                            (_, true, since) => since.or_else(|| Some(Instant::now())),
+                        };
+                    }
                     if !batch.is_empty() {
                         last_data = Instant::now();
                         route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
@@ -1115,6 +1226,10 @@ async fn run_stream(
                     }
                     if now.duration_since(last_data) >= timeout {
                         break format!("no data for {}", humantime::format_duration(timeout));
+                    }
+                    if partial_since.is_some_and(|t| now.duration_since(t) >= frame_timeout) {
+                        shared.counters.tcp_slow_closed.fetch_add(1, Ordering::Relaxed);
+                        break format!("a frame took longer than {} to arrive", humantime::format_duration(frame_timeout));
                     }
                 }
             }
@@ -1183,6 +1298,8 @@ async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_tcp_connections));
+    let per_source: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let mut refused_log = RateLimit::new(Duration::from_secs(10));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (socket, peer) = tokio::select! {
@@ -1202,6 +1319,14 @@ async fn serve_tcp(
             shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        // One address may hold only so many connections: room stays for everyone else.
+        let Some(per_source) = SourceSlot::take(&per_source, peer.ip(), cfg.max_tcp_per_source) else {
+            shared.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = refused_log.check(Instant::now()) {
+                warn!(%peer, suppressed, limit = cfg.max_tcp_per_source, "RTP/TCP connection refused: too many from this address");
+            }
+            continue;
+        };
         shared.counters.tcp_connections.fetch_add(1, Ordering::Relaxed);
         let _ = socket.set_nodelay(true);
         let (cfg, hub, shared, shutdown) = (cfg.clone(), hub.clone(), shared.clone(), shutdown.clone());
@@ -1212,9 +1337,44 @@ async fn serve_tcp(
                     _ = shutdown.cancelled() => {}
                 }
                 drop(permit);
+                drop(per_source);
             }
             .instrument(tracing::info_span!("rtp_tcp", %peer)),
         );
+    }
+}
+
+/// A connection counted against its source address; the count drops with it.
+struct SourceSlot {
+    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<SourceSlot> {
+        let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { counts: counts.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -1228,6 +1388,7 @@ async fn run_tcp_connection(
 ) {
     let mut framer = TcpFramer::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let first_deadline = Instant::now() + cfg.tcp_frame_timeout.0;
     // Wait for the first RTP packet to learn the SSRC (and so the stream name).
     let first = loop {
         if let Some(frame) = framer.next_packet() {
@@ -1239,7 +1400,8 @@ async fn run_tcp_connection(
                 }
             }
         }
-        match tokio::time::timeout(cfg.timeout.0, socket.read(&mut buf)).await {
+        // One deadline for the whole first frame: a byte now and then does not extend it.
+        match tokio::time::timeout_at(first_deadline.into(), socket.read(&mut buf)).await {
             Ok(Ok(0)) => return,
             Ok(Ok(n)) => framer.push(&buf[..n]),
             Ok(Err(e)) => {
@@ -1247,7 +1409,12 @@ async fn run_tcp_connection(
                 return;
             }
             Err(_) => {
-                info!("no RTP within {} on a new TCP connection; closing", humantime::format_duration(cfg.timeout.0));
+                shared.counters.tcp_slow_closed.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) =
+                    shared.refusal_log.lock().unwrap_or_else(|e| e.into_inner()).check(Instant::now())
+                {
+                    info!(%peer, suppressed, "no complete RTP frame within {} on a new TCP connection; closing", humantime::format_duration(cfg.tcp_frame_timeout.0));
+                }
                 return;
             }
         }
@@ -1260,7 +1427,7 @@ async fn run_tcp_connection(
         if name.is_some() {
             break;
         }
-        match shared.claim_source(peer.ip(), true) {
+        match shared.claim_source(peer.ip(), true, None) {
             Claim::Bound(n) => name = Some(n),
             Claim::Ambiguous => tokio::time::sleep(Duration::from_millis(100)).await,
             Claim::Nobody => break,
@@ -1347,6 +1514,28 @@ mod tests {
     use super::*;
     use crate::config::HubConfig;
     use crate::media::{AudioConfig as TrackAudio, Codec, CodecConfig, Frame};
+
+    fn probe_packet(ssrc: u32, seq: u16) -> RtpPacket {
+        RtpPacket { ssrc, seq, timestamp: 0, marker: false, payload_type: 96, payload: Bytes::from_static(&[0; 100]) }
+    }
+
+    #[test]
+    fn a_flood_from_one_address_evicts_its_own_probation_entries_only() {
+        let counters = RtpCounters::default();
+        let mut p = Probation::new();
+        let camera: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let flooder: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        assert!(p.offer(probe_packet(1, 10), camera, &counters).is_none());
+        for ssrc in 100..100_000 {
+            assert!(p.offer(probe_packet(ssrc, 1), flooder, &counters).is_none());
+        }
+        assert_eq!(p.per_ip[&flooder.ip()], PROBATION_PER_SOURCE);
+        assert!(p.bytes <= PROBATION_BYTES);
+        // The camera's first packet survived the flood: its second completes probation.
+        let packets = p.offer(probe_packet(1, 11), camera, &counters).expect("promoted");
+        assert_eq!(packets.len(), 2);
+        assert!(counters.probation_evicted.load(Ordering::Relaxed) >= 99_000);
+    }
 
     #[test]
     fn a_signalled_g711_rate_replaces_detection_for_that_stream_only() {

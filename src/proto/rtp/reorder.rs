@@ -298,6 +298,10 @@ impl ReorderBuffer {
         } else {
             self.highest = ext;
         }
+        // A held payload may be a slice of a larger buffer (a TCP read): keep its own bytes only,
+        // so `held_bytes` is what it costs.
+        let mut pkt = pkt;
+        pkt.payload = bytes::Bytes::copy_from_slice(&pkt.payload);
         self.ring[slot] = Some((pkt, now_us));
         self.oldest_arrival = if self.held == 0 { now_us } else { self.oldest_arrival.min(now_us) };
         self.held += 1;
