@@ -813,8 +813,9 @@ mod tests {
     const CAM: &str = "192.168.1.64:5060";
 
     type Calls = Arc<Mutex<Vec<String>>>;
+    type Live = Arc<Mutex<HashMap<String, StreamState>>>;
 
-    fn core(password: &str) -> (Core, Arc<Mutex<HashMap<String, StreamState>>>, Instant, Calls) {
+    fn core(password: &str) -> (Core, Live, Instant, Calls) {
         let now = Instant::now();
         let media = Media::default();
         let (live, calls) = (media.live.clone(), media.calls.clone());
