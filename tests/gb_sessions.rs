@@ -144,3 +144,93 @@ async fn every_graceful_stop_sends_bye_to_every_session() {
         stop.cancel();
     }
 }
+
+/// Reads one SIP message from a TCP stream (Content-Length framing), keeping what follows.
+fn read_sip(t: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Option<gbgate::proto::sip::rsip::SipMessage> {
+    use std::io::Read;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                return gbgate::proto::sip::parse(&msg).ok();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match t.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_the_bye_to_a_device_on_sip_over_tcp() {
+    // The connection used to close on the same signal that made the core send its BYE: repeat.
+    for round in 0..8 {
+        stop_with_a_tcp_session(round).await;
+    }
+}
+
+async fn stop_with_a_tcp_session(round: usize) {
+    use gbgate::proto::sip::{self, rsip::SipMessage, sdp};
+    use std::io::Write;
+    let mut cfg = test_config();
+    cfg.gb.query_on_register = false;
+    let gw = start(cfg).await;
+    let gb = gw.gb.clone().unwrap();
+    let sip_addr = gw.sip_addr.unwrap();
+    let mut t = std::net::TcpStream::connect(sip_addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let local = t.local_addr().unwrap();
+    let mut buf = Vec::new();
+    let register = format!(
+        "REGISTER sip:34020000002000000001@3402000000 SIP/2.0\r\nVia: SIP/2.0/TCP {local};rport;branch=z9hG4bKt1\r\n\
+From: <sip:{DEV}@3402000000>;tag=7\r\nTo: <sip:{DEV}@3402000000>\r\nCall-ID: tcp-boot\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:{DEV}@{local};transport=tcp>\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
+    );
+    let registered = tokio::task::block_in_place(|| {
+        t.write_all(register.as_bytes()).unwrap();
+        read_sip(&mut t, &mut buf)
+    });
+    assert!(matches!(registered, Some(SipMessage::Response(r)) if r.status_code.code() == 200));
+    let channel = camera::channel_id(DEV, 0);
+    let play = {
+        let (gb, channel) = (gb.clone(), channel.clone());
+        tokio::spawn(async move { gb.play(Some(DEV.into()), &channel, None).await })
+    };
+    // Answer the INVITE over the same connection.
+    tokio::task::block_in_place(|| {
+        let Some(SipMessage::Request(invite)) = read_sip(&mut t, &mut buf) else { panic!("an INVITE over TCP") };
+        let offer = sdp::parse(&invite.body).unwrap();
+        let answer = sdp::answer(&sdp::Answer {
+            device_id: &channel,
+            ip: "127.0.0.1".parse().unwrap(),
+            port: 15_060,
+            kind: sdp::SessionKind::Play,
+            tcp: false,
+            setup: None,
+            ssrc: offer.ssrc.unwrap(),
+            time: (0, 0),
+        });
+        let ok = sip::response(&invite, 200, "dev", local, vec![], answer.into_bytes());
+        t.write_all(&ok.to_bytes()).unwrap();
+    });
+    play.await.unwrap().expect("established");
+    gw.stop().await;
+    // The ACK, then the BYE: written before the connection closed.
+    let methods = tokio::task::block_in_place(|| {
+        let mut methods = Vec::new();
+        while let Some(m) = read_sip(&mut t, &mut buf) {
+            if let SipMessage::Request(r) = m {
+                methods.push(r.method.to_string());
+            }
+        }
+        methods
+    });
+    assert!(methods.iter().any(|m| m == "BYE"), "round {round}: {methods:?}");
+}

@@ -50,6 +50,10 @@ impl MediaPort for RtpMedia {
         self.rtp.expect_source(ip, tcp, stream.to_string());
     }
 
+    fn expect_port(&mut self, stream: &str, port: u16) {
+        self.rtp.expect_port(stream, port);
+    }
+
     fn hint_g711_rate(&mut self, stream: &str, rate: u32) {
         self.rtp.hint_g711_rate(stream, rate);
     }

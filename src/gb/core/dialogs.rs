@@ -143,6 +143,9 @@ impl Core {
             if let Some(rate) = a.g711_rate {
                 self.media.hint_g711_rate(stream, rate);
             }
+            if s.transport == MediaTransport::Udp {
+                self.media.expect_port(stream, a.port);
+            }
             // Hikvision answers with its own y= and sends that SSRC: re-key to it (wvp).
             if let Some(new) = a.ssrc.filter(|n| *n != s.ssrc && *n != 0) {
                 info!(stream, offered = %sdp::ssrc_text(s.ssrc), answered = %sdp::ssrc_text(new), "answer re-keys the session");

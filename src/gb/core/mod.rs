@@ -142,6 +142,9 @@ pub trait MediaPort: Send {
     fn withdraw_name(&mut self, stream: &str);
     /// Media for `stream` will come from `ip` (an SSRC nobody announced binds to it).
     fn expect_source(&mut self, ip: IpAddr, tcp: bool, stream: &str);
+    /// The port the device answered (SDP `m=`, UDP): its media comes from there, which tells
+    /// apart two sessions of one address sending the same SSRC.
+    fn expect_port(&mut self, stream: &str, port: u16);
     /// The G.711 rate the device declared (SDP `f=`), a hint for the media stage.
     fn hint_g711_rate(&mut self, stream: &str, rate: u32);
     fn stream_state(&self, stream: &str) -> Option<StreamState>;
@@ -789,6 +792,9 @@ mod tests {
         fn expect_source(&mut self, ip: IpAddr, _: bool, stream: &str) {
             self.calls.lock().unwrap().push(format!("expect {ip} {stream}"));
         }
+        fn expect_port(&mut self, stream: &str, port: u16) {
+            self.calls.lock().unwrap().push(format!("port {stream} {port}"));
+        }
         fn hint_g711_rate(&mut self, _: &str, _: u32) {}
         fn stream_state(&self, stream: &str) -> Option<StreamState> {
             self.live.lock().unwrap().get(stream).copied()
@@ -806,10 +812,13 @@ mod tests {
     const DEV: &str = "34020000001320000001";
     const CAM: &str = "192.168.1.64:5060";
 
-    fn core(password: &str) -> (Core, Arc<Mutex<HashMap<String, StreamState>>>, Instant) {
+    type Calls = Arc<Mutex<Vec<String>>>;
+    type Live = Arc<Mutex<HashMap<String, StreamState>>>;
+
+    fn core(password: &str) -> (Core, Live, Instant, Calls) {
         let now = Instant::now();
         let media = Media::default();
-        let live = media.live.clone();
+        let (live, calls) = (media.live.clone(), media.calls.clone());
         let setup = CoreSetup {
             sip: SipConfig::default(),
             gb: GbConfig::default(),
@@ -821,7 +830,7 @@ mod tests {
             unix_ms: 1_700_000_000_000,
             utc_offset: 0,
         };
-        (Core::new(setup, Box::new(media), now), live, now)
+        (Core::new(setup, Box::new(media), now), live, now, calls)
     }
 
     fn request(text: &str) -> SipMessage {
@@ -878,7 +887,7 @@ Contact: <sip:{DEV}@{from}>\r\n{auth}Expires: {expires}\r\nContent-Length: 0\r\n
 
     #[test]
     fn registration_is_challenged_and_a_forged_keepalive_is_refused() {
-        let (mut core, _, now) = core("secret");
+        let (mut core, _, now, _) = core("secret");
         registered(&mut core, now);
         let keepalive = |from: &str| {
             let body = format!("<?xml version=\"1.0\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>1</SN>\r\n<DeviceID>{DEV}</DeviceID>\r\n</Notify>\r\n");
@@ -899,7 +908,7 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n{body}",
 
     #[test]
     fn a_session_invites_and_ends_with_its_stream() {
-        let (mut core, live, now) = core("secret");
+        let (mut core, live, now, calls) = core("secret");
         registered(&mut core, now);
         let _ = core.take_outputs();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -933,6 +942,8 @@ Content-Type: Application/MANSCDP+xml\r\nContent-Length: {}\r\n\r\n{body}",
         core.handle_message(SipMessage::Response(ok), *peer, now);
         let info = rx.try_recv().expect("answered").expect("played");
         assert!(!info.existing);
+        let port = format!("port {} 15060", info.stream);
+        assert!(calls.lock().unwrap().contains(&port), "the answer's m= port tells this session's media apart");
         assert!(sent(&mut core).iter().any(|(_, m)| matches!(m, SipMessage::Request(r) if r.method == Method::Ack)));
         // Media arrives, then the stream ends (RTP timeout): the session ends with BYE.
         live.lock().unwrap().insert(info.stream.clone(), StreamState { keyframe: true, subscribers: 1 });
