@@ -633,17 +633,8 @@ async fn connection(
 
 /// Formats a time as RFC 3339 in UTC with millisecond precision, without a date crate.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = crate::util::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    format!("{}Z", crate::util::format_time(i64::try_from(ms).unwrap_or(i64::MAX), true))
 }
 
 #[cfg(test)]

@@ -33,15 +33,44 @@ impl RateLimit {
     }
 }
 
-/// Days since 1970-01-01 to (year, month, day) (H. Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+/// The latest instant humantime formats (9999-12-31T23:59:59.999).
+const MAX_UNIX_MS: i64 = 253_402_300_799_999;
+
+/// `YYYY-MM-DDTHH:MM:SS[.mmm]` of a Unix time in milliseconds (UTC, or local when the caller has
+/// added its offset). The one date formatter of the crate (humantime), shared by the API's RFC 3339
+/// times and GB28181's `Date` and MANSCDP times; out-of-range values are clamped, never a panic.
+pub fn format_time(unix_ms: i64, millis: bool) -> String {
+    let ms = unix_ms.clamp(0, MAX_UNIX_MS) as u64;
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    let text = if millis {
+        humantime::format_rfc3339_millis(t).to_string()
+    } else {
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    text.trim_end_matches('Z').to_string()
+}
+
+/// Seconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS` (a trailing fraction or UTC offset is
+/// ignored: GB28181 times are the device's local time), or `None`.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let head = s.trim().get(..19)?;
+    let t = humantime::parse_rfc3339_weak(head).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_and_parse_and_clamp() {
+        assert_eq!(format_time(1_795_226_400_123, true), "2026-11-21T02:00:00.123");
+        assert_eq!(format_time(1_795_226_400_123, false), "2026-11-21T02:00:00");
+        assert_eq!(parse_time("2026-11-21T02:00:00"), Some(1_795_226_400));
+        assert_eq!(parse_time("2026-11-21T02:00:00+08:00"), Some(1_795_226_400));
+        assert_eq!(parse_time("2026-13-21T02:00:00"), None);
+        assert_eq!(parse_time("soon"), None);
+        assert_eq!(format_time(i64::MIN, false), "1970-01-01T00:00:00");
+        assert_eq!(format_time(i64::MAX, false), "9999-12-31T23:59:59");
+    }
 }

@@ -334,45 +334,18 @@ pub fn hex_token(random: u128, n: usize) -> String {
 
 /// GB "local time" form used in the REGISTER 200 `Date`: `yyyy-MM-ddTHH:mm:ss.SSS`.
 pub fn gb_date(unix_ms: i64, utc_offset_secs: i64) -> String {
-    let ms = unix_ms + utc_offset_secs * 1000;
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::util::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
-}
-
-/// (year, month, day) to days since 1970-01-01.
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    crate::util::format_time(unix_ms.saturating_add(utc_offset_secs.saturating_mul(1000)), true)
 }
 
 /// Parses a GB time `yyyy-MM-ddTHH:mm:ss` (trailing fraction, `Z` or `+08:00` ignored: devices
 /// vary, wvp PR #1336) into seconds since the epoch of the same local clock.
 pub fn parse_gb_time(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let b = s.as_bytes();
-    if b.len() < 19 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+    crate::util::parse_time(s)
 }
 
 /// Formats seconds of a local clock as `yyyy-MM-ddTHH:mm:ss`.
 pub fn format_gb_time(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::util::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    crate::util::format_time(secs.saturating_mul(1000), false)
 }
 
 /// The request's method as an upper-case string (rsip's Display).
