@@ -32,55 +32,21 @@ pub struct FlvFlow {
     first_audio_dts: Option<i64>,
 }
 
-/// Maps source decoding times to output timestamps that start at 0 and never jump: a source whose
-/// clock restarts or leaps (a looping file, a camera reboot) continues one frame after the last
-/// output time. Each track rebases on its own discontinuity, onto the offset the first track to
-/// see that discontinuity chose, so audio and video stay together.
+/// Maps source decoding times to output timestamps that start at 0. Every source passes the
+/// media stage, whose repair makes each track continuous and monotonic (D12), so this only
+/// rebases on the first frame sent; a track's output never goes back (FLV requires it).
 #[derive(Debug, Default)]
 pub struct OutClock {
-    started: bool,
-    epoch: u32,
-    offset: i64,
-    last_out: i64,
-    tracks: [TrackClock; 2],
+    first: Option<i64>,
+    last: [i64; 2],
 }
-
-#[derive(Debug, Default, Clone, Copy)]
-struct TrackClock {
-    last_raw: Option<i64>,
-    epoch: u32,
-    offset: i64,
-}
-
-/// A forward leap larger than this is a discontinuity (90 kHz).
-const MAX_LEAP: i64 = 10 * 90_000;
-/// The step placed over a discontinuity (one 25 fps frame).
-const DISCONTINUITY_STEP: i64 = 3600;
 
 impl OutClock {
     /// The output decoding time (90 kHz, from 0) of a frame of `track` (0 video, 1 audio).
     pub fn map(&mut self, track: usize, dts: i64) -> i64 {
-        if !self.started {
-            self.started = true;
-            self.offset = dts.saturating_neg();
-        }
-        let t = &mut self.tracks[track];
-        match t.last_raw {
-            None => (t.epoch, t.offset) = (self.epoch, self.offset),
-            Some(last) if dts < last || dts > last.saturating_add(MAX_LEAP) => {
-                if t.epoch < self.epoch {
-                    (t.epoch, t.offset) = (self.epoch, self.offset);
-                } else {
-                    self.epoch += 1;
-                    self.offset = self.last_out.saturating_add(DISCONTINUITY_STEP).saturating_sub(dts);
-                    (t.epoch, t.offset) = (self.epoch, self.offset);
-                }
-            }
-            Some(_) => {}
-        }
-        t.last_raw = Some(dts);
-        let out = dts.saturating_add(t.offset).max(0);
-        self.last_out = self.last_out.max(out);
+        let first = *self.first.get_or_insert(dts);
+        let out = dts.saturating_sub(first).max(0).max(self.last[track]);
+        self.last[track] = out;
         out
     }
 }
@@ -163,18 +129,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn out_clock_starts_at_zero_and_bridges_a_restarting_source() {
+    fn out_clock_starts_at_zero_and_never_goes_back_per_track() {
         let mut c = OutClock::default();
         assert_eq!(c.map(0, 900_000), 0);
         assert_eq!(c.map(1, 899_000), 0);
         assert_eq!(c.map(1, 902_000), 2000);
         assert_eq!(c.map(0, 903_600), 3600);
-        // The source restarts at 0: video continues one frame later, audio joins the same offset.
-        assert_eq!(c.map(0, 0), 7200);
-        assert_eq!(c.map(1, 100), 7300);
-        assert_eq!(c.map(0, 3600), 10800);
-        // A leap forward is bridged the same way.
-        assert_eq!(c.map(0, 3600 + 20 * 90_000), 14400);
+        // A real pause keeps its length (the media stage decided it is real).
+        assert_eq!(c.map(0, 903_600 + 20 * 90_000), 3600 + 20 * 90_000);
+        // A step back (which repair never emits) is held, not sent backwards.
+        assert_eq!(c.map(1, 0), 2000);
     }
 
     /// Peer-chosen times at the ends of i64 cannot overflow the output clock.

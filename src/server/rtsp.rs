@@ -37,12 +37,6 @@ const SEND_BUFFER: usize = 256 * 1024;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// After the source ends and BYE is sent, how long the player gets to send TEARDOWN before we close.
 const BYE_GRACE: Duration = Duration::from_secs(2);
-/// Source pts going back more than this (90 kHz) is a discontinuity, not A/V interleaving.
-const MAX_BACKWARDS: i64 = CLOCK_RATE;
-/// Source pts jumping forward more than this is a discontinuity.
-const MAX_FORWARD: i64 = 10 * CLOCK_RATE;
-/// Output step across a discontinuity (one 25 fps frame).
-const DISCONTINUITY_STEP: i64 = 3600;
 
 /// Accepts RTSP connections until `shutdown`.
 pub async fn serve(
@@ -249,11 +243,6 @@ struct Player {
     /// pts mapped to each track's `rtptime` (npt 0) and to `wall_base` for sender reports.
     pts_base: Option<i64>,
     wall_base_us: u64,
-    /// Added to source pts so that a source whose clock jumps (a camera restarting its PS
-    /// timestamps) still gives players continuous RTP timestamps.
-    pts_offset: i64,
-    /// Largest output pts sent so far.
-    last_out: Option<i64>,
     need_keyframe: bool,
     paused: bool,
     play_at: Instant,
@@ -548,8 +537,6 @@ fn new_player(
         tracks,
         pts_base: None,
         wall_base_us: 0,
-        pts_offset: 0,
-        last_out: None,
         need_keyframe,
         paused: false,
         play_at: Instant::now(),
@@ -574,16 +561,9 @@ fn append_frame(p: &mut Player, frame: &Frame, out: &mut Vec<u8>, max_payload: u
     let Some(t) = p.tracks.iter_mut().find(|t| t.kind == frame.kind() && t.setup.desc.codec == frame.codec) else {
         return false;
     };
-    let mut pts = frame.pts + p.pts_offset;
-    if let Some(last) = p.last_out {
-        if pts < last - MAX_BACKWARDS || pts > last + MAX_FORWARD {
-            // Source clock discontinuity: continue one frame period after the last output.
-            p.pts_offset = last + DISCONTINUITY_STEP - frame.pts;
-            pts = last + DISCONTINUITY_STEP;
-            debug!(from = last, to = frame.pts, "source pts jump; re-anchored");
-        }
-    }
-    p.last_out = Some(p.last_out.map_or(pts, |l| l.max(pts)));
+    // Every source passes the media stage, whose repair already makes each track's time
+    // continuous and monotonic (D12); RTP time is relative to the first frame sent and wraps.
+    let pts = frame.pts;
     let base = *p.pts_base.get_or_insert_with(|| {
         p.wall_base_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
         pts
