@@ -99,3 +99,28 @@ fn sans_io_layers_import_no_driver_upper_layer_or_socket() {
         assert!(!externs.contains_key(layer), "{layer} must stay sans-IO: {:?}", externs[layer]);
     }
 }
+
+#[test]
+fn the_gb_core_is_sans_io() {
+    // gb/core/ is the signalling state machine: messages, commands and `now` in, outputs out.
+    // Its driver (gb/driver.rs, gb/transport.rs) owns the sockets and the clock.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gb/core");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    assert!(!files.is_empty(), "src/gb/core/ is where the GB core lives");
+    for file in files {
+        let code = code_of(&std::fs::read_to_string(&file).unwrap());
+        for forbidden in [
+            "tokio::",
+            "use tokio",
+            "std::net::UdpSocket",
+            "std::net::TcpStream",
+            "Instant::now",
+            "crate::server",
+            "crate::client",
+            "tokio::spawn",
+        ] {
+            assert!(!code.contains(forbidden), "{} names {forbidden}: the GB core stays sans-IO", file.display());
+        }
+    }
+}
