@@ -441,6 +441,9 @@ pub struct HubConfig {
     pub gop_cache_bytes: usize,
     /// ... and at most this much media time.
     pub gop_cache_duration: HumanDuration,
+    /// Every stream's GOP cache together. Beyond it, the stream whose cache grows empties it (its
+    /// next players start at its next keyframe); counted in `GET /api/v1/rtp` as `gop_budget_clears`.
+    pub gop_cache_total_bytes: usize,
     /// Frames queued per subscriber; a subscriber that falls this far behind skips to the next keyframe.
     pub subscriber_queue: usize,
     /// A subscriber that had to skip this many times within a minute is disconnected.
@@ -452,6 +455,7 @@ impl Default for HubConfig {
         HubConfig {
             gop_cache_bytes: 8 * 1024 * 1024,
             gop_cache_duration: HumanDuration(Duration::from_secs(10)),
+            gop_cache_total_bytes: 1024 * 1024 * 1024,
             subscriber_queue: 512,
             max_skips_per_minute: 10,
         }
@@ -522,6 +526,7 @@ impl Config {
             return Err(ConfigError::Invalid { key: "rtp.tcp_frame_timeout", message: "at least 500ms".into() });
         }
         positive("hub.gop_cache_bytes", self.hub.gop_cache_bytes)?;
+        positive("hub.gop_cache_total_bytes", self.hub.gop_cache_total_bytes)?;
         positive("hub.subscriber_queue", self.hub.subscriber_queue)?;
         positive("rtmp.max_connections_per_source", self.rtmp.max_connections_per_source)?;
         positive("rtmp.max_partial_bytes", self.rtmp.max_partial_bytes)?;

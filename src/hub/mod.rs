@@ -91,11 +91,30 @@ pub struct Stream {
     /// audio frame (D63): lets RTSP DESCRIBE list it at once.
     audio_hint: Mutex<Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)>>,
     cfg: HubConfig,
+    gop_budget: Arc<GopBudget>,
+}
+
+/// The bytes every stream's GOP cache holds together, bounded by `hub.gop_cache_total_bytes`
+/// (issue 8, hole 16: `max_streams` x `gop_cache_bytes` alone allowed 8 GiB).
+#[derive(Debug, Default)]
+pub struct GopBudget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+    /// GOP caches emptied because the total was over the budget.
+    clears: AtomicU64,
+}
+
+impl GopBudget {
+    /// (bytes held by all GOP caches, the budget, caches emptied to stay within it)
+    pub fn usage(&self) -> (usize, usize, u64) {
+        (self.used.load(Ordering::Relaxed), self.max, self.clears.load(Ordering::Relaxed))
+    }
 }
 
 impl Stream {
-    fn new(name: String, source: Source, cfg: HubConfig) -> Stream {
+    fn new(name: String, source: Source, cfg: HubConfig, gop_budget: Arc<GopBudget>) -> Stream {
         Stream {
+            gop_budget,
             name,
             source,
             started_at: SystemTime::now(),
@@ -171,7 +190,24 @@ impl Stream {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+        let before = f.gop.bytes();
         f.gop.push(frame);
+        let after = f.gop.bytes();
+        let budget = &self.gop_budget;
+        let used = if after >= before {
+            budget.used.fetch_add(after - before, Ordering::Relaxed).saturating_add(after - before)
+        } else {
+            budget.used.fetch_sub(before - after, Ordering::Relaxed).saturating_sub(before - after)
+        };
+        if used > budget.max {
+            // Over the shared budget: the stream that grows gives its cache back. Its next
+            // players start at its next keyframe instead of at once; others are untouched.
+            budget.used.fetch_sub(after, Ordering::Relaxed);
+            f.gop.clear();
+            if budget.clears.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                tracing::warn!(stream = %self.name, budget = budget.max, "GOP caches over hub.gop_cache_total_bytes: this stream's cache emptied");
+            }
+        }
     }
 
     /// Subscribes: the returned subscription yields the cached GOP first, then live frames.
@@ -242,6 +278,15 @@ impl Stream {
         f.closed = true;
         // Dropping the senders ends every subscription once its queue is drained.
         f.subscribers.clear();
+        self.gop_budget.used.fetch_sub(f.gop.bytes(), Ordering::Relaxed);
+        f.gop.clear();
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let f = self.fanout.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.gop_budget.used.fetch_sub(f.gop.bytes(), Ordering::Relaxed);
         f.gop.clear();
     }
 }
@@ -325,6 +370,7 @@ pub struct Hub {
     cfg: HubConfig,
     max_streams: usize,
     takeovers_refused: AtomicU64,
+    gop_budget: Arc<GopBudget>,
 }
 
 /// RTP over UDP and over TCP are one family: a camera may switch between them on a new INVITE.
@@ -338,12 +384,14 @@ fn transport_family(t: Transport) -> u8 {
 
 impl Hub {
     pub fn new(cfg: HubConfig, max_streams: usize) -> Arc<Hub> {
+        let cfg_gop_total = cfg.gop_cache_total_bytes;
         Arc::new(Hub {
             demand: RwLock::new(Vec::new()),
             streams: RwLock::new(HashMap::new()),
             cfg,
             max_streams,
             takeovers_refused: AtomicU64::new(0),
+            gop_budget: Arc::new(GopBudget { max: cfg_gop_total, ..Default::default() }),
         })
     }
 
@@ -389,12 +437,17 @@ impl Hub {
         } else if streams.len() >= self.max_streams {
             return Err(PublishError::TooManyStreams(self.max_streams));
         }
-        let stream = Arc::new(Stream::new(name.to_string(), source, self.cfg.clone()));
+        let stream = Arc::new(Stream::new(name.to_string(), source, self.cfg.clone(), self.gop_budget.clone()));
         if let Some(old) = streams.insert(name.to_string(), stream.clone()) {
             tracing::info!(stream = name, peer = %old.source.peer, "the same source reconnected; its old stream ends");
             old.close();
         }
         Ok(stream)
+    }
+
+    /// What every stream's GOP cache holds together, against `hub.gop_cache_total_bytes`.
+    pub fn gop_budget(&self) -> &GopBudget {
+        &self.gop_budget
     }
 
     /// Publish attempts refused because the name was live under another source.

@@ -38,6 +38,7 @@ fn hub(queue: usize) -> Arc<Hub> {
     let cfg = HubConfig {
         gop_cache_bytes: 1 << 20,
         gop_cache_duration: HumanDuration(Duration::from_secs(10)),
+        gop_cache_total_bytes: 1 << 30,
         subscriber_queue: queue,
         max_skips_per_minute: 3,
     };
@@ -170,4 +171,35 @@ async fn a_live_name_belongs_to_its_source() {
     let again = hub.create("gb/1", back, Takeover::SameSource).unwrap();
     assert!(!Arc::ptr_eq(&again, &camera));
     assert_eq!(sub.recv().await.unwrap_err(), SubscriptionEnded::StreamEnded);
+}
+
+#[test]
+fn gop_caches_share_one_byte_budget() {
+    let cfg = HubConfig {
+        gop_cache_bytes: 1 << 20,
+        gop_cache_duration: HumanDuration(Duration::from_secs(10)),
+        gop_cache_total_bytes: 10_000,
+        subscriber_queue: 8,
+        max_skips_per_minute: 3,
+    };
+    let hub = Hub::new(cfg, 8);
+    let a = hub.create("a", source(), Takeover::Refuse).unwrap();
+    let b = hub.create("b", source(), Takeover::Refuse).unwrap();
+    a.publish(video(0, true, 6_000));
+    assert_eq!(hub.gop_budget().usage(), (6_000, 10_000, 0));
+    // b's keyframe would take the total over 10,000: b's cache is emptied, a's is kept.
+    b.publish(video(0, true, 6_000));
+    assert_eq!(hub.gop_budget().usage(), (6_000, 10_000, 1));
+    assert_eq!(a.gop_cache_usage().1, 6_000);
+    assert_eq!(b.gop_cache_usage().1, 0);
+    // A new keyframe of a replaces its cache (the accounting follows), and closing gives it back.
+    a.publish(video(3600, true, 2_000));
+    assert_eq!(hub.gop_budget().usage().0, 2_000);
+    hub.remove(&a);
+    drop(a);
+    assert_eq!(hub.gop_budget().usage().0, 0);
+    b.publish(video(3600, true, 6_000));
+    assert_eq!(hub.gop_budget().usage().0, 6_000);
+    hub.remove(&b);
+    assert_eq!(hub.gop_budget().usage().0, 0);
 }

@@ -94,6 +94,10 @@ struct RtpView {
     listen: String,
     streams: usize,
     max_streams: usize,
+    /// Bytes every stream's GOP cache holds together, the budget, and caches emptied for it.
+    gop_cache_bytes: usize,
+    gop_cache_total_bytes: usize,
+    gop_budget_clears: u64,
     #[serde(flatten)]
     counters: RtpCountersSnapshot,
 }
@@ -103,6 +107,9 @@ async fn rtp_counters(State(state): State<ApiState>, listen: axum::Extension<Rtp
         listen: listen.0 .0.to_string(),
         streams: state.hub.len(),
         max_streams: state.hub.max_streams(),
+        gop_cache_bytes: state.hub.gop_budget().usage().0,
+        gop_cache_total_bytes: state.hub.gop_budget().usage().1,
+        gop_budget_clears: state.hub.gop_budget().usage().2,
         counters: state.rtp.snapshot(),
     })
 }
