@@ -204,7 +204,7 @@ impl Stream {
             // players start at its next keyframe instead of at once; others are untouched.
             budget.used.fetch_sub(after, Ordering::Relaxed);
             f.gop.clear();
-            if budget.clears.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+            if budget.clears.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                 tracing::warn!(stream = %self.name, budget = budget.max, "GOP caches over hub.gop_cache_total_bytes: this stream's cache emptied");
             }
         }
