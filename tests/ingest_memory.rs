@@ -14,16 +14,6 @@ use tokio::io::AsyncWriteExt;
 const STREAMS: u32 = 20;
 const HUGE: usize = 12 << 20;
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// RFC 4571 frames of one camera: 5 frames, one ~12 MB access unit, then 10 frames (all IDR).
 fn camera_bytes(ssrc: u32) -> Vec<u8> {
     let mut mux = PsMuxer::new(Some(Codec::H264), None);
@@ -61,7 +51,7 @@ async fn run(cfg: gbgate::config::Config, min_frames: u64, need_oversize: bool) 
     let gw = start(cfg).await;
     let (rtp, api) = (gw.rtp_addr, gw.api_addr);
     let payloads: Vec<Vec<u8>> = (0..STREAMS).map(|i| camera_bytes(0x0BEB_C900 + i)).collect();
-    let rss_before = rss_kib();
+    let rss_before = rss_kib(std::process::id());
     let stop = tokio_util::sync::CancellationToken::new();
     let mut cams = Vec::new();
     for bytes in payloads {
@@ -88,7 +78,7 @@ async fn run(cfg: gbgate::config::Config, min_frames: u64, need_oversize: bool) 
     let mut rss_peak = rss_before;
     let list = loop {
         let list = streams(api).await;
-        rss_peak = rss_peak.max(rss_kib());
+        rss_peak = rss_peak.max(rss_kib(std::process::id()));
         if done(&list) || t.elapsed() > Duration::from_secs(60) {
             break list;
         }

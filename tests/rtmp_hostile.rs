@@ -329,16 +329,6 @@ async fn idle_connections_are_closed_by_the_setup_deadline_and_limited_per_addre
     let _ = camera.wait();
 }
 
-/// Resident memory of a process, from /proc (Linux).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Hole 16 as reported: 30 connections each sending most of a 12 MiB message grew the gateway by
 /// 656 MiB. With the defaults (8 MiB messages, 128 MiB for all unfinished ones) they are refused
 /// at their headers and the gateway's memory stays where it was.

@@ -8,23 +8,13 @@ use std::time::Duration;
 
 use common::*;
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_packets_on_probation_do_not_pin_receive_buffers() {
     let gw = start(test_config()).await;
     let (rtp, api) = (gw.rtp_addr, gw.api_addr);
     let sock = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let junk = vec![0u8; 60_000]; // version 0: not RTP, dropped and counted
-    let before = rss_kib();
+    let before = rss_kib(std::process::id());
     let groups = 1024u32;
     let mut pkt = Vec::new();
     for i in 0..groups {
@@ -50,7 +40,7 @@ async fn small_packets_on_probation_do_not_pin_receive_buffers() {
         }
         last = n;
     };
-    let after = rss_kib();
+    let after = rss_kib(std::process::id());
     let grew = after.saturating_sub(before);
     println!(
         "{} datagrams read, {} junk; RSS {} -> {} MiB",
@@ -67,7 +57,7 @@ async fn small_packets_on_probation_do_not_pin_receive_buffers() {
 
     // Then 1,024 more SSRCs whose 100-byte payload sits behind a 60 KB header extension: the
     // budgets count payloads, so what is held must be the payload, not the datagram (60 MB).
-    let before = rss_kib();
+    let before = rss_kib(std::process::id());
     for i in 0..groups {
         let mut pkt = vec![0x90, 96, 0, 1, 0, 0, 0, 0];
         pkt.extend_from_slice(&(0x7100_0000 + i).to_be_bytes());
@@ -91,7 +81,7 @@ async fn small_packets_on_probation_do_not_pin_receive_buffers() {
         }
         last = n;
     };
-    let grew = rss_kib().saturating_sub(before);
+    let grew = rss_kib(std::process::id()).saturating_sub(before);
     println!("{} datagrams read; RSS grew by {} KiB", c["datagrams"], grew);
     assert!(c["datagrams"].as_u64() >= Some(u64::from(groups) * 4 + u64::from(groups) * 8 / 10), "{c}");
     assert!(grew < 24 << 10, "RSS grew by {grew} KiB");

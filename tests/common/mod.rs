@@ -252,3 +252,8 @@ impl AskedFor {
         }
     }
 }
+
+/// Resident memory (KiB) of process `pid`, from /proc (Linux); 0 when it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    gbgate::sim::attack::process_usage(pid).map_or(0, |(rss, _)| rss)
+}
