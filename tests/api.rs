@@ -1,22 +1,11 @@
 //! The HTTP API's trust boundary (issue 8 hole 17 and the API token of hole 3), over raw HTTP.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use gbgate::sim::camera::{self, SimOptions, SimStats};
 use tokio_util::sync::CancellationToken;
-
-async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, run_program, start, test_config};
+use common::{http_get, own_fixture, run_program, start, test_config, wait_for};
 use gbgate::gb::GbEvent;
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, Quirk, SimOptions, SimStats};
@@ -125,17 +125,6 @@ fn sim_options(gw: &gbgate::server::Gateway) -> SimOptions {
     let mut o = SimOptions::new(gw.sip_addr.unwrap(), own_fixture("h264_g711a_8k.rtp"));
     o.password = PASSWORD.into();
     o
-}
-
-async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    f()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

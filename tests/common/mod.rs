@@ -257,3 +257,15 @@ impl AskedFor {
 pub fn rss_kib(pid: u32) -> u64 {
     gbgate::sim::attack::process_usage(pid).map_or(0, |(rss, _)| rss)
 }
+
+/// Polls `f` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
