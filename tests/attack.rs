@@ -158,7 +158,9 @@ async fn every_hole_of_issue_8_is_closed_while_a_camera_and_a_player_run() {
     let legit = &report.legit;
     assert!(legit.player_error.is_none() && !legit.closed_early, "player failed: {}", ctx());
     assert_eq!(legit.video_seq_gaps, 0, "{}", ctx());
-    assert!(legit.video_frames + 25 >= legit.frames_expected, "frames lost: {}", ctx());
+    // The count misses about a second against the wall clock whatever the run's length (player
+    // start-up and end); lost frames show as hub drops for the stream's subscribers (below).
+    assert!(legit.video_frames + 50 >= legit.frames_expected, "frames lost: {}", ctx());
 
     // Hole 2: nobody publishes the camera's name or a reserved prefix over RTMP.
     let takeover = outcome(&report, Attack::RtmpTakeover);
@@ -169,6 +171,7 @@ async fn every_hole_of_issue_8_is_closed_while_a_camera_and_a_player_run() {
         .find(|s| s["name"] == attack::rtp_stream_name(VICTIM_SSRC))
         .unwrap_or_else(|| panic!("the camera's stream is gone: {}", ctx()));
     assert_eq!(victim["source"]["transport"], "udp", "{}", ctx());
+    assert_eq!(victim["drops"], 0, "the player was skipped ahead (frames not delivered): {}", ctx());
     assert_eq!(victim["source"]["peer"].as_str().unwrap().split(':').next(), Some("127.0.0.1"), "{}", ctx());
 
     // Hole 12: idle and slow connections are closed on every listener.

@@ -918,6 +918,8 @@ pub struct LegitReport {
     pub frames_expected: u64,
     pub video_frames: u64,
     pub video_seq_gaps: u64,
+    /// From PLAY to the player's first video packet.
+    pub first_video_ms: Option<u64>,
     pub closed_early: bool,
     pub player_error: Option<String>,
 }
@@ -1017,6 +1019,7 @@ pub async fn campaign(t: &AttackTarget, opts: &CampaignOptions) -> CampaignRepor
                 let p = report.players.into_iter().next().unwrap_or_default();
                 legit.video_frames = p.video_frames;
                 legit.video_seq_gaps = p.video_seq_gaps;
+                legit.first_video_ms = p.first_video.map(|d| d.as_millis() as u64);
                 legit.closed_early = p.closed_early;
                 legit.player_error = p.error;
             }
