@@ -158,8 +158,10 @@ async fn every_hole_of_issue_8_is_closed_while_a_camera_and_a_player_run() {
     let legit = &report.legit;
     assert!(legit.player_error.is_none() && !legit.closed_early, "player failed: {}", ctx());
     assert_eq!(legit.video_seq_gaps, 0, "{}", ctx());
-    // The count misses about a second against the wall clock whatever the run's length (player
-    // start-up and end); lost frames show as hub drops for the stream's subscribers (below).
+    // The count misses about a second against the wall clock whatever the run's length: the
+    // player's DESCRIBE of a video-only stream younger than 2 s waits for a second of media to
+    // see whether audio comes (server::rtsp::stream_tracks). Lost frames show as hub drops for
+    // the stream's subscribers (below) and as sequence gaps.
     assert!(legit.video_frames + 50 >= legit.frames_expected, "frames lost: {}", ctx());
 
     // Hole 2: nobody publishes the camera's name or a reserved prefix over RTMP.
