@@ -347,6 +347,32 @@ mod smoke {
         wire
     }
 
+    /// A seed with 1 to 7 random byte edits (set, flip, insert, remove, splice from another seed).
+    fn mutated(seeds: &[Vec<u8>], rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+        let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
+        for _ in 0..rng.gen_range(1..8) {
+            if input.is_empty() {
+                break;
+            }
+            let at = rng.gen_range(0..input.len());
+            match rng.gen_range(0..5) {
+                0 => input[at] = rng.gen(),
+                1 => input[at] ^= 1 << rng.gen_range(0..8),
+                2 => input.insert(at, rng.gen()),
+                3 => {
+                    input.remove(at);
+                }
+                _ => {
+                    let other = &seeds[rng.gen_range(0..seeds.len())];
+                    let from = rng.gen_range(0..other.len());
+                    let n = rng.gen_range(0..64).min(other.len() - from);
+                    input.splice(at..at, other[from..from + n].iter().copied());
+                }
+            }
+        }
+        input
+    }
+
     #[test]
     #[ignore]
     fn smoke() {
@@ -362,27 +388,7 @@ mod smoke {
         let mut runs = 0u64;
         while start.elapsed().as_secs() < secs {
             runs += 1;
-            let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
-            for _ in 0..rng.gen_range(1..8) {
-                if input.is_empty() {
-                    break;
-                }
-                let at = rng.gen_range(0..input.len());
-                match rng.gen_range(0..5) {
-                    0 => input[at] = rng.gen(),
-                    1 => input[at] ^= 1 << rng.gen_range(0..8),
-                    2 => input.insert(at, rng.gen()),
-                    3 => {
-                        input.remove(at);
-                    }
-                    _ => {
-                        let other = &seeds[rng.gen_range(0..seeds.len())];
-                        let from = rng.gen_range(0..other.len());
-                        let n = rng.gen_range(0..64).min(other.len() - from);
-                        input.splice(at..at, other[from..from + n].iter().copied());
-                    }
-                }
-            }
+            let input = mutated(&seeds, &mut rng);
             let piece = rng.gen_range(1..4096);
             let (mut session, _) = ServerSession::new(ServerSessionConfig::new()).unwrap();
             let mut guard = RtmpCommandGuard::default();
@@ -489,26 +495,7 @@ mod smoke {
         let mut runs = 0u64;
         while start.elapsed().as_secs() < secs {
             runs += 1;
-            let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
-            for _ in 0..rng.gen_range(1..8) {
-                if input.is_empty() {
-                    break;
-                }
-                let at = rng.gen_range(0..input.len());
-                match rng.gen_range(0..4) {
-                    0 => input[at] = rng.gen(),
-                    1 => input.insert(at, rng.gen()),
-                    2 => {
-                        input.remove(at);
-                    }
-                    _ => {
-                        let other = &seeds[rng.gen_range(0..seeds.len())];
-                        let from = rng.gen_range(0..other.len());
-                        let n = rng.gen_range(0..64).min(other.len() - from);
-                        input.splice(at..at, other[from..from + n].iter().copied());
-                    }
-                }
-            }
+            let input = mutated(&seeds, &mut rng);
             let (mut client, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
             let _ = client.request_connection("live".into());
             let mut guard = RtmpCommandGuard::default();
