@@ -5,6 +5,7 @@ pub mod api;
 pub mod audio_pool;
 pub(crate) mod batch;
 pub mod gb_media;
+pub mod publish;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;

@@ -25,12 +25,8 @@ use tracing::{debug, info, warn};
 use super::batch;
 use crate::auth::{self, Action, AuthConfig};
 use crate::config::RtmpConfig;
-use crate::hub::{
-    AudioStats, Hub, PublishError, Source, Stream, StreamStats, Subscription, Takeover, Transport, VideoStats,
-};
-use crate::media::ingest::TrackCounter;
-use crate::media::pipeline::MediaPipeline;
-use crate::media::{CodecConfig, Frame, MediaKind};
+use crate::hub::{Hub, PublishError, Source, Subscription, Takeover, Transport};
+use crate::media::Frame;
 use crate::proto::flv;
 use crate::proto::flv_flow::{FlvFlow, Out};
 use crate::proto::rtmp_chunk::{ByteBudget, ChunkLimits};
@@ -301,80 +297,11 @@ struct Player {
     wrote_media: bool,
 }
 
+/// An RTMP publisher: its FLV demuxer in front of the shared source stage.
 struct Publisher {
-    stream: Arc<Stream>,
+    inner: super::publish::Publisher,
     demux: flv::FlvDemuxer,
-    stats: StreamStats,
     errors_logged: bool,
-    /// The media stage every source passes through (timestamp repair, G.711 rate, AAC
-    /// transcoding), as for RTP streams (D11).
-    pipeline: MediaPipeline,
-    out: Vec<Frame>,
-    video: TrackCounter,
-    /// Arrival clock of the media stage.
-    epoch: Instant,
-}
-
-impl Publisher {
-    fn new(stream: Arc<Stream>, rtp: &RtpShared) -> Publisher {
-        Publisher {
-            pipeline: rtp.media_pipeline(&stream),
-            stream,
-            demux: flv::FlvDemuxer::new(),
-            stats: StreamStats::default(),
-            errors_logged: false,
-            out: Vec::new(),
-            video: TrackCounter::default(),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn frame(&mut self, f: Frame) {
-        match &*f.config {
-            CodecConfig::Video(v) => {
-                self.video.count(&f);
-                let s = self.stats.video.get_or_insert_with(VideoStats::default);
-                s.codec = f.codec.name();
-                (s.width, s.height) = (v.width, v.height);
-                s.frames += 1;
-                s.keyframes += f.keyframe as u64;
-                s.fps = self.video.rate();
-            }
-            CodecConfig::Audio(a) => {
-                // What the publisher sends; what leaves is the media stage's (`media`).
-                let s = self.stats.audio.get_or_insert_with(AudioStats::default);
-                s.codec = f.codec.name();
-                (s.sample_rate, s.channels) = (a.sample_rate, a.channels);
-                s.frames += 1;
-            }
-        }
-        self.stats.bytes_in += f.data.len() as u64;
-        self.stats.packets += 1;
-        let keyframe = f.keyframe && f.kind() == MediaKind::Video;
-        let now_us = self.epoch.elapsed().as_micros() as u64;
-        self.pipeline.push(f, Some(now_us), &mut self.out);
-        for f in self.out.drain(..) {
-            self.stream.publish(f);
-        }
-        if self.stats.packets % 25 == 1 || keyframe {
-            self.publish_stats();
-        }
-    }
-
-    fn publish_stats(&mut self) {
-        self.stats.media = self.pipeline.stats();
-        self.stream.set_stats(self.stats.clone());
-    }
-
-    /// The publisher left: audio still held by the media stage goes out, the stats are final.
-    fn finish(mut self, hub: &Hub) {
-        self.pipeline.finish(&mut self.out);
-        for f in self.out.drain(..) {
-            self.stream.publish(f);
-        }
-        self.publish_stats();
-        hub.remove(&self.stream);
-    }
 }
 
 struct Conn {
@@ -498,7 +425,7 @@ async fn connection(
                         c.had_role = true;
                         ticket.established();
                     }
-                    if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.stream))) {
+                    if c.publisher.as_ref().is_some_and(|p| !c.hub.get(&p.inner.stream.name).is_some_and(|s| Arc::ptr_eq(&s, &p.inner.stream))) {
                         // Another source took the name: this one stops (its stream is closed).
                         c.publisher = None;
                         bail!("another source replaced this publisher's stream");
@@ -545,8 +472,8 @@ async fn connection(
     }
     .await;
     if let Some(p) = c.publisher.take() {
-        let name = p.stream.name.clone();
-        p.finish(&c.hub);
+        let name = p.inner.stream.name.clone();
+        p.inner.finish(&c.hub);
         info!(stream = %name, peer = %c.peer, "RTMP publisher left");
     }
     result
@@ -685,7 +612,11 @@ impl Conn {
                 match self.hub.create(&name, source, Takeover::Refuse) {
                     Ok(stream) => {
                         info!(stream = %name, peer = %self.peer, "RTMP publish");
-                        self.publisher = Some(Publisher::new(stream, &self.shared.media));
+                        self.publisher = Some(Publisher {
+                            inner: super::publish::Publisher::new(stream, &self.shared.media),
+                            demux: flv::FlvDemuxer::new(),
+                            errors_logged: false,
+                        });
                         self.accept(request_id)
                     }
                     Err(e) => {
@@ -781,8 +712,8 @@ impl Conn {
             }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(p) = self.publisher.take() {
-                    let name = p.stream.name.clone();
-                    p.finish(&self.hub);
+                    let name = p.inner.stream.name.clone();
+                    p.inner.finish(&self.hub);
                     info!(stream = %name, "RTMP publish finished");
                 }
                 Ok(Vec::new())
@@ -799,12 +730,12 @@ impl Conn {
         let Some(p) = self.publisher.as_mut() else { return };
         let r = if video { p.demux.video(ts, data) } else { p.demux.audio(ts, data) };
         match r {
-            Ok(Some(f)) => p.frame(f),
+            Ok(Some(f)) => p.inner.frame(f),
             Ok(None) => {}
             Err(e) => {
                 if !p.errors_logged {
                     p.errors_logged = true;
-                    warn!(stream = %p.stream.name, "RTMP publish: tag ignored: {e}");
+                    warn!(stream = %p.inner.stream.name, "RTMP publish: tag ignored: {e}");
                 }
             }
         }
