@@ -99,6 +99,18 @@ pub enum UnknownSsrc {
     Drop,
 }
 
+/// When RTP streams send RTCP receiver reports to their source (`[rtp] rtcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtcpMode {
+    /// GB sessions whose SDP answer implies RTCP: UDP (RTP/AVP: to `a=rtcp`, else the port the
+    /// camera's RTCP came from, else its RTP port + 1), TCP only with `a=rtcp-mux`.
+    Auto,
+    /// Every RTP stream, unannounced ones included (TCP: on the connection).
+    Always,
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtpConfig {
@@ -141,6 +153,10 @@ pub struct RtpConfig {
     pub tcp_frame_timeout: HumanDuration,
     /// Concurrent RTP/TCP connections from one source IP.
     pub max_tcp_per_source: usize,
+    /// RTCP receiver reports to the camera (RFC 3550 6.4.2): `auto`, `always` or `off`.
+    pub rtcp: RtcpMode,
+    /// Interval between receiver reports of one stream (clamped to 1..60 s).
+    pub rtcp_interval: HumanDuration,
 }
 
 impl Default for RtpConfig {
@@ -164,6 +180,8 @@ impl Default for RtpConfig {
             max_buffered_bytes: 512 << 20,
             tcp_frame_timeout: HumanDuration(Duration::from_secs(5)),
             max_tcp_per_source: 64,
+            rtcp: RtcpMode::Auto,
+            rtcp_interval: HumanDuration(Duration::from_secs(5)),
         }
     }
 }
