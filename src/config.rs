@@ -45,6 +45,8 @@ pub struct Config {
     pub gb: GbConfig,
     pub hub: HubConfig,
     pub log: LogConfig,
+    /// `[record]`: raw RTP recording of streams matching a name pattern (D89).
+    pub record: RecordConfig,
     pub audio: AudioConfig,
     /// `[auth]`: publish and play credentials (see [`crate::auth`]).
     pub auth: crate::auth::AuthConfig,
@@ -485,11 +487,58 @@ impl Default for HubConfig {
 pub struct LogConfig {
     /// `tracing` filter, e.g. "info" or "gbgate=debug". Overridden by RUST_LOG.
     pub level: String,
+    /// Per-stream event logs go to `<dir>/<stream>/<local date>.log` (D90). Unset: systemd's
+    /// `$LOGS_DIRECTORY` when set, else no per-stream logs.
+    pub dir: Option<std::path::PathBuf>,
+    /// Per-stream logs on or off (with `dir` or `$LOGS_DIRECTORY` set).
+    pub streams: bool,
+    /// Per-stream log files older than this many days are deleted.
+    pub keep_days: u32,
+    /// Lines per second one stream may write on average (token bucket refill) ...
+    pub lines_per_second: u32,
+    /// ... and in a burst (bucket size). Suppressed lines are counted and reported.
+    pub burst: u32,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig { level: "info".into(), dir: None, streams: true, keep_days: 14, lines_per_second: 5, burst: 50 }
+    }
+}
+
+/// `[record]`: raw RTP recording (D89), in the `[u16 big-endian length][RTP packet]` format
+/// `gbgate probe` and `gbgate send` read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Recordings go to `<dir>/<stream name, / as _>/<UTC start>.rtp`. Unset: no recording.
+    pub dir: Option<std::path::PathBuf>,
+    /// Stream name patterns to record (`*` any characters, `?` one), e.g. `["gb/*", "rtp/*"]`.
+    pub streams: Vec<String>,
+    /// A new file when the current one would exceed this many bytes ...
+    pub segment_bytes: u64,
+    /// ... or is this old.
+    pub segment_duration: HumanDuration,
+    /// Oldest files of a stream are deleted to keep its recordings within this ...
+    pub max_bytes_per_stream: u64,
+    /// ... and all recordings within this (files of ended streams included).
+    pub max_bytes_total: u64,
+    /// Bytes waiting for the disk writer, all streams together; beyond it packets are dropped
+    /// and counted (ingest never waits for the disk).
+    pub queue_bytes: usize,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            dir: None,
+            streams: Vec::new(),
+            segment_bytes: 64 << 20,
+            segment_duration: HumanDuration(Duration::from_secs(600)),
+            max_bytes_per_stream: 1 << 30,
+            max_bytes_total: 10 << 30,
+            queue_bytes: 16 << 20,
+        }
     }
 }
 
@@ -515,6 +564,20 @@ impl Config {
             Ok(())
         }
         positive("rtp.max_streams", self.rtp.max_streams)?;
+        let r = &self.record;
+        if r.segment_bytes < 4096 || r.max_bytes_per_stream < r.segment_bytes || r.max_bytes_total < r.segment_bytes {
+            return Err(ConfigError::Invalid {
+                key: "record.segment_bytes",
+                message: "at least 4096, and at most record.max_bytes_per_stream and record.max_bytes_total".into(),
+            });
+        }
+        if r.segment_duration.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid { key: "record.segment_duration", message: "at least 100ms".into() });
+        }
+        positive("record.queue_bytes", r.queue_bytes)?;
+        positive("log.keep_days", self.log.keep_days as usize)?;
+        positive("log.lines_per_second", self.log.lines_per_second as usize)?;
+        positive("log.burst", self.log.burst as usize)?;
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;

@@ -45,6 +45,12 @@ pub struct StreamView {
     pub drops: u64,
     pub gop_cache_frames: usize,
     pub gop_cache_bytes: usize,
+    /// Raw RTP recording (D89), when `[record] streams` matches the name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<crate::diag::record::RecordStats>,
+    /// The stream's own log (D90), when per-stream logs are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::diag::streamlog::StreamLogStats>,
 }
 
 impl StreamView {
@@ -60,6 +66,8 @@ impl StreamView {
             drops: stream.drops(),
             gop_cache_frames,
             gop_cache_bytes,
+            record: stream.record_stats(),
+            log: stream.log_stats(),
         }
     }
 }

@@ -62,6 +62,13 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(cfg.hub.clone(), cfg.rtp.max_streams);
+        hub.set_diag(crate::diag::Diag {
+            recorder: crate::diag::record::Recorder::start(&cfg.record),
+            logs: crate::diag::streamlog::StreamLogs::dir_of(&cfg.log).and_then(|dir| {
+                let clock = Arc::new(crate::diag::streamlog::SystemClock(crate::gb::localtime::utc_offset));
+                crate::diag::streamlog::StreamLogs::start(dir, &cfg.log, clock)
+            }),
+        });
         let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;

@@ -1116,6 +1116,7 @@ fn start_udp_stream(
         async move {
             info!("stream started");
             let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats, &shared).await;
+            stream.event("stop", &reason);
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -1247,6 +1248,9 @@ async fn run_stream(
     let mut partial_since: Option<Instant> = None;
     let frame_timeout = cfg.tcp_frame_timeout.0;
     let mut rtcp_link = (cfg.rtcp != RtcpMode::Off).then(|| RtcpLink::new(cfg));
+    // Recording (D89): decided once per stream; nothing per packet when it is off.
+    let recorder = stream.record();
+    let mut record_buf = Vec::new();
     let reason = loop {
         let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
         let mut wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
@@ -1275,6 +1279,9 @@ async fn run_stream(
                         let mut dequeued = 0usize;
                         for packet in batch.drain(..) {
                             dequeued += packet.payload.len();
+                            if let Some(rec) = recorder {
+                                record_packet(rec, &packet, &mut record_buf);
+                            }
                             if let Some(l) = &mut rtcp_link {
                                 l.receiver.on_rtp(packet.ssrc, packet.seq, packet.timestamp, now);
                             }
@@ -1342,6 +1349,16 @@ async fn run_stream(
     publish_all(stream, &mut media, now_us());
     publish_stats(stream, &ingest, &media.pipeline, &route_stats, rtcp_link.as_ref());
     reason
+}
+
+/// Hands one packet to the stream's recording as an RTP packet: the fixed header rebuilt from
+/// the parsed fields, then the payload (CSRCs, header extension and padding are not kept: the
+/// parse dropped them; D89).
+fn record_packet(rec: &crate::diag::record::RecordHandle, p: &RtpPacket, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&crate::codec::rtp_pack::rtp_header(p.payload_type, p.marker, p.seq, p.timestamp, p.ssrc));
+    buf.extend_from_slice(&p.payload);
+    rec.packet(buf);
 }
 
 /// One stream's RTCP with its source (D91): receiver statistics, the camera's sender reports,
@@ -1696,6 +1713,7 @@ async fn run_tcp_connection(
         let source =
             PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted, rtcp_in: Vec::new() };
         let reason = run_stream(source, &stream, &cfg, pipeline, route_stats, &shared2).await;
+        stream.event("stop", &reason);
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }
