@@ -208,6 +208,11 @@ async fn rotation_by_size_and_the_byte_bounds_hold_on_disk() {
         }
     }
     assert!(total <= 100 << 10, "{total} bytes over max_bytes_total");
+    let (status, totals) = http_get(api, "/api/v1/record").await;
+    assert_eq!(status, 200);
+    assert!(totals["bytes_on_disk"].as_u64().unwrap() <= 100 << 10, "{totals}");
+    assert!(totals["deleted_files"].as_u64().unwrap() > 10, "{totals}");
+    assert_eq!(totals["recordings"], 2, "{totals}");
     let s = stream(api, &names[0]).await;
     assert!(s["record"]["files"].as_u64().unwrap() > 10, "{}", s["record"]);
     stop.cancel();

@@ -122,6 +122,14 @@ async fn rtp_counters(State(state): State<ApiState>, listen: axum::Extension<Rtp
     })
 }
 
+/// The recorder's totals (D89), or 404 when `[record]` is off.
+async fn record_totals(State(state): State<ApiState>) -> Response {
+    match state.hub.diag().recorder {
+        Some(r) => Json(r.stats()).into_response(),
+        None => not_found("recording is off ([record] dir and streams)".into()),
+    }
+}
+
 /// Connection admission figures per TCP listener (D60).
 async fn listeners(State(state): State<ApiState>) -> Response {
     let map: std::collections::BTreeMap<&str, _> =
@@ -139,6 +147,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtp", get(rtp_counters))
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
+        .route("/api/v1/record", get(record_totals))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/status", get(device_status))
