@@ -255,16 +255,8 @@ enum Msg {
 }
 
 struct Shared {
-    tx: Mutex<Option<mpsc::Sender<Msg>>>,
     queued: AtomicUsize,
     limit: usize,
-}
-
-impl Shared {
-    fn send(&self, m: Msg) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(m).is_ok())
-    }
 }
 
 /// Totals of the recorder, for the API.
@@ -282,6 +274,9 @@ pub struct RecorderStats {
 /// stream its [`RecordHandle`] when its name matches.
 pub struct Recorder {
     patterns: Vec<String>,
+    /// Each handle has its own clone: sending takes no lock shared by the streams. The writer
+    /// ends when the recorder and every handle are gone.
+    tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     totals: Arc<Mutex<RecorderStats>>,
@@ -295,7 +290,7 @@ impl Recorder {
             return None;
         }
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared { tx: Mutex::new(Some(tx)), queued: AtomicUsize::new(0), limit: cfg.queue_bytes });
+        let shared = Arc::new(Shared { queued: AtomicUsize::new(0), limit: cfg.queue_bytes });
         let totals = Arc::new(Mutex::new(RecorderStats {
             dir: dir.clone(),
             queue_limit: cfg.queue_bytes,
@@ -308,7 +303,7 @@ impl Recorder {
             tracing::error!("recording disabled: cannot start the writer thread: {e}");
             return None;
         }
-        Some(Arc::new(Recorder { patterns: cfg.streams.clone(), shared, next_id: AtomicU64::new(1), totals }))
+        Some(Arc::new(Recorder { patterns: cfg.streams.clone(), tx, shared, next_id: AtomicU64::new(1), totals }))
     }
 
     /// Whether `name` is to be recorded.
@@ -323,16 +318,20 @@ impl Recorder {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(RecState::default());
-        if !self.shared.send(Msg::Open { id, name: name.to_string(), state: state.clone() }) {
-            return None;
-        }
-        Some(RecordHandle { id, shared: self.shared.clone(), state, closed: AtomicBool::new(false) })
+        self.tx.send(Msg::Open { id, name: name.to_string(), state: state.clone() }).ok()?;
+        Some(RecordHandle {
+            id,
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+            state,
+            closed: AtomicBool::new(false),
+        })
     }
 
     /// Waits until the writer has written and flushed everything queued before this call.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
-        if self.shared.send(Msg::Flush(tx)) {
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
     }
@@ -344,16 +343,10 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        // Ends the writer once the handles are gone too (they hold the same sender).
-        self.shared.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-}
-
 /// One stream's recording. [`RecordHandle::packet`] is all the ingest path calls.
 pub struct RecordHandle {
     id: u64,
+    tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     state: Arc<RecState>,
     closed: AtomicBool,
@@ -377,7 +370,7 @@ impl RecordHandle {
             self.state.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !self.shared.send(Msg::Packet { id: self.id, data: pkt.to_vec(), cost }) {
+        if self.tx.send(Msg::Packet { id: self.id, data: pkt.to_vec(), cost }).is_err() {
             self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
             self.state.stopped.store(true, Ordering::Relaxed);
         }
@@ -387,7 +380,7 @@ impl RecordHandle {
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::Relaxed) {
             self.state.stopped.store(true, Ordering::Relaxed);
-            self.shared.send(Msg::Close { id: self.id });
+            let _ = self.tx.send(Msg::Close { id: self.id });
         }
     }
 

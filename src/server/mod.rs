@@ -200,5 +200,16 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        // What the recorder and the per-stream logs still buffer reaches the disk (D89, D90).
+        let diag = self.hub.diag();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(r) = diag.recorder {
+                r.flush();
+            }
+            if let Some(l) = diag.logs {
+                l.flush();
+            }
+        })
+        .await;
     }
 }
