@@ -494,15 +494,15 @@ pub struct LogConfig {
     pub streams: bool,
     /// Per-stream log files older than this many days are deleted.
     pub keep_days: u32,
-    /// Lines per second one stream may write on average (token bucket refill) ...
-    pub lines_per_second: u32,
+    /// Lines per minute one stream may write on average (token bucket refill) ...
+    pub lines_per_minute: u32,
     /// ... and in a burst (bucket size). Suppressed lines are counted and reported.
     pub burst: u32,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), dir: None, streams: true, keep_days: 14, lines_per_second: 5, burst: 50 }
+        LogConfig { level: "info".into(), dir: None, streams: true, keep_days: 14, lines_per_minute: 30, burst: 20 }
     }
 }
 
@@ -576,7 +576,7 @@ impl Config {
         }
         positive("record.queue_bytes", r.queue_bytes)?;
         positive("log.keep_days", self.log.keep_days as usize)?;
-        positive("log.lines_per_second", self.log.lines_per_second as usize)?;
+        positive("log.lines_per_minute", self.log.lines_per_minute as usize)?;
         positive("log.burst", self.log.burst as usize)?;
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;

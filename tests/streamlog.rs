@@ -28,7 +28,7 @@ impl Clock for TestClock {
 const BEFORE_MIDNIGHT: i64 = 1_764_950_398_000;
 
 fn log_config(dir: &Path) -> LogConfig {
-    LogConfig { dir: Some(dir.to_path_buf()), keep_days: 3, lines_per_second: 1, burst: 5, ..LogConfig::default() }
+    LogConfig { dir: Some(dir.to_path_buf()), keep_days: 3, lines_per_minute: 60, burst: 5, ..LogConfig::default() }
 }
 
 fn read(path: impl AsRef<Path>) -> String {

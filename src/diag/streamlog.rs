@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use crate::config::LogConfig;
 
+/// One token of a [`Bucket`], in its units.
+const TOKEN: u64 = 60_000;
 /// Lines waiting for the writer, all streams together.
 const QUEUE_LINES: usize = 4096;
 /// Characters of one event's text kept (longer text is cut).
@@ -74,11 +76,12 @@ pub fn expired<'a>(names: impl IntoIterator<Item = &'a str>, today: &str, keep_d
     names.into_iter().filter(|n| day_of(n).is_some_and(|d| today - d >= i64::from(keep_days.max(1)))).collect()
 }
 
-/// A token bucket (sans-IO): `rate` tokens per second up to `burst`; each line takes one.
+/// A token bucket (sans-IO): `rate` tokens per minute up to `burst`; each line takes one.
 #[derive(Debug, Clone)]
 pub struct Bucket {
-    /// Tokens in thousandths, so slow rates refill smoothly.
-    milli: u64,
+    /// Tokens in units of 1/60000 (a token per minute refills one unit per millisecond), so
+    /// slow rates refill smoothly and exactly.
+    units: u64,
     burst: u64,
     rate: u64,
     last_ms: Option<i64>,
@@ -86,21 +89,21 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    pub fn new(rate: u32, burst: u32) -> Bucket {
+    pub fn new(rate_per_minute: u32, burst: u32) -> Bucket {
         let burst = u64::from(burst.max(1));
-        Bucket { milli: burst * 1000, burst, rate: u64::from(rate.max(1)), last_ms: None, suppressed: 0 }
+        Bucket { units: burst * TOKEN, burst, rate: u64::from(rate_per_minute.max(1)), last_ms: None, suppressed: 0 }
     }
 
     /// `Some(lines suppressed since the last admitted one)` when a line may be written at `now_ms`.
     pub fn admit(&mut self, now_ms: i64) -> Option<u64> {
         let elapsed = self.last_ms.map_or(0, |l| now_ms.saturating_sub(l).max(0) as u64);
         self.last_ms = Some(now_ms);
-        self.milli = (self.milli + elapsed.saturating_mul(self.rate)).min(self.burst * 1000);
-        if self.milli < 1000 {
+        self.units = self.units.saturating_add(elapsed.saturating_mul(self.rate)).min(self.burst * TOKEN);
+        if self.units < TOKEN {
             self.suppressed += 1;
             return None;
         }
-        self.milli -= 1000;
+        self.units -= TOKEN;
         Some(std::mem::take(&mut self.suppressed))
     }
 }
@@ -155,7 +158,7 @@ impl StreamLogs {
         }
         Some(Arc::new(StreamLogs {
             keep_days,
-            rate: cfg.lines_per_second,
+            rate: cfg.lines_per_minute,
             burst: cfg.burst,
             clock,
             tx,
@@ -346,7 +349,7 @@ mod tests {
 
     #[test]
     fn bucket_bursts_then_refills_and_reports_what_it_held_back() {
-        let mut b = Bucket::new(2, 3);
+        let mut b = Bucket::new(120, 3);
         assert_eq!((0..3).map(|_| b.admit(0)).collect::<Vec<_>>(), [Some(0), Some(0), Some(0)]);
         assert_eq!(b.admit(0), None);
         assert_eq!(b.admit(100), None, "0.2 tokens");
