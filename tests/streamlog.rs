@@ -45,6 +45,10 @@ fn a_new_file_at_local_midnight_and_old_files_expire() {
         std::fs::write(dir.join(format!("{d}.log")), "old\n").unwrap();
     }
     std::fs::write(dir.join("notes.txt"), "not a log\n").unwrap();
+    // A stream that never comes back: its old log expires all the same, its directory goes.
+    let gone = tmp.path().join("rtp_0000DEAD");
+    std::fs::create_dir_all(&gone).unwrap();
+    std::fs::write(gone.join("2025-12-02.log"), "old\n").unwrap();
     let clock = Arc::new(TestClock(AtomicI64::new(BEFORE_MIDNIGHT)));
     let logs = StreamLogs::start(tmp.path().to_path_buf(), &log_config(tmp.path()), clock.clone()).unwrap();
     let log = logs.open("gb/34020000001310000001");
@@ -61,6 +65,7 @@ fn a_new_file_at_local_midnight_and_old_files_expire() {
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
     assert_eq!(left, ["2025-12-04.log", "2025-12-05.log", "2025-12-06.log", "notes.txt"]);
+    assert!(!gone.exists(), "the silent stream's expired log and empty directory are gone");
     // Two days later the 4th and the 5th are gone too.
     clock.0.store(BEFORE_MIDNIGHT + 2 * 86_400_000 + 3000, Ordering::Relaxed);
     log.event("player", "rtsp joined (1 watching)");

@@ -521,7 +521,12 @@ fn write_packet(planner: &mut Planner, id: u64, o: &mut Open, data: &[u8]) -> Re
                 }
             }
             Action::Delete(path) => match std::fs::remove_file(&path) {
-                Ok(()) => {}
+                Ok(()) => {
+                    // A stream directory left empty goes too (fails, harmlessly, otherwise).
+                    if let Some(parent) = path.parent() {
+                        let _ = std::fs::remove_dir(parent);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 // Not fatal for this recording: the bound is off by one file until it is gone.
                 Err(e) => tracing::warn!(stream = %o.name, "recording: cannot delete {}: {e}", path.display()),

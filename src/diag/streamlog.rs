@@ -150,8 +150,9 @@ impl StreamLogs {
     pub fn start(dir: PathBuf, cfg: &LogConfig, clock: Arc<dyn Clock>) -> Option<Arc<StreamLogs>> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
         let keep_days = cfg.keep_days.max(1);
+        let c = clock.clone();
         let spawned =
-            std::thread::Builder::new().name("gbgate-streamlog".into()).spawn(move || writer(dir, keep_days, rx));
+            std::thread::Builder::new().name("gbgate-streamlog".into()).spawn(move || writer(dir, keep_days, rx, c));
         if let Err(e) = spawned {
             tracing::error!("per-stream logs disabled: cannot start the writer thread: {e}");
             return None;
@@ -264,14 +265,37 @@ impl Drop for StreamLog {
     }
 }
 
+/// How often the writer looks for expired files of streams that write nothing any more.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// The writer thread: appends each line to its stream's file of the line's date, switching files
-/// when the date changes and then deleting expired ones.
-fn writer(root: PathBuf, keep_days: u32, rx: mpsc::Receiver<Msg>) {
+/// when the date changes and then deleting expired ones. Once a day (the first line of a new
+/// date, or an hour without lines) every stream's directory is swept, so the logs of streams that
+/// never come back expire too.
+fn writer(root: PathBuf, keep_days: u32, rx: mpsc::Receiver<Msg>, clock: Arc<dyn Clock>) {
     let mut open: HashMap<String, (String, File)> = HashMap::new();
     let mut errors = crate::util::RateLimit::new(Duration::from_secs(60));
-    while let Ok(msg) = rx.recv() {
+    let mut swept = String::new();
+    loop {
+        let msg = match rx.recv_timeout(SWEEP_EVERY) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = clock.now_ms();
+                let today = local_date(now, clock.utc_offset(now.div_euclid(1000)));
+                if today != swept {
+                    sweep(&root, &today, keep_days);
+                    swept = today;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match msg {
             Msg::Line { dir, date, line } => {
+                if date > swept {
+                    sweep(&root, &date, keep_days);
+                    swept = date.clone();
+                }
                 let same_day = open.get(&dir).is_some_and(|(d, _)| *d == date);
                 if !same_day {
                     open.remove(&dir);
@@ -310,6 +334,16 @@ fn writer(root: PathBuf, keep_days: u32, rx: mpsc::Receiver<Msg>) {
                 let _ = done.try_send(());
             }
         }
+    }
+}
+
+/// Deletes the expired files of every stream's directory, and directories left empty.
+fn sweep(root: &std::path::Path, today: &str, keep_days: u32) {
+    let Ok(dirs) = std::fs::read_dir(root) else { return };
+    for d in dirs.flatten().filter(|d| d.file_type().is_ok_and(|t| t.is_dir())) {
+        delete_expired(&d.path(), today, keep_days);
+        // Fails, harmlessly, unless the directory is empty now.
+        let _ = std::fs::remove_dir(d.path());
     }
 }
 
