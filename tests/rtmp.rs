@@ -293,6 +293,8 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     let mut cfg = test_config();
     cfg.rtmp.push_timeout.0 = Duration::from_secs(3);
     cfg.rtmp.push = vec![PushConfig { stream: "rtp/*".into(), url: format!("rtmp://127.0.0.1:{port}/live/x") }];
+    // Per-stream logs on (D90): the push's state goes to the stream's own log.
+    cfg.log.dir = Some(dir.path().join("logs"));
     // The gateway runs the configured pushes itself.
     let gw = start(cfg).await;
 
@@ -308,6 +310,12 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     assert_monotonic(&p.pts("video"));
 
     let first = p.frames("video");
+    gw.hub.diag().logs.unwrap().flush();
+    let log_dir = dir.path().join("logs").join(gbgate::diag::file_component(&name_of(0x0BEBC201)));
+    let log: String =
+        std::fs::read_dir(&log_dir).unwrap().map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap()).collect();
+    assert!(log.contains(&format!(" push RTMP push to rtmp://127.0.0.1:{port}/live/x publishing")), "{log}");
+    assert!(log.contains(" player push joined"), "{log}");
 
     // Second stream: its origin is killed mid-stream and a new one starts on the same port;
     // the push notices, retries by itself (1 s backoff) and the new origin receives frames.

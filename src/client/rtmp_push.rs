@@ -134,6 +134,7 @@ pub async fn run_pushes(hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationTo
                 }
                 let url = push_url(entry, &stream.name);
                 info!(stream = %stream.name, %url, "RTMP push starts");
+                stream.event("push", &format!("RTMP push to {} starts", without_query(&url)));
                 let task =
                     tokio::spawn(push_task(stream.clone(), url, cfg.push_timeout.0, cfg.hevc, shutdown.child_token()));
                 tasks.insert(key, (stream.clone(), task));
@@ -153,6 +154,11 @@ pub async fn run_pushes(hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationTo
     }
 }
 
+/// A push URL as the stream's log shows it: without its query (keys, signatures).
+fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
 async fn push_task(stream: Arc<Stream>, url: String, timeout: Duration, hevc: HevcFlv, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
@@ -160,11 +166,16 @@ async fn push_task(stream: Arc<Stream>, url: String, timeout: Duration, hevc: He
         let wait = match push_once(&stream, &url, timeout, hevc, &shutdown, &mut healthy).await {
             Ok(()) => {
                 info!(stream = %stream.name, %url, "RTMP push finished");
+                stream.event("push", &format!("RTMP push to {} finished", without_query(&url)));
                 return;
             }
             Err(e) => {
                 let wait = backoff.after(healthy);
                 warn!(stream = %stream.name, %url, "RTMP push failed: {e:#}; retrying in {wait:?}");
+                stream.event(
+                    "push",
+                    &format!("RTMP push to {} failed: {e:#}; retrying in {wait:?}", without_query(&url)),
+                );
                 wait
             }
         };
@@ -262,6 +273,7 @@ async fn push_once(
     c.send(vec![r]).await?;
     c.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted), "publish").await?;
     info!(stream = %stream.name, %url, "RTMP push publishing");
+    stream.event("push", &format!("RTMP push to {} publishing", without_query(url)));
 
     let publishing = tokio::time::Instant::now();
     let mut sub = stream.subscribe_as("push");
