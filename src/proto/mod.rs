@@ -6,5 +6,7 @@ pub mod ps;
 pub mod rtmp_chunk;
 pub mod rtmp_guard;
 pub mod rtp;
+pub mod rtp_depack;
 pub mod rtsp;
+pub mod sdp;
 pub mod sip;
