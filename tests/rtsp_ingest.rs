@@ -4,8 +4,6 @@
 //! name, reserved prefixes, credentials), a lying G.711 rate, and silent publishers.
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +33,8 @@ fn ffmpeg_push(url: &str, transport: &str, video: &[&str], audio: &[&str], secs:
     c.spawn().expect("ffmpeg")
 }
 
-const H264: &[&str] = &["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-pix_fmt", "yuv420p"];
+const H264: &[&str] =
+    &["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-pix_fmt", "yuv420p"];
 const H265: &[&str] = &[
     "-c:v",
     "libx265",
@@ -102,8 +101,15 @@ async fn probe(url: &str) -> Vec<Value> {
 fn assert_codecs(streams: &[Value], video: &str, what: &str) {
     let v = streams.iter().find(|s| s["width"].is_u64()).unwrap_or_else(|| panic!("{what}: no video: {streams:?}"));
     assert_eq!(v["codec_name"], video, "{what}: {streams:?}");
-    let a = streams.iter().find(|s| s["sample_rate"].is_string()).unwrap_or_else(|| panic!("{what}: no audio: {streams:?}"));
-    assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str(), a["channels"].as_u64()), (Some("aac"), Some("11025"), Some(1)), "{what}: {streams:?}");
+    let a = streams
+        .iter()
+        .find(|s| s["sample_rate"].is_string())
+        .unwrap_or_else(|| panic!("{what}: no audio: {streams:?}"));
+    assert_eq!(
+        (a["codec_name"].as_str(), a["sample_rate"].as_str(), a["channels"].as_u64()),
+        (Some("aac"), Some("11025"), Some(1)),
+        "{what}: {streams:?}"
+    );
 }
 
 /// The API's entry for `name`.
@@ -124,6 +130,8 @@ async fn push_and_read_back(transport: &str, video: &[&str], audio: &[&str], nam
     let stream = wait_live(&gw, name, Duration::from_secs(15)).await;
     assert_eq!(stream.source.transport, gbgate::hub::Transport::Rtsp);
     assert!(frames_grow(&stream).await, "{name}: no video flows");
+    let udp = gw.rtsp_ingest.snapshot().udp_tracks;
+    assert_eq!(udp, if transport == "udp" { 2 } else { 0 }, "{name}: UDP receive pairs");
     let streams = probe(&url).await;
     assert_codecs(&streams, expect_video, &format!("{name} over {transport}"));
     let api = api_stream(&gw, name).await;
@@ -157,4 +165,175 @@ async fn ffmpeg_pushes_h265_and_g711a() {
         return;
     }
     push_and_read_back("tcp", H265, ALAW, "live/hevc", "hevc").await;
+}
+
+/// GStreamer's `rtspclientsink` pushing H.264 (openh264) + AAC; GStreamer's `rtspsrc` and ffprobe
+/// read it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_rtspclientsink_pushes_and_rtspsrc_reads_back() {
+    if !tools("gstreamer_rtspclientsink_pushes_and_rtspsrc_reads_back", &["gst-launch-1.0", "ffprobe", "timeout"]) {
+        return;
+    }
+    let gw = start(test_config()).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    for (name, protocols) in [("live/gst-tcp", "tcp"), ("live/gst-udp", "udp")] {
+        let url = format!("rtsp://{rtsp}/{name}");
+        let pipeline = format!(
+            "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=25/1 ! openh264enc gop-size=25 \
+             ! h264parse ! queue ! s. audiotestsrc is-live=true freq=1000 ! audio/x-raw,rate=44100,channels=2 \
+             ! voaacenc ! aacparse ! queue ! s. rtspclientsink name=s protocols={protocols} location={url}"
+        );
+        let mut c = Command::new("gst-launch-1.0");
+        c.arg("-q").args(pipeline.split_whitespace());
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+        let pusher = c.spawn().expect("gst-launch-1.0");
+        let stream = wait_live(&gw, name, Duration::from_secs(15)).await;
+        assert!(frames_grow(&stream).await, "{name}: no video flows");
+        // rtspclientsink's audio starts later than its video: a player asking before the first
+        // audio frame would be described a video-only stream.
+        let audio = || stream.stats().audio.is_some_and(|a| a.frames > 0);
+        assert!(wait_for(Duration::from_secs(10), audio).await, "{name}: no audio flows");
+        if protocols == "udp" {
+            assert_eq!(gw.rtsp_ingest.snapshot().udp_tracks, 2, "{name}: not received over UDP");
+        }
+        let streams = probe(&url).await;
+        assert_codecs(&streams, "h264", name);
+        let args = [
+            "-s",
+            "INT",
+            "4",
+            "gst-launch-1.0",
+            "-v",
+            "rtspsrc",
+            &format!("location={url}"),
+            "protocols=tcp",
+            "name=r",
+            "r.",
+            "!",
+            "application/x-rtp,media=video",
+            "!",
+            "fakesink",
+            "r.",
+            "!",
+            "application/x-rtp,media=audio",
+            "!",
+            "fakesink",
+        ];
+        let (_, out, err) = run_program("timeout", &args, Duration::from_secs(20)).await;
+        assert!(out.contains("encoding-name=(string)H264"), "{name}: rtspsrc saw no H.264: {out} {err}");
+        assert!(
+            out.contains("encoding-name=(string)MPEG4-GENERIC") && out.contains("clock-rate=(int)11025"),
+            "{name}: rtspsrc saw no AAC 11025 Hz: {out} {err}"
+        );
+        let api = api_stream(&gw, name).await;
+        println!("{name}: {streams:?}; api audio {}", api["audio"]);
+        drop(pusher);
+    }
+    gw.stop().await;
+}
+
+/// Video frames an ffmpeg player read from `url` in `secs` seconds (`-c copy`, so every frame
+/// that arrived counts), with its stderr.
+async fn play_frames(url: String, secs: u32) -> (u64, String) {
+    let args = ["-hide_banner", "-nostdin", "-rtsp_transport", "tcp", "-i", &url, "-t", &secs.to_string()];
+    let args: Vec<&str> = args.into_iter().chain(["-map", "0:v", "-c", "copy", "-f", "null", "-"]).collect();
+    let (ok, _, err) = run_program("ffmpeg", &args, Duration::from_secs(secs as u64 + 20)).await;
+    assert!(ok, "player {url}: {err}");
+    let frames =
+        err.rsplit("frame=").next().and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    (frames, err)
+}
+
+/// Hole 2 for RTSP publishers: a second ANNOUNCE of a live name is refused (403, naming the
+/// holder) while a player of the first keeps receiving frames; `rtp/` (over a live camera name)
+/// and `gb/` may not be published; each refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_announce_of_a_live_name_is_refused_and_the_first_keeps_flowing() {
+    if !tools("a_second_announce_of_a_live_name_is_refused_and_the_first_keeps_flowing", &["ffmpeg"]) {
+        return;
+    }
+    let gw = start(test_config()).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    let url = format!("rtsp://{rtsp}/live/cam");
+    let _first = ffmpeg_push(&url, "tcp", H264, AAC, 40);
+    let stream = wait_live(&gw, "live/cam", Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await, "the first publisher is not flowing");
+
+    // A player reads the stream for 6 s, across the second publisher's attempt.
+    let player = tokio::spawn(play_frames(url.clone(), 6));
+    let playing = wait_streams(gw.api_addr, Duration::from_secs(10), |l| {
+        l.iter().any(|s| s["name"] == "live/cam" && s["players"]["rtsp"].as_u64() == Some(1))
+    })
+    .await;
+    assert!(playing.iter().any(|s| s["players"]["rtsp"] == 1), "the player did not start: {playing:?}");
+    for transport in ["tcp", "udp"] {
+        let (ok, err) = outcome(ffmpeg_push(&url, transport, H264, AAC, 30), Duration::from_secs(15)).await;
+        assert!(!ok && err.contains("403"), "a second publisher of live/cam over {transport} was not refused: {err}");
+    }
+    let now = gw.hub.get("live/cam").expect("live/cam still live");
+    assert!(Arc::ptr_eq(&now, &stream), "the stream was replaced");
+    assert!(frames_grow(&stream).await, "the first publisher stopped flowing");
+    let (frames, err) = player.await.unwrap();
+    assert!(frames >= 6 * 25 * 8 / 10, "the player got {frames} frames in 6 s: {err}");
+
+    for name in ["rtp/0BEBC2B0", "gb/34020000001320000001"] {
+        let (ok, err) =
+            outcome(ffmpeg_push(&format!("rtsp://{rtsp}/{name}"), "tcp", H264, AAC, 30), Duration::from_secs(15)).await;
+        assert!(!ok && err.contains("403"), "{name} was accepted: {err}");
+        assert!(gw.hub.get(name).is_none());
+    }
+    let c = gw.rtsp_ingest.snapshot();
+    assert_eq!((c.publish_refused, c.publishers), (4, 1), "{c:?}");
+    gw.stop().await;
+}
+
+/// Publishing needs a credential when the host is not exempt: none gets 401, a static key in the
+/// URL's query (`?key=`) is accepted, exactly as for RTMP publishers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_needs_a_credential_when_loopback_is_not_exempt() {
+    if !tools("publishing_needs_a_credential_when_loopback_is_not_exempt", &["ffmpeg"]) {
+        return;
+    }
+    let mut cfg = test_config();
+    cfg.auth.loopback_exempt = false;
+    cfg.auth.keys = vec!["k3y".into()];
+    let gw = start(cfg).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    for url in [format!("rtsp://{rtsp}/live/auth"), format!("rtsp://{rtsp}/live/auth?key=wrong")] {
+        let (ok, err) = outcome(ffmpeg_push(&url, "tcp", H264, AAC, 30), Duration::from_secs(15)).await;
+        assert!(!ok && err.contains("401"), "{url} was accepted: {err}");
+    }
+    assert!(gw.hub.get("live/auth").is_none());
+    let _pusher = ffmpeg_push(&format!("rtsp://{rtsp}/live/auth?key=k3y"), "tcp", H264, AAC, 30);
+    let stream = wait_live(&gw, "live/auth", Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await);
+    assert_eq!(gw.rtsp_ingest.snapshot().auth_refused, 2);
+    gw.stop().await;
+}
+
+/// A publisher that stops sending (ffmpeg frozen with SIGSTOP: its TCP connection stays open) is
+/// disconnected after `[rtsp] publish_timeout`, and its name is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_publisher_is_disconnected() {
+    if !tools("a_silent_publisher_is_disconnected", &["ffmpeg", "kill"]) {
+        return;
+    }
+    let mut cfg = test_config();
+    cfg.rtsp.publish_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
+    let gw = start(cfg).await;
+    let url = format!("rtsp://{}/live/quiet", gw.rtsp_addr.unwrap());
+    let pusher = ffmpeg_push(&url, "tcp", H264, AAC, 60);
+    let stream = wait_live(&gw, "live/quiet", Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await);
+    let pid = pusher.id().unwrap().to_string();
+    let (ok, _, err) = run_program("kill", &["-STOP", &pid], Duration::from_secs(5)).await;
+    assert!(ok, "kill -STOP: {err}");
+    let stopped = Instant::now();
+    assert!(wait_for(Duration::from_secs(10), || gw.hub.get("live/quiet").is_none()).await, "still live");
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_millis(1500), "closed after {took:?}, before the timeout");
+    assert_eq!(gw.rtsp_ingest.snapshot().silent_closed, 1);
+    let _ = run_program("kill", &["-CONT", &pid], Duration::from_secs(5)).await;
+    drop(pusher);
+    gw.stop().await;
 }

@@ -468,7 +468,9 @@ impl ServerSession {
             "SETUP" if self.announced.is_some() => (self.setup_record(req, env), vec![]),
             "SETUP" => (self.setup(req, env), vec![]),
             "RECORD" => self.record(req),
-            "PLAY" if self.announced.is_some() => (Response::new(455).header("Allow", "SETUP, RECORD, TEARDOWN"), vec![]),
+            "PLAY" if self.announced.is_some() => {
+                (Response::new(455).header("Allow", "SETUP, RECORD, TEARDOWN"), vec![])
+            }
             "PLAY" => self.play(req),
             "PAUSE" => {
                 if self.setups.is_empty() {
@@ -562,7 +564,8 @@ impl ServerSession {
         if let TrackTransport::Tcp { rtp_channel, .. } = transport {
             // Two tracks on one channel could not be told apart.
             if self.record_setups.iter().any(|t| {
-                t.index != index && matches!(t.transport, TrackTransport::Tcp { rtp_channel: c, .. } if c == rtp_channel)
+                t.index != index
+                    && matches!(t.transport, TrackTransport::Tcp { rtp_channel: c, .. } if c == rtp_channel)
             }) {
                 return Response::new(461);
             }
@@ -722,11 +725,8 @@ fn record_track_index(uri: &str, media: &[SdpMedia]) -> Option<usize> {
     for (i, m) in media.iter().enumerate() {
         let Some(c) = m.control.as_deref().map(str::trim).filter(|c| !c.is_empty() && *c != "*") else { continue };
         let c = c.trim_end_matches('/');
-        let hit = if c.contains("://") {
-            uri == c
-        } else {
-            uri.strip_suffix(c).is_some_and(|head| head.ends_with('/'))
-        };
+        let hit =
+            if c.contains("://") { uri == c } else { uri.strip_suffix(c).is_some_and(|head| head.ends_with('/')) };
         // The longest control that matches wins (`stream=1` vs `stream=11`).
         if hit && found.is_none_or(|(_, len)| c.len() > len) {
             found = Some((i, c.len()));

@@ -27,9 +27,7 @@ use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
 use crate::hub::{Hub, Stream, Subscription, SubscriptionEnded};
 use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
-use crate::proto::rtsp::{
-    Action, Env, Input, Parser, Refusal, ServerSession, TrackDesc, TrackSetup, TrackTransport,
-};
+use crate::proto::rtsp::{Action, Env, Input, Parser, Refusal, ServerSession, TrackDesc, TrackSetup, TrackTransport};
 use crate::proto::sdp::Sdp;
 
 /// A player whose socket accepts nothing for this long is disconnected.
@@ -233,8 +231,14 @@ impl Env for DriverEnv<'_> {
         rand::thread_rng().gen()
     }
 
-    fn announce(&mut self, stream: &str, query: &str, _sdp: &Sdp) -> Result<(), Refusal> {
+    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
         *self.created = Some(self.ingest.announce(self.hub, stream, query, self.peer)?);
+        for m in &sdp.media {
+            debug!(stream, "RTSP ANNOUNCE media: {m:?}");
+            if let Err(e) = crate::proto::rtp_depack::Depacketizer::new(m) {
+                warn!(stream, peer = %self.peer, "RTSP publish: track {:?} ignored: {e}", m.control);
+            }
+        }
         Ok(())
     }
 }

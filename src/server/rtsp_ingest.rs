@@ -96,9 +96,9 @@ impl RtspIngest {
 
     /// Takes one UDP port-pair slot for a publisher's track, if the bound allows.
     pub fn udp_slot(self: &Arc<Self>) -> Option<UdpSlot> {
-        let taken = self.udp_tracks.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < self.max_udp_tracks).then_some(n + 1)
-        });
+        let taken = self
+            .udp_tracks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.max_udp_tracks).then_some(n + 1));
         match taken {
             Ok(_) => Some(UdpSlot(self.clone())),
             Err(_) => {
