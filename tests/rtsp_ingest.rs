@@ -337,3 +337,98 @@ async fn a_silent_publisher_is_disconnected() {
     drop(pusher);
     gw.stop().await;
 }
+
+/// Sends one RTSP request on `sock` and returns the response head. Part of the hand-written
+/// pusher below (no real client writes PCMA/8000 over 16 kHz samples).
+async fn rtsp_request(sock: &mut tokio::net::TcpStream, req: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(sock.read(&mut b).await.unwrap(), 1, "connection closed: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A G.711 publisher whose SDP says PCMA/8000 while it sends 16 kHz samples (RTP timestamps
+/// stepping at 8 kHz, twice the bytes per step): the media stage's rate detector corrects the
+/// declared rate (D55), so a player hears the 1 kHz tone at 1 kHz, not 500 Hz.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g711_declared_8k_but_sampled_at_16k_comes_out_at_the_right_pitch() {
+    use tokio::io::AsyncWriteExt;
+    if !tools("g711_declared_8k_but_sampled_at_16k_comes_out_at_the_right_pitch", &["ffmpeg"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let alaw = dir.path().join("tone16k.alaw");
+    let tone = "sine=frequency=1000:sample_rate=16000:duration=12";
+    let args = ["-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i", tone, "-ac", "1", "-f", "alaw"];
+    let (ok, _, err) = run_program(
+        "ffmpeg",
+        &args.iter().copied().chain([alaw.to_str().unwrap()]).collect::<Vec<_>>(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(ok, "{err}");
+    let samples = std::fs::read(&alaw).unwrap();
+
+    let gw = start(test_config()).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    let url = format!("rtsp://{rtsp}/live/g711");
+    let mut sock = tokio::net::TcpStream::connect(rtsp).await.unwrap();
+    let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=tone\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 0 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=control:trackID=0\r\n";
+    let r = rtsp_request(
+        &mut sock,
+        format!(
+            "ANNOUNCE {url} RTSP/1.0\r\nCSeq: 1\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ),
+    )
+    .await;
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    let transport = "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record";
+    let r =
+        rtsp_request(&mut sock, format!("SETUP {url}/trackID=0 RTSP/1.0\r\nCSeq: 2\r\nTransport: {transport}\r\n\r\n"))
+            .await;
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    let session = r.lines().find_map(|l| l.strip_prefix("Session: ")).unwrap().split(';').next().unwrap().to_string();
+    let r = rtsp_request(&mut sock, format!("RECORD {url} RTSP/1.0\r\nCSeq: 3\r\nSession: {session}\r\n\r\n")).await;
+    assert!(r.starts_with("RTSP/1.0 200"), "{r}");
+    // 20 ms of 16 kHz samples per packet (320 bytes), timestamps stepping 160 (the declared 8 kHz).
+    let pusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, chunk) in samples.chunks(320).enumerate() {
+            tick.tick().await;
+            let mut pkt = Vec::with_capacity(4 + 12 + chunk.len());
+            pkt.extend_from_slice(&[b'$', 0]);
+            pkt.extend_from_slice(&((12 + chunk.len()) as u16).to_be_bytes());
+            gbgate::proto::rtp::write_packet(&mut pkt, 8, true, i as u16, 1000 + i as u32 * 160, 0x1234, chunk);
+            if sock.write_all(&pkt).await.is_err() {
+                return;
+            }
+        }
+    });
+    wait_live(&gw, "live/g711", Duration::from_secs(5)).await;
+    let args: Vec<String> = ["-hide_banner", "-nostdin", "-rtsp_transport", "tcp", "-i", &url, "-vn", "-t", "6"]
+        .into_iter()
+        .chain(["-f", "s16le", "-ac", "1", "-"])
+        .map(String::from)
+        .collect();
+    let (ok, out, err) = run_program_bytes("ffmpeg", &args, Duration::from_secs(30)).await;
+    assert!(ok, "player: {err}");
+    let line = err.lines().find(|l| l.contains("Audio:")).unwrap_or_default().to_string();
+    assert!(line.contains("aac") && line.contains("11025 Hz") && line.contains("mono"), "{line}");
+    let pcm: Vec<f32> = out.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0).collect();
+    assert!(pcm.len() > 4 * 11_025, "{} samples", pcm.len());
+    // The first second may still be at the declared rate (D55): measure after it.
+    let f = tone_frequency(&pcm[2 * 11_025..pcm.len() - 11_025 / 2], 11_025);
+    let api = api_stream(&gw, "live/g711").await;
+    println!("tone at {f:.1} Hz; media {}", api["media"]);
+    assert!((f - 1000.0).abs() < 10.0, "tone at {f:.1} Hz (500 Hz: the declared 8 kHz was believed)");
+    assert_eq!(api["media"]["g711_rate"], 16000, "{api}");
+    pusher.abort();
+    gw.stop().await;
+}

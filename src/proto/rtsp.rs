@@ -818,6 +818,111 @@ mod tests {
         }
     }
 
+    /// A driver that lets `live/x` be published once and refuses `live/taken`.
+    struct PublishEnv {
+        inner: TestEnv,
+        announced: Vec<(String, String, usize)>,
+    }
+    impl Env for PublishEnv {
+        fn tracks(&mut self, s: &str) -> Option<Vec<TrackDesc>> {
+            self.inner.tracks(s)
+        }
+        fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)> {
+            self.inner.bind_udp(index)
+        }
+        fn random(&mut self) -> u32 {
+            self.inner.random()
+        }
+        fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+            if stream == "live/taken" {
+                return Err(Refusal {
+                    status: 403,
+                    reason: "stream live/taken is already published by 10.0.0.1:5000".into(),
+                });
+            }
+            self.announced.push((stream.into(), query.into(), sdp.media.len()));
+            Ok(())
+        }
+    }
+
+    const FFMPEG_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nt=0 0\r\n\
+m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\na=control:streamid=0\r\n\
+m=application 0 RTP/AVP 107\r\na=rtpmap:107 vnd.onvif.metadata/90000\r\na=control:streamid=1\r\n\
+m=audio 0 RTP/AVP 8\r\na=control:streamid=2\r\n";
+
+    fn announce_req(uri: &str, body: &str) -> Request {
+        let mut r = req("ANNOUNCE", uri, &[("CSeq", "2"), ("Content-Type", "application/sdp")]);
+        r.body = Bytes::copy_from_slice(body.as_bytes());
+        r
+    }
+
+    #[test]
+    fn publisher_announce_setup_record_teardown() {
+        let mut env = PublishEnv { inner: TestEnv { n: 0 }, announced: vec![] };
+        let mut s = ServerSession::new("pub".into(), 60);
+        let base = "rtsp://127.0.0.1:8554/live/x?key=k";
+        let (r, _) = s.handle(&announce_req(base, FFMPEG_SDP), &mut env);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(env.announced, vec![("live/x".to_string(), "key=k".to_string(), 3)]);
+        assert_eq!(s.publishing(), Some("live/x"));
+        // ffmpeg appends the control to the whole URL, query included.
+        let t = [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")];
+        let (r, _) = s.handle(&req("SETUP", &format!("{base}/streamid=0"), &t), &mut env);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.get("Transport"), Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"));
+        let (r, _) = s.handle(
+            &req(
+                "SETUP",
+                &format!("{base}/streamid=1"),
+                &[("Session", "pub"), ("Transport", "RTP/AVP/TCP;interleaved=2-3")],
+            ),
+            &mut env,
+        );
+        assert_eq!(r.status, 200);
+        // Two tracks on one interleaved channel could not be told apart.
+        let clash = [("Session", "pub"), ("Transport", "RTP/AVP/TCP;interleaved=0-1")];
+        assert_eq!(s.handle(&req("SETUP", &format!("{base}/streamid=2"), &clash), &mut env).0.status, 461);
+        let udp = [("Session", "pub"), ("Transport", "RTP/AVP/UDP;unicast;client_port=6000-6001;mode=record")];
+        let (r, _) = s.handle(&req("SETUP", &format!("{base}/streamid=2"), &udp), &mut env);
+        assert!(r.get("Transport").unwrap().contains("server_port=40004-40005"), "{r:?}");
+        assert_eq!(s.handle(&req("SETUP", &format!("{base}/streamid=9"), &udp), &mut env).0.status, 404);
+        assert_eq!(s.handle(&req("PLAY", base, &[("Session", "pub")]), &mut env).0.status, 455);
+        assert_eq!(s.handle(&req("RECORD", base, &[("Session", "nope")]), &mut env).0.status, 454);
+        let (r, a) = s.handle(&req("RECORD", base, &[("Session", "pub")]), &mut env);
+        assert_eq!(r.status, 200);
+        // The metadata track has no depacketizer: set up, not recorded.
+        let [Action::Record { stream, tracks }] = &a[..] else { panic!("{a:?}") };
+        assert_eq!(stream, "live/x");
+        assert_eq!(tracks.iter().map(|t| t.index).collect::<Vec<_>>(), vec![0, 2]);
+        assert!(matches!(tracks[1].transport, TrackTransport::Udp { client_rtp: 6000, server_rtp: 40004, .. }));
+        assert_eq!(s.state(), State::Recording);
+        assert_eq!(s.handle(&req("SETUP", &format!("{base}/streamid=0"), &t), &mut env).0.status, 455);
+        assert_eq!(s.handle(&announce_req(base, FFMPEG_SDP), &mut env).0.status, 455);
+        let (r, a) = s.handle(&req("TEARDOWN", base, &[("Session", "pub")]), &mut env);
+        assert_eq!((r.status, a), (200, vec![Action::Teardown]));
+        assert_eq!(s.publishing(), None);
+    }
+
+    #[test]
+    fn announce_refusals() {
+        let mut env = PublishEnv { inner: TestEnv { n: 0 }, announced: vec![] };
+        let mut s = ServerSession::new("pub".into(), 60);
+        let (r, _) = s.handle(&announce_req("rtsp://h/live/taken", FFMPEG_SDP), &mut env);
+        assert_eq!(r.status, 403);
+        assert!(r.body.contains("already published by 10.0.0.1:5000"), "{r:?}");
+        assert_eq!(s.handle(&announce_req("rtsp://h/live/x", "v=0\r\n"), &mut env).0.status, 400);
+        let only_jpeg = "m=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n";
+        assert_eq!(s.handle(&announce_req("rtsp://h/live/x", only_jpeg), &mut env).0.status, 415);
+        let mut r = announce_req("rtsp://h/live/x", FFMPEG_SDP);
+        r.headers[1].1 = "text/plain".into();
+        assert_eq!(s.handle(&r, &mut env).0.status, 415);
+        assert_eq!(s.handle(&req("RECORD", "rtsp://h/live/x", &[]), &mut env).0.status, 455);
+        assert!(env.announced.is_empty());
+        // A driver without publishing support (the default) refuses with 405.
+        let mut plain = TestEnv { n: 0 };
+        assert_eq!(s.handle(&announce_req("rtsp://h/live/x", FFMPEG_SDP), &mut plain).0.status, 405);
+    }
+
     const URL: &str = "rtsp://127.0.0.1:8554/rtp/0BEBC201";
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request {
