@@ -432,3 +432,25 @@ async fn g711_declared_8k_but_sampled_at_16k_comes_out_at_the_right_pitch() {
     pusher.abort();
     gw.stop().await;
 }
+
+/// B-frames (x264 with pyramid B-frames, `-c copy`-style pushes of most files): RTP carries no
+/// decode time, the depacketizer derives one (D77), so the timestamp repair sees no step back
+/// and a player gets every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_pushes_h264_with_b_frames() {
+    if !tools("ffmpeg_pushes_h264_with_b_frames", &["ffmpeg"]) {
+        return;
+    }
+    let gw = start(test_config()).await;
+    let url = format!("rtsp://{}/live/bframes", gw.rtsp_addr.unwrap());
+    let video = ["-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-g", "50", "-pix_fmt", "yuv420p"];
+    let _pusher = ffmpeg_push(&url, "tcp", &video, AAC, 30);
+    let stream = wait_live(&gw, "live/bframes", Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await);
+    let (frames, err) = play_frames(url, 4).await;
+    assert!(frames >= 4 * 25 * 9 / 10, "the player got {frames} frames in 4 s: {err}");
+    let api = api_stream(&gw, "live/bframes").await;
+    let repair = &api["media"]["repair"];
+    assert_eq!((repair["video_back_steps"].as_u64(), repair["video_jumps"].as_u64()), (Some(0), Some(0)), "{api}");
+    gw.stop().await;
+}

@@ -415,6 +415,9 @@ async fn connection(
                             break;
                         }
                         Ok(Some(Input::Interleaved { channel, data })) => {
+                            // A whole message arrived: a publisher streaming over the connection
+                            // is never "a request in progress" for longer than one packet.
+                            request_deadline = None;
                             if let Some(p) = publishing.as_mut() {
                                 p.interleaved(channel, data);
                             }

@@ -266,10 +266,13 @@ impl Publishing {
 
     /// The next datagram from the UDP readers (pending forever without UDP tracks).
     pub async fn recv_udp(&mut self) -> Option<(usize, Bytes)> {
-        match self.udp_rx.as_mut() {
-            Some(rx) => rx.recv().await,
-            None => std::future::pending().await,
+        let Some(rx) = self.udp_rx.as_mut() else { return std::future::pending().await };
+        let got = rx.recv().await;
+        if got.is_none() {
+            // Every reader ended (socket error): stop polling a closed queue.
+            self.udp_rx = None;
         }
+        got
     }
 
     fn now_us(&self) -> u64 {
