@@ -454,3 +454,37 @@ async fn ffmpeg_pushes_h264_with_b_frames() {
     assert_eq!((repair["video_back_steps"].as_u64(), repair["video_jumps"].as_u64()), (Some(0), Some(0)), "{api}");
     gw.stop().await;
 }
+
+/// GStreamer pushing H.265 (x265, with B-frames) and G.711 µ-law over TCP; ffprobe reads HEVC and
+/// AAC 11025 Hz mono back, and the B-frames cost no frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_pushes_h265_with_b_frames_and_pcmu() {
+    if !tools("gstreamer_pushes_h265_with_b_frames_and_pcmu", &["gst-launch-1.0", "ffprobe", "ffmpeg"]) {
+        return;
+    }
+    let gw = start(test_config()).await;
+    let name = "live/gst-hevc";
+    let url = format!("rtsp://{}/{name}", gw.rtsp_addr.unwrap());
+    let pipeline = format!(
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=25/1 \
+         ! x265enc speed-preset=ultrafast key-int-max=25 option-string=bframes=3 ! h265parse ! queue ! s. \
+         audiotestsrc is-live=true freq=1000 ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! queue ! s. \
+         rtspclientsink name=s protocols=tcp location={url}"
+    );
+    let mut c = Command::new("gst-launch-1.0");
+    c.arg("-q").args(pipeline.split_whitespace());
+    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let _pusher = c.spawn().expect("gst-launch-1.0");
+    let stream = wait_live(&gw, name, Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await, "{name}: no video flows");
+    assert!(wait_for(Duration::from_secs(10), || stream.stats().audio.is_some_and(|a| a.frames > 0)).await);
+    let streams = probe(&url).await;
+    assert_codecs(&streams, "hevc", name);
+    let (frames, err) = play_frames(url, 4).await;
+    assert!(frames >= 4 * 25 * 9 / 10, "the player got {frames} frames in 4 s: {err}");
+    let api = api_stream(&gw, name).await;
+    assert_eq!(api["audio"]["codec"], "g711u", "{api}");
+    assert_eq!(api["media"]["repair"]["video_back_steps"], 0, "{api}");
+    println!("{name}: {streams:?}; repair {}", api["media"]["repair"]);
+    gw.stop().await;
+}
