@@ -282,8 +282,9 @@ async fn a_second_announce_of_a_live_name_is_refused_and_the_first_keeps_flowing
         assert!(!ok && err.contains("403"), "{name} was accepted: {err}");
         assert!(gw.hub.get(name).is_none());
     }
-    let c = gw.rtsp_ingest.snapshot();
-    assert_eq!((c.publish_refused, c.publishers), (4, 1), "{c:?}");
+    let (status, c) = http_get(gw.api_addr, "/api/v1/rtsp/publish").await;
+    assert_eq!(status, 200);
+    assert_eq!((c["publish_refused"].as_u64(), c["publishers"].as_u64()), (Some(4), Some(1)), "{c}");
     gw.stop().await;
 }
 

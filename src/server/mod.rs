@@ -158,6 +158,7 @@ impl Gateway {
                 rtp: rtp_shared.clone(),
                 gb: gb.clone(),
                 rtmp: rtmp_shared.clone(),
+                rtsp_ingest: rtsp_ingest.clone(),
                 listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission), ("rtmp", rtmp_admission)]
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
