@@ -39,6 +39,12 @@ impl Publisher {
         self.stats.bytes_in += bytes as u64;
     }
 
+    /// Lets the source set its transport counters (`lost`, `late`, `dropped_frames`, ...) in the
+    /// stream's stats; they are published with the next frame's stats.
+    pub fn update_transport_stats(&mut self, f: impl FnOnce(&mut StreamStats)) {
+        f(&mut self.stats);
+    }
+
     /// Pushes one source frame (as the source sent it) through the media stage into the stream.
     pub fn frame(&mut self, f: Frame) {
         match &*f.config {

@@ -359,6 +359,27 @@ impl Publishing {
     }
 
     fn publish(&mut self) {
+        if self.frames.is_empty() {
+            return;
+        }
+        let (mut lost, mut late, mut dropped, mut oversize, mut resets, mut reordered) = (0, 0, 0, 0, 0, 0);
+        for t in &self.tracks {
+            let d = t.depack.stats();
+            (lost, late, dropped, oversize, resets) =
+                (lost + d.lost, late + d.late, dropped + d.dropped_aus, oversize + d.oversize, resets + d.restarts);
+            if let Some(rb) = &t.reorder {
+                let r = rb.stats();
+                reordered += r.reordered;
+                late += r.late + r.duplicates;
+            }
+        }
+        let queue_drops = self.udp_dropped.load(Ordering::Relaxed);
+        let foreign = self.foreign_datagrams.load(Ordering::Relaxed);
+        self.publisher.update_transport_stats(|s| {
+            (s.lost, s.late, s.reordered, s.seq_resets) = (lost, late, reordered, resets);
+            (s.dropped_frames, s.oversize_drops, s.queue_drops, s.foreign_packets) =
+                (dropped, oversize, queue_drops, foreign);
+        });
         for f in self.frames.drain(..) {
             self.publisher.frame(f);
         }
