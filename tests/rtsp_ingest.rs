@@ -122,6 +122,23 @@ fn tools(test: &str, tools: &[&str]) -> bool {
     tools.iter().all(|t| require_tool(test, t))
 }
 
+/// Whether GStreamer has these elements (`gst-inspect-1.0`); reports the first missing one.
+fn gst_elements(test: &str, elements: &[&str]) -> bool {
+    for e in elements {
+        let found = std::process::Command::new("gst-inspect-1.0")
+            .arg(e)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            missing(test, &format!("the GStreamer element {e}"));
+            return false;
+        }
+    }
+    true
+}
+
 async fn push_and_read_back(transport: &str, video: &[&str], audio: &[&str], name: &str, expect_video: &str) {
     let gw = start(test_config()).await;
     let rtsp = gw.rtsp_addr.unwrap();
@@ -171,7 +188,10 @@ async fn ffmpeg_pushes_h265_and_g711a() {
 /// read it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_rtspclientsink_pushes_and_rtspsrc_reads_back() {
-    if !tools("gstreamer_rtspclientsink_pushes_and_rtspsrc_reads_back", &["gst-launch-1.0", "ffprobe", "timeout"]) {
+    let test = "gstreamer_rtspclientsink_pushes_and_rtspsrc_reads_back";
+    if !tools(test, &["gst-launch-1.0", "gst-inspect-1.0", "ffprobe", "timeout"])
+        || !gst_elements(test, &["rtspclientsink", "openh264enc", "voaacenc", "rtspsrc"])
+    {
         return;
     }
     let gw = start(test_config()).await;
@@ -461,7 +481,10 @@ async fn ffmpeg_pushes_h264_with_b_frames() {
 /// AAC 11025 Hz mono back, and the B-frames cost no frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_pushes_h265_with_b_frames_and_pcmu() {
-    if !tools("gstreamer_pushes_h265_with_b_frames_and_pcmu", &["gst-launch-1.0", "ffprobe", "ffmpeg"]) {
+    let test = "gstreamer_pushes_h265_with_b_frames_and_pcmu";
+    if !tools(test, &["gst-launch-1.0", "gst-inspect-1.0", "ffprobe", "ffmpeg"])
+        || !gst_elements(test, &["rtspclientsink", "x265enc", "mulawenc"])
+    {
         return;
     }
     let gw = start(test_config()).await;
