@@ -513,3 +513,29 @@ async fn gstreamer_pushes_h265_with_b_frames_and_pcmu() {
     println!("{name}: {streams:?}; repair {}", api["media"]["repair"]);
     gw.stop().await;
 }
+
+/// UDP receive port pairs are bounded for all publishers together: with room for one, a two-track
+/// UDP publisher's second SETUP gets 461, the publisher gives up, and everything it held is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_receive_ports_are_bounded() {
+    if !tools("udp_receive_ports_are_bounded", &["ffmpeg"]) {
+        return;
+    }
+    let mut cfg = test_config();
+    cfg.rtsp.max_record_udp_tracks = 1;
+    let gw = start(cfg).await;
+    let url = format!("rtsp://{}/live/ports", gw.rtsp_addr.unwrap());
+    let (ok, err) = outcome(ffmpeg_push(&url, "udp", H264, AAC, 30), Duration::from_secs(15)).await;
+    assert!(!ok && err.contains("461"), "the publisher was not refused: {err}");
+    let freed = || {
+        let c = gw.rtsp_ingest.snapshot();
+        c.udp_tracks == 0 && c.udp_refused == 1 && c.publishers == 0
+    };
+    assert!(wait_for(Duration::from_secs(5), freed).await, "{:?}", gw.rtsp_ingest.snapshot());
+    assert!(wait_for(Duration::from_secs(5), || gw.hub.get("live/ports").is_none()).await);
+    // Over TCP the same publisher needs no port.
+    let _pusher = ffmpeg_push(&url, "tcp", H264, AAC, 30);
+    let stream = wait_live(&gw, "live/ports", Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await);
+    gw.stop().await;
+}
