@@ -514,7 +514,8 @@ impl ServerSession {
         let Some((name, _)) = parse_uri(&req.uri) else {
             return Response::new(404);
         };
-        if req.header("Content-Type").is_some_and(|t| !t.trim().eq_ignore_ascii_case("application/sdp")) {
+        let media_type = |t: &str| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp");
+        if req.header("Content-Type").is_some_and(|t| !media_type(t)) {
             return Response::new(415);
         }
         let Ok(desc) = sdp::parse(&req.body) else {
@@ -916,6 +917,10 @@ m=audio 0 RTP/AVP 8\r\na=control:streamid=2\r\n";
         let mut r = announce_req("rtsp://h/live/x", FFMPEG_SDP);
         r.headers[1].1 = "text/plain".into();
         assert_eq!(s.handle(&r, &mut env).0.status, 415);
+        r.headers[1].1 = "Application/SDP; charset=utf-8".into();
+        let mut other = ServerSession::new("p2".into(), 60);
+        assert_eq!(other.handle(&r, &mut env).0.status, 200);
+        env.announced.clear();
         assert_eq!(s.handle(&req("RECORD", "rtsp://h/live/x", &[]), &mut env).0.status, 455);
         assert!(env.announced.is_empty());
         // A driver without publishing support (the default) refuses with 405.
