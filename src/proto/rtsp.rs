@@ -287,21 +287,6 @@ pub enum Action {
     Close,
 }
 
-/// What the session needs from its driver.
-pub trait Env {
-    /// The tracks of a live stream, `None` if there is no such stream.
-    fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>>;
-    /// Binds an RTP/RTCP socket pair for track `index`; returns the server ports.
-    fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)>;
-    fn random(&mut self) -> u32;
-    /// A publisher announced `stream` (`query`: the URI's query string, for credentials) with
-    /// this description: the driver checks the publish rules and creates the stream, or refuses.
-    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
-        let _ = (stream, query, sdp);
-        Err(Refusal { status: 405, reason: "this server takes no RTSP publishers".into() })
-    }
-}
-
 /// The query string of a request URI (`key=...`, `txSecret=...&txTime=...`), without `?`.
 pub fn uri_query(uri: &str) -> &str {
     let q = uri.split_once('?').map_or("", |(_, q)| q);
@@ -315,6 +300,21 @@ struct Announced {
     media: Vec<SdpMedia>,
     /// Which media sections a depacketizer exists for (others are set up but ignored).
     usable: Vec<bool>,
+}
+
+/// What the session needs from its driver.
+pub trait Env {
+    /// A publisher announced `stream` (`query`: the URI's query string, for credentials) with
+    /// this description: the driver checks the publish rules and creates the stream, or refuses.
+    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+        let _ = (stream, query, sdp);
+        Err(Refusal { status: 405, reason: "this server takes no RTSP publishers".into() })
+    }
+    /// The tracks of a live stream, `None` if there is no such stream.
+    fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>>;
+    /// Binds an RTP/RTCP socket pair for track `index`; returns the server ports.
+    fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)>;
+    fn random(&mut self) -> u32;
 }
 
 /// The stream name and optional track index of a request URI: `rtsp://host:port/<name>[/trackID=N]`.

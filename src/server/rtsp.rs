@@ -25,7 +25,7 @@ use super::batch;
 use super::rtsp_ingest::{Publishing, RtspIngest, UdpSlot};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
-use crate::hub::{Hub, Stream, Subscription, SubscriptionEnded};
+use crate::hub::{Hub, Subscription, SubscriptionEnded};
 use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
 use crate::proto::rtsp::{Action, Env, Input, Parser, Refusal, ServerSession, TrackDesc, TrackSetup, TrackTransport};
 use crate::proto::sdp::Sdp;
@@ -186,7 +186,7 @@ struct DriverEnv<'a> {
     /// The session publishes: UDP pairs it binds receive and are bounded.
     recording: bool,
     /// The stream an ANNOUNCE created.
-    created: &'a mut Option<Arc<Stream>>,
+    created: &'a mut Option<Arc<crate::hub::Stream>>,
 }
 
 fn bind_std(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
@@ -196,6 +196,17 @@ fn bind_std(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
 }
 
 impl Env for DriverEnv<'_> {
+    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+        *self.created = Some(self.ingest.announce(self.hub, stream, query, self.peer)?);
+        for m in &sdp.media {
+            debug!(stream, "RTSP ANNOUNCE media: {m:?}");
+            if let Err(e) = crate::proto::rtp_depack::Depacketizer::new(m) {
+                warn!(stream, peer = %self.peer, "RTSP publish: track {:?} ignored: {e}", m.control);
+            }
+        }
+        Ok(())
+    }
+
     fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>> {
         match &self.prefetched {
             Some((name, tracks)) if name == stream => tracks.clone(),
@@ -204,11 +215,11 @@ impl Env for DriverEnv<'_> {
     }
 
     fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)> {
+        let rtp = bind_std(self.ip, 0).ok()?;
         let slot = match self.recording {
             true => Some(self.ingest.udp_slot()?),
             false => None,
         };
-        let rtp = bind_std(self.ip, 0).ok()?;
         let port = rtp.local_addr().ok()?.port();
         let rtcp = port.checked_add(1).and_then(|p| bind_std(self.ip, p).ok()).or_else(|| bind_std(self.ip, 0).ok())?;
         let rtcp_port = rtcp.local_addr().ok()?.port();
@@ -229,17 +240,6 @@ impl Env for DriverEnv<'_> {
 
     fn random(&mut self) -> u32 {
         rand::thread_rng().gen()
-    }
-
-    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
-        *self.created = Some(self.ingest.announce(self.hub, stream, query, self.peer)?);
-        for m in &sdp.media {
-            debug!(stream, "RTSP ANNOUNCE media: {m:?}");
-            if let Err(e) = crate::proto::rtp_depack::Depacketizer::new(m) {
-                warn!(stream, peer = %self.peer, "RTSP publish: track {:?} ignored: {e}", m.control);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -351,7 +351,7 @@ async fn connection(
     let request_timeout = cfg.request_timeout.0.max(Duration::from_millis(100));
     let mut request_deadline = Some(tokio::time::Instant::now() + request_timeout);
     // A publisher: the stream its ANNOUNCE created (until RECORD), then its receiving side.
-    let mut announced: Option<(Arc<Stream>, Instant)> = None;
+    let mut announced: Option<(Arc<crate::hub::Stream>, Instant)> = None;
     let mut publishing: Option<Publishing> = None;
     let mut reorder_at: Option<tokio::time::Instant> = None;
     let publish_timeout = cfg.publish_timeout.0.max(Duration::from_secs(1));
