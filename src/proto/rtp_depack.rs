@@ -310,7 +310,8 @@ const MAX_REORDER: usize = 16;
 /// later; the `(n+1)`th largest presentation time seen so far is then a valid decode time: it is
 /// never after the current frame's PTS and it grows by one frame per frame (an IBBP GOP gives
 /// 0, 1, 2, ... one frame behind the display order). `n` comes from the SPS when it says (H.264
-/// VUI `max_num_reorder_frames`) and is learnt from how many earlier frames show after a frame.
+/// VUI `max_num_reorder_frames`, H.265 `sps_max_num_reorder_pics`) and is learnt from how many
+/// earlier frames show after a frame.
 #[derive(Debug, Clone, Default)]
 pub struct DtsEstimator {
     window: std::collections::VecDeque<i64>,
@@ -472,10 +473,12 @@ impl VideoDepack {
             h264::parse_sps(sps).map(|i| (i.width, i.height, i.profile, i.level))
         };
         let (width, height, profile, level) = info.unwrap_or_default();
-        if !self.h265 {
-            if let Some(n) = h264_reorder_frames(sps) {
-                self.dts.signal_reorder(n);
-            }
+        let reorder = match self.h265 {
+            true => h265::parse_sps(sps).and_then(|i| i.reorder).map(|n| n as usize),
+            false => h264_reorder_frames(sps),
+        };
+        if let Some(n) = reorder {
+            self.dts.signal_reorder(n);
         }
         let cfg = CodecConfig::Video(VideoConfig {
             vps: if self.h265 { self.vps.clone() } else { None },
