@@ -209,7 +209,11 @@ impl Publishing {
             let mut reorder = None;
             match t.transport {
                 TrackTransport::Tcp { rtp_channel, rtcp_channel } => {
-                    channels[rtcp_channel as usize] = RTCP;
+                    // A track's RTP channel wins over another's RTCP channel (the session refused
+                    // two tracks on one RTP channel).
+                    if channels[rtcp_channel as usize] == NONE {
+                        channels[rtcp_channel as usize] = RTCP;
+                    }
                     channels[rtp_channel as usize] = k;
                 }
                 TrackTransport::Udp { .. } => {
@@ -305,7 +309,6 @@ impl Publishing {
         if k >= self.tracks.len() {
             return;
         }
-        self.last_media = Instant::now();
         self.publisher.count_wire_bytes(data.len());
         let pkt = match RtpPacket::parse(data) {
             Ok(p) => p,
@@ -313,6 +316,8 @@ impl Publishing {
             Err(crate::proto::rtp::RtpError::Rtcp(_)) => return,
             Err(e) => return self.bad(&format!("bad RTP packet: {e}")),
         };
+        // Only media keeps a publisher alive (`publish_timeout`), not garbage or reports.
+        self.last_media = Instant::now();
         let now = self.now_us();
         let t = &mut self.tracks[k];
         match t.reorder.as_mut() {
