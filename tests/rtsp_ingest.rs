@@ -157,6 +157,9 @@ async fn push_and_read_back(transport: &str, video: &[&str], audio: &[&str], nam
     drop(pusher);
     // The publisher left: the stream ends.
     assert!(wait_for(Duration::from_secs(10), || gw.hub.get(name).is_none()).await, "{name} outlived its publisher");
+    // Its UDP receive pairs are closed (counted per gateway: the tests share one process's fds).
+    let c = gw.rtsp_ingest.snapshot();
+    assert_eq!((c.udp_tracks, c.publishers), (0, 0), "{c:?}");
     gw.stop().await;
 }
 
