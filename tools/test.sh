@@ -11,6 +11,8 @@ command -v ffprobe >/dev/null 2>&1 || pkgs+=(ffmpeg)
 command -v sipp >/dev/null 2>&1 || pkgs+=(sip-tester)
 command -v gst-launch-1.0 >/dev/null 2>&1 ||
   pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav)
+# rtspclientsink (RTSP publishers in tests/rtsp_ingest.rs).
+gst-inspect-1.0 rtspclientsink >/dev/null 2>&1 || pkgs+=(gstreamer1.0-rtsp)
 [ -f /usr/share/zoneinfo/Asia/Shanghai ] || pkgs+=(tzdata)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "== installing ${pkgs[*]}"

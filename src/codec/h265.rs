@@ -54,6 +54,24 @@ pub struct SpsInfo {
     pub height: u32,
     pub profile: u8,
     pub level: u8,
+    /// `sps_max_num_reorder_pics` of the highest sub-layer (B-frame reorder depth), if it parsed.
+    pub reorder: Option<u32>,
+}
+
+/// Bit depths, POC length and sub-layer ordering info (H.265 7.3.2.2.1), after the conformance
+/// window: the highest sub-layer's `sps_max_num_reorder_pics`.
+fn reorder_pics(r: &mut BitReader, max_sub_layers_minus1: u32) -> Option<u32> {
+    r.ue()?; // bit_depth_luma_minus8
+    r.ue()?; // bit_depth_chroma_minus8
+    r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+    let all_layers = r.bit()? == 1;
+    let mut reorder = 0;
+    for _ in if all_layers { 0 } else { max_sub_layers_minus1 }..=max_sub_layers_minus1 {
+        r.ue()?; // sps_max_dec_pic_buffering_minus1
+        reorder = r.ue()?;
+        r.ue()?; // sps_max_latency_increase_plus1
+    }
+    (reorder <= 16).then_some(reorder)
 }
 
 fn skip_profile_tier_level(r: &mut BitReader, max_sub_layers_minus1: u32) -> Option<(u8, u8)> {
@@ -128,7 +146,8 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         width = w.checked_sub(l.checked_add(rt)?.checked_mul(sw)?)?;
         height = h.checked_sub(t.checked_add(b)?.checked_mul(sh)?)?;
     }
-    Some(SpsInfo { width, height, profile, level })
+    let reorder = reorder_pics(&mut r, max_sub_layers_minus1);
+    Some(SpsInfo { width, height, profile, level, reorder })
 }
 
 #[cfg(test)]
@@ -148,6 +167,10 @@ mod tests {
         assert_eq!((info.width, info.height), (640, 360));
         assert_eq!(info.profile, 1);
         assert_eq!(info.level, 0x3f);
+        assert_eq!(info.reorder, Some(0));
+        // libx265 defaults (B-frames): ffprobe says has_b_frames=2.
+        let b = parse_sps(&hex("42010101600000030090000003000003001ea014207965959a4932bc05a02000000300200000030321"));
+        assert_eq!(b.map(|i| (i.width, i.height, i.reorder)), Some((160, 120, Some(2))));
         // truncations never panic
         let full = hex(FIXTURE_SPS);
         for n in 0..full.len() {

@@ -7,5 +7,7 @@ pub mod rtcp;
 pub mod rtmp_chunk;
 pub mod rtmp_guard;
 pub mod rtp;
+pub mod rtp_depack;
 pub mod rtsp;
+pub mod sdp;
 pub mod sip;

@@ -39,6 +39,12 @@ impl Publisher {
         self.stats.bytes_in += bytes as u64;
     }
 
+    /// Lets the source set its transport counters (`lost`, `late`, `dropped_frames`, ...) in the
+    /// stream's stats; they are published with the next frame's stats.
+    pub fn update_transport_stats(&mut self, f: impl FnOnce(&mut StreamStats)) {
+        f(&mut self.stats);
+    }
+
     /// Pushes one source frame (as the source sent it) through the media stage into the stream.
     pub fn frame(&mut self, f: Frame) {
         match &*f.config {
@@ -64,6 +70,13 @@ impl Publisher {
         let keyframe = f.keyframe && f.kind() == MediaKind::Video;
         let now_us = self.epoch.elapsed().as_micros() as u64;
         self.pipeline.push(f, Some(now_us), &mut self.out);
+        // The output audio track is known from the first source audio frame, before the
+        // transcoder's first AAC frame: DESCRIBE can then describe it at once (D63).
+        if self.stream.announced_audio().is_none() {
+            if let Some((codec, config)) = self.pipeline.announced_audio() {
+                self.stream.announce_audio(codec, config);
+            }
+        }
         for f in self.out.drain(..) {
             self.stream.publish(f);
         }
