@@ -7,4 +7,5 @@ pub mod rtmp_chunk;
 pub mod rtmp_guard;
 pub mod rtp;
 pub mod rtsp;
+pub mod rtsp_client;
 pub mod sip;
