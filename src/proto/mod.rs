@@ -3,6 +3,7 @@ pub mod amf0;
 pub mod flv;
 pub mod flv_flow;
 pub mod ps;
+pub mod rtcp;
 pub mod rtmp_chunk;
 pub mod rtmp_guard;
 pub mod rtp;
