@@ -7,6 +7,8 @@ pub mod rtcp;
 pub mod rtmp_chunk;
 pub mod rtmp_guard;
 pub mod rtp;
+pub mod rtp_depack;
 pub mod rtsp;
 pub mod rtsp_client;
+pub mod sdp;
 pub mod sip;
