@@ -128,24 +128,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Resolves an SDP `a=control` against the base URL (RFC 2326 C.1.1). A relative control is
-/// appended after a `/`, as live555, ffmpeg and every camera expect (not RFC 3986 merging, which
-/// would drop the stream name of a base without a trailing slash).
-pub fn resolve_control(base: &str, control: Option<&str>) -> String {
-    let control = control.map(str::trim).unwrap_or("*");
-    if control.is_empty() || control == "*" {
-        return base.to_string();
-    }
-    if control.len() > 7 && control[..7].eq_ignore_ascii_case("rtsp://") {
-        return control.to_string();
-    }
-    if base.ends_with('/') {
-        format!("{base}{control}")
-    } else {
-        format!("{base}/{control}")
-    }
-}
-
 /// One answer of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -322,7 +304,7 @@ pub enum Step {
     /// Write this request.
     Send(Vec<u8>),
     /// DESCRIBE answered: parse `sdp`, resolve its controls against `base`
-    /// ([`resolve_control`]) and call [`Client::setup`].
+    /// ([`crate::proto::sdp::resolve_control`]) and call [`Client::setup`].
     Described { sdp: Bytes, base: String },
     /// Bind an RTP/RTCP UDP pair for track `index`, then call [`Client::udp_ports`].
     NeedUdpPorts { index: usize },
@@ -805,6 +787,7 @@ pub fn reason_of(a: &Answer) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::sdp::resolve_control;
 
     fn answer(text: &str) -> Answer {
         let mut r = Reader::new();

@@ -1,0 +1,337 @@
+//! RTSP pull client end to end against RTSP servers we did not write (VLC, GStreamer's
+//! gst-rtsp-server) and against gbgate itself, on 127.0.0.1.
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gbgate::client::pull::{PullError, PullOptions, PullTransport};
+use gbgate::client::rtsp_pull::{self, RtspPull};
+use gbgate::frame::{Codec, Frame};
+use gbgate::hub::{Source, Takeover, Transport};
+use gbgate::server::publish::Publisher;
+use gbgate::sim::send::{send_file, SendOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn opts(transport: PullTransport) -> PullOptions {
+    PullOptions { transport, timeout: Duration::from_secs(5) }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Connects, retrying while the server is still starting (connection refused), within `limit`.
+async fn connect_retrying(url: &str, o: &PullOptions, limit: Duration) -> Result<RtspPull, PullError> {
+    let start = Instant::now();
+    loop {
+        match rtsp_pull::connect(url, o).await {
+            Err(PullError::Refused(m)) if m.contains("connect") && start.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What a pull delivered in `span` (or until `done` holds).
+#[derive(Default, Debug)]
+struct Seen {
+    video: u64,
+    video_keyframes: u64,
+    audio: u64,
+    codecs: Vec<Codec>,
+}
+
+async fn collect(pull: &mut RtspPull, span: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
+    let mut seen = Seen::default();
+    let end = Instant::now() + span;
+    while Instant::now() < end && !done(&seen) {
+        let f: Frame = match tokio::time::timeout_at(end.into(), pull.next_frame()).await {
+            Ok(r) => r.unwrap_or_else(|e| panic!("pull ended: {e} after {seen:?}")),
+            Err(_) => break,
+        };
+        if !seen.codecs.contains(&f.codec) {
+            seen.codecs.push(f.codec);
+        }
+        match f.kind() {
+            gbgate::frame::MediaKind::Video => {
+                seen.video += 1;
+                seen.video_keyframes += f.keyframe as u64;
+            }
+            gbgate::frame::MediaKind::Audio => seen.audio += 1,
+        }
+    }
+    seen
+}
+
+/// A test H.264 (no B-frames) + AAC mp4 in a directory user `nobody` can read (VLC refuses root).
+async fn vlc_input() -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new("rtsp_pull_vlc");
+    let file = dir.path.join("in.mp4");
+    let (ok, _, err) = run_program(
+        "ffmpeg",
+        &[
+            "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i",
+            "sine=frequency=440:sample_rate=44100", "-t", "4", "-c:v", "libx264", "-bf", "0", "-g", "25",
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", file.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ok, "ffmpeg: {err}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, file)
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!("gbgate-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// VLC's RTSP server answers 461 to interleaved TCP: Auto falls back to UDP and gets H.264 with a
+/// keyframe and AAC, and sends receiver reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vlc_refuses_tcp_so_auto_pulls_over_udp() {
+    let t = "vlc_refuses_tcp_so_auto_pulls_over_udp";
+    if !require_tool(t, "ffmpeg") || !require_tool(t, "cvlc") || !require_tool(t, "runuser") {
+        return;
+    }
+    let (_dir, file) = vlc_input().await;
+    let port = free_port();
+    let _vlc = Command::new("runuser")
+        .args(["-u", "nobody", "--", "cvlc", "-I", "dummy", file.to_str().unwrap(), "--sout"])
+        .arg(format!("#rtp{{sdp=rtsp://127.0.0.1:{port}/s}}"))
+        .args(["--sout-keep", "--loop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cvlc");
+    let url = format!("rtsp://127.0.0.1:{port}/s");
+    let mut pull = connect_retrying(&url, &opts(PullTransport::Auto), Duration::from_secs(15)).await.expect("pull VLC");
+    let s = pull.stats();
+    assert!(s.fell_back && s.transport == "udp", "expected the 461 fallback to UDP: {s:?}");
+    let seen = collect(&mut pull, Duration::from_secs(15), |s| s.video_keyframes >= 1 && s.audio >= 20).await;
+    assert!(seen.codecs.contains(&Codec::H264) && seen.video_keyframes >= 1, "{seen:?}");
+    assert!(seen.codecs.contains(&Codec::Aac) && seen.audio >= 20, "{seen:?}");
+    // The first report goes out half an interval (2.5 s) after the first packet.
+    let _ = collect(&mut pull, Duration::from_secs(4), |_| false).await;
+    let s = pull.stats();
+    assert!(s.rr_sent >= 2 && s.packets > 100, "{s:?}");
+    // Strict TCP is refused outright, naming the cause.
+    match rtsp_pull::connect(&url, &opts(PullTransport::Tcp)).await {
+        Err(PullError::Refused(m)) => assert!(m.contains("461"), "{m}"),
+        other => panic!("strict TCP against VLC: {:?}", other.map(|p| p.stats())),
+    }
+    pull.close().await;
+}
+
+/// gst-rtsp-server (tests/rtsp_pull_gst_server.py): Digest auth, H.264 + AAC.
+struct Gst {
+    _child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gst {
+    async fn start(protocols: &str, session_timeout: u32) -> Gst {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/rtsp_pull_gst_server.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["user", "s3cret", protocols, &session_timeout.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3");
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(15), out.next_line())
+            .await
+            .expect("GStreamer RTSP server starts")
+            .unwrap()
+            .expect("port line");
+        let port = first.strip_prefix("port ").expect("port line").parse().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Gst { _child: child, port, lines }
+    }
+
+    fn url(&self, creds: &str) -> String {
+        format!("rtsp://{creds}@127.0.0.1:{}/test", self.port)
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
+fn gst_available(t: &str) -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        missing(t, "/usr/bin/python3 with gi and GstRtspServer (gir1.2-gst-rtsp-server-1.0)");
+    }
+    ok
+}
+
+async fn pull_gst(gst: &Gst, transport: PullTransport, want: &str) -> RtspPull {
+    let mut pull = rtsp_pull::connect(&gst.url("user:s3cret"), &opts(transport)).await.expect("pull gst-rtsp-server");
+    assert_eq!(pull.stats().transport, want, "{:?}", pull.stats());
+    let seen = collect(&mut pull, Duration::from_secs(15), |s| s.video_keyframes >= 1 && s.audio >= 10).await;
+    assert!(seen.codecs.contains(&Codec::H264) && seen.video_keyframes >= 1, "{transport:?}: {seen:?}");
+    assert!(seen.codecs.contains(&Codec::Aac) && seen.audio >= 10, "{transport:?}: {seen:?}");
+    pull
+}
+
+/// Digest over TCP and UDP, receiver reports counted by the server, keep-alive requests inside a
+/// short session timeout, TEARDOWN; wrong and missing credentials are authentication failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_server_with_digest_over_tcp_and_udp() {
+    let t = "gstreamer_server_with_digest_over_tcp_and_udp";
+    if !gst_available(t) {
+        return;
+    }
+    let gst = Gst::start("any", 4).await;
+    for (transport, want) in [(PullTransport::Tcp, "tcp"), (PullTransport::Udp, "udp")] {
+        let rr_before = gst.count("rtcp 201");
+        let mut pull = pull_gst(&gst, transport, want).await;
+        // Past the first report (2.5 s) and two keep-alives (every 2 s for a 4 s timeout).
+        let _ = collect(&mut pull, Duration::from_secs(5), |_| false).await;
+        let s = pull.stats();
+        assert!(s.rr_sent >= 1 && s.keepalives >= 2 && !s.fell_back, "{want}: {s:?}");
+        let ok = wait_for(Duration::from_secs(3), || gst.count("rtcp 201") > rr_before).await;
+        assert!(ok, "{want}: the server received no receiver report: {:?}", gst.lines.lock().unwrap());
+        let teardowns = gst.count("teardown");
+        pull.close().await;
+        assert!(wait_for(Duration::from_secs(3), || gst.count("teardown") > teardowns).await, "{want}: no TEARDOWN");
+    }
+    for creds in ["user:wrong", "nobody:s3cret"] {
+        match rtsp_pull::connect(&gst.url(creds), &opts(PullTransport::Auto)).await {
+            Err(PullError::Auth(m)) => assert!(m.contains("refused"), "{m}"),
+            other => panic!("{creds}: {:?}", other.map(|p| p.stats())),
+        }
+    }
+    let no_creds = format!("rtsp://127.0.0.1:{}/test", gst.port);
+    assert!(matches!(rtsp_pull::connect(&no_creds, &opts(PullTransport::Auto)).await, Err(PullError::Auth(_))));
+}
+
+/// A server that takes only one lower transport: UDP asked of a TCP-only server falls back to
+/// TCP, Auto against a UDP-only one to UDP; strict UDP against TCP-only... falls back too (the
+/// brief: `udp` prefers UDP), strict TCP against UDP-only is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_server_refusing_one_transport() {
+    let t = "gstreamer_server_refusing_one_transport";
+    if !gst_available(t) {
+        return;
+    }
+    let tcp_only = Gst::start("tcp", 60).await;
+    let pull = pull_gst(&tcp_only, PullTransport::Udp, "tcp").await;
+    assert!(pull.stats().fell_back);
+    drop(pull);
+    let udp_only = Gst::start("udp", 60).await;
+    let pull = pull_gst(&udp_only, PullTransport::Auto, "udp").await;
+    assert!(pull.stats().fell_back);
+    match rtsp_pull::connect(&udp_only.url("user:s3cret"), &opts(PullTransport::Tcp)).await {
+        Err(PullError::Refused(m)) => assert!(m.contains("461"), "{m}"),
+        other => panic!("{:?}", other.map(|p| p.stats())),
+    }
+}
+
+/// gbgate pulls from gbgate: a fixture fed into the gateway, pulled over TCP and UDP, and the pulled
+/// frames published as a new hub stream that ffprobe reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gbgate_pulls_gbgate_over_tcp_and_udp() {
+    let t = "gbgate_pulls_gbgate_over_tcp_and_udp";
+    if !require_tool(t, "ffprobe") {
+        return;
+    }
+    let gw = start(test_config()).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    let ssrc = 0x0A11_0001u32;
+    let send = SendOptions {
+        to: gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops: 20,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(500),
+    };
+    let path = own_fixture("h264_g711a_8k.rtp");
+    let feeder = tokio::spawn(async move { send_file(&path, &send).await });
+    let name = format!("rtp/{ssrc:08X}");
+    assert!(wait_for(Duration::from_secs(5), || gw.hub.get(&name).is_some()).await);
+    let url = format!("rtsp://{rtsp}/{name}");
+    for (transport, want) in [(PullTransport::Tcp, "tcp"), (PullTransport::Udp, "udp")] {
+        let mut pull = connect_retrying(&url, &opts(transport), Duration::from_secs(5)).await.expect("pull gbgate");
+        assert_eq!(pull.stats().transport, want);
+        assert_eq!(pull.peer(), rtsp);
+        let seen = collect(&mut pull, Duration::from_secs(15), |s| s.video_keyframes >= 1 && s.audio >= 10).await;
+        // gbgate serves the camera's H.264 and its audio as AAC (D11).
+        assert!(seen.codecs.contains(&Codec::H264) && seen.video_keyframes >= 1, "{want}: {seen:?}");
+        assert!(seen.codecs.contains(&Codec::Aac) && seen.audio >= 10, "{want}: {seen:?}");
+        if transport == PullTransport::Udp {
+            // Published back into the hub under a new name, read by a real player.
+            let stream = gw
+                .hub
+                .create("pulled/cam", Source { transport: Transport::Rtsp, peer: pull.peer(), ssrc: None }, Takeover::Refuse)
+                .expect("create pulled/cam");
+            let mut publisher = Publisher::new(stream, &gw.rtp);
+            let probe_url = format!("rtsp://{rtsp}/pulled/cam");
+            let probe = tokio::spawn(async move {
+                run_program(
+                    "ffprobe",
+                    &["-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_name", "-of", "csv=p=0", &probe_url],
+                    Duration::from_secs(25),
+                )
+                .await
+            });
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !probe.is_finished() && tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(200), pull.next_frame()).await {
+                    Ok(Ok(f)) => publisher.frame(f),
+                    Ok(Err(e)) => panic!("pull ended while publishing: {e}"),
+                    Err(_) => {}
+                }
+            }
+            let (ok, out, err) = probe.await.unwrap();
+            assert!(ok, "ffprobe of the pulled stream: {err}");
+            assert!(out.contains("h264") && out.contains("aac"), "{out}");
+            publisher.finish(&gw.hub);
+        }
+        pull.close().await;
+    }
+    feeder.abort();
+}
