@@ -138,6 +138,7 @@ async fn vlc_refuses_tcp_so_auto_pulls_over_udp() {
     // The first report goes out half an interval (2.5 s) after the first packet.
     let _ = collect(&mut pull, Duration::from_secs(4), |_| false).await;
     let s = pull.stats();
+    println!("VLC pull: {s:?}");
     assert!(s.rr_sent >= 2 && s.packets > 100, "{s:?}");
     // Strict TCP is refused outright, naming the cause.
     match rtsp_pull::connect(&url, &opts(PullTransport::Tcp)).await {
@@ -224,14 +225,17 @@ async fn gstreamer_server_with_digest_over_tcp_and_udp() {
     }
     let gst = Gst::start("any", 4).await;
     for (transport, want) in [(PullTransport::Tcp, "tcp"), (PullTransport::Udp, "udp")] {
-        let rr_before = gst.count("rtcp 201");
+        let (rr_before, ka_before) = (gst.count("rtcp 201"), gst.count("request GET_PARAMETER"));
         let mut pull = pull_gst(&gst, transport, want).await;
         // Past the first report (2.5 s) and two keep-alives (every 2 s for a 4 s timeout).
         let _ = collect(&mut pull, Duration::from_secs(5), |_| false).await;
         let s = pull.stats();
+        println!("gst-rtsp-server pull over {want}: {s:?}");
         assert!(s.rr_sent >= 1 && s.keepalives >= 2 && !s.fell_back, "{want}: {s:?}");
         let ok = wait_for(Duration::from_secs(3), || gst.count("rtcp 201") > rr_before).await;
         assert!(ok, "{want}: the server received no receiver report: {:?}", gst.lines.lock().unwrap());
+        // gst-rtsp-server lists GET_PARAMETER in Public: that is the keep-alive it must see.
+        assert!(gst.count("request GET_PARAMETER") >= ka_before + 2, "{want}: keep-alives not received");
         let teardowns = gst.count("teardown");
         pull.close().await;
         assert!(wait_for(Duration::from_secs(3), || gst.count("teardown") > teardowns).await, "{want}: no TEARDOWN");

@@ -7,7 +7,7 @@ Usage: rtsp_pull_gst_server.py USER PASSWORD PROTOCOLS SESSION_TIMEOUT
 Serves /test: H.264 (openh264enc, 1 s GOP) and AAC (voaacenc) from live test sources, behind
 Digest authentication (RTSPAuth, DIGEST only). Prints "port N" once listening, then one line
 "rtcp PT SSRC" per RTCP packet it receives from a client (so the test can count our receiver
-reports), "teardown" when a client's session is torn down. Exits when stdin closes.
+reports), "request METHOD" per OPTIONS and GET_PARAMETER (keep-alives), "teardown" per TEARDOWN. Exits when stdin closes.
 """
 import sys
 import threading
@@ -94,6 +94,8 @@ def on_client(_server, client):
 
     client.connect("new-session", on_session)
     client.connect("teardown-request", lambda *_: say("teardown"))
+    client.connect("get-parameter-request", lambda *_: say("request GET_PARAMETER"))
+    client.connect("options-request", lambda *_: say("request OPTIONS"))
 
 
 server.connect("client-connected", on_client)

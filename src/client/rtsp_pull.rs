@@ -66,6 +66,7 @@ pub struct PullStats {
     /// Sequence numbers lost (reorder buffer on UDP, sequence gaps on TCP).
     pub lost: u64,
     pub frames: u64,
+    /// Video keyframes.
     pub keyframes: u64,
     pub rr_sent: u64,
     pub sr_received: u64,
@@ -585,9 +586,9 @@ impl RtspPull {
         self.tracks[i].depack.push(pkt, &mut frames);
         for f in frames {
             self.stats.frames += 1;
-            if f.keyframe {
+            if f.keyframe && f.kind() == MediaKind::Video {
                 self.stats.keyframes += 1;
-                self.keyframe_seen |= f.kind() == MediaKind::Video;
+                self.keyframe_seen = true;
             }
             self.frames.push_back(f);
         }
