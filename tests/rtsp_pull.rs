@@ -76,9 +76,31 @@ async fn vlc_input() -> (tempdir::Dir, PathBuf) {
     let (ok, _, err) = run_program(
         "ffmpeg",
         &[
-            "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i",
-            "sine=frequency=440:sample_rate=44100", "-t", "4", "-c:v", "libx264", "-bf", "0", "-g", "25",
-            "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", file.to_str().unwrap(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "0",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            file.to_str().unwrap(),
         ],
         Duration::from_secs(30),
     )
@@ -96,7 +118,8 @@ mod tempdir {
     }
     impl Dir {
         pub fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!("gbgate-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+            let path =
+                std::env::temp_dir().join(format!("gbgate-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
             std::fs::create_dir_all(&path).unwrap();
             Dir { path }
         }
@@ -310,14 +333,28 @@ async fn gbgate_pulls_gbgate_over_tcp_and_udp() {
             // Published back into the hub under a new name, read by a real player.
             let stream = gw
                 .hub
-                .create("pulled/cam", Source { transport: Transport::Rtsp, peer: pull.peer(), ssrc: None }, Takeover::Refuse)
+                .create(
+                    "pulled/cam",
+                    Source { transport: Transport::Rtsp, peer: pull.peer(), ssrc: None },
+                    Takeover::Refuse,
+                )
                 .expect("create pulled/cam");
             let mut publisher = Publisher::new(stream, &gw.rtp);
             let probe_url = format!("rtsp://{rtsp}/pulled/cam");
             let probe = tokio::spawn(async move {
                 run_program(
                     "ffprobe",
-                    &["-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_name", "-of", "csv=p=0", &probe_url],
+                    &[
+                        "-v",
+                        "error",
+                        "-rtsp_transport",
+                        "tcp",
+                        "-show_entries",
+                        "stream=codec_name",
+                        "-of",
+                        "csv=p=0",
+                        &probe_url,
+                    ],
                     Duration::from_secs(25),
                 )
                 .await

@@ -190,15 +190,16 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
     let mut sdp_desc: Option<(sdp::Sdp, Vec<usize>)> = None;
     let mut udp: Vec<Option<(UdpSocket, UdpSocket)>> = Vec::new();
     write_bounded(&mut wr, &client.start(ms()), timeout).await?;
+    // Each answer is due `timeout` after its request, however much else the server sends meanwhile.
+    let mut deadline = tokio::time::Instant::now() + timeout;
     'play: loop {
         // The next message, within the deadline of the request in flight.
         let msg = loop {
-            match reader.next().map_err(map_err)? {
-                Some(m) => break m,
-                None => {}
+            if let Some(m) = reader.next_message().map_err(map_err)? {
+                break m;
             }
             buf.clear();
-            let n = match tokio::time::timeout(timeout, rd.read_buf(&mut buf)).await {
+            let n = match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(PullError::Ended(format!("{name}: read: {e}"))),
                 Err(_) => return Err(PullError::NoAnswer(format!("{name}: no answer within {timeout:?}"))),
@@ -231,6 +232,7 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
             step = match step {
                 Step::Send(req) => {
                     write_bounded(&mut wr, &req, timeout).await?;
+                    deadline = tokio::time::Instant::now() + timeout;
                     break;
                 }
                 Step::Idle => break,
@@ -240,7 +242,8 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
                     // The first video and the first audio track we can depacketize.
                     let mut chosen = Vec::new();
                     for kind in [sdp::MediaKind::Video, sdp::MediaKind::Audio] {
-                        if let Some(i) = desc.media.iter().position(|m| m.kind == kind && Depacketizer::new(m).is_ok()) {
+                        if let Some(i) = desc.media.iter().position(|m| m.kind == kind && Depacketizer::new(m).is_ok())
+                        {
                             chosen.push(i);
                         }
                     }
@@ -307,7 +310,7 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
     }
     info!(stream = %name, %peer, transport = client.lower().name(), tracks = tracks.len(), "RTSP pull playing");
     let now = Instant::now();
-    Ok(RtspPull {
+    let mut pull = RtspPull {
         stats: PullStats { transport: client.lower().name(), fell_back, ..Default::default() },
         name,
         peer,
@@ -328,7 +331,10 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
         closed: false,
         log: RateLimit::new(Duration::from_secs(5)),
         read_buf: BytesMut::with_capacity(READ_CHUNK),
-    })
+    };
+    // Media read together with the PLAY answer is already in the reader.
+    pull.drain_tcp().await?;
+    Ok(pull)
 }
 
 /// Reads one UDP socket into the session's queue; only datagrams from the server's address.
@@ -504,7 +510,7 @@ impl RtspPull {
 
     async fn drain_tcp(&mut self) -> Result<(), PullError> {
         loop {
-            let msg = match self.reader.next() {
+            let msg = match self.reader.next_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(PullError::Protocol(format!("{}: {e}", self.name))),
@@ -513,9 +519,8 @@ impl RtspPull {
                 Incoming::Interleaved { channel, data } => self.on_interleaved(channel, data),
                 Incoming::Response(a) => {
                     let now_ms = self.epoch.elapsed().as_millis() as u64;
-                    match self.client.on_response(a, now_ms).map_err(map_err)? {
-                        Step::Send(req) => self.write(&req).await?,
-                        _ => {}
+                    if let Step::Send(req) = self.client.on_response(a, now_ms).map_err(map_err)? {
+                        self.write(&req).await?;
                     }
                 }
                 Incoming::Request { cseq, .. } => self.write(&not_implemented(cseq)).await?,

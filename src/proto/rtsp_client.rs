@@ -154,10 +154,16 @@ impl Answer {
 pub enum Incoming {
     Response(Answer),
     /// A `$`-framed packet (RFC 2326 10.12): RTP on even channels, RTCP on odd ones by our SETUP.
-    Interleaved { channel: u8, data: Bytes },
+    Interleaved {
+        channel: u8,
+        data: Bytes,
+    },
     /// A request from the server (some cameras send GET_PARAMETER or ANNOUNCE); answer it with
     /// [`not_implemented`] so it does not wait.
-    Request { method: String, cseq: Option<u32> },
+    Request {
+        method: String,
+        cseq: Option<u32>,
+    },
 }
 
 /// Incremental reader of the server -> client stream. Holds at most one head ([`MAX_HEAD`]), one
@@ -182,7 +188,7 @@ impl Reader {
 
     /// The next complete message, `Ok(None)` when more bytes are needed. An error leaves the
     /// stream unsynchronised: close the connection.
-    pub fn next(&mut self) -> Result<Option<Incoming>, ClientError> {
+    pub fn next_message(&mut self) -> Result<Option<Incoming>, ClientError> {
         while matches!(self.buf.first(), Some(b'\r' | b'\n')) {
             self.buf.advance(1);
         }
@@ -245,10 +251,8 @@ impl Reader {
             Incoming::Response(Answer { status, reason, headers, body: Bytes::new() })
         } else {
             let method: String = line.split(' ').next().unwrap_or("").chars().take(32).collect();
-            let cseq = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("cseq"))
-                .and_then(|(_, v)| v.trim().parse().ok());
+            let cseq =
+                headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("cseq")).and_then(|(_, v)| v.trim().parse().ok());
             Incoming::Request { method, cseq }
         };
         self.buf.advance(head_end + 4);
@@ -430,7 +434,13 @@ impl Client {
         self.request("OPTIONS", url, vec![], now_ms)
     }
 
-    fn request(&mut self, method: &'static str, uri: String, extra: Vec<(&'static str, String)>, now_ms: u64) -> Vec<u8> {
+    fn request(
+        &mut self,
+        method: &'static str,
+        uri: String,
+        extra: Vec<(&'static str, String)>,
+        now_ms: u64,
+    ) -> Vec<u8> {
         self.send(Pending { cseq: 0, method, uri, extra, authorized: false, retries: 0, sent_ms: now_ms })
     }
 
@@ -438,7 +448,8 @@ impl Client {
         self.cseq = self.cseq.wrapping_add(1);
         self.stats.requests += 1;
         p.cseq = self.cseq;
-        let mut s = format!("{} {} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: {}\r\n", p.method, p.uri, p.cseq, self.user_agent);
+        let mut s =
+            format!("{} {} RTSP/1.0\r\nCSeq: {}\r\nUser-Agent: {}\r\n", p.method, p.uri, p.cseq, self.user_agent);
         p.authorized = false;
         if let Some(a) = self.authorization(p.method, &p.uri) {
             s.push_str(&format!("Authorization: {a}\r\n"));
@@ -526,7 +537,9 @@ impl Client {
                     return Err(status_err(&a));
                 }
                 self.take_session(&a)?;
-                let t = a.header("Transport").ok_or_else(|| ClientError::Protocol("SETUP answer without Transport".into()))?;
+                let t = a
+                    .header("Transport")
+                    .ok_or_else(|| ClientError::Protocol("SETUP answer without Transport".into()))?;
                 let (tt, ssrc) = parse_transport(t, &p, self.lower)?;
                 if let TrackTransport::Tcp { rtp_channel, rtcp_channel } = tt {
                     let clash = self.tracks[..i].iter().any(|t| match t.transport {
@@ -583,12 +596,13 @@ impl Client {
             return Err(ClientError::Auth(format!("{} needs credentials and the URL has none", p.method)));
         }
         let challenges: Vec<&str> = a.headers_named("WWW-Authenticate").collect();
-        let digest = challenges.iter().find(|c| c.trim_start().get(..6).is_some_and(|s| s.eq_ignore_ascii_case("digest")));
+        let digest =
+            challenges.iter().find(|c| c.trim_start().get(..6).is_some_and(|s| s.eq_ignore_ascii_case("digest")));
         let basic = challenges.iter().any(|c| c.trim_start().get(..5).is_some_and(|s| s.eq_ignore_ascii_case("basic")));
         let usable_digest = digest.filter(|c| digest::parse_challenge(c).is_some());
         // RFC 2617 3.2.1: `stale=true` means the credentials were right and the nonce old.
-        let stale = usable_digest
-            .is_some_and(|c| c.to_ascii_lowercase().replace([' ', '"'], "").contains("stale=true"));
+        let stale =
+            usable_digest.is_some_and(|c| c.to_ascii_lowercase().replace([' ', '"'], "").contains("stale=true"));
         // A request that carried credentials and is challenged again (not for a stale nonce) was
         // refused: retrying would only lock the account on some cameras.
         if p.authorized && !stale || p.retries >= 2 {
@@ -646,8 +660,7 @@ impl Client {
         if urls.is_empty() {
             return Err(ClientError::Protocol("no track to set up".into()));
         }
-        self.tracks =
-            urls.into_iter().take(MAX_TRACKS).map(|url| Track { url, transport: None, ssrc: None }).collect();
+        self.tracks = urls.into_iter().take(MAX_TRACKS).map(|url| Track { url, transport: None, ssrc: None }).collect();
         if let Some(a) = aggregate {
             self.aggregate = a;
         }
@@ -689,8 +702,16 @@ impl Client {
     /// A keep-alive request if one is due and none is in flight (RFC 2326 12.37: before the
     /// session timeout; we use half of it).
     pub fn poll_keepalive(&mut self, now_ms: u64) -> Option<Vec<u8>> {
-        if self.state != State::Playing || now_ms < self.next_keepalive_ms || self.pending.is_some() {
+        if self.state != State::Playing || now_ms < self.next_keepalive_ms {
             return None;
+        }
+        if let Some(p) = &self.pending {
+            // An answer owed for a whole session timeout will not come (some servers drop
+            // keep-alives they do not like); stop waiting so that the session is kept alive.
+            if now_ms.saturating_sub(p.sent_ms) < self.timeout_s * 1000 {
+                return None;
+            }
+            self.pending = None;
         }
         self.next_keepalive_ms = now_ms.saturating_add(self.keepalive_interval_ms());
         self.stats.keepalives += 1;
@@ -716,8 +737,7 @@ fn parse_transport(v: &str, p: &Pending, lower: Lower) -> Result<(TrackTransport
     let bad = || ClientError::Protocol(format!("bad Transport answer: {}", v.chars().take(200).collect::<String>()));
     // A server may list several; the first is the one it chose.
     let spec = v.split(',').next().unwrap_or("");
-    let mut params = spec.split(';').map(str::trim);
-    let proto = params.next().unwrap_or("").to_ascii_uppercase();
+    let proto = spec.split(';').next().unwrap_or("").trim().to_ascii_uppercase();
     let tcp = proto.ends_with("/TCP");
     if tcp != (lower == Lower::Tcp) {
         return Err(bad());
@@ -736,16 +756,8 @@ fn parse_transport(v: &str, p: &Pending, lower: Lower) -> Result<(TrackTransport
             k.trim().eq_ignore_ascii_case(key).then(|| v.trim().to_string())
         })
     };
-    let mut ssrc = None;
-    for kv in params.clone() {
-        if let Some((k, val)) = kv.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("ssrc") {
-                let h = val.trim();
-                ssrc = (h.len() <= 8).then(|| u32::from_str_radix(h, 16).ok()).flatten();
-            }
-        }
-    }
-    let _ = params.next();
+    // RFC 2326 12.39: `ssrc` is 8 hex digits.
+    let ssrc = find(spec, "ssrc").filter(|h| h.len() <= 8).and_then(|h| u32::from_str_radix(&h, 16).ok());
     if tcp {
         let (a, b) = match find(spec, "interleaved").or_else(|| find(asked, "interleaved")) {
             Some(s) => pair(&s).ok_or_else(bad)?,
@@ -792,7 +804,7 @@ mod tests {
     fn answer(text: &str) -> Answer {
         let mut r = Reader::new();
         r.push(text.as_bytes());
-        match r.next().unwrap().unwrap() {
+        match r.next_message().unwrap().unwrap() {
             Incoming::Response(a) => a,
             other => panic!("{other:?}"),
         }
@@ -837,7 +849,7 @@ mod tests {
         let mut got = Vec::new();
         for b in &bytes {
             r.push(&[*b]);
-            while let Some(m) = r.next().unwrap() {
+            while let Some(m) = r.next_message().unwrap() {
                 got.push(m);
             }
         }
@@ -853,19 +865,19 @@ mod tests {
     fn reader_bounds_heads_and_bodies() {
         let mut r = Reader::new();
         r.push(&vec![b'A'; MAX_HEAD + 10]);
-        assert!(r.next().is_err());
+        assert!(r.next_message().is_err());
         let mut r = Reader::new();
         r.push(format!("RTSP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1).as_bytes());
-        assert!(r.next().is_err());
+        assert!(r.next_message().is_err());
         let mut r = Reader::new();
         r.push(b"\x00garbage");
-        assert!(r.next().is_err());
+        assert!(r.next_message().is_err());
         let mut r = Reader::new();
         r.push(b"RTSP/1.0 abc OK\r\n\r\n");
-        assert!(r.next().is_err());
+        assert!(r.next_message().is_err());
         let mut r = Reader::new();
         r.push(b"RTSP/1.0 200\r\nCSeq: 1\r\n\r\n");
-        assert!(matches!(r.next().unwrap(), Some(Incoming::Response(a)) if a.reason.is_empty()));
+        assert!(matches!(r.next_message().unwrap(), Some(Incoming::Response(a)) if a.reason.is_empty()));
     }
 
     /// OPTIONS, DESCRIBE (401 -> Digest), SETUP (461 -> UDP), SETUP, PLAY, keep-alive, TEARDOWN.
@@ -922,7 +934,12 @@ mod tests {
         assert_eq!(c.session_timeout_s(), MAX_TIMEOUT_S);
         assert_eq!(
             c.tracks()[0].transport,
-            Some(TrackTransport::Udp { client_rtp: 5000, client_rtcp: 5001, server_rtp: Some(6000), server_rtcp: Some(6001) })
+            Some(TrackTransport::Udp {
+                client_rtp: 5000,
+                client_rtcp: 5001,
+                server_rtp: Some(6000),
+                server_rtcp: Some(6001)
+            })
         );
         assert_eq!(c.tracks()[0].ssrc, Some(0xDEADBEEF));
         let s = String::from_utf8(c.udp_ports(1, 5002, 5003, 8).unwrap()).unwrap();
@@ -945,8 +962,12 @@ mod tests {
         let k = String::from_utf8(c.poll_keepalive(due).unwrap()).unwrap();
         assert!(k.starts_with("GET_PARAMETER rtsp://127.0.0.1:8554/s/ "), "{k}");
         assert!(c.poll_keepalive(due + 10).is_none(), "one keep-alive in flight at a time");
+        assert!(c.poll_keepalive(due + MAX_TIMEOUT_S * 500 + 10).is_none());
         // A server without GET_PARAMETER: the next keep-alive is OPTIONS.
-        assert_eq!(c.on_response(answer("RTSP/1.0 501 Not Implemented\r\nCSeq: 8\r\n\r\n"), due + 1).unwrap(), Step::Idle);
+        assert_eq!(
+            c.on_response(answer("RTSP/1.0 501 Not Implemented\r\nCSeq: 8\r\n\r\n"), due + 1).unwrap(),
+            Step::Idle
+        );
         let k = String::from_utf8(c.poll_keepalive(due * 3).unwrap()).unwrap();
         assert!(k.starts_with("OPTIONS "), "{k}");
         assert!(matches!(
@@ -968,14 +989,26 @@ mod tests {
         // No credentials in the URL.
         let mut c = Client::new(parse_url("rtsp://h/s").unwrap(), Lower::Tcp, true, 1);
         to_describe(&mut c);
-        let e = c.on_response(answer("RTSP/1.0 401 Unauthorized\r\nCSeq: 2\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\r\n"), 0);
+        let e = c.on_response(
+            answer("RTSP/1.0 401 Unauthorized\r\nCSeq: 2\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\r\n"),
+            0,
+        );
         assert!(matches!(e, Err(ClientError::Auth(_))), "{e:?}");
         // Wrong credentials: challenged again after answering.
         let mut c = Client::new(parse_url("rtsp://u:bad@h/s").unwrap(), Lower::Tcp, true, 1);
         to_describe(&mut c);
-        let r = sent(c.on_response(answer("RTSP/1.0 401 Unauthorized\r\nCSeq: 2\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\r\n"), 0).unwrap());
+        let r = sent(
+            c.on_response(
+                answer("RTSP/1.0 401 Unauthorized\r\nCSeq: 2\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\r\n"),
+                0,
+            )
+            .unwrap(),
+        );
         assert_eq!(header(&r, "Authorization"), Some("Basic dTpiYWQ="));
-        let e = c.on_response(answer("RTSP/1.0 401 Unauthorized\r\nCSeq: 3\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\r\n"), 0);
+        let e = c.on_response(
+            answer("RTSP/1.0 401 Unauthorized\r\nCSeq: 3\r\nWWW-Authenticate: Basic realm=\"x\"\r\n\r\n"),
+            0,
+        );
         assert!(matches!(e, Err(ClientError::Auth(_))), "{e:?}");
         // A stale nonce is answered once more.
         let mut c = Client::new(parse_url("rtsp://u:p@h/s").unwrap(), Lower::Tcp, true, 1);
@@ -1023,7 +1056,8 @@ mod tests {
         let ok = "RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: a;timeout=0\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n";
         let _ = sent(c.on_response(answer(ok), 0).unwrap());
         assert_eq!(c.session_timeout_s(), MIN_TIMEOUT_S);
-        let clash = "RTSP/1.0 200 OK\r\nCSeq: 4\r\nSession: a\r\nTransport: RTP/AVP/TCP;unicast;interleaved=1-2\r\n\r\n";
+        let clash =
+            "RTSP/1.0 200 OK\r\nCSeq: 4\r\nSession: a\r\nTransport: RTP/AVP/TCP;unicast;interleaved=1-2\r\n\r\n";
         assert!(matches!(c.on_response(answer(clash), 0), Err(ClientError::Protocol(_))));
         // Answers to nothing are bounded.
         let mut c = described(true);
