@@ -376,3 +376,72 @@ async fn gbgate_pulls_gbgate_over_tcp_and_udp() {
     }
     feeder.abort();
 }
+
+/// A hostile or broken server (a raw socket, one behaviour per connection): every failure is a
+/// named cause within the deadline, never a hang or a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_servers_get_named_causes_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn serve(behaviour: &'static str) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            match behaviour {
+                "silent" => tokio::time::sleep(Duration::from_secs(30)).await,
+                "404" => {
+                    // OPTIONS refused is tolerated; DESCRIBE refused is the answer.
+                    for cseq in 1.. {
+                        let a = format!("RTSP/1.0 404 Stream Not Found\r\nCSeq: {cseq}\r\n\r\n");
+                        if s.write_all(a.as_bytes()).await.is_err() || s.read(&mut buf).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                    }
+                }
+                "garbage" => {
+                    let _ = s.write_all(b"\x00\x01\x02 not rtsp at all\r\n\r\n").await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                "huge head" => {
+                    let _ = s.write_all(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nX: ").await;
+                    let _ = s.write_all(&vec![b'a'; 64 * 1024]).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                "trickle" => {
+                    // Interleaved frames forever, never an answer.
+                    for _ in 0..300 {
+                        if s.write_all(&[b'$', 0, 0, 4, 0x80, 0x60, 0, 1]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                "close" => {}
+                _ => unreachable!(),
+            }
+        });
+        addr
+    }
+    let o = PullOptions { transport: PullTransport::Auto, timeout: Duration::from_secs(1) };
+    for (behaviour, want) in [
+        ("silent", "no answer"),
+        ("404", "refused"),
+        ("garbage", "protocol error"),
+        ("huge head", "protocol error"),
+        ("trickle", "no answer"),
+        ("close", "source ended"),
+    ] {
+        let addr = serve(behaviour).await;
+        let t0 = Instant::now();
+        let r = rtsp_pull::connect(&format!("rtsp://{addr}/s"), &o).await;
+        let e = r.err().unwrap_or_else(|| panic!("{behaviour}: connected"));
+        assert!(e.to_string().starts_with(want), "{behaviour}: {e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{behaviour}: took {:?}", t0.elapsed());
+    }
+    // Nobody listening.
+    let port = free_port();
+    let e = rtsp_pull::connect(&format!("rtsp://127.0.0.1:{port}/s"), &o).await.err().unwrap();
+    assert!(matches!(e, PullError::Refused(_)), "{e}");
+}
