@@ -16,7 +16,7 @@
 //! pass a reorder buffer (D81); only datagrams from the server's address are taken.
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,10 @@ use crate::util::RateLimit;
 /// Reorder ring per UDP track (packets) and how long a gap may wait for a late packet.
 const REORDER_CAPACITY: usize = 512;
 const REORDER_DELAY_US: u64 = 200_000;
-/// UDP datagrams queued between the socket readers and the session (beyond: dropped, counted).
+/// UDP datagrams, and their bytes, queued between the socket readers and the session (beyond:
+/// dropped, counted), so that a server flooding a pull that is not read costs bounded memory.
 const UDP_QUEUE: usize = 2048;
+const UDP_QUEUE_BYTES: usize = 4 << 20;
 /// Largest UDP datagram taken (RTP over UDP stays under the path MTU; 64 KiB is the protocol bound).
 const MAX_DATAGRAM: usize = 65_536;
 /// Wait for the first video keyframe after PLAY, at least (a camera's GOP may be several seconds).
@@ -84,6 +86,8 @@ struct PullTrack {
     reorder: Option<ReorderBuffer>,
     rtcp_socket: Option<Arc<UdpSocket>>,
     server_rtcp: Option<SocketAddr>,
+    /// Receiver reports that left (the RTCP receiver counts the ones built).
+    rr_sent: u64,
 }
 
 struct Datagram {
@@ -104,6 +108,7 @@ pub struct RtspPull {
     udp_rx: Option<mpsc::Receiver<Datagram>>,
     udp_tasks: Vec<JoinHandle<()>>,
     udp_dropped: Arc<AtomicU64>,
+    udp_queued: Arc<AtomicUsize>,
     frames: VecDeque<Frame>,
     stats: PullStats,
     epoch: Instant,
@@ -279,6 +284,7 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
     let cname = format!("gbgate@{local_ip}");
     let (tx, udp_rx) = mpsc::channel(UDP_QUEUE);
     let udp_dropped = Arc::new(AtomicU64::new(0));
+    let udp_queued = Arc::new(AtomicUsize::new(0));
     let mut tracks = Vec::new();
     let mut udp_tasks = Vec::new();
     for (i, (&m, t)) in chosen.iter().zip(client.tracks()).enumerate() {
@@ -287,8 +293,16 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
         let kind = if media.kind == sdp::MediaKind::Video { MediaKind::Video } else { MediaKind::Audio };
         let transport = t.transport.ok_or_else(|| PullError::Protocol(format!("{name}: track {i} not set up")))?;
         let rtcp = rtcp::Receiver::new(own_ssrc, &cname, depack.clock_rate(), rtcp::REPORT_INTERVAL_US);
-        let mut track =
-            PullTrack { kind, depack, transport, rtcp, reorder: None, rtcp_socket: None, server_rtcp: None };
+        let mut track = PullTrack {
+            kind,
+            depack,
+            transport,
+            rtcp,
+            reorder: None,
+            rtcp_socket: None,
+            server_rtcp: None,
+            rr_sent: 0,
+        };
         if let TrackTransport::Udp { server_rtcp, .. } = transport {
             let (rtp_sock, rtcp_sock) = udp
                 .get_mut(i)
@@ -299,7 +313,8 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
             track.server_rtcp = server_rtcp.map(|p| SocketAddr::new(peer.ip(), p));
             track.rtcp_socket = Some(rtcp_sock.clone());
             for (sock, is_rtcp) in [(Arc::new(rtp_sock), false), (rtcp_sock, true)] {
-                udp_tasks.push(tokio::spawn(udp_reader(sock, i, is_rtcp, peer.ip(), tx.clone(), udp_dropped.clone())));
+                let counters = (udp_dropped.clone(), udp_queued.clone());
+                udp_tasks.push(tokio::spawn(udp_reader(sock, i, is_rtcp, peer.ip(), tx.clone(), counters)));
             }
         }
         tracks.push(track);
@@ -322,6 +337,7 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
         udp_rx: (!udp_tasks.is_empty()).then_some(udp_rx),
         udp_tasks,
         udp_dropped,
+        udp_queued,
         frames: VecDeque::new(),
         epoch,
         timeout,
@@ -344,19 +360,21 @@ async fn udp_reader(
     rtcp: bool,
     server: IpAddr,
     tx: mpsc::Sender<Datagram>,
-    dropped: Arc<AtomicU64>,
+    (dropped, queued): (Arc<AtomicU64>, Arc<AtomicUsize>),
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
-        if from.ip() != server {
+        if from.ip() != server || queued.load(Ordering::Relaxed) + n > UDP_QUEUE_BYTES {
             dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let d = Datagram { track, rtcp, data: Bytes::copy_from_slice(&buf[..n]) };
+        queued.fetch_add(n, Ordering::Relaxed);
         match tx.try_send(d) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                queued.fetch_sub(n, Ordering::Relaxed);
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -376,7 +394,7 @@ impl RtspPull {
 
     pub fn stats(&self) -> PullStats {
         let mut s = self.stats.clone();
-        s.rr_sent = self.tracks.iter().map(|t| t.rtcp.counters().rr_sent).sum();
+        s.rr_sent = self.tracks.iter().map(|t| t.rr_sent).sum();
         s.sr_received = self.tracks.iter().map(|t| t.rtcp.counters().sr_received).sum();
         s.keepalives = self.client.stats().keepalives;
         s.dropped += self.udp_dropped.load(Ordering::Relaxed);
@@ -493,9 +511,10 @@ impl RtspPull {
                     frame.extend_from_slice(&(rr.len() as u16).to_be_bytes());
                     frame.extend_from_slice(&rr);
                     self.write(&frame).await?;
+                    self.tracks[i].rr_sent += 1;
                 }
-                (TrackTransport::Udp { .. }, Some(sock), Some(to)) => {
-                    let _ = sock.try_send_to(&rr, to);
+                (TrackTransport::Udp { .. }, Some(sock), Some(to)) if sock.try_send_to(&rr, to).is_ok() => {
+                    self.tracks[i].rr_sent += 1;
                 }
                 _ => {}
             }
@@ -541,6 +560,7 @@ impl RtspPull {
     }
 
     fn on_datagram(&mut self, d: Datagram) {
+        self.udp_queued.fetch_sub(d.data.len(), Ordering::Relaxed);
         self.on_packet(d.track, d.rtcp, d.data);
     }
 
