@@ -250,13 +250,31 @@ async fn gstreamer_server_with_digest_over_tcp_and_udp() {
     for (transport, want) in [(PullTransport::Tcp, "tcp"), (PullTransport::Udp, "udp")] {
         let (rr_before, ka_before) = (gst.count("rtcp 201"), gst.count("request GET_PARAMETER"));
         let mut pull = pull_gst(&gst, transport, want).await;
-        // Past the first report (2.5 s) and two keep-alives (every 2 s for a 4 s timeout).
-        let _ = collect(&mut pull, Duration::from_secs(5), |_| false).await;
+        // Past the second report (2.5 s, then every 5 s) and keep-alives (every 2 s for a 4 s timeout).
+        let rb_before = gst.count("rb ");
+        let _ = collect(&mut pull, Duration::from_secs(8), |_| false).await;
         let s = pull.stats();
         println!("gst-rtsp-server pull over {want}: {s:?}");
         assert!(s.rr_sent >= 1 && s.keepalives >= 2 && !s.fell_back, "{want}: {s:?}");
         let ok = wait_for(Duration::from_secs(3), || gst.count("rtcp 201") > rr_before).await;
         assert!(ok, "{want}: the server received no receiver report: {:?}", gst.lines.lock().unwrap());
+        // The report blocks as GStreamer's RTCP parser reads them (RFC 3550 6.4.1): the server's
+        // SSRC, no loss on loopback, a running extended sequence number, and once an SR was
+        // received, its LSR with a DLSR under the report interval (units of 1/65536 s).
+        let blocks: Vec<Vec<u64>> = gst.lines.lock().unwrap()[..]
+            .iter()
+            .filter_map(|l| l.strip_prefix("rb "))
+            .skip(rb_before)
+            .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        println!("{want}: report blocks {blocks:?}");
+        assert!(!blocks.is_empty(), "{want}: no report block");
+        for b in &blocks {
+            let [ssrc, fraction, lost, ext_seq, _jitter, lsr, dlsr] = b[..] else { panic!("{b:?}") };
+            assert!(ssrc != 0 && fraction == 0 && lost == 0 && ext_seq > 0, "{want}: {b:?}");
+            assert!(lsr == 0 && dlsr == 0 || dlsr < 6 * 65536, "{want}: {b:?}");
+        }
+        assert!(blocks.iter().any(|b| b[5] != 0), "{want}: no block carries an LSR: {blocks:?}");
         // gst-rtsp-server lists GET_PARAMETER in Public: that is the keep-alive it must see.
         assert!(gst.count("request GET_PARAMETER") >= ka_before + 2, "{want}: keep-alives not received");
         let teardowns = gst.count("teardown");

@@ -7,7 +7,8 @@ Usage: rtsp_pull_gst_server.py USER PASSWORD PROTOCOLS SESSION_TIMEOUT
 Serves /test: H.264 (openh264enc, 1 s GOP) and AAC (voaacenc) from live test sources, behind
 Digest authentication (RTSPAuth, DIGEST only). Prints "port N" once listening, then one line
 "rtcp PT SSRC" per RTCP packet it receives from a client (so the test can count our receiver
-reports), "request METHOD" per OPTIONS and GET_PARAMETER (keep-alives), "teardown" per TEARDOWN. Exits when stdin closes.
+reports), "rb SSRC FRACTION LOST EXT_HIGHEST_SEQ JITTER LSR DLSR" per report block as GStreamer
+parses it, "request METHOD" per OPTIONS and GET_PARAMETER (keep-alives), "teardown" per TEARDOWN. Exits when stdin closes.
 """
 import sys
 import threading
@@ -15,9 +16,10 @@ import threading
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtp", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtp, GstRtsp, GstRtspServer  # noqa: E402
 
 Gst.init(None)
 user, password, protocols, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -60,6 +62,18 @@ factory.set_permissions(permissions)
 
 
 def on_rtcp(_session, buf):
+    # GStreamer's own RTCP parser on the report blocks (RFC 3550 6.4.2), so the test checks our
+    # fields as a real receiver of them reads them.
+    rtcp = GstRtp.RTCPBuffer()
+    if GstRtp.RTCPBuffer.map(buf, Gst.MapFlags.READ, rtcp):
+        packet = GstRtp.RTCPPacket()
+        more = rtcp.get_first_packet(packet)
+        while more:
+            if packet.get_type() == GstRtp.RTCPType.RR:
+                for i in range(packet.get_rb_count()):
+                    say("rb", *packet.get_rb(i))
+            more = packet.move_to_next()
+        rtcp.unmap()
     ok, info = buf.map(Gst.MapFlags.READ)
     if ok:
         data = bytes(info.data)
