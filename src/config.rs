@@ -351,6 +351,12 @@ pub struct RtspConfig {
     /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
     /// PLAY (the cached GOP) never waits.
     pub merge_write: HumanDuration,
+    /// An RTSP publisher (ANNOUNCE/RECORD) that sends no media for this long is disconnected and
+    /// its stream ends; so is one that announced and did not RECORD within it.
+    pub publish_timeout: HumanDuration,
+    /// UDP receive port pairs bound for RTSP publishers' tracks, all publishers together; a UDP
+    /// SETUP beyond it is refused (461: the publisher may retry over TCP).
+    pub max_record_udp_tracks: usize,
 }
 
 impl Default for RtspConfig {
@@ -364,6 +370,8 @@ impl Default for RtspConfig {
             max_connections_per_source: 64,
             request_timeout: HumanDuration(Duration::from_secs(5)),
             merge_write: HumanDuration(Duration::from_millis(200)),
+            publish_timeout: HumanDuration(Duration::from_secs(10)),
+            max_record_udp_tracks: 512,
         }
     }
 }

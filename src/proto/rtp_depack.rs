@@ -14,7 +14,8 @@
 //! come from the SDP (`sprop-parameter-sets`, `sprop-vps/sps/pps`) and in band; a keyframe without
 //! them in band gets them prepended (frames carry their parameter sets, see `crate::frame`).
 //! RTP timestamps are unwrapped (32-bit wrap) and rescaled from the track clock to 90 kHz. RTP
-//! carries no decode time: `dts = pts`, so B-frames are not supported (see D77).
+//! carries no decode time: [`DtsEstimator`] derives one that is monotonic and never after the
+//! presentation time, so B-frames survive the timestamp repair (see D77).
 //! (This lives in `proto`, not `codec`: it reads `proto::rtp` packets and `proto::sdp` media, and
 //! `proto` already imports `codec`; tests/layering.rs forbids the cycle.)
 use std::sync::Arc;
@@ -295,6 +296,88 @@ struct VideoDepack {
     pps: Option<Bytes>,
     config: Option<Arc<CodecConfig>>,
     need_key: bool,
+    dts: DtsEstimator,
+}
+
+/// Frames whose presentation times the estimator remembers (more than any reorder depth).
+const DTS_WINDOW: usize = 32;
+/// Largest reorder depth (frames) believed; H.264/H.265 allow at most 16.
+const MAX_REORDER: usize = 16;
+
+/// A decode timestamp for video received in decode order with presentation times only.
+///
+/// With a reorder depth of `n` frames (B-frames), the frame decoded `i`th may be shown `n` frames
+/// later; the `(n+1)`th largest presentation time seen so far is then a valid decode time: it is
+/// never after the current frame's PTS and it grows by one frame per frame (an IBBP GOP gives
+/// 0, 1, 2, ... one frame behind the display order). `n` comes from the SPS when it says (H.264
+/// VUI `max_num_reorder_frames`) and is learnt from how many earlier frames show after a frame.
+#[derive(Debug, Clone, Default)]
+pub struct DtsEstimator {
+    window: std::collections::VecDeque<i64>,
+    reorder: usize,
+    last: Option<i64>,
+}
+
+impl DtsEstimator {
+    pub fn new() -> DtsEstimator {
+        DtsEstimator::default()
+    }
+
+    /// The reorder depth in use (frames).
+    pub fn reorder(&self) -> usize {
+        self.reorder
+    }
+
+    /// A reorder depth signalled by the stream (never lowers what was learnt).
+    pub fn signal_reorder(&mut self, n: usize) {
+        self.reorder = self.reorder.max(n.min(MAX_REORDER));
+    }
+
+    /// The decode time of the next frame in decode order, presented at `pts`.
+    pub fn next(&mut self, pts: i64) -> i64 {
+        if self.last.is_some_and(|l| pts < l.saturating_sub(10 * crate::frame::CLOCK_RATE)) {
+            // The sender's clock restarted far back: what was seen says nothing any more.
+            self.window.clear();
+            self.last = None;
+        }
+        let later = self.window.iter().filter(|&&p| p > pts).count();
+        self.signal_reorder(later);
+        if self.window.len() == DTS_WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back(pts);
+        let mut sorted: Vec<i64> = self.window.iter().copied().collect();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        // Before `reorder + 1` frames were seen, extrapolate below the smallest one by a frame
+        // (25 fps) per missing frame.
+        let mut dts = match sorted.get(self.reorder) {
+            Some(&d) => d,
+            None => {
+                let missing = (self.reorder + 1 - sorted.len()) as i64;
+                sorted.last().copied().unwrap_or(pts).saturating_sub(missing * 3600)
+            }
+        };
+        dts = dts.min(pts);
+        if let Some(last) = self.last {
+            // Decode times strictly increase; when the depth was just learnt this may pass the
+            // PTS of a few frames, which the timestamp repair then fixes (`video_pts_fixed`).
+            if dts <= last {
+                dts = last + 1;
+            }
+        }
+        self.last = Some(dts);
+        dts
+    }
+}
+
+/// `max_num_reorder_frames` of an H.264 SPS's VUI bitstream restrictions, if present.
+fn h264_reorder_frames(sps: &[u8]) -> Option<usize> {
+    use h264_reader::nal::sps::SeqParameterSet;
+    use h264_reader::rbsp::{decode_nal, BitReader as RbspReader};
+    let rbsp = decode_nal(sps).ok()?;
+    let sps = SeqParameterSet::from_bits(RbspReader::new(&rbsp[..])).ok()?;
+    let n = sps.vui_parameters?.bitstream_restrictions?.max_num_reorder_frames;
+    Some(n as usize)
 }
 
 fn b64(s: &str) -> Option<Bytes> {
@@ -321,6 +404,7 @@ impl VideoDepack {
             pps: None,
             config: None,
             need_key: true,
+            dts: DtsEstimator::new(),
         };
         // Parameter sets from the SDP (RFC 6184 8.1 sprop-parameter-sets; RFC 7798 7.1 sprop-*).
         let mut sets: Vec<Bytes> = Vec::new();
@@ -388,6 +472,11 @@ impl VideoDepack {
             h264::parse_sps(sps).map(|i| (i.width, i.height, i.profile, i.level))
         };
         let (width, height, profile, level) = info.unwrap_or_default();
+        if !self.h265 {
+            if let Some(n) = h264_reorder_frames(sps) {
+                self.dts.signal_reorder(n);
+            }
+        }
         let cfg = CodecConfig::Video(VideoConfig {
             vps: if self.h265 { self.vps.clone() } else { None },
             sps: sps.clone(),
@@ -497,10 +586,11 @@ impl VideoDepack {
             std::mem::take(&mut self.au)
         };
         let t = clock.to_90k(self.au_ext);
+        let dts = self.dts.next(t);
         out.push(Frame {
             codec: if self.h265 { Codec::H265 } else { Codec::H264 },
             pts: t,
-            dts: t,
+            dts,
             keyframe: self.au_key,
             data: Bytes::from(data),
             config: cfg,

@@ -378,3 +378,32 @@ fn random_input_never_panics() {
         }
     }
 }
+
+/// Decode times for B-frames: x264's pyramid order (I0 P4 B2 B1 B3 P8 ...) gives one frame per
+/// frame, never after the PTS, from the first frame when the SPS says the depth, after one GOP
+/// when it is learnt (a few frames pass their PTS meanwhile).
+#[test]
+fn dts_for_b_frames() {
+    let order = [0i64, 4, 2, 1, 3, 8, 6, 5, 7, 12, 10, 9, 11];
+    for signalled in [true, false] {
+        let mut e = DtsEstimator::new();
+        if signalled {
+            e.signal_reorder(2);
+        }
+        let dts: Vec<i64> = order.iter().map(|p| e.next(p * 3600)).collect();
+        assert!(dts.windows(2).all(|w| w[1] > w[0]), "{dts:?}");
+        let from = if signalled { 0 } else { 7 };
+        for (i, (&p, &d)) in order.iter().zip(&dts).enumerate().skip(from) {
+            assert!(d <= p * 3600, "frame {i}: dts {d} after pts {}", p * 3600);
+        }
+        if signalled {
+            assert_eq!(dts, (-2..11).map(|i| i * 3600).collect::<Vec<_>>());
+        }
+        assert_eq!(e.reorder(), 2);
+    }
+    // Without B-frames the DTS is the PTS.
+    let mut e = DtsEstimator::new();
+    assert_eq!((0..5).map(|i| e.next(i * 3000)).collect::<Vec<_>>(), vec![0, 3000, 6000, 9000, 12000]);
+    // A sender restarting its clock far back starts over.
+    assert_eq!(e.next(-900_000_000), -900_000_000);
+}

@@ -24,6 +24,8 @@ pub struct ApiState {
     pub rtp: Arc<RtpShared>,
     pub gb: Option<Gb>,
     pub rtmp: Arc<crate::server::rtmp::RtmpShared>,
+    /// RTSP publishers (ANNOUNCE/RECORD) counters.
+    pub rtsp_ingest: Arc<crate::server::rtsp_ingest::RtspIngest>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
 }
@@ -130,6 +132,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/streams/{*name}", get(get_stream))
         .route("/api/v1/rtp", get(rtp_counters))
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
+        .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
