@@ -572,6 +572,13 @@ impl Receiver {
         Some(receiver_report(self.own_ssrc, block.as_ref(), Some(&self.cname)))
     }
 
+    /// Skips the report due now (nowhere to send it yet): the timer moves on, nothing is counted.
+    pub fn skip_report(&mut self, now_us: u64) {
+        if self.next_at.is_some_and(|due| now_us >= due) {
+            self.next_at = Some(now_us + self.interval_us);
+        }
+    }
+
     pub fn source(&self) -> Option<&ReceiverStats> {
         self.source.as_ref()
     }
@@ -753,6 +760,10 @@ mod tests {
         // LSR 0x2222_3333, DLSR 0.5 s = 32768.
         assert_eq!((blocks[0].ssrc, blocks[0].lsr, blocks[0].dlsr), (9, 0x2222_3333, 32768));
         assert_eq!(r.poll_timeout(), Some(8_500_000));
+        r.skip_report(8_000_000);
+        assert_eq!(r.poll_timeout(), Some(8_500_000), "not due yet");
+        r.skip_report(8_500_000);
+        assert_eq!(r.poll_timeout(), Some(13_500_000));
         assert_eq!(r.on_rtcp(&[1, 2, 3], 0), 0);
         let c = r.counters();
         assert_eq!((c.rr_sent, c.sr_received, c.rtcp_received, c.rtcp_errors), (1, 1, 2, 1));

@@ -65,6 +65,13 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(cfg.hub.clone(), cfg.rtp.max_streams);
+        hub.set_diag(crate::diag::Diag {
+            recorder: crate::diag::record::Recorder::start(&cfg.record),
+            logs: crate::diag::streamlog::StreamLogs::dir_of(&cfg.log).and_then(|dir| {
+                let clock = Arc::new(crate::diag::streamlog::SystemClock(crate::gb::localtime::utc_offset));
+                crate::diag::streamlog::StreamLogs::start(dir, &cfg.log, clock)
+            }),
+        });
         let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;
@@ -200,5 +207,16 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        // What the recorder and the per-stream logs still buffer reaches the disk (D89, D90).
+        let diag = self.hub.diag();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(r) = diag.recorder {
+                r.flush();
+            }
+            if let Some(l) = diag.logs {
+                l.flush();
+            }
+        })
+        .await;
     }
 }
