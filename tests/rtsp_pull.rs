@@ -463,3 +463,47 @@ async fn hostile_servers_get_named_causes_in_time() {
     let e = rtsp_pull::connect(&format!("rtsp://127.0.0.1:{port}/s"), &o).await.err().unwrap();
     assert!(matches!(e, PullError::Refused(_)), "{e}");
 }
+
+/// gbgate's RTSP server ends a session after `rtsp.session_timeout` without a request or RTCP:
+/// at 3 s (keep-alive every 1.5 s, receiver reports only every 5 s) the pull lives on keep-alives
+/// alone; when the camera stops, the pull ends with `Ended`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_hold_a_short_gbgate_session_and_the_end_is_ended() {
+    let mut cfg = test_config();
+    cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(3));
+    let gw = start(cfg).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    let ssrc = 0x0A11_0002u32;
+    let send = SendOptions {
+        to: gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops: 20,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(100),
+    };
+    let path = own_fixture("h264_g711a_8k.rtp");
+    let feeder = tokio::spawn(async move { send_file(&path, &send).await });
+    let name = format!("rtp/{ssrc:08X}");
+    assert!(wait_for(Duration::from_secs(5), || gw.hub.get(&name).is_some()).await);
+    let url = format!("rtsp://{rtsp}/{name}");
+    let mut pull =
+        connect_retrying(&url, &opts(PullTransport::Tcp), Duration::from_secs(5)).await.expect("pull gbgate");
+    let seen = collect(&mut pull, Duration::from_secs(9), |_| false).await;
+    let s = pull.stats();
+    println!("gbgate pull with a 3 s session: {s:?} {seen:?}");
+    assert!(s.keepalives >= 4 && seen.video > 100, "{s:?} {seen:?}");
+    feeder.abort();
+    let t0 = Instant::now();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(20), pull.next_frame()).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => break e,
+            Err(_) => panic!("the pull did not end within 20 s of the camera stopping"),
+        }
+    };
+    println!("ended after {:?}: {end}", t0.elapsed());
+    assert!(matches!(end, PullError::Ended(_)), "{end}");
+}
