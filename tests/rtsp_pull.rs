@@ -507,3 +507,82 @@ async fn keep_alives_hold_a_short_gbgate_session_and_the_end_is_ended() {
     println!("ended after {:?}: {end}", t0.elapsed());
     assert!(matches!(end, PullError::Ended(_)), "{end}");
 }
+
+/// Loopback never reorders, so a scripted server (461 to TCP, then UDP) sends a G.711 track with
+/// every pair of packets swapped: the reorder buffer must hand every frame over, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_packets_out_of_order_come_out_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PACKETS: u16 = 41;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_port = udp.local_addr().unwrap().port();
+        let mut client_port = 0u16;
+        let mut buf = vec![0u8; 8192];
+        let mut pending = String::new();
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+            while let Some(end) = pending.find("\r\n\r\n") {
+                let req: String = pending.drain(..end + 4).collect();
+                let method = req.split(' ').next().unwrap().to_string();
+                let cseq = req.lines().find_map(|l| l.strip_prefix("CSeq: ")).unwrap_or("0").to_string();
+                let transport = req.lines().find_map(|l| l.strip_prefix("Transport: ")).unwrap_or("").to_string();
+                let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=audio 0 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=control:trackID=0\r\n";
+                let answer = match method.as_str() {
+                    "DESCRIBE" => format!(
+                        "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+                        sdp.len()
+                    ),
+                    "SETUP" if transport.contains("TCP") => format!("RTSP/1.0 461 Unsupported Transport\r\nCSeq: {cseq}\r\n\r\n"),
+                    "SETUP" => {
+                        let ports = transport.split("client_port=").nth(1).unwrap();
+                        client_port = ports.split('-').next().unwrap().parse().unwrap();
+                        format!(
+                            "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 0123456789\r\nTransport: RTP/AVP;unicast;client_port={ports};server_port={server_port}-{}\r\n\r\n",
+                            server_port + 1
+                        )
+                    }
+                    _ => format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 0123456789\r\n\r\n"),
+                };
+                s.write_all(answer.as_bytes()).await.unwrap();
+                if method == "PLAY" {
+                    let to = std::net::SocketAddr::from(([127, 0, 0, 1], client_port));
+                    for i in 0..PACKETS {
+                        // 0, 2, 1, 4, 3, ... 40, 39 (the first packet anchors the sequence).
+                        let seq = if i == 0 { 0 } else { ((i - 1) ^ 1) + 1 };
+                        let mut pkt = Vec::new();
+                        gbgate::proto::rtp::write_packet(
+                            &mut pkt,
+                            8,
+                            false,
+                            seq,
+                            u32::from(seq) * 160,
+                            0x5eed,
+                            &[0xd5; 160],
+                        );
+                        udp.send_to(&pkt, to).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+    });
+    let mut pull = rtsp_pull::connect(&format!("rtsp://{addr}/s"), &opts(PullTransport::Auto)).await.expect("connect");
+    assert!(pull.stats().fell_back && pull.stats().transport == "udp", "{:?}", pull.stats());
+    let mut pts = Vec::new();
+    while pts.len() < PACKETS as usize {
+        match tokio::time::timeout(Duration::from_secs(3), pull.next_frame()).await {
+            Ok(Ok(f)) => pts.push(f.pts),
+            other => panic!("after {} frames: {:?}", pts.len(), other.map(|r| r.map(|f| f.pts))),
+        }
+    }
+    assert!(pts.windows(2).all(|w| w[1] - w[0] == 1800), "{pts:?}");
+    assert_eq!(pull.stats().lost, 0);
+}
