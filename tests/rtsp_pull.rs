@@ -261,11 +261,11 @@ async fn gstreamer_server_with_digest_over_tcp_and_udp() {
         // The report blocks as GStreamer's RTCP parser reads them (RFC 3550 6.4.1): the server's
         // SSRC, no loss on loopback, a running extended sequence number, and once an SR was
         // received, its LSR with a DLSR under the report interval (units of 1/65536 s).
-        let blocks: Vec<Vec<u64>> = gst.lines.lock().unwrap()[..]
+        let blocks: Vec<Vec<i64>> = gst.lines.lock().unwrap()[..]
             .iter()
             .filter_map(|l| l.strip_prefix("rb "))
             .skip(rb_before)
-            .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
+            .map(|l| l.split(' ').map(|v| v.parse().unwrap_or_else(|_| panic!("{want}: rb {l}"))).collect())
             .collect();
         println!("{want}: report blocks {blocks:?}");
         assert!(!blocks.is_empty(), "{want}: no report block");

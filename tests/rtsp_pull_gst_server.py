@@ -25,8 +25,15 @@ Gst.init(None)
 user, password, protocols, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 
+_out = threading.Lock()
+
+
 def say(*words):
-    print(*words, flush=True)
+    # RTCP arrives on one streaming thread per stream: whole lines only.
+    line = " ".join(str(w) for w in words) + "\n"
+    with _out:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 server = GstRtspServer.RTSPServer()

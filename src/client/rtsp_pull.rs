@@ -197,86 +197,98 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtspPull, PullErro
     write_bounded(&mut wr, &client.start(ms()), timeout).await?;
     // Each answer is due `timeout` after its request, however much else the server sends meanwhile.
     let mut deadline = tokio::time::Instant::now() + timeout;
-    'play: loop {
-        // The next message, within the deadline of the request in flight.
-        let msg = loop {
-            if let Some(m) = reader.next_message().map_err(map_err)? {
-                break m;
-            }
-            buf.clear();
-            let n = match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(PullError::Ended(format!("{name}: read: {e}"))),
-                Err(_) => return Err(PullError::NoAnswer(format!("{name}: no answer within {timeout:?}"))),
-            };
-            if n == 0 {
-                return Err(PullError::Ended(format!("{name}: server closed the connection during setup")));
-            }
-            reader.push(&buf[..n]);
-        };
-        let answer = match msg {
-            Incoming::Response(a) => a,
-            Incoming::Request { cseq, .. } => {
-                write_bounded(&mut wr, &not_implemented(cseq), timeout).await?;
-                continue;
-            }
-            // Media before the PLAY answer is read: nothing is set up to take it yet.
-            Incoming::Interleaved { .. } => continue,
-        };
-        debug!(stream = %name, status = answer.status, "RTSP answer");
-        let mut step = client.on_response(answer, ms()).map_err(|e| {
-            let e = map_err(e);
-            match e {
-                PullError::Refused(m) => PullError::Refused(format!("{name}: {m}")),
-                PullError::Auth(m) => PullError::Auth(format!("{name}: {m}")),
-                PullError::Protocol(m) => PullError::Protocol(format!("{name}: {m}")),
-                other => other,
-            }
-        })?;
-        loop {
-            step = match step {
-                Step::Send(req) => {
-                    write_bounded(&mut wr, &req, timeout).await?;
-                    deadline = tokio::time::Instant::now() + timeout;
-                    break;
+    let negotiated: Result<(), PullError> = async {
+        'play: loop {
+            // The next message, within the deadline of the request in flight.
+            let msg = loop {
+                if let Some(m) = reader.next_message().map_err(map_err)? {
+                    break m;
                 }
-                Step::Idle => break,
-                Step::Playing => break 'play,
-                Step::Described { sdp: body, base } => {
-                    let desc = sdp::parse(&body).map_err(|e| PullError::Protocol(format!("{name}: SDP: {e}")))?;
-                    // The first video and the first audio track we can depacketize.
-                    let mut chosen = Vec::new();
-                    for kind in [sdp::MediaKind::Video, sdp::MediaKind::Audio] {
-                        if let Some(i) = desc.media.iter().position(|m| m.kind == kind && Depacketizer::new(m).is_ok())
-                        {
-                            chosen.push(i);
+                buf.clear();
+                let n = match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(PullError::Ended(format!("{name}: read: {e}"))),
+                    Err(_) => return Err(PullError::NoAnswer(format!("{name}: no answer within {timeout:?}"))),
+                };
+                if n == 0 {
+                    return Err(PullError::Ended(format!("{name}: server closed the connection during setup")));
+                }
+                reader.push(&buf[..n]);
+            };
+            let answer = match msg {
+                Incoming::Response(a) => a,
+                Incoming::Request { cseq, .. } => {
+                    write_bounded(&mut wr, &not_implemented(cseq), timeout).await?;
+                    continue;
+                }
+                // Media before the PLAY answer is read: nothing is set up to take it yet.
+                Incoming::Interleaved { .. } => continue,
+            };
+            debug!(stream = %name, status = answer.status, "RTSP answer");
+            let mut step = client.on_response(answer, ms()).map_err(|e| {
+                let e = map_err(e);
+                match e {
+                    PullError::Refused(m) => PullError::Refused(format!("{name}: {m}")),
+                    PullError::Auth(m) => PullError::Auth(format!("{name}: {m}")),
+                    PullError::Protocol(m) => PullError::Protocol(format!("{name}: {m}")),
+                    other => other,
+                }
+            })?;
+            loop {
+                step = match step {
+                    Step::Send(req) => {
+                        write_bounded(&mut wr, &req, timeout).await?;
+                        deadline = tokio::time::Instant::now() + timeout;
+                        break;
+                    }
+                    Step::Idle => break,
+                    Step::Playing => break 'play,
+                    Step::Described { sdp: body, base } => {
+                        let desc = sdp::parse(&body).map_err(|e| PullError::Protocol(format!("{name}: SDP: {e}")))?;
+                        // The first video and the first audio track we can depacketize.
+                        let mut chosen = Vec::new();
+                        for kind in [sdp::MediaKind::Video, sdp::MediaKind::Audio] {
+                            if let Some(i) =
+                                desc.media.iter().position(|m| m.kind == kind && Depacketizer::new(m).is_ok())
+                            {
+                                chosen.push(i);
+                            }
                         }
+                        if chosen.is_empty() {
+                            let encodings: Vec<&str> = desc.media.iter().map(|m| m.encoding.as_str()).collect();
+                            return Err(PullError::Protocol(format!("{name}: no supported track in {encodings:?}")));
+                        }
+                        let urls = chosen.iter().map(|&i| desc.media[i].control_url(&base)).collect();
+                        let aggregate = desc.control.as_deref().map(|c| sdp::resolve_control(&base, Some(c)));
+                        udp = chosen.iter().map(|_| None).collect();
+                        sdp_desc = Some((desc, chosen));
+                        client.setup(urls, aggregate, ms()).map_err(map_err)?
                     }
-                    if chosen.is_empty() {
-                        let encodings: Vec<&str> = desc.media.iter().map(|m| m.encoding.as_str()).collect();
-                        return Err(PullError::Protocol(format!("{name}: no supported track in {encodings:?}")));
+                    Step::NeedUdpPorts { index } => {
+                        let (rtp, rtcp) = bind_pair(local_ip)
+                            .await
+                            .map_err(|e| PullError::Protocol(format!("{name}: cannot bind UDP ports: {e}")))?;
+                        let (a, b) = (
+                            rtp.local_addr().map(|a| a.port()).unwrap_or(0),
+                            rtcp.local_addr().map(|a| a.port()).unwrap_or(0),
+                        );
+                        if let Some(slot) = udp.get_mut(index) {
+                            *slot = Some((rtp, rtcp));
+                        }
+                        Step::Send(client.udp_ports(index, a, b, ms()).map_err(map_err)?)
                     }
-                    let urls = chosen.iter().map(|&i| desc.media[i].control_url(&base)).collect();
-                    let aggregate = desc.control.as_deref().map(|c| sdp::resolve_control(&base, Some(c)));
-                    udp = chosen.iter().map(|_| None).collect();
-                    sdp_desc = Some((desc, chosen));
-                    client.setup(urls, aggregate, ms()).map_err(map_err)?
-                }
-                Step::NeedUdpPorts { index } => {
-                    let (rtp, rtcp) = bind_pair(local_ip)
-                        .await
-                        .map_err(|e| PullError::Protocol(format!("{name}: cannot bind UDP ports: {e}")))?;
-                    let (a, b) = (
-                        rtp.local_addr().map(|a| a.port()).unwrap_or(0),
-                        rtcp.local_addr().map(|a| a.port()).unwrap_or(0),
-                    );
-                    if let Some(slot) = udp.get_mut(index) {
-                        *slot = Some((rtp, rtcp));
-                    }
-                    Step::Send(client.udp_ports(index, a, b, ms()).map_err(map_err)?)
-                }
-            };
+                };
+            }
         }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = negotiated {
+        // A session set up before the failure would hold server resources until its timeout.
+        if let Some(req) = client.teardown(ms()) {
+            let _ = tokio::time::timeout(timeout, wr.write_all(&req)).await;
+        }
+        return Err(e);
     }
     let (desc, chosen) = sdp_desc.ok_or_else(|| PullError::Protocol(format!("{name}: PLAY before DESCRIBE")))?;
     let peer = rd.peer_addr().map_err(|e| PullError::Ended(e.to_string()))?;
