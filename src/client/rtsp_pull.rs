@@ -376,7 +376,17 @@ async fn udp_reader(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            // An ICMP error for a report we sent (a server without an RTCP socket) is not the
+            // end of the media.
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        };
         if from.ip() != server || queued.load(Ordering::Relaxed) + n > UDP_QUEUE_BYTES {
             dropped.fetch_add(1, Ordering::Relaxed);
             continue;
