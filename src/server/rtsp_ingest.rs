@@ -29,9 +29,10 @@ use crate::util::RateLimit;
 /// Reorder window of a UDP track (packets) and the longest a packet waits for a missing one.
 const REORDER_PACKETS: usize = 256;
 const REORDER_DELAY_US: u64 = 100_000;
-/// Datagrams queued from the UDP readers to the connection task; beyond it they are dropped
-/// (counted), as a full socket buffer would drop them.
+/// Datagrams, and their bytes, queued from the UDP readers to the connection task; beyond either
+/// they are dropped (counted), as a full socket buffer would drop them.
 const UDP_QUEUE: usize = 1024;
+const UDP_QUEUE_BYTES: usize = 2 << 20;
 /// Largest datagram read (an RTP packet over a 1500-byte MTU, with room for jumbo senders).
 const MAX_DATAGRAM: usize = 9000;
 
@@ -169,6 +170,8 @@ pub struct Publishing {
     readers: Vec<JoinHandle<()>>,
     udp_dropped: Arc<AtomicU64>,
     foreign_datagrams: Arc<AtomicU64>,
+    /// Bytes in the UDP queue (bounded by [`UDP_QUEUE_BYTES`]).
+    queued: Arc<AtomicUsize>,
     last_media: Instant,
     bad_packets: u64,
     frames: Vec<Frame>,
@@ -196,6 +199,7 @@ impl Publishing {
         let mut ins = Vec::new();
         let udp_dropped = Arc::new(AtomicU64::new(0));
         let foreign = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut readers = Vec::new();
         let (tx, rx) = mpsc::channel(UDP_QUEUE);
         for t in tracks {
@@ -211,13 +215,17 @@ impl Publishing {
                 TrackTransport::Udp { .. } => {
                     reorder = Some(ReorderBuffer::new(REORDER_PACKETS, REORDER_DELAY_US));
                     if let Some(sock) = udp(t.index) {
+                        let counters = UdpCounters {
+                            dropped: udp_dropped.clone(),
+                            foreign: foreign.clone(),
+                            queued: queued.clone(),
+                        };
                         readers.push(tokio::spawn(udp_reader(
                             sock,
                             peer,
                             k as usize,
                             tx.clone(),
-                            udp_dropped.clone(),
-                            foreign.clone(),
+                            counters,
                             activity.clone(),
                         )));
                     }
@@ -241,6 +249,7 @@ impl Publishing {
             readers,
             udp_dropped,
             foreign_datagrams: foreign,
+            queued,
             last_media: Instant::now(),
             bad_packets: 0,
             frames: Vec::new(),
@@ -268,6 +277,9 @@ impl Publishing {
     pub async fn recv_udp(&mut self) -> Option<(usize, Bytes)> {
         let Some(rx) = self.udp_rx.as_mut() else { return std::future::pending().await };
         let got = rx.recv().await;
+        if let Some((_, d)) = &got {
+            self.queued.fetch_sub(d.len(), Ordering::Relaxed);
+        }
         if got.is_none() {
             // Every reader ended (socket error): stop polling a closed queue.
             self.udp_rx = None;
@@ -407,27 +419,38 @@ impl Publishing {
 
 /// Reads one UDP track's RTP socket; datagrams from another host than the publisher's are
 /// dropped (counted), so nobody else can inject into the stream.
+struct UdpCounters {
+    dropped: Arc<AtomicU64>,
+    foreign: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
+}
+
 async fn udp_reader(
     sock: Arc<UdpSocket>,
     peer: SocketAddr,
     k: usize,
     tx: mpsc::Sender<(usize, Bytes)>,
-    dropped: Arc<AtomicU64>,
-    foreign: Arc<AtomicU64>,
+    c: UdpCounters,
     activity: impl Fn(),
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
         if from.ip() != peer.ip() {
-            foreign.fetch_add(1, Ordering::Relaxed);
+            c.foreign.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         activity();
+        if c.queued.load(Ordering::Relaxed) + n > UDP_QUEUE_BYTES {
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        c.queued.fetch_add(n, Ordering::Relaxed);
         match tx.try_send((k, Bytes::copy_from_slice(&buf[..n]))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
+                c.queued.fetch_sub(n, Ordering::Relaxed);
+                c.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
