@@ -87,7 +87,31 @@ async fn receiver_reports_reach_udp_and_tcp_cameras_and_their_sender_reports_are
         assert!(counted, "{t:?}: the stream's RTCP counters: {}", last["rtcp"]);
         assert_eq!(last["rtcp"]["rtcp_errors"], 0, "{t:?}");
     }
+    // Hostile RTCP on the RTP port: a compound packet whose length lies, with the UDP stream's
+    // SSRC, is an error counted on that stream; an unknown SSRC is counted as unrouted.
+    let udp = stream(gw.api_addr, cases[0].0).await;
+    let ssrc: u32 = udp["source"]["ssrc"].as_str().unwrap().parse().unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut junk = vec![0x80, 200, 0, 60];
+    junk.extend_from_slice(&ssrc.to_be_bytes());
+    junk.extend_from_slice(&[0xff; 20]);
+    sock.send_to(&junk, gw.rtp_addr).await.unwrap();
+    junk[4..8].copy_from_slice(&ssrc.wrapping_add(1).to_be_bytes());
+    sock.send_to(&junk, gw.rtp_addr).await.unwrap();
+    let api = gw.api_addr;
+    let id = cases[0].0.to_string();
+    let errors = wait_for(Duration::from_secs(3), || {
+        let id = id.clone();
+        let s = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move { stream(api, &id).await })
+        });
+        s["rtcp"]["rtcp_errors"] == 1
+    })
+    .await;
+    assert!(errors, "the lying RTCP packet counted as an error");
     let (_, rtp) = http_get(gw.api_addr, "/api/v1/rtp").await;
+    assert!(rtp["rtcp_unrouted"].as_u64().unwrap() >= 1, "{rtp}");
+    assert!(SimStats::get(&sims[0].rtcp_rr_received) >= 3, "reports still flow");
     assert!(rtp["rtcp_rr_sent"].as_u64().unwrap() >= 9, "{rtp}");
     assert!(rtp["rtcp_sr_received"].as_u64().unwrap() >= 3, "{rtp}");
     stop.cancel();

@@ -285,7 +285,12 @@ pub struct Recorder {
 impl Recorder {
     /// Starts the writer when `[record]` has a directory and patterns; `None` otherwise.
     pub fn start(cfg: &RecordConfig) -> Option<Arc<Recorder>> {
-        let dir = cfg.dir.clone()?;
+        let Some(dir) = cfg.dir.clone() else {
+            if !cfg.streams.is_empty() {
+                tracing::warn!("[record] streams is set but dir is not: nothing is recorded");
+            }
+            return None;
+        };
         if cfg.streams.is_empty() {
             return None;
         }

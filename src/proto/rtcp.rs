@@ -400,7 +400,10 @@ impl ReceiverStats {
             return false;
         }
         // A.8: arrival in RTP units (wrapping like the timestamp), transit, its variation.
-        let arrival = (arrival_us as u128 * self.clock_rate as u128 / 1_000_000) as u32;
+        // Split in seconds and the rest: no overflow, no 128-bit division per packet.
+        let rate = self.clock_rate as u64;
+        let ticks = (arrival_us / 1_000_000).wrapping_mul(rate) + (arrival_us % 1_000_000) * rate / 1_000_000;
+        let arrival = ticks as u32;
         let transit = arrival.wrapping_sub(rtp_ts);
         if let Some(prev) = self.transit {
             let d = (transit.wrapping_sub(prev) as i32).unsigned_abs() as u64;
