@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """GStreamer's RTSP server (gst-rtsp-server, Debian gir1.2-gst-rtsp-server-1.0) for tests/rtsp_pull.rs.
 
-Usage: rtsp_pull_gst_server.py USER PASSWORD PROTOCOLS SESSION_TIMEOUT
+Usage: rtsp_pull_gst_server.py USER PASSWORD PROTOCOLS SESSION_TIMEOUT [AUTH]
   PROTOCOLS: tcp, udp or any (the lower transports the server accepts; the other one gets 461).
+  AUTH: digest (default) or basic.
 
 Serves /test: H.264 (openh264enc, 1 s GOP) and AAC (voaacenc) from live test sources, behind
-Digest authentication (RTSPAuth, DIGEST only). Prints "port N" once listening, then one line
+Digest (or Basic) authentication (RTSPAuth, that method only). Prints "port N" once listening, then one line
 "rtcp PT SSRC" per RTCP packet it receives from a client (so the test can count our receiver
 reports), "rb SSRC FRACTION LOST EXT_HIGHEST_SEQ JITTER LSR DLSR" per report block as GStreamer
 parses it, "request METHOD" per OPTIONS and GET_PARAMETER (keep-alives), "teardown" per TEARDOWN. Exits when stdin closes.
@@ -23,6 +24,7 @@ from gi.repository import GLib, Gst, GstRtp, GstRtsp, GstRtspServer  # noqa: E40
 
 Gst.init(None)
 user, password, protocols, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+method = sys.argv[5] if len(sys.argv) > 5 else "digest"
 
 
 _out = threading.Lock()
@@ -56,10 +58,14 @@ lower = {
 factory.set_protocols(lower)
 
 auth = GstRtspServer.RTSPAuth()
-auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
 token = GstRtspServer.RTSPToken()
 token.set_string("media.factory.role", "user")
-auth.add_digest(user, password, token)
+if method == "basic":
+    auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+else:
+    auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+    auth.add_digest(user, password, token)
 server.set_auth(auth)
 permissions = GstRtspServer.RTSPPermissions()
 permissions.add_role_from_structure(
