@@ -295,9 +295,9 @@ async fn gstreamer_server_with_digest_over_tcp_and_udp() {
     assert!(matches!(rtsp_pull::connect(&no_creds, &opts(PullTransport::Auto)).await, Err(PullError::Auth(_))));
 }
 
-/// A server that takes only one lower transport: UDP asked of a TCP-only server falls back to
-/// TCP, Auto against a UDP-only one to UDP; strict UDP against TCP-only... falls back too (the
-/// brief: `udp` prefers UDP), strict TCP against UDP-only is refused.
+/// A server that takes only one lower transport: `udp` (UDP preferred) against a TCP-only server
+/// falls back to TCP, `auto` against a UDP-only one to UDP, and `tcp` (strict) against the
+/// UDP-only one is refused with the 461 in the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_server_refusing_one_transport() {
     let t = "gstreamer_server_refusing_one_transport";
