@@ -591,8 +591,8 @@ async fn udp_packets_out_of_order_come_out_in_order() {
     assert_eq!(pull.stats().lost, 0);
 }
 
-/// Basic authentication (gst-rtsp-server offering only Basic): the right password plays, a wrong
-/// one is an authentication failure.
+/// Basic authentication (gst-rtsp-server offering only Basic): the right password plays (and a
+/// dropped pull tears its session down), a wrong one is an authentication failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gstreamer_server_with_basic_auth() {
     let t = "gstreamer_server_with_basic_auth";
@@ -600,7 +600,9 @@ async fn gstreamer_server_with_basic_auth() {
         return;
     }
     let gst = Gst::start_with("any", 60, "basic").await;
-    pull_gst(&gst, PullTransport::Auto, "tcp").await.close().await;
+    // Dropped without close(): TEARDOWN still goes out (from a task).
+    drop(pull_gst(&gst, PullTransport::Auto, "tcp").await);
+    assert!(wait_for(Duration::from_secs(3), || gst.count("teardown") == 1).await, "no TEARDOWN on drop");
     match rtsp_pull::connect(&gst.url("user:wrong"), &opts(PullTransport::Auto)).await {
         Err(PullError::Auth(m)) => assert!(m.contains("refused"), "{m}"),
         other => panic!("{:?}", other.map(|p| p.stats())),
