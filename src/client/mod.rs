@@ -2,3 +2,4 @@
 pub mod pull;
 pub mod rtmp;
 pub mod rtmp_push;
+pub mod rtsp_pull;

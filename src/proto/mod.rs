@@ -9,5 +9,6 @@ pub mod rtmp_guard;
 pub mod rtp;
 pub mod rtp_depack;
 pub mod rtsp;
+pub mod rtsp_client;
 pub mod sdp;
 pub mod sip;
