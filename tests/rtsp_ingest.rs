@@ -545,3 +545,42 @@ async fn udp_receive_ports_are_bounded() {
     assert!(frames_grow(&stream).await);
     gw.stop().await;
 }
+
+/// Raw RTP recording (D89) covers RTSP publishers too: every track's packets, as they arrived,
+/// in the `[u16 length][RTP]` file, told apart by payload type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtsp_push_is_recorded_with_both_tracks() {
+    if !tools("an_rtsp_push_is_recorded_with_both_tracks", &["ffmpeg"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = test_config();
+    cfg.record.dir = Some(tmp.path().to_path_buf());
+    cfg.record.streams = vec!["live/*".into()];
+    let gw = start(cfg).await;
+    let name = "live/recorded";
+    let url = format!("rtsp://{}/{name}", gw.rtsp_addr.unwrap());
+    let pusher = ffmpeg_push(&url, "tcp", H264, AAC, 30);
+    let stream = wait_live(&gw, name, Duration::from_secs(15)).await;
+    assert!(frames_grow(&stream).await, "no video flows");
+    drop(pusher);
+    assert!(
+        wait_for(Duration::from_secs(10), || gw.hub.get(name).is_none()).await,
+        "the stream outlived its publisher"
+    );
+    gw.hub.diag().recorder.expect("recording is configured").flush();
+    let dir = tmp.path().join("live_recorded");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")).flatten().collect();
+    assert!(!files.is_empty(), "no recording in {dir:?}");
+    let mut by_pt = std::collections::BTreeMap::<u8, usize>::new();
+    for f in &files {
+        for p in read_rtp_dump(&f.path()) {
+            assert!(p.len() >= 12 && p[0] >> 6 == 2, "not an RTP packet: {p:?}");
+            *by_pt.entry(p[1] & 0x7f).or_default() += 1;
+        }
+    }
+    // ffmpeg's RTSP muxer: H.264 as payload type 96, AAC as 97.
+    assert!(by_pt.get(&96).copied().unwrap_or(0) > 25, "video packets recorded: {by_pt:?}");
+    assert!(by_pt.get(&97).copied().unwrap_or(0) > 10, "audio packets recorded: {by_pt:?}");
+    gw.stop().await;
+}

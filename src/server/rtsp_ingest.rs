@@ -310,6 +310,11 @@ impl Publishing {
             return;
         }
         self.publisher.count_wire_bytes(data.len());
+        // Raw RTP recording (D89): every track's packets as they arrived, told apart in the file
+        // by payload type and SSRC.
+        if let Some(rec) = self.publisher.stream.record() {
+            rec.packet(&data);
+        }
         let pkt = match RtpPacket::parse(data) {
             Ok(p) => p,
             // RTCP multiplexed on the RTP channel (RFC 5761) is not media.
