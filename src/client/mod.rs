@@ -1,4 +1,5 @@
 //! Outgoing connections: static RTMP pushes of hub streams to other servers, and pulls of RTSP/RTMP sources.
 pub mod pull;
 pub mod rtmp;
+pub mod rtmp_pull;
 pub mod rtmp_push;
