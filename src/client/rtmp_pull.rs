@@ -5,7 +5,8 @@
 //! `ClientSession` that only ever reads what our guard (`proto::rtmp_guard`, D30) let through.
 //! connect, createStream and play are each bounded by [`PullOptions::timeout`]; so is every
 //! later read (an origin that stops sending ends the pull). FLV tag bodies become frames through
-//! [`FlvDemuxer`] (H.264, H.265 in both Enhanced RTMP and the legacy codec id 12, AAC, G.711);
+//! [`FlvDemuxer`] (read from the guard, whatever their message stream id: ffmpeg's `-listen`
+//! server sends them on stream 0) (H.264, H.265 in both Enhanced RTMP and the legacy codec id 12, AAC, G.711);
 //! timestamps are repaired and audio transcoded downstream, by the media stage of the publisher.
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct RtmpPull {
     /// `app/key`, for the log.
     what: String,
     demux: FlvDemuxer,
+    /// The origin's audio/video messages of one read (reused).
+    media: Vec<crate::proto::rtmp_chunk::Message>,
     frames: VecDeque<Frame>,
     /// Set once the origin accepted the connect request.
     connected: bool,
@@ -121,6 +124,7 @@ pub async fn connect(url: &str, opts: &PullOptions) -> Result<RtmpPull, PullErro
         peer,
         what: format!("{app}/{key}"),
         demux: FlvDemuxer::new(),
+        media: Vec::new(),
         frames: VecDeque::new(),
         connected: false,
         playing: false,
@@ -202,9 +206,20 @@ impl RtmpPull {
 
     /// Feeds the origin's bytes through the guard into the session, answers what it must.
     async fn input(&mut self, bytes: &[u8], step: Step) -> Result<(), PullError> {
-        let results = super::rtmp::handle_input(&mut self.session, &mut self.guard, bytes)
-            .map_err(|e| PullError::Protocol(format!("{}: {e}", step.name())))?;
-        self.send(results).await
+        let mut media = std::mem::take(&mut self.media);
+        let results = super::rtmp::handle_input_media(&mut self.session, &mut self.guard, bytes, &mut media)
+            .map_err(|e| PullError::Protocol(format!("{}: {e}", step.name())));
+        // Media is read from the guard, whatever its message stream id (see `filter_media`);
+        // the session's own media events are ignored.
+        for m in media.drain(..) {
+            let r = match m.type_id {
+                9 => self.demux.video(m.timestamp, &m.data),
+                _ => self.demux.audio(m.timestamp, &m.data),
+            };
+            self.tag(r);
+        }
+        self.media = media;
+        self.send(results?).await
     }
 
     /// Reads until the setup step is done; each read and the whole step bounded by the timeout.
@@ -256,14 +271,6 @@ impl RtmpPull {
                 } else if code.ends_with(".Stop") || code.contains("Unpublish") || code.ends_with(".Complete") {
                     self.ended = Some(format!("the origin said {code}"));
                 }
-            }
-            ClientSessionEvent::VideoDataReceived { timestamp, data } => {
-                let r = self.demux.video(timestamp.value, &data);
-                self.tag(r);
-            }
-            ClientSessionEvent::AudioDataReceived { timestamp, data } => {
-                let r = self.demux.audio(timestamp.value, &data);
-                self.tag(r);
             }
             _ => {}
         }

@@ -1,0 +1,342 @@
+//! The relay with real peers on 127.0.0.1: an `ffmpeg -listen 1` RTMP origin (absent, late,
+//! present), players that are ffprobe over RTSP and over RTMP, and gbgate's own API.
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gbgate::config::{Config, HumanDuration, PullConfig};
+use gbgate::server::Gateway;
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An `ffmpeg -listen 1` RTMP origin of a synthetic 25 fps H.264 + AAC stream (a keyframe every
+/// second, the first frame one); killed when dropped.
+struct Origin(Child);
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_origin(port: u16) -> Origin {
+    let child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-f", "flv", "-listen", "1"])
+        .arg(format!("rtmp://127.0.0.1:{port}/live/x"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ffmpeg origin");
+    Origin(child)
+}
+
+/// Whether a socket listens on 127.0.0.1:`port` (read from /proc: the origin accepts once).
+fn listening(port: u16) -> bool {
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().any(|l| l.contains(&needle))
+}
+
+/// An origin on a port the kernel just had free (ffmpeg cannot bind port 0: retried elsewhere
+/// when another process took it first).
+async fn origin_on_free_port() -> (u16, Origin) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut origin = spawn_origin(port);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) && origin.0.try_wait().unwrap().is_none() {
+            if listening(port) {
+                return (port, origin);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("the ffmpeg origin could not listen on any of 5 ports");
+}
+
+fn pull(pattern: Option<&str>, name: Option<&str>, url: String) -> PullConfig {
+    let text = match (pattern, name) {
+        (Some(p), _) => format!("match = {p:?}\nurl = {url:?}\n"),
+        (_, Some(n)) => format!("name = {n:?}\nurl = {url:?}\n"),
+        _ => unreachable!(),
+    };
+    toml::from_str(&text).unwrap()
+}
+
+fn config_with(pulls: Vec<PullConfig>) -> Config {
+    let mut cfg = test_config();
+    cfg.sip.enabled = false;
+    cfg.pull = pulls;
+    cfg.validate().expect("valid config");
+    cfg
+}
+
+async fn pulls(gw: &Gateway) -> Value {
+    let (status, body) = http_get(gw.api_addr, "/api/v1/pulls").await;
+    assert_eq!(status, 200);
+    body
+}
+
+fn slot<'a>(body: &'a Value, name: &str) -> &'a Value {
+    body["pulls"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{name}: {body}"))
+}
+
+/// ffprobe reading the first `packets` video packets of `url`; returns (ok, stdout, stderr).
+async fn probe_first_packets(url: &str, packets: u32) -> (bool, String, String) {
+    let mut args: Vec<String> = vec!["-v".into(), "error".into()];
+    if url.starts_with("rtsp") {
+        args.extend(["-rtsp_transport".into(), "tcp".into()]);
+    }
+    args.extend(
+        [
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            &format!("%+#{packets}"),
+            "-show_entries",
+            "packet=flags,pts:stream=codec_name,width,height",
+            "-of",
+            "json",
+            url,
+        ]
+        .map(String::from),
+    );
+    run_program("ffprobe", &args, Duration::from_secs(30)).await
+}
+
+fn flags_of(out: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(out).unwrap_or(Value::Null);
+    v["packets"]
+        .as_array()
+        .map_or(vec![], |p| p.iter().map(|p| p["flags"].as_str().unwrap_or("").to_string()).collect())
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn tools(test: &str) -> bool {
+    require_tool(test, "ffmpeg") && require_tool(test, "ffprobe")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_origin_five_attempts_a_second_apart_then_not_found_with_the_cause() {
+    if !tools("absent_origin") {
+        return;
+    }
+    let dead = free_port(); // nothing listens there
+    let gw = start(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{dead}/{{path}}"))])).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+
+    // RTSP: DESCRIBE waits for the whole series, then 404 with the cause in the reason phrase.
+    let t0 = Instant::now();
+    let (ok, _, err) = probe_first_packets(&format!("rtsp://{rtsp}/live/x"), 1).await;
+    let waited = t0.elapsed();
+    assert!(!ok, "no origin, yet ffprobe played");
+    assert!(err.contains("404") && err.contains("refused"), "RTSP player told: {err}");
+    assert!(waited >= Duration::from_millis(3800), "answered after {waited:?}: not after 5 attempts");
+    let body = pulls(&gw).await;
+    let s = slot(&body, "live/x");
+    assert_eq!(s["state"], "failed", "{s}");
+    assert_eq!(s["attempts"], 5, "{s}");
+    assert!(s["last_error"].as_str().unwrap().contains("refused"), "{s}");
+    let log = s["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 5);
+    let starts: Vec<u64> = log.iter().map(|a| a["started_ms"].as_u64().unwrap()).collect();
+    for (i, w) in starts.windows(2).enumerate() {
+        let gap = w[1] - w[0];
+        assert!((900..=1400).contains(&gap), "attempt {} started {gap} ms after the one before: {starts:?}", i + 2);
+    }
+    for (i, a) in log.iter().enumerate() {
+        assert_eq!(a["attempt"], i as u64 + 1);
+        assert!(a["error"].as_str().unwrap().starts_with("refused"), "{a}");
+    }
+
+    // RTMP: a new series (the last one is over), NetStream.Play.StreamNotFound naming the cause.
+    let (ok, _, err) = probe_first_packets(&format!("rtmp://{}/live/x", gw.rtmp_addr.unwrap()), 1).await;
+    assert!(!ok, "no origin, yet ffprobe played over RTMP");
+    assert!(err.contains("refused") && err.contains("attempt"), "RTMP player told: {err}");
+    let body = pulls(&gw).await;
+    assert_eq!(slot(&body, "live/x")["attempts"], 10, "{body}");
+    assert_eq!(body["counters"]["series"], 2, "{body}");
+    assert!(gw.hub.get("live/x").is_none());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_appears_after_two_seconds_serves_the_waiting_players_from_a_keyframe() {
+    if !tools("late_origin") {
+        return;
+    }
+    let port = free_port();
+    let gw = start(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))])).await;
+    let rtsp = format!("rtsp://{}/live/x", gw.rtsp_addr.unwrap());
+    let rtmp = format!("rtmp://{}/live/x", gw.rtmp_addr.unwrap());
+    let t0 = Instant::now();
+    let p1 = tokio::spawn(async move { probe_first_packets(&rtsp, 3).await });
+    let p2 = tokio::spawn(async move { probe_first_packets(&rtmp, 3).await });
+    // Both players are parked while the attempts fail.
+    let start = Instant::now();
+    loop {
+        let body = pulls(&gw).await;
+        if body["parked"].as_u64() == Some(2) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "players not parked: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep_until((t0 + Duration::from_secs(2)).into()).await;
+    let _origin = spawn_origin(port);
+    for (what, p) in [("RTSP", p1), ("RTMP", p2)] {
+        let (ok, out, err) = p.await.unwrap();
+        assert!(ok, "{what} player: {err}");
+        let flags = flags_of(&out);
+        assert!(!flags.is_empty(), "{what}: no packet: {out}");
+        assert!(flags[0].starts_with('K'), "{what}: the first packet is not a keyframe: {flags:?}");
+    }
+    let body = pulls(&gw).await;
+    let s = slot(&body, "live/x");
+    assert_eq!(s["state"], "live", "{s}");
+    let attempts = s["attempts"].as_u64().unwrap();
+    assert!((2..=5).contains(&attempts), "went live at attempt {attempts}: {s}");
+    assert_eq!(body["counters"]["series"], 1, "{body}");
+    let stream = gw.hub.get("live/x").expect("pulled stream in the hub");
+    assert_eq!(stream.source.transport, gbgate::hub::Transport::Rtmp);
+    assert_eq!(stream.source.peer.port(), port);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_players_asking_at_once_cause_one_pull() {
+    if !tools("twenty_players") {
+        return;
+    }
+    let (port, _origin) = origin_on_free_port().await;
+    let gw = start(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))])).await;
+    let (rtsp, rtmp) = (gw.rtsp_addr.unwrap(), gw.rtmp_addr.unwrap());
+    let players: Vec<_> = (0..20)
+        .map(|i| {
+            let url = match i % 2 {
+                0 => format!("rtsp://{rtsp}/live/x"),
+                _ => format!("rtmp://{rtmp}/live/x"),
+            };
+            tokio::spawn(async move { (url.clone(), probe_first_packets(&url, 1).await) })
+        })
+        .collect();
+    let mut played = 0;
+    for p in players {
+        let (url, (ok, out, err)) = p.await.unwrap();
+        assert!(ok, "{url}: {err}");
+        let flags = flags_of(&out);
+        assert!(flags.first().is_some_and(|f| f.starts_with('K')), "{url}: first packet {flags:?}");
+        played += 1;
+    }
+    assert_eq!(played, 20);
+    let body = pulls(&gw).await;
+    let s = slot(&body, "live/x");
+    // One connection to the origin (an `ffmpeg -listen 1` origin would refuse a second anyway,
+    // which would show as a failed attempt).
+    assert_eq!((s["attempts"].as_u64(), s["failures"].as_u64()), (Some(1), Some(0)), "{s}");
+    let c = &body["counters"];
+    assert_eq!((c["series"].as_u64(), c["attempts"].as_u64()), (Some(1), Some(1)), "{body}");
+    let demands = c["demands"].as_u64().unwrap();
+    println!("20 players: {demands} asked while it was not live, {} joined the series", c["joined"]);
+    assert!(demands >= 2 && c["joined"].as_u64().unwrap() == demands - 1, "{body}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stop_releases_the_pulled_stream_its_socket_and_memory() {
+    if !tools("idle_stop") {
+        return;
+    }
+    let mut entry = pull(Some("live/*"), None, String::new());
+    entry.idle_stop = Some(HumanDuration(Duration::from_secs(2)));
+    let (port, _origin) = origin_on_free_port().await;
+    entry.url = format!("rtmp://127.0.0.1:{port}/{{path}}");
+    let gw = start(config_with(vec![entry])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds0, rss0) = (fd_count(), rss_kib());
+
+    let (ok, out, err) = probe_first_packets(&format!("rtsp://{}/live/x", gw.rtsp_addr.unwrap()), 50).await;
+    assert!(ok, "{err}");
+    assert!(flags_of(&out).len() >= 40, "{out}");
+    let player_left = Instant::now();
+    let during = (fd_count(), rss_kib());
+    assert!(gw.hub.get("live/x").is_some(), "the pull is live after its player left");
+    let body = pulls(&gw).await;
+    assert_eq!(slot(&body, "live/x")["state"], "live");
+
+    // Nobody watches: the pull stops after idle_stop (2 s), not before.
+    let start = Instant::now();
+    while gw.hub.get("live/x").is_some() {
+        assert!(start.elapsed() < Duration::from_secs(10), "still pulled 10 s after its last player left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_after = player_left.elapsed();
+    assert!(stopped_after >= Duration::from_millis(1800), "stopped {stopped_after:?} after the player left");
+    let body = pulls(&gw).await;
+    let s = slot(&body, "live/x");
+    assert_eq!((s["state"].as_str(), s["idle_stops"].as_u64()), (Some("idle"), Some(1)), "{s}");
+    assert_eq!(body["counters"]["idle_stops"], 1);
+    assert!(streams(gw.api_addr).await.iter().all(|s| s["name"] != "live/x"), "the API still lists it");
+    assert_eq!(gw.hub.gop_budget().usage().0, 0, "GOP bytes still held");
+
+    // The socket to the origin and the media stage's resources are released.
+    let start = Instant::now();
+    let (mut fds, mut rss) = (fd_count(), rss_kib());
+    while (fds > fds0 || rss > rss0 + 16 * 1024) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (fds, rss) = (fd_count(), rss_kib());
+    }
+    println!(
+        "idle stop after {stopped_after:?}; fds {fds0} -> {} (pulling) -> {fds}; rss {rss0} -> {} -> {rss} KiB",
+        during.0, during.1
+    );
+    assert!(fds <= fds0, "fds {fds0} before the pull, {fds} after its idle stop");
+    assert!(rss <= rss0 + 16 * 1024, "rss {rss0} KiB before the pull, {rss} KiB after its idle stop");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_pull_is_live_after_boot_and_is_played() {
+    if !tools("fixed_pull") {
+        return;
+    }
+    let (port, _origin) = origin_on_free_port().await;
+    let gw = start(config_with(vec![pull(None, Some("cam1"), format!("rtmp://127.0.0.1:{port}/live/x"))])).await;
+    let start = Instant::now();
+    while gw.hub.get("cam1").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(15), "cam1 not live: {}", pulls(&gw).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = pulls(&gw).await;
+    let s = slot(&body, "cam1");
+    assert_eq!((s["state"].as_str(), s["on_demand"].as_bool()), (Some("live"), Some(false)), "{s}");
+    assert_eq!(body["counters"]["demands"], 0, "nobody asked: it started at boot");
+    let (ok, out, err) = probe_first_packets(&format!("rtsp://{}/cam1", gw.rtsp_addr.unwrap()), 25).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["streams"][0]["codec_name"], "h264", "{out}");
+    assert_eq!(v["streams"][0]["width"], 320, "{out}");
+    assert!(flags_of(&out).len() >= 20, "{out}");
+    let stats = gw.hub.get("cam1").unwrap().stats();
+    assert!(stats.media.transcode.is_some(), "the audio went through the media stage: {:?}", stats.media);
+    gw.stop().await;
+}
