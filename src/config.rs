@@ -158,6 +158,11 @@ impl PullConfig {
                 return Err(bad(key, format!("{n:?}: names under gb/ and rtp/ belong to GB28181/RTP sources")));
             }
         }
+        // `{path}` (a player's name, for templates) goes in the path, never in the host.
+        let authority = self.url.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        if authority.contains("{path}") {
+            return Err(bad("pull.url", "`{path}` may only appear after the host (in the path)".into()));
+        }
         let url = url::Url::parse(&self.url_for("x")).map_err(|e| bad("pull.url", format!("{:?}: {e}", self.url)))?;
         match url.scheme() {
             "rtmp" => {
@@ -823,6 +828,7 @@ mod tests {
             ("url = \"rtmp://o/a/b\"", "pull.name"),
             ("name = \"a\"\nmatch = \"b*\"\nurl = \"rtmp://o/a/b\"", "pull.match"),
             ("name = \"a\"\nurl = \"http://o/a\"", "pull.url"),
+            ("match = \"*\"\nurl = \"rtmp://{path}/a/b\"", "after the host"),
             ("name = \"a\"\nurl = \"rtsp://o/a\"", "rtsp pull not built"),
             ("name = \"gb/1\"\nurl = \"rtmp://o/a/b\"", "pull.name"),
             ("name = \"a\"\nurl = \"rtmp://o/a/b\"\nretries = 0", "pull.retries"),

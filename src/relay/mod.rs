@@ -171,6 +171,14 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether a requested name may be put in a template's URL (`{path}`): 1-200 characters of
+/// `A-Z a-z 0-9 - _ . ~ /`, no empty, `.` or `..` segment.
+pub fn template_safe(name: &str) -> bool {
+    (1..=200).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b))
+        && name.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
 /// `url` without credentials: the password of `user:pass@` and the query (`?txSecret=..`).
 pub fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
@@ -290,7 +298,11 @@ impl Inner {
     /// The entry serving `name`: a fixed name first, then the first template that matches.
     fn entry_for(&self, name: &str) -> Option<usize> {
         let fixed = self.entries.iter().position(|e| e.name.as_deref() == Some(name));
-        fixed.or_else(|| self.entries.iter().position(|e| e.pattern.is_some() && e.serves(name)))
+        fixed.or_else(|| {
+            // A player's name goes into a template's URL: only plain path characters, so that
+            // it cannot add a query, a userinfo or a `..` to the origin's URL.
+            template_safe(name).then(|| self.entries.iter().position(|e| e.pattern.is_some() && e.serves(name)))?
+        })
     }
 
     fn new_slot(&self, name: &str, entry: usize) -> Arc<Slot> {
@@ -670,6 +682,14 @@ async fn run_live(inner: &Inner, slot: &Slot, live: Live) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_names_go_into_a_template_url() {
+        assert!(template_safe("live/cam-1_a.b~c"));
+        for bad in ["", "live/../admin", "live/x?secret=1", "live/x#f", "a@evil/x", "live//x", "/x", "x/", "live/%2e"] {
+            assert!(!template_safe(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn credentials_are_redacted() {
