@@ -435,3 +435,71 @@ async fn a_fixed_pull_stopped_when_idle_comes_back_when_a_player_asks() {
     gw.stop().await;
     origin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_origin_is_no_answer_and_an_audio_only_origin_is_no_keyframe() {
+    let _serial = SERIAL.lock().await;
+    if !tools("causes") {
+        return;
+    }
+    // An origin that accepts the connection and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    // An origin (another gbgate) whose stream has audio and no video.
+    let origin = start(config_with(vec![])).await;
+    let audio_url = format!("rtmp://{}/audio/x", origin.rtmp_addr.unwrap());
+    let _publisher = Origin(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+            ])
+            .args(["-c:a", "aac", "-f", "flv", &audio_url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while origin.hub.get("audio/x").is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the audio-only origin stream did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut entries = vec![
+        pull(Some("silent/*"), None, format!("rtmp://{silent_addr}/{{path}}")),
+        pull(Some("audio/*"), None, format!("rtmp://{}/{{path}}", origin.rtmp_addr.unwrap())),
+    ];
+    for e in &mut entries {
+        e.retries = 2;
+        e.timeout = HumanDuration(Duration::from_secs(1));
+    }
+    let gw = start(config_with(entries)).await;
+    let rtsp = gw.rtsp_addr.unwrap();
+    let (ok, _, err) = probe_first_packets(&format!("rtsp://{rtsp}/silent/x"), 1).await;
+    assert!(!ok && err.contains("404") && err.contains("no answer"), "silent origin: {err}");
+    let (ok, _, err) = probe_first_packets(&format!("rtmp://{}/audio/x", gw.rtmp_addr.unwrap()), 1).await;
+    assert!(!ok && err.contains("no keyframe"), "audio-only origin: {err}");
+    let body = pulls(&gw).await;
+    for (name, cause) in [("silent/x", "no answer"), ("audio/x", "no keyframe")] {
+        let s = slot(&body, name);
+        assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("failed"), Some(2)), "{s}");
+        assert!(s["last_error"].as_str().unwrap().starts_with(cause), "{s}");
+    }
+    assert!(gw.hub.get("audio/x").is_none(), "a source without a keyframe never reaches the hub");
+    held.abort();
+    gw.stop().await;
+    origin.stop().await;
+}
