@@ -368,6 +368,20 @@ async fn a_fixed_pull_is_live_after_boot_and_is_played() {
     assert!(flags_of(&out).len() >= 20, "{out}");
     let stats = gw.hub.get("cam1").unwrap().stats();
     assert!(stats.media.transcode.is_some(), "the audio went through the media stage: {:?}", stats.media);
+    // 44.1 kHz AAC from the origin leaves as every source's audio does: AAC-LC 11025 Hz mono.
+    let args = ["-v", "error", "-rtsp_transport", "tcp", "-select_streams", "a:0", "-show_entries"];
+    let url = format!("rtsp://{}/cam1", gw.rtsp_addr.unwrap());
+    let args: Vec<&str> =
+        args.into_iter().chain(["stream=codec_name,sample_rate,channels", "-of", "json", &url]).collect();
+    let (ok, out, err) = run_program("ffprobe", &args, Duration::from_secs(30)).await;
+    assert!(ok, "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    let a = &a["streams"][0];
+    assert_eq!(
+        (a["codec_name"].as_str(), a["sample_rate"].as_str(), a["channels"].as_i64()),
+        (Some("aac"), Some("11025"), Some(1)),
+        "{out}"
+    );
     gw.stop().await;
 }
 
@@ -502,4 +516,69 @@ async fn a_silent_origin_is_no_answer_and_an_audio_only_origin_is_no_keyframe() 
     held.abort();
     gw.stop().await;
     origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_is_pulled_from_gbgate_origins_over_enhanced_and_legacy_flv() {
+    use gbgate::config::HevcFlv;
+    use gbgate::sim::send::{send_file, SendOptions};
+    let _serial = SERIAL.lock().await;
+    if !tools("hevc_pull") {
+        return;
+    }
+    let mut senders = Vec::new();
+    let mut entries = Vec::new();
+    let mut origins = Vec::new();
+    for (i, hevc) in [HevcFlv::Enhanced, HevcFlv::Legacy].into_iter().enumerate() {
+        let mut cfg = config_with(vec![]);
+        cfg.rtmp.hevc = hevc;
+        let origin = start(cfg).await;
+        let ssrc = 0x0BEB_C201 + i as u32;
+        let opts = SendOptions {
+            to: origin.rtp_addr,
+            tcp: true,
+            count: 1,
+            ssrc_base: Some(ssrc),
+            loops: 10,
+            duration: None,
+            flood: false,
+            linger: Duration::from_millis(200),
+        };
+        let path = own_fixture("h265_aac_16k.rtp");
+        senders.push(tokio::spawn(async move {
+            let _ = send_file(&path, &opts).await;
+        }));
+        entries.push(pull(
+            None,
+            Some(&format!("hevc{i}")),
+            format!("rtmp://{}/rtp/{ssrc:08X}", origin.rtmp_addr.unwrap()),
+        ));
+        origins.push(origin);
+    }
+    let gw = start(config_with(entries)).await;
+    for i in 0..2 {
+        let name = format!("hevc{i}");
+        let t0 = Instant::now();
+        let stream = loop {
+            if let Some(s) = gw.hub.get(&name).filter(|s| s.stats().video.is_some_and(|v| v.frames >= 25)) {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(15), "{name} not pulled: {}", pulls(&gw).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let v = stream.stats().video.unwrap();
+        assert_eq!((v.codec, v.width, v.height), ("h265", 352, 288), "{name}");
+        let (ok, out, err) = probe_first_packets(&format!("rtsp://{}/{name}", gw.rtsp_addr.unwrap()), 10).await;
+        assert!(ok, "{name}: {err}");
+        let p: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["streams"][0]["codec_name"], "hevc", "{name}: {out}");
+        assert!(flags_of(&out).first().is_some_and(|f| f.starts_with('K')), "{name}: {out}");
+    }
+    for s in senders {
+        s.abort();
+    }
+    gw.stop().await;
+    for o in origins {
+        o.stop().await;
+    }
 }
