@@ -295,3 +295,70 @@ impl RtmpPull {
 fn clip(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use tokio::io::AsyncWriteExt;
+
+    /// A server that completes the handshake, then writes `then`, then holds the connection.
+    async fn origin(then: Vec<u8>) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hs = Handshake::new(PeerType::Server);
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                match hs.process_bytes(&buf[..n]).unwrap() {
+                    HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
+                    HandshakeProcessResult::Completed { response_bytes, .. } => {
+                        s.write_all(&response_bytes).await.unwrap();
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(&then).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    fn opts() -> PullOptions {
+        PullOptions { timeout: Duration::from_millis(700), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_hostile_origin_is_a_named_error_not_a_panic() {
+        // A chunk header announcing a 16 MiB message (over the guard's limit), then garbage.
+        let mut huge = vec![0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 20, 0, 0, 0, 0];
+        huge.extend(std::iter::repeat_n(0xAB, 4096));
+        let addr = origin(huge).await;
+        let e = connect(&format!("rtmp://{addr}/live/x"), &opts()).await.err().expect("refused");
+        assert!(matches!(e, PullError::Protocol(ref m) if m.contains("too long") || m.contains("exceed") || m.contains("limit")), "{e}");
+        // An AMF0 command with one value (rml_rtmp 0.8 panics on it without the guard).
+        let amf = [0x02, 0x00, 0x07, b'_', b'r', b'e', b's', b'u', b'l', b't'];
+        let mut short = vec![0x03, 0, 0, 0, 0, 0, amf.len() as u8, 20, 0, 0, 0, 0];
+        short.extend_from_slice(&amf);
+        let addr = origin(short).await;
+        let e = connect(&format!("rtmp://{addr}/live/x"), &opts()).await.err().expect("refused");
+        assert!(matches!(e, PullError::Protocol(ref m) if m.contains("value(s)")), "{e}");
+        // Silence after the handshake: no answer to connect, within the timeout.
+        let addr = origin(Vec::new()).await;
+        let t0 = Instant::now();
+        let e = connect(&format!("rtmp://{addr}/live/x"), &opts()).await.err().expect("no answer");
+        assert!(matches!(e, PullError::NoAnswer(_)), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_refused() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = connect(&format!("rtmp://127.0.0.1:{port}/live/x"), &opts()).await.err().unwrap();
+        assert!(matches!(e, PullError::Refused(ref m) if m.contains("connection refused")), "{e}");
+        let e = connect("http://h/x", &opts()).await.err().unwrap();
+        assert!(matches!(e, PullError::Protocol(_)), "{e}");
+    }
+}
