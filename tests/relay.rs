@@ -582,3 +582,49 @@ async fn h265_is_pulled_from_gbgate_origins_over_enhanced_and_legacy_flv() {
         o.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_pull_reconnects_when_its_origin_comes_back() {
+    let _serial = SERIAL.lock().await;
+    if !tools("fixed_reconnect") {
+        return;
+    }
+    let (port, origin) = origin_on_free_port().await;
+    let gw = start(config_with(vec![pull(None, Some("cam3"), format!("rtmp://127.0.0.1:{port}/live/x"))])).await;
+    let t0 = Instant::now();
+    let first = loop {
+        if let Some(s) = gw.hub.get("cam3") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "cam3 not live: {}", pulls(&gw).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The origin goes away: the stream ends, and the pull retries (refused while it is away).
+    drop(origin);
+    let t1 = Instant::now();
+    loop {
+        let body = pulls(&gw).await;
+        let s = slot(&body, "cam3");
+        if gw.hub.get("cam3").is_none() && s["failures"].as_u64() >= Some(1) {
+            assert_eq!(s["ended"], 1, "{s}");
+            assert!(s["last_error"].as_str().unwrap().contains("refused"), "{s}");
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(10), "no retry after the origin left: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(first.is_closed(), "the old stream is closed");
+    let _origin = spawn_origin(port);
+    let t2 = Instant::now();
+    while gw.hub.get("cam3").is_none() {
+        assert!(t2.elapsed() < Duration::from_secs(15), "cam3 not back: {}", pulls(&gw).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = pulls(&gw).await;
+    let s = slot(&body, "cam3");
+    assert_eq!(s["state"], "live", "{s}");
+    println!("fixed pull back {:?} after its origin; {} failed attempts meanwhile", t2.elapsed(), s["failures"]);
+    let (ok, out, err) = probe_first_packets(&format!("rtsp://{}/cam3", gw.rtsp_addr.unwrap()), 5).await;
+    assert!(ok && flags_of(&out).first().is_some_and(|f| f.starts_with('K')), "{err} {out}");
+    gw.stop().await;
+}

@@ -313,7 +313,9 @@ mod tests {
             loop {
                 let n = s.read(&mut buf).await.unwrap();
                 match hs.process_bytes(&buf[..n]).unwrap() {
-                    HandshakeProcessResult::InProgress { response_bytes } => s.write_all(&response_bytes).await.unwrap(),
+                    HandshakeProcessResult::InProgress { response_bytes } => {
+                        s.write_all(&response_bytes).await.unwrap()
+                    }
                     HandshakeProcessResult::Completed { response_bytes, .. } => {
                         s.write_all(&response_bytes).await.unwrap();
                         break;
@@ -337,7 +339,10 @@ mod tests {
         huge.extend(std::iter::repeat_n(0xAB, 4096));
         let addr = origin(huge).await;
         let e = connect(&format!("rtmp://{addr}/live/x"), &opts()).await.err().expect("refused");
-        assert!(matches!(e, PullError::Protocol(ref m) if m.contains("too long") || m.contains("exceed") || m.contains("limit")), "{e}");
+        assert!(
+            matches!(e, PullError::Protocol(ref m) if m.contains("too long") || m.contains("exceed") || m.contains("limit")),
+            "{e}"
+        );
         // An AMF0 command with one value (rml_rtmp 0.8 panics on it without the guard).
         let amf = [0x02, 0x00, 0x07, b'_', b'r', b'e', b's', b'u', b'l', b't'];
         let mut short = vec![0x03, 0, 0, 0, 0, 0, amf.len() as u8, 20, 0, 0, 0, 0];
