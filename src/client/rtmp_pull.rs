@@ -176,12 +176,19 @@ impl RtmpPull {
                 PullError::NoAnswer(m) | PullError::Refused(m) => PullError::Ended(m),
                 e => e,
             })?;
-            let bytes = self.buf[..n].to_vec();
-            self.input(&bytes, Step::Play).await?;
+            // The buffer is lent out while the session reads it (no copy per read).
+            let buf = std::mem::take(&mut self.buf);
+            let r = self.input(&buf[..n], Step::Play).await;
+            self.buf = buf;
+            r?;
         }
     }
 
     async fn read(&mut self, step: &str) -> Result<usize, PullError> {
+        // A `next_frame` cancelled while it had lent the buffer out left an empty one.
+        if self.buf.len() < READ_BUF {
+            self.buf.resize(READ_BUF, 0);
+        }
         let n = tokio::time::timeout(self.timeout, self.rd.read(&mut self.buf))
             .await
             .map_err(|_| PullError::NoAnswer(format!("{step}: nothing from the origin within {:?}", self.timeout)))?
@@ -246,8 +253,10 @@ impl RtmpPull {
                 )));
             }
             let n = self.read(step.name()).await?;
-            let bytes = self.buf[..n].to_vec();
-            self.input(&bytes, step).await?;
+            let buf = std::mem::take(&mut self.buf);
+            let r = self.input(&buf[..n], step).await;
+            self.buf = buf;
+            r?;
         }
     }
 

@@ -561,6 +561,8 @@ async fn drive(inner: Arc<Inner>, slot: Arc<Slot>) {
                     st.last_error = Some(e.to_string());
                     st.ended += 1;
                     st.live_since_ms = None;
+                    // Not live any more: a player asking now waits for the reconnection.
+                    st.state = PullState::Retrying;
                 });
                 if !fixed {
                     return stopped(&slot, None);
