@@ -142,6 +142,8 @@ struct Inner {
     parked_total: AtomicUsize,
     counters: RelayCounters,
     refuse_log: Mutex<RateLimit>,
+    /// [`MAX_PARKED_PER_NAME`] and [`MAX_PARKED_TOTAL`] (smaller in unit tests).
+    max_parked: (usize, usize),
 }
 
 /// The pull manager (a [`StreamDemand`] handler of the hub).
@@ -203,6 +205,16 @@ pub fn redact(url: &str) -> String {
 impl Relay {
     /// Starts the fixed pulls and registers the relay with the hub for on-demand names.
     pub fn start(entries: Vec<PullConfig>, hub: Arc<Hub>, media: Arc<RtpShared>, shutdown: CancellationToken) -> Relay {
+        Self::start_with(entries, hub, media, shutdown, (MAX_PARKED_PER_NAME, MAX_PARKED_TOTAL))
+    }
+
+    fn start_with(
+        entries: Vec<PullConfig>,
+        hub: Arc<Hub>,
+        media: Arc<RtpShared>,
+        shutdown: CancellationToken,
+        max_parked: (usize, usize),
+    ) -> Relay {
         let relay = Relay {
             inner: Arc::new(Inner {
                 entries,
@@ -213,6 +225,7 @@ impl Relay {
                 parked_total: AtomicUsize::new(0),
                 counters: RelayCounters::default(),
                 refuse_log: Mutex::new(RateLimit::new(Duration::from_secs(10))),
+                max_parked,
             }),
         };
         if relay.inner.entries.is_empty() {
@@ -287,8 +300,8 @@ impl Relay {
             "entries": entries,
             "pulls": pulls,
             "parked": inner.parked_total.load(Ordering::Relaxed),
-            "max_parked_per_name": MAX_PARKED_PER_NAME,
-            "max_parked": MAX_PARKED_TOTAL,
+            "max_parked_per_name": inner.max_parked.0,
+            "max_parked": inner.max_parked.1,
             "counters": &inner.counters,
         })
     }
@@ -375,7 +388,7 @@ impl Inner {
         let per_name = slot.parked.fetch_add(1, Ordering::Relaxed);
         let total = self.parked_total.fetch_add(1, Ordering::Relaxed);
         let _parked = Parked { slot: &slot, inner: self };
-        if per_name >= MAX_PARKED_PER_NAME || total >= MAX_PARKED_TOTAL {
+        if per_name >= self.max_parked.0 || total >= self.max_parked.1 {
             self.counters.parked_refused.fetch_add(1, Ordering::Relaxed);
             return Err(self.refused(
                 name,
@@ -691,6 +704,59 @@ mod tests {
         for bad in ["", "live/../admin", "live/x?secret=1", "live/x#f", "a@evil/x", "live//x", "/x", "x/", "live/%2e"] {
             assert!(!template_safe(bad), "{bad:?}");
         }
+    }
+
+    /// A relay of templates `a/*` and `b/*` towards a port where nothing listens, with room for
+    /// 2 parked players per name and 3 in all.
+    fn small_relay() -> Relay {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let entries = ["a/*", "b/*"]
+            .map(|m| {
+                toml::from_str::<PullConfig>(&format!(
+                    "match = {m:?}\nurl = \"rtmp://127.0.0.1:{port}/{{path}}\"\nretries = 3\nretry_interval = \"300ms\"\n"
+                ))
+                .unwrap()
+            })
+            .to_vec();
+        let hub = Hub::new(crate::config::HubConfig::default(), 10);
+        let media = RtpShared::with_audio(crate::config::AudioConfig::default());
+        Relay::start_with(entries, hub, media, CancellationToken::new(), (2, 3))
+    }
+
+    #[tokio::test]
+    async fn parked_players_are_bounded_per_name_and_in_total() {
+        let relay = small_relay();
+        let ask = |name: &'static str| {
+            let r = relay.clone();
+            tokio::spawn(async move { r.inner.demand(name).await })
+        };
+        let (a1, a2) = (ask("a/x"), ask("a/x"));
+        let t0 = Instant::now();
+        while relay.inner.parked_total.load(Ordering::Relaxed) < 2 {
+            assert!(t0.elapsed() < Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A third player of a/x is refused at once; b/y still has room, then the total is full.
+        let e = relay.inner.demand("a/x").await.unwrap_err();
+        assert!(e.contains("too many players waiting"), "{e}");
+        let b1 = ask("b/y");
+        while relay.inner.parked_total.load(Ordering::Relaxed) < 3 {
+            assert!(t0.elapsed() < Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let e = relay.inner.demand("b/z").await.unwrap_err();
+        assert!(e.contains("too many players waiting"), "{e}");
+        assert_eq!(relay.counters().parked_refused.load(Ordering::Relaxed), 2);
+        // The parked ones get the cause once the 3 attempts failed, and leave the counts.
+        for h in [a1, a2, b1] {
+            let e = h.await.unwrap().unwrap_err();
+            assert!(e.contains("failed after 3 attempt(s): refused"), "{e}");
+        }
+        assert_eq!(relay.inner.parked_total.load(Ordering::Relaxed), 0);
+        let c = relay.counters();
+        // a/x: one series joined once; b/y: one series. The refused ones started nothing.
+        assert_eq!((c.series.load(Ordering::Relaxed), c.joined.load(Ordering::Relaxed)), (2, 1));
+        assert_eq!(c.attempts.load(Ordering::Relaxed), 6);
     }
 
     #[test]
