@@ -52,6 +52,18 @@ pub struct Config {
     pub pull: Vec<PullConfig>,
 }
 
+/// How an RTSP pull asks for RTP. `Auto` tries TCP interleaved first and falls back to UDP when
+/// the server refuses it (VLC answers 461 Unsupported Transport), and the other way round.
+/// (Defined here, below the clients, for `[[pull]] transport`; `client::pull` re-exports it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullTransport {
+    #[default]
+    Auto,
+    Tcp,
+    Udp,
+}
+
 /// One `[[pull]]` table: a fixed stream (`name`) or a template (`match`), pulled from `url`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +80,7 @@ pub struct PullConfig {
     pub url: String,
     /// RTSP only: how RTP is asked for (`auto`, `tcp`, `udp`).
     #[serde(default)]
-    pub transport: crate::client::pull::PullTransport,
+    pub transport: PullTransport,
     /// A fixed pull starts only when a player asks (templates always do).
     #[serde(default)]
     pub on_demand: bool,
@@ -101,15 +113,6 @@ fn default_pull_timeout() -> HumanDuration {
 }
 
 impl PullConfig {
-    /// Whether this entry serves `name` (its fixed name, or a name its pattern matches).
-    pub fn serves(&self, name: &str) -> bool {
-        match (&self.name, &self.pattern) {
-            (Some(n), _) => n == name,
-            (None, Some(p)) => crate::client::rtmp_push::matches(p, name),
-            (None, None) => false,
-        }
-    }
-
     /// Started only by a player's demand (templates, and fixed pulls with `on_demand`).
     pub fn is_on_demand(&self) -> bool {
         self.on_demand || self.pattern.is_some()
@@ -166,7 +169,10 @@ impl PullConfig {
         let url = url::Url::parse(&self.url_for("x")).map_err(|e| bad("pull.url", format!("{:?}: {e}", self.url)))?;
         match url.scheme() {
             "rtmp" => {
-                crate::client::rtmp_push::parse_url(url.as_str()).map_err(|e| bad("pull.url", format!("{e:#}")))?;
+                // rtmp://host[:port]/app/key: the app is the first path segment.
+                if url.path().trim_start_matches('/').split('/').next().is_none_or(str::is_empty) {
+                    return Err(bad("pull.url", format!("no app in {:?} (rtmp://host/app/key)", self.url)));
+                }
             }
             "rtsp" => {
                 return Err(bad(
@@ -822,7 +828,6 @@ mod tests {
         assert_eq!((fixed.retries, fixed.retry_interval.0, fixed.idle_stop()), (5, Duration::from_secs(1), None));
         assert!(!fixed.is_on_demand() && template.is_on_demand());
         assert_eq!(template.idle_stop(), Some(Duration::from_secs(2)));
-        assert!(template.serves("live/x") && !template.serves("other/x") && fixed.serves("cam1"));
         assert_eq!(template.url_for("live/x"), "rtmp://o/live/x");
         let cases = [
             ("url = \"rtmp://o/a/b\"", "pull.name"),

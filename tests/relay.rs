@@ -85,6 +85,14 @@ fn config_with(pulls: Vec<PullConfig>) -> Config {
     cfg
 }
 
+/// A gateway with its relay (which the daemon starts above it, as here).
+async fn start_with_pulls(cfg: Config) -> Gateway {
+    let pulls = cfg.pull.clone();
+    let gw = start(cfg).await;
+    gbgate::relay::Relay::start(pulls, gw.hub.clone(), gw.rtp.clone(), gw.shutdown.clone());
+    gw
+}
+
 async fn pulls(gw: &Gateway) -> Value {
     let (status, body) = http_get(gw.api_addr, "/api/v1/pulls").await;
     assert_eq!(status, 200);
@@ -146,7 +154,9 @@ async fn absent_origin_five_attempts_a_second_apart_then_not_found_with_the_caus
         return;
     }
     let dead = free_port(); // nothing listens there
-    let gw = start(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{dead}/{{path}}"))])).await;
+    let gw =
+        start_with_pulls(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{dead}/{{path}}"))]))
+            .await;
     let rtsp = gw.rtsp_addr.unwrap();
 
     // RTSP: DESCRIBE waits for the whole series, then 404 with the cause in the reason phrase.
@@ -191,7 +201,9 @@ async fn an_origin_that_appears_after_two_seconds_serves_the_waiting_players_fro
         return;
     }
     let port = free_port();
-    let gw = start(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))])).await;
+    let gw =
+        start_with_pulls(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))]))
+            .await;
     let rtsp = format!("rtsp://{}/live/x", gw.rtsp_addr.unwrap());
     let rtmp = format!("rtmp://{}/live/x", gw.rtmp_addr.unwrap());
     let t0 = Instant::now();
@@ -238,7 +250,7 @@ async fn twenty_players_asking_at_once_cause_one_pull() {
     let mut entry = pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"));
     // Room for 20 ffprobes to start on a busy machine before the origin comes.
     entry.retries = 15;
-    let gw = start(config_with(vec![entry])).await;
+    let gw = start_with_pulls(config_with(vec![entry])).await;
     let (rtsp, rtmp) = (gw.rtsp_addr.unwrap(), gw.rtmp_addr.unwrap());
     let players: Vec<_> = (0..20)
         .map(|i| {
@@ -299,7 +311,7 @@ async fn idle_stop_releases_the_pulled_stream_its_socket_and_memory() {
     entry.idle_stop = Some(HumanDuration(Duration::from_secs(2)));
     let (port, _origin) = origin_on_free_port().await;
     entry.url = format!("rtmp://127.0.0.1:{port}/{{path}}");
-    let gw = start(config_with(vec![entry])).await;
+    let gw = start_with_pulls(config_with(vec![entry])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds0, rss0) = (fd_count(), rss_kib());
 
@@ -350,7 +362,8 @@ async fn a_fixed_pull_is_live_after_boot_and_is_played() {
         return;
     }
     let (port, _origin) = origin_on_free_port().await;
-    let gw = start(config_with(vec![pull(None, Some("cam1"), format!("rtmp://127.0.0.1:{port}/live/x"))])).await;
+    let gw =
+        start_with_pulls(config_with(vec![pull(None, Some("cam1"), format!("rtmp://127.0.0.1:{port}/live/x"))])).await;
     let start = Instant::now();
     while gw.hub.get("cam1").is_none() {
         assert!(start.elapsed() < Duration::from_secs(15), "cam1 not live: {}", pulls(&gw).await);
@@ -409,7 +422,7 @@ async fn a_fixed_pull_stopped_when_idle_comes_back_when_a_player_asks() {
         return;
     }
     // The origin is another gbgate, fed by ffmpeg.
-    let origin = start(config_with(vec![])).await;
+    let origin = start_with_pulls(config_with(vec![])).await;
     let _publisher = spawn_publisher(&format!("rtmp://{}/live/x", origin.rtmp_addr.unwrap()));
     let start_wait = Instant::now();
     while origin.hub.get("live/x").is_none_or(|s| !s.has_keyframe()) {
@@ -418,7 +431,7 @@ async fn a_fixed_pull_stopped_when_idle_comes_back_when_a_player_asks() {
     }
     let mut entry = pull(None, Some("cam2"), format!("rtmp://{}/live/x", origin.rtmp_addr.unwrap()));
     entry.idle_stop = Some(HumanDuration(Duration::from_secs(2)));
-    let gw = start(config_with(vec![entry])).await;
+    let gw = start_with_pulls(config_with(vec![entry])).await;
     // Live at boot, then stopped: nobody watches.
     let t0 = Instant::now();
     while gw.hub.get("cam2").is_none() {
@@ -466,7 +479,7 @@ async fn a_silent_origin_is_no_answer_and_an_audio_only_origin_is_no_keyframe() 
         }
     });
     // An origin (another gbgate) whose stream has audio and no video.
-    let origin = start(config_with(vec![])).await;
+    let origin = start_with_pulls(config_with(vec![])).await;
     let audio_url = format!("rtmp://{}/audio/x", origin.rtmp_addr.unwrap());
     let _publisher = Origin(
         Command::new("ffmpeg")
@@ -500,7 +513,7 @@ async fn a_silent_origin_is_no_answer_and_an_audio_only_origin_is_no_keyframe() 
         e.retries = 2;
         e.timeout = HumanDuration(Duration::from_secs(1));
     }
-    let gw = start(config_with(entries)).await;
+    let gw = start_with_pulls(config_with(entries)).await;
     let rtsp = gw.rtsp_addr.unwrap();
     let (ok, _, err) = probe_first_packets(&format!("rtsp://{rtsp}/silent/x"), 1).await;
     assert!(!ok && err.contains("404") && err.contains("no answer"), "silent origin: {err}");
@@ -555,7 +568,7 @@ async fn h265_is_pulled_from_gbgate_origins_over_enhanced_and_legacy_flv() {
         ));
         origins.push(origin);
     }
-    let gw = start(config_with(entries)).await;
+    let gw = start_with_pulls(config_with(entries)).await;
     for i in 0..2 {
         let name = format!("hevc{i}");
         let t0 = Instant::now();
@@ -590,7 +603,8 @@ async fn a_fixed_pull_reconnects_when_its_origin_comes_back() {
         return;
     }
     let (port, origin) = origin_on_free_port().await;
-    let gw = start(config_with(vec![pull(None, Some("cam3"), format!("rtmp://127.0.0.1:{port}/live/x"))])).await;
+    let gw =
+        start_with_pulls(config_with(vec![pull(None, Some("cam3"), format!("rtmp://127.0.0.1:{port}/live/x"))])).await;
     let t0 = Instant::now();
     let first = loop {
         if let Some(s) = gw.hub.get("cam3") {

@@ -366,6 +366,10 @@ pub trait StreamDemand: Send + Sync {
     fn handles(&self, name: &str) -> bool;
     /// Starts `name` and resolves once it is live with a keyframe, or with the failed step.
     fn demand(&self, name: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+    /// What the handler reports to the API under `key` (`"pulls"`: the relay), if anything.
+    fn status(&self, _key: &str) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Why [`Hub::get_or_demand`] has no stream to give.
@@ -409,6 +413,11 @@ impl Hub {
             takeovers_refused: AtomicU64::new(0),
             gop_budget: Arc::new(GopBudget { max: cfg_gop_total, ..Default::default() }),
         })
+    }
+
+    /// The first status a registered handler reports under `key` (see [`StreamDemand::status`]).
+    pub fn demand_status(&self, key: &str) -> Option<serde_json::Value> {
+        self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find_map(|h| h.status(key))
     }
 
     /// Registers an on-demand handler (see [`StreamDemand`]).

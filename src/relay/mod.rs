@@ -228,9 +228,6 @@ impl Relay {
                 max_parked,
             }),
         };
-        if relay.inner.entries.is_empty() {
-            return relay;
-        }
         for (i, e) in relay.inner.entries.iter().enumerate() {
             let Some(name) = &e.name else { continue };
             let slot = relay.inner.new_slot(name, i);
@@ -314,7 +311,11 @@ impl Inner {
         fixed.or_else(|| {
             // A player's name goes into a template's URL: only plain path characters, so that
             // it cannot add a query, a userinfo or a `..` to the origin's URL.
-            template_safe(name).then(|| self.entries.iter().position(|e| e.pattern.is_some() && e.serves(name)))?
+            template_safe(name).then(|| {
+                self.entries
+                    .iter()
+                    .position(|e| e.pattern.as_deref().is_some_and(|p| crate::client::rtmp_push::matches(p, name)))
+            })?
         })
     }
 
@@ -454,6 +455,10 @@ impl StreamDemand for Relay {
     fn demand(&self, name: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
         let (inner, name) = (self.inner.clone(), name.to_string());
         Box::pin(async move { inner.demand(&name).await })
+    }
+
+    fn status(&self, key: &str) -> Option<serde_json::Value> {
+        (key == "pulls").then(|| self.snapshot())
     }
 }
 

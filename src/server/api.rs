@@ -26,8 +26,6 @@ pub struct ApiState {
     pub rtmp: Arc<crate::server::rtmp::RtmpShared>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
-    /// `[[pull]]` sources (`GET /api/v1/pulls`).
-    pub relay: crate::relay::Relay,
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -133,7 +131,13 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtp", get(rtp_counters))
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
-        .route("/api/v1/pulls", get(|State(s): State<ApiState>| async move { Json(s.relay.snapshot()) }))
+        // `[[pull]]` sources, as the relay (registered with the hub, D84) reports them.
+        .route(
+            "/api/v1/pulls",
+            get(|State(s): State<ApiState>| async move {
+                Json(s.hub.demand_status("pulls").unwrap_or_else(|| serde_json::json!({ "entries": [], "pulls": [] })))
+            }),
+        )
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/status", get(device_status))

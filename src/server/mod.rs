@@ -35,8 +35,6 @@ pub struct Gateway {
     /// GB28181 signalling; `None` when `[sip] enabled = false`.
     pub gb: Option<crate::gb::Gb>,
     pub sip_addr: Option<SocketAddr>,
-    /// `[[pull]]` sources: fixed pulls and pulls on demand.
-    pub relay: crate::relay::Relay,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -149,7 +147,6 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
-        let relay = crate::relay::Relay::start(cfg.pull.clone(), hub.clone(), rtp_shared.clone(), shutdown.clone());
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -160,7 +157,6 @@ impl Gateway {
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
-                relay: relay.clone(),
             },
             rtp_addr,
         );
@@ -186,7 +182,6 @@ impl Gateway {
             rtmp: rtmp_shared,
             gb,
             sip_addr,
-            relay,
             shutdown,
             tasks,
         })
