@@ -30,12 +30,18 @@ impl Drop for Origin {
 }
 
 fn spawn_origin(port: u16) -> Origin {
+    spawn_origin_with(port, &["-c:a", "aac"])
+}
+
+/// As [`spawn_origin`], with the audio encoded by `audio` (ffmpeg arguments).
+fn spawn_origin_with(port: u16, audio: &[&str]) -> Origin {
     let child = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-f", "flv", "-listen", "1"])
+        .args(audio)
+        .args(["-f", "flv", "-listen", "1"])
         .arg(format!("rtmp://127.0.0.1:{port}/live/x"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -640,5 +646,39 @@ async fn a_fixed_pull_reconnects_when_its_origin_comes_back() {
     println!("fixed pull back {:?} after its origin; {} failed attempts meanwhile", t2.elapsed(), s["failures"]);
     let (ok, out, err) = probe_first_packets(&format!("rtsp://{}/cam3", gw.rtsp_addr.unwrap()), 5).await;
     assert!(ok && flags_of(&out).first().is_some_and(|f| f.starts_with('K')), "{err} {out}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g711_in_flv_from_an_origin_leaves_as_aac_11025_mono() {
+    let _serial = SERIAL.lock().await;
+    if !tools("g711_pull") {
+        return;
+    }
+    let port = free_port();
+    let gw =
+        start_with_pulls(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))]))
+            .await;
+    let _origin = spawn_origin_with(port, &["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"]);
+    let url = format!("rtsp://{}/live/x", gw.rtsp_addr.unwrap());
+    let args =
+        ["-v", "error", "-rtsp_transport", "tcp", "-show_entries", "stream=codec_type,codec_name,sample_rate,channels"];
+    let args: Vec<&str> = args.into_iter().chain(["-of", "json", &url]).collect();
+    let (ok, out, err) = run_program("ffprobe", &args, Duration::from_secs(30)).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let a = v["streams"].as_array().unwrap().iter().find(|s| s["codec_type"] == "audio").cloned().expect("audio");
+    assert_eq!(
+        (a["codec_name"].as_str(), a["sample_rate"].as_str(), a["channels"].as_i64()),
+        (Some("aac"), Some("11025"), Some(1)),
+        "{out}"
+    );
+    let st = gw.hub.get("live/x").unwrap().stats();
+    assert_eq!(
+        st.audio.as_ref().map(|a| (a.codec, a.sample_rate)),
+        Some(("g711a", 8000)),
+        "the source's audio: {:?}",
+        st.audio
+    );
     gw.stop().await;
 }
