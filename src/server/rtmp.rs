@@ -664,8 +664,11 @@ impl Conn {
                     for n in candidates.iter().filter(|n| !n.is_empty()) {
                         match self.hub.get_or_demand(n).await {
                             Ok(_) => break,
+                            // The first name a handler claimed is the one asked for: another
+                            // reading of the URL is not tried (no second series of attempts).
                             Err(crate::hub::NotLive::Failed(why)) => {
-                                failed.get_or_insert(why);
+                                failed = Some(why);
+                                break;
                             }
                             Err(crate::hub::NotLive::Unknown) => {}
                         }
