@@ -676,12 +676,16 @@ async fn run_live(inner: &Inner, slot: &Slot, live: Live) -> End {
             }
             Err(e) => break End::Ended(e),
         }
+        // The stream's lock is taken a few times a second, not per frame.
+        let now = Instant::now();
+        if now < next_check {
+            continue;
+        }
+        next_check = now + IDLE_CHECK;
         if stream.is_closed() {
             break End::Ended(PullError::Ended("the stream was removed from the hub".into()));
         }
-        let now = Instant::now();
-        if let Some(idle) = idle_stop.filter(|_| now >= next_check) {
-            next_check = now + IDLE_CHECK;
+        if let Some(idle) = idle_stop {
             // Every subscriber counts (players and static pushes), and so does a player parked
             // between asking and subscribing.
             if stream.subscriber_count() == 0 && slot.parked.load(Ordering::Relaxed) == 0 {
