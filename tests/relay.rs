@@ -682,3 +682,62 @@ async fn g711_in_flv_from_an_origin_leaves_as_aac_11025_mono() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_push_of_a_pulled_stream_keeps_it_from_idle_stop() {
+    let _serial = SERIAL.lock().await;
+    if !tools("push_keeps") {
+        return;
+    }
+    let (port, _origin) = origin_on_free_port().await;
+    // Where gbgate pushes the pulled stream to: another `ffmpeg -listen 1`, writing a file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut target = None;
+    for _ in 0..5 {
+        let p = free_port();
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i"])
+            .arg(format!("rtmp://127.0.0.1:{p}/live/y"))
+            .args(["-c", "copy"])
+            .arg(dir.path().join("pushed.flv"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = Origin(child);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) && child.0.try_wait().unwrap().is_none() && !listening(p) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if listening(p) {
+            target = Some((p, child));
+            break;
+        }
+    }
+    let (push_port, _target) = target.expect("push target listens");
+    let mut entry = pull(None, Some("cam5"), format!("rtmp://127.0.0.1:{port}/live/x"));
+    entry.idle_stop = Some(HumanDuration(Duration::from_secs(2)));
+    let mut cfg = config_with(vec![entry]);
+    cfg.rtmp.push =
+        vec![gbgate::config::PushConfig { stream: "cam5".into(), url: format!("rtmp://127.0.0.1:{push_port}/live/y") }];
+    let gw = start_with_pulls(cfg).await;
+    let t0 = Instant::now();
+    let stream = loop {
+        if let Some(s) = gw.hub.get("cam5").filter(|s| s.subscriber_counts().contains_key("push")) {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "cam5 not live and pushed: {}", pulls(&gw).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // No player, but the push subscribes: well past idle_stop the pull is still live.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!stream.is_closed() && gw.hub.get("cam5").is_some(), "a pushed pull was stopped as idle");
+    let body = pulls(&gw).await;
+    assert_eq!(
+        (slot(&body, "cam5")["state"].as_str(), slot(&body, "cam5")["idle_stops"].as_u64()),
+        (Some("live"), Some(0)),
+        "{body}"
+    );
+    gw.stop().await;
+}
