@@ -662,12 +662,17 @@ async fn attempt(inner: &Inner, slot: &Slot, opts: &PullOptions) -> Result<Live,
 async fn run_live(inner: &Inner, slot: &Slot, live: Live) -> End {
     let Live { mut src, mut publisher, stream } = live;
     let idle_stop = inner.entries[slot.entry].idle_stop();
+    let frame_timeout = inner.entries[slot.entry].timeout.0;
     let mut idle_since: Option<Instant> = None;
     let mut next_check = Instant::now();
     let end = loop {
+        // A source that trickles bytes but no frame (each read within the client's timeout)
+        // ends too: a frame is due within the timeout.
         let r = tokio::select! {
             _ = inner.shutdown.cancelled() => break End::Shutdown,
-            r = src.next_frame() => r,
+            r = tokio::time::timeout(frame_timeout, src.next_frame()) => r.unwrap_or_else(|_| {
+                Err(PullError::Ended(format!("no frame for {frame_timeout:?}")))
+            }),
         };
         match r {
             Ok(f) => {
