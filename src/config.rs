@@ -45,6 +45,8 @@ pub struct Config {
     pub gb: GbConfig,
     pub hub: HubConfig,
     pub log: LogConfig,
+    /// `[record]`: raw RTP recording of streams matching a name pattern (D89).
+    pub record: RecordConfig,
     pub audio: AudioConfig,
     /// `[auth]`: publish and play credentials (see [`crate::auth`]).
     pub auth: crate::auth::AuthConfig,
@@ -250,6 +252,18 @@ pub enum UnknownSsrc {
     Drop,
 }
 
+/// When RTP streams send RTCP receiver reports to their source (`[rtp] rtcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtcpMode {
+    /// GB sessions whose SDP answer implies RTCP: UDP (RTP/AVP: to `a=rtcp`, else the port the
+    /// camera's RTCP came from, else its RTP port + 1), TCP only with `a=rtcp-mux`.
+    Auto,
+    /// Every RTP stream, unannounced ones included (TCP: on the connection).
+    Always,
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtpConfig {
@@ -292,6 +306,10 @@ pub struct RtpConfig {
     pub tcp_frame_timeout: HumanDuration,
     /// Concurrent RTP/TCP connections from one source IP.
     pub max_tcp_per_source: usize,
+    /// RTCP receiver reports to the camera (RFC 3550 6.4.2): `auto`, `always` or `off`.
+    pub rtcp: RtcpMode,
+    /// Interval between receiver reports of one stream (clamped to 1..60 s).
+    pub rtcp_interval: HumanDuration,
 }
 
 impl Default for RtpConfig {
@@ -315,6 +333,8 @@ impl Default for RtpConfig {
             max_buffered_bytes: 512 << 20,
             tcp_frame_timeout: HumanDuration(Duration::from_secs(5)),
             max_tcp_per_source: 64,
+            rtcp: RtcpMode::Auto,
+            rtcp_interval: HumanDuration(Duration::from_secs(5)),
         }
     }
 }
@@ -502,6 +522,12 @@ pub struct RtspConfig {
     /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
     /// PLAY (the cached GOP) never waits.
     pub merge_write: HumanDuration,
+    /// An RTSP publisher (ANNOUNCE/RECORD) that sends no media for this long is disconnected and
+    /// its stream ends; so is one that announced and did not RECORD within it.
+    pub publish_timeout: HumanDuration,
+    /// UDP receive port pairs bound for RTSP publishers' tracks, all publishers together; a UDP
+    /// SETUP beyond it is refused (461: the publisher may retry over TCP).
+    pub max_record_udp_tracks: usize,
 }
 
 impl Default for RtspConfig {
@@ -515,6 +541,8 @@ impl Default for RtspConfig {
             max_connections_per_source: 64,
             request_timeout: HumanDuration(Duration::from_secs(5)),
             merge_write: HumanDuration(Duration::from_millis(200)),
+            publish_timeout: HumanDuration(Duration::from_secs(10)),
+            max_record_udp_tracks: 512,
         }
     }
 }
@@ -618,11 +646,58 @@ impl Default for HubConfig {
 pub struct LogConfig {
     /// `tracing` filter, e.g. "info" or "gbgate=debug". Overridden by RUST_LOG.
     pub level: String,
+    /// Per-stream event logs go to `<dir>/<stream>/<local date>.log` (D90). Unset: systemd's
+    /// `$LOGS_DIRECTORY` when set, else no per-stream logs.
+    pub dir: Option<std::path::PathBuf>,
+    /// Per-stream logs on or off (with `dir` or `$LOGS_DIRECTORY` set).
+    pub streams: bool,
+    /// Per-stream log files older than this many days are deleted.
+    pub keep_days: u32,
+    /// Lines per second one stream may write on average (token bucket refill) ...
+    pub lines_per_second: u32,
+    /// ... and in a burst (bucket size). Suppressed lines are counted and reported.
+    pub burst: u32,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig { level: "info".into(), dir: None, streams: true, keep_days: 14, lines_per_second: 5, burst: 50 }
+    }
+}
+
+/// `[record]`: raw RTP recording (D89), in the `[u16 big-endian length][RTP packet]` format
+/// `gbgate probe` and `gbgate send` read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Recordings go to `<dir>/<stream name, / as _>/<UTC start>.rtp`. Unset: no recording.
+    pub dir: Option<std::path::PathBuf>,
+    /// Stream name patterns to record (`*` any characters, `?` one), e.g. `["gb/*", "rtp/*"]`.
+    pub streams: Vec<String>,
+    /// A new file when the current one would exceed this many bytes ...
+    pub segment_bytes: u64,
+    /// ... or is this old.
+    pub segment_duration: HumanDuration,
+    /// Oldest files of a stream are deleted to keep its recordings within this ...
+    pub max_bytes_per_stream: u64,
+    /// ... and all recordings within this (files of ended streams included).
+    pub max_bytes_total: u64,
+    /// Bytes waiting for the disk writer, all streams together; beyond it packets are dropped
+    /// and counted (ingest never waits for the disk).
+    pub queue_bytes: usize,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            dir: None,
+            streams: Vec::new(),
+            segment_bytes: 64 << 20,
+            segment_duration: HumanDuration(Duration::from_secs(600)),
+            max_bytes_per_stream: 1 << 30,
+            max_bytes_total: 10 << 30,
+            queue_bytes: 16 << 20,
+        }
     }
 }
 
@@ -648,6 +723,20 @@ impl Config {
             Ok(())
         }
         positive("rtp.max_streams", self.rtp.max_streams)?;
+        let r = &self.record;
+        if r.segment_bytes < 4096 || r.max_bytes_per_stream < r.segment_bytes || r.max_bytes_total < r.segment_bytes {
+            return Err(ConfigError::Invalid {
+                key: "record.segment_bytes",
+                message: "at least 4096, and at most record.max_bytes_per_stream and record.max_bytes_total".into(),
+            });
+        }
+        if r.segment_duration.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid { key: "record.segment_duration", message: "at least 100ms".into() });
+        }
+        positive("record.queue_bytes", r.queue_bytes)?;
+        positive("log.keep_days", self.log.keep_days as usize)?;
+        positive("log.lines_per_second", self.log.lines_per_second as usize)?;
+        positive("log.burst", self.log.burst as usize)?;
         positive("rtp.reorder_packets", self.rtp.reorder_packets)?;
         positive("rtp.stream_queue", self.rtp.stream_queue)?;
         positive("rtp.max_tcp_connections", self.rtp.max_tcp_connections)?;

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod diag;
 pub mod frame;
 pub mod gb;
 pub mod hub;

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}; shift || true
-targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(ps_demux rtp_parse tcp_framer rtsp_parse rtmp_chunk sip_parse sdp_parse manscdp_parse)
+targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(ps_demux rtp_parse tcp_framer rtsp_parse rtmp_chunk sip_parse sdp_parse manscdp_parse rtp_depack rtsp_client)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p target/fuzz-logs
 for t in "${targets[@]}"; do

@@ -12,6 +12,10 @@ command -v sipp >/dev/null 2>&1 || pkgs+=(sip-tester)
 command -v gst-launch-1.0 >/dev/null 2>&1 ||
   pkgs+=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav)
 [ -f /usr/share/zoneinfo/Asia/Shanghai ] || pkgs+=(tzdata)
+# tests/rtsp_pull.rs: VLC's and GStreamer's RTSP servers.
+command -v cvlc >/dev/null 2>&1 || pkgs+=(vlc-bin vlc-plugin-base)
+/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); gi.require_version('GstRtp', '1.0')" \
+  >/dev/null 2>&1 || pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "== installing ${pkgs[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gbgate::codec::rtp_pack;
 use gbgate::media::frame::{AudioConfig, Codec, CodecConfig, VideoConfig};
-use gbgate::proto::rtsp::{Env, Input, Parser, ServerSession, TrackDesc};
+use gbgate::proto::rtsp::{Env, Input, Parser, Refusal, ServerSession, TrackDesc};
+use gbgate::proto::sdp::Sdp;
 use libfuzzer_sys::fuzz_target;
 
 struct FuzzEnv(u32);
@@ -45,6 +46,13 @@ impl Env for FuzzEnv {
     fn random(&mut self) -> u32 {
         self.0 = self.0.wrapping_mul(1_103_515_245).wrapping_add(12345);
         self.0
+    }
+    /// Publishers (ANNOUNCE/SETUP record/RECORD) are accepted for names of even length.
+    fn announce(&mut self, stream: &str, _query: &str, _sdp: &Sdp) -> Result<(), Refusal> {
+        match stream.len() % 2 {
+            0 => Ok(()),
+            _ => Err(Refusal { status: 403, reason: "taken".into() }),
+        }
     }
 }
 

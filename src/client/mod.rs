@@ -3,3 +3,4 @@ pub mod pull;
 pub mod rtmp;
 pub mod rtmp_pull;
 pub mod rtmp_push;
+pub mod rtsp_pull;

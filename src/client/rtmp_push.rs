@@ -134,6 +134,7 @@ pub async fn run_pushes(hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationTo
                 }
                 let url = push_url(entry, &stream.name);
                 info!(stream = %stream.name, %url, "RTMP push starts");
+                stream.event("push", &format!("RTMP push to {url} starts"));
                 let task =
                     tokio::spawn(push_task(stream.clone(), url, cfg.push_timeout.0, cfg.hevc, shutdown.child_token()));
                 tasks.insert(key, (stream.clone(), task));
@@ -160,11 +161,13 @@ async fn push_task(stream: Arc<Stream>, url: String, timeout: Duration, hevc: He
         let wait = match push_once(&stream, &url, timeout, hevc, &shutdown, &mut healthy).await {
             Ok(()) => {
                 info!(stream = %stream.name, %url, "RTMP push finished");
+                stream.event("push", &format!("RTMP push to {url} finished"));
                 return;
             }
             Err(e) => {
                 let wait = backoff.after(healthy);
                 warn!(stream = %stream.name, %url, "RTMP push failed: {e:#}; retrying in {wait:?}");
+                stream.event("push", &format!("RTMP push to {url} failed: {e:#}; retrying in {wait:?}"));
                 wait
             }
         };
@@ -262,6 +265,7 @@ async fn push_once(
     c.send(vec![r]).await?;
     c.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted), "publish").await?;
     info!(stream = %stream.name, %url, "RTMP push publishing");
+    stream.event("push", &format!("RTMP push to {url} publishing"));
 
     let publishing = tokio::time::Instant::now();
     let mut sub = stream.subscribe_as("push");

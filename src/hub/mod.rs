@@ -92,6 +92,11 @@ pub struct Stream {
     audio_hint: Mutex<Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)>>,
     cfg: HubConfig,
     gop_budget: Arc<GopBudget>,
+    /// Raw RTP recording of this stream, when `[record] streams` matches its name (D89).
+    record: Option<crate::diag::record::RecordHandle>,
+    /// This stream's own event log (D90).
+    log: Option<Arc<crate::diag::streamlog::StreamLog>>,
+    stop_logged: std::sync::atomic::AtomicBool,
 }
 
 /// The bytes every stream's GOP cache holds together, bounded by `hub.gop_cache_total_bytes`
@@ -129,6 +134,77 @@ impl Stream {
             drops: AtomicU64::new(0),
             audio_hint: Mutex::new(None),
             cfg,
+            record: None,
+            log: None,
+            stop_logged: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn with_diag(mut self, diag: &crate::diag::Diag) -> Stream {
+        self.record = diag.recorder.as_ref().and_then(|r| r.handle(&self.name));
+        self.log = diag.logs.as_ref().map(|l| Arc::new(l.open(&self.name)));
+        self
+    }
+
+    /// The stream's recording, if its name is recorded: the ingest hands it each RTP packet.
+    pub fn record(&self) -> Option<&crate::diag::record::RecordHandle> {
+        self.record.as_ref()
+    }
+
+    pub fn record_stats(&self) -> Option<crate::diag::record::RecordStats> {
+        self.record.as_ref().map(|r| r.stats())
+    }
+
+    pub fn log_stats(&self) -> Option<crate::diag::streamlog::StreamLogStats> {
+        self.log.as_ref().map(|l| l.stats())
+    }
+
+    /// Writes one event to the stream's own log (a no-op when per-stream logs are off). `kind`
+    /// is one word (`start`, `stop`, `codec`, `loss`, `repair`, `player`, `push`, ...).
+    pub fn event(&self, kind: &str, text: &str) {
+        if let Some(log) = &self.log {
+            if kind == "stop" {
+                self.stop_logged.store(true, Ordering::Relaxed);
+            }
+            log.event(kind, text);
+        }
+    }
+
+    /// Events a new stats snapshot shows against the previous one: codec changes, loss bursts,
+    /// timestamp repairs, transcoder errors (every source publishes its stats here).
+    fn stats_events(&self, old: &StreamStats, new: &StreamStats) {
+        if let Some(v) = &new.video {
+            if old.video.as_ref().is_none_or(|o| (o.codec, o.width, o.height) != (v.codec, v.width, v.height)) {
+                self.event("codec", &format!("video {} {}x{}", v.codec, v.width, v.height));
+            }
+        }
+        if let Some(a) = &new.audio {
+            if old
+                .audio
+                .as_ref()
+                .is_none_or(|o| (o.codec, o.sample_rate, o.channels) != (a.codec, a.sample_rate, a.channels))
+            {
+                self.event("codec", &format!("audio {} {} Hz {} ch", a.codec, a.sample_rate, a.channels));
+            }
+        }
+        let lost = new.lost.saturating_sub(old.lost);
+        if lost > 0 {
+            self.event("loss", &format!("{lost} RTP packets lost ({} in all)", new.lost));
+        }
+        let (r, o) = (&new.media.repair, &old.media.repair);
+        let repairs = [
+            ("video timestamp went back", r.video_back_steps.saturating_sub(o.video_back_steps)),
+            ("video timestamp jumped", r.video_jumps.saturating_sub(o.video_jumps)),
+            ("video timestamp repeated", r.video_zero_steps.saturating_sub(o.video_zero_steps)),
+            ("audio realigned to video", r.audio_realigned.saturating_sub(o.audio_realigned)),
+        ];
+        for (what, n) in repairs.iter().filter(|(_, n)| *n > 0) {
+            self.event("repair", &format!("{what}: {n}"));
+        }
+        let errors = |s: &StreamStats| s.media.transcode.as_ref().map_or(0, |t| t.errors);
+        let e = errors(new).saturating_sub(errors(old));
+        if e > 0 {
+            self.event("transcoder", &format!("{e} audio frames failed to transcode ({} in all)", errors(new)));
         }
     }
 
@@ -217,6 +293,10 @@ impl Stream {
 
     /// Subscribes under a label (`"rtsp"`, `"rtmp"`, `"push"`) counted in [`Self::subscriber_counts`].
     pub fn subscribe_as(&self, label: &'static str) -> Subscription {
+        let log = self.log.clone();
+        if let Some(l) = &log {
+            l.event("player", &format!("{label} joined ({} watching)", self.subscriber_count() + 1));
+        }
         let (tx, rx) = mpsc::channel(self.cfg.subscriber_queue);
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let drops = Arc::new(AtomicU64::new(0));
@@ -234,7 +314,7 @@ impl Stream {
                 kicked: kicked.clone(),
             });
         }
-        Subscription { id, backlog, rx, drops, kicked }
+        Subscription { id, backlog, rx, drops, kicked, log, label }
     }
 
     /// Whether the stream was removed or replaced (its source should stop feeding it).
@@ -260,6 +340,11 @@ impl Stream {
     }
 
     pub fn set_stats(&self, stats: StreamStats) {
+        if self.log.is_some() {
+            let old = std::mem::replace(&mut *lock(&self.stats), stats.clone());
+            self.stats_events(&old, &stats);
+            return;
+        }
         *lock(&self.stats) = stats;
     }
 
@@ -279,6 +364,12 @@ impl Stream {
     }
 
     fn close(&self) {
+        if let Some(r) = &self.record {
+            r.close();
+        }
+        if !self.stop_logged.swap(true, Ordering::Relaxed) {
+            self.event("stop", "removed");
+        }
         let mut f = lock(&self.fanout);
         f.closed = true;
         // Dropping the senders ends every subscription once its queue is drained.
@@ -303,6 +394,18 @@ pub struct Subscription {
     rx: mpsc::Receiver<Frame>,
     drops: Arc<AtomicU64>,
     kicked: Arc<std::sync::atomic::AtomicBool>,
+    /// The stream's log, for the player's leaving.
+    log: Option<Arc<crate::diag::streamlog::StreamLog>>,
+    label: &'static str,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(l) = &self.log {
+            let why = if self.kicked.load(Ordering::Relaxed) { " (too slow, disconnected)" } else { "" };
+            l.event("player", &format!("{} left{why}", self.label));
+        }
+    }
 }
 
 impl Subscription {
@@ -391,6 +494,8 @@ pub struct Hub {
     max_streams: usize,
     takeovers_refused: AtomicU64,
     gop_budget: Arc<GopBudget>,
+    /// Recording and per-stream logs given to each new stream (D89, D90).
+    diag: RwLock<crate::diag::Diag>,
 }
 
 /// RTP over UDP and over TCP are one family: a camera may switch between them on a new INVITE.
@@ -412,12 +517,22 @@ impl Hub {
             max_streams,
             takeovers_refused: AtomicU64::new(0),
             gop_budget: Arc::new(GopBudget { max: cfg_gop_total, ..Default::default() }),
+            diag: RwLock::new(crate::diag::Diag::default()),
         })
     }
 
     /// The first status a registered handler reports under `key` (see [`StreamDemand::status`]).
     pub fn demand_status(&self, key: &str) -> Option<serde_json::Value> {
         self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find_map(|h| h.status(key))
+    }
+
+    /// Sets the recorder and per-stream logs for streams created from now on.
+    pub fn set_diag(&self, diag: crate::diag::Diag) {
+        *self.diag.write().unwrap_or_else(|e| e.into_inner()) = diag;
+    }
+
+    pub fn diag(&self) -> crate::diag::Diag {
+        self.diag.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Registers an on-demand handler (see [`StreamDemand`]).
@@ -470,7 +585,11 @@ impl Hub {
         } else if streams.len() >= self.max_streams {
             return Err(PublishError::TooManyStreams(self.max_streams));
         }
-        let stream = Arc::new(Stream::new(name.to_string(), source, self.cfg.clone(), self.gop_budget.clone()));
+        let diag = self.diag.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let stream =
+            Arc::new(Stream::new(name.to_string(), source, self.cfg.clone(), self.gop_budget.clone()).with_diag(&diag));
+        let ssrc = stream.source.ssrc.map(|s| format!(" ssrc {s:010}")).unwrap_or_default();
+        stream.event("start", &format!("{:?} from {}{ssrc}", stream.source.transport, stream.source.peer));
         if let Some(old) = streams.insert(name.to_string(), stream.clone()) {
             tracing::info!(stream = name, peer = %old.source.peer, "the same source reconnected; its old stream ends");
             old.close();

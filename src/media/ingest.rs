@@ -224,6 +224,7 @@ impl StreamIngest {
             dropped_frames: demux.dropped_frames,
             oversize_drops: demux.oversize_drops,
             media: Default::default(),
+            rtcp: None,
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct StreamStats {
     pub oversize_drops: u64,
     /// Timestamp repairs, G.711 rate detection and audio transcoding.
     pub media: super::pipeline::MediaStats,
+    /// RTCP with the source (receiver reports sent, sender reports received), when it speaks RTCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtcp: Option<crate::proto::rtcp::RtcpCounters>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

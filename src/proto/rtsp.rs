@@ -1,8 +1,12 @@
 //! RTSP 1.0 server session, sans-IO: bytes in -> requests / interleaved frames; a request ->
-//! a response plus actions for the driver (start/stop playing, close).
+//! a response plus actions for the driver (start/stop playing or recording, close).
+//!
+//! A session is a player (DESCRIBE, SETUP, PLAY) or a publisher (ANNOUNCE, SETUP with
+//! `mode=record`, RECORD; RFC 2326 10.3, 10.11, C.1): never both.
 //!
 //! The driver supplies what needs the outside world through [`Env`]: the tracks of a stream
-//! (looked up before the request is handed in), UDP port binding and randomness.
+//! (looked up before the request is handed in), the publish decision, UDP port binding and
+//! randomness.
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -10,6 +14,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::codec::rtp_pack;
 use crate::frame::{Codec, CodecConfig};
+use crate::proto::rtp_depack::Depacketizer;
+use crate::proto::sdp::{self, Sdp, SdpMedia};
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -183,8 +189,11 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        415 => "Unsupported Media Type",
         453 => "Not Enough Bandwidth",
         454 => "Session Not Found",
         455 => "Method Not Valid in This State",
@@ -239,6 +248,26 @@ pub enum State {
     Init,
     Ready,
     Playing,
+    Recording,
+}
+
+/// One track a publisher set up: the SDP media it announced and where its packets arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordTrack {
+    /// Index of the media section in the announced SDP.
+    pub index: usize,
+    pub media: SdpMedia,
+    /// For UDP, `server_rtp`/`server_rtcp` are the receiving ports; `client_*` where the
+    /// publisher sends from.
+    pub transport: TrackTransport,
+}
+
+/// Why the driver refused an ANNOUNCE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// Said in the response body (text/plain) and logged.
+    pub reason: String,
 }
 
 /// What the driver must do after sending the response.
@@ -250,7 +279,12 @@ pub enum Action {
         tracks: Vec<TrackSetup>,
     },
     Pause,
-    /// Stop sending and forget the session (the connection may stay).
+    /// Start receiving the announced tracks of `stream` (the driver created it at ANNOUNCE).
+    Record {
+        stream: String,
+        tracks: Vec<RecordTrack>,
+    },
+    /// Stop sending (or, for a publisher, end the stream) and forget the session.
     Teardown,
     /// Close the connection after the response.
     Close,
@@ -268,6 +302,12 @@ pub trait Env {
     fn why_missing(&mut self, _stream: &str) -> Option<String> {
         None
     }
+    /// A publisher announced `stream` (`query`: the URI's query string, for credentials) with
+    /// this description: the driver checks the publish rules and creates the stream, or refuses.
+    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+        let _ = (stream, query, sdp);
+        Err(Refusal { status: 405, reason: "this server takes no RTSP publishers".into() })
+    }
 }
 
 /// 404 for `name`, saying why when the environment knows (in the reason phrase, which players
@@ -279,6 +319,21 @@ fn not_found(env: &mut dyn Env, name: &str) -> Response {
     r.reason = Some(format!("Not Found ({why})"));
     r.body = format!("{name}: {why}\r\n");
     r
+}
+
+/// The query string of a request URI (`key=...`, `txSecret=...&txTime=...`), without `?`.
+pub fn uri_query(uri: &str) -> &str {
+    let q = uri.split_once('?').map_or("", |(_, q)| q);
+    q.split('#').next().unwrap_or("")
+}
+
+/// What ANNOUNCE left for SETUP and RECORD.
+#[derive(Debug)]
+struct Announced {
+    stream: String,
+    media: Vec<SdpMedia>,
+    /// Which media sections a depacketizer exists for (others are set up but ignored).
+    usable: Vec<bool>,
 }
 
 /// The stream name and optional track index of a request URI: `rtsp://host:port/<name>[/trackID=N]`.
@@ -328,9 +383,12 @@ pub struct ServerSession {
     /// The stream whose tracks DESCRIBE found (reused by the following SETUP).
     described: Option<String>,
     setups: Vec<TrackSetup>,
+    announced: Option<Announced>,
+    record_setups: Vec<RecordTrack>,
 }
 
-pub const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+pub const PUBLIC: &str =
+    "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 
 impl ServerSession {
     pub fn new(id: String, timeout_secs: u64) -> ServerSession {
@@ -343,7 +401,14 @@ impl ServerSession {
             tracks: Vec::new(),
             described: None,
             setups: Vec::new(),
+            announced: None,
+            record_setups: Vec::new(),
         }
+    }
+
+    /// The stream this session publishes (after a successful ANNOUNCE).
+    pub fn publishing(&self) -> Option<&str> {
+        self.announced.as_ref().map(|a| a.stream.as_str())
     }
 
     pub fn state(&self) -> State {
@@ -361,6 +426,9 @@ impl ServerSession {
     /// The stream a request needs looked up before [`Self::handle`] (DESCRIBE, and a SETUP
     /// that starts a session), so the driver can fetch its tracks asynchronously first.
     pub fn stream_needed(&self, req: &Request) -> Option<String> {
+        if self.announced.is_some() {
+            return None;
+        }
         match req.method.as_str() {
             "DESCRIBE" => parse_uri(&req.uri).map(|(n, _)| n),
             "SETUP" if self.stream.is_none() => {
@@ -415,7 +483,13 @@ impl ServerSession {
                 (r, vec![])
             }
             "DESCRIBE" => (self.describe(req, env), vec![]),
+            "ANNOUNCE" => (self.announce(req, env), vec![]),
+            "SETUP" if self.announced.is_some() => (self.setup_record(req, env), vec![]),
             "SETUP" => (self.setup(req, env), vec![]),
+            "RECORD" => self.record(req),
+            "PLAY" if self.announced.is_some() => {
+                (Response::new(455).header("Allow", "SETUP, RECORD, TEARDOWN"), vec![])
+            }
             "PLAY" => self.play(req),
             "PAUSE" => {
                 if self.setups.is_empty() {
@@ -440,11 +514,106 @@ impl ServerSession {
                 self.setups.clear();
                 self.stream = None;
                 self.described = None;
+                // A publisher's stream ends with its session; the connection may announce again.
+                self.announced = None;
+                self.record_setups.clear();
                 (Response::new(200), vec![Action::Teardown])
             }
-            "ANNOUNCE" | "RECORD" | "REDIRECT" => (Response::new(405).header("Allow", PUBLIC), vec![]),
+            "REDIRECT" => (Response::new(405).header("Allow", PUBLIC), vec![]),
             _ => (Response::new(501).header("Public", PUBLIC), vec![]),
         }
+    }
+
+    /// ANNOUNCE (RFC 2326 10.3): the publisher's SDP. The stream is created here, so a second
+    /// publisher of a live name is refused before it sets anything up.
+    fn announce(&mut self, req: &Request, env: &mut dyn Env) -> Response {
+        if self.announced.is_some() || self.state != State::Init || !self.setups.is_empty() {
+            return Response::new(455).header("Allow", "SETUP, RECORD, TEARDOWN");
+        }
+        let Some((name, _)) = parse_uri(&req.uri) else {
+            return Response::new(404);
+        };
+        if req.header("Content-Type").is_some_and(|t| !t.trim().eq_ignore_ascii_case("application/sdp")) {
+            return Response::new(415);
+        }
+        let Ok(desc) = sdp::parse(&req.body) else {
+            return text(Response::new(400), "the ANNOUNCE body is not an SDP with media");
+        };
+        let usable: Vec<bool> = desc.media.iter().map(|m| Depacketizer::new(m).is_ok()).collect();
+        if !usable.iter().any(|u| *u) {
+            let what: Vec<&str> = desc.media.iter().map(|m| m.encoding.as_str()).collect();
+            return text(Response::new(415), &format!("no supported track (H264, H265, AAC, PCMA, PCMU) in {what:?}"));
+        }
+        if let Err(r) = env.announce(&name, uri_query(&req.uri), &desc) {
+            return text(Response::new(r.status), &r.reason);
+        }
+        self.announced = Some(Announced { stream: name, media: desc.media, usable });
+        Response::new(200)
+    }
+
+    /// SETUP of an announced track: which media section the URI names (its `a=control`).
+    fn setup_record(&mut self, req: &Request, env: &mut dyn Env) -> Response {
+        if !self.record_setups.is_empty() {
+            if let Err(r) = self.check_session(req) {
+                return r;
+            }
+        }
+        if self.state == State::Recording {
+            return Response::new(455).header("Allow", "RECORD, TEARDOWN");
+        }
+        let Some(a) = &self.announced else { return Response::new(455) };
+        let Some(index) = record_track_index(&req.uri, &a.media) else {
+            return Response::new(404);
+        };
+        let media = a.media[index].clone();
+        let Some(spec) = req.header("Transport") else {
+            return Response::new(461);
+        };
+        let Some(transport) = choose_transport(spec, index, env) else {
+            return Response::new(461);
+        };
+        let reply = match transport {
+            TrackTransport::Tcp { rtp_channel, rtcp_channel } => {
+                format!("RTP/AVP/TCP;unicast;interleaved={rtp_channel}-{rtcp_channel};mode=record")
+            }
+            TrackTransport::Udp { client_rtp, client_rtcp, server_rtp, server_rtcp } => format!(
+                "RTP/AVP;unicast;client_port={client_rtp}-{client_rtcp};server_port={server_rtp}-{server_rtcp};mode=record"
+            ),
+        };
+        if let TrackTransport::Tcp { rtp_channel, .. } = transport {
+            // Two tracks on one channel could not be told apart.
+            if self.record_setups.iter().any(|t| {
+                t.index != index
+                    && matches!(t.transport, TrackTransport::Tcp { rtp_channel: c, .. } if c == rtp_channel)
+            }) {
+                return Response::new(461);
+            }
+        }
+        self.record_setups.retain(|t| t.index != index);
+        self.record_setups.push(RecordTrack { index, media, transport });
+        self.record_setups.sort_by_key(|t| t.index);
+        self.state = State::Ready;
+        Response::new(200).header("Transport", reply).header("Session", self.session_header())
+    }
+
+    /// RECORD (RFC 2326 10.11): media flows from now on.
+    fn record(&mut self, req: &Request) -> (Response, Vec<Action>) {
+        let Some(a) = &self.announced else {
+            return (Response::new(455).header("Allow", "ANNOUNCE"), vec![]);
+        };
+        if self.record_setups.is_empty() {
+            return (Response::new(455).header("Allow", "SETUP"), vec![]);
+        }
+        if let Err(r) = self.check_session(req) {
+            return (r, vec![]);
+        }
+        let r = Response::new(200).header("Session", self.session_header());
+        if self.state == State::Recording {
+            return (r, vec![]);
+        }
+        self.state = State::Recording;
+        let tracks: Vec<RecordTrack> = self.record_setups.iter().filter(|t| a.usable[t.index]).cloned().collect();
+        (r, vec![Action::Record { stream: a.stream.clone(), tracks }])
     }
 
     fn describe(&mut self, req: &Request, env: &mut dyn Env) -> Response {
@@ -559,6 +728,36 @@ impl ServerSession {
     }
 }
 
+/// A response with a plain-text explanation in its body.
+fn text(r: Response, why: &str) -> Response {
+    let mut r = r.header("Content-Type", "text/plain");
+    r.body = format!("{why}\r\n");
+    r
+}
+
+/// The announced media section a SETUP URI names: the one whose `a=control` ends the URI
+/// (`.../live/x/streamid=0`, `.../stream=1`, or the absolute control URL), else the only one.
+/// ffmpeg appends the control to the whole announce URL, query string included.
+fn record_track_index(uri: &str, media: &[SdpMedia]) -> Option<usize> {
+    let uri = uri.trim_end_matches('/');
+    let mut found = None;
+    for (i, m) in media.iter().enumerate() {
+        let Some(c) = m.control.as_deref().map(str::trim).filter(|c| !c.is_empty() && *c != "*") else { continue };
+        let c = c.trim_end_matches('/');
+        let hit =
+            if c.contains("://") { uri == c } else { uri.strip_suffix(c).is_some_and(|head| head.ends_with('/')) };
+        // The longest control that matches wins (`stream=1` vs `stream=11`).
+        if hit && found.is_none_or(|(_, len)| c.len() > len) {
+            found = Some((i, c.len()));
+        }
+    }
+    match found {
+        Some((i, _)) => Some(i),
+        None if media.len() == 1 => Some(0),
+        None => None,
+    }
+}
+
 /// Picks the first acceptable transport of a `Transport:` header.
 fn choose_transport(spec: &str, index: usize, env: &mut dyn Env) -> Option<TrackTransport> {
     for t in spec.split(',') {
@@ -636,6 +835,111 @@ mod tests {
             self.n += 1;
             self.n * 1000
         }
+    }
+
+    /// A driver that lets `live/x` be published once and refuses `live/taken`.
+    struct PublishEnv {
+        inner: TestEnv,
+        announced: Vec<(String, String, usize)>,
+    }
+    impl Env for PublishEnv {
+        fn tracks(&mut self, s: &str) -> Option<Vec<TrackDesc>> {
+            self.inner.tracks(s)
+        }
+        fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)> {
+            self.inner.bind_udp(index)
+        }
+        fn random(&mut self) -> u32 {
+            self.inner.random()
+        }
+        fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+            if stream == "live/taken" {
+                return Err(Refusal {
+                    status: 403,
+                    reason: "stream live/taken is already published by 10.0.0.1:5000".into(),
+                });
+            }
+            self.announced.push((stream.into(), query.into(), sdp.media.len()));
+            Ok(())
+        }
+    }
+
+    const FFMPEG_SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nt=0 0\r\n\
+m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\na=control:streamid=0\r\n\
+m=application 0 RTP/AVP 107\r\na=rtpmap:107 vnd.onvif.metadata/90000\r\na=control:streamid=1\r\n\
+m=audio 0 RTP/AVP 8\r\na=control:streamid=2\r\n";
+
+    fn announce_req(uri: &str, body: &str) -> Request {
+        let mut r = req("ANNOUNCE", uri, &[("CSeq", "2"), ("Content-Type", "application/sdp")]);
+        r.body = Bytes::copy_from_slice(body.as_bytes());
+        r
+    }
+
+    #[test]
+    fn publisher_announce_setup_record_teardown() {
+        let mut env = PublishEnv { inner: TestEnv { n: 0 }, announced: vec![] };
+        let mut s = ServerSession::new("pub".into(), 60);
+        let base = "rtsp://127.0.0.1:8554/live/x?key=k";
+        let (r, _) = s.handle(&announce_req(base, FFMPEG_SDP), &mut env);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(env.announced, vec![("live/x".to_string(), "key=k".to_string(), 3)]);
+        assert_eq!(s.publishing(), Some("live/x"));
+        // ffmpeg appends the control to the whole URL, query included.
+        let t = [("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")];
+        let (r, _) = s.handle(&req("SETUP", &format!("{base}/streamid=0"), &t), &mut env);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.get("Transport"), Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record"));
+        let (r, _) = s.handle(
+            &req(
+                "SETUP",
+                &format!("{base}/streamid=1"),
+                &[("Session", "pub"), ("Transport", "RTP/AVP/TCP;interleaved=2-3")],
+            ),
+            &mut env,
+        );
+        assert_eq!(r.status, 200);
+        // Two tracks on one interleaved channel could not be told apart.
+        let clash = [("Session", "pub"), ("Transport", "RTP/AVP/TCP;interleaved=0-1")];
+        assert_eq!(s.handle(&req("SETUP", &format!("{base}/streamid=2"), &clash), &mut env).0.status, 461);
+        let udp = [("Session", "pub"), ("Transport", "RTP/AVP/UDP;unicast;client_port=6000-6001;mode=record")];
+        let (r, _) = s.handle(&req("SETUP", &format!("{base}/streamid=2"), &udp), &mut env);
+        assert!(r.get("Transport").unwrap().contains("server_port=40004-40005"), "{r:?}");
+        assert_eq!(s.handle(&req("SETUP", &format!("{base}/streamid=9"), &udp), &mut env).0.status, 404);
+        assert_eq!(s.handle(&req("PLAY", base, &[("Session", "pub")]), &mut env).0.status, 455);
+        assert_eq!(s.handle(&req("RECORD", base, &[("Session", "nope")]), &mut env).0.status, 454);
+        let (r, a) = s.handle(&req("RECORD", base, &[("Session", "pub")]), &mut env);
+        assert_eq!(r.status, 200);
+        // The metadata track has no depacketizer: set up, not recorded.
+        let [Action::Record { stream, tracks }] = &a[..] else { panic!("{a:?}") };
+        assert_eq!(stream, "live/x");
+        assert_eq!(tracks.iter().map(|t| t.index).collect::<Vec<_>>(), vec![0, 2]);
+        assert!(matches!(tracks[1].transport, TrackTransport::Udp { client_rtp: 6000, server_rtp: 40004, .. }));
+        assert_eq!(s.state(), State::Recording);
+        assert_eq!(s.handle(&req("SETUP", &format!("{base}/streamid=0"), &t), &mut env).0.status, 455);
+        assert_eq!(s.handle(&announce_req(base, FFMPEG_SDP), &mut env).0.status, 455);
+        let (r, a) = s.handle(&req("TEARDOWN", base, &[("Session", "pub")]), &mut env);
+        assert_eq!((r.status, a), (200, vec![Action::Teardown]));
+        assert_eq!(s.publishing(), None);
+    }
+
+    #[test]
+    fn announce_refusals() {
+        let mut env = PublishEnv { inner: TestEnv { n: 0 }, announced: vec![] };
+        let mut s = ServerSession::new("pub".into(), 60);
+        let (r, _) = s.handle(&announce_req("rtsp://h/live/taken", FFMPEG_SDP), &mut env);
+        assert_eq!(r.status, 403);
+        assert!(r.body.contains("already published by 10.0.0.1:5000"), "{r:?}");
+        assert_eq!(s.handle(&announce_req("rtsp://h/live/x", "v=0\r\n"), &mut env).0.status, 400);
+        let only_jpeg = "m=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n";
+        assert_eq!(s.handle(&announce_req("rtsp://h/live/x", only_jpeg), &mut env).0.status, 415);
+        let mut r = announce_req("rtsp://h/live/x", FFMPEG_SDP);
+        r.headers[1].1 = "text/plain".into();
+        assert_eq!(s.handle(&r, &mut env).0.status, 415);
+        assert_eq!(s.handle(&req("RECORD", "rtsp://h/live/x", &[]), &mut env).0.status, 455);
+        assert!(env.announced.is_empty());
+        // A driver without publishing support (the default) refuses with 405.
+        let mut plain = TestEnv { n: 0 };
+        assert_eq!(s.handle(&announce_req("rtsp://h/live/x", FFMPEG_SDP), &mut plain).0.status, 405);
     }
 
     const URL: &str = "rtsp://127.0.0.1:8554/rtp/0BEBC201";

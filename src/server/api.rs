@@ -24,6 +24,8 @@ pub struct ApiState {
     pub rtp: Arc<RtpShared>,
     pub gb: Option<Gb>,
     pub rtmp: Arc<crate::server::rtmp::RtmpShared>,
+    /// RTSP publishers (ANNOUNCE/RECORD) counters.
+    pub rtsp_ingest: Arc<crate::server::rtsp_ingest::RtspIngest>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
 }
@@ -45,6 +47,12 @@ pub struct StreamView {
     pub drops: u64,
     pub gop_cache_frames: usize,
     pub gop_cache_bytes: usize,
+    /// Raw RTP recording (D89), when `[record] streams` matches the name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<crate::diag::record::RecordStats>,
+    /// The stream's own log (D90), when per-stream logs are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::diag::streamlog::StreamLogStats>,
 }
 
 impl StreamView {
@@ -60,6 +68,8 @@ impl StreamView {
             drops: stream.drops(),
             gop_cache_frames,
             gop_cache_bytes,
+            record: stream.record_stats(),
+            log: stream.log_stats(),
         }
     }
 }
@@ -114,6 +124,14 @@ async fn rtp_counters(State(state): State<ApiState>, listen: axum::Extension<Rtp
     })
 }
 
+/// The recorder's totals (D89), or 404 when `[record]` is off.
+async fn record_totals(State(state): State<ApiState>) -> Response {
+    match state.hub.diag().recorder {
+        Some(r) => Json(r.stats()).into_response(),
+        None => not_found("recording is off ([record] dir and streams)".into()),
+    }
+}
+
 /// Connection admission figures per TCP listener (D60).
 async fn listeners(State(state): State<ApiState>) -> Response {
     let map: std::collections::BTreeMap<&str, _> =
@@ -130,6 +148,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/streams/{*name}", get(get_stream))
         .route("/api/v1/rtp", get(rtp_counters))
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
+        .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
         // `[[pull]]` sources, as the relay (registered with the hub, D84) reports them.
         .route(
@@ -138,6 +157,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
                 Json(s.hub.demand_status("pulls").unwrap_or_else(|| serde_json::json!({ "entries": [], "pulls": [] })))
             }),
         )
+        .route("/api/v1/record", get(record_totals))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/status", get(device_status))

@@ -58,6 +58,10 @@ impl MediaPort for RtpMedia {
         self.rtp.hint_g711_rate(stream, rate);
     }
 
+    fn expect_rtcp(&mut self, stream: &str, addr: Option<SocketAddr>, mux: bool) {
+        self.rtp.expect_rtcp(stream, addr, mux);
+    }
+
     fn stream_state(&self, stream: &str) -> Option<StreamState> {
         self.hub
             .get(stream)

@@ -9,6 +9,7 @@ pub mod publish;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
+pub mod rtsp_ingest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Gateway {
     pub rtmp_addr: Option<SocketAddr>,
     /// The RTMP listener's budget and counters.
     pub rtmp: Arc<rtmp::RtmpShared>,
+    /// RTSP publishers' counters (ANNOUNCE/RECORD).
+    pub rtsp_ingest: Arc<rtsp_ingest::RtspIngest>,
     /// GB28181 signalling; `None` when `[sip] enabled = false`.
     pub gb: Option<crate::gb::Gb>,
     pub sip_addr: Option<SocketAddr>,
@@ -62,6 +65,13 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(cfg.hub.clone(), cfg.rtp.max_streams);
+        hub.set_diag(crate::diag::Diag {
+            recorder: crate::diag::record::Recorder::start(&cfg.record),
+            logs: crate::diag::streamlog::StreamLogs::dir_of(&cfg.log).and_then(|dir| {
+                let clock = Arc::new(crate::diag::streamlog::SystemClock(crate::gb::localtime::utc_offset));
+                crate::diag::streamlog::StreamLogs::start(dir, &cfg.log, clock)
+            }),
+        });
         let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;
@@ -98,6 +108,7 @@ impl Gateway {
         let rtmp_admission = admit::Admission::new(cfg.rtmp.max_connections, cfg.rtmp.max_connections_per_source);
         let mut tasks = Vec::new();
         let rtmp_shared = rtmp::RtmpShared::new(&cfg.rtmp, &cfg.auth, rtp_shared.clone());
+        let rtsp_ingest = rtsp_ingest::RtspIngest::new(&cfg.auth, rtp_shared.clone(), cfg.rtsp.max_record_udp_tracks);
         if let Some(l) = rtmp_listener {
             tasks.push(tokio::spawn(rtmp::serve(
                 l,
@@ -121,6 +132,7 @@ impl Gateway {
                 hub.clone(),
                 cfg.rtsp.clone(),
                 rtsp_admission.clone(),
+                rtsp_ingest.clone(),
                 shutdown.clone(),
             )));
         }
@@ -153,6 +165,7 @@ impl Gateway {
                 rtp: rtp_shared.clone(),
                 gb: gb.clone(),
                 rtmp: rtmp_shared.clone(),
+                rtsp_ingest: rtsp_ingest.clone(),
                 listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission), ("rtmp", rtmp_admission)]
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
@@ -180,6 +193,7 @@ impl Gateway {
             rtsp_addr,
             rtmp_addr,
             rtmp: rtmp_shared,
+            rtsp_ingest,
             gb,
             sip_addr,
             shutdown,
@@ -193,5 +207,16 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        // What the recorder and the per-stream logs still buffer reaches the disk (D89, D90).
+        let diag = self.hub.diag();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(r) = diag.recorder {
+                r.flush();
+            }
+            if let Some(l) = diag.logs {
+                l.flush();
+            }
+        })
+        .await;
     }
 }

@@ -64,6 +64,13 @@ impl Publisher {
         let keyframe = f.keyframe && f.kind() == MediaKind::Video;
         let now_us = self.epoch.elapsed().as_micros() as u64;
         self.pipeline.push(f, Some(now_us), &mut self.out);
+        // The output audio track is known from the first source audio frame, before the
+        // transcoder's first AAC frame: DESCRIBE can then describe it at once (D63).
+        if self.stream.announced_audio().is_none() {
+            if let Some((codec, config)) = self.pipeline.announced_audio() {
+                self.stream.announce_audio(codec, config);
+            }
+        }
         for f in self.out.drain(..) {
             self.stream.publish(f);
         }

@@ -724,6 +724,7 @@ impl Conn {
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 if let Some(p) = self.publisher.take() {
                     let name = p.inner.stream.name.clone();
+                    p.inner.stream.event("stop", "RTMP publish finished");
                     p.inner.finish(&self.hub);
                     info!(stream = %name, "RTMP publish finished");
                 }

@@ -26,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{AudioConfig, AudioOutput};
-use crate::config::{RtpConfig, UnknownSsrc};
+use crate::config::{RtcpMode, RtpConfig, UnknownSsrc};
 use crate::hub::{Hub, Source, Stream, Takeover, Transport};
 use crate::media::ingest::StreamIngest;
 use crate::media::pipeline::MediaPipeline;
+use crate::proto::rtcp;
 use crate::proto::rtp::tcp::TcpFramer;
 use crate::proto::rtp::{RtpError, RtpPacket};
 use crate::server::audio_pool::AudioPool;
@@ -94,6 +95,12 @@ pub struct RtpCounters {
     /// RTP/TCP connections closed because a frame (the first, or a later one) did not complete
     /// within `tcp_frame_timeout`: slow-drip clients.
     pub tcp_slow_closed: AtomicU64,
+    /// RTCP receiver reports sent to sources (D91).
+    pub rtcp_rr_sent: AtomicU64,
+    /// RTCP sender reports received from sources.
+    pub rtcp_sr_received: AtomicU64,
+    /// RTCP datagrams whose sender SSRC matched no live stream.
+    pub rtcp_unrouted: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +127,9 @@ pub struct RtpCountersSnapshot {
     pub unknown_evicted: u64,
     pub budget_drops: u64,
     pub tcp_slow_closed: u64,
+    pub rtcp_rr_sent: u64,
+    pub rtcp_sr_received: u64,
+    pub rtcp_unrouted: u64,
     /// Bytes all RTP streams hold now: queued, reordered, reassembly, probation.
     pub buffered_bytes: usize,
     pub max_buffered_bytes: usize,
@@ -192,6 +202,17 @@ pub struct RtpShared {
     /// global budget for them (`[rtp] max_buffered_bytes`; issue 8, holes 7, 16 and 18).
     buffered: std::sync::atomic::AtomicUsize,
     max_buffered: std::sync::atomic::AtomicUsize,
+    /// What each GB session's SDP answer said about RTCP, by stream name (D91).
+    rtcp_hints: std::sync::Mutex<HashMap<String, RtcpHint>>,
+    /// The UDP socket, for the stream tasks' receiver reports (sent from the RTP port).
+    udp_socket: std::sync::OnceLock<Arc<UdpSocket>>,
+}
+
+/// A session's SDP answer on RTCP: `a=rtcp` (RFC 3605) and `a=rtcp-mux` (RFC 5761).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtcpHint {
+    pub addr: Option<SocketAddr>,
+    pub mux: bool,
 }
 
 struct UnknownStream {
@@ -223,6 +244,8 @@ impl RtpShared {
             }),
             buffered: std::sync::atomic::AtomicUsize::new(0),
             max_buffered: std::sync::atomic::AtomicUsize::new(RtpConfig::default().max_buffered_bytes),
+            rtcp_hints: std::sync::Mutex::new(HashMap::new()),
+            udp_socket: std::sync::OnceLock::new(),
         })
     }
 
@@ -263,7 +286,20 @@ impl RtpShared {
     }
 
     /// Withdraws every announcement and expected source of stream `name` (session ended).
+    /// What stream `name`'s SDP answer said about RTCP (see [`RtcpHint`]).
+    pub fn expect_rtcp(&self, name: &str, addr: Option<SocketAddr>, mux: bool) {
+        let mut hints = self.rtcp_hints.lock().unwrap_or_else(|e| e.into_inner());
+        if hints.len() < EXPECTED_CAPACITY || hints.contains_key(name) {
+            hints.insert(name.to_string(), RtcpHint { addr, mux });
+        }
+    }
+
+    pub fn rtcp_hint(&self, name: &str) -> Option<RtcpHint> {
+        self.rtcp_hints.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
     pub fn withdraw_name(&self, name: &str) {
+        self.rtcp_hints.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.announced.write().unwrap_or_else(|e| e.into_inner()).retain(|_, n| n != name);
         self.g711_rates.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.signalled.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
@@ -535,6 +571,9 @@ impl RtpShared {
             datagram_bytes: get(&c.datagram_bytes),
             bad_packets: get(&c.bad_packets),
             rtcp: get(&c.rtcp),
+            rtcp_rr_sent: get(&c.rtcp_rr_sent),
+            rtcp_sr_received: get(&c.rtcp_sr_received),
+            rtcp_unrouted: get(&c.rtcp_unrouted),
             unknown_ssrc_packets: get(&c.unknown_ssrc_packets),
             probation_evicted: get(&c.probation_evicted),
             streams_refused: get(&c.streams_refused),
@@ -727,6 +766,22 @@ struct RouteStats {
     foreign: AtomicU64,
     /// Payload bytes in the socket -> stream queue (bounded by `stream_queue_bytes`).
     queued_bytes: std::sync::atomic::AtomicUsize,
+    /// RTCP datagrams from the source, with their address, for the stream task (bounded).
+    rtcp_in: std::sync::Mutex<VecDeque<(Bytes, SocketAddr)>>,
+}
+
+/// RTCP datagrams a stream's inbox holds between two stream-task ticks; more are dropped.
+const RTCP_INBOX: usize = 8;
+
+impl RouteStats {
+    fn push_rtcp(&self, datagram: Bytes, from: SocketAddr) -> bool {
+        let mut q = self.rtcp_in.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= RTCP_INBOX {
+            return false;
+        }
+        q.push_back((datagram, from));
+        true
+    }
 }
 
 struct Route {
@@ -813,6 +868,8 @@ async fn serve_udp(
     shared: Arc<RtpShared>,
     shutdown: CancellationToken,
 ) {
+    let socket = Arc::new(socket);
+    let _ = shared.udp_socket.set(socket.clone());
     let mut routes: HashMap<u32, Binding> = HashMap::new();
     // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
     let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
@@ -839,6 +896,19 @@ async fn serve_udp(
             _ = shutdown.cancelled() => return,
         };
         let now = Instant::now();
+        // RTCP (RFC 5761 4: PT 200..=204 in the second byte) goes to its stream by sender SSRC.
+        if n >= 8 && (rtcp::PT_SR..=rtcp::PT_APP).contains(&buf[1]) {
+            counters.rtcp.fetch_add(1, Ordering::Relaxed);
+            let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let routed = routes
+                .get(&ssrc)
+                .filter(|b| b.peer.ip() == peer.ip())
+                .is_some_and(|b| b.route.stats.push_rtcp(Bytes::copy_from_slice(&buf[..n]), peer));
+            if !routed {
+                counters.rtcp_unrouted.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
         let datagram = Bytes::copy_from_slice(&buf[..n]);
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
@@ -1046,6 +1116,7 @@ fn start_udp_stream(
         async move {
             info!("stream started");
             let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats, &shared).await;
+            stream.event("stop", &reason);
             hub.remove(&stream);
             info!("stream ended: {reason}");
         }
@@ -1055,6 +1126,8 @@ fn start_udp_stream(
 }
 
 /// Where a stream's packets come from: a queue fed by the UDP task, or its own TCP connection.
+// One per stream task, never moved around in bulk: boxing the TCP side would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum PacketSource {
     Queue(mpsc::Receiver<RtpPacket>),
     Tcp {
@@ -1064,6 +1137,8 @@ enum PacketSource {
         first: Option<RtpPacket>,
         /// Framer resyncs already added to the server-wide counter.
         resyncs_counted: u64,
+        /// RTCP frames received on the connection (RFC 4571 carries both), for the stream task.
+        rtcp_in: Vec<Bytes>,
     },
 }
 
@@ -1075,7 +1150,7 @@ impl PacketSource {
                 let n = rx.recv_many(batch, 64).await;
                 Ok(n > 0)
             }
-            PacketSource::Tcp { socket, framer, shared, first, resyncs_counted } => {
+            PacketSource::Tcp { socket, framer, shared, first, resyncs_counted, rtcp_in } => {
                 if let Some(p) = first.take() {
                     batch.push(p);
                 }
@@ -1088,6 +1163,12 @@ impl PacketSource {
                     }
                     if batch.len() >= 64 {
                         break;
+                    }
+                }
+                while let Some(frame) = framer.take_rtcp() {
+                    shared.counters.rtcp.fetch_add(1, Ordering::Relaxed);
+                    if rtcp_in.len() < RTCP_INBOX {
+                        rtcp_in.push(frame);
                     }
                 }
                 let resyncs = framer.stats().resyncs;
@@ -1166,9 +1247,16 @@ async fn run_stream(
     // RTP/TCP: when the frame now being received started (bytes buffered, not yet complete).
     let mut partial_since: Option<Instant> = None;
     let frame_timeout = cfg.tcp_frame_timeout.0;
+    let mut rtcp_link = (cfg.rtcp != RtcpMode::Off).then(|| RtcpLink::new(cfg));
+    // Recording (D89): decided once per stream; nothing per packet when it is off.
+    let recorder = stream.record();
+    let mut record_buf = Vec::new();
     let reason = loop {
         let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
         let mut wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
+        if let Some(due) = rtcp_link.as_ref().and_then(|l| l.receiver.poll_timeout()) {
+            wake = wake.min(epoch + Duration::from_micros(due));
+        }
         if !idle_flushed {
             wake = wake.min(last_data + IDLE_FLUSH);
         }
@@ -1191,6 +1279,12 @@ async fn run_stream(
                         let mut dequeued = 0usize;
                         for packet in batch.drain(..) {
                             dequeued += packet.payload.len();
+                            if let Some(rec) = recorder {
+                                record_packet(rec, &packet, &mut record_buf);
+                            }
+                            if let Some(l) = &mut rtcp_link {
+                                l.receiver.on_rtp(packet.ssrc, packet.seq, packet.timestamp, now);
+                            }
                             ingest.push_rtp(packet, now, &mut media.demuxed);
                         }
                         if matches!(source, PacketSource::Queue(_)) {
@@ -1216,9 +1310,12 @@ async fn run_stream(
                     ingest.flush_idle(&mut media.demuxed);
                     publish_all(stream, &mut media, now_us());
                 }
+                if let Some(l) = &mut rtcp_link {
+                    l.tick(&mut source, stream, &route_stats, shared, cfg.rtcp, now_us());
+                }
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
-                    publish_stats(stream, &ingest, &media.pipeline, &route_stats);
+                    publish_stats(stream, &ingest, &media.pipeline, &route_stats, rtcp_link.as_ref());
                     // Ended by signalling (BYE) or replaced: free the route so the camera's next
                     // session from the same address is routed afresh.
                     if stream.is_closed() {
@@ -1250,8 +1347,145 @@ async fn run_stream(
     }
     media.pipeline.finish(&mut media.out);
     publish_all(stream, &mut media, now_us());
-    publish_stats(stream, &ingest, &media.pipeline, &route_stats);
+    publish_stats(stream, &ingest, &media.pipeline, &route_stats, rtcp_link.as_ref());
     reason
+}
+
+/// Hands one packet to the stream's recording as an RTP packet: the fixed header rebuilt from
+/// the parsed fields, then the payload (CSRCs, header extension and padding are not kept: the
+/// parse dropped them; D89).
+fn record_packet(rec: &crate::diag::record::RecordHandle, p: &RtpPacket, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&crate::codec::rtp_pack::rtp_header(p.payload_type, p.marker, p.seq, p.timestamp, p.ssrc));
+    buf.extend_from_slice(&p.payload);
+    rec.packet(buf);
+}
+
+/// One stream's RTCP with its source (D91): receiver statistics, the camera's sender reports,
+/// and receiver reports sent where its SDP answer asks (UDP) or on its connection (TCP).
+struct RtcpLink {
+    receiver: rtcp::Receiver,
+    /// UDP: the port the camera's own RTCP came from (symmetric RTCP, RFC 4961).
+    learned_port: Option<u16>,
+    /// RFC 4571 bytes not yet written: a TCP write never blocks the stream task.
+    tcp_out: Vec<u8>,
+    log: RateLimit,
+}
+
+impl RtcpLink {
+    fn new(cfg: &RtpConfig) -> RtcpLink {
+        let interval = cfg.rtcp_interval.0.as_micros().min(u64::MAX as u128) as u64;
+        RtcpLink {
+            receiver: rtcp::Receiver::new(rand::random(), "gbgate", 90_000, interval),
+            learned_port: None,
+            tcp_out: Vec::new(),
+            log: RateLimit::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// Takes in what the source sent, sends a report when one is due, flushes pending TCP bytes.
+    fn tick(
+        &mut self,
+        source: &mut PacketSource,
+        stream: &Stream,
+        route: &RouteStats,
+        shared: &RtpShared,
+        mode: RtcpMode,
+        now_us: u64,
+    ) {
+        let peer = stream.source.peer;
+        let mut srs = 0;
+        match source {
+            PacketSource::Queue(_) => {
+                let inbox: Vec<_> = route.rtcp_in.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+                for (datagram, from) in inbox {
+                    srs += self.receiver.on_rtcp(&datagram, now_us);
+                    // Only the RTP source's host may move where reports go (routing checked it).
+                    if from.ip() == peer.ip() {
+                        self.learned_port = Some(from.port());
+                    }
+                }
+            }
+            PacketSource::Tcp { rtcp_in, .. } => {
+                for frame in rtcp_in.drain(..) {
+                    srs += self.receiver.on_rtcp(&frame, now_us);
+                }
+            }
+        }
+        if srs > 0 {
+            shared.counters.rtcp_sr_received.fetch_add(srs as u64, Ordering::Relaxed);
+        }
+        let tcp = matches!(source, PacketSource::Tcp { .. });
+        if self.receiver.poll_timeout().is_some_and(|due| now_us >= due) {
+            let hint = shared.rtcp_hint(&stream.name);
+            match self.target(mode, tcp, hint, peer) {
+                None => self.receiver.skip_report(now_us),
+                Some(dst) => {
+                    let Some(report) = self.receiver.poll_report(now_us) else { return };
+                    shared.counters.rtcp_rr_sent.fetch_add(1, Ordering::Relaxed);
+                    match dst {
+                        Some(addr) => {
+                            if let Some(sock) = shared.udp_socket.get() {
+                                if let Err(e) = sock.try_send_to(&report, addr) {
+                                    if let Some(suppressed) = self.log.check(Instant::now()) {
+                                        debug!(%addr, suppressed, "RTCP receiver report not sent: {e}");
+                                    }
+                                }
+                            }
+                        }
+                        // A report still unwritten is replaced by none: the next one is fresher.
+                        None if self.tcp_out.is_empty() => {
+                            self.tcp_out.extend_from_slice(&(report.len() as u16).to_be_bytes());
+                            self.tcp_out.extend_from_slice(&report);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        if let (PacketSource::Tcp { socket, .. }, false) = (&*source, self.tcp_out.is_empty()) {
+            match socket.try_write(&self.tcp_out) {
+                Ok(n) => {
+                    self.tcp_out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.tcp_out.clear();
+                    if let Some(suppressed) = self.log.check(Instant::now()) {
+                        debug!(suppressed, "RTCP receiver report not written: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a report goes: `Some(Some(addr))` over UDP, `Some(None)` on the TCP connection,
+    /// `None` nowhere. Over UDP the destination host is always the RTP source's (a device's SDP
+    /// must not aim our reports at a third party); the port is `a=rtcp`'s, else the one its RTCP
+    /// came from, else RTP + 1 (RFC 3550 11).
+    fn target(
+        &self,
+        mode: RtcpMode,
+        tcp: bool,
+        hint: Option<RtcpHint>,
+        peer: SocketAddr,
+    ) -> Option<Option<SocketAddr>> {
+        let asked = match mode {
+            RtcpMode::Off => false,
+            RtcpMode::Always => true,
+            RtcpMode::Auto if tcp => hint.is_some_and(|h| h.mux),
+            RtcpMode::Auto => hint.is_some() || self.learned_port.is_some(),
+        };
+        if !asked {
+            return None;
+        }
+        if tcp {
+            return Some(None);
+        }
+        let port =
+            hint.and_then(|h| h.addr.map(|a| a.port())).or(self.learned_port).or_else(|| peer.port().checked_add(1))?;
+        Some(Some(SocketAddr::new(peer.ip(), port)))
+    }
 }
 
 /// Keeps this stream's share of the global byte budget equal to what its reassembly holds. When
@@ -1282,8 +1516,15 @@ fn account(ingest: &mut StreamIngest, reserved: &mut usize, shared: &RtpShared, 
     *reserved = held;
 }
 
-fn publish_stats(stream: &Stream, ingest: &StreamIngest, media: &MediaPipeline, route: &RouteStats) {
+fn publish_stats(
+    stream: &Stream,
+    ingest: &StreamIngest,
+    media: &MediaPipeline,
+    route: &RouteStats,
+    rtcp: Option<&RtcpLink>,
+) {
     let mut stats = ingest.stream_stats();
+    stats.rtcp = rtcp.map(|l| l.receiver.counters());
     stats.media = media.stats();
     stats.queue_drops = route.queue_drops.load(Ordering::Relaxed);
     stats.foreign_packets = route.foreign.load(Ordering::Relaxed);
@@ -1386,7 +1627,7 @@ async fn run_tcp_connection(
     shared: Arc<RtpShared>,
     name_given: Option<String>,
 ) {
-    let mut framer = TcpFramer::new();
+    let mut framer = TcpFramer::new().keep_rtcp(RTCP_INBOX);
     let mut buf = vec![0u8; 64 * 1024];
     let first_deadline = Instant::now() + cfg.tcp_frame_timeout.0;
     // Wait for the first RTP packet to learn the SSRC (and so the stream name).
@@ -1469,8 +1710,10 @@ async fn run_tcp_connection(
         }
         let pipeline = shared.media_pipeline(&stream);
         let shared2 = shared.clone();
-        let source = PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted };
+        let source =
+            PacketSource::Tcp { socket, framer, shared, first: Some(first), resyncs_counted, rtcp_in: Vec::new() };
         let reason = run_stream(source, &stream, &cfg, pipeline, route_stats, &shared2).await;
+        stream.event("stop", &reason);
         hub.remove(&stream);
         info!("stream ended: {reason}");
     }

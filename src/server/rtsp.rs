@@ -22,11 +22,13 @@ use tracing::{debug, info, warn};
 
 use super::admit::{Admission, Ticket};
 use super::batch;
+use super::rtsp_ingest::{Publishing, RtspIngest, UdpSlot};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
-use crate::hub::{Hub, NotLive, Subscription, SubscriptionEnded};
+use crate::hub::{Hub, NotLive, Stream, Subscription, SubscriptionEnded};
 use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
-use crate::proto::rtsp::{Action, Env, Input, Parser, ServerSession, TrackDesc, TrackSetup, TrackTransport};
+use crate::proto::rtsp::{Action, Env, Input, Parser, Refusal, ServerSession, TrackDesc, TrackSetup, TrackTransport};
+use crate::proto::sdp::Sdp;
 
 /// A player whose socket accepts nothing for this long is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +46,7 @@ pub async fn serve(
     hub: Arc<Hub>,
     cfg: RtspConfig,
     admission: Arc<Admission>,
+    ingest: Arc<RtspIngest>,
     shutdown: CancellationToken,
 ) {
     let local_ip = listener.local_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -76,14 +79,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let (hub, cfg, shutdown) = (hub.clone(), cfg.clone(), shutdown.clone());
+        let (hub, cfg, shutdown, ingest) = (hub.clone(), cfg.clone(), shutdown.clone(), ingest.clone());
         tokio::spawn(async move {
             // An unspecified listen address: answer from the address the player connected to.
             let ip = match local_ip.is_unspecified() {
                 true => sock.local_addr().map(|a| a.ip()).unwrap_or(local_ip),
                 false => local_ip,
             };
-            if let Err(e) = connection(sock, peer, ip, hub, cfg, &ticket, shutdown).await {
+            if let Err(e) = connection(sock, peer, ip, hub, cfg, &ticket, ingest, shutdown).await {
                 debug!(%peer, "RTSP connection ended: {e}");
             }
             drop(ticket);
@@ -170,6 +173,8 @@ struct UdpPair {
     rtp: Arc<UdpSocket>,
     rtcp: Arc<UdpSocket>,
     reader: JoinHandle<()>,
+    /// A publisher's receive pair is counted against `rtsp.max_record_udp_tracks`.
+    _slot: Option<UdpSlot>,
 }
 
 struct DriverEnv<'a> {
@@ -178,6 +183,13 @@ struct DriverEnv<'a> {
     udp: &'a mut HashMap<usize, UdpPair>,
     activity: &'a Arc<AtomicU64>,
     t0: Instant,
+    hub: &'a Hub,
+    peer: SocketAddr,
+    ingest: &'a Arc<RtspIngest>,
+    /// The session publishes: UDP pairs it binds receive and are bounded.
+    recording: bool,
+    /// The stream an ANNOUNCE created.
+    created: &'a mut Option<Arc<Stream>>,
 }
 
 fn bind_std(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
@@ -202,6 +214,10 @@ impl Env for DriverEnv<'_> {
     }
 
     fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)> {
+        let slot = match self.recording {
+            true => Some(self.ingest.udp_slot()?),
+            false => None,
+        };
         let rtp = bind_std(self.ip, 0).ok()?;
         let port = rtp.local_addr().ok()?.port();
         let rtcp = port.checked_add(1).and_then(|p| bind_std(self.ip, p).ok()).or_else(|| bind_std(self.ip, 0).ok())?;
@@ -215,7 +231,7 @@ impl Env for DriverEnv<'_> {
                 activity.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
         });
-        if let Some(old) = self.udp.insert(index, UdpPair { rtp: Arc::new(rtp), rtcp, reader }) {
+        if let Some(old) = self.udp.insert(index, UdpPair { rtp: Arc::new(rtp), rtcp, reader, _slot: slot }) {
             old.reader.abort();
         }
         Some((port, rtcp_port))
@@ -223,6 +239,17 @@ impl Env for DriverEnv<'_> {
 
     fn random(&mut self) -> u32 {
         rand::thread_rng().gen()
+    }
+
+    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+        *self.created = Some(self.ingest.announce(self.hub, stream, query, self.peer)?);
+        for m in &sdp.media {
+            debug!(stream, "RTSP ANNOUNCE media: {m:?}");
+            if let Err(e) = crate::proto::rtp_depack::Depacketizer::new(m) {
+                warn!(stream, peer = %self.peer, "RTSP publish: track {:?} ignored: {e}", m.control);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -274,6 +301,17 @@ enum Event {
     RequestTimeout,
     /// Evicted by the admission to make room for a newcomer (it had completed no request).
     Evicted,
+    /// A publisher's UDP datagram (track, packet).
+    Udp(Option<(usize, bytes::Bytes)>),
+    /// A publisher's reorder buffer has packets due.
+    Reorder,
+}
+
+async fn recv_udp(p: Option<&mut Publishing>) -> Option<(usize, bytes::Bytes)> {
+    match p {
+        Some(p) => p.recv_udp().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_frame(player: Option<&mut Player>) -> Result<Frame, SubscriptionEnded> {
@@ -290,6 +328,7 @@ async fn write_timed(w: &mut OwnedWriteHalf, buf: &[u8]) -> io::Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
@@ -297,6 +336,7 @@ async fn connection(
     hub: Arc<Hub>,
     cfg: RtspConfig,
     ticket: &Ticket,
+    ingest: Arc<RtspIngest>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let _ = sock.set_nodelay(true);
@@ -320,6 +360,11 @@ async fn connection(
     // idle and slow-loris connections give their slot back.
     let request_timeout = cfg.request_timeout.0.max(Duration::from_millis(100));
     let mut request_deadline = Some(tokio::time::Instant::now() + request_timeout);
+    // A publisher: the stream its ANNOUNCE created (until RECORD), then its receiving side.
+    let mut announced: Option<(Arc<Stream>, Instant)> = None;
+    let mut publishing: Option<Publishing> = None;
+    let mut reorder_at: Option<tokio::time::Instant> = None;
+    let publish_timeout = cfg.publish_timeout.0.max(Duration::from_secs(1));
     let result = 'conn: loop {
         let merging = player.as_ref().is_some_and(|p| !p.merge.is_zero());
         // A merging player does not wake for each frame: its queue is drained when the interval ends.
@@ -332,6 +377,8 @@ async fn connection(
             _ = batch::sleep_until_opt(hold_until) => Event::FlushHeld,
             _ = batch::sleep_until_opt(request_deadline) => Event::RequestTimeout,
             _ = ticket.evicted.cancelled() => Event::Evicted,
+            d = recv_udp(publishing.as_mut()) => Event::Udp(d),
+            _ = batch::sleep_until_opt(reorder_at) => Event::Reorder,
         };
         if merging && !matches!(ev, Event::Frame(_)) {
             if let Some(p) = player.as_mut() {
@@ -377,7 +424,15 @@ async fn connection(
                             }
                             break;
                         }
-                        Ok(Some(Input::Interleaved { .. })) => continue,
+                        Ok(Some(Input::Interleaved { channel, data })) => {
+                            // A whole message arrived: a publisher streaming over the connection
+                            // is never "a request in progress" for longer than one packet.
+                            request_deadline = None;
+                            if let Some(p) = publishing.as_mut() {
+                                p.interleaved(channel, data);
+                            }
+                            continue;
+                        }
                         Ok(Some(Input::Request(r))) => {
                             ticket.established();
                             request_deadline = None;
@@ -396,8 +451,23 @@ async fn connection(
                         }
                         None => None,
                     };
-                    let mut env = DriverEnv { prefetched, ip, udp: &mut udp, activity: &activity, t0 };
+                    let mut created = None;
+                    let mut env = DriverEnv {
+                        prefetched,
+                        ip,
+                        udp: &mut udp,
+                        activity: &activity,
+                        t0,
+                        hub: &hub,
+                        peer,
+                        ingest: &ingest,
+                        recording: session.publishing().is_some(),
+                        created: &mut created,
+                    };
                     let (resp, actions) = session.handle(&req, &mut env);
+                    if let Some(s) = created {
+                        announced = Some((s, Instant::now()));
+                    }
                     debug!(%peer, method = %req.method, uri = %req.uri, status = resp.status, "RTSP request");
                     if let Err(e) = write_timed(&mut wr, &resp.to_bytes()).await {
                         break 'conn Err(e);
@@ -424,7 +494,31 @@ async fn connection(
                                     p.paused = true;
                                 }
                             }
+                            Action::Record { stream, tracks } => {
+                                let Some((s, _)) = announced.take().filter(|(s, _)| s.name == stream) else {
+                                    break 'conn Ok(());
+                                };
+                                let socks: HashMap<usize, Arc<UdpSocket>> =
+                                    udp.iter().map(|(i, u)| (*i, u.rtp.clone())).collect();
+                                let (act, t0) = (activity.clone(), t0);
+                                let touch = move || act.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                                publishing = Some(Publishing::start(
+                                    s,
+                                    ingest.clone(),
+                                    peer,
+                                    &tracks,
+                                    |i| socks.get(&i).cloned(),
+                                    touch,
+                                ));
+                            }
                             Action::Teardown => {
+                                if let Some(p) = publishing.take() {
+                                    p.finish(&hub, "TEARDOWN");
+                                }
+                                if let Some((s, _)) = announced.take() {
+                                    hub.remove(&s);
+                                }
+                                reorder_at = None;
                                 player = None;
                                 for (_, u) in udp.drain() {
                                     u.reader.abort();
@@ -446,6 +540,20 @@ async fn connection(
                 closing_at = Some(Instant::now() + BYE_GRACE);
             }
             Event::FlushHeld => {}
+            Event::Udp(None) => {}
+            Event::Udp(Some((k, data))) => {
+                if let Some(p) = publishing.as_mut() {
+                    p.packet(k, data);
+                    reorder_at = p.next_timeout().map(|d| tokio::time::Instant::now() + d);
+                }
+            }
+            Event::Reorder => {
+                reorder_at = None;
+                if let Some(p) = publishing.as_mut() {
+                    p.handle_timeout();
+                    reorder_at = p.next_timeout().map(|d| tokio::time::Instant::now() + d);
+                }
+            }
             Event::Frame(Ok(frame)) => {
                 let Some(p) = player.as_mut() else { continue };
                 // Drain what is already queued into one write (a GOP burst at PLAY, or frames
@@ -487,6 +595,16 @@ async fn connection(
                 if closing_at.is_some_and(|t| Instant::now() >= t) {
                     break Ok(());
                 }
+                // A publisher that stopped sending media gives its name back (D78).
+                if let Some(p) = publishing.as_ref().filter(|p| p.silent_for() > publish_timeout) {
+                    p.count_silent();
+                    info!(stream = %p.name(), %peer, "RTSP publisher silent for {publish_timeout:?}: closed");
+                    break Ok(());
+                }
+                if announced.as_ref().is_some_and(|(_, at)| at.elapsed() > publish_timeout) {
+                    info!(%peer, "RTSP publisher announced but did not RECORD within {publish_timeout:?}: closed");
+                    break Ok(());
+                }
                 if let Some(p) = player.as_mut() {
                     if let Err(e) = send_reports(p, &mut wr, false).await {
                         break Err(e);
@@ -495,6 +613,16 @@ async fn connection(
             }
         }
     };
+    if let Some(p) = publishing.take() {
+        let why = match &result {
+            Ok(()) => "connection closed".to_string(),
+            Err(e) => format!("connection error: {e}"),
+        };
+        p.finish(&hub, &why);
+    }
+    if let Some((s, _)) = announced.take() {
+        hub.remove(&s);
+    }
     for (_, u) in udp.drain() {
         u.reader.abort();
     }

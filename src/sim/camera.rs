@@ -98,6 +98,10 @@ pub struct SimStats {
     pub ptz: AtomicU64,
     pub media_packets: AtomicU64,
     pub media_status_sent: AtomicU64,
+    /// RTCP receiver reports the gateway sent us (UDP to our `a=rtcp` port, or in the TCP stream).
+    pub rtcp_rr_received: AtomicU64,
+    /// RTCP sender reports we sent back to where the reports came from.
+    pub rtcp_sr_sent: AtomicU64,
     pub last_ptz: std::sync::Mutex<String>,
 }
 
@@ -188,8 +192,36 @@ struct Dialog {
 }
 
 enum MediaStart {
-    Udp(SocketAddr, u32),
+    /// Target, SSRC, the RTP socket (its port was answered) and the RTCP one (port + 1).
+    Udp(SocketAddr, u32, UdpSocket, Option<UdpSocket>),
     TcpConnect(SocketAddr, u32),
+}
+
+/// An RTP socket and, when the port above it was free, an RTCP socket at RTP + 1 (RFC 3550 11).
+async fn bind_rtp_pair(ip: IpAddr) -> std::io::Result<(UdpSocket, Option<UdpSocket>)> {
+    for _ in 0..16 {
+        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let Some(next) = rtp.local_addr()?.port().checked_add(1) else { continue };
+        if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, next)).await {
+            return Ok((rtp, Some(rtcp)));
+        }
+    }
+    Ok((UdpSocket::bind(SocketAddr::new(ip, 0)).await?, None))
+}
+
+/// The camera's side of RTCP: counts the gateway's receiver reports and answers each with a
+/// sender report for `ssrc` to where it came from (symmetric RTCP, RFC 4961).
+fn on_rtcp_from_gateway(buf: &[u8], ssrc: u32, stats: &SimStats, packets: u32) -> Option<Vec<u8>> {
+    use crate::proto::rtcp;
+    let rrs = rtcp::packets(buf).filter(|p| matches!(p, Ok(rtcp::RtcpPacket::ReceiverReport { .. }))).count();
+    if rrs == 0 {
+        return None;
+    }
+    stats.rtcp_rr_received.fetch_add(rrs as u64, Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ntp = rtcp::ntp_from_unix_micros(now.as_micros() as u64);
+    stats.rtcp_sr_sent.fetch_add(1, Ordering::Relaxed);
+    Some(rtcp::rtcp_sender_report(ssrc, ntp, 0, packets, 0).to_vec())
 }
 
 struct Camera {
@@ -607,9 +639,18 @@ impl Camera {
         let stop = self.stop.child_token();
         let mut port = 0;
         let mut setup = None;
+        let mut rtcp_line = None;
         let start = if !offer.tcp {
-            // Media leaves from its own socket, like a camera's encoder does.
-            Some(MediaStart::Udp(target, rtp_ssrc))
+            // Media leaves from its own socket, like a camera's encoder does; its port is the
+            // answered one, RTCP is taken at the port above (`a=rtcp`, RFC 3605).
+            let Ok((rtp, rtcp)) = bind_rtp_pair(self.opts.local_ip).await else {
+                return self.reply(&req, 500, vec![], Vec::new()).await;
+            };
+            port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+            if let Some(r) = &rtcp {
+                rtcp_line = r.local_addr().ok().map(|a| format!("a=rtcp:{}\r\n", a.port()));
+            }
+            Some(MediaStart::Udp(target, rtp_ssrc, rtp, rtcp))
         } else if offer.setup.as_deref() == Some("active") {
             // The gateway connects to us: listen now, answer our port.
             let listener = match TcpListener::bind(SocketAddr::new(self.opts.local_ip, 0)).await {
@@ -634,7 +675,11 @@ impl Camera {
             setup = Some("active");
             Some(MediaStart::TcpConnect(target, rtp_ssrc))
         };
-        let body = sdp::answer(&sdp::Answer {
+        if offer.tcp {
+            // RTCP in the same TCP stream (RFC 5761 over RFC 4571).
+            rtcp_line = Some("a=rtcp-mux\r\n".to_string());
+        }
+        let mut body = sdp::answer(&sdp::Answer {
             device_id: &self.id,
             ip: self.opts.local_ip,
             port,
@@ -644,6 +689,9 @@ impl Camera {
             ssrc: answer_ssrc,
             time: offer.time,
         });
+        if let Some(line) = rtcp_line {
+            body.push_str(&line);
+        }
         let from = sip::header(&req.headers, "From").unwrap_or("").to_string();
         let to = format!("{};tag={}{}", sip::header(&req.headers, "To").unwrap_or(""), self.from_tag, self.index);
         self.dialogs.insert(
@@ -679,15 +727,14 @@ impl Camera {
     ) {
         let (media, stats) = (self.media.clone(), self.stats.clone());
         let end = self.playback_end(kind);
-        let local_ip = self.opts.local_ip;
         let socket = self.socket.clone();
         let server = self.opts.server;
         let id = self.id.clone();
         let stats2 = stats.clone();
         tokio::spawn(async move {
             let r = match start {
-                MediaStart::Udp(target, ssrc) => {
-                    stream_udp(local_ip, target, media, ssrc, stats, stop.clone(), end).await
+                MediaStart::Udp(target, ssrc, rtp, rtcp) => {
+                    stream_udp(rtp, rtcp, target, media, ssrc, stats, stop.clone(), end).await
                 }
                 MediaStart::TcpConnect(target, ssrc) => match TcpStream::connect(target).await {
                     Ok(sock) => stream_tcp(sock, media, ssrc, stats, stop.clone(), end).await,
@@ -760,8 +807,10 @@ impl Pacer {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream_udp(
-    local_ip: IpAddr,
+    sock: UdpSocket,
+    rtcp: Option<UdpSocket>,
     target: SocketAddr,
     media: Arc<MediaTemplate>,
     ssrc: u32,
@@ -769,43 +818,79 @@ async fn stream_udp(
     stop: CancellationToken,
     end: Option<Duration>,
 ) -> std::io::Result<()> {
-    let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
     let mut pacer = Pacer::new(media, ssrc);
     let deadline = end.map(|d| tokio::time::Instant::now() + d);
+    let mut rtcp_buf = vec![0u8; 1500];
+    let mut sent = 0u32;
     loop {
         let (at, p) = pacer.next();
         if deadline.is_some_and(|d| at > d) {
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(at) => {}
-            _ = stop.cancelled() => return Ok(()),
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => break,
+                _ = stop.cancelled() => return Ok(()),
+                r = async { rtcp.as_ref().expect("guarded").recv_from(&mut rtcp_buf).await }, if rtcp.is_some() => {
+                    if let (Ok((n, from)), Some(r)) = (r, &rtcp) {
+                        if let Some(sr) = on_rtcp_from_gateway(&rtcp_buf[..n], ssrc, &stats, sent) {
+                            let _ = r.send_to(&sr, from).await;
+                        }
+                    }
+                }
+            }
         }
         sock.send_to(&p, target).await?;
+        sent = sent.wrapping_add(1);
         stats.media_packets.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 async fn stream_tcp(
-    mut sock: TcpStream,
+    sock: TcpStream,
     media: Arc<MediaTemplate>,
     ssrc: u32,
     stats: Arc<SimStats>,
     stop: CancellationToken,
     end: Option<Duration>,
 ) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
     let _ = sock.set_nodelay(true);
+    let (mut rd, mut sock) = sock.into_split();
     let mut pacer = Pacer::new(media, ssrc);
     let deadline = end.map(|d| tokio::time::Instant::now() + d);
+    // What the gateway writes back: RFC 4571 frames of RTCP (bounded: a frame is <= 64 KiB).
+    let mut inbound: Vec<u8> = Vec::new();
+    let mut rd_buf = vec![0u8; 4096];
+    let mut sent = 0u32;
+    let mut reading = true;
     loop {
         let (at, p) = pacer.next();
         if deadline.is_some_and(|d| at > d) {
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(at) => {}
-            _ = stop.cancelled() => return Ok(()),
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => break,
+                _ = stop.cancelled() => return Ok(()),
+                r = rd.read(&mut rd_buf), if reading => match r {
+                    Ok(0) | Err(_) => reading = false,
+                    Ok(n) => {
+                        inbound.extend_from_slice(&rd_buf[..n]);
+                        while inbound.len() >= 2 && inbound.len() >= 2 + u16::from_be_bytes([inbound[0], inbound[1]]) as usize {
+                            let len = u16::from_be_bytes([inbound[0], inbound[1]]) as usize;
+                            let frame: Vec<u8> = inbound.drain(..2 + len).skip(2).collect();
+                            if let Some(sr) = on_rtcp_from_gateway(&frame, ssrc, &stats, sent) {
+                                let mut framed = (sr.len() as u16).to_be_bytes().to_vec();
+                                framed.extend_from_slice(&sr);
+                                sock.write_all(&framed).await?;
+                            }
+                        }
+                    }
+                },
+            }
         }
+        sent = sent.wrapping_add(1);
         // RFC 4571: 2-byte length, then the packet.
         let mut framed = Vec::with_capacity(p.len() + 2);
         framed.extend_from_slice(&(p.len() as u16).to_be_bytes());

@@ -146,6 +146,8 @@ impl Core {
             if s.transport == MediaTransport::Udp {
                 self.media.expect_port(stream, a.port);
             }
+            let rtcp_ip = a.rtcp_addr.or(a.connection).unwrap_or(peer.addr().ip());
+            self.media.expect_rtcp(stream, a.rtcp_port.map(|p| SocketAddr::new(rtcp_ip, p)), a.rtcp_mux);
             // Hikvision answers with its own y= and sends that SSRC: re-key to it (wvp).
             if let Some(new) = a.ssrc.filter(|n| *n != s.ssrc && *n != 0) {
                 info!(stream, offered = %sdp::ssrc_text(s.ssrc), answered = %sdp::ssrc_text(new), "answer re-keys the session");

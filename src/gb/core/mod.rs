@@ -147,6 +147,9 @@ pub trait MediaPort: Send {
     fn expect_port(&mut self, stream: &str, port: u16);
     /// The G.711 rate the device declared (SDP `f=`), a hint for the media stage.
     fn hint_g711_rate(&mut self, stream: &str, rate: u32);
+    /// What the device's SDP answer says about RTCP: its `a=rtcp` address (RFC 3605) if any, and
+    /// `a=rtcp-mux` (RFC 5761). Receiver reports go there (D91).
+    fn expect_rtcp(&mut self, _stream: &str, _addr: Option<SocketAddr>, _mux: bool) {}
     fn stream_state(&self, stream: &str) -> Option<StreamState>;
     /// Ends the live stream `stream` (its players see the end).
     fn end_stream(&mut self, stream: &str);

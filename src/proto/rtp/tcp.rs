@@ -85,6 +85,9 @@ pub struct TcpFramer {
     inside_scanned: usize,
     eof: bool,
     stats: FramerStats,
+    /// RTCP frames kept for the caller (see [`TcpFramer::keep_rtcp`]), at most `keep_rtcp`.
+    rtcp_frames: std::collections::VecDeque<Bytes>,
+    keep_rtcp: usize,
 }
 
 impl Default for TcpFramer {
@@ -104,7 +107,21 @@ impl TcpFramer {
             inside_scanned: 0,
             eof: false,
             stats: FramerStats::default(),
+            rtcp_frames: std::collections::VecDeque::new(),
+            keep_rtcp: 0,
         }
+    }
+
+    /// Keeps up to `max` RTCP frames for [`TcpFramer::take_rtcp`] instead of only counting them
+    /// (RFC 4571 carries RTCP in the same stream); beyond `max` unread ones they are dropped.
+    pub fn keep_rtcp(mut self, max: usize) -> Self {
+        self.keep_rtcp = max;
+        self
+    }
+
+    /// The oldest RTCP frame kept (without framing header).
+    pub fn take_rtcp(&mut self) -> Option<Bytes> {
+        self.rtcp_frames.pop_front()
     }
 
     /// Appends received bytes. Drain with [`next_packet`](Self::next_packet) after every push.
@@ -146,7 +163,11 @@ impl TcpFramer {
                 Check::Rtcp { framing, len } => {
                     self.framing = Some(framing);
                     self.resyncing = false;
-                    self.buf.advance(framing.header_len() + len);
+                    self.buf.advance(framing.header_len());
+                    let frame = self.buf.split_to(len);
+                    if self.rtcp_frames.len() < self.keep_rtcp {
+                        self.rtcp_frames.push_back(frame.freeze());
+                    }
                     self.stats.rtcp += 1;
                 }
                 Check::Need => {
@@ -503,6 +524,12 @@ mod tests {
             assert_eq!(f.stats().resyncs, 0);
         }
         assert_eq!(run(&lead, false).1.stats().rtcp, 2);
+        // Kept for the caller when asked, bounded.
+        let mut f = TcpFramer::new().keep_rtcp(1);
+        f.push(&lead);
+        while f.next_packet().is_some() {}
+        assert_eq!(f.take_rtcp().as_deref(), Some(&rtcp_rr(SSRC)[..]));
+        assert_eq!(f.take_rtcp(), None, "the second one was over the bound");
     }
 
     #[test]

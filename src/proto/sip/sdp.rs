@@ -65,6 +65,12 @@ pub struct GbSdp {
     pub sendonly: bool,
     /// The G.711 sample rate announced by `f=` (PS itself carries none).
     pub g711_rate: Option<u32>,
+    /// `a=rtcp:<port> [IN IP4 <addr>]` (RFC 3605): where the device takes RTCP, when not at the
+    /// RTP port + 1 (RFC 3550 11).
+    pub rtcp_port: Option<u16>,
+    pub rtcp_addr: Option<IpAddr>,
+    /// `a=rtcp-mux` (RFC 5761): RTCP shares the RTP port (over TCP: the same connection).
+    pub rtcp_mux: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -98,6 +104,9 @@ pub fn parse(body: &[u8]) -> Result<GbSdp, SdpError> {
         download_speed: None,
         sendonly: false,
         g711_rate: None,
+        rtcp_port: None,
+        rtcp_addr: None,
+        rtcp_mux: false,
     };
     let mut media = false;
     let mut media_connection = None;
@@ -142,6 +151,12 @@ pub fn parse(body: &[u8]) -> Result<GbSdp, SdpError> {
                     "setup" => sdp.setup = Some(value.trim().to_ascii_lowercase()),
                     "sendonly" => sdp.sendonly = true,
                     "downloadspeed" => sdp.download_speed = value.trim().parse().ok(),
+                    "rtcp" => {
+                        let mut it = value.split_whitespace();
+                        sdp.rtcp_port = it.next().and_then(|p| p.parse().ok()).filter(|p| *p != 0);
+                        sdp.rtcp_addr = it.nth(2).and_then(|a| a.parse().ok());
+                    }
+                    "rtcp-mux" => sdp.rtcp_mux = true,
                     _ => {}
                 }
             }
@@ -292,6 +307,14 @@ mod tests {
         assert_eq!(h.ssrc, Some(630_886));
         assert!(!h.tcp);
         assert_eq!(h.connection, Some("192.168.137.11".parse().unwrap()));
+        assert_eq!((h.rtcp_port, h.rtcp_addr, h.rtcp_mux), (None, None, false));
+        // RFC 3605 a=rtcp with and without an address; rtcp-mux.
+        let r = parse(b"v=0\nc=IN IP4 10.0.0.1\nm=video 5000 RTP/AVP 96\na=rtcp:5003 IN IP4 10.0.0.9\na=rtcp-mux\n")
+            .unwrap();
+        assert_eq!((r.rtcp_port, r.rtcp_addr, r.rtcp_mux), (Some(5003), Some("10.0.0.9".parse().unwrap()), true));
+        let r = parse(b"m=video 5000 RTP/AVP 96\na=rtcp:5001\n").unwrap();
+        assert_eq!((r.rtcp_port, r.rtcp_addr), (Some(5001), None));
+        assert_eq!(parse(b"m=video 5000 RTP/AVP 96\na=rtcp:99999 IN IP4 x\n").unwrap().rtcp_port, None);
         assert!(parse(b"v=0\r\n").is_err());
         assert!(parse(&[0xff, 0xfe]).is_err());
     }
