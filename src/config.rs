@@ -80,7 +80,7 @@ pub struct PullConfig {
     /// `rtmp://host[:port]/app/key` or `rtsp://[user:pass@]host[:port]/path`; `{path}` is the
     /// requested stream name.
     pub url: String,
-    /// RTSP only: how RTP is asked for (`auto`, `tcp`, `udp`).
+    /// RTSP only: how RTP is asked for (`auto`: TCP, falling back to UDP; `tcp`; `udp`).
     #[serde(default)]
     pub transport: PullTransport,
     /// A fixed pull starts only when a player asks (templates always do).
@@ -176,12 +176,7 @@ impl PullConfig {
                     return Err(bad("pull.url", format!("no app in {:?} (rtmp://host/app/key)", self.url)));
                 }
             }
-            "rtsp" => {
-                return Err(bad(
-                    "pull.url",
-                    "rtsp:// pulls are not built into this gbgate yet (rtsp pull not built); use rtmp://".into(),
-                ))
-            }
+            "rtsp" => {}
             s => return Err(bad("pull.url", format!("scheme {s}:// (rtmp:// or rtsp://)"))),
         }
         if url.host_str().is_none_or(str::is_empty) {
@@ -918,12 +913,16 @@ mod tests {
         assert!(!fixed.is_on_demand() && template.is_on_demand());
         assert_eq!(template.idle_stop(), Some(Duration::from_secs(2)));
         assert_eq!(template.url_for("live/x"), "rtmp://o/live/x");
+        let rtsp = Config::from_toml(
+            "[[pull]]\nname = \"c\"\nurl = \"rtsp://u:p@o:554/ch1\"\ntransport = \"udp\"\n",
+            "t.toml",
+        );
+        assert_eq!(rtsp.unwrap().pull[0].transport, PullTransport::Udp);
         let cases = [
             ("url = \"rtmp://o/a/b\"", "pull.name"),
             ("name = \"a\"\nmatch = \"b*\"\nurl = \"rtmp://o/a/b\"", "pull.match"),
             ("name = \"a\"\nurl = \"http://o/a\"", "pull.url"),
             ("match = \"*\"\nurl = \"rtmp://{path}/a/b\"", "after the host"),
-            ("name = \"a\"\nurl = \"rtsp://o/a\"", "rtsp pull not built"),
             ("name = \"gb/1\"\nurl = \"rtmp://o/a/b\"", "pull.name"),
             ("name = \"a\"\nurl = \"rtmp://o/a/b\"\nretries = 0", "pull.retries"),
             ("name = \"a\"\nurl = \"rtmp://o/a/b\"\nretry_interval = \"1ms\"", "pull.retry_interval"),

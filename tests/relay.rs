@@ -741,3 +741,88 @@ async fn a_static_push_of_a_pulled_stream_keeps_it_from_idle_stop() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_sources_are_pulled_on_demand_over_tcp_and_udp_and_torn_down_when_idle() {
+    use gbgate::client::pull::PullTransport;
+    use gbgate::sim::send::{send_file, SendOptions};
+    let _serial = SERIAL.lock().await;
+    if !tools("rtsp_relay") {
+        return;
+    }
+    // The origin: another gbgate, fed a GB fixture over RTP/TCP, played over RTSP.
+    let origin = start_with_pulls(config_with(vec![])).await;
+    let ssrc = 0x0BEB_C211u32;
+    let opts = SendOptions {
+        to: origin.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops: 15,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(200),
+    };
+    let path = own_fixture("h264_g711a_8k.rtp");
+    let sender = tokio::spawn(async move {
+        let _ = send_file(&path, &opts).await;
+    });
+    let src_name = format!("rtp/{ssrc:08X}");
+    let t0 = Instant::now();
+    while origin.hub.get(&src_name).is_none_or(|s| !s.has_keyframe()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the origin has no {src_name}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("rtsp://{}/{src_name}", origin.rtsp_addr.unwrap());
+    let mut entries = Vec::new();
+    for (name, transport) in [("rcam_tcp", PullTransport::Tcp), ("rcam_udp", PullTransport::Udp)] {
+        let mut e = pull(None, Some(name), url.clone());
+        e.on_demand = true;
+        e.transport = transport;
+        e.idle_stop = Some(HumanDuration(Duration::from_secs(2)));
+        entries.push(e);
+    }
+    let gw = start_with_pulls(config_with(entries)).await;
+    assert!(gw.hub.get("rcam_tcp").is_none(), "on demand: nothing pulled before a player asks");
+    for (name, player) in [("rcam_tcp", "rtmp"), ("rcam_udp", "rtsp")] {
+        let player_url = match player {
+            "rtmp" => format!("rtmp://{}/{name}", gw.rtmp_addr.unwrap()),
+            _ => format!("rtsp://{}/{name}", gw.rtsp_addr.unwrap()),
+        };
+        let (ok, out, err) = probe_first_packets(&player_url, 10).await;
+        assert!(ok, "{name} over {player}: {err}");
+        let p: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["streams"][0]["codec_name"], "h264", "{name}: {out}");
+        assert!(flags_of(&out).first().is_some_and(|f| f.starts_with('K')), "{name}: {out}");
+        let stream = gw.hub.get(name).expect("pulled");
+        assert_eq!(stream.source.transport, gbgate::hub::Transport::Rtsp);
+        assert_eq!(stream.source.peer, origin.rtsp_addr.unwrap());
+    }
+    // Nobody watches: both pulls stop and their RTSP sessions at the origin end (TEARDOWN).
+    let t1 = Instant::now();
+    loop {
+        let origin_players =
+            origin.hub.get(&src_name).map_or(0, |s| s.subscriber_counts().get("rtsp").copied().unwrap_or(0));
+        if gw.hub.get("rcam_tcp").is_none() && gw.hub.get("rcam_udp").is_none() && origin_players == 0 {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "still pulled: {origin_players} RTSP players at the origin; {}",
+            pulls(&gw).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = pulls(&gw).await;
+    for name in ["rcam_tcp", "rcam_udp"] {
+        let s = slot(&body, name);
+        assert_eq!(
+            (s["state"].as_str(), s["idle_stops"].as_u64(), s["attempts"].as_u64()),
+            (Some("idle"), Some(1), Some(1)),
+            "{s}"
+        );
+    }
+    sender.abort();
+    gw.stop().await;
+    origin.stop().await;
+}

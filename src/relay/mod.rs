@@ -702,9 +702,9 @@ async fn run_live(inner: &Inner, slot: &Slot, live: Live) -> End {
             }
         }
     };
-    // Releases the hub stream (and its GOP cache); the socket closes when `src` drops.
+    // Releases the hub stream (and its GOP cache), then the source (RTSP: TEARDOWN).
     publisher.finish(&inner.hub);
-    drop(src);
+    src.close().await;
     end
 }
 
