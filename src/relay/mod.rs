@@ -645,13 +645,14 @@ async fn attempt(inner: &Inner, slot: &Slot, opts: &PullOptions) -> Result<Live,
                 publisher.frame(f);
                 slot.frames.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(Err(e)) => {
+            r => {
+                let e = match r {
+                    Ok(Err(e)) => e,
+                    _ => PullError::NoKeyframe("the keyframe did not reach the hub".into()),
+                };
+                stream.event("stop", &format!("pull attempt failed: {e}"));
                 publisher.finish(&inner.hub);
                 return Err(e);
-            }
-            Err(_) => {
-                publisher.finish(&inner.hub);
-                return Err(PullError::NoKeyframe("the keyframe did not reach the hub".into()));
             }
         }
     }
@@ -702,6 +703,13 @@ async fn run_live(inner: &Inner, slot: &Slot, live: Live) -> End {
             }
         }
     };
+    // The stream's own log says why it stopped (D90).
+    let why = match &end {
+        End::Shutdown => "gbgate is shutting down".to_string(),
+        End::Idle(d) => format!("no player for {d:?} (idle_stop)"),
+        End::Ended(e) => format!("the source ended: {e}"),
+    };
+    stream.event("stop", &format!("pull stopped: {why}"));
     // Releases the hub stream (and its GOP cache), then the source (RTSP: TEARDOWN).
     publisher.finish(&inner.hub);
     src.close().await;
