@@ -50,6 +50,152 @@ pub struct Config {
     pub audio: AudioConfig,
     /// `[auth]`: publish and play credentials (see [`crate::auth`]).
     pub auth: crate::auth::AuthConfig,
+    /// `[[pull]]`: RTMP/RTSP sources pulled at boot or on demand (see [`crate::relay`]).
+    pub pull: Vec<PullConfig>,
+}
+
+/// How an RTSP pull asks for RTP. `Auto` tries TCP interleaved first and falls back to UDP when
+/// the server refuses it (VLC answers 461 Unsupported Transport), and the other way round.
+/// (Defined here, below the clients, for `[[pull]] transport`; `client::pull` re-exports it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullTransport {
+    #[default]
+    Auto,
+    Tcp,
+    Udp,
+}
+
+/// One `[[pull]]` table: a fixed stream (`name`) or a template (`match`), pulled from `url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// The stream name of a fixed pull (`"cam1"`, `"live/cam1"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A template: names matching this pattern (`*` matches any run, `"live/*"`) are pulled on
+    /// demand from `url` with `{path}` replaced by the requested name.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// `rtmp://host[:port]/app/key` or `rtsp://[user:pass@]host[:port]/path`; `{path}` is the
+    /// requested stream name.
+    pub url: String,
+    /// RTSP only: how RTP is asked for (`auto`: TCP, falling back to UDP; `tcp`; `udp`).
+    #[serde(default)]
+    pub transport: PullTransport,
+    /// A fixed pull starts only when a player asks (templates always do).
+    #[serde(default)]
+    pub on_demand: bool,
+    /// With no player (nor push) for this long the pull stops. Unset: on-demand pulls stop after
+    /// [`DEFAULT_PULL_IDLE_STOP`], fixed pulls never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop: Option<HumanDuration>,
+    /// Attempts a player waits for before it is told the stream is not found.
+    #[serde(default = "default_pull_retries")]
+    pub retries: u32,
+    /// Between the starts of two attempts (a fixed pull that keeps failing backs off from here to 30 s).
+    #[serde(default = "default_pull_retry_interval")]
+    pub retry_interval: HumanDuration,
+    /// Bounds the connection, each request, and the wait for the first keyframe of an attempt.
+    #[serde(default = "default_pull_timeout")]
+    pub timeout: HumanDuration,
+}
+
+/// The idle stop of an on-demand pull whose `idle_stop` is unset.
+pub const DEFAULT_PULL_IDLE_STOP: Duration = Duration::from_secs(300);
+
+fn default_pull_retries() -> u32 {
+    5
+}
+fn default_pull_retry_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_pull_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl PullConfig {
+    /// Started only by a player's demand (templates, and fixed pulls with `on_demand`).
+    pub fn is_on_demand(&self) -> bool {
+        self.on_demand || self.pattern.is_some()
+    }
+
+    /// How long without a player the pull lives; `None`: for ever.
+    pub fn idle_stop(&self) -> Option<Duration> {
+        match self.idle_stop {
+            Some(d) => Some(d.0),
+            None if self.is_on_demand() => Some(DEFAULT_PULL_IDLE_STOP),
+            None => None,
+        }
+    }
+
+    /// The source URL of stream `name`.
+    pub fn url_for(&self, name: &str) -> String {
+        self.url.replace("{path}", name)
+    }
+
+    /// What the log and the API call this entry.
+    pub fn label(&self) -> String {
+        match (&self.name, &self.pattern) {
+            (Some(n), _) => format!("name {n:?}"),
+            (None, Some(p)) => format!("match {p:?}"),
+            _ => "unnamed".into(),
+        }
+    }
+
+    fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, what: String| ConfigError::Invalid {
+            key,
+            message: format!("[[pull]] #{} ({}): {what}", index + 1, self.label()),
+        };
+        match (&self.name, &self.pattern) {
+            (Some(_), Some(_)) => return Err(bad("pull.match", "give `name` or `match`, not both".into())),
+            (None, None) => return Err(bad("pull.name", "each [[pull]] needs `name` or `match`".into())),
+            _ => {}
+        }
+        let names = self.name.iter().map(|n| ("pull.name", n)).chain(self.pattern.iter().map(|p| ("pull.match", p)));
+        for (key, n) in names {
+            if n.is_empty() || n.len() > 256 || n.starts_with('/') || n.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(bad(key, format!("{n:?} is not a stream name (1-256 characters, no spaces)")));
+            }
+            let lower = n.to_ascii_lowercase();
+            if lower.starts_with("gb/") || lower.starts_with("rtp/") {
+                return Err(bad(key, format!("{n:?}: names under gb/ and rtp/ belong to GB28181/RTP sources")));
+            }
+        }
+        // `{path}` (a player's name, for templates) goes in the path, never in the host.
+        let authority = self.url.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        if authority.contains("{path}") {
+            return Err(bad("pull.url", "`{path}` may only appear after the host (in the path)".into()));
+        }
+        let url = url::Url::parse(&self.url_for("x")).map_err(|e| bad("pull.url", format!("{:?}: {e}", self.url)))?;
+        match url.scheme() {
+            "rtmp" => {
+                // rtmp://host[:port]/app/key: the app is the first path segment.
+                if url.path().trim_start_matches('/').split('/').next().is_none_or(str::is_empty) {
+                    return Err(bad("pull.url", format!("no app in {:?} (rtmp://host/app/key)", self.url)));
+                }
+            }
+            "rtsp" => {}
+            s => return Err(bad("pull.url", format!("scheme {s}:// (rtmp:// or rtsp://)"))),
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("pull.url", "no host".into()));
+        }
+        if !(1..=100).contains(&self.retries) {
+            return Err(bad("pull.retries", format!("{} (1 to 100)", self.retries)));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.retry_interval.0) {
+            return Err(bad("pull.retry_interval", "between 100ms and 60s".into()));
+        }
+        if !(Duration::from_millis(500)..=Duration::from_secs(60)).contains(&self.timeout.0) {
+            return Err(bad("pull.timeout", "between 500ms and 60s".into()));
+        }
+        if self.idle_stop.is_some_and(|d| d.0 < Duration::from_secs(1)) {
+            return Err(bad("pull.idle_stop", "at least 1s".into()));
+        }
+        Ok(())
+    }
 }
 
 /// What leaves gbgate as audio.
@@ -721,6 +867,17 @@ impl Config {
         if self.hub.gop_cache_duration.0 > Duration::from_secs(120) {
             return Err(ConfigError::Invalid { key: "hub.gop_cache_duration", message: "at most 120s".into() });
         }
+        for (i, p) in self.pull.iter().enumerate() {
+            p.validate(i)?;
+            if let Some(n) = &p.name {
+                if self.pull[..i].iter().any(|q| q.name.as_ref() == Some(n)) {
+                    return Err(ConfigError::Invalid {
+                        key: "pull.name",
+                        message: format!("[[pull]] #{}: {n:?} is pulled twice", i + 1),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -742,6 +899,41 @@ mod tests {
     fn unknown_key_is_rejected_with_its_name() {
         let err = Config::from_toml("[rtp]\nlistne = \"0.0.0.0:1\"\n", "t.toml").unwrap_err().to_string();
         assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn pull_tables_parse_and_errors_name_the_key() {
+        let cfg = Config::from_toml(
+            "[[pull]]\nname = \"cam1\"\nurl = \"rtmp://o:1935/live/cam1\"\n\n[[pull]]\nmatch = \"live/*\"\nurl = \"rtmp://o/{path}\"\nidle_stop = \"2s\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let (fixed, template) = (&cfg.pull[0], &cfg.pull[1]);
+        assert_eq!((fixed.retries, fixed.retry_interval.0, fixed.idle_stop()), (5, Duration::from_secs(1), None));
+        assert!(!fixed.is_on_demand() && template.is_on_demand());
+        assert_eq!(template.idle_stop(), Some(Duration::from_secs(2)));
+        assert_eq!(template.url_for("live/x"), "rtmp://o/live/x");
+        let rtsp = Config::from_toml(
+            "[[pull]]\nname = \"c\"\nurl = \"rtsp://u:p@o:554/ch1\"\ntransport = \"udp\"\n",
+            "t.toml",
+        );
+        assert_eq!(rtsp.unwrap().pull[0].transport, PullTransport::Udp);
+        let cases = [
+            ("url = \"rtmp://o/a/b\"", "pull.name"),
+            ("name = \"a\"\nmatch = \"b*\"\nurl = \"rtmp://o/a/b\"", "pull.match"),
+            ("name = \"a\"\nurl = \"http://o/a\"", "pull.url"),
+            ("match = \"*\"\nurl = \"rtmp://{path}/a/b\"", "after the host"),
+            ("name = \"gb/1\"\nurl = \"rtmp://o/a/b\"", "pull.name"),
+            ("name = \"a\"\nurl = \"rtmp://o/a/b\"\nretries = 0", "pull.retries"),
+            ("name = \"a\"\nurl = \"rtmp://o/a/b\"\nretry_interval = \"1ms\"", "pull.retry_interval"),
+            ("name = \"a\"\nurl = \"rtmp://o/a/b\"\nidle_stop = \"10ms\"", "pull.idle_stop"),
+        ];
+        for (table, key) in cases {
+            let err = Config::from_toml(&format!("[[pull]]\n{table}\n"), "t.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
+        let err = Config::from_toml("[[pull]]\nname = \"a\"\nurl = \"rtmp://o/a/b\"\nurk = 1\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("urk"), "{err}");
     }
 
     #[test]

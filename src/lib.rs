@@ -14,7 +14,8 @@
 //! - [`gb`]: GB/T 28181 signalling: a sans-IO core by job (`gb::core`: registrar, presence,
 //!   catalog, dialogs, playback) under a thin tokio driver (`gb::driver`) that owns the SIP
 //!   sockets (`gb::transport`) and the device store (`gb::store`).
-//! - [`client`]: outgoing connections (RTMP push).
+//! - [`client`]: outgoing connections (RTMP push, RTMP pull).
+//! - [`relay`]: `[[pull]]` sources pulled at boot or on demand, and stopped when idle.
 //! - [`server`]: thin tokio drivers: RTP on one port, RTSP, RTMP, SIP transport, HTTP API.
 //! - [`probe`]: offline analysis of captures (`gbgate probe`).
 //! - [`sim`]: load and test tools: `send`, `players`, the camera simulator `sim` and `attack`.
@@ -32,6 +33,7 @@ pub mod hub;
 pub mod media;
 pub mod probe;
 pub mod proto;
+pub mod relay;
 pub mod server;
 pub mod sim;
 pub mod util;

@@ -474,6 +474,7 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let pulls = cfg.pull.clone();
     runtime.block_on(async move {
         let gateway = match Gateway::start(cfg).await {
             Ok(g) => g,
@@ -482,6 +483,9 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // `[[pull]]` sources: the relay sits above the gateway (D84).
+        let _relay =
+            gbgate::relay::Relay::start(pulls, gateway.hub.clone(), gateway.rtp.clone(), gateway.shutdown.clone());
         if let Some(path) = ports_file {
             if let Err(e) = write_ports(&path, &gateway) {
                 tracing::error!("cannot write the ports file {}: {e}", path.display());

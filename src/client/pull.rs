@@ -3,18 +3,8 @@
 //! operator at 3 a.m. can act on.
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// How an RTSP pull asks for RTP. `Auto` tries TCP interleaved first and falls back to UDP when
-/// the server refuses it (VLC answers 461 Unsupported Transport), and the other way round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PullTransport {
-    #[default]
-    Auto,
-    Tcp,
-    Udp,
-}
+/// How an RTSP pull asks for RTP (defined with the config, which must not import the clients).
+pub use crate::config::PullTransport;
 
 /// Limits of one pull attempt.
 #[derive(Debug, Clone)]

@@ -65,6 +65,22 @@ pub fn handle_input(
     bytes: &[u8],
 ) -> Result<Vec<ClientSessionResult>, RtmpClientError> {
     let bytes = guard.filter(bytes)?;
+    handle_filtered(session, bytes)
+}
+
+/// As [`handle_input`], with the peer's audio and video messages also put in `media` (a play
+/// client reads them there: see [`RtmpCommandGuard::filter_media`]).
+pub fn handle_input_media(
+    session: &mut ClientSession,
+    guard: &mut RtmpCommandGuard,
+    bytes: &[u8],
+    media: &mut Vec<crate::proto::rtmp_chunk::Message>,
+) -> Result<Vec<ClientSessionResult>, RtmpClientError> {
+    let bytes = guard.filter_media(bytes, media)?;
+    handle_filtered(session, bytes)
+}
+
+fn handle_filtered(session: &mut ClientSession, bytes: Vec<u8>) -> Result<Vec<ClientSessionResult>, RtmpClientError> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }

@@ -352,6 +352,11 @@ impl Stream {
         lock(&self.stats).clone()
     }
 
+    /// Whether the GOP cache starts with a video keyframe: a new player can start decoding at once.
+    pub fn has_keyframe(&self) -> bool {
+        lock(&self.fanout).gop.frames().next().is_some_and(|f| f.keyframe && f.kind() == MediaKind::Video)
+    }
+
     /// Number of frames and bytes in the GOP cache.
     pub fn gop_cache_usage(&self) -> (usize, usize) {
         let f = lock(&self.fanout);
@@ -464,6 +469,21 @@ pub trait StreamDemand: Send + Sync {
     fn handles(&self, name: &str) -> bool;
     /// Starts `name` and resolves once it is live with a keyframe, or with the failed step.
     fn demand(&self, name: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+    /// What the handler reports to the API under `key` (`"pulls"`: the relay), if anything.
+    fn status(&self, _key: &str) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Why [`Hub::get_or_demand`] has no stream to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotLive {
+    /// Not live, and no handler starts it.
+    #[error("no such stream")]
+    Unknown,
+    /// A handler tried to start it and gave up; the text names the cause (the player sees it).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The registry of live streams.
@@ -501,6 +521,11 @@ impl Hub {
         })
     }
 
+    /// The first status a registered handler reports under `key` (see [`StreamDemand::status`]).
+    pub fn demand_status(&self, key: &str) -> Option<serde_json::Value> {
+        self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find_map(|h| h.status(key))
+    }
+
     /// Sets the recorder and per-stream logs for streams created from now on.
     pub fn set_diag(&self, diag: crate::diag::Diag) {
         *self.diag.write().unwrap_or_else(|e| e.into_inner()) = diag;
@@ -516,19 +541,27 @@ impl Hub {
     }
 
     /// The live stream `name`, or, when it is not live and a handler claims the name, the stream
-    /// that handler starts (the caller is parked until it has a keyframe or the handler gives up).
-    pub async fn get_or_demand(&self, name: &str) -> Option<Arc<Stream>> {
+    /// that handler starts (the caller is parked until it has a keyframe or the handler gives up,
+    /// and is then told why: [`NotLive::Failed`]).
+    pub async fn get_or_demand(&self, name: &str) -> Result<Arc<Stream>, NotLive> {
         if let Some(s) = self.get(name) {
-            return Some(s);
+            return Ok(s);
         }
-        let handler =
-            self.demand.read().unwrap_or_else(|e| e.into_inner()).iter().find(|h| h.handles(name)).cloned()?;
+        let handler = self
+            .demand
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|h| h.handles(name))
+            .cloned()
+            .ok_or(NotLive::Unknown)?;
         match handler.demand(name).await {
-            Ok(()) => self.get(name),
-            Err(step) => {
+            Ok(()) => self.get(name).ok_or(NotLive::Failed("the stream ended as it started".into())),
+            // Someone else may have published it meanwhile.
+            Err(step) => self.get(name).ok_or_else(|| {
                 tracing::info!(stream = name, "on-demand start failed: {step}");
-                None
-            }
+                NotLive::Failed(step)
+            }),
         }
     }
 

@@ -28,6 +28,9 @@ use super::rtmp_chunk::{ByteBudget, ChunkError, ChunkLimits, ChunkReader, Messag
 const AMF0_COMMAND: u8 = 20;
 /// AMF3 command message type (Flash clients send AMF0 in it, often after a 0 byte).
 const AMF3_COMMAND: u8 = 17;
+/// Audio and video message types (RTMP §7.1.4, §7.1.5).
+const AUDIO: u8 = 8;
+const VIDEO: u8 = 9;
 /// AMF0 data message type (onMetaData).
 const AMF0_DATA: u8 = 18;
 /// AMF3 data message type (rml_rtmp decodes it as AMF0).
@@ -92,10 +95,26 @@ impl RtmpCommandGuard {
     /// Reads `bytes`, the next bytes from the peer, and returns what the session is to be fed
     /// (possibly nothing). `Err` means the connection must be closed.
     pub fn filter(&mut self, bytes: &[u8]) -> Result<Vec<u8>, RtmpGuardError> {
+        self.filter_into(bytes, None)
+    }
+
+    /// As [`Self::filter`], and the audio and video messages (types 8 and 9) are also handed out
+    /// in `media`, whatever their message stream id: a play client reads them there, because
+    /// ffmpeg's `-listen` server sends them on stream 0 rather than on the stream it created,
+    /// which rml_rtmp's client drops. The session still sees them (it counts bytes for its
+    /// acknowledgements).
+    pub fn filter_media(&mut self, bytes: &[u8], media: &mut Vec<Message>) -> Result<Vec<u8>, RtmpGuardError> {
+        self.filter_into(bytes, Some(media))
+    }
+
+    fn filter_into(&mut self, bytes: &[u8], mut media: Option<&mut Vec<Message>>) -> Result<Vec<u8>, RtmpGuardError> {
         let mut out = self.preamble.take().unwrap_or_default();
         self.reader.push(bytes, &mut self.messages)?;
         for m in self.messages.drain(..) {
             check(&m, &self.amf0)?;
+            if let Some(media) = media.as_deref_mut().filter(|_| matches!(m.type_id, AUDIO | VIDEO)) {
+                media.push(m.clone());
+            }
             let payload = MessagePayload {
                 timestamp: RtmpTimestamp::new(m.timestamp),
                 type_id: m.type_id,

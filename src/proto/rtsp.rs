@@ -152,11 +152,14 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// A reason phrase other than the standard one (RFC 2326 §7.1.1 lets a server choose it):
+    /// a 404 of a stream that could not be pulled says why.
+    pub reason: Option<String>,
 }
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: String::new() }
+        Response { status, headers: Vec::new(), body: String::new(), reason: None }
     }
 
     pub fn header(mut self, k: &str, v: impl Into<String>) -> Response {
@@ -169,7 +172,7 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = format!("RTSP/1.0 {} {}\r\n", self.status, reason(self.status));
+        let mut s = format!("RTSP/1.0 {} {}\r\n", self.status, self.reason.as_deref().unwrap_or(reason(self.status)));
         for (k, v) in &self.headers {
             let _ = write!(s, "{k}: {v}\r\n");
         }
@@ -287,6 +290,37 @@ pub enum Action {
     Close,
 }
 
+/// What the session needs from its driver.
+pub trait Env {
+    /// The tracks of a live stream, `None` if there is no such stream.
+    fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>>;
+    /// Binds an RTP/RTCP socket pair for track `index`; returns the server ports.
+    fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)>;
+    fn random(&mut self) -> u32;
+    /// Why `stream` has no tracks, when there is more to say than "not found" (a pull on demand
+    /// that failed names its cause).
+    fn why_missing(&mut self, _stream: &str) -> Option<String> {
+        None
+    }
+    /// A publisher announced `stream` (`query`: the URI's query string, for credentials) with
+    /// this description: the driver checks the publish rules and creates the stream, or refuses.
+    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
+        let _ = (stream, query, sdp);
+        Err(Refusal { status: 405, reason: "this server takes no RTSP publishers".into() })
+    }
+}
+
+/// 404 for `name`, saying why when the environment knows (in the reason phrase, which players
+/// log, and in a text body). The cause is one line of printable text.
+fn not_found(env: &mut dyn Env, name: &str) -> Response {
+    let Some(why) = env.why_missing(name) else { return Response::new(404) };
+    let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).take(400).collect();
+    let mut r = Response::new(404).header("Content-Type", "text/plain");
+    r.reason = Some(format!("Not Found ({why})"));
+    r.body = format!("{name}: {why}\r\n");
+    r
+}
+
 /// The query string of a request URI (`key=...`, `txSecret=...&txTime=...`), without `?`.
 pub fn uri_query(uri: &str) -> &str {
     let q = uri.split_once('?').map_or("", |(_, q)| q);
@@ -300,21 +334,6 @@ struct Announced {
     media: Vec<SdpMedia>,
     /// Which media sections a depacketizer exists for (others are set up but ignored).
     usable: Vec<bool>,
-}
-
-/// What the session needs from its driver.
-pub trait Env {
-    /// A publisher announced `stream` (`query`: the URI's query string, for credentials) with
-    /// this description: the driver checks the publish rules and creates the stream, or refuses.
-    fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
-        let _ = (stream, query, sdp);
-        Err(Refusal { status: 405, reason: "this server takes no RTSP publishers".into() })
-    }
-    /// The tracks of a live stream, `None` if there is no such stream.
-    fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>>;
-    /// Binds an RTP/RTCP socket pair for track `index`; returns the server ports.
-    fn bind_udp(&mut self, index: usize) -> Option<(u16, u16)>;
-    fn random(&mut self) -> u32;
 }
 
 /// The stream name and optional track index of a request URI: `rtsp://host:port/<name>[/trackID=N]`.
@@ -603,7 +622,7 @@ impl ServerSession {
             return Response::new(404);
         };
         let Some(tracks) = env.tracks(&name).filter(|t| !t.is_empty()) else {
-            return Response::new(404);
+            return not_found(env, &name);
         };
         let mut sdp = String::from("v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\n");
         let _ = write!(sdp, "s={name}\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=tool:gbgate\r\na=range:npt=0-\r\n");
@@ -638,7 +657,7 @@ impl ServerSession {
             None => {
                 if self.described.as_ref() != Some(&name) {
                     let Some(tracks) = env.tracks(&name).filter(|t| !t.is_empty()) else {
-                        return Response::new(404);
+                        return not_found(env, &name);
                     };
                     self.tracks = tracks;
                 }

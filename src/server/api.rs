@@ -150,6 +150,13 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
+        // `[[pull]]` sources, as the relay (registered with the hub, D84) reports them.
+        .route(
+            "/api/v1/pulls",
+            get(|State(s): State<ApiState>| async move {
+                Json(s.hub.demand_status("pulls").unwrap_or_else(|| serde_json::json!({ "entries": [], "pulls": [] })))
+            }),
+        )
         .route("/api/v1/record", get(record_totals))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))

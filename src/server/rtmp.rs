@@ -657,15 +657,25 @@ impl Conn {
                         .reject_request(request_id, "NetStream.Play.Failed", &why)
                         .map_err(|e| anyhow!("{e:?}"));
                 }
+                // Why an on-demand start failed (a pull's cause), told to the player.
+                let mut failed: Option<String> = None;
                 if candidates.iter().all(|n| self.hub.get(n).is_none()) {
-                    // Not live: a handler may start it (GB28181 play on demand).
-                    for n in &candidates {
-                        if self.hub.get_or_demand(n).await.is_some() {
-                            break;
+                    // Not live: a handler may start it (GB28181 play on demand, pulls).
+                    for n in candidates.iter().filter(|n| !n.is_empty()) {
+                        match self.hub.get_or_demand(n).await {
+                            Ok(_) => break,
+                            // The first name a handler claimed is the one asked for: another
+                            // reading of the URL is not tried (no second series of attempts).
+                            Err(crate::hub::NotLive::Failed(why)) => {
+                                failed = Some(why);
+                                break;
+                            }
+                            Err(crate::hub::NotLive::Unknown) => {}
                         }
                     }
                 }
-                let deadline = tokio::time::Instant::now() + PLAY_WAIT;
+                // A failed start is final; otherwise a publisher may still be on its way.
+                let deadline = tokio::time::Instant::now() + if failed.is_some() { Duration::ZERO } else { PLAY_WAIT };
                 let stream = loop {
                     if let Some(s) = candidates.iter().find_map(|n| self.hub.get(n)) {
                         break Some(s);
@@ -676,10 +686,11 @@ impl Conn {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
                 let Some(stream) = stream.filter(|_| self.player.is_none() && self.publisher.is_none()) else {
-                    info!(stream = %candidates[0], peer = %self.peer, "RTMP play: no such stream");
+                    let why = failed.unwrap_or_else(|| "no such stream".into());
+                    info!(stream = %candidates[0], peer = %self.peer, "RTMP play: not found: {why}");
                     return self
                         .session
-                        .reject_request(request_id, "NetStream.Play.StreamNotFound", "no such stream")
+                        .reject_request(request_id, "NetStream.Play.StreamNotFound", &why)
                         .map_err(|e| anyhow!("{e:?}"));
                 };
                 info!(stream = %stream.name, peer = %self.peer, "RTMP play");

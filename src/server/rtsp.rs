@@ -25,7 +25,7 @@ use super::batch;
 use super::rtsp_ingest::{Publishing, RtspIngest, UdpSlot};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
-use crate::hub::{Hub, Subscription, SubscriptionEnded};
+use crate::hub::{Hub, NotLive, Subscription, SubscriptionEnded};
 use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
 use crate::proto::rtsp::{Action, Env, Input, Parser, Refusal, ServerSession, TrackDesc, TrackSetup, TrackTransport};
 use crate::proto::sdp::Sdp;
@@ -98,7 +98,7 @@ pub async fn serve(
 /// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets. Audio is the track the media stage
 /// announced (AAC, known before the first audio frame and before the G.711 rate is decided,
 /// D63), else the audio frames seen (passthrough).
-pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
+pub async fn stream_tracks(hub: &Hub, name: &str) -> Result<Vec<TrackDesc>, NotLive> {
     let stream = hub.get_or_demand(name).await?;
     let mut sub = stream.subscribe_as("rtsp");
     let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
@@ -162,7 +162,10 @@ pub async fn stream_tracks(hub: &Hub, name: &str) -> Option<Vec<TrackDesc>> {
         }
     }
     let tracks: Vec<TrackDesc> = video.into_iter().chain(audio).collect();
-    (!tracks.is_empty()).then_some(tracks)
+    match tracks.is_empty() {
+        true => Err(NotLive::Unknown),
+        false => Ok(tracks),
+    }
 }
 
 /// The sockets of one UDP track.
@@ -175,7 +178,7 @@ struct UdpPair {
 }
 
 struct DriverEnv<'a> {
-    prefetched: Option<(String, Option<Vec<TrackDesc>>)>,
+    prefetched: Option<(String, Result<Vec<TrackDesc>, NotLive>)>,
     ip: IpAddr,
     udp: &'a mut HashMap<usize, UdpPair>,
     activity: &'a Arc<AtomicU64>,
@@ -209,7 +212,14 @@ impl Env for DriverEnv<'_> {
 
     fn tracks(&mut self, stream: &str) -> Option<Vec<TrackDesc>> {
         match &self.prefetched {
-            Some((name, tracks)) if name == stream => tracks.clone(),
+            Some((name, tracks)) if name == stream => tracks.clone().ok(),
+            _ => None,
+        }
+    }
+
+    fn why_missing(&mut self, stream: &str) -> Option<String> {
+        match &self.prefetched {
+            Some((name, Err(NotLive::Failed(why)))) if name == stream => Some(why.clone()),
             _ => None,
         }
     }
