@@ -636,3 +636,79 @@ async fn gbgate_h265_pulled() {
     assert!(seen.codecs.contains(&Codec::Aac) && seen.audio >= 10, "{seen:?}");
     feeder.abort();
 }
+
+/// ffprobe's view of `url` from gbgate: (video codec, audio codec, audio sample rate, channels).
+async fn probe_codecs(url: &str) -> (String, String, String, String) {
+    let mut args = vec!["-v", "error"];
+    if url.starts_with("rtsp") {
+        args.extend(["-rtsp_transport", "tcp"]);
+    }
+    args.extend(["-show_entries", "stream=codec_name,sample_rate,channels", "-of", "json", url]);
+    let (ok, out, err) = run_program("ffprobe", &args, Duration::from_secs(40)).await;
+    assert!(ok, "ffprobe {url}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let streams = v["streams"].as_array().cloned().unwrap_or_default();
+    let field = |s: &serde_json::Value, k: &str| s[k].as_str().map(String::from).unwrap_or_else(|| s[k].to_string());
+    let video = streams.iter().find(|s| s["sample_rate"].is_null()).map(|s| field(s, "codec_name")).unwrap_or_default();
+    let audio = streams.iter().find(|s| !s["sample_rate"].is_null());
+    let (codec, rate, channels) =
+        audio.map(|s| (field(s, "codec_name"), field(s, "sample_rate"), field(s, "channels"))).unwrap_or_default();
+    (video, codec, rate, channels)
+}
+
+/// The whole relay path with servers we did not write: `[[pull]]` entries naming VLC's RTSP
+/// server (which refuses TCP: the pull falls back to UDP) and GStreamer's (Digest credentials in
+/// the URL) are pulled on demand when a player asks gbgate for them, and ffprobe reads each back
+/// from gbgate (over RTSP and over RTMP) as H.264 with AAC 11025 Hz mono.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_read_streams_pulled_from_vlc_and_gstreamer() {
+    let t = "players_read_streams_pulled_from_vlc_and_gstreamer";
+    if !require_tool(t, "ffmpeg") || !require_tool(t, "cvlc") || !require_tool(t, "runuser") || !gst_available(t) {
+        return;
+    }
+    let (_dir, file) = vlc_input().await;
+    let vlc_port = free_port();
+    let _vlc = Command::new("runuser")
+        .args(["-u", "nobody", "--", "cvlc", "-I", "dummy", file.to_str().unwrap(), "--sout"])
+        .arg(format!("#rtp{{sdp=rtsp://127.0.0.1:{vlc_port}/s}}"))
+        .args(["--sout-keep", "--loop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cvlc");
+    let gst = Gst::start("any", 30).await;
+    let entries = format!(
+        "[[pull]]\nname = \"vlc/cam\"\nurl = \"rtsp://127.0.0.1:{vlc_port}/s\"\non_demand = true\n\
+         [[pull]]\nname = \"gst/cam\"\nurl = \"{}\"\ntransport = \"udp\"\non_demand = true\n",
+        gst.url("user:s3cret")
+    );
+    #[derive(serde::Deserialize)]
+    struct Pulls {
+        pull: Vec<gbgate::config::PullConfig>,
+    }
+    let pulls: Pulls = toml::from_str(&entries).unwrap();
+    let mut cfg = test_config();
+    cfg.sip.enabled = false;
+    cfg.pull = pulls.pull;
+    cfg.validate().expect("valid config");
+    let gw = start(cfg.clone()).await;
+    gbgate::relay::Relay::start(cfg.pull.clone(), gw.hub.clone(), gw.rtp.clone(), gw.shutdown.clone());
+    let rtsp = gw.rtsp_addr.unwrap();
+    let rtmp = gw.rtmp_addr.unwrap();
+    // VLC may still be starting: the on-demand series (5 x 1 s) covers it.
+    for (name, url) in [("vlc/cam", format!("rtsp://{rtsp}/vlc/cam")), ("gst/cam", format!("rtmp://{rtmp}/gst/cam"))] {
+        let (video, audio, rate, channels) = probe_codecs(&url).await;
+        println!("{name} via {url}: {video} {audio} {rate} Hz x{channels}");
+        assert_eq!(video, "h264", "{name}");
+        assert_eq!((audio.as_str(), rate.as_str(), channels.as_str()), ("aac", "11025", "1"), "{name}");
+        let s = gw.hub.get(name).unwrap_or_else(|| panic!("{name} is not live"));
+        assert_eq!(s.source.transport, gbgate::hub::Transport::Rtsp, "{name}");
+    }
+    let (status, body) = http_get(gw.api_addr, "/api/v1/pulls").await;
+    assert_eq!(status, 200);
+    let text = body.to_string();
+    assert!(!text.contains("s3cret"), "the API shows a pull's password: {text}");
+    gw.stop().await;
+}
