@@ -100,7 +100,11 @@ async fn a_gb_sessions_ssrc_is_bound_to_the_address_its_device_signalled_from() 
         p[8..12].copy_from_slice(&ssrc.to_be_bytes());
         udp.send_to(p, rtp).await.unwrap();
     }
-    let c = rtp_counters(api).await;
+    // The datagrams are counted as the ingest task gets to them: wait for them (bounded).
+    let c = wait_json(api, "/api/v1/rtp", Duration::from_secs(5), |c| {
+        c["foreign_source_refused"].as_u64().unwrap_or(0) >= 15
+    })
+    .await;
     assert!(gw.hub.get(&name).is_none(), "no stream from the intruder");
     // The device's own media then gets the stream.
     let dev = tokio::spawn(async move {
