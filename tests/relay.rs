@@ -14,10 +14,6 @@ use serde_json::Value;
 /// memory, and the others' would blur them.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// An `ffmpeg -listen 1` RTMP origin of a synthetic 25 fps H.264 + AAC stream (a keyframe every
 /// second, the first frame one); killed when dropped.
 struct Origin(Child);
@@ -52,11 +48,6 @@ fn spawn_origin_with(port: u16, audio: &[&str]) -> Origin {
 }
 
 /// Whether a socket listens on 127.0.0.1:`port` (read from /proc: the origin accepts once).
-fn listening(port: u16) -> bool {
-    let needle = format!(":{port:04X} 00000000:0000 0A");
-    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().any(|l| l.contains(&needle))
-}
-
 /// An origin on a port the kernel just had free (ffmpeg cannot bind port 0: retried elsewhere
 /// when another process took it first).
 async fn origin_on_free_port() -> (u16, Origin) {
@@ -159,7 +150,8 @@ async fn absent_origin_five_attempts_a_second_apart_then_not_found_with_the_caus
     if !tools("absent_origin") {
         return;
     }
-    let dead = free_port(); // nothing listens there
+    // Refuses every connection, and no other process can take the port during the test.
+    let (_refusing, dead) = refusing_port();
     let gw =
         start_with_pulls(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{dead}/{{path}}"))]))
             .await;
@@ -206,7 +198,8 @@ async fn an_origin_that_appears_after_two_seconds_serves_the_waiting_players_fro
     if !tools("late_origin") {
         return;
     }
-    let port = free_port();
+    // The port refuses (held, so nothing else takes it) until the origin starts on it.
+    let (reserved, port) = refusing_port();
     let gw =
         start_with_pulls(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))]))
             .await;
@@ -226,6 +219,7 @@ async fn an_origin_that_appears_after_two_seconds_serves_the_waiting_players_fro
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep_until((t0 + Duration::from_secs(2)).into()).await;
+    drop(reserved);
     let _origin = spawn_origin(port);
     for (what, p) in [("RTSP", p1), ("RTMP", p2)] {
         let (ok, out, err) = p.await.unwrap();
@@ -252,7 +246,8 @@ async fn twenty_players_asking_at_once_cause_one_pull() {
     if !tools("twenty_players") {
         return;
     }
-    let port = free_port();
+    // The port refuses (held, so nothing else takes it) until the origin starts on it.
+    let (reserved, port) = refusing_port();
     let mut entry = pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"));
     // Room for 20 ffprobes to start on a busy machine before the origin comes.
     entry.retries = 15;
@@ -277,6 +272,7 @@ async fn twenty_players_asking_at_once_cause_one_pull() {
         assert!(start.elapsed() < Duration::from_secs(12), "players not parked: {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(reserved);
     let _origin = spawn_origin(port);
     let mut played = 0;
     for p in players {
@@ -655,10 +651,11 @@ async fn g711_in_flv_from_an_origin_leaves_as_aac_11025_mono() {
     if !tools("g711_pull") {
         return;
     }
-    let port = free_port();
+    let (reserved, port) = refusing_port();
     let gw =
         start_with_pulls(config_with(vec![pull(Some("live/*"), None, format!("rtmp://127.0.0.1:{port}/{{path}}"))]))
             .await;
+    drop(reserved);
     let _origin = spawn_origin_with(port, &["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"]);
     let url = format!("rtsp://{}/live/x", gw.rtsp_addr.unwrap());
     let args =

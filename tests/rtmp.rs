@@ -47,10 +47,6 @@ fn send_in_background(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> tok
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Runs a command to completion off the runtime, with a time limit; returns (status ok, stdout, stderr).
 async fn run(mut cmd: Command, limit: Duration) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || {
@@ -221,21 +217,6 @@ async fn modern_ffmpeg_decodes_hevc_and_aac_over_enhanced_rtmp() {
     assert!(err.contains("Video: hevc") && err.contains("352x288"), "{err}");
     assert!(err.contains("Audio: aac") && err.contains("11025 Hz") && err.contains("mono"), "{err}");
     assert_eq!(frames, 2 * FRAMES_PER_PASS, "{err}");
-}
-
-/// Waits until a socket listens on 127.0.0.1:`port`, without connecting (an `ffmpeg -listen 1`
-/// origin accepts exactly one connection).
-async fn wait_listening(port: u16, limit: Duration) -> bool {
-    let start = Instant::now();
-    let needle = format!(":{port:04X} 00000000:0000 0A");
-    while start.elapsed() < limit {
-        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        if tcp.lines().any(|l| l.contains(&needle)) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// An origin on a port the kernel just had free; ffmpeg cannot bind port 0, so when another

@@ -21,10 +21,6 @@ fn opts(transport: PullTransport) -> PullOptions {
     PullOptions { transport, timeout: Duration::from_secs(5) }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Connects, retrying while the server is still starting (connection refused), within `limit`.
 async fn connect_retrying(url: &str, o: &PullOptions, limit: Duration) -> Result<RtspPull, PullError> {
     let start = Instant::now();
@@ -70,9 +66,9 @@ async fn collect(pull: &mut RtspPull, span: Duration, done: impl Fn(&Seen) -> bo
 }
 
 /// A test H.264 (no B-frames) + AAC mp4 in a directory user `nobody` can read (VLC refuses root).
-async fn vlc_input() -> (tempdir::Dir, PathBuf) {
-    let dir = tempdir::Dir::new("rtsp_pull_vlc");
-    let file = dir.path.join("in.mp4");
+async fn vlc_input() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.mp4");
     let (ok, _, err) = run_program(
         "ffmpeg",
         &[
@@ -107,28 +103,33 @@ async fn vlc_input() -> (tempdir::Dir, PathBuf) {
     .await;
     assert!(ok, "ffmpeg: {err}");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     (dir, file)
 }
 
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let path =
-                std::env::temp_dir().join(format!("gbgate-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir { path }
+/// VLC's RTSP server (`#rtp{sdp=rtsp://...}`) serving `file` on a port the kernel just had free,
+/// run as `nobody` (VLC refuses root). VLC cannot bind port 0 and say which it got: when another
+/// process took the port first (VLC never listens, or exits), it is tried again on another one.
+async fn spawn_vlc(file: &std::path::Path) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut vlc = Command::new("runuser")
+            .args(["-u", "nobody", "--", "cvlc", "-I", "dummy", file.to_str().unwrap(), "--sout"])
+            .arg(format!("#rtp{{sdp=rtsp://127.0.0.1:{port}/s}}"))
+            .args(["--sout-keep", "--loop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cvlc");
+        if wait_listening(port, Duration::from_secs(15)).await && vlc.try_wait().unwrap().is_none() {
+            return (vlc, port);
         }
+        let _ = vlc.kill().await;
     }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+    panic!("VLC could not listen on any of 5 ports");
 }
 
 /// VLC's RTSP server answers 461 to interleaved TCP: Auto falls back to UDP and gets H.264 with a
@@ -140,17 +141,7 @@ async fn vlc_refuses_tcp_so_auto_pulls_over_udp() {
         return;
     }
     let (_dir, file) = vlc_input().await;
-    let port = free_port();
-    let _vlc = Command::new("runuser")
-        .args(["-u", "nobody", "--", "cvlc", "-I", "dummy", file.to_str().unwrap(), "--sout"])
-        .arg(format!("#rtp{{sdp=rtsp://127.0.0.1:{port}/s}}"))
-        .args(["--sout-keep", "--loop"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cvlc");
+    let (_vlc, port) = spawn_vlc(&file).await;
     let url = format!("rtsp://127.0.0.1:{port}/s");
     let mut pull = connect_retrying(&url, &opts(PullTransport::Auto), Duration::from_secs(15)).await.expect("pull VLC");
     let s = pull.stats();
@@ -462,8 +453,8 @@ async fn hostile_servers_get_named_causes_in_time() {
         assert!(e.to_string().starts_with(want), "{behaviour}: {e}");
         assert!(t0.elapsed() < Duration::from_secs(3), "{behaviour}: took {:?}", t0.elapsed());
     }
-    // Nobody listening.
-    let port = free_port();
+    // Nobody listening (the port held, bound but not listening, so nothing else takes it).
+    let (_refusing, port) = refusing_port();
     let e = rtsp_pull::connect(&format!("rtsp://127.0.0.1:{port}/s"), &o).await.err().unwrap();
     assert!(matches!(e, PullError::Refused(_)), "{e}");
 }
@@ -667,17 +658,7 @@ async fn players_read_streams_pulled_from_vlc_and_gstreamer() {
         return;
     }
     let (_dir, file) = vlc_input().await;
-    let vlc_port = free_port();
-    let _vlc = Command::new("runuser")
-        .args(["-u", "nobody", "--", "cvlc", "-I", "dummy", file.to_str().unwrap(), "--sout"])
-        .arg(format!("#rtp{{sdp=rtsp://127.0.0.1:{vlc_port}/s}}"))
-        .args(["--sout-keep", "--loop"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cvlc");
+    let (_vlc, vlc_port) = spawn_vlc(&file).await;
     let gst = Gst::start("any", 30).await;
     let entries = format!(
         "[[pull]]\nname = \"vlc/cam\"\nurl = \"rtsp://127.0.0.1:{vlc_port}/s\"\non_demand = true\n\

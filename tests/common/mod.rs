@@ -269,3 +269,31 @@ pub async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A TCP port the kernel had free a moment ago, for peers that cannot bind port 0 and report
+/// it (`ffmpeg -listen 1`, VLC's RTSP server). Another process may take it first: callers check
+/// the peer came up ([`listening`]) and try again on another port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether something listens on IPv4 TCP `port` (`/proc/net/tcp`, state 0A = LISTEN).
+pub fn listening(port: u16) -> bool {
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().any(|l| l.contains(&needle))
+}
+
+/// Waits up to `limit` for something to listen on `port`.
+pub async fn wait_listening(port: u16, limit: Duration) -> bool {
+    wait_for(limit, || listening(port)).await
+}
+
+/// A TCP port on 127.0.0.1 that refuses connections for as long as the returned socket lives:
+/// bound but never listening, so no other process can take the port meanwhile. Drop the socket
+/// right before a peer that must bind the port itself starts.
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+    (sock, port)
+}
