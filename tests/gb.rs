@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, run_program, start, test_config, wait_for};
+use common::{http_get, own_fixture, run_program, start, test_config, wait_devices_with_catalogs, wait_for};
 use gbgate::gb::GbEvent;
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, Quirk, SimOptions, SimStats};
@@ -223,17 +223,8 @@ async fn players_trigger_invites_over_udp_tcp_passive_tcp_active_with_vendor_qui
         }
         sims.push(camera::spawn(o, stop.clone()).await.unwrap());
     }
+    wait_devices_with_catalogs(&gw, cases.len(), "cameras registered with catalogs").await;
     let gb = gw.gb.clone().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || gb
-            .devices()
-            .iter()
-            .filter(|d| d.online && !d.channels.is_empty())
-            .count()
-            == cases.len())
-        .await,
-        "cameras registered with catalogs"
-    );
     let mut players = Vec::new();
     for (i, (id, t, quirk, proto)) in cases.iter().enumerate() {
         let channel = camera::channel_id(id, 0);

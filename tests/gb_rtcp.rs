@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_get, own_fixture, start, test_config, wait_for};
+use common::{http_get, own_fixture, start, test_config, wait_devices_with_catalogs, wait_for};
 use gbgate::config::{HumanDuration, RtcpMode};
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, SimOptions, SimStats};
@@ -35,17 +35,8 @@ async fn cameras(
         o.first_id = id.to_string();
         sims.push(camera::spawn(o, stop.clone()).await.unwrap());
     }
+    wait_devices_with_catalogs(gw, cases.len(), "cameras registered").await;
     let gb = gw.gb.clone().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || gb
-            .devices()
-            .iter()
-            .filter(|d| d.online && !d.channels.is_empty())
-            .count()
-            == cases.len())
-        .await,
-        "cameras registered"
-    );
     for (id, t) in cases {
         gb.play(None, &camera::channel_id(id, 0), Some(*t)).await.unwrap_or_else(|e| panic!("play {id}: {e}"));
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_get, own_fixture, start, test_config, wait_for};
+use common::{http_get, own_fixture, start, test_config, wait_devices_with_catalogs, wait_for};
 use gbgate::config::{HumanDuration, RecordConfig};
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, SimOptions, SimStats};
@@ -50,17 +50,8 @@ async fn play(
         o.unregister_on_stop = false;
         sims.push(camera::spawn(o, stop.clone()).await.unwrap());
     }
+    wait_devices_with_catalogs(gw, cases.len(), "cameras registered").await;
     let gb = gw.gb.clone().unwrap();
-    assert!(
-        wait_for(Duration::from_secs(10), || gb
-            .devices()
-            .iter()
-            .filter(|d| d.online && !d.channels.is_empty())
-            .count()
-            == cases.len())
-        .await,
-        "cameras registered"
-    );
     let mut names = Vec::new();
     for (id, t) in cases {
         let channel = camera::channel_id(id, 0);

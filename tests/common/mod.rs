@@ -297,3 +297,13 @@ pub fn refusing_port() -> (socket2::Socket, u16) {
     let port = sock.local_addr().unwrap().as_socket().unwrap().port();
     (sock, port)
 }
+
+/// Waits (10 s at most) until `count` devices are online with a catalog; fails naming `what`.
+pub async fn wait_devices_with_catalogs(gw: &Gateway, count: usize, what: &str) {
+    let gb = gw.gb.clone().expect("SIP is enabled");
+    let ready = wait_for(Duration::from_secs(10), || {
+        gb.devices().iter().filter(|d| d.online && !d.channels.is_empty()).count() == count
+    })
+    .await;
+    assert!(ready, "{what}");
+}
