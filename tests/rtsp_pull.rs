@@ -108,6 +108,33 @@ async fn vlc_input() -> (tempfile::TempDir, PathBuf) {
     (dir, file)
 }
 
+/// Feeds the fixture `file` into `gw` as a camera sending RTP over TCP with `ssrc` (20 loops),
+/// and waits for its stream; returns the feeding task and the stream's name.
+async fn feed(
+    gw: &gbgate::server::Gateway,
+    file: &str,
+    ssrc: u32,
+    linger: Duration,
+) -> (tokio::task::JoinHandle<()>, String) {
+    let send = SendOptions {
+        to: gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops: 20,
+        duration: None,
+        flood: false,
+        linger,
+    };
+    let path = own_fixture(file);
+    let feeder = tokio::spawn(async move {
+        let _ = send_file(&path, &send).await;
+    });
+    let name = format!("rtp/{ssrc:08X}");
+    assert!(wait_for(Duration::from_secs(5), || gw.hub.get(&name).is_some()).await, "{name} did not appear");
+    (feeder, name)
+}
+
 /// VLC's RTSP server (`#rtp{sdp=rtsp://...}`) serving `file` on a port the kernel just had free,
 /// run as `nobody` (VLC refuses root). VLC cannot bind port 0 and say which it got: when another
 /// process took the port first (VLC never listens, or exits), it is tried again on another one.
@@ -318,21 +345,7 @@ async fn gbgate_pulls_gbgate_over_tcp_and_udp() {
     }
     let gw = start(test_config()).await;
     let rtsp = gw.rtsp_addr.unwrap();
-    let ssrc = 0x0A11_0001u32;
-    let send = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops: 20,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(500),
-    };
-    let path = own_fixture("h264_g711a_8k.rtp");
-    let feeder = tokio::spawn(async move { send_file(&path, &send).await });
-    let name = format!("rtp/{ssrc:08X}");
-    assert!(wait_for(Duration::from_secs(5), || gw.hub.get(&name).is_some()).await);
+    let (feeder, name) = feed(&gw, "h264_g711a_8k.rtp", 0x0A11_0001u32, Duration::from_millis(500)).await;
     let url = format!("rtsp://{rtsp}/{name}");
     for (transport, want) in [(PullTransport::Tcp, "tcp"), (PullTransport::Udp, "udp")] {
         let mut pull = connect_retrying(&url, &opts(transport), Duration::from_secs(5)).await.expect("pull gbgate");
@@ -468,21 +481,7 @@ async fn keep_alives_hold_a_short_gbgate_session_and_the_end_is_ended() {
     cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(3));
     let gw = start(cfg).await;
     let rtsp = gw.rtsp_addr.unwrap();
-    let ssrc = 0x0A11_0002u32;
-    let send = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops: 20,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(100),
-    };
-    let path = own_fixture("h264_g711a_8k.rtp");
-    let feeder = tokio::spawn(async move { send_file(&path, &send).await });
-    let name = format!("rtp/{ssrc:08X}");
-    assert!(wait_for(Duration::from_secs(5), || gw.hub.get(&name).is_some()).await);
+    let (feeder, name) = feed(&gw, "h264_g711a_8k.rtp", 0x0A11_0002u32, Duration::from_millis(100)).await;
     let url = format!("rtsp://{rtsp}/{name}");
     let mut pull =
         connect_retrying(&url, &opts(PullTransport::Tcp), Duration::from_secs(5)).await.expect("pull gbgate");
@@ -605,21 +604,7 @@ async fn gstreamer_server_with_basic_auth() {
 async fn gbgate_h265_pulled() {
     let gw = start(test_config()).await;
     let rtsp = gw.rtsp_addr.unwrap();
-    let ssrc = 0x0A11_0003u32;
-    let send = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops: 20,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(100),
-    };
-    let path = own_fixture("h265_aac_16k.rtp");
-    let feeder = tokio::spawn(async move { send_file(&path, &send).await });
-    let name = format!("rtp/{ssrc:08X}");
-    assert!(wait_for(Duration::from_secs(5), || gw.hub.get(&name).is_some()).await);
+    let (feeder, name) = feed(&gw, "h265_aac_16k.rtp", 0x0A11_0003u32, Duration::from_millis(100)).await;
     let url = format!("rtsp://{rtsp}/{name}");
     let mut pull = connect_retrying(&url, &opts(PullTransport::Tcp), Duration::from_secs(5)).await.expect("pull");
     let seen = collect(&mut pull, Duration::from_secs(15), |s| s.video_keyframes >= 1 && s.audio >= 10).await;
