@@ -148,5 +148,14 @@ async fn the_api_token_is_required_when_set_and_without_one_the_api_stays_on_loo
     // Health checks need no token.
     let (status, _, body) = http_raw(api, http_request("GET", "/healthz", &host, "", "")).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // Neither does a Prometheus scrape.
+    let (status, _, body) = http_raw(api, http_request("GET", "/metrics", &host, "", "")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("# TYPE gbgate_streams gauge"), "{body}");
+    // Every other endpoint does, the unknown ones too (nothing is learned about the routes).
+    for path in ["/api/v1/openapi.json", "/api/v1/listeners", "/api/v1/nothing"] {
+        let (status, _, body) = http_raw(api, http_request("GET", path, &host, "", "")).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
     gw.stop().await;
 }

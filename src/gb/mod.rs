@@ -244,6 +244,13 @@ impl Gb {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
+    /// Registered devices online and offline, without copying the table (for `/metrics`).
+    pub fn device_counts(&self) -> (usize, usize) {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let online = devices.values().filter(|d| d.online).count();
+        (online, devices.len() - online)
+    }
+
     pub fn device(&self, id: &str) -> Option<DeviceRecord> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }

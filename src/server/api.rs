@@ -29,6 +29,8 @@ pub struct ApiState {
     pub rtsp_ingest: Arc<crate::server::rtsp_ingest::RtspIngest>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
+    /// Streams with their own series in `/metrics` (`[api] metrics_streams`, D118).
+    pub metrics_streams: usize,
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -167,6 +169,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(crate::server::metrics::metrics))
         .fallback(|req: axum::extract::Request| async move {
             not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
         })

@@ -6,6 +6,7 @@ pub mod api_error;
 pub mod audio_pool;
 pub(crate) mod batch;
 pub mod gb_media;
+pub mod metrics;
 pub mod publish;
 pub mod rtmp;
 pub mod rtp;
@@ -171,6 +172,7 @@ impl Gateway {
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
+                metrics_streams: cfg.api.metrics_streams,
             },
             rtp_addr,
         );

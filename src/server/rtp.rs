@@ -258,6 +258,11 @@ impl RtpShared {
         }
     }
 
+    /// The transcoding pool's load, once it has started (D118).
+    pub fn audio_load(&self) -> Option<crate::server::audio_pool::AudioLoad> {
+        self.audio_pool.get().map(|p| p.load())
+    }
+
     /// A stream's media stage; its audio is transcoded on the worker pool, off the reactor.
     pub fn media_pipeline(&self, stream: &Arc<Stream>) -> MediaPipeline {
         let offload = match self.audio.output {
