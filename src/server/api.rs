@@ -170,6 +170,13 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(crate::server::metrics::metrics))
+        // The OpenAPI description of every route (tests/openapi.rs keeps it equal to the routers).
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async {
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../../docs/openapi.json"))
+            }),
+        )
         .fallback(|req: axum::extract::Request| async move {
             not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
         })
