@@ -274,7 +274,7 @@ async fn metrics_parse_and_move_with_the_traffic() {
     }
     let mut cfg = test_config();
     cfg.sip.password = Some("12345678".into());
-    cfg.api.metrics_streams = 2;
+    cfg.api.metrics_streams = 3;
     let gw = start(cfg).await;
     let api = gw.api_addr;
 
@@ -294,13 +294,17 @@ async fn metrics_parse_and_move_with_the_traffic() {
         .unwrap();
     assert!(wait_for(Duration::from_secs(10), || !gw.hub.list().is_empty()).await, "the camera's stream");
     let name = gw.hub.list()[0].name.clone();
-    // Two more streams, made directly on the hub: one with a name that needs escaping, and one
-    // beyond the per-stream series cap (2).
+    // More streams, made directly on the hub, oldest first: a name that needs escaping, a name
+    // too long for a label (skipped), a third labelled one, and one beyond the cap (3).
     let odd = "we\"ird\\name\nx";
     let src = Source { transport: Transport::Rtmp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: None };
     let _odd = gw.hub.create(odd, src.clone(), Takeover::Refuse).unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await; // a later start time than `odd`
-    let _third = gw.hub.create("live/third", src, Takeover::Refuse).unwrap();
+    let long = format!("live/{}", "l".repeat(300));
+    let mut later = Vec::new();
+    for name in [long.as_str(), "live/third", "live/fourth"] {
+        tokio::time::sleep(Duration::from_millis(5)).await; // distinct start times
+        later.push(gw.hub.create(name, src.clone(), Takeover::Refuse).unwrap());
+    }
 
     // An RTSP player.
     let url = format!("rtsp://127.0.0.1:{}/{name}", gw.rtsp_addr.unwrap().port());
@@ -365,18 +369,19 @@ async fn metrics_parse_and_move_with_the_traffic() {
             }
         }
     }
-    assert_eq!(value(&second, "gbgate_streams", &[]), Some(3.0));
+    assert_eq!(value(&second, "gbgate_streams", &[]), Some(5.0));
+    assert!(!text.contains("live/fourth") && !text.contains("live/lll"), "beyond the cap, or too long");
     assert_eq!(value(&second, "gbgate_stream_players", &[("stream", &name), ("protocol", "rtsp")]), Some(1.0));
     // Each scrape is one API connection: the listener counters move too.
     assert!(
         value(&second, "gbgate_listener_admitted_total", &[("listener", "api")])
             > value(&first, "gbgate_listener_admitted_total", &[("listener", "api")])
     );
-    // The odd name comes back exactly; the third stream is beyond the cap and only counted.
+    // The odd name comes back exactly; the long one and the fourth are only counted.
     let labelled: std::collections::BTreeSet<_> =
         second["gbgate_stream_bytes_total"].samples.iter().map(|x| x.labels["stream"].clone()).collect();
-    assert_eq!(labelled, [name.clone(), odd.to_string()].into_iter().collect(), "{text}");
-    assert_eq!(value(&second, "gbgate_stream_series_omitted", &[]), Some(1.0));
+    assert_eq!(labelled, [name.as_str(), odd, "live/third"].into_iter().map(String::from).collect(), "{text}");
+    assert_eq!(value(&second, "gbgate_stream_series_omitted", &[]), Some(2.0));
     assert!(text.contains(r#"stream="we\"ird\\name\nx""#), "{text}");
     // Callbacks are off: the outbox families are declared and empty.
     assert_eq!(value(&second, "gbgate_callbacks_enabled", &[]), Some(0.0));

@@ -24,6 +24,10 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Longest stream name given its own series: names come from peers (an RTMP publisher's can be
+/// megabytes), and cutting them could make two series the same.
+const MAX_LABEL_BYTES: usize = 256;
+
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
 /// A family of counters (the encoder appends `_total`).
@@ -90,12 +94,12 @@ impl Collector for Gateway {
         // The oldest streams keep their series: a stream labelled once stays labelled while it lives.
         let mut by_age: Vec<_> = streams.iter().collect();
         by_age.sort_by_key(|st| st.started_at);
-        for (i, st) in by_age.into_iter().enumerate() {
+        for st in by_age {
             let counts = st.subscriber_counts();
             for (proto, c) in &counts {
                 *players.entry(proto).or_default() += c;
             }
-            if i < s.metrics_streams {
+            if per_stream.len() < s.metrics_streams && st.name.len() <= MAX_LABEL_BYTES {
                 per_stream.push((st.name.as_str(), st.stats(), counts, st.drops()));
             }
         }
@@ -111,8 +115,8 @@ impl Collector for Gateway {
         gauge(
             e,
             "gbgate_stream_series_omitted",
-            "Live streams without per-stream series ([api] metrics_streams reached; their traffic still counts in the totals).",
-            n(streams.len().saturating_sub(s.metrics_streams)),
+            "Live streams without per-stream series ([api] metrics_streams reached, or a name over 256 bytes; their traffic still counts in the totals).",
+            n(streams.len() - per_stream.len()),
         )?;
         let st = |f: fn(&crate::hub::StreamStats) -> u64| {
             per_stream.iter().map(move |(name, stats, _, _)| (vec![("stream", *name)], f(stats))).collect::<Vec<_>>()
