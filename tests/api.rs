@@ -29,11 +29,13 @@ async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {
     let req = http_request("POST", &ptz, &host, "Content-Type: text/plain\r\nOrigin: http://evil\r\n", body);
     let (status, _, text) = http_raw(api, req).await;
     assert_eq!(status, 403, "foreign origin: {text}");
+    assert!(text.starts_with(r#"{"code":"unauthorized","error":"writes from origin"#), "{text}");
     // The same from our own origin, still not JSON.
     let own = format!("Origin: http://{host}\r\n");
     let req = http_request("POST", &ptz, &host, &format!("Content-Type: text/plain\r\n{own}"), body);
     let (status, _, text) = http_raw(api, req).await;
     assert_eq!(status, 415, "text/plain write: {text}");
+    assert!(text.contains(r#""code":"bad_json""#), "{text}");
     assert!(text.contains("application/json"), "{text}");
     let req = http_request("POST", &ptz, &host, "Content-Type: application/x-www-form-urlencoded\r\n", body);
     assert_eq!(http_raw(api, req).await.0, 415, "form write");
@@ -49,6 +51,7 @@ async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {
         let req = http_request(verb, path, "evil.example:8080", "Content-Type: application/json\r\n", "");
         let (status, _, text) = http_raw(api, req).await;
         assert_eq!(status, 421, "{verb} with Host evil.example: {text}");
+        assert!(text.contains(r#""code":"unauthorized""#), "{text}");
     }
     assert_eq!(SimStats::get(&stats.ptz), 0, "no refused request reached the camera");
 
