@@ -388,3 +388,42 @@ async fn metrics_parse_and_move_with_the_traffic() {
     stop.cancel();
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_outbox_shows_in_the_metrics() {
+    let mut cfg = test_config();
+    cfg.sip.enabled = false;
+    let gw = start(cfg).await;
+    // A control center that refuses connections: every event fails after its retries.
+    let (_held, port) = refusing_port();
+    let mut cb =
+        gbgate::config::CallbacksConfig { url: Some(format!("http://127.0.0.1:{port}/cb")), ..Default::default() };
+    cb.retries = 1;
+    cb.retry_initial = gbgate::config::HumanDuration(Duration::from_millis(10));
+    cb.retry_max = gbgate::config::HumanDuration(Duration::from_millis(10));
+    gw.hub.set_notifier(gbgate::notify::Notifier::start(&cb, None));
+    for i in 0..3 {
+        gw.hub.notifier().emit(gbgate::notify::Event::StreamState {
+            stream: format!("s{i}"),
+            channel: None,
+            state: gbgate::notify::StreamState::Stopped,
+            reason: "test".into(),
+        });
+    }
+    let kind = [("event", "stream_state")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let (s, text) = scrape(gw.api_addr).await;
+        if value(&s, "gbgate_callbacks_failed_total", &kind) == Some(3.0) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the failures were not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(value(&s, "gbgate_callbacks_enabled", &[]), Some(1.0));
+    assert_eq!(value(&s, "gbgate_callbacks_emitted_total", &kind), Some(3.0));
+    assert_eq!(value(&s, "gbgate_callbacks_retried_total", &kind), Some(3.0));
+    assert_eq!(value(&s, "gbgate_callbacks_sent_total", &kind), Some(0.0));
+    assert_eq!(value(&s, "gbgate_callbacks_queued", &[]), Some(0.0));
+    gw.stop().await;
+}
