@@ -259,8 +259,21 @@ async fn a_gb_camera_s_life_traffic_reports_and_unknown_ssrcs_reach_the_cc_in_or
     assert_eq!(view["enabled"], true);
     assert!(view["outbox"]["by_event"]["traffic_report"]["sent"].as_u64().unwrap() >= 3, "{view}");
     assert_eq!(view["targets"]["traffic_report"], cc.url("/api/v1/flowReport"), "{view}");
-    stop.cancel();
+
+    // Media again, played again; the gateway stops: the session's reason reaches the cc before
+    // the process would exit (the outbox is flushed at shutdown).
+    sim.media_muted.store(false, std::sync::atomic::Ordering::Relaxed);
+    gw.gb.clone().unwrap().play(None, &channel, None).await.expect("play again");
+    cc.wait("live again", Duration::from_secs(10), |g| states_of(g, &stream).len() >= 4).await;
     gw.stop().await;
+    let got = cc.all();
+    let last = *states_of(&got, &stream).last().unwrap();
+    assert_eq!(
+        (last["state"].as_str(), last["reason"].as_str()),
+        (Some("stopped"), Some("gateway stopping")),
+        "{last}"
+    );
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
