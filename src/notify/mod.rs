@@ -181,6 +181,8 @@ pub struct NotifierSnapshot {
 #[derive(Clone, Default)]
 pub struct Notifier {
     inner: Option<Arc<Inner>>,
+    /// Dropped with the last handle: the sender task ends (it holds `inner` itself).
+    _alive: Option<Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -228,7 +230,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Notifier {
     /// A notifier that sends nothing (no `[callbacks]` target).
     pub fn disabled() -> Notifier {
-        Notifier { inner: None }
+        Notifier { inner: None, _alive: None }
     }
 
     /// Starts the notifier for `cfg` (disabled when no event has a target): reads and rewrites
@@ -273,8 +275,9 @@ impl Notifier {
             log_limit: Mutex::new(crate::util::RateLimit::new(Duration::from_secs(10))),
         });
         tracing::info!(instance_id = %inner.instance_id, start_reason = ?inner.start_reason, "callbacks on");
-        tokio::spawn(send_loop(inner.clone()));
-        Notifier { inner: Some(inner) }
+        let alive = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(send_loop(inner.clone(), alive.clone()));
+        Notifier { inner: Some(inner), _alive: Some(Arc::new(alive.drop_guard())) }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -571,7 +574,7 @@ async fn post(client: &HttpClient, url: &str, body: Bytes, timeout: Duration) ->
 }
 
 /// The sender task: starts what the outbox says is due, feeds outcomes back.
-async fn send_loop(inner: Arc<Inner>) {
+async fn send_loop(inner: Arc<Inner>, alive: tokio_util::sync::CancellationToken) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, outbox::Outcome, Option<String>)>();
     loop {
         let (dispatches, next) = {
@@ -603,6 +606,7 @@ async fn send_loop(inner: Arc<Inner>) {
             }
         };
         tokio::select! {
+            _ = alive.cancelled() => return,
             _ = inner.wake.notified() => {}
             Some((target, outcome, err)) = rx.recv() => {
                 let mut core = lock(&inner.core);
