@@ -36,7 +36,8 @@ struct CcState {
 }
 
 /// The control center: answers 200 to events (500 while `fail` says so); the access hooks
-/// (`/on_publish`, `/on_play`) deny a stream or query that says "deny" and allow the rest.
+/// (`/on_publish`, `/on_play`) deny a stream or query that says "deny", answer a stream that
+/// says "slow" after 5 s, and allow the rest.
 #[derive(Clone)]
 struct Cc {
     addr: SocketAddr,
@@ -46,6 +47,10 @@ struct Cc {
 async fn cc_handler(State(st): State<Arc<Mutex<CcState>>>, uri: Uri, body: axum::body::Bytes) -> (StatusCode, String) {
     let path = uri.path().to_string();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if body["stream"].as_str().is_some_and(|s| s.contains("slow")) {
+        // A cc that takes longer than the hook's deadline (it answers "allow" too late).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let mut s = st.lock().unwrap();
     let failing = s.fail.get_mut(&path).filter(|n| **n > 0).map(|n| *n -= 1).is_some();
     let (status, answer) = if failing {
@@ -438,6 +443,7 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
     let mut cfg = test_config();
     cfg.callbacks.on_publish = Some(cc.url("/on_publish"));
     cfg.callbacks.on_play = Some(cc.url("/on_play"));
+    cfg.callbacks.authorize_timeout = dur("500ms");
     // `[auth]` alone would refuse every publisher here (no loopback exemption, no keys): what
     // gets in is the cc's allow.
     cfg.auth.loopback_exempt = false;
@@ -450,6 +456,12 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
     let (ok, err, _denied) = publish(&format!("rtsp://{rtsp}/live/deny-rtsp"), "rtsp", 30).await;
     assert!(!ok, "the cc's deny blocks an RTSP ANNOUNCE: {err}");
     assert!(err.contains("403"), "{err}");
+
+    // A cc too slow for the deadline: `[auth]` decides (here: refused), without waiting for it.
+    let t = Instant::now();
+    let (ok, err, _slow) = publish(&format!("rtmp://{rtmp}/live/slow"), "flv", 30).await;
+    assert!(!ok && t.elapsed() < Duration::from_secs(4), "{:?}: {err}", t.elapsed());
+    assert!(gw.hub.get("live/slow").is_none());
 
     let (ok, err, _allowed) = publish(&format!("rtmp://{rtmp}/live/ok"), "flv", 30).await;
     assert!(ok, "the cc's allow lets the publisher in: {err}");
@@ -472,7 +484,8 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
 
     // What the cc was asked.
     let asked = cc.all();
-    let pubs: Vec<&Got> = asked.iter().filter(|g| g.path == "/on_publish").collect();
+    // (The slow question's answer, if the cc finished it, came after the deadline.)
+    let pubs: Vec<&Got> = asked.iter().filter(|g| g.path == "/on_publish" && g.body["stream"] != "live/slow").collect();
     assert_eq!(pubs.len(), 3, "{:#?}", bodies(&asked));
     let b = &pubs[0].body;
     assert_eq!(
@@ -482,13 +495,13 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
     assert!(b["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{b}");
     assert_eq!(pubs[1].body["protocol"], "rtsp");
     let plays: Vec<&Got> = asked.iter().filter(|g| g.path == "/on_play").collect();
-    assert!(
-        plays.iter().any(|g| g.body["params"] == "deny=1" && g.body["protocol"] == "rtsp"),
-        "{:#?}",
-        bodies(&asked)
-    );
+    for protocol in ["rtsp", "rtmp"] {
+        let asked_deny = |g: &&&Got| g.body["params"] == "deny=1" && g.body["protocol"] == protocol;
+        assert!(plays.iter().any(|g| asked_deny(&g)), "{protocol}: {:#?}", bodies(&asked));
+    }
     let snap = gw.hub.notifier().snapshot();
-    assert!(snap.authorize.denied >= 4 && snap.authorize.allowed >= 2, "{:?}", snap.authorize);
+    assert_eq!((snap.authorize.denied, snap.authorize.fallback), (4, 1), "{:?}", snap.authorize);
+    assert!(snap.authorize.allowed >= 2, "{:?}", snap.authorize);
     gw.stop().await;
 
     // A hook nobody answers: `[auth]` decides (loopback exempt by default: let in), quickly.
