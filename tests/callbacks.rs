@@ -231,19 +231,29 @@ async fn a_gb_camera_s_life_traffic_reports_and_unknown_ssrcs_reach_the_cc_in_or
         assert!(b["first_seen"].as_str().unwrap().ends_with('Z'), "{b}");
     }
 
+    // A pause shorter than the receive timeout: stalled after 1 s, resumed when media is back.
+    let muted = &sim.media_muted;
+    muted.store(true, std::sync::atomic::Ordering::Relaxed);
+    cc.wait("stalled", Duration::from_secs(5), |g| states_of(g, &stream).len() == 2).await;
+    muted.store(false, std::sync::atomic::Ordering::Relaxed);
+    let got = cc.wait("resumed", Duration::from_secs(5), |g| states_of(g, &stream).len() == 3).await;
+    let resumed = states_of(&got, &stream)[2].clone();
+    assert_eq!(resumed["state"], "resumed", "{:#?}", bodies(&got));
+    assert!(resumed["reason"].as_str().unwrap().starts_with("frames again after"), "{resumed}");
+
     // The camera stops sending media: stalled after 1 s, stopped after the 3 s receive
     // timeout with the reason, and the session ends with BYE.
     let muted_at = Instant::now();
-    sim.media_muted.store(true, std::sync::atomic::Ordering::Relaxed);
+    muted.store(true, std::sync::atomic::Ordering::Relaxed);
     let got = cc
         .wait("stalled then stopped", Duration::from_secs(10), |g| {
             states_of(g, &stream).iter().any(|b| b["state"] == "stopped")
         })
         .await;
     let states: Vec<&str> = states_of(&got, &stream).iter().map(|b| b["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["live", "stalled", "stopped"], "{:#?}", bodies(&got));
-    let stalled = states_of(&got, &stream)[1].clone();
-    let stopped = states_of(&got, &stream)[2].clone();
+    assert_eq!(states, ["live", "stalled", "resumed", "stalled", "stopped"], "{:#?}", bodies(&got));
+    let stalled = states_of(&got, &stream)[3].clone();
+    let stopped = states_of(&got, &stream)[4].clone();
     assert!(stalled["reason"].as_str().unwrap().starts_with("no data for"), "{stalled}");
     assert_eq!(stopped["reason"], "no data for 3s", "{stopped}");
     assert!(stalled["channel"] == "cam-1" && stopped["channel"] == "cam-1");
@@ -269,7 +279,7 @@ async fn a_gb_camera_s_life_traffic_reports_and_unknown_ssrcs_reach_the_cc_in_or
     // the process would exit (the outbox is flushed at shutdown).
     sim.media_muted.store(false, std::sync::atomic::Ordering::Relaxed);
     gw.gb.clone().unwrap().play(None, &channel, None).await.expect("play again");
-    cc.wait("live again", Duration::from_secs(10), |g| states_of(g, &stream).len() >= 4).await;
+    cc.wait("live again", Duration::from_secs(10), |g| states_of(g, &stream).len() >= 6).await;
     gw.stop().await;
     let got = cc.all();
     let last = *states_of(&got, &stream).last().unwrap();
