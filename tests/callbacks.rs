@@ -37,7 +37,7 @@ struct CcState {
 
 /// The control center: answers 200 to events (500 while `fail` says so); the access hooks
 /// (`/on_publish`, `/on_play`) deny a stream or query that says "deny", answer a stream that
-/// says "slow" after 5 s, and allow the rest.
+/// says "slow" after 5 s, pad the answer for "huge" to 1 MB, and allow the rest.
 #[derive(Clone)]
 struct Cc {
     addr: SocketAddr,
@@ -57,9 +57,13 @@ async fn cc_handler(State(st): State<Arc<Mutex<CcState>>>, uri: Uri, body: axum:
         (500, String::new())
     } else if path.starts_with("/on_") {
         let text = format!("{} {}", body["stream"], body["params"]);
-        match text.contains("deny") {
-            true => (200, json!({"allow": false, "reason": "not on the test list"}).to_string()),
-            false => (200, json!({"allow": true}).to_string()),
+        if text.contains("deny") {
+            (200, json!({"allow": false, "reason": "not on the test list"}).to_string())
+        } else if text.contains("huge") {
+            // A hostile answer: "allow" padded to 1 MB.
+            (200, json!({"allow": true, "pad": "x".repeat(1 << 20)}).to_string())
+        } else {
+            (200, json!({"allow": true}).to_string())
         }
     } else {
         (200, String::new())
@@ -472,6 +476,10 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
     let (ok, err, _slow) = publish(&format!("rtmp://{rtmp}/live/slow"), "flv", 30).await;
     assert!(!ok && t.elapsed() < Duration::from_secs(4), "{:?}: {err}", t.elapsed());
     assert!(gw.hub.get("live/slow").is_none());
+    // An oversized answer is not read as "allow": `[auth]` decides (refused).
+    let (ok, err, _huge) = publish(&format!("rtmp://{rtmp}/live/huge"), "flv", 30).await;
+    assert!(!ok, "{err}");
+    assert!(gw.hub.get("live/huge").is_none());
 
     let (ok, err, _allowed) = publish(&format!("rtmp://{rtmp}/live/ok"), "flv", 30).await;
     assert!(ok, "the cc's allow lets the publisher in: {err}");
@@ -495,7 +503,12 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
     // What the cc was asked.
     let asked = cc.all();
     // (The slow question's answer, if the cc finished it, came after the deadline.)
-    let pubs: Vec<&Got> = asked.iter().filter(|g| g.path == "/on_publish" && g.body["stream"] != "live/slow").collect();
+    let pubs: Vec<&Got> = asked
+        .iter()
+        .filter(|g| {
+            g.path == "/on_publish" && !["live/slow", "live/huge"].contains(&g.body["stream"].as_str().unwrap())
+        })
+        .collect();
     assert_eq!(pubs.len(), 3, "{:#?}", bodies(&asked));
     let b = &pubs[0].body;
     assert_eq!(
@@ -510,7 +523,7 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
         assert!(plays.iter().any(|g| asked_deny(&g)), "{protocol}: {:#?}", bodies(&asked));
     }
     let snap = gw.hub.notifier().snapshot();
-    assert_eq!((snap.authorize.denied, snap.authorize.fallback), (4, 1), "{:?}", snap.authorize);
+    assert_eq!((snap.authorize.denied, snap.authorize.fallback), (4, 2), "{:?}", snap.authorize);
     assert!(snap.authorize.allowed >= 2, "{:?}", snap.authorize);
     gw.stop().await;
 
