@@ -493,6 +493,8 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        // The channel layer lists the channels it restored; without it, none (D95).
+        gateway.hub.notifier().gateway_started(Vec::new());
         shutdown_signal().await;
         tracing::info!("shutting down");
         gateway.stop().await;

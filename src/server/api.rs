@@ -148,6 +148,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
+        .route("/api/v1/callbacks", get(|State(s): State<ApiState>| async move { Json(s.hub.notifier().snapshot()) }))
         // `[[pull]]` sources, as the relay (registered with the hub, D84) reports them.
         .route(
             "/api/v1/pulls",

@@ -74,6 +74,8 @@ impl Gateway {
                 crate::diag::streamlog::StreamLogs::start(dir, &cfg.log, clock)
             }),
         });
+        // Callbacks (D93): before any listener, so every stream has the notifier.
+        hub.set_notifier(crate::notify::Notifier::start(&cfg.callbacks, cfg.sip.db.as_deref()));
         let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;
@@ -138,6 +140,7 @@ impl Gateway {
                 shutdown.clone(),
             )));
         }
+        tasks.push(tokio::spawn(crate::hub::watch::run(hub.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(rtp::serve(
             udp,
             tcp,
@@ -210,6 +213,8 @@ impl Gateway {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Events of the shutdown itself (streams stopped, BYEs) go out, within a deadline (D95).
+        self.hub.notifier().flush(std::time::Instant::now() + std::time::Duration::from_secs(3)).await;
         // What the recorder and the per-stream logs still buffer reaches the disk (D89, D90).
         let diag = self.hub.diag();
         let _ = tokio::task::spawn_blocking(move || {

@@ -150,6 +150,19 @@ enum Claim {
     Nobody,
 }
 
+/// The `unknown_ssrc` callback for an SSRC nobody announced, whatever `[rtp] unknown_ssrc` does
+/// with its packets (D96); the notifier lets one SSRC through once per report interval.
+fn notify_unknown(notifier: &crate::notify::Notifier, ssrc: u32, peer: SocketAddr, transport: &str) {
+    if notifier.wants(crate::notify::EventKind::UnknownSsrc) {
+        notifier.emit(crate::notify::Event::UnknownSsrc {
+            ssrc: format!("{ssrc:010}"),
+            source: peer,
+            transport: transport.into(),
+            first_seen: std::time::SystemTime::now(),
+        });
+    }
+}
+
 /// Milliseconds on a process-wide monotonic clock (for activity stamps shared between tasks).
 fn mono_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -888,6 +901,7 @@ async fn serve_udp(
     let mut foreign_log = RateLimit::new(Duration::from_secs(10));
     let rebind_after = cfg.rebind_after.0;
     let counters = &shared.counters;
+    let notifier = hub.notifier();
     loop {
         let (n, peer) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -1043,7 +1057,7 @@ async fn serve_udp(
                 counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            Claim::Nobody => {}
+            Claim::Nobody => notify_unknown(&notifier, ssrc, peer, "udp"),
         }
         match cfg.unknown_ssrc {
             UnknownSsrc::Publish => {
@@ -1681,6 +1695,9 @@ async fn run_tcp_connection(
         name = name.or_else(|| shared.announced_name(ssrc));
     }
     let unknown = name.is_none();
+    if unknown {
+        notify_unknown(&hub.notifier(), ssrc, peer, "tcp");
+    }
     let name = match name {
         Some(name) => {
             if !shared.source_allowed(&name, peer) {
