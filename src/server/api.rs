@@ -16,6 +16,7 @@ use crate::gb::{Gb, GbError, HistoryRequest, PlaybackControl, QueryKind};
 use crate::hub::{Hub, Source, Stream, StreamStats};
 use crate::proto::sip::manscdp;
 use crate::proto::sip::sdp::MediaTransport;
+use crate::server::api_error::{self, ApiError, ApiJson, ApiJsonOrDefault, ApiQuery};
 use crate::server::rtp::{RtpCountersSnapshot, RtpShared};
 
 #[derive(Clone)]
@@ -79,13 +80,8 @@ struct StreamList {
     streams: Vec<StreamView>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
 fn not_found(what: String) -> Response {
-    (StatusCode::NOT_FOUND, Json(ErrorBody { error: what })).into_response()
+    ApiError::not_found(what).into_response()
 }
 
 async fn list_streams(State(state): State<ApiState>) -> Json<StreamList> {
@@ -171,41 +167,35 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { not_found("no such endpoint".into()) })
+        .fallback(|req: axum::extract::Request| async move {
+            not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
+        })
+        .method_not_allowed_fallback(|req: axum::extract::Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not_found",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .layer(axum::Extension(RtpListen(rtp_listen)))
         .with_state(state)
 }
 
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn gb_of(state: &ApiState) -> Result<&Gb, Response> {
-    state
-        .gb
-        .as_ref()
-        .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "SIP is disabled ([sip] enabled = false)".into()))
-}
-
-fn error(code: StatusCode, what: String) -> Response {
-    (code, Json(ErrorBody { error: what })).into_response()
+    state.gb.as_ref().ok_or_else(|| ApiError::unavailable("SIP is disabled ([sip] enabled = false)").into_response())
 }
 
 fn gb_error(e: GbError) -> Response {
-    let code = match e {
-        GbError::NoDevice(_) => StatusCode::NOT_FOUND,
-        GbError::Offline(_) | GbError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-        GbError::NoAnswer(_) | GbError::NoMedia(_) => StatusCode::GATEWAY_TIMEOUT,
-        GbError::Refused(_) => StatusCode::BAD_GATEWAY,
-        GbError::Bad(_) => StatusCode::BAD_REQUEST,
-    };
-    error(code, e.to_string())
-}
-
-/// A JSON body that may be absent (curl -X POST without -d).
-#[allow(clippy::result_large_err)]
-fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
+    let m = e.to_string();
+    match e {
+        GbError::NoDevice(_) => ApiError::not_found(m),
+        GbError::Offline(_) | GbError::Busy(_) => ApiError::unavailable(m),
+        GbError::NoAnswer(_) | GbError::NoMedia(_) => ApiError::unavailable(m).with_status(StatusCode::GATEWAY_TIMEOUT),
+        GbError::Refused(_) => ApiError::unavailable(m).with_status(StatusCode::BAD_GATEWAY),
+        GbError::Bad(_) => ApiError::invalid_field(m),
     }
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+    .into_response()
 }
 
 async fn gb_counters(State(state): State<ApiState>) -> Response {
@@ -267,14 +257,10 @@ struct PlayBody {
 async fn play(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiJsonOrDefault(body): ApiJsonOrDefault<PlayBody>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
-        Err(r) => return r,
-    };
-    let body: PlayBody = match optional_json(&body) {
-        Ok(b) => b,
         Err(r) => return r,
     };
     let info = match gb.play(Some(id), &ch, body.transport).await {
@@ -311,22 +297,18 @@ struct PtzBody {
 async fn ptz(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiJsonOrDefault(body): ApiJsonOrDefault<PtzBody>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
         Err(r) => return r,
     };
-    let body: PtzBody = match optional_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let cmd = match (body.cmd, body.action) {
         (Some(c), _) if c.len() == 16 && c.chars().all(|x| x.is_ascii_hexdigit()) => c.to_ascii_uppercase(),
-        (Some(c), _) => return error(StatusCode::BAD_REQUEST, format!("cmd {c:?} is not 16 hex digits")),
+        (Some(c), _) => return ApiError::invalid_field(format!("cmd: {c:?} is not 16 hex digits")).into_response(),
         (None, Some(a)) => {
             let Some(byte) = manscdp::ptz_command_byte(&a.to_ascii_lowercase()) else {
-                return error(StatusCode::BAD_REQUEST, format!("unknown PTZ action {a:?}"));
+                return ApiError::invalid_field(format!("action: unknown PTZ action {a:?}")).into_response();
             };
             let speed = body.speed.unwrap_or(0x80);
             let zoom = if byte & 0x30 != 0 { speed.min(15) } else { 0 };
@@ -339,7 +321,7 @@ async fn ptz(
                 zoom,
             )
         }
-        (None, None) => return error(StatusCode::BAD_REQUEST, "give \"action\" or \"cmd\"".into()),
+        (None, None) => return ApiError::invalid_field("action: give \"action\" or \"cmd\"").into_response(),
     };
     match gb.ptz(Some(id), &ch, cmd.clone()).await {
         Ok(()) => Json(serde_json::json!({ "ptz_cmd": cmd })).into_response(),
@@ -357,7 +339,7 @@ struct RecordQuery {
 async fn records(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    axum::extract::Query(q): axum::extract::Query<RecordQuery>,
+    ApiQuery(q): ApiQuery<RecordQuery>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
@@ -383,14 +365,10 @@ struct PlaybackBody {
 async fn playback(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiJsonOrDefault(b): ApiJsonOrDefault<PlaybackBody>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
-        Err(r) => return r,
-    };
-    let b: PlaybackBody = match optional_json(&body) {
-        Ok(b) => b,
         Err(r) => return r,
     };
     let req = HistoryRequest {
@@ -418,20 +396,24 @@ async fn sessions(State(state): State<ApiState>) -> Response {
 
 /// Playback control: `{"action":"pause"}`, `{"action":"play"}`, `{"action":"scale","scale":2.0}`,
 /// `{"action":"seek","seconds":30}`; `{"action":"stop"}` ends the session with BYE.
-async fn control(State(state): State<ApiState>, Path(stream): Path<String>, body: axum::body::Bytes) -> Response {
+async fn control(
+    State(state): State<ApiState>,
+    Path(stream): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
         Err(r) => return r,
     };
-    if serde_json::from_slice::<serde_json::Value>(&body).ok().is_some_and(|v| v["action"] == "stop") {
+    if body["action"] == "stop" {
         return match gb.stop(&stream).await {
             Ok(()) => Json(serde_json::json!({ "stopped": stream })).into_response(),
             Err(e) => gb_error(e),
         };
     }
-    let c: PlaybackControl = match serde_json::from_slice(&body) {
+    let c: PlaybackControl = match serde_path_to_error::deserialize(&body) {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad control: {e}")),
+        Err(e) => return ApiError::bad_json(format!("bad control: {}", api_error::describe(&e))).into_response(),
     };
     match gb.control(&stream, c).await {
         Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
@@ -467,14 +449,16 @@ impl Policy {
         let host = text(header::HOST);
         if let Some(h) = host {
             if !self.host_allowed(h) {
-                return Err(error(StatusCode::MISDIRECTED_REQUEST, format!("this API does not answer to host {h:?}")));
+                return Err(ApiError::unauthorized(format!("this API does not answer to host {h:?}"))
+                    .with_status(StatusCode::MISDIRECTED_REQUEST)
+                    .into_response());
             }
         }
         if let Some(token) = &self.token {
             let exempt = matches!(req.uri.path(), "/healthz" | "/metrics");
             let given = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             if !exempt && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token ([api] token)".into());
+                let mut r = ApiError::unauthorized("missing or wrong bearer token ([api] token)").into_response();
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
                 return Err(r);
             }
@@ -491,7 +475,9 @@ impl Policy {
                 o == format!("http://{h}") || o == format!("https://{h}")
             });
             if !same && !self.allowed_origins.contains(&o) {
-                return Err(error(StatusCode::FORBIDDEN, format!("writes from origin {origin:?} are not allowed")));
+                return Err(ApiError::unauthorized(format!("writes from origin {origin:?} are not allowed"))
+                    .with_status(StatusCode::FORBIDDEN)
+                    .into_response());
             }
         }
         // A form or a `text/plain` fetch needs no CORS preflight; JSON does. An empty body without
@@ -501,10 +487,12 @@ impl Policy {
         match text(header::CONTENT_TYPE) {
             None if !has_body => Ok(()),
             Some(ct) if is_json(ct) => Ok(()),
-            ct => Err(error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("writes need Content-Type: application/json (got {})", ct.unwrap_or("none")),
-            )),
+            ct => Err(ApiError::bad_json(format!(
+                "writes need Content-Type: application/json (got {})",
+                ct.unwrap_or("none")
+            ))
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            .into_response()),
         }
     }
 
@@ -524,10 +512,7 @@ impl Policy {
     }
 }
 
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
+use crate::server::api_error::is_json;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

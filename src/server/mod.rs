@@ -2,6 +2,7 @@
 /// Connection admission lives below the drivers so the SIP transport (in gb) can use it too.
 pub use crate::util::admit;
 pub mod api;
+pub mod api_error;
 pub mod audio_pool;
 pub(crate) mod batch;
 pub mod gb_media;
