@@ -29,6 +29,24 @@ pub struct ApiState {
     pub rtsp_ingest: Arc<crate::server::rtsp_ingest::RtspIngest>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
+    /// Routes of the layers above the servers (channels), mounted after start (D101).
+    pub upper: UpperRoutes,
+}
+
+/// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no
+/// route of this module takes go there, behind the same [`Policy`].
+pub type UpperRoutes = Arc<std::sync::RwLock<Option<Router>>>;
+
+/// The fallback: an upper layer's routes, else 404.
+async fn upper_or_404(State(state): State<ApiState>, req: axum::extract::Request) -> Response {
+    let upper = state.upper.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match upper {
+        Some(r) => match tower::ServiceExt::oneshot(r, req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        None => not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path())),
+    }
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -167,9 +185,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|req: axum::extract::Request| async move {
-            not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
-        })
+        .fallback(upper_or_404)
         .method_not_allowed_fallback(|req: axum::extract::Request| async move {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -41,6 +41,7 @@ pub struct Gateway {
     pub sip_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    upper: api::UpperRoutes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +161,7 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
+        let upper = api::UpperRoutes::default();
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -171,6 +173,7 @@ impl Gateway {
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
+                upper: upper.clone(),
             },
             rtp_addr,
         );
@@ -199,7 +202,14 @@ impl Gateway {
             sip_addr,
             shutdown,
             tasks,
+            upper,
         })
+    }
+
+    /// Adds an upper layer's routes (the channels) to the API: served behind the same token,
+    /// Host and Origin policy; routes of the API itself take precedence (D101).
+    pub fn mount(&self, routes: axum::Router) {
+        *self.upper.write().unwrap_or_else(|e| e.into_inner()) = Some(routes);
     }
 
     /// Stops every listener and waits for them.
