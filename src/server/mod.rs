@@ -69,6 +69,10 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
         let hub = Hub::new(cfg.hub.clone(), cfg.rtp.max_streams);
+        // Callbacks (`[callbacks]`): set before any stream exists, so every layer emits through it.
+        if !hub.notifier().is_enabled() {
+            hub.set_notifier(crate::notify::Notifier::start(&cfg.callbacks, cfg.sip.db.as_deref()));
+        }
         hub.set_diag(crate::diag::Diag {
             recorder: crate::diag::record::Recorder::start(&cfg.record),
             logs: crate::diag::streamlog::StreamLogs::dir_of(&cfg.log).and_then(|dir| {
