@@ -375,7 +375,20 @@ impl Inner {
         lock(&chan.st).run = true;
         *lock(&chan.stop_reason) = None;
         let stop = self.shutdown.child_token();
-        let task = tokio::spawn(drive(self.clone(), chan.clone(), stop.clone()));
+        // The pushes and the first transition before the API answers: the view it returns
+        // already says `starting` and lists the pushes.
+        if !chan.spec.push.is_empty() {
+            let set = crate::client::push::PushSet::start(
+                self.hub.clone(),
+                chan.stream(),
+                chan.spec.push.clone(),
+                push_notifier(self.hub.notifier(), &chan.spec.id),
+                stop.clone(),
+            );
+            *lock(&chan.pushes) = Some(Arc::new(set));
+        }
+        let next = self.apply(chan, Input::Start { on_demand: chan.spec.on_demand }, false);
+        let task = tokio::spawn(drive(self.clone(), chan.clone(), stop.clone(), next));
         *run = Some(Run { stop, task });
     }
 
@@ -433,18 +446,7 @@ fn push_notifier(notifier: crate::notify::Notifier, channel: &str) -> crate::cli
 }
 
 /// The task of a started channel.
-async fn drive(inner: Arc<Inner>, chan: Arc<Chan>, stop: CancellationToken) {
-    if !chan.spec.push.is_empty() {
-        let set = crate::client::push::PushSet::start(
-            inner.hub.clone(),
-            chan.stream(),
-            chan.spec.push.clone(),
-            push_notifier(inner.hub.notifier(), &chan.spec.id),
-            stop.clone(),
-        );
-        *lock(&chan.pushes) = Some(Arc::new(set));
-    }
-    let mut next = inner.apply(&chan, Input::Start { on_demand: chan.spec.on_demand }, false);
+async fn drive(inner: Arc<Inner>, chan: Arc<Chan>, stop: CancellationToken, mut next: Next) {
     loop {
         next = match next {
             Next::Connect => {

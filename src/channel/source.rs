@@ -18,6 +18,8 @@ use super::{Chan, Inner};
 const TICK: Duration = Duration::from_millis(200);
 
 /// A started source.
+// One per running channel, moved once into `run`: the size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Live {
     /// An RTSP or RTMP pull publishing into the channel's stream.
     Pull { src: PullSource, publisher: Publisher, stream: Arc<Stream> },
@@ -87,7 +89,9 @@ pub(super) async fn connect(inner: &Inner, chan: &Chan) -> Result<(Live, String)
                     })
                     .await
                     .map_err(|e| e.to_string())?,
-                None => gb.play(Some(g.device_id.clone()), &g.channel_id, g.transport).await.map_err(|e| e.to_string())?,
+                None => {
+                    gb.play(Some(g.device_id.clone()), &g.channel_id, g.transport).await.map_err(|e| e.to_string())?
+                }
             };
             let fail = |e: String| {
                 let gb = gb.clone();
@@ -131,14 +135,12 @@ pub(super) async fn connect(inner: &Inner, chan: &Chan) -> Result<(Live, String)
                 }
             }
             out.set_stats(src.stats());
-            let how = format!("{} from {} over {}", if g.playback.is_some() { "playback" } else { "live" }, info.device, {
-                let t = src.source.transport;
-                format!("{t:?}").to_lowercase()
-            });
-            Ok((
-                Live::Gb { gb, gb_stream: info.stream, src, sub, out, playback: g.playback.is_some() },
-                how,
-            ))
+            let how =
+                format!("{} from {} over {}", if g.playback.is_some() { "playback" } else { "live" }, info.device, {
+                    let t = src.source.transport;
+                    format!("{t:?}").to_lowercase()
+                });
+            Ok((Live::Gb { gb, gb_stream: info.stream, src, sub, out, playback: g.playback.is_some() }, how))
         }
     }
 }

@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn every_error_names_its_field() {
-        let gb = serde_json::json!({"gb28181": {"device_id": "34020000001320000001", "channel_id": "34020000001320000001"}});
+        let gb =
+            serde_json::json!({"gb28181": {"device_id": "34020000001320000001", "channel_id": "34020000001320000001"}});
         let ok = spec(serde_json::json!({"id": "cam1", "source": gb, "timeout": "5s"})).check(false).unwrap();
         assert_eq!(ok.timeout, Duration::from_secs(5));
         assert!(field(serde_json::json!({"id": "a/b", "source": gb})).starts_with("id: "));
@@ -248,7 +249,9 @@ mod tests {
         assert!(e.starts_with("source.rtp.ssrc: "), "{e}");
         let e = field(serde_json::json!({"id": "c", "source": {"rtsp": {"url": "http://x/y"}}}));
         assert!(e.starts_with("source.rtsp.url: \"http://x/y\" is not an rtsp:// URL"), "{e}");
-        let e = field(serde_json::json!({"id": "c", "source": {"rtmp": {"url": "rtmp://h/a/b"}}, "push": ["rtmp://h/a", "nope"]}));
+        let e = field(
+            serde_json::json!({"id": "c", "source": {"rtmp": {"url": "rtmp://h/a/b"}}, "push": ["rtmp://h/a", "nope"]}),
+        );
         assert!(e.starts_with("push[1]: "), "{e}");
         let e = field(serde_json::json!({"id": "c", "source": gb, "timeout": "soon"}));
         assert!(e.starts_with("timeout: "), "{e}");
