@@ -283,10 +283,13 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gbgate::start(dir.path(), "").await;
+    let rec = dir.path().join("rec");
+    let gw = Gbgate::start(dir.path(), &format!("[record]\ndir = {rec:?}\n")).await;
     let pushed = dir.path().join("pushed.flv");
     let (receiver, _receiver) = rtmp_receiver(&pushed).await;
-    let v = gw.create(json!({"id": "pushcam", "source": {"rtp": {"ssrc": "0600000001"}}, "push": [receiver]})).await;
+    let v = gw
+        .create(json!({"id": "pushcam", "source": {"rtp": {"ssrc": "0600000001"}}, "push": [receiver], "record": true}))
+        .await;
     assert_eq!(v["state"], "starting", "{v}");
     // The camera: `gbgate send` with that SSRC, looping the PS-over-RTP fixture in real time.
     let sender = Command::new(env!("CARGO_BIN_EXE_gbgate"))
@@ -312,6 +315,11 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
     assert_eq!(p["transport"], "udp", "{v}");
     assert!(p["first_source"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
     assert!(p["packets"].as_u64().unwrap() > 0 && p["bytes"].as_u64().unwrap() > 0, "{v}");
+    // `record: true`: the camera's raw RTP is recorded under the channel's stream name.
+    let (_, st) = http_get(gw.api, "/api/v1/streams/pushcam").await;
+    assert!(st["record"]["packets"].as_u64().unwrap_or(0) > 0, "{st}");
+    let files: Vec<_> = std::fs::read_dir(rec.join("pushcam")).unwrap().flatten().collect();
+    assert!(!files.is_empty(), "no recording file");
 
     // The camera stops: no data -> stalled with the reason.
     drop(sender);
@@ -489,5 +497,71 @@ async fn bad_bodies_name_the_field_duplicates_conflict_unknown_ids_are_404() {
         let (status, v) = gw.call(m, p, None).await;
         assert_eq!((status, v["code"].as_str()), (404, Some("not_found")), "{m} {p}: {v}");
     }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb_channel_whose_camera_goes_silent_is_stalled_with_the_reason_and_byed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cc_addr, got) = cc().await;
+    let gw = Gbgate::start(dir.path(), &format!("[callbacks]\nurl = \"http://{cc_addr}/cc\"\n")).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut opts = gbgate::sim::camera::SimOptions::new(gw.sip, own_fixture("h264_g711a_8k.rtp"));
+    // Stopping the camera is a crash: its media stops, no BYE, no unregister.
+    opts.unregister_on_stop = false;
+    gbgate::sim::camera::spawn(opts, stop.clone()).await.unwrap();
+    let dev = "34020000001320000001";
+    let ch = gbgate::sim::camera::channel_id(dev, 0);
+    wait_json(gw.api, &format!("/api/v1/devices/{dev}"), Duration::from_secs(10), |v| {
+        v["channels"].as_array().is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    gw.create(json!({"id": "silent", "source": {"gb28181": {"device_id": dev, "channel_id": ch}}, "timeout": "2s"}))
+        .await;
+    gw.wait_state("silent", "live", Duration::from_secs(20)).await;
+    stop.cancel();
+    let t0 = Instant::now();
+    let v = gw.wait_state("silent", "stalled", Duration::from_secs(10)).await;
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.starts_with("no data for 2s, retrying in"), "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "stalled {:?} after the camera stopped", t0.elapsed());
+    // The session was ended with a BYE (the device never sent one).
+    let (_, s) = gw.call("GET", "/api/v1/gb/sessions", None).await;
+    let ended = s["ended"].as_array().unwrap();
+    let stream = format!("gb/{ch}");
+    assert!(ended.iter().any(|e| e["stream"] == stream.as_str() && e["reason"] == "stopped by request"), "{s}");
+    // The control center heard it, with the channel and the reason.
+    let ok = wait_for(Duration::from_secs(5), || {
+        got.lock().unwrap().iter().any(|e| {
+            e["event"] == "stream_state"
+                && e["channel"] == "silent"
+                && e["state"] == "stalled"
+                && e["reason"].as_str().is_some_and(|r| r.starts_with("no data for 2s"))
+        })
+    })
+    .await;
+    assert!(ok, "stream_state stalled: {:?}", got.lock().unwrap());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_channel_starts_when_a_player_asks_and_idles_back() {
+    if !tools("channels_on_demand") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gbgate::start(dir.path(), "").await;
+    let (origin, _origin) = rtmp_origin().await;
+    let v =
+        gw.create(json!({"id": "od", "source": {"rtmp": {"url": origin}}, "on_demand": true, "idle_stop": "2s"})).await;
+    assert_eq!(
+        (v["state"].as_str(), v["reason"].as_str()),
+        (Some("idle"), Some("on demand: starts when a player asks"))
+    );
+    assert_eq!(http_get(gw.api, "/api/v1/streams/od").await.0, 404, "nothing pulled before a player asks");
+    assert_eq!(plays(&format!("rtsp://{}/od", gw.rtsp), 25).await, "h264");
+    let v = gw.wait_state("od", "idle", Duration::from_secs(10)).await;
+    assert_eq!(v["reason"], "idle stop: no player for 2s", "{v}");
+    assert_eq!(http_get(gw.api, "/api/v1/streams/od").await.0, 404, "the pull stopped when idle");
     gw.stop().await;
 }

@@ -337,9 +337,12 @@ impl Inner {
         }
     }
 
-    /// Feeds the machine; logs the change, and tells the callbacks when the hub has no stream
-    /// to tell it (starting, start failed, stopped before live).
-    fn apply(&self, c: &Chan, input: Input, hub_told: bool) -> Next {
+    /// Feeds the machine; logs the change, and tells the callbacks every transition but `live`
+    /// (the hub tells that one for the stream): starting, stalled and stopped carry the channel's
+    /// own reason ("no data for 10s, retrying in 1s", "start failed: ...", "idle stop ..."), for
+    /// which the hub has no stream or no words.
+    fn apply(&self, c: &Chan, input: Input) -> Next {
+        let was_live = matches!(input, Input::NoData { .. } | Input::Ended { .. });
         let (next, state, reason) = {
             let mut st = lock(&c.st);
             let next = st.m.on(input, unix_ms());
@@ -347,22 +350,22 @@ impl Inner {
         };
         c.changed.send_modify(|v| *v += 1);
         info!(channel = %c.spec.id, state = state.as_str(), "channel {}: {reason}", state.as_str());
-        if !hub_told {
-            use crate::notify::{Event, StreamState};
-            let s = match state {
-                State::Starting => Some(StreamState::Starting),
-                State::Stalled => Some(StreamState::Failed),
-                State::Stopped | State::Idle => Some(StreamState::Stopped),
-                State::Live => None,
-            };
-            if let Some(state) = s {
-                self.hub.notifier().emit(Event::StreamState {
-                    stream: c.spec.id.clone(),
-                    channel: Some(c.spec.id.clone()),
-                    state,
-                    reason,
-                });
-            }
+        use crate::notify::{Event, StreamState};
+        let s = match state {
+            State::Starting => Some(StreamState::Starting),
+            // A start that failed, or a live source that went away: retrying either way.
+            State::Stalled if was_live => Some(StreamState::Stalled),
+            State::Stalled => Some(StreamState::Failed),
+            State::Stopped | State::Idle => Some(StreamState::Stopped),
+            State::Live => None,
+        };
+        if let Some(state) = s {
+            self.hub.notifier().emit(Event::StreamState {
+                stream: c.spec.id.clone(),
+                channel: Some(c.spec.id.clone()),
+                state,
+                reason,
+            });
         }
         next
     }
@@ -387,7 +390,7 @@ impl Inner {
             );
             *lock(&chan.pushes) = Some(Arc::new(set));
         }
-        let next = self.apply(chan, Input::Start { on_demand: chan.spec.on_demand }, false);
+        let next = self.apply(chan, Input::Start { on_demand: chan.spec.on_demand });
         let task = tokio::spawn(drive(self.clone(), chan.clone(), stop.clone(), next));
         *run = Some(Run { stop, task });
     }
@@ -456,16 +459,16 @@ async fn drive(inner: Arc<Inner>, chan: Arc<Chan>, stop: CancellationToken, mut 
                 };
                 match r {
                     Ok((live, how)) => {
-                        inner.apply(&chan, Input::Up { how }, true);
+                        inner.apply(&chan, Input::Up { how });
                         match source::run(&inner, &chan, live, &stop).await {
                             source::End::Stop => break,
-                            source::End::NoData(after) => inner.apply(&chan, Input::NoData { after }, true),
-                            source::End::Ended(reason) => inner.apply(&chan, Input::Ended { reason }, true),
-                            source::End::Finished(reason) => inner.apply(&chan, Input::Finished { reason }, true),
-                            source::End::Idle(after) => inner.apply(&chan, Input::IdleStop { after }, true),
+                            source::End::NoData(after) => inner.apply(&chan, Input::NoData { after }),
+                            source::End::Ended(reason) => inner.apply(&chan, Input::Ended { reason }),
+                            source::End::Finished(reason) => inner.apply(&chan, Input::Finished { reason }),
+                            source::End::Idle(after) => inner.apply(&chan, Input::IdleStop { after }),
                         }
                     }
-                    Err(reason) => inner.apply(&chan, Input::Failed { reason }, false),
+                    Err(reason) => inner.apply(&chan, Input::Failed { reason }),
                 }
             }
             Next::RetryIn(wait) => tokio::select! {
@@ -474,7 +477,7 @@ async fn drive(inner: Arc<Inner>, chan: Arc<Chan>, stop: CancellationToken, mut 
             },
             Next::WaitDemand => tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = chan.demand.notified() => inner.apply(&chan, Input::Demand, false),
+                _ = chan.demand.notified() => inner.apply(&chan, Input::Demand),
             },
             // `Run` is handled with `Up` above.
             Next::Run => Next::Connect,
@@ -490,7 +493,7 @@ async fn drive(inner: Arc<Inner>, chan: Arc<Chan>, stop: CancellationToken, mut 
     }
     if stop.is_cancelled() {
         let reason = lock(&chan.stop_reason).clone().unwrap_or_else(|| "gbgate is shutting down".into());
-        inner.apply(&chan, Input::Stop { reason }, false);
+        inner.apply(&chan, Input::Stop { reason });
     } else {
         // It halted by itself (idle stop, playback finished): not started again after a restart.
         lock(&chan.st).run = false;
