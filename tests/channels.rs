@@ -287,10 +287,6 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
     let gw = Gbgate::start(dir.path(), &format!("[record]\ndir = {rec:?}\n")).await;
     let pushed = dir.path().join("pushed.flv");
     let (receiver, _receiver) = rtmp_receiver(&pushed).await;
-    let v = gw
-        .create(json!({"id": "pushcam", "source": {"rtp": {"ssrc": "0600000001"}}, "push": [receiver], "record": true}))
-        .await;
-    assert_eq!(v["state"], "starting", "{v}");
     // The camera: `gbgate send` with that SSRC, looping the PS-over-RTP fixture in real time.
     let sender = Command::new(env!("CARGO_BIN_EXE_gbgate"))
         .args(["send", "--to", &gw.rtp.to_string(), "--ssrc", "600000001", "--loop", "100"])
@@ -301,6 +297,15 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
         .spawn()
         .unwrap();
     let sender = Proc(sender);
+    // Before the channel exists, the camera's stream is an unknown SSRC's (what the cc hears of
+    // as `unknown_ssrc`); creating the channel claims it.
+    let unknown =
+        wait_json(gw.api, "/api/v1/streams/rtp/23C34601", Duration::from_secs(10), |v| v["name"].is_string()).await;
+    assert_eq!(unknown["name"], "rtp/23C34601", "{unknown}");
+    let v = gw
+        .create(json!({"id": "pushcam", "source": {"rtp": {"ssrc": "0600000001"}}, "push": [receiver], "record": true}))
+        .await;
+    assert_eq!(v["state"], "starting", "{v}");
     gw.wait_state("pushcam", "live", Duration::from_secs(20)).await;
     assert_eq!(plays(&format!("rtsp://{}/pushcam", gw.rtsp), 10).await, "h264");
     push_reaches(&gw, "pushcam", &pushed, 20_000).await;
@@ -320,6 +325,7 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
     assert!(st["record"]["packets"].as_u64().unwrap_or(0) > 0, "{st}");
     let files: Vec<_> = std::fs::read_dir(rec.join("pushcam")).unwrap().flatten().collect();
     assert!(!files.is_empty(), "no recording file");
+    assert_eq!(http_get(gw.api, "/api/v1/streams/rtp/23C34601").await.0, 404, "the unknown stream was claimed");
 
     // The camera stops: no data -> stalled with the reason.
     drop(sender);

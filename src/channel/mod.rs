@@ -205,6 +205,9 @@ impl Channels {
         let _op = self.inner.ops.lock().await;
         let recording = self.inner.hub.diag().recorder.is_some();
         let checked = spec.check(recording)?;
+        if matches!(spec.source, SourceSpec::Gb28181(_)) && self.inner.gb.is_none() {
+            return Err(ChannelError::Unavailable("source.gb28181: SIP is disabled ([sip] enabled = false)".into()));
+        }
         {
             let chans = lock(&self.inner.chans);
             if chans.contains_key(&spec.id) {

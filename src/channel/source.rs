@@ -57,6 +57,15 @@ pub(super) async fn connect(inner: &Inner, chan: &Chan) -> Result<(Live, String)
             // Announced while the channel runs (withdrawn when it stops): the RTP server names
             // the camera's stream by the channel id.
             inner.rtp.announce(ssrc, chan.spec.id.clone());
+            // A camera that pushed before the channel existed is published as `rtp/<SSRC hex>`
+            // (the cc learns of it by `unknown_ssrc` and creates the channel): end that stream,
+            // so its next packets start the channel's stream.
+            if let Some(unknown) = inner.hub.get(&crate::server::rtp::unknown_stream_name(ssrc)) {
+                if unknown.source.ssrc == Some(ssrc) {
+                    unknown.event("stop", &format!("claimed by channel {}", chan.spec.id));
+                    inner.hub.remove(&unknown);
+                }
+            }
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if let Some(s) = inner.hub.get(&chan.spec.id) {
