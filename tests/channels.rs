@@ -571,3 +571,36 @@ async fn an_on_demand_channel_starts_when_a_player_asks_and_idles_back() {
     assert_eq!(http_get(gw.api, "/api/v1/streams/od").await.0, 404, "the pull stopped when idle");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playback_channel_plays_the_recording_and_stops_at_its_end() {
+    if !tools("channels_playback") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gbgate::start(dir.path(), "").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut opts = gbgate::sim::camera::SimOptions::new(gw.sip, own_fixture("h264_g711a_8k.rtp"));
+    opts.playback_length = Duration::from_secs(4);
+    gbgate::sim::camera::spawn(opts, stop.clone()).await.unwrap();
+    let dev = "34020000001320000001";
+    let ch = gbgate::sim::camera::channel_id(dev, 0);
+    wait_json(gw.api, &format!("/api/v1/devices/{dev}"), Duration::from_secs(10), |v| {
+        v["channels"].as_array().is_some_and(|c| !c.is_empty())
+    })
+    .await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    gw.create(json!({"id": "rec1", "source": {"gb28181": {"device_id": dev, "channel_id": ch,
+        "playback": {"start": now - 3600, "end": now - 1800}}}}))
+        .await;
+    let v = gw.wait_state("rec1", "live", Duration::from_secs(20)).await;
+    assert!(v["reason"].as_str().unwrap().starts_with(&format!("playback from {dev}")), "{v}");
+    assert_eq!(plays(&format!("rtsp://{}/rec1", gw.rtsp), 10).await, "h264");
+    // The device ends the recording (MediaStatus 121): stopped, not retried, not run after a restart.
+    let v = gw.wait_state("rec1", "stopped", Duration::from_secs(15)).await;
+    assert!(v["reason"].as_str().unwrap().starts_with("playback ended: "), "{v}");
+    let v = wait_json(gw.api, "/api/v1/channels/rec1", Duration::from_secs(5), |v| v["running"] == false).await;
+    assert_eq!(v["running"], false, "{v}");
+    gw.stop().await;
+    stop.cancel();
+}
