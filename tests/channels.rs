@@ -347,7 +347,8 @@ async fn a_gb28181_channel_invites_the_camera_plays_pushes_and_byes_on_stop() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gbgate::start(dir.path(), "").await;
+    let (cc_addr, got) = cc().await;
+    let gw = Gbgate::start(dir.path(), &format!("[callbacks]\nurl = \"http://{cc_addr}/cc\"\n")).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut opts = gbgate::sim::camera::SimOptions::new(gw.sip, own_fixture("h264_g711a_8k.rtp"));
     opts.keepalive = Duration::from_secs(5);
@@ -369,6 +370,19 @@ async fn a_gb28181_channel_invites_the_camera_plays_pushes_and_byes_on_stop() {
     assert_eq!(plays(&format!("rtsp://{}/gbcam", gw.rtsp), 10).await, "h264");
     assert_eq!(plays(&format!("rtmp://{}/gbcam", gw.rtmp), 10).await, "h264");
     push_reaches(&gw, "gbcam", &pushed, 20_000).await;
+    // The push's state reached the cc as a stream_state of the channel.
+    let ok = wait_for(Duration::from_secs(5), || {
+        got.lock().unwrap().iter().any(|e| {
+            e["event"] == "stream_state"
+                && e["channel"] == "gbcam"
+                && e["state"] == "live"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("push rtmp://127.0.0.1:") && r.ends_with("pushing"))
+        })
+    })
+    .await;
+    assert!(ok, "push stream_state: {:?}", got.lock().unwrap());
     // The GB session's stream is listed once among the push channels, with its channel.
     let (_, v) = gw.call("GET", "/api/v1/push-channels", None).await;
     let list = v["push_channels"].as_array().unwrap();

@@ -256,6 +256,7 @@ impl Channels {
             r.remove_name(&record_name(&chan.spec));
         }
         self.inner.hub.notifier().unbind_channel(chan.stream());
+        self.inner.hub.notifier().unbind_channel(&record_name(&chan.spec));
         info!(channel = %id, "channel deleted");
         Ok(())
     }
@@ -289,7 +290,10 @@ impl Inner {
                 r.add_name(&record_name(&spec));
             }
         }
+        // The channel's stream, and for a GB live channel the session's stream its media arrives
+        // on (the hub's `stream_state` of `gb/<channel>`, e.g. BYE from the device, names it).
         self.hub.notifier().bind_channel(&spec.id, &spec.id);
+        self.hub.notifier().bind_channel(&record_name(&spec), &spec.id);
         let chan = Arc::new(Chan {
             spec,
             checked,
