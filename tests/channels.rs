@@ -32,16 +32,23 @@ struct Gbgate {
     rtp: SocketAddr,
     sip: SocketAddr,
     log: PathBuf,
+    /// Bearer token sent with every call.
+    auth: Option<String>,
 }
 
 impl Gbgate {
     async fn start(dir: &Path, extra: &str) -> Gbgate {
+        Gbgate::start_with(dir, "", extra).await
+    }
+
+    /// `api`: more `[api]` keys.
+    async fn start_with(dir: &Path, api: &str, extra: &str) -> Gbgate {
         let conf = dir.join("gbgate.toml");
         let db = dir.join("gbgate.redb");
         std::fs::write(
             &conf,
             format!(
-                "[rtp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[rtsp]\nlisten = \"127.0.0.1:0\"\n\
+                "[rtp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n{api}\n[rtsp]\nlisten = \"127.0.0.1:0\"\n\
                  [rtmp]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\npassword = \"\"\ndb = {db:?}\n{extra}"
             ),
         )
@@ -80,6 +87,7 @@ impl Gbgate {
             sip: addr("sip"),
             proc,
             log,
+            auth: None,
         }
     }
 
@@ -102,11 +110,14 @@ impl Gbgate {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (headers, body) = match body {
-            Some(b) => ("Content-Type: application/json\r\n", b.to_string()),
-            None => ("", String::new()),
+        let (mut headers, body) = match body {
+            Some(b) => ("Content-Type: application/json\r\n".to_string(), b.to_string()),
+            None => (String::new(), String::new()),
         };
-        let req = http_request(method, path, &self.api.to_string(), headers, &body);
+        if let Some(t) = &self.auth {
+            headers += &format!("Authorization: Bearer {t}\r\n");
+        }
+        let req = http_request(method, path, &self.api.to_string(), &headers, &body);
         let (status, _, text) = http_raw(self.api, req).await;
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
@@ -476,7 +487,12 @@ async fn channels_come_back_after_a_restart_and_gateway_started_lists_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_name_the_field_duplicates_conflict_unknown_ids_are_404() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gbgate::start(dir.path(), "").await;
+    let token = "0123456789abcdef0123";
+    let gw = Gbgate::start_with(dir.path(), &format!("token = {token:?}"), "").await;
+    // The channel routes are behind the API's token like every other endpoint.
+    let (status, v) = gw.call("GET", "/api/v1/channels", None).await;
+    assert_eq!((status, v["code"].as_str()), (401, Some("unauthorized")), "{v}");
+    let gw = Gbgate { auth: Some(token.to_string()), ..gw };
     let cases = [
         (json!({"id": "x", "source": {"rtsp": {}}}), "bad_json", "source.rtsp"),
         (json!({"id": "x", "source": {"rtsp": {"url": "http://h/x"}}}), "invalid_field", "source.rtsp.url: "),
