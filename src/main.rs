@@ -487,36 +487,11 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
         // `[[pull]]` sources: the relay sits above the gateway (D84).
         let _relay =
             gbgate::relay::Relay::start(pulls, gateway.hub.clone(), gateway.rtp.clone(), gateway.shutdown.clone());
-        // Channels sit above the relay (D100): their table is in the `[sip] db` file, opened once
-        // by the GB store (or here when SIP is off).
-        let db = match (gateway.gb.as_ref().and_then(|g| g.database()), sip_db) {
-            (Some(db), _) => Some(db),
-            (None, Some(path)) => match redb::Database::create(&path) {
-                Ok(db) => Some(std::sync::Arc::new(db)),
-                Err(e) => {
-                    tracing::error!("cannot open the channel database {}: {e}", path.display());
-                    gateway.stop().await;
-                    return ExitCode::FAILURE;
-                }
-            },
-            (None, None) => None,
+        // Channels sit above the relay (D100): restored before the ports file says we are up.
+        let Some(channels) = start_channels(&gateway, sip_db) else {
+            gateway.stop().await;
+            return ExitCode::FAILURE;
         };
-        let channels = gbgate::channel::Channels::new(
-            gateway.hub.clone(),
-            gateway.rtp.clone(),
-            gateway.gb.clone(),
-            db,
-            gateway.shutdown.clone(),
-        );
-        gateway.mount(gbgate::channel::api::router(channels.clone()));
-        match channels.restore() {
-            Ok(views) => channels.gateway_started(&views),
-            Err(e) => {
-                tracing::error!("cannot restore the channels: {e}");
-                gateway.stop().await;
-                return ExitCode::FAILURE;
-            }
-        }
         if let Some(path) = ports_file {
             if let Err(e) = write_ports(&path, &gateway) {
                 tracing::error!("cannot write the ports file {}: {e}", path.display());
@@ -528,11 +503,42 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
         tracing::info!("shutting down");
         // Channels first: their BYEs and the pushes' clean end go out while SIP still runs.
         channels.shutdown().await;
-        let notifier = gateway.hub.notifier();
         gateway.stop().await;
-        notifier.flush(std::time::Instant::now() + Duration::from_secs(3)).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The channel layer: its table in the `[sip] db` file (opened once by the GB store, or here
+/// when SIP is off), its routes mounted into the API, the stored channels restored and
+/// `gateway_started` sent. `None` (logged) when the database cannot be opened or read.
+fn start_channels(gateway: &Gateway, sip_db: Option<PathBuf>) -> Option<gbgate::channel::Channels> {
+    let db = match (gateway.gb.as_ref().and_then(|g| g.database()), sip_db) {
+        (Some(db), _) => Some(db),
+        (None, Some(path)) => match redb::Database::create(&path) {
+            Ok(db) => Some(std::sync::Arc::new(db)),
+            Err(e) => {
+                tracing::error!("cannot open the channel database {}: {e}", path.display());
+                return None;
+            }
+        },
+        (None, None) => None,
+    };
+    let channels = gbgate::channel::Channels::new(
+        gateway.hub.clone(),
+        gateway.rtp.clone(),
+        gateway.gb.clone(),
+        db,
+        gateway.shutdown.clone(),
+    );
+    gateway.mount(gbgate::channel::api::router(channels.clone()));
+    match channels.restore() {
+        Ok(views) => channels.gateway_started(&views),
+        Err(e) => {
+            tracing::error!("cannot restore the channels: {e}");
+            return None;
+        }
+    }
+    Some(channels)
 }
 
 /// Writes the bound addresses as JSON, atomically (a reader never sees half a file).
