@@ -87,3 +87,34 @@ impl ChannelStore {
         .map_err(err)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> ChannelSpec {
+        serde_json::from_value(serde_json::json!({"id": id, "source": {"rtp": {"ssrc": "0600000001"}}})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn channels_written_come_back_from_the_file_and_deleted_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.redb");
+        {
+            let store = ChannelStore::new(Some(Arc::new(Database::create(&path).unwrap())));
+            assert!(store.load().unwrap().is_empty());
+            store.write("a", Some(&Stored { spec: spec("a"), run: true })).await.unwrap();
+            store.write("b", Some(&Stored { spec: spec("b"), run: false })).await.unwrap();
+            store.write("a", Some(&Stored { spec: spec("a"), run: false })).await.unwrap();
+            store.write("b", None).await.unwrap();
+        }
+        let store = ChannelStore::new(Some(Arc::new(Database::create(&path).unwrap())));
+        let back = store.load().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].spec.id.as_str(), back[0].run), ("a", false), "the newest write of a");
+        // Memory only: nothing kept, nothing fails.
+        let memory = ChannelStore::new(None);
+        memory.write("a", Some(&back[0])).await.unwrap();
+        assert!(!memory.persistent() && memory.load().unwrap().is_empty());
+    }
+}
