@@ -118,7 +118,7 @@ async fn push_channels(State(c): State<Channels>) -> Response {
             continue;
         };
         // A GB channel's own stream is a copy of its `gb/<channel>` session: listed once.
-        if c.inner.rtp.announced_name(ssrc).is_some_and(|n| n != s.name) {
+        if s.copy_of().is_some() {
             continue;
         }
         let stats = s.stats();

@@ -129,6 +129,7 @@ pub(super) async fn connect(inner: &Inner, chan: &Chan) -> Result<(Live, String)
                 Ok(o) => o,
                 Err(e) => return fail(e.to_string()).await,
             };
+            out.mark_copy_of(&src.name);
             if let Some((codec, config)) = src.announced_audio() {
                 out.announce_audio(codec, config);
             }

@@ -97,6 +97,9 @@ pub struct Stream {
     /// This stream's own event log (D90).
     log: Option<Arc<crate::diag::streamlog::StreamLog>>,
     stop_logged: std::sync::atomic::AtomicBool,
+    /// Set when this stream repeats another one's frames (a GB channel's stream, D103): reports
+    /// of ingest traffic count the original only.
+    copy_of: std::sync::OnceLock<String>,
 }
 
 /// The bytes every stream's GOP cache holds together, bounded by `hub.gop_cache_total_bytes`
@@ -137,7 +140,18 @@ impl Stream {
             record: None,
             log: None,
             stop_logged: std::sync::atomic::AtomicBool::new(false),
+            copy_of: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Marks this stream as a copy of stream `origin` (set once).
+    pub fn mark_copy_of(&self, origin: &str) {
+        let _ = self.copy_of.set(origin.to_string());
+    }
+
+    /// The stream this one repeats, if it is a copy (see [`Stream::mark_copy_of`]).
+    pub fn copy_of(&self) -> Option<&str> {
+        self.copy_of.get().map(String::as_str)
     }
 
     fn with_diag(mut self, diag: &crate::diag::Diag) -> Stream {
