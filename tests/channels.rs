@@ -363,6 +363,7 @@ async fn a_gb28181_channel_invites_the_camera_plays_pushes_and_byes_on_stop() {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut opts = gbgate::sim::camera::SimOptions::new(gw.sip, own_fixture("h264_g711a_8k.rtp"));
     opts.keepalive = Duration::from_secs(5);
+    opts.channels = 2;
     let stats = gbgate::sim::camera::spawn(opts, stop.clone()).await.unwrap();
     let dev = "34020000001320000001";
     let ch = gbgate::sim::camera::channel_id(dev, 0);
@@ -394,13 +395,31 @@ async fn a_gb28181_channel_invites_the_camera_plays_pushes_and_byes_on_stop() {
     })
     .await;
     assert!(ok, "push stream_state: {:?}", got.lock().unwrap());
-    // The GB session's stream is listed once among the push channels, with its channel.
+    // A second channel of the camera over TCP (the camera connects to our RTP port).
+    let ch2 = gbgate::sim::camera::channel_id(dev, 1);
+    gw.create(json!({"id": "gbcam2", "source": {"gb28181": {"device_id": dev, "channel_id": ch2, "transport": "tcp-passive"}}}))
+        .await;
+    gw.wait_state("gbcam2", "live", Duration::from_secs(20)).await;
+    assert_eq!(plays(&format!("rtsp://{}/gbcam2", gw.rtsp), 10).await, "h264");
+    // Each GB session's stream is listed once among the push channels, with its channel.
     let (_, v) = gw.call("GET", "/api/v1/push-channels", None).await;
-    let list = v["push_channels"].as_array().unwrap();
-    assert_eq!(list.len(), 1, "{v}");
+    let mut list: Vec<(String, String, String)> = v["push_channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["stream"].as_str().unwrap().into(),
+                p["channel"].as_str().unwrap().into(),
+                p["transport"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    list.sort();
     assert_eq!(
-        (list[0]["stream"].as_str(), list[0]["channel"].as_str()),
-        (Some(format!("gb/{ch}").as_str()), Some("gbcam"))
+        list,
+        [(format!("gb/{ch}"), "gbcam".into(), "udp".into()), (format!("gb/{ch2}"), "gbcam2".into(), "tcp".into())],
+        "{v}"
     );
 
     let byes = gbgate::sim::camera::SimStats::get(&stats.byes_received);
