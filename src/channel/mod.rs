@@ -461,7 +461,16 @@ async fn drive(inner: Arc<Inner>, chan: Arc<Chan>, stop: CancellationToken, mut 
         next = match next {
             Next::Connect => {
                 let r = tokio::select! {
-                    _ = stop.cancelled() => break,
+                    _ = stop.cancelled() => {
+                        // Stopped while the INVITE was under way: the session it may have
+                        // opened is the channel's; BYE it rather than leave it to the idle timer.
+                        if let (SourceSpec::Gb28181(g), Some(gb)) = (&chan.spec.source, &inner.gb) {
+                            if g.playback.is_none() {
+                                let _ = gb.stop(&format!("gb/{}", g.channel_id)).await;
+                            }
+                        }
+                        break;
+                    }
                     r = source::connect(&inner, &chan) => r,
                 };
                 match r {
