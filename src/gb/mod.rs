@@ -237,9 +237,16 @@ pub struct Gb {
     /// Admission of SIP-over-TCP connections (shown in `GET /api/v1/listeners` as `sip`).
     pub sip_tcp: Arc<crate::util::admit::Admission>,
     ended: Arc<std::sync::Mutex<std::collections::VecDeque<EndedSession>>>,
+    /// The `[sip] db` database, open once and shared with upper layers' tables (D100).
+    db: Option<Arc<redb::Database>>,
 }
 
 impl Gb {
+    /// The open `[sip] db` database (`None`: memory only).
+    pub fn database(&self) -> Option<Arc<redb::Database>> {
+        self.db.clone()
+    }
+
     pub fn devices(&self) -> Vec<DeviceRecord> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }

@@ -105,6 +105,9 @@ pub struct Stream {
     /// When the last frame came, in ms after `born` (for stall detection).
     last_frame_ms: AtomicU64,
     born: Instant,
+    /// Set when this stream repeats another one's frames (a GB channel's stream, D103): reports
+    /// of ingest traffic count the original only.
+    copy_of: std::sync::OnceLock<String>,
 }
 
 /// Where a stream is in the life `stream_state` reports.
@@ -155,6 +158,7 @@ impl Stream {
             life: std::sync::atomic::AtomicU8::new(LIFE_NEW),
             last_frame_ms: AtomicU64::new(0),
             born: Instant::now(),
+            copy_of: std::sync::OnceLock::new(),
         }
     }
 
@@ -207,6 +211,16 @@ impl Stream {
         {
             self.notify_state(crate::notify::StreamState::Stalled, format!("no data for {}", secs(quiet)));
         }
+    }
+
+    /// Marks this stream as a copy of stream `origin` (set once).
+    pub fn mark_copy_of(&self, origin: &str) {
+        let _ = self.copy_of.set(origin.to_string());
+    }
+
+    /// The stream this one repeats, if it is a copy (see [`Stream::mark_copy_of`]).
+    pub fn copy_of(&self) -> Option<&str> {
+        self.copy_of.get().map(String::as_str)
     }
 
     fn with_diag(mut self, diag: &crate::diag::Diag) -> Stream {

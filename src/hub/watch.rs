@@ -57,7 +57,10 @@ impl Traffic {
     fn report(&mut self, streams: &[Arc<Stream>], notifier: &Notifier, now: Instant) -> Vec<TrafficStream> {
         let mut out = Vec::new();
         let mut seen = HashMap::new();
-        for s in streams.iter().filter(|s| matches!(s.source.transport, Transport::Udp | Transport::Tcp)) {
+        for s in streams
+            .iter()
+            .filter(|s| matches!(s.source.transport, Transport::Udp | Transport::Tcp) && s.copy_of().is_none())
+        {
             let st = s.stats();
             let r = &st.media.repair;
             let bitrate = match self.last.get(&s.name) {

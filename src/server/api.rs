@@ -31,6 +31,26 @@ pub struct ApiState {
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
     /// Streams with their own series in `/metrics` (`[api] metrics_streams`, D118).
     pub metrics_streams: usize,
+    /// The `[[rtmp.push]]` pushes and their states.
+    pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
+    /// Routes of the layers above the servers (channels), mounted after start (D101).
+    pub upper: UpperRoutes,
+}
+
+/// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no
+/// route of this module takes go there, behind the same [`Policy`].
+pub type UpperRoutes = Arc<std::sync::RwLock<Option<Router>>>;
+
+/// The fallback: an upper layer's routes, else 404.
+async fn upper_or_404(State(state): State<ApiState>, req: axum::extract::Request) -> Response {
+    let upper = state.upper.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match upper {
+        Some(r) => match tower::ServiceExt::oneshot(r, req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        None => not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path())),
+    }
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -149,6 +169,10 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/callbacks", get(|State(s): State<ApiState>| async move { Json(s.hub.notifier().snapshot()) }))
+        .route(
+            "/api/v1/pushes",
+            get(|State(s): State<ApiState>| async move { Json(serde_json::json!({ "pushes": s.pushes.views() })) }),
+        )
         // `[[pull]]` sources, as the relay (registered with the hub, D84) reports them.
         .route(
             "/api/v1/pulls",
@@ -178,9 +202,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
                 ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../../docs/openapi.json"))
             }),
         )
-        .fallback(|req: axum::extract::Request| async move {
-            not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path()))
-        })
+        .fallback(upper_or_404)
         .method_not_allowed_fallback(|req: axum::extract::Request| async move {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

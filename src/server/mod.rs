@@ -40,8 +40,11 @@ pub struct Gateway {
     /// GB28181 signalling; `None` when `[sip] enabled = false`.
     pub gb: Option<crate::gb::Gb>,
     pub sip_addr: Option<SocketAddr>,
+    /// The `[[rtmp.push]]` pushes.
+    pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    upper: api::UpperRoutes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,13 +126,9 @@ impl Gateway {
                 shutdown.clone(),
             )));
         }
-        if !cfg.rtmp.push.is_empty() {
-            tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(
-                hub.clone(),
-                cfg.rtmp.clone(),
-                shutdown.clone(),
-            )));
-        }
+        // Runs even without entries: a SIGHUP reload may add some.
+        let pushes = crate::client::rtmp_push::StaticPushes::new(&cfg.rtmp);
+        tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(hub.clone(), pushes.clone(), shutdown.clone())));
         if let Some(l) = rtsp_listener {
             tasks.push(tokio::spawn(rtsp::serve(
                 l,
@@ -164,6 +163,7 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
+        let upper = api::UpperRoutes::default();
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -176,6 +176,8 @@ impl Gateway {
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
                 metrics_streams: cfg.api.metrics_streams,
+                upper: upper.clone(),
+                pushes: pushes.clone(),
             },
             rtp_addr,
         );
@@ -202,9 +204,17 @@ impl Gateway {
             rtsp_ingest,
             gb,
             sip_addr,
+            pushes,
             shutdown,
             tasks,
+            upper,
         })
+    }
+
+    /// Adds an upper layer's routes (the channels) to the API: served behind the same token,
+    /// Host and Origin policy; routes of the API itself take precedence (D101).
+    pub fn mount(&self, routes: axum::Router) {
+        *self.upper.write().unwrap_or_else(|e| e.into_inner()) = Some(routes);
     }
 
     /// Stops every listener and waits for them.
