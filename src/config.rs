@@ -703,8 +703,9 @@ impl Default for RecordConfig {
 }
 
 /// `[callbacks]`: JSON POSTs to a control center (D93..D99). `url` is the default target of every
-/// event; each event's own key overrides it. No target for an event: it is not sent (and
-/// `on_publish`/`on_play` without a target add no latency: the `[auth]` rule decides).
+/// event, the access hooks included; each event's own key overrides it, "" turns it off. No
+/// target for an event: it is not sent (and `on_publish`/`on_play` without a target add no
+/// latency: the `[auth]` rule decides).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallbacksConfig {
@@ -713,10 +714,9 @@ pub struct CallbacksConfig {
     pub stream_state: Option<String>,
     pub unknown_ssrc: Option<String>,
     pub traffic_report: Option<String>,
-    /// Asked before an RTMP publish or RTSP ANNOUNCE is let in (not defaulted from `url`: an
-    /// access hook is opted into explicitly).
+    /// Asked before an RTMP publish or RTSP ANNOUNCE is let in (defaults to `url`; "" = never).
     pub on_publish: Option<String>,
-    /// Asked before an RTSP or RTMP player is let in (explicit, like `on_publish`).
+    /// Asked before an RTSP or RTMP player is let in (defaults to `url`; "" = never).
     pub on_play: Option<String>,
     /// `traffic_report` period, and the window in which one SSRC is reported once.
     pub report_interval: HumanDuration,
@@ -775,7 +775,7 @@ impl CallbacksConfig {
             ("callbacks.on_play", &self.on_play),
         ];
         for (key, url) in urls {
-            if let Some(u) = url {
+            if let Some(u) = url.as_deref().filter(|u| !u.is_empty()) {
                 let parsed = url::Url::parse(u)
                     .map_err(|e| ConfigError::Invalid { key, message: format!("{u:?} is not a URL ({e})") })?;
                 if parsed.scheme() != "http" || parsed.host_str().is_none() {

@@ -159,6 +159,9 @@ async fn a_gb_camera_s_life_traffic_reports_and_unknown_ssrcs_reach_the_cc_in_or
     cfg.rtp.timeout = dur("3s");
     cfg.rtp.unknown_ssrc = gbgate::config::UnknownSsrc::Report;
     cfg.callbacks.url = Some(cc.url("/cb"));
+    // Events only: the access hooks (which `url` also defaults) are tested on their own.
+    cfg.callbacks.on_publish = Some(String::new());
+    cfg.callbacks.on_play = Some(String::new());
     // A per-event target overrides `url` (the cc's own endpoint names).
     cfg.callbacks.traffic_report = Some(cc.url("/api/v1/flowReport"));
     cfg.callbacks.report_interval = dur("1s");
@@ -301,6 +304,9 @@ async fn a_cc_answering_500_gets_the_event_again_with_its_seq_then_the_rest_in_o
     cc.state.lock().unwrap().fail.insert("/cb".into(), 2);
     let mut cfg = test_config();
     cfg.callbacks.url = Some(cc.url("/cb"));
+    // Events only: the access hooks (which `url` also defaults) are tested on their own.
+    cfg.callbacks.on_publish = Some(String::new());
+    cfg.callbacks.on_play = Some(String::new());
     cfg.callbacks.retry_initial = dur("200ms");
     cfg.callbacks.retries = 5;
     let gw = start(cfg).await;
@@ -359,6 +365,9 @@ async fn a_dead_cc_never_slows_media_or_the_api_and_the_outbox_stays_bounded() {
     });
     let mut cfg = test_config();
     cfg.callbacks.url = Some(format!("http://{silent_addr}/cb"));
+    // Events only: the access hooks (which `url` also defaults) are tested on their own.
+    cfg.callbacks.on_publish = Some(String::new());
+    cfg.callbacks.on_play = Some(String::new());
     cfg.callbacks.timeout = dur("2s");
     cfg.callbacks.retries = 100;
     cfg.callbacks.outbox_bytes = 65536;
@@ -544,6 +553,38 @@ async fn the_cc_decides_who_publishes_and_plays_and_a_dead_hook_falls_back_to_au
     assert!(ok, "{err}");
     let snap = gw.hub.notifier().snapshot();
     assert_eq!(snap.authorize.fallback, 1, "{:?}", snap.authorize);
+    gw.stop().await;
+}
+
+/// `url` is the default of the access hooks too (issue 10: "the default target of every event"),
+/// an answer must say `allow` to let anyone in, and `on_publish = ""` turns the hook off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_defaults_the_access_hooks_and_an_empty_key_turns_one_off() {
+    if !require_tool("callbacks", "ffmpeg") {
+        return;
+    }
+    let cc = Cc::start().await;
+    let mut cfg = test_config();
+    // The cc treats paths starting with /on_ as hooks (deny "deny", allow the rest).
+    cfg.callbacks.url = Some(cc.url("/on_everything"));
+    cfg.auth.loopback_exempt = false;
+    let gw = start(cfg.clone()).await;
+    let rtmp = gw.rtmp_addr.unwrap();
+    let (ok, err, _denied) = publish(&format!("rtmp://{rtmp}/live/deny-me"), "flv", 30).await;
+    assert!(!ok, "the cc's deny at the default url blocks the publisher: {err}");
+    let (ok, err, _allowed) = publish(&format!("rtmp://{rtmp}/live/ok"), "flv", 30).await;
+    assert!(ok, "the cc's allow at the default url lets the publisher in: {err}");
+    let asked = |got: &[Got]| got.iter().filter(|g| g.body["event"] == "on_publish").count();
+    assert_eq!(asked(&cc.all()), 2, "{:#?}", bodies(&cc.all()));
+    gw.stop().await;
+
+    // Hook off: `[auth]` alone decides (here it refuses), and the cc is not asked.
+    let before = asked(&cc.all());
+    cfg.callbacks.on_publish = Some(String::new());
+    let gw = start(cfg).await;
+    let (ok, err, _refused) = publish(&format!("rtmp://{}/live/ok", gw.rtmp_addr.unwrap()), "flv", 30).await;
+    assert!(!ok, "[auth] refuses without the hook: {err}");
+    assert_eq!(asked(&cc.all()), before, "on_publish = \"\" is never asked");
     gw.stop().await;
 }
 

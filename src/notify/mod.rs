@@ -450,12 +450,16 @@ impl Inner {
             EventKind::StreamState => &c.stream_state,
             EventKind::UnknownSsrc => &c.unknown_ssrc,
             EventKind::TrafficReport => &c.traffic_report,
-            // Access hooks are opted into one by one (D97): a cc that only wants events must not
-            // sit in every publish and play.
-            EventKind::OnPublish => return c.on_publish.as_deref(),
-            EventKind::OnPlay => return c.on_play.as_deref(),
+            EventKind::OnPublish => &c.on_publish,
+            EventKind::OnPlay => &c.on_play,
         };
-        own.as_deref().or(c.url.as_deref())
+        // `url` is the default of every event, the access hooks included (issue 10); an event's
+        // own key set to "" turns that event off (D97).
+        match own.as_deref() {
+            Some("") => None,
+            Some(u) => Some(u),
+            None => c.url.as_deref().filter(|u| !u.is_empty()),
+        }
     }
 
     fn body(&self, event: &Event, seq: u64) -> Bytes {
@@ -500,13 +504,14 @@ fn ssrc_gate(seen: &mut HashMap<u32, Instant>, ssrc: u32, now: Instant, interval
     true
 }
 
-/// The cc's answer to an access hook (D97): 2xx with `{"allow": true|false, "reason"?}`, or an
-/// empty body (allow); 401/403 deny; anything else falls back to `[auth]`.
+/// The cc's answer to an access hook (D97): 2xx with `{"allow": true|false, "reason"?}`; 401/403
+/// deny; anything else (an empty body included: a cc whose generic `url` acknowledges every POST
+/// must not open the gateway) falls back to `[auth]`.
 fn decide(status: u16, body: &[u8]) -> Decision {
     match status {
         200..=299 => {
             if body.iter().all(|b| b.is_ascii_whitespace()) {
-                return Decision::Allow;
+                return Decision::Fallback("an answer without a decision".into());
             }
             #[derive(serde::Deserialize)]
             struct Answer {
@@ -638,7 +643,7 @@ mod tests {
 
     #[test]
     fn answers_map_to_decisions() {
-        assert_eq!(decide(200, b""), Decision::Allow);
+        assert!(matches!(decide(200, b""), Decision::Fallback(_)));
         assert_eq!(decide(200, br#"{"allow": true}"#), Decision::Allow);
         assert_eq!(decide(200, br#"{"allow": false, "reason": "no"}"#), Decision::Deny("no".into()));
         assert!(matches!(decide(403, b""), Decision::Deny(_)));
