@@ -331,6 +331,7 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
     assert_eq!(p["transport"], "udp", "{v}");
     assert!(p["first_source"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
     assert!(p["packets"].as_u64().unwrap() > 0 && p["bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(p["state"], "live", "{v}");
     // `record: true`: the camera's raw RTP is recorded under the channel's stream name.
     let (_, st) = http_get(gw.api, "/api/v1/streams/pushcam").await;
     assert!(st["record"]["packets"].as_u64().unwrap_or(0) > 0, "{st}");
@@ -345,6 +346,9 @@ async fn an_rtp_channel_names_the_stream_a_camera_pushes_with_its_ssrc() {
         v["reason"].as_str().unwrap().contains("no data for 10s") || v["reason"].as_str().unwrap().contains("ended"),
         "{v}"
     );
+    let (_, v) = gw.call("GET", "/api/v1/push-channels", None).await;
+    let p = v["push_channels"].as_array().unwrap().iter().find(|p| p["stream"] == "pushcam").cloned();
+    assert_eq!(p.as_ref().map(|p| p["state"].clone()), Some(json!("stalled")), "a silent camera's push channel: {v}");
     let (status, v) = gw.call("POST", "/api/v1/channels/pushcam/stop", None).await;
     assert_eq!((status, v["state"].as_str()), (200, Some("stopped")), "{v}");
     let (status, _) = gw.call("DELETE", "/api/v1/channels/pushcam", None).await;

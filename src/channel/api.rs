@@ -101,6 +101,9 @@ struct PushChannel {
 
 /// Every RTP stream in the hub (GB sessions, announced and unannounced SSRCs), and the `rtp`
 /// channels whose camera has not sent yet.
+/// A stream quiet this long is `stalled` when callbacks (and their `stall_after`) are off.
+const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn push_channels(State(c): State<Channels>) -> Response {
     let chans: Vec<_> = c.inner.chans.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
     let channel_of = |stream: &str| {
@@ -131,7 +134,13 @@ async fn push_channels(State(c): State<Channels>) -> Response {
             bytes: stats.bytes_in,
             packets: stats.packets,
             lost: stats.lost,
-            state: "live".into(),
+            // As `stream_state` says it (D96): no frame yet, frames, or none for `stall_after`.
+            state: match s.quiet_for(std::time::Instant::now()) {
+                None => "starting",
+                Some(q) if q >= c.inner.hub.notifier().stall_after().unwrap_or(DEFAULT_STALL) => "stalled",
+                Some(_) => "live",
+            }
+            .into(),
         });
     }
     for ch in &chans {

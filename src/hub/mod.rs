@@ -198,6 +198,15 @@ impl Stream {
         }
     }
 
+    /// How long the stream has had no frame: `None` before its first frame.
+    pub fn quiet_for(&self, now: Instant) -> Option<Duration> {
+        if self.life.load(Ordering::Relaxed) == LIFE_NEW {
+            return None;
+        }
+        let last = self.born + Duration::from_millis(self.last_frame_ms.load(Ordering::Relaxed));
+        Some(now.saturating_duration_since(last))
+    }
+
     /// Reports the stream `stalled` when it is live and has had no frame for `after` (once, until
     /// frames come back). Called by the hub's watcher.
     pub fn check_stall(&self, now: Instant, after: Duration) {
