@@ -295,7 +295,7 @@ async fn push_to_ffmpeg_origin_is_exact_and_reconnects_after_the_origin_restarts
     let log_dir = dir.path().join("logs").join(gbgate::diag::file_component(&name_of(0x0BEBC201)));
     let log: String =
         std::fs::read_dir(&log_dir).unwrap().map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap()).collect();
-    assert!(log.contains(&format!(" push RTMP push to rtmp://127.0.0.1:{port}/live/x publishing")), "{log}");
+    assert!(log.contains(&format!(" push RTMP push to rtmp://127.0.0.1:{port}/live/x: pushing")), "{log}");
     assert!(log.contains(" player push joined"), "{log}");
 
     // Second stream: its origin is killed mid-stream and a new one starts on the same port;

@@ -1,32 +1,19 @@
 //! Static RTMP pushes (`[[rtmp.push]]`): every hub stream matching an entry is published to the
-//! entry's URL by its own task, a plain hub subscriber ("push") that never slows ingest.
-//!
-//! A push task connects, handshakes, sends connect / createStream / publish (each step bounded by
-//! `rtmp.push_timeout`), subscribes to the stream (so it starts at the GOP cache) and sends
-//! metadata, sequence headers and frames; a send stalled longer than `push_timeout` disconnects.
-//! When the origin goes away it reconnects with a backoff of 1 s doubling to 30 s (back to 1 s
-//! after a push that was healthy: publishing and sending media for 3 s), resubscribing
-//! (so it restarts at a keyframe). It stops when the stream ends.
-use std::collections::HashMap;
-use std::sync::Arc;
+//! entry's URL by a [`PushSet`] (the one push implementation, `client::push`), started when the
+//! stream appears and stopped when it is gone or the entry is removed (SIGHUP reload).
+//! [`StaticPushes`] holds them for the API (`GET /api/v1/pushes`) and for the shutdown.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionError, ClientSessionEvent, ClientSessionResult, PublishRequestType,
-};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::config::{HevcFlv, PushConfig, RtmpConfig};
-use crate::hub::{Hub, Stream};
-use crate::proto::flv_flow::{FlvFlow, Out};
-use crate::proto::rtmp_guard::RtmpCommandGuard;
-use crate::util::io::{read_timeout, write_timeout};
+use super::push::{PushNotifier, PushOptions, PushSet, PushView};
+use crate::config::{PushConfig, RtmpConfig};
+use crate::hub::Hub;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -111,207 +98,96 @@ impl Backoff {
     }
 }
 
-/// Keeps one push task per (matching stream, push entry) until `shutdown`.
-pub async fn run_pushes(hub: Arc<Hub>, cfg: RtmpConfig, shutdown: CancellationToken) {
-    if cfg.push.is_empty() {
-        return;
+/// The `[[rtmp.push]]` pushes: the entries (replaced on reload) and a [`PushSet`] per (stream, URL).
+pub struct StaticPushes {
+    entries: Mutex<(Vec<PushConfig>, PushOptions)>,
+    sets: Mutex<BTreeMap<(String, String), Arc<PushSet>>>,
+    notifier: Mutex<PushNotifier>,
+}
+
+/// One static push as `GET /api/v1/pushes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaticPushView {
+    pub stream: String,
+    #[serde(flatten)]
+    pub push: PushView,
+}
+
+impl StaticPushes {
+    pub fn new(cfg: &RtmpConfig) -> Arc<StaticPushes> {
+        Arc::new(StaticPushes {
+            entries: Mutex::new((cfg.push.clone(), PushOptions::of(cfg))),
+            sets: Mutex::new(BTreeMap::new()),
+            notifier: Mutex::new(PushNotifier::default()),
+        })
     }
-    // (stream name, entry index) -> (the stream pushed, its task)
-    let mut tasks: HashMap<(String, usize), (Arc<Stream>, JoinHandle<()>)> = HashMap::new();
-    loop {
-        let streams = hub.list();
-        for stream in &streams {
-            for (i, entry) in cfg.push.iter().enumerate() {
-                if !matches(&entry.stream, &stream.name) {
-                    continue;
-                }
-                let key = (stream.name.clone(), i);
-                if tasks.get(&key).is_some_and(|(s, _)| Arc::ptr_eq(s, stream)) {
-                    continue;
-                }
-                if let Some((_, old)) = tasks.remove(&key) {
-                    old.abort();
-                }
-                let url = push_url(entry, &stream.name);
-                info!(stream = %stream.name, %url, "RTMP push starts");
-                stream.event("push", &format!("RTMP push to {} starts", without_query(&url)));
-                let task =
-                    tokio::spawn(push_task(stream.clone(), url, cfg.push_timeout.0, cfg.hevc, shutdown.child_token()));
-                tasks.insert(key, (stream.clone(), task));
+
+    /// Where push state changes go (the callbacks notifier), for pushes started from now on.
+    pub fn set_notifier(&self, notifier: PushNotifier) {
+        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = notifier;
+    }
+
+    /// New entries (SIGHUP): pushes of removed or changed entries stop, new ones start within
+    /// one poll.
+    pub fn reload(&self, cfg: &RtmpConfig) {
+        *self.entries.lock().unwrap_or_else(|e| e.into_inner()) = (cfg.push.clone(), PushOptions::of(cfg));
+    }
+
+    pub fn views(&self) -> Vec<StaticPushView> {
+        let sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        sets.iter()
+            .flat_map(|((stream, _), set)| {
+                set.views().into_iter().map(|push| StaticPushView { stream: stream.clone(), push })
+            })
+            .collect()
+    }
+
+    /// Stops every push (cleanly, each within its deadline, all at once); returns how many were cut.
+    pub async fn stop_all(&self) -> usize {
+        let sets: Vec<_> =
+            std::mem::take(&mut *self.sets.lock().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+        futures_util::future::join_all(sets.iter().map(|s| s.stop())).await.into_iter().sum()
+    }
+
+    /// One pass: starts the pushes that should run, stops the others.
+    fn sync(&self, hub: &Arc<Hub>, shutdown: &CancellationToken) {
+        let (entries, opts) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut want = BTreeMap::new();
+        for stream in hub.list() {
+            for entry in entries.iter().filter(|e| matches(&e.stream, &stream.name)) {
+                want.insert((stream.name.clone(), push_url(entry, &stream.name)), ());
             }
         }
-        // Forget streams that are gone and whose task finished.
-        tasks.retain(|(name, _), (s, t)| {
-            !t.is_finished() || streams.iter().any(|x| x.name == *name && Arc::ptr_eq(x, s))
-        });
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<_> = sets.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+        for key in gone {
+            if let Some(set) = sets.remove(&key) {
+                tokio::spawn(async move { set.stop().await });
+            }
+        }
+        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (key, ()) in want {
+            if sets.contains_key(&key) {
+                continue;
+            }
+            info!(stream = %key.0, url = %super::push::redact(&key.1), "RTMP push ([[rtmp.push]]) starts");
+            let set =
+                PushSet::start_with(hub.clone(), &key.0, vec![key.1.clone()], notifier.clone(), shutdown.clone(), opts);
+            sets.insert(key, Arc::new(set));
+        }
+    }
+}
+
+/// Keeps a push per (matching stream, push entry) until `shutdown`, then stops them cleanly.
+pub async fn run_pushes(hub: Arc<Hub>, pushes: Arc<StaticPushes>, shutdown: CancellationToken) {
+    loop {
+        pushes.sync(&hub, &shutdown);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(POLL) => {}
         }
     }
-    for (_, (_, t)) in tasks {
-        let _ = t.await;
-    }
-}
-
-/// A push URL as the stream's log shows it: without its query (keys, signatures).
-fn without_query(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
-}
-
-async fn push_task(stream: Arc<Stream>, url: String, timeout: Duration, hevc: HevcFlv, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    loop {
-        let mut healthy = false;
-        let wait = match push_once(&stream, &url, timeout, hevc, &shutdown, &mut healthy).await {
-            Ok(()) => {
-                info!(stream = %stream.name, %url, "RTMP push finished");
-                stream.event("push", &format!("RTMP push to {} finished", without_query(&url)));
-                return;
-            }
-            Err(e) => {
-                let wait = backoff.after(healthy);
-                warn!(stream = %stream.name, %url, "RTMP push failed: {e:#}; retrying in {wait:?}");
-                stream.event(
-                    "push",
-                    &format!("RTMP push to {} failed: {e:#}; retrying in {wait:?}", without_query(&url)),
-                );
-                wait
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        // A stream that ended while we were away is not pushed again.
-        if stream.subscribe_as("push").recv().await.is_err() {
-            return;
-        }
-    }
-}
-
-fn session_err(e: ClientSessionError) -> anyhow::Error {
-    anyhow!("RTMP client: {e:?}")
-}
-
-fn handle_input(
-    session: &mut ClientSession,
-    guard: &mut RtmpCommandGuard,
-    bytes: &[u8],
-) -> anyhow::Result<Vec<ClientSessionResult>> {
-    super::rtmp::handle_input(session, guard, bytes).context("from the origin")
-}
-
-struct Client {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
-    session: ClientSession,
-    guard: RtmpCommandGuard,
-    timeout: Duration,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    async fn send(&mut self, results: Vec<ClientSessionResult>) -> anyhow::Result<Vec<ClientSessionEvent>> {
-        let (bytes, events) = super::rtmp::split_results(results);
-        if !bytes.is_empty() {
-            write_timeout(&mut self.wr, &bytes, self.timeout).await?;
-        }
-        Ok(events)
-    }
-
-    /// Reads until `want` is raised (each read bounded by the timeout); fails on a rejection.
-    async fn wait_for(&mut self, want: fn(&ClientSessionEvent) -> bool, step: &str) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let n = read_timeout(&mut self.rd, &mut self.buf, left).await.with_context(|| step.to_string())?;
-            let results = handle_input(&mut self.session, &mut self.guard, &self.buf[..n])?;
-            for e in self.send(results).await? {
-                if want(&e) {
-                    return Ok(());
-                }
-                if let ClientSessionEvent::ConnectionRequestRejected { description } = e {
-                    bail!("{step}: rejected: {description}");
-                }
-            }
-        }
-    }
-}
-
-async fn push_once(
-    stream: &Arc<Stream>,
-    url: &str,
-    timeout: Duration,
-    hevc: HevcFlv,
-    shutdown: &CancellationToken,
-    healthy: &mut bool,
-) -> anyhow::Result<()> {
-    let (addr, app, key, tc_url) = parse_url(url)?;
-    let sock = tokio::time::timeout(timeout, TcpStream::connect(&addr))
-        .await
-        .map_err(|_| anyhow!("connect to {addr}: timed out"))?
-        .with_context(|| format!("connect to {addr}"))?;
-    let _ = sock.set_nodelay(true);
-    let mut sock = sock;
-    let leftover = super::rtmp::handshake(&mut sock, timeout).await?;
-    let (rd, wr) = sock.into_split();
-    let buf = vec![0u8; 64 * 1024];
-    let mut config = ClientSessionConfig::new();
-    config.tc_url = Some(tc_url);
-    let (session, results) = ClientSession::new(config).map_err(session_err)?;
-    let mut c = Client { rd, wr, session, guard: RtmpCommandGuard::default(), timeout, buf };
-    c.send(results).await?;
-    if !leftover.is_empty() {
-        let results = handle_input(&mut c.session, &mut c.guard, &leftover)?;
-        c.send(results).await?;
-    }
-    let r = c.session.request_connection(app).map_err(session_err)?;
-    c.send(vec![r]).await?;
-    c.wait_for(|e| matches!(e, ClientSessionEvent::ConnectionRequestAccepted), "connect").await?;
-    let r = c.session.request_publishing(key, PublishRequestType::Live).map_err(session_err)?;
-    c.send(vec![r]).await?;
-    c.wait_for(|e| matches!(e, ClientSessionEvent::PublishRequestAccepted), "publish").await?;
-    info!(stream = %stream.name, %url, "RTMP push publishing");
-    stream.event("push", &format!("RTMP push to {} publishing", without_query(url)));
-
-    let publishing = tokio::time::Instant::now();
-    let mut sub = stream.subscribe_as("push");
-    let mut flow = FlvFlow::new(&stream.name, hevc);
-    let mut out = Vec::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = c.rd.read(&mut c.buf) => {
-                let n = r?;
-                if n == 0 {
-                    bail!("the origin closed the connection");
-                }
-                let results = handle_input(&mut c.session, &mut c.guard, &c.buf[..n])?;
-                c.send(results).await?;
-            }
-            f = sub.recv() => {
-                let Ok(frame) = f else { break };
-                flow.push(&frame, &mut out);
-                let mut results = Vec::with_capacity(out.len());
-                for o in out.drain(..) {
-                    results.push(match o {
-                        Out::Meta(m) => c.session.publish_metadata(&m),
-                        Out::Video(b, ts) => c.session.publish_video_data(b, ts, false),
-                        Out::Audio(b, ts) => c.session.publish_audio_data(b, ts, false),
-                    }.map_err(session_err)?);
-                }
-                c.send(results).await?;
-                *healthy |= publishing.elapsed() >= HEALTHY_AFTER;
-            }
-        }
-    }
-    // The stream ended (or shutdown): unpublish cleanly so the origin finalises its file.
-    if let Ok(results) = c.session.stop_publishing() {
-        let _ = c.send(results).await;
-    }
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut c.wr).await;
-    Ok(())
+    pushes.stop_all().await;
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub rtsp_ingest: Arc<crate::server::rtsp_ingest::RtspIngest>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
+    /// The `[[rtmp.push]]` pushes and their states.
+    pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -150,6 +152,10 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
+        .route(
+            "/api/v1/pushes",
+            get(|State(s): State<ApiState>| async move { Json(serde_json::json!({ "pushes": s.pushes.views() })) }),
+        )
         // `[[pull]]` sources, as the relay (registered with the hub, D84) reports them.
         .route(
             "/api/v1/pulls",

@@ -38,6 +38,8 @@ pub struct Gateway {
     /// GB28181 signalling; `None` when `[sip] enabled = false`.
     pub gb: Option<crate::gb::Gb>,
     pub sip_addr: Option<SocketAddr>,
+    /// The `[[rtmp.push]]` pushes.
+    pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -119,13 +121,9 @@ impl Gateway {
                 shutdown.clone(),
             )));
         }
-        if !cfg.rtmp.push.is_empty() {
-            tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(
-                hub.clone(),
-                cfg.rtmp.clone(),
-                shutdown.clone(),
-            )));
-        }
+        // Runs even without entries: a SIGHUP reload may add some.
+        let pushes = crate::client::rtmp_push::StaticPushes::new(&cfg.rtmp);
+        tasks.push(tokio::spawn(crate::client::rtmp_push::run_pushes(hub.clone(), pushes.clone(), shutdown.clone())));
         if let Some(l) = rtsp_listener {
             tasks.push(tokio::spawn(rtsp::serve(
                 l,
@@ -170,6 +168,7 @@ impl Gateway {
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
+                pushes: pushes.clone(),
             },
             rtp_addr,
         );
@@ -196,6 +195,7 @@ impl Gateway {
             rtsp_ingest,
             gb,
             sip_addr,
+            pushes,
             shutdown,
             tasks,
         })
