@@ -6,6 +6,7 @@ pub mod audio_pool;
 pub(crate) mod batch;
 pub mod gb_media;
 pub mod publish;
+pub mod reload;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
@@ -13,6 +14,7 @@ pub mod rtsp_ingest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -42,6 +44,10 @@ pub struct Gateway {
     pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `[shutdown] timeout`.
+    stop_timeout: Duration,
+    /// SIGHUP reloads (D112).
+    pub reloader: Arc<reload::Reloader>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +163,8 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
+        let policy: api::SharedPolicy = Arc::new(std::sync::RwLock::new(api::Policy::of(&cfg.api)));
+        let reloader = reload::Reloader::new(cfg.clone(), policy.clone(), pushes.clone());
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -169,10 +177,11 @@ impl Gateway {
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
                 pushes: pushes.clone(),
+                reload: reloader.clone(),
             },
             rtp_addr,
         );
-        let router = api::protect(router, api::Policy::of(&cfg.api));
+        let router = api::protect_shared(router, policy);
         match cfg.api.token.as_deref().is_none_or(str::is_empty) {
             true => info!(api = %api_addr, "API has no token ([api] token): it listens on loopback only"),
             false => info!(api = %api_addr, "API requires a bearer token"),
@@ -198,25 +207,53 @@ impl Gateway {
             pushes,
             shutdown,
             tasks,
+            stop_timeout: cfg.shutdown.timeout.0,
+            reloader,
         })
     }
 
-    /// Stops every listener and waits for them.
-    pub async fn stop(self) {
+    /// The graceful stop (SIGTERM, D110), bounded by `[shutdown] timeout`: every task sees the
+    /// shutdown signal at once; the GB driver BYEs every session and waits for the answers
+    /// (`gb::driver`), the pushes unpublish and close (`PushSet::stop`), the listeners close.
+    /// What has not ended by the deadline is cut (aborted) and the log says what. Returns the
+    /// number of tasks cut.
+    pub async fn stop(self) -> usize {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.stop_timeout;
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let mut cut = 0;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                cut += 1;
+            }
         }
+        // Seam for the callbacks outbox (issue 10, H1): `notifier.flush(deadline)` goes here,
+        // after the pushes and sessions have reported their ends.
         // What the recorder and the per-stream logs still buffer reaches the disk (D89, D90).
         let diag = self.hub.diag();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(r) = diag.recorder {
-                r.flush();
-            }
-            if let Some(l) = diag.logs {
-                l.flush();
-            }
-        })
-        .await;
+        let flushed = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
+            tokio::task::spawn_blocking(move || {
+                if let Some(r) = diag.recorder {
+                    r.flush();
+                }
+                if let Some(l) = diag.logs {
+                    l.flush();
+                }
+            }),
+        )
+        .await
+        .is_ok();
+        let took = started.elapsed();
+        match (cut, flushed) {
+            (0, true) => info!("stopped in {took:?}"),
+            _ => tracing::warn!(
+                "stopped in {took:?}: the shutdown deadline ({:?}, [shutdown] timeout) cut short {cut} tasks{}",
+                self.stop_timeout,
+                if flushed { "" } else { " and the recordings' and stream logs' flush" }
+            ),
+        }
+        cut
     }
 }
