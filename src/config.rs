@@ -54,6 +54,8 @@ pub struct Config {
     pub pull: Vec<PullConfig>,
     /// `[shutdown]`: how long a graceful stop (SIGTERM) may take.
     pub shutdown: ShutdownConfig,
+    /// `[callbacks]`: events POSTed to a control center (see [`crate::notify`], D93..).
+    pub callbacks: CallbacksConfig,
 }
 
 /// `[shutdown]`: the graceful stop's deadline (D110). Within it gbgate BYEs every GB session and
@@ -713,6 +715,123 @@ impl Default for RecordConfig {
     }
 }
 
+/// `[callbacks]`: JSON POSTs to a control center (D93..D99). `url` is the default target of every
+/// event; each event's own key overrides it. No target for an event: it is not sent (and
+/// `on_publish`/`on_play` without a target add no latency: the `[auth]` rule decides).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbacksConfig {
+    pub url: Option<String>,
+    pub gateway_started: Option<String>,
+    pub stream_state: Option<String>,
+    pub unknown_ssrc: Option<String>,
+    pub traffic_report: Option<String>,
+    /// Asked before an RTMP publish or RTSP ANNOUNCE is let in (not defaulted from `url`: an
+    /// access hook is opted into explicitly).
+    pub on_publish: Option<String>,
+    /// Asked before an RTSP or RTMP player is let in (explicit, like `on_publish`).
+    pub on_play: Option<String>,
+    /// `traffic_report` period, and the window in which one SSRC is reported once.
+    pub report_interval: HumanDuration,
+    /// One POST (connect, send, answer) must finish within this.
+    pub timeout: HumanDuration,
+    /// Failed POSTs of one event retried this many times (with doubling backoff) before it is dropped.
+    pub retries: u32,
+    /// First retry delay; doubled per attempt up to `retry_max`.
+    pub retry_initial: HumanDuration,
+    pub retry_max: HumanDuration,
+    /// Bytes of JSON bodies waiting to be sent, all targets together; beyond it the oldest are
+    /// dropped (counted).
+    pub outbox_bytes: usize,
+    /// `on_publish`/`on_play` answer deadline; past it the `[auth]` rule decides.
+    pub authorize_timeout: HumanDuration,
+    /// A live stream that received no frame for this long is reported `stalled` (once; `resumed`
+    /// when frames come back).
+    pub stall_after: HumanDuration,
+    /// Where the start reason is kept (version + clean-shutdown marker). Unset: next to
+    /// `[sip] db` as `gbgate-state.json`, else no file (every start is a `first_start`).
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        CallbacksConfig {
+            url: None,
+            gateway_started: None,
+            stream_state: None,
+            unknown_ssrc: None,
+            traffic_report: None,
+            on_publish: None,
+            on_play: None,
+            report_interval: HumanDuration(Duration::from_secs(30)),
+            timeout: HumanDuration(Duration::from_secs(5)),
+            retries: 5,
+            retry_initial: HumanDuration(Duration::from_secs(1)),
+            retry_max: HumanDuration(Duration::from_secs(60)),
+            outbox_bytes: 4 << 20,
+            authorize_timeout: HumanDuration(Duration::from_secs(2)),
+            stall_after: HumanDuration(Duration::from_secs(5)),
+            state_file: None,
+        }
+    }
+}
+
+impl CallbacksConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let urls = [
+            ("callbacks.url", &self.url),
+            ("callbacks.gateway_started", &self.gateway_started),
+            ("callbacks.stream_state", &self.stream_state),
+            ("callbacks.unknown_ssrc", &self.unknown_ssrc),
+            ("callbacks.traffic_report", &self.traffic_report),
+            ("callbacks.on_publish", &self.on_publish),
+            ("callbacks.on_play", &self.on_play),
+        ];
+        for (key, url) in urls {
+            if let Some(u) = url {
+                let parsed = url::Url::parse(u)
+                    .map_err(|e| ConfigError::Invalid { key, message: format!("{u:?} is not a URL ({e})") })?;
+                if parsed.scheme() != "http" || parsed.host_str().is_none() {
+                    return Err(ConfigError::Invalid { key, message: format!("{u:?}: only http://host[:port]/path") });
+                }
+            }
+        }
+        let at_least = |key: &'static str, v: Duration, min: Duration| {
+            if v < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("at least {}", humantime::format_duration(min)),
+                });
+            }
+            Ok(())
+        };
+        at_least("callbacks.report_interval", self.report_interval.0, Duration::from_millis(500))?;
+        at_least("callbacks.timeout", self.timeout.0, Duration::from_millis(50))?;
+        at_least("callbacks.authorize_timeout", self.authorize_timeout.0, Duration::from_millis(50))?;
+        at_least("callbacks.retry_initial", self.retry_initial.0, Duration::from_millis(10))?;
+        at_least("callbacks.retry_max", self.retry_max.0, self.retry_initial.0)?;
+        at_least("callbacks.stall_after", self.stall_after.0, Duration::from_millis(500))?;
+        if self.retries > 100 {
+            return Err(ConfigError::Invalid { key: "callbacks.retries", message: "at most 100".into() });
+        }
+        if self.outbox_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid { key: "callbacks.outbox_bytes", message: "at least 65536".into() });
+        }
+        Ok(())
+    }
+
+    /// Whether any event has a target.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+            || self.gateway_started.is_some()
+            || self.stream_state.is_some()
+            || self.unknown_ssrc.is_some()
+            || self.traffic_report.is_some()
+            || self.on_publish.is_some()
+            || self.on_play.is_some()
+    }
+}
+
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
         let cfg: Config =
@@ -899,6 +1018,7 @@ impl Config {
                 }
             }
         }
+        self.callbacks.validate()?;
         Ok(())
     }
 }

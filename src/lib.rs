@@ -10,6 +10,7 @@
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`media`]: the per-stream media stage (RTP reorder -> PS demux -> timestamp repair -> audio
 //!   to AAC) and the stream stats it fills.
+//! - [`notify`]: callbacks to a control center (bounded outbox, retries, access hooks).
 //! - [`hub`]: stream registry (a live name belongs to its source), GOP cache, bounded fan-out.
 //! - [`gb`]: GB/T 28181 signalling: a sans-IO core by job (`gb::core`: registrar, presence,
 //!   catalog, dialogs, playback) under a thin tokio driver (`gb::driver`) that owns the SIP
@@ -31,6 +32,7 @@ pub mod frame;
 pub mod gb;
 pub mod hub;
 pub mod media;
+pub mod notify;
 pub mod probe;
 pub mod proto;
 pub mod relay;

@@ -496,6 +496,8 @@ pub struct Hub {
     gop_budget: Arc<GopBudget>,
     /// Recording and per-stream logs given to each new stream (D89, D90).
     diag: RwLock<crate::diag::Diag>,
+    /// Callbacks to a control center (D93): every stream's `stream_state`.
+    notifier: RwLock<crate::notify::Notifier>,
 }
 
 /// RTP over UDP and over TCP are one family: a camera may switch between them on a new INVITE.
@@ -518,6 +520,7 @@ impl Hub {
             takeovers_refused: AtomicU64::new(0),
             gop_budget: Arc::new(GopBudget { max: cfg_gop_total, ..Default::default() }),
             diag: RwLock::new(crate::diag::Diag::default()),
+            notifier: RwLock::new(crate::notify::Notifier::disabled()),
         })
     }
 
@@ -533,6 +536,15 @@ impl Hub {
 
     pub fn diag(&self) -> crate::diag::Diag {
         self.diag.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the callbacks notifier, for streams created from now on and every layer above.
+    pub fn set_notifier(&self, notifier: crate::notify::Notifier) {
+        *self.notifier.write().unwrap_or_else(|e| e.into_inner()) = notifier;
+    }
+
+    pub fn notifier(&self) -> crate::notify::Notifier {
+        self.notifier.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Registers an on-demand handler (see [`StreamDemand`]).
