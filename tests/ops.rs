@@ -306,6 +306,7 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     let mut next = cfg.clone();
     next.api.token = Some(NEW.into());
     next.rtp.listen = "127.0.0.1:1".parse().unwrap();
+    next.auth.keys = vec!["publish-key-1".into()];
     std::fs::write(dir.path().join("gbgate.toml"), toml::to_string(&next).unwrap()).unwrap();
     gw.signal("-HUP");
     let start = Instant::now();
@@ -319,7 +320,7 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     };
     assert_eq!(status["reloads"], 1, "{status}");
     assert_eq!(status["last"]["ok"], true, "{status}");
-    assert_eq!(status["last"]["applied"], serde_json::json!(["api.token"]), "{status}");
+    assert_eq!(status["last"]["applied"], serde_json::json!(["api.token", "auth.keys"]), "{status}");
     assert_eq!(status["last"]["needs_restart"], serde_json::json!(["rtp.listen"]), "{status}");
     assert_eq!(get_with(api, "/api/v1/streams", &bearer(OLD)).await.0, 401);
     assert_eq!(get_with(api, "/api/v1/streams", &bearer(NEW)).await.0, 200);

@@ -164,7 +164,12 @@ impl Gateway {
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
         let policy: api::SharedPolicy = Arc::new(std::sync::RwLock::new(api::Policy::of(&cfg.api)));
-        let reloader = reload::Reloader::new(cfg.clone(), policy.clone(), pushes.clone());
+        let reloader = reload::Reloader::new(
+            cfg.clone(),
+            policy.clone(),
+            pushes.clone(),
+            vec![rtmp_shared.auth.clone(), rtsp_ingest.auth.clone()],
+        );
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),

@@ -15,7 +15,7 @@ use crate::config::Config;
 
 /// Keys (or key prefixes: a table and everything under it) applied without a restart.
 pub const RELOADABLE: &[&str] =
-    &["log.level", "api.token", "api.hosts", "api.allowed_origins", "rtmp.push", "rtmp.push_timeout"];
+    &["log.level", "api.token", "api.hosts", "api.allowed_origins", "rtmp.push", "rtmp.push_timeout", "auth"];
 
 /// Applies a new log filter; `Err` says why it was refused. Set by the binary, which owns the
 /// subscriber.
@@ -48,6 +48,8 @@ pub struct Reloader {
     current: Mutex<Config>,
     policy: SharedPolicy,
     pushes: Arc<StaticPushes>,
+    /// `[auth]` as RTMP and RTSP read it.
+    auth: Vec<crate::auth::SharedAuth>,
     log_hook: Mutex<Option<LogHook>>,
     status: Mutex<ReloadStatus>,
 }
@@ -96,11 +98,17 @@ fn now_text() -> String {
 }
 
 impl Reloader {
-    pub fn new(cfg: Config, policy: SharedPolicy, pushes: Arc<StaticPushes>) -> Arc<Reloader> {
+    pub fn new(
+        cfg: Config,
+        policy: SharedPolicy,
+        pushes: Arc<StaticPushes>,
+        auth: Vec<crate::auth::SharedAuth>,
+    ) -> Arc<Reloader> {
         Arc::new(Reloader {
             current: Mutex::new(cfg),
             policy,
             pushes,
+            auth,
             log_hook: Mutex::new(None),
             status: Mutex::new(ReloadStatus::default()),
         })
@@ -156,6 +164,11 @@ impl Reloader {
         }
         if applied.iter().any(|k| k.starts_with("api.")) {
             *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Policy::of(&new.api);
+        }
+        if applied.iter().any(|k| k.starts_with("auth.")) {
+            for a in &self.auth {
+                a.set(new.auth.clone());
+            }
         }
         if applied.iter().any(|k| k.starts_with("rtmp.push")) {
             self.pushes.reload(&new.rtmp);
