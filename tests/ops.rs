@@ -307,6 +307,7 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     next.api.token = Some(NEW.into());
     next.rtp.listen = "127.0.0.1:1".parse().unwrap();
     next.auth.keys = vec!["publish-key-1".into()];
+    next.sip.password = Some("pw-reloaded".into());
     std::fs::write(dir.path().join("gbgate.toml"), toml::to_string(&next).unwrap()).unwrap();
     gw.signal("-HUP");
     let start = Instant::now();
@@ -320,13 +321,25 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     };
     assert_eq!(status["reloads"], 1, "{status}");
     assert_eq!(status["last"]["ok"], true, "{status}");
-    assert_eq!(status["last"]["applied"], serde_json::json!(["api.token", "auth.keys"]), "{status}");
+    assert_eq!(status["last"]["applied"], serde_json::json!(["api.token", "auth.keys", "sip.password"]), "{status}");
     assert_eq!(status["last"]["needs_restart"], serde_json::json!(["rtp.listen"]), "{status}");
     assert_eq!(get_with(api, "/api/v1/streams", &bearer(OLD)).await.0, 401);
     assert_eq!(get_with(api, "/api/v1/streams", &bearer(NEW)).await.0, 200);
     assert!(gw.log().contains("needs a restart: rtp.listen"), "{}", gw.log());
     // The token's value is never logged.
     assert!(!gw.log().contains(NEW), "{}", gw.log());
+    // A camera with the new SIP password registers.
+    let mut o = SimOptions::new(gw.addr("sip"), own_fixture("h264_g711a_8k.rtp"));
+    o.password = "pw-reloaded".into();
+    o.unregister_on_stop = false;
+    let stop = CancellationToken::new();
+    let cam = camera::spawn(o, stop.clone()).await.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || SimStats::get(&cam.registered) > 0).await,
+        "the reloaded SIP password is not used: {}",
+        gw.log()
+    );
+    stop.cancel();
 
     // A broken file: the running configuration (and token) stays, the error is shown.
     std::fs::write(dir.path().join("gbgate.toml"), "[api]\ntoken = \"short\"\n[rtp\n").unwrap();

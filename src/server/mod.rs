@@ -169,6 +169,7 @@ impl Gateway {
             policy.clone(),
             pushes.clone(),
             vec![rtmp_shared.auth.clone(), rtsp_ingest.auth.clone()],
+            gb.clone(),
         );
         let router = api::router(
             api::ApiState {

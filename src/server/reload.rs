@@ -14,8 +14,17 @@ use crate::client::rtmp_push::StaticPushes;
 use crate::config::Config;
 
 /// Keys (or key prefixes: a table and everything under it) applied without a restart.
-pub const RELOADABLE: &[&str] =
-    &["log.level", "api.token", "api.hosts", "api.allowed_origins", "rtmp.push", "rtmp.push_timeout", "auth"];
+pub const RELOADABLE: &[&str] = &[
+    "log.level",
+    "api.token",
+    "api.hosts",
+    "api.allowed_origins",
+    "rtmp.push",
+    "rtmp.push_timeout",
+    "auth",
+    "sip.password",
+    "sip.passwords",
+];
 
 /// Applies a new log filter; `Err` says why it was refused. Set by the binary, which owns the
 /// subscriber.
@@ -50,6 +59,8 @@ pub struct Reloader {
     pushes: Arc<StaticPushes>,
     /// `[auth]` as RTMP and RTSP read it.
     auth: Vec<crate::auth::SharedAuth>,
+    /// The SIP core (device passwords); `None` without `[sip]`.
+    gb: Option<crate::gb::Gb>,
     log_hook: Mutex<Option<LogHook>>,
     status: Mutex<ReloadStatus>,
 }
@@ -103,12 +114,14 @@ impl Reloader {
         policy: SharedPolicy,
         pushes: Arc<StaticPushes>,
         auth: Vec<crate::auth::SharedAuth>,
+        gb: Option<crate::gb::Gb>,
     ) -> Arc<Reloader> {
         Arc::new(Reloader {
             current: Mutex::new(cfg),
             policy,
             pushes,
             auth,
+            gb,
             log_hook: Mutex::new(None),
             status: Mutex::new(ReloadStatus::default()),
         })
@@ -168,6 +181,21 @@ impl Reloader {
         if applied.iter().any(|k| k.starts_with("auth.")) {
             for a in &self.auth {
                 a.set(new.auth.clone());
+            }
+        }
+        if applied.iter().any(|k| k == "sip.password" || k.starts_with("sip.passwords")) {
+            // Resolved as at start: unset reads (or generates) the password file next to the db.
+            let r = crate::gb::resolve_password(&new.sip);
+            match (&self.gb, r) {
+                (Some(gb), Ok(p)) if gb.set_passwords(p.clone(), new.sip.passwords.clone()) => {}
+                (_, r) => {
+                    let why = r.err().map_or("SIP is off or stopping".to_string(), |e| e.to_string());
+                    warn!("SIP passwords not applied: {why}");
+                    let (sip, rest): (Vec<String>, Vec<String>) =
+                        applied.drain(..).partition(|k| k == "sip.password" || k.starts_with("sip.passwords"));
+                    applied = rest;
+                    needs_restart.extend(sip);
+                }
             }
         }
         if applied.iter().any(|k| k.starts_with("rtmp.push")) {

@@ -760,6 +760,11 @@ impl Core {
                     }
                 }
             }
+            Command::SetPasswords { password, passwords } => {
+                self.password = password;
+                self.sip.passwords = passwords;
+                info!("device passwords reloaded");
+            }
             Command::Sessions { reply } => {
                 let list = self
                     .sessions
