@@ -38,7 +38,8 @@ impl Gbgate {
             .arg(&conf)
             .arg("--ports-file")
             .arg(&ports)
-            .env("RUST_LOG", "info")
+            // `[log] level` decides (RUST_LOG would override it, also on reload).
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -308,6 +309,7 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     next.rtp.listen = "127.0.0.1:1".parse().unwrap();
     next.auth.keys = vec!["publish-key-1".into()];
     next.sip.password = Some("pw-reloaded".into());
+    next.log.level = "info,gbgate::server::api=debug".into();
     std::fs::write(dir.path().join("gbgate.toml"), toml::to_string(&next).unwrap()).unwrap();
     gw.signal("-HUP");
     let start = Instant::now();
@@ -321,11 +323,21 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     };
     assert_eq!(status["reloads"], 1, "{status}");
     assert_eq!(status["last"]["ok"], true, "{status}");
-    assert_eq!(status["last"]["applied"], serde_json::json!(["api.token", "auth.keys", "sip.password"]), "{status}");
+    assert_eq!(
+        status["last"]["applied"],
+        serde_json::json!(["api.token", "auth.keys", "log.level", "sip.password"]),
+        "{status}"
+    );
     assert_eq!(status["last"]["needs_restart"], serde_json::json!(["rtp.listen"]), "{status}");
     assert_eq!(get_with(api, "/api/v1/streams", &bearer(OLD)).await.0, 401);
     assert_eq!(get_with(api, "/api/v1/streams", &bearer(NEW)).await.0, 200);
     assert!(gw.log().contains("needs a restart: rtp.listen"), "{}", gw.log());
+    // The new log level: the API's refusals are logged at debug now.
+    assert!(
+        wait_for(Duration::from_secs(5), || gw.log().contains("API request refused")).await,
+        "the reloaded log level is not applied: {}",
+        gw.log()
+    );
     // The token's value is never logged.
     assert!(!gw.log().contains(NEW), "{}", gw.log());
     // A camera with the new SIP password registers.
