@@ -452,6 +452,27 @@ fn load_config(path: Option<PathBuf>) -> Result<(Config, String), String> {
 }
 
 fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
+    // The runtime and the signal handlers come first, before the config is read and anything
+    // starts (D110): a SIGTERM during start-up then waits in the handler and stops the gateway
+    // gracefully once it runs, instead of the default action killing the process (a SIGHUP's
+    // default action is to die too).
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut signals = {
+        let _rt = runtime.enter();
+        match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     // The file a SIGHUP re-reads: the one given, or conf/gbgate.toml when it was used.
     let reload_path = config.clone().or_else(|| Some(PathBuf::from("conf/gbgate.toml")).filter(|p| p.exists()));
     let (cfg, from) = match load_config(config) {
@@ -480,25 +501,8 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
             .init();
     }
     tracing::info!("configuration: {from}");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let pulls = cfg.pull.clone();
     runtime.block_on(async move {
-        // The handlers are installed before anything starts (D111): a SIGTERM during start-up
-        // waits in them and stops the gateway gracefully once it runs, instead of the default
-        // action killing the process (a SIGHUP's default action is to die too).
-        let mut signals = match Signals::install() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot install the signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
         let gateway = match Gateway::start(cfg).await {
             Ok(g) => g,
             Err(e) => {

@@ -374,3 +374,43 @@ async fn sighup_reloads_the_token_reports_restart_keys_and_keeps_a_broken_file_o
     let (exit, log) = gw.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit:?} {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_start_up_is_a_graceful_stop() {
+    // The handlers are installed before the config is read: a SIGTERM as soon as the process
+    // logs its configuration (while the listeners and the SIP database are being set up) waits
+    // and stops the gateway cleanly, instead of killing it.
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = base_config();
+        cfg.sip.db = Some(dir.path().join("gb.redb"));
+        let conf = dir.path().join("gbgate.toml");
+        std::fs::write(&conf, toml::to_string(&cfg).unwrap()).unwrap();
+        let log = dir.path().join("gbgate.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gbgate"))
+            .args(["run", "-c"])
+            .arg(&conf)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("configuration:") {
+            assert!(start.elapsed() < Duration::from_secs(10), "gbgate never logged its configuration");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "gbgate did not stop");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(status.success(), "round {round}: killed instead of stopped: {status:?}\n{text}");
+        assert!(text.contains("SIGTERM: shutting down") && text.contains("stopped in"), "round {round}: {text}");
+    }
+}
