@@ -358,7 +358,7 @@ impl Default for RtpConfig {
 pub struct ApiConfig {
     /// Without a `token` this must be a loopback address (the gateway refuses to start otherwise).
     pub listen: SocketAddr,
-    /// Bearer token: when set, every endpoint but `/healthz` needs `Authorization: Bearer <token>`.
+    /// Bearer token: when set, every endpoint but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
     /// Host names the API answers to besides IP literals and `localhost` (DNS rebinding defence).
     pub hosts: Vec<String>,
@@ -370,6 +370,9 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Concurrent API connections per source address.
     pub max_connections_per_source: usize,
+    /// Streams with their own series in `GET /metrics` (the oldest first); the rest count only
+    /// in the totals. Bounds the scrape's cardinality.
+    pub metrics_streams: usize,
 }
 
 impl Default for ApiConfig {
@@ -382,6 +385,7 @@ impl Default for ApiConfig {
             header_timeout: HumanDuration(Duration::from_secs(5)),
             max_connections: 256,
             max_connections_per_source: 32,
+            metrics_streams: 200,
         }
     }
 }

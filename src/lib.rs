@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod channel;
 pub mod client;
 pub mod codec;
 pub mod config;

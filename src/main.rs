@@ -502,6 +502,8 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
     }
     tracing::info!("configuration: {from}");
     let pulls = cfg.pull.clone();
+    let sip_db = (!cfg.sip.enabled).then(|| cfg.sip.db.clone()).flatten();
+    let stop_timeout = cfg.shutdown.timeout.0;
     runtime.block_on(async move {
         let gateway = match Gateway::start(cfg).await {
             Ok(g) => g,
@@ -520,6 +522,11 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
         // `[[pull]]` sources: the relay sits above the gateway (D84).
         let _relay =
             gbgate::relay::Relay::start(pulls, gateway.hub.clone(), gateway.rtp.clone(), gateway.shutdown.clone());
+        // Channels sit above the relay (D100): restored before the ports file says we are up.
+        let Some(channels) = start_channels(&gateway, sip_db) else {
+            gateway.stop().await;
+            return ExitCode::FAILURE;
+        };
         if let Some(path) = ports_file {
             if let Err(e) = write_ports(&path, &gateway) {
                 tracing::error!("cannot write the ports file {}: {e}", path.display());
@@ -535,6 +542,11 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
                     break;
                 }
             }
+        }
+        // Channels first: their BYEs and the pushes' clean end go out while SIP still runs.
+        // Bounded by the same deadline as the rest of the stop (D110).
+        if tokio::time::timeout(stop_timeout, channels.shutdown()).await.is_err() {
+            tracing::warn!("the channels did not stop within [shutdown] timeout ({stop_timeout:?}): cut short");
         }
         gateway.stop().await;
         ExitCode::SUCCESS
@@ -603,6 +615,39 @@ impl Signals {
             Sig::Stop("Ctrl-C")
         }
     }
+}
+
+/// The channel layer: its table in the `[sip] db` file (opened once by the GB store, or here
+/// when SIP is off), its routes mounted into the API, the stored channels restored and
+/// `gateway_started` sent. `None` (logged) when the database cannot be opened or read.
+fn start_channels(gateway: &Gateway, sip_db: Option<PathBuf>) -> Option<gbgate::channel::Channels> {
+    let db = match (gateway.gb.as_ref().and_then(|g| g.database()), sip_db) {
+        (Some(db), _) => Some(db),
+        (None, Some(path)) => match redb::Database::create(&path) {
+            Ok(db) => Some(std::sync::Arc::new(db)),
+            Err(e) => {
+                tracing::error!("cannot open the channel database {}: {e}", path.display());
+                return None;
+            }
+        },
+        (None, None) => None,
+    };
+    let channels = gbgate::channel::Channels::new(
+        gateway.hub.clone(),
+        gateway.rtp.clone(),
+        gateway.gb.clone(),
+        db,
+        gateway.shutdown.clone(),
+    );
+    gateway.mount(gbgate::channel::api::router(channels.clone()));
+    match channels.restore() {
+        Ok(views) => channels.gateway_started(&views),
+        Err(e) => {
+            tracing::error!("cannot restore the channels: {e}");
+            return None;
+        }
+    }
+    Some(channels)
 }
 
 /// Writes the bound addresses as JSON, atomically (a reader never sees half a file).

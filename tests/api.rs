@@ -29,11 +29,13 @@ async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {
     let req = http_request("POST", &ptz, &host, "Content-Type: text/plain\r\nOrigin: http://evil\r\n", body);
     let (status, _, text) = http_raw(api, req).await;
     assert_eq!(status, 403, "foreign origin: {text}");
+    assert!(text.starts_with(r#"{"code":"unauthorized","error":"writes from origin"#), "{text}");
     // The same from our own origin, still not JSON.
     let own = format!("Origin: http://{host}\r\n");
     let req = http_request("POST", &ptz, &host, &format!("Content-Type: text/plain\r\n{own}"), body);
     let (status, _, text) = http_raw(api, req).await;
     assert_eq!(status, 415, "text/plain write: {text}");
+    assert!(text.contains(r#""code":"bad_json""#), "{text}");
     assert!(text.contains("application/json"), "{text}");
     let req = http_request("POST", &ptz, &host, "Content-Type: application/x-www-form-urlencoded\r\n", body);
     assert_eq!(http_raw(api, req).await.0, 415, "form write");
@@ -49,6 +51,7 @@ async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {
         let req = http_request(verb, path, "evil.example:8080", "Content-Type: application/json\r\n", "");
         let (status, _, text) = http_raw(api, req).await;
         assert_eq!(status, 421, "{verb} with Host evil.example: {text}");
+        assert!(text.contains(r#""code":"unauthorized""#), "{text}");
     }
     assert_eq!(SimStats::get(&stats.ptz), 0, "no refused request reached the camera");
 
@@ -56,7 +59,57 @@ async fn a_web_page_cannot_move_a_camera_or_rebind_the_api_host() {
     let req = http_request("POST", &ptz, &host, "Content-Type: application/json\r\n", r#"{"action":"right","#);
     let (status, _, text) = http_raw(api, req).await;
     assert_eq!(status, 400, "{text}");
-    assert!(text.contains("bad JSON body") && text.contains("EOF"), "{text}");
+    let err: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["code"], "bad_json", "{text}");
+    assert!(err["error"].as_str().unwrap().contains("bad JSON body") && text.contains("EOF"), "{text}");
+    // Wrong types and unknown fields: the message names the field and the position.
+    let playback = format!("/api/v1/devices/{dev}/channels/{ch}/playback");
+    let play = format!("/api/v1/devices/{dev}/channels/{ch}/play");
+    let control = "/api/v1/gb/sessions/gb/x".to_string();
+    for (path, body, says) in [
+        (
+            &playback,
+            r#"{"start":"yesterday","end":2}"#,
+            "start: invalid type: string \"yesterday\", expected u64 at line 1 column 20",
+        ),
+        (&play, r#"{"transport":"udp","tcp":true}"#, "unknown field `tcp`"),
+        (&play, r#"{"transport":"carrier pigeon"}"#, "transport: unknown variant `carrier pigeon`"),
+        (&control, r#"{"action":"seek","seconds":-3}"#, "bad control: invalid value: integer `-3`"),
+        (&control, r#"{"action":"pause"} {}"#, "trailing characters at line 1 column 20"),
+        (&ptz, r#"[1,2"#, "[0]: invalid type: integer `1`, expected a string at line 1 column 2"),
+    ] {
+        let req = http_request("POST", path, &host, "Content-Type: application/json\r\n", body);
+        let (status, _, text) = http_raw(api, req).await;
+        assert_eq!(status, 400, "{path} {body}: {text}");
+        let err: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(err["code"], "bad_json", "{text}");
+        assert!(err["error"].as_str().unwrap().contains(says), "{path} {body}: {text}");
+    }
+    // An oversized body is refused (one byte over, so the answer is not raced by a reset for
+    // unread bytes).
+    let mut big = format!(r#"{{"action":"right","pad":"{}"}}"#, "x".repeat(65_536));
+    big.replace_range(65_500..big.len() - 2, "");
+    big.insert_str(65_500, &"y".repeat(65_537 - big.len()));
+    assert_eq!(big.len(), 65_537);
+    let req = http_request("POST", &ptz, &host, "Content-Type: application/json\r\n", &big);
+    let (status, _, text) = http_raw(api, req).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains(r#""code":"bad_json""#) && text.contains("larger than 65536 bytes"), "{text}");
+    // A wrong query parameter names it; an unknown route and a wrong method say so.
+    let records = format!("/api/v1/devices/{dev}/channels/{ch}/records?start=2026-01-01T00:00:00");
+    let (status, _, text) = http_raw(api, http_request("GET", &records, &host, "", "")).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(r#""code":"invalid_field""#) && text.contains("missing field `end`"), "{text}");
+    let (status, _, text) = http_raw(api, http_request("GET", "/api/v1/nothing", &host, "", "")).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (404, r#"{"code":"not_found","error":"no such endpoint: GET /api/v1/nothing"}"#)
+    );
+    let (status, _, text) = http_raw(api, http_request("DELETE", "/api/v1/streams", &host, "", "")).await;
+    assert_eq!(status, 405, "{text}");
+    assert!(text.contains(r#""code":"not_found""#), "{text}");
+    let (status, _, text) = http_raw(api, http_request("GET", "/api/v1/devices/nobody", &host, "", "")).await;
+    assert_eq!((status, text.as_str()), (404, r#"{"code":"not_found","error":"no device \"nobody\""}"#));
 
     // The legitimate client (same origin or none, JSON, localhost name) still moves the camera.
     let named = format!("localhost:{}", api.port());
@@ -83,8 +136,9 @@ async fn the_api_token_is_required_when_set_and_without_one_the_api_stays_on_loo
     let api = std::net::SocketAddr::from(([127, 0, 0, 1], gw.api_addr.port()));
     let host = api.to_string();
     let get = |auth: &str| http_request("GET", "/api/v1/streams", &host, auth, "");
-    let (status, head, _) = http_raw(api, get("")).await;
+    let (status, head, body) = http_raw(api, get("")).await;
     assert_eq!(status, 401);
+    assert_eq!(body, r#"{"code":"unauthorized","error":"missing or wrong bearer token ([api] token)"}"#);
     assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
     assert_eq!(http_raw(api, get("Authorization: Bearer wrong-token!\r\n")).await.0, 401);
     assert_eq!(http_raw(api, get("Authorization: Basic czNjcmV0LXRva2Vu\r\n")).await.0, 401);
@@ -97,5 +151,14 @@ async fn the_api_token_is_required_when_set_and_without_one_the_api_stays_on_loo
     // Health checks need no token.
     let (status, _, body) = http_raw(api, http_request("GET", "/healthz", &host, "", "")).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // Neither does a Prometheus scrape.
+    let (status, _, body) = http_raw(api, http_request("GET", "/metrics", &host, "", "")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("# TYPE gbgate_streams gauge"), "{body}");
+    // Every other endpoint does, the unknown ones too (nothing is learned about the routes).
+    for path in ["/api/v1/openapi.json", "/api/v1/listeners", "/api/v1/nothing"] {
+        let (status, _, body) = http_raw(api, http_request("GET", path, &host, "", "")).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
     gw.stop().await;
 }

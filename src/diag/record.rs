@@ -274,6 +274,8 @@ pub struct RecorderStats {
 /// stream its [`RecordHandle`] when its name matches.
 pub struct Recorder {
     patterns: Vec<String>,
+    /// Exact names recorded besides the patterns, added at run time (a channel's `record`, D104).
+    names: Mutex<std::collections::HashSet<String>>,
     /// Each handle has its own clone: sending takes no lock shared by the streams. The writer
     /// ends when the recorder and every handle are gone.
     tx: mpsc::Sender<Msg>,
@@ -291,9 +293,8 @@ impl Recorder {
             }
             return None;
         };
-        if cfg.streams.is_empty() {
-            return None;
-        }
+        // With a directory and no pattern the writer still starts: channels may ask for their
+        // stream's recording at run time (D104).
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared { queued: AtomicUsize::new(0), limit: cfg.queue_bytes });
         let totals = Arc::new(Mutex::new(RecorderStats {
@@ -308,12 +309,30 @@ impl Recorder {
             tracing::error!("recording disabled: cannot start the writer thread: {e}");
             return None;
         }
-        Some(Arc::new(Recorder { patterns: cfg.streams.clone(), tx, shared, next_id: AtomicU64::new(1), totals }))
+        Some(Arc::new(Recorder {
+            patterns: cfg.streams.clone(),
+            names: Mutex::new(Default::default()),
+            tx,
+            shared,
+            next_id: AtomicU64::new(1),
+            totals,
+        }))
     }
 
     /// Whether `name` is to be recorded.
     pub fn matches(&self, name: &str) -> bool {
         self.patterns.iter().any(|p| super::glob_match(p, name))
+            || self.names.lock().unwrap_or_else(|e| e.into_inner()).contains(name)
+    }
+
+    /// Records stream `name` from its next start on, besides the configured patterns.
+    pub fn add_name(&self, name: &str) {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+    }
+
+    /// Undoes [`Recorder::add_name`] (streams already recording go on until they end).
+    pub fn remove_name(&self, name: &str) {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
 
     /// A handle recording stream `name`, or `None` when no pattern matches it.

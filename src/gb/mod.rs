@@ -242,11 +242,25 @@ pub struct Gb {
     /// Admission of SIP-over-TCP connections (shown in `GET /api/v1/listeners` as `sip`).
     pub sip_tcp: Arc<crate::util::admit::Admission>,
     ended: Arc<std::sync::Mutex<std::collections::VecDeque<EndedSession>>>,
+    /// The `[sip] db` database, open once and shared with upper layers' tables (D100).
+    db: Option<Arc<redb::Database>>,
 }
 
 impl Gb {
+    /// The open `[sip] db` database (`None`: memory only).
+    pub fn database(&self) -> Option<Arc<redb::Database>> {
+        self.db.clone()
+    }
+
     pub fn devices(&self) -> Vec<DeviceRecord> {
         self.devices.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Registered devices online and offline, without copying the table (for `/metrics`).
+    pub fn device_counts(&self) -> (usize, usize) {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let online = devices.values().filter(|d| d.online).count();
+        (online, devices.len() - online)
     }
 
     pub fn device(&self, id: &str) -> Option<DeviceRecord> {

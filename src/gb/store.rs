@@ -78,11 +78,18 @@ impl Drop for Handle {
 #[derive(Clone)]
 pub struct Store {
     inner: Option<Arc<Handle>>,
+    /// The open database, shared with the channel layer's table (redb opens a file once, D100).
+    db: Option<Arc<Database>>,
 }
 
 impl Store {
     pub fn memory() -> Store {
-        Store { inner: None }
+        Store { inner: None, db: None }
+    }
+
+    /// The open database (`None`: memory only), for other tables of the same file.
+    pub fn database(&self) -> Option<Arc<Database>> {
+        self.db.clone()
     }
 
     /// Opens (or creates) the database and loads every stored device.
@@ -92,7 +99,7 @@ impl Store {
 
     fn open_with(path: &Path, counters: Arc<GbCounters>, max: usize) -> Result<(Store, Vec<DeviceRecord>), StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Db { path: path.to_path_buf(), message: e.to_string() };
-        let db = Database::create(path).map_err(|e| err(&e))?;
+        let db = Arc::new(Database::create(path).map_err(|e| err(&e))?);
         let mut devices = Vec::new();
         {
             let w = db.begin_write().map_err(|e| err(&e))?;
@@ -114,13 +121,13 @@ impl Store {
             ready: Condvar::new(),
         });
         let p = path.to_path_buf();
-        let s = shared.clone();
+        let (s, d) = (shared.clone(), db.clone());
         std::thread::Builder::new()
             .name("gb-store".into())
-            .spawn(move || writer(db, s, p))
+            .spawn(move || writer(d, s, p))
             .map_err(|e| StoreError::Db { path: path.to_path_buf(), message: e.to_string() })?;
         let handle = Handle { shared, counters, log: Mutex::new(RateLimit::new(Duration::from_secs(10))) };
-        Ok((Store { inner: Some(Arc::new(handle)) }, devices))
+        Ok((Store { inner: Some(Arc::new(handle)), db: Some(db) }, devices))
     }
 
     fn push(&self, id: &str, op: Op) {
@@ -149,7 +156,7 @@ impl Store {
     }
 }
 
-fn writer(db: Database, shared: Arc<Shared>, path: PathBuf) {
+fn writer(db: Arc<Database>, shared: Arc<Shared>, path: PathBuf) {
     loop {
         let (ops, closed) = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,7 +217,7 @@ mod tests {
             ready: Condvar::new(),
         });
         let log = Mutex::new(RateLimit::new(Duration::from_secs(10)));
-        let store = Store { inner: Some(Arc::new(Handle { shared, counters: counters.clone(), log })) };
+        let store = Store { inner: Some(Arc::new(Handle { shared, counters: counters.clone(), log })), db: None };
         store.delete("x");
         store.delete("x");
         assert_eq!(counters.store_writes_dropped.load(Ordering::Relaxed), 0);

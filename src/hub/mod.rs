@@ -24,6 +24,7 @@ use crate::media::{Frame, MediaKind};
 pub use crate::media::stats::{AudioStats, StreamStats, VideoStats};
 
 mod gop;
+pub mod watch;
 pub use gop::GopCache;
 
 /// How a stream arrives.
@@ -97,7 +98,23 @@ pub struct Stream {
     /// This stream's own event log (D90).
     log: Option<Arc<crate::diag::streamlog::StreamLog>>,
     stop_logged: std::sync::atomic::AtomicBool,
+    /// Callbacks (D96): `stream_state` on the first frame, a stall, its end and the stop.
+    notifier: crate::notify::Notifier,
+    /// [`LifeState`] as a number: new, live, stalled, stopped.
+    life: std::sync::atomic::AtomicU8,
+    /// When the last frame came, in ms after `born` (for stall detection).
+    last_frame_ms: AtomicU64,
+    born: Instant,
+    /// Set when this stream repeats another one's frames (a GB channel's stream, D103): reports
+    /// of ingest traffic count the original only.
+    copy_of: std::sync::OnceLock<String>,
 }
+
+/// Where a stream is in the life `stream_state` reports.
+const LIFE_NEW: u8 = 0;
+const LIFE_LIVE: u8 = 1;
+const LIFE_STALLED: u8 = 2;
+const LIFE_STOPPED: u8 = 3;
 
 /// The bytes every stream's GOP cache holds together, bounded by `hub.gop_cache_total_bytes`
 /// (issue 8, hole 16: `max_streams` x `gop_cache_bytes` alone allowed 8 GiB).
@@ -137,7 +154,73 @@ impl Stream {
             record: None,
             log: None,
             stop_logged: std::sync::atomic::AtomicBool::new(false),
+            notifier: crate::notify::Notifier::disabled(),
+            life: std::sync::atomic::AtomicU8::new(LIFE_NEW),
+            last_frame_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            copy_of: std::sync::OnceLock::new(),
         }
+    }
+
+    fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Stream {
+        self.notifier = notifier;
+        self
+    }
+
+    fn notify_state(&self, state: crate::notify::StreamState, reason: String) {
+        self.notifier.emit(crate::notify::Event::StreamState {
+            stream: self.name.clone(),
+            channel: None,
+            state,
+            reason,
+        });
+    }
+
+    /// The cold path of `publish` when the stream was not live: its first frame, or frames again
+    /// after a stall.
+    fn frame_after(&self, life: u8, now: Instant) {
+        if self.life.compare_exchange(life, LIFE_LIVE, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        match life {
+            LIFE_NEW => {
+                let ssrc = self.source.ssrc.map(|s| format!(" ssrc {s:010}")).unwrap_or_default();
+                let from = format!("{:?} from {}{ssrc}", self.source.transport, self.source.peer).to_lowercase();
+                self.notify_state(crate::notify::StreamState::Live, format!("first frame ({from})"));
+            }
+            LIFE_STALLED => {
+                let gap = now
+                    .duration_since(self.born)
+                    .saturating_sub(Duration::from_millis(self.last_frame_ms.load(Ordering::Relaxed)));
+                self.notify_state(crate::notify::StreamState::Resumed, format!("frames again after {}", secs(gap)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports the stream `stalled` when it is live and has had no frame for `after` (once, until
+    /// frames come back). Called by the hub's watcher.
+    pub fn check_stall(&self, now: Instant, after: Duration) {
+        if self.life.load(Ordering::Relaxed) != LIFE_LIVE {
+            return;
+        }
+        let last = self.born + Duration::from_millis(self.last_frame_ms.load(Ordering::Relaxed));
+        let quiet = now.saturating_duration_since(last);
+        if quiet >= after
+            && self.life.compare_exchange(LIFE_LIVE, LIFE_STALLED, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.notify_state(crate::notify::StreamState::Stalled, format!("no data for {}", secs(quiet)));
+        }
+    }
+
+    /// Marks this stream as a copy of stream `origin` (set once).
+    pub fn mark_copy_of(&self, origin: &str) {
+        let _ = self.copy_of.set(origin.to_string());
+    }
+
+    /// The stream this one repeats, if it is a copy (see [`Stream::mark_copy_of`]).
+    pub fn copy_of(&self) -> Option<&str> {
+        self.copy_of.get().map(String::as_str)
     }
 
     fn with_diag(mut self, diag: &crate::diag::Diag) -> Stream {
@@ -162,10 +245,14 @@ impl Stream {
     /// Writes one event to the stream's own log (a no-op when per-stream logs are off). `kind`
     /// is one word (`start`, `stop`, `codec`, `loss`, `repair`, `player`, `push`, ...).
     pub fn event(&self, kind: &str, text: &str) {
-        if let Some(log) = &self.log {
-            if kind == "stop" {
-                self.stop_logged.store(true, Ordering::Relaxed);
+        if kind == "stop" {
+            self.stop_logged.store(true, Ordering::Relaxed);
+            // The driver's stop reason is the `stream_state` reason too (D96).
+            if self.life.swap(LIFE_STOPPED, Ordering::Relaxed) != LIFE_STOPPED {
+                self.notify_state(crate::notify::StreamState::Stopped, text.to_string());
             }
+        }
+        if let Some(log) = &self.log {
             log.event(kind, text);
         }
     }
@@ -225,6 +312,11 @@ impl Stream {
         if f.closed {
             return;
         }
+        let life = self.life.load(Ordering::Relaxed);
+        if life != LIFE_LIVE {
+            self.frame_after(life, now);
+        }
+        self.last_frame_ms.store(now.duration_since(self.born).as_millis() as u64, Ordering::Relaxed);
         let is_video = frame.kind() == MediaKind::Video;
         f.has_video |= is_video;
         let has_video = f.has_video;
@@ -598,8 +690,11 @@ impl Hub {
             return Err(PublishError::TooManyStreams(self.max_streams));
         }
         let diag = self.diag.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let stream =
-            Arc::new(Stream::new(name.to_string(), source, self.cfg.clone(), self.gop_budget.clone()).with_diag(&diag));
+        let stream = Arc::new(
+            Stream::new(name.to_string(), source, self.cfg.clone(), self.gop_budget.clone())
+                .with_diag(&diag)
+                .with_notifier(self.notifier()),
+        );
         let ssrc = stream.source.ssrc.map(|s| format!(" ssrc {s:010}")).unwrap_or_default();
         stream.event("start", &format!("{:?} from {}{ssrc}", stream.source.transport, stream.source.peer));
         if let Some(old) = streams.insert(name.to_string(), stream.clone()) {
@@ -650,6 +745,14 @@ impl Hub {
     pub fn max_streams(&self) -> usize {
         self.max_streams
     }
+}
+
+/// A duration as whole seconds ("10s"), or milliseconds below one second.
+fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    format!("{}s", d.as_secs_f64().round() as u64)
 }
 
 /// Locks a std mutex, recovering from poisoning: every critical section here leaves the data

@@ -181,6 +181,8 @@ pub struct NotifierSnapshot {
 #[derive(Clone, Default)]
 pub struct Notifier {
     inner: Option<Arc<Inner>>,
+    /// Dropped with the last handle: the sender task ends (it holds `inner` itself).
+    _alive: Option<Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -228,7 +230,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Notifier {
     /// A notifier that sends nothing (no `[callbacks]` target).
     pub fn disabled() -> Notifier {
-        Notifier { inner: None }
+        Notifier { inner: None, _alive: None }
     }
 
     /// Starts the notifier for `cfg` (disabled when no event has a target): reads and rewrites
@@ -273,8 +275,9 @@ impl Notifier {
             log_limit: Mutex::new(crate::util::RateLimit::new(Duration::from_secs(10))),
         });
         tracing::info!(instance_id = %inner.instance_id, start_reason = ?inner.start_reason, "callbacks on");
-        tokio::spawn(send_loop(inner.clone()));
-        Notifier { inner: Some(inner) }
+        let alive = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(send_loop(inner.clone(), alive.clone()));
+        Notifier { inner: Some(inner), _alive: Some(Arc::new(alive.drop_guard())) }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -385,7 +388,7 @@ impl Notifier {
         decorate(&mut body, kind, &inner.instance_id, seq);
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         inner.auth[0].fetch_add(1, Ordering::Relaxed);
-        let answer = post(&inner.client, url, body, inner.cfg.authorize_timeout.0).await;
+        let answer = post(&inner.client, url, body, inner.cfg.authorize_timeout.0, true).await;
         let decision = match answer {
             Ok((status, body)) => decide(status, &body),
             Err(e) => Decision::Fallback(e),
@@ -547,8 +550,16 @@ fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One JSON POST, bounded in time (connect + answer) and in answer size.
-async fn post(client: &HttpClient, url: &str, body: Bytes, timeout: Duration) -> Result<(u16, Bytes), String> {
+/// One JSON POST, bounded in time (connect + answer) and in answer size. For an event only the
+/// status counts; for an access hook (`read_answer`) an answer over [`MAX_ANSWER_BYTES`] is an
+/// error, never a truncated "allow".
+async fn post(
+    client: &HttpClient,
+    url: &str,
+    body: Bytes,
+    timeout: Duration,
+    read_answer: bool,
+) -> Result<(u16, Bytes), String> {
     use http_body_util::BodyExt;
     let req = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -558,12 +569,13 @@ async fn post(client: &HttpClient, url: &str, body: Bytes, timeout: Duration) ->
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| format!("POST {}: {e}", redact(url)))?;
         let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        Ok::<_, String>((status, body))
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await;
+        match (body, read_answer) {
+            (Ok(b), _) => Ok((status, b.to_bytes())),
+            // Read (bounded) so the connection can be reused, but only the status counts.
+            (Err(_), false) => Ok((status, Bytes::new())),
+            (Err(e), true) => Err(format!("reading the answer: {e}")),
+        }
     };
     tokio::time::timeout(timeout, exchange)
         .await
@@ -571,7 +583,7 @@ async fn post(client: &HttpClient, url: &str, body: Bytes, timeout: Duration) ->
 }
 
 /// The sender task: starts what the outbox says is due, feeds outcomes back.
-async fn send_loop(inner: Arc<Inner>) {
+async fn send_loop(inner: Arc<Inner>, alive: tokio_util::sync::CancellationToken) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, outbox::Outcome, Option<String>)>();
     loop {
         let (dispatches, next) = {
@@ -584,7 +596,7 @@ async fn send_loop(inner: Arc<Inner>) {
         for d in dispatches {
             let (inner, tx) = (inner.clone(), tx.clone());
             tokio::spawn(async move {
-                let result = post(&inner.client, &d.url, d.body, inner.cfg.timeout.0).await;
+                let result = post(&inner.client, &d.url, d.body, inner.cfg.timeout.0, false).await;
                 let (outcome, err) = match result {
                     Ok((s, _)) if (200..300).contains(&s) => (outbox::Outcome::Delivered, None),
                     Ok((s, _)) => (outbox::Outcome::Failed, Some(format!("POST {}: HTTP {s}", redact(&d.url)))),
@@ -603,6 +615,7 @@ async fn send_loop(inner: Arc<Inner>) {
             }
         };
         tokio::select! {
+            _ = alive.cancelled() => return,
             _ = inner.wake.notified() => {}
             Some((target, outcome, err)) = rx.recv() => {
                 let mut core = lock(&inner.core);

@@ -16,6 +16,7 @@ use crate::gb::{Gb, GbError, HistoryRequest, PlaybackControl, QueryKind};
 use crate::hub::{Hub, Source, Stream, StreamStats};
 use crate::proto::sip::manscdp;
 use crate::proto::sip::sdp::MediaTransport;
+use crate::server::api_error::{self, ApiError, ApiJson, ApiJsonOrDefault, ApiQuery};
 use crate::server::rtp::{RtpCountersSnapshot, RtpShared};
 
 #[derive(Clone)]
@@ -28,10 +29,30 @@ pub struct ApiState {
     pub rtsp_ingest: Arc<crate::server::rtsp_ingest::RtspIngest>,
     /// Connection admission of each TCP listener, by name (`rtsp`, `api`).
     pub listeners: Vec<(&'static str, Arc<crate::server::admit::Admission>)>,
+    /// Streams with their own series in `/metrics` (`[api] metrics_streams`, D118).
+    pub metrics_streams: usize,
     /// The `[[rtmp.push]]` pushes and their states.
     pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     /// SIGHUP reloads: what the last one applied and what needs a restart.
     pub reload: Arc<crate::server::reload::Reloader>,
+    /// Routes of the layers above the servers (channels), mounted after start (D101).
+    pub upper: UpperRoutes,
+}
+
+/// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no
+/// route of this module takes go there, behind the same [`Policy`].
+pub type UpperRoutes = Arc<std::sync::RwLock<Option<Router>>>;
+
+/// The fallback: an upper layer's routes, else 404.
+async fn upper_or_404(State(state): State<ApiState>, req: axum::extract::Request) -> Response {
+    let upper = state.upper.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match upper {
+        Some(r) => match tower::ServiceExt::oneshot(r, req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        None => not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path())),
+    }
 }
 
 /// One stream as `GET /api/v1/streams` shows it: identity, the ingest figures, and fan-out.
@@ -83,13 +104,8 @@ struct StreamList {
     streams: Vec<StreamView>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
 fn not_found(what: String) -> Response {
-    (StatusCode::NOT_FOUND, Json(ErrorBody { error: what })).into_response()
+    ApiError::not_found(what).into_response()
 }
 
 async fn list_streams(State(state): State<ApiState>) -> Json<StreamList> {
@@ -155,6 +171,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/config/reload", get(|State(s): State<ApiState>| async move { Json(s.reload.status()) }))
+        .route("/api/v1/callbacks", get(|State(s): State<ApiState>| async move { Json(s.hub.notifier().snapshot()) }))
         .route(
             "/api/v1/pushes",
             get(|State(s): State<ApiState>| async move { Json(serde_json::json!({ "pushes": s.pushes.views() })) }),
@@ -180,41 +197,41 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/gb/counters", get(gb_counters))
         .route("/api/v1/gb/sessions/{*stream}", post(control))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { not_found("no such endpoint".into()) })
+        .route("/metrics", get(crate::server::metrics::metrics))
+        // The OpenAPI description of every route (tests/openapi.rs keeps it equal to the routers).
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async {
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../../docs/openapi.json"))
+            }),
+        )
+        .fallback(upper_or_404)
+        .method_not_allowed_fallback(|req: axum::extract::Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not_found",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .layer(axum::Extension(RtpListen(rtp_listen)))
         .with_state(state)
 }
 
 #[allow(clippy::result_large_err)] // the error is the HTTP answer itself
 fn gb_of(state: &ApiState) -> Result<&Gb, Response> {
-    state
-        .gb
-        .as_ref()
-        .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "SIP is disabled ([sip] enabled = false)".into()))
-}
-
-fn error(code: StatusCode, what: String) -> Response {
-    (code, Json(ErrorBody { error: what })).into_response()
+    state.gb.as_ref().ok_or_else(|| ApiError::unavailable("SIP is disabled ([sip] enabled = false)").into_response())
 }
 
 fn gb_error(e: GbError) -> Response {
-    let code = match e {
-        GbError::NoDevice(_) => StatusCode::NOT_FOUND,
-        GbError::Offline(_) | GbError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-        GbError::NoAnswer(_) | GbError::NoMedia(_) => StatusCode::GATEWAY_TIMEOUT,
-        GbError::Refused(_) => StatusCode::BAD_GATEWAY,
-        GbError::Bad(_) => StatusCode::BAD_REQUEST,
-    };
-    error(code, e.to_string())
-}
-
-/// A JSON body that may be absent (curl -X POST without -d).
-#[allow(clippy::result_large_err)]
-fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
+    let m = e.to_string();
+    match e {
+        GbError::NoDevice(_) => ApiError::not_found(m),
+        GbError::Offline(_) | GbError::Busy(_) => ApiError::unavailable(m),
+        GbError::NoAnswer(_) | GbError::NoMedia(_) => ApiError::unavailable(m).with_status(StatusCode::GATEWAY_TIMEOUT),
+        GbError::Refused(_) => ApiError::unavailable(m).with_status(StatusCode::BAD_GATEWAY),
+        GbError::Bad(_) => ApiError::invalid_field(m),
     }
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+    .into_response()
 }
 
 async fn gb_counters(State(state): State<ApiState>) -> Response {
@@ -276,14 +293,10 @@ struct PlayBody {
 async fn play(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiJsonOrDefault(body): ApiJsonOrDefault<PlayBody>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
-        Err(r) => return r,
-    };
-    let body: PlayBody = match optional_json(&body) {
-        Ok(b) => b,
         Err(r) => return r,
     };
     let info = match gb.play(Some(id), &ch, body.transport).await {
@@ -320,22 +333,18 @@ struct PtzBody {
 async fn ptz(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiJsonOrDefault(body): ApiJsonOrDefault<PtzBody>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
         Err(r) => return r,
     };
-    let body: PtzBody = match optional_json(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let cmd = match (body.cmd, body.action) {
         (Some(c), _) if c.len() == 16 && c.chars().all(|x| x.is_ascii_hexdigit()) => c.to_ascii_uppercase(),
-        (Some(c), _) => return error(StatusCode::BAD_REQUEST, format!("cmd {c:?} is not 16 hex digits")),
+        (Some(c), _) => return ApiError::invalid_field(format!("cmd: {c:?} is not 16 hex digits")).into_response(),
         (None, Some(a)) => {
             let Some(byte) = manscdp::ptz_command_byte(&a.to_ascii_lowercase()) else {
-                return error(StatusCode::BAD_REQUEST, format!("unknown PTZ action {a:?}"));
+                return ApiError::invalid_field(format!("action: unknown PTZ action {a:?}")).into_response();
             };
             let speed = body.speed.unwrap_or(0x80);
             let zoom = if byte & 0x30 != 0 { speed.min(15) } else { 0 };
@@ -348,7 +357,7 @@ async fn ptz(
                 zoom,
             )
         }
-        (None, None) => return error(StatusCode::BAD_REQUEST, "give \"action\" or \"cmd\"".into()),
+        (None, None) => return ApiError::invalid_field("action: give \"action\" or \"cmd\"").into_response(),
     };
     match gb.ptz(Some(id), &ch, cmd.clone()).await {
         Ok(()) => Json(serde_json::json!({ "ptz_cmd": cmd })).into_response(),
@@ -366,7 +375,7 @@ struct RecordQuery {
 async fn records(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    axum::extract::Query(q): axum::extract::Query<RecordQuery>,
+    ApiQuery(q): ApiQuery<RecordQuery>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
@@ -392,14 +401,10 @@ struct PlaybackBody {
 async fn playback(
     State(state): State<ApiState>,
     Path((id, ch)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiJsonOrDefault(b): ApiJsonOrDefault<PlaybackBody>,
 ) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
-        Err(r) => return r,
-    };
-    let b: PlaybackBody = match optional_json(&body) {
-        Ok(b) => b,
         Err(r) => return r,
     };
     let req = HistoryRequest {
@@ -427,20 +432,24 @@ async fn sessions(State(state): State<ApiState>) -> Response {
 
 /// Playback control: `{"action":"pause"}`, `{"action":"play"}`, `{"action":"scale","scale":2.0}`,
 /// `{"action":"seek","seconds":30}`; `{"action":"stop"}` ends the session with BYE.
-async fn control(State(state): State<ApiState>, Path(stream): Path<String>, body: axum::body::Bytes) -> Response {
+async fn control(
+    State(state): State<ApiState>,
+    Path(stream): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Response {
     let gb = match gb_of(&state) {
         Ok(gb) => gb,
         Err(r) => return r,
     };
-    if serde_json::from_slice::<serde_json::Value>(&body).ok().is_some_and(|v| v["action"] == "stop") {
+    if body["action"] == "stop" {
         return match gb.stop(&stream).await {
             Ok(()) => Json(serde_json::json!({ "stopped": stream })).into_response(),
             Err(e) => gb_error(e),
         };
     }
-    let c: PlaybackControl = match serde_json::from_slice(&body) {
+    let c: PlaybackControl = match serde_path_to_error::deserialize(&body) {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad control: {e}")),
+        Err(e) => return ApiError::bad_json(format!("bad control: {}", api_error::describe(&e))).into_response(),
     };
     match gb.control(&stream, c).await {
         Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
@@ -476,14 +485,16 @@ impl Policy {
         let host = text(header::HOST);
         if let Some(h) = host {
             if !self.host_allowed(h) {
-                return Err(error(StatusCode::MISDIRECTED_REQUEST, format!("this API does not answer to host {h:?}")));
+                return Err(ApiError::unauthorized(format!("this API does not answer to host {h:?}"))
+                    .with_status(StatusCode::MISDIRECTED_REQUEST)
+                    .into_response());
             }
         }
         if let Some(token) = &self.token {
             let exempt = matches!(req.uri.path(), "/healthz" | "/metrics");
             let given = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
             if !exempt && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token ([api] token)".into());
+                let mut r = ApiError::unauthorized("missing or wrong bearer token ([api] token)").into_response();
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
                 return Err(r);
             }
@@ -500,7 +511,9 @@ impl Policy {
                 o == format!("http://{h}") || o == format!("https://{h}")
             });
             if !same && !self.allowed_origins.contains(&o) {
-                return Err(error(StatusCode::FORBIDDEN, format!("writes from origin {origin:?} are not allowed")));
+                return Err(ApiError::unauthorized(format!("writes from origin {origin:?} are not allowed"))
+                    .with_status(StatusCode::FORBIDDEN)
+                    .into_response());
             }
         }
         // A form or a `text/plain` fetch needs no CORS preflight; JSON does. An empty body without
@@ -510,10 +523,12 @@ impl Policy {
         match text(header::CONTENT_TYPE) {
             None if !has_body => Ok(()),
             Some(ct) if is_json(ct) => Ok(()),
-            ct => Err(error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("writes need Content-Type: application/json (got {})", ct.unwrap_or("none")),
-            )),
+            ct => Err(ApiError::bad_json(format!(
+                "writes need Content-Type: application/json (got {})",
+                ct.unwrap_or("none")
+            ))
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            .into_response()),
         }
     }
 
@@ -533,10 +548,7 @@ impl Policy {
     }
 }
 
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
+use crate::server::api_error::is_json;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -4,7 +4,7 @@
 //! bound to one of a few OS threads, which transcodes its frames in order and publishes the AAC
 //! to the hub. Queues are bounded per stream and per thread: a worker that falls behind drops
 //! audio (counted), never video, and never blocks the stream task.
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +24,28 @@ const STREAM_IN_FLIGHT: usize = 50;
 pub struct AudioPool {
     workers: Vec<SyncSender<Job>>,
     next: AtomicUsize,
+    load: Arc<Load>,
+}
+
+/// How busy the pool is, for `/metrics` (D118): atomics touched once per audio frame.
+#[derive(Default)]
+struct Load {
+    /// Frames submitted and not transcoded yet, all streams together.
+    queued: AtomicUsize,
+    /// Streams bound to a worker now.
+    streams: AtomicUsize,
+    /// Nanoseconds each worker spent transcoding.
+    busy_ns: Vec<AtomicU64>,
+}
+
+/// A snapshot of [`AudioPool`]'s load.
+#[derive(Debug, Clone, Default)]
+pub struct AudioLoad {
+    pub workers: usize,
+    pub streams: usize,
+    pub queued_frames: usize,
+    /// Seconds each worker spent transcoding since it started (its rate is the worker's load).
+    pub busy_seconds: Vec<f64>,
 }
 
 struct Job {
@@ -36,10 +58,13 @@ impl AudioPool {
     /// Starts `threads` workers (at least one). They exit when the pool and every stream bound
     /// to it are dropped.
     pub fn new(threads: usize) -> Arc<AudioPool> {
-        let workers = (0..threads.max(1))
+        let threads = threads.max(1);
+        let load = Arc::new(Load { busy_ns: (0..threads).map(|_| AtomicU64::new(0)).collect(), ..Load::default() });
+        let workers = (0..threads)
             .filter_map(|i| {
                 let (tx, rx) = sync_channel::<Job>(WORKER_QUEUE);
-                match std::thread::Builder::new().name(format!("gbgate-audio-{i}")).spawn(move || work(rx)) {
+                let load = load.clone();
+                match std::thread::Builder::new().name(format!("gbgate-audio-{i}")).spawn(move || work(rx, &load, i)) {
                     Ok(_) => Some(tx),
                     Err(e) => {
                         error!("cannot start audio worker {i}: {e}");
@@ -48,7 +73,16 @@ impl AudioPool {
                 }
             })
             .collect();
-        Arc::new(AudioPool { workers, next: AtomicUsize::new(0) })
+        Arc::new(AudioPool { workers, next: AtomicUsize::new(0), load })
+    }
+
+    pub fn load(&self) -> AudioLoad {
+        AudioLoad {
+            workers: self.workers.len(),
+            streams: self.load.streams.load(Ordering::Relaxed),
+            queued_frames: self.load.queued.load(Ordering::Relaxed),
+            busy_seconds: self.load.busy_ns.iter().map(|n| n.load(Ordering::Relaxed) as f64 / 1e9).collect(),
+        }
     }
 
     /// One worker per core, at most 4: transcoding all streams costs a fraction of one core.
@@ -63,11 +97,13 @@ impl AudioPool {
             return None;
         }
         let worker = self.workers[self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()].clone();
+        self.load.streams.fetch_add(1, Ordering::Relaxed);
         Some(Arc::new(StreamAudio {
             stream,
             worker,
             slot: Mutex::new(TranscodeSlot::new(settings)),
             in_flight: AtomicUsize::new(0),
+            load: self.load.clone(),
         }))
     }
 }
@@ -78,6 +114,13 @@ pub struct StreamAudio {
     worker: SyncSender<Job>,
     slot: Mutex<TranscodeSlot>,
     in_flight: AtomicUsize,
+    load: Arc<Load>,
+}
+
+impl Drop for StreamAudio {
+    fn drop(&mut self) {
+        self.load.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AudioOffload for StreamAudio {
@@ -88,7 +131,10 @@ impl AudioOffload for StreamAudio {
         }
         let worker = self.worker.clone();
         match worker.try_send(Job { audio: self.clone(), frame, rate }) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.load.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
             Err(_) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 false
@@ -101,9 +147,10 @@ impl AudioOffload for StreamAudio {
     }
 }
 
-fn work(rx: Receiver<Job>) {
+fn work(rx: Receiver<Job>, load: &Load, index: usize) {
     let mut out = Vec::with_capacity(8);
     while let Ok(job) = rx.recv() {
+        let started = std::time::Instant::now();
         {
             let mut slot = job.audio.slot.lock().unwrap_or_else(|e| e.into_inner());
             let (frame, rate) = (job.frame, job.rate);
@@ -120,6 +167,8 @@ fn work(rx: Receiver<Job>) {
             job.audio.stream.publish(f);
         }
         job.audio.in_flight.fetch_sub(1, Ordering::AcqRel);
+        load.queued.fetch_sub(1, Ordering::Relaxed);
+        load.busy_ns[index].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

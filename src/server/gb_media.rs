@@ -68,8 +68,10 @@ impl MediaPort for RtpMedia {
             .map(|s| StreamState { keyframe: s.gop_cache_usage().0 > 0, subscribers: s.subscriber_count() })
     }
 
-    fn end_stream(&mut self, stream: &str) {
+    fn end_stream(&mut self, stream: &str, reason: &str) {
         if let Some(st) = self.hub.get(stream) {
+            // The session's reason (BYE from the device, idle stop, ...) is the stream's (D96).
+            st.event("stop", reason);
             self.hub.remove(&st);
         }
     }

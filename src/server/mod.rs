@@ -2,9 +2,11 @@
 /// Connection admission lives below the drivers so the SIP transport (in gb) can use it too.
 pub use crate::util::admit;
 pub mod api;
+pub mod api_error;
 pub mod audio_pool;
 pub(crate) mod batch;
 pub mod gb_media;
+pub mod metrics;
 pub mod publish;
 pub mod reload;
 pub mod rtmp;
@@ -48,6 +50,7 @@ pub struct Gateway {
     stop_timeout: Duration,
     /// SIGHUP reloads (D112).
     pub reloader: Arc<reload::Reloader>,
+    upper: api::UpperRoutes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,8 @@ impl Gateway {
                 crate::diag::streamlog::StreamLogs::start(dir, &cfg.log, clock)
             }),
         });
+        // Callbacks (D93): before any listener, so every stream has the notifier.
+        hub.set_notifier(crate::notify::Notifier::start(&cfg.callbacks, cfg.sip.db.as_deref()));
         let rtp_shared = RtpShared::with_audio(cfg.audio.clone());
         let (udp, tcp, rtp_addr) =
             rtp::bind(&cfg.rtp).await.map_err(|source| StartError::Rtp { addr: cfg.rtp.listen, source })?;
@@ -140,6 +145,7 @@ impl Gateway {
                 shutdown.clone(),
             )));
         }
+        tasks.push(tokio::spawn(crate::hub::watch::run(hub.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(rtp::serve(
             udp,
             tcp,
@@ -171,6 +177,7 @@ impl Gateway {
             vec![rtmp_shared.auth.clone(), rtsp_ingest.auth.clone()],
             gb.clone(),
         );
+        let upper = api::UpperRoutes::default();
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -182,6 +189,8 @@ impl Gateway {
                     .into_iter()
                     .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
                     .collect(),
+                metrics_streams: cfg.api.metrics_streams,
+                upper: upper.clone(),
                 pushes: pushes.clone(),
                 reload: reloader.clone(),
             },
@@ -215,7 +224,14 @@ impl Gateway {
             tasks,
             stop_timeout: cfg.shutdown.timeout.0,
             reloader,
+            upper,
         })
+    }
+
+    /// Adds an upper layer's routes (the channels) to the API: served behind the same token,
+    /// Host and Origin policy; routes of the API itself take precedence (D101).
+    pub fn mount(&self, routes: axum::Router) {
+        *self.upper.write().unwrap_or_else(|e| e.into_inner()) = Some(routes);
     }
 
     /// The graceful stop (SIGTERM, D110), bounded by `[shutdown] timeout`: every task sees the

@@ -580,6 +580,22 @@ impl Conn {
         self.session.reject_request(request_id, code, why).map_err(|e| anyhow!("{e:?}"))
     }
 
+    /// The cc's `on_publish` / `on_play` answer (no latency without a hook: D97).
+    async fn ask_cc(&mut self, kind: crate::notify::AccessKind, name: &str, query: &str) -> crate::notify::Decision {
+        let notifier = self.hub.notifier();
+        if !notifier.is_enabled() {
+            return crate::notify::Decision::Fallback(String::new());
+        }
+        let req = crate::notify::AccessRequest {
+            kind,
+            stream: name.to_string(),
+            protocol: "rtmp",
+            peer: self.peer,
+            params: (!query.is_empty()).then(|| query.to_string()),
+        };
+        notifier.authorize(req).await
+    }
+
     fn accept(&mut self, request_id: u32) -> anyhow::Result<Vec<ServerSessionResult>> {
         self.session.accept_request(request_id).map_err(|e| anyhow!("accept: {e:?}"))
     }
@@ -598,9 +614,20 @@ impl Conn {
                     );
                 }
                 let query = query_of(&app_name, &stream_key);
-                if let Err(e) =
-                    auth::check(&self.shared.auth, Action::Publish, &name, query, self.peer.ip(), unix_now())
-                {
+                // The cc's on_publish hook first (D97): its allow or deny replaces `[auth]`; when it
+                // has no hook or fails, `[auth]` decides.
+                let checked = match self.ask_cc(crate::notify::AccessKind::Publish, &name, query).await {
+                    crate::notify::Decision::Allow => Ok(auth::Granted::Open),
+                    crate::notify::Decision::Deny(why) => {
+                        self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
+                        let why = format!("denied by the control center: {why}");
+                        return self.refuse_publish(request_id, &name, "NetStream.Publish.Rejected", &why);
+                    }
+                    crate::notify::Decision::Fallback(_) => {
+                        auth::check(&self.shared.auth, Action::Publish, &name, query, self.peer.ip(), unix_now())
+                    }
+                };
+                if let Err(e) = checked {
                     self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
                     let why = format!("authentication failed: {e}");
                     return self.refuse_publish(request_id, &name, "NetStream.Publish.Rejected", &why);
@@ -640,10 +667,24 @@ impl Conn {
                 let query = query_of(&app_name, &stream_key);
                 let (peer, now) = (self.peer.ip(), unix_now());
                 let mut verdict = Err(auth::AuthError::Missing);
-                for n in candidates.iter().filter(|n| !n.is_empty()) {
-                    verdict = auth::check(&self.shared.auth, Action::Play, n, query, peer, now);
-                    if verdict.is_ok() {
-                        break;
+                match self.ask_cc(crate::notify::AccessKind::Play, &candidates[0], query).await {
+                    crate::notify::Decision::Allow => verdict = Ok(auth::Granted::Open),
+                    crate::notify::Decision::Deny(why) => {
+                        self.shared.auth_refused.fetch_add(1, Ordering::Relaxed);
+                        info!(stream = %candidates[0], peer = %self.peer, "RTMP play denied by the control center: {why}");
+                        let why = format!("denied by the control center: {why}");
+                        return self
+                            .session
+                            .reject_request(request_id, "NetStream.Play.Failed", &why)
+                            .map_err(|e| anyhow!("{e:?}"));
+                    }
+                    crate::notify::Decision::Fallback(_) => {
+                        for n in candidates.iter().filter(|n| !n.is_empty()) {
+                            verdict = auth::check(&self.shared.auth, Action::Play, n, query, peer, now);
+                            if verdict.is_ok() {
+                                break;
+                            }
+                        }
                     }
                 }
                 if let Err(e) = verdict {

@@ -150,6 +150,19 @@ enum Claim {
     Nobody,
 }
 
+/// The `unknown_ssrc` callback for an SSRC nobody announced, whatever `[rtp] unknown_ssrc` does
+/// with its packets (D96); the notifier lets one SSRC through once per report interval.
+fn notify_unknown(notifier: &crate::notify::Notifier, ssrc: u32, peer: SocketAddr, transport: &str) {
+    if notifier.wants(crate::notify::EventKind::UnknownSsrc) {
+        notifier.emit(crate::notify::Event::UnknownSsrc {
+            ssrc: format!("{ssrc:010}"),
+            source: peer,
+            transport: transport.into(),
+            first_seen: std::time::SystemTime::now(),
+        });
+    }
+}
+
 /// Milliseconds on a process-wide monotonic clock (for activity stamps shared between tasks).
 fn mono_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -256,6 +269,11 @@ impl RtpShared {
         if rates.len() < EXPECTED_CAPACITY || rates.contains_key(name) {
             rates.insert(name.to_string(), rate);
         }
+    }
+
+    /// The transcoding pool's load, once it has started (D118).
+    pub fn audio_load(&self) -> Option<crate::server::audio_pool::AudioLoad> {
+        self.audio_pool.get().map(|p| p.load())
     }
 
     /// A stream's media stage; its audio is transcoded on the worker pool, off the reactor.
@@ -883,6 +901,7 @@ async fn serve_udp(
     let mut foreign_log = RateLimit::new(Duration::from_secs(10));
     let rebind_after = cfg.rebind_after.0;
     let counters = &shared.counters;
+    let notifier = hub.notifier();
     loop {
         let (n, peer) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -1038,7 +1057,7 @@ async fn serve_udp(
                 counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            Claim::Nobody => {}
+            Claim::Nobody => notify_unknown(&notifier, ssrc, peer, "udp"),
         }
         match cfg.unknown_ssrc {
             UnknownSsrc::Publish => {
@@ -1676,6 +1695,9 @@ async fn run_tcp_connection(
         name = name.or_else(|| shared.announced_name(ssrc));
     }
     let unknown = name.is_none();
+    if unknown {
+        notify_unknown(&hub.notifier(), ssrc, peer, "tcp");
+    }
     let name = match name {
         Some(name) => {
             if !shared.source_allowed(&name, peer) {

@@ -190,6 +190,8 @@ struct DriverEnv<'a> {
     recording: bool,
     /// The stream an ANNOUNCE created.
     created: &'a mut Option<Arc<crate::hub::Stream>>,
+    /// The cc's `on_publish` hook allowed this ANNOUNCE: `[auth]` is not asked (D97).
+    cc_allowed: bool,
 }
 
 fn bind_std(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
@@ -200,7 +202,7 @@ fn bind_std(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
 
 impl Env for DriverEnv<'_> {
     fn announce(&mut self, stream: &str, query: &str, sdp: &Sdp) -> Result<(), Refusal> {
-        *self.created = Some(self.ingest.announce(self.hub, stream, query, self.peer)?);
+        *self.created = Some(self.ingest.announce(self.hub, stream, query, self.peer, self.cc_allowed)?);
         for m in &sdp.media {
             debug!(stream, "RTSP ANNOUNCE media: {m:?}");
             if let Err(e) = crate::proto::rtp_depack::Depacketizer::new(m) {
@@ -362,6 +364,9 @@ async fn connection(
     let mut request_deadline = Some(tokio::time::Instant::now() + request_timeout);
     // A publisher: the stream its ANNOUNCE created (until RECORD), then its receiving side.
     let mut announced: Option<(Arc<crate::hub::Stream>, Instant)> = None;
+    let notifier = hub.notifier();
+    // The cc's answers on this connection, so DESCRIBE then SETUP ask once (bounded).
+    let mut cc_answers: Vec<(crate::notify::AccessKind, String, crate::notify::Decision)> = Vec::new();
     let mut publishing: Option<Publishing> = None;
     let mut reorder_at: Option<tokio::time::Instant> = None;
     let publish_timeout = cfg.publish_timeout.0.max(Duration::from_secs(1));
@@ -444,6 +449,52 @@ async fn connection(
                             break 'conn Ok(());
                         }
                     };
+                    // The cc's access hooks (D97), asked before anything is looked up or created.
+                    let access = match req.method.as_str() {
+                        "ANNOUNCE" => crate::proto::rtsp::parse_uri(&req.uri)
+                            .map(|(n, _)| (crate::notify::AccessKind::Publish, n)),
+                        _ => session.stream_needed(&req).map(|n| (crate::notify::AccessKind::Play, n)),
+                    };
+                    let mut cc_allowed = false;
+                    if let Some((kind, name)) = access.filter(|_| notifier.is_enabled()) {
+                        let known = cc_answers.iter().find(|(k, n, _)| *k == kind && *n == name).map(|a| a.2.clone());
+                        let decision = match known {
+                            Some(d) => d,
+                            None => {
+                                let query = crate::proto::rtsp::uri_query(&req.uri);
+                                let d = notifier
+                                    .authorize(crate::notify::AccessRequest {
+                                        kind,
+                                        stream: name.clone(),
+                                        protocol: "rtsp",
+                                        peer,
+                                        params: (!query.is_empty()).then(|| query.to_string()),
+                                    })
+                                    .await;
+                                if cc_answers.len() >= 8 {
+                                    cc_answers.remove(0);
+                                }
+                                cc_answers.push((kind, name.clone(), d.clone()));
+                                d
+                            }
+                        };
+                        match decision {
+                            crate::notify::Decision::Allow => cc_allowed = true,
+                            crate::notify::Decision::Deny(why) => {
+                                info!(%peer, stream = %name, "RTSP {:?} denied by the control center: {why}", kind);
+                                let mut resp = crate::proto::rtsp::Response::new(403);
+                                if let Some(c) = req.header("CSeq") {
+                                    resp = resp.header("CSeq", c);
+                                }
+                                resp = resp.header("Server", "gbgate");
+                                if let Err(e) = write_timed(&mut wr, &resp.to_bytes()).await {
+                                    break 'conn Err(e);
+                                }
+                                continue;
+                            }
+                            crate::notify::Decision::Fallback(_) => {}
+                        }
+                    }
                     let prefetched = match session.stream_needed(&req) {
                         Some(name) => {
                             let tracks = stream_tracks(&hub, &name).await;
@@ -463,6 +514,7 @@ async fn connection(
                         ingest: &ingest,
                         recording: session.publishing().is_some(),
                         created: &mut created,
+                        cc_allowed,
                     };
                     let (resp, actions) = session.handle(&req, &mut env);
                     if let Some(s) = created {

@@ -107,6 +107,9 @@ pub struct SimStats {
     /// RTCP sender reports we sent back to where the reports came from.
     pub rtcp_sr_sent: AtomicU64,
     pub last_ptz: std::sync::Mutex<String>,
+    /// While set, the cameras keep their sessions but send no media (an encoder that hung, a
+    /// cable cut on the media path): what the gateway's receive timeout is for.
+    pub media_muted: std::sync::atomic::AtomicBool,
 }
 
 impl SimStats {
@@ -847,6 +850,9 @@ async fn stream_udp(
                 }
             }
         }
+        if stats.media_muted.load(Ordering::Relaxed) {
+            continue;
+        }
         sock.send_to(&p, target).await?;
         sent = sent.wrapping_add(1);
         stats.media_packets.fetch_add(1, Ordering::Relaxed);
@@ -896,6 +902,9 @@ async fn stream_tcp(
                     }
                 },
             }
+        }
+        if stats.media_muted.load(Ordering::Relaxed) {
+            continue;
         }
         sent = sent.wrapping_add(1);
         // RFC 4571: 2-byte length, then the packet.

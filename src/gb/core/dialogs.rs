@@ -358,7 +358,7 @@ impl Core {
         if s.active {
             self.media.stop_active(stream);
         }
-        self.media.end_stream(stream);
+        self.media.end_stream(stream, reason);
         for w in s.waiters.drain(..) {
             let _ = w.send(Err(GbError::NoAnswer(reason.to_string())));
         }

@@ -151,8 +151,9 @@ pub trait MediaPort: Send {
     /// `a=rtcp-mux` (RFC 5761). Receiver reports go there (D91).
     fn expect_rtcp(&mut self, _stream: &str, _addr: Option<SocketAddr>, _mux: bool) {}
     fn stream_state(&self, stream: &str) -> Option<StreamState>;
-    /// Ends the live stream `stream` (its players see the end).
-    fn end_stream(&mut self, stream: &str);
+    /// Ends the live stream `stream` (its players see the end); `reason` is its stop reason
+    /// (stream log, `stream_state` callback).
+    fn end_stream(&mut self, stream: &str, reason: &str);
     /// Connects to the device for TCP-active media (`fallback`: the signalling IP, for a
     /// private `c=` behind NAT) ...
     fn connect_active(&mut self, stream: &str, target: SocketAddr, fallback: SocketAddr);
@@ -828,7 +829,7 @@ mod tests {
         fn stream_state(&self, stream: &str) -> Option<StreamState> {
             self.live.lock().unwrap().get(stream).copied()
         }
-        fn end_stream(&mut self, stream: &str) {
+        fn end_stream(&mut self, stream: &str, _: &str) {
             self.calls.lock().unwrap().push(format!("end {stream}"));
         }
         fn connect_active(&mut self, _: &str, _: SocketAddr, _: SocketAddr) {}
