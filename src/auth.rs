@@ -98,8 +98,56 @@ fn is_own_host(ip: IpAddr) -> bool {
     }
 }
 
+/// `[auth]` as the listeners read it on each request; a SIGHUP reload replaces it (D112).
+/// Cheap to clone (one rule set shared).
+#[derive(Debug, Clone, Default)]
+pub struct SharedAuth(std::sync::Arc<std::sync::RwLock<AuthConfig>>);
+
+impl SharedAuth {
+    pub fn new(cfg: AuthConfig) -> SharedAuth {
+        SharedAuth(std::sync::Arc::new(std::sync::RwLock::new(cfg)))
+    }
+
+    /// The rules now.
+    pub fn get(&self) -> AuthConfig {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, cfg: AuthConfig) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+    }
+}
+
+/// What [`check`] reads its rules from: a fixed [`AuthConfig`] or the reloadable [`SharedAuth`].
+pub trait AuthRules {
+    fn with_rules<R>(&self, f: impl FnOnce(&AuthConfig) -> R) -> R;
+}
+
+impl AuthRules for AuthConfig {
+    fn with_rules<R>(&self, f: impl FnOnce(&AuthConfig) -> R) -> R {
+        f(self)
+    }
+}
+
+impl AuthRules for SharedAuth {
+    fn with_rules<R>(&self, f: impl FnOnce(&AuthConfig) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Checks one request. `query` is what followed `?` (empty if nothing); `now` is unix seconds.
 pub fn check(
+    rules: &impl AuthRules,
+    action: Action,
+    stream: &str,
+    query: &str,
+    peer: IpAddr,
+    now: u64,
+) -> Result<Granted, AuthError> {
+    rules.with_rules(|cfg| check_rules(cfg, action, stream, query, peer, now))
+}
+
+fn check_rules(
     cfg: &AuthConfig,
     action: Action,
     stream: &str,

@@ -52,8 +52,25 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// `[[pull]]`: RTMP/RTSP sources pulled at boot or on demand (see [`crate::relay`]).
     pub pull: Vec<PullConfig>,
+    /// `[shutdown]`: how long a graceful stop (SIGTERM) may take.
+    pub shutdown: ShutdownConfig,
     /// `[callbacks]`: events POSTed to a control center (see [`crate::notify`], D93..).
     pub callbacks: CallbacksConfig,
+}
+
+/// `[shutdown]`: the graceful stop's deadline (D110). Within it gbgate BYEs every GB session and
+/// waits for the answers, ends every push cleanly and flushes the callback outbox; what is still
+/// running then is cut and named in the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout: HumanDuration(Duration::from_secs(10)) }
+    }
 }
 
 /// How an RTSP pull asks for RTP. `Auto` tries TCP interleaved first and falls back to UDP when
@@ -841,6 +858,10 @@ impl Config {
             Ok(())
         }
         positive("rtp.max_streams", self.rtp.max_streams)?;
+        let t = self.shutdown.timeout.0;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&t) {
+            return Err(ConfigError::Invalid { key: "shutdown.timeout", message: "between 1s and 300s".into() });
+        }
         let r = &self.record;
         if r.segment_bytes < 4096 || r.max_bytes_per_stream < r.segment_bytes || r.max_bytes_total < r.segment_bytes {
             return Err(ConfigError::Invalid {

@@ -452,21 +452,10 @@ fn load_config(path: Option<PathBuf>) -> Result<(Config, String), String> {
 }
 
 fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
-    let (cfg, from) = match load_config(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    // Logs go to stderr (journald captures it); colours only on a terminal.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    tracing::info!("configuration: {from}");
+    // The runtime and the signal handlers come first, before the config is read and anything
+    // starts (D110): a SIGTERM during start-up then waits in the handler and stops the gateway
+    // gracefully once it runs, instead of the default action killing the process (a SIGHUP's
+    // default action is to die too).
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -474,8 +463,47 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut signals = {
+        let _rt = runtime.enter();
+        match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    // The file a SIGHUP re-reads: the one given, or conf/gbgate.toml when it was used.
+    let reload_path = config.clone().or_else(|| Some(PathBuf::from("conf/gbgate.toml")).filter(|p| p.exists()));
+    let (cfg, from) = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // RUST_LOG, when set, wins over `[log] level`, also on reload.
+    let env_filter = EnvFilter::try_from_default_env().ok();
+    let from_env = env_filter.is_some();
+    let filter = env_filter.unwrap_or_else(|| EnvFilter::new(&cfg.log.level));
+    let (filter, filter_handle) = tracing_subscriber::reload::Layer::new(filter);
+    // Logs go to stderr (journald captures it); colours only on a terminal.
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init();
+    }
+    tracing::info!("configuration: {from}");
     let pulls = cfg.pull.clone();
     let sip_db = (!cfg.sip.enabled).then(|| cfg.sip.db.clone()).flatten();
+    let stop_timeout = cfg.shutdown.timeout.0;
     runtime.block_on(async move {
         let gateway = match Gateway::start(cfg).await {
             Ok(g) => g,
@@ -484,6 +512,13 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        gateway.reloader.set_log_hook(Box::new(move |level| {
+            if from_env {
+                return Err("RUST_LOG is set and overrides [log] level".into());
+            }
+            let f = EnvFilter::try_new(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
+            filter_handle.reload(f).map_err(|e| e.to_string())
+        }));
         // `[[pull]]` sources: the relay sits above the gateway (D84).
         let _relay =
             gbgate::relay::Relay::start(pulls, gateway.hub.clone(), gateway.rtp.clone(), gateway.shutdown.clone());
@@ -499,13 +534,87 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        loop {
+            match signals.next().await {
+                Sig::Reload => reload(&gateway, reload_path.as_deref()),
+                Sig::Stop(name) => {
+                    tracing::info!("{name}: shutting down");
+                    break;
+                }
+            }
+        }
         // Channels first: their BYEs and the pushes' clean end go out while SIP still runs.
-        channels.shutdown().await;
+        // Bounded by the same deadline as the rest of the stop (D110).
+        if tokio::time::timeout(stop_timeout, channels.shutdown()).await.is_err() {
+            tracing::warn!("the channels did not stop within [shutdown] timeout ({stop_timeout:?}): cut short");
+        }
         gateway.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: re-reads the config file and applies what can change at runtime (D112).
+fn reload(gateway: &Gateway, path: Option<&Path>) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let Some(path) = path else {
+        gateway.reloader.refused("no config file to re-read (running on built-in defaults)".into());
+        return;
+    };
+    match Config::load(path) {
+        Ok(cfg) => {
+            gateway.reloader.apply(cfg);
+        }
+        Err(e) => {
+            gateway.reloader.refused(format!("{}: {e}", path.display()));
+        }
+    }
+}
+
+enum Sig {
+    Stop(&'static str),
+    Reload,
+}
+
+/// SIGTERM and SIGINT (Ctrl-C) stop, SIGHUP reloads.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn next(&mut self) -> Sig {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => Sig::Stop("SIGTERM"),
+                _ = self.int.recv() => Sig::Stop("SIGINT"),
+                _ = self.hup.recv() => Sig::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Sig::Stop("Ctrl-C")
+        }
+    }
 }
 
 /// The channel layer: its table in the `[sip] db` file (opened once by the GB store, or here

@@ -103,6 +103,10 @@ pub struct PushChange {
     /// Redacted.
     pub url: String,
     pub state: PushState,
+    /// The state before this change.
+    pub previous: PushState,
+    /// `pushing` again after failed attempts.
+    pub recovered: bool,
     pub reason: String,
 }
 
@@ -122,6 +126,36 @@ impl PushNotifier {
         if let Some(f) = &self.0 {
             f(change);
         }
+    }
+}
+
+/// Push changes as `stream_state` callbacks (D113): a push that fails is the stream's
+/// `stalled` with the reason (e.g. "push to rtmp://h/live/x: push stalled 5s, retrying in 1s"),
+/// and `resumed` when it publishes again. Waiting, connecting and stopping follow the stream's
+/// own life, which the hub reports itself.
+impl From<crate::notify::Notifier> for PushNotifier {
+    fn from(n: crate::notify::Notifier) -> PushNotifier {
+        if !n.is_enabled() {
+            return PushNotifier::default();
+        }
+        PushNotifier::new(move |c: &PushChange| {
+            use crate::notify::{Event, StreamState};
+            let state = match c.state {
+                PushState::Retrying => StreamState::Stalled,
+                PushState::Pushing if c.recovered => StreamState::Resumed,
+                _ => return,
+            };
+            n.emit(Event::StreamState {
+                stream: c.stream.clone(),
+                channel: None,
+                state,
+                reason: format!(
+                    "push to {}: {}",
+                    c.url,
+                    if c.reason.is_empty() { c.state.as_str() } else { &c.reason }
+                ),
+            });
+        })
     }
 }
 
@@ -164,18 +198,30 @@ struct Shared {
     status: Mutex<Status>,
     bytes: AtomicU64,
     reconnects: AtomicU64,
+    /// Failed since it last pushed.
+    failing: std::sync::atomic::AtomicBool,
     notifier: PushNotifier,
 }
 
 impl Shared {
     fn set(&self, stream: Option<&Stream>, state: PushState, reason: &str) {
-        {
+        let previous = {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             if s.state == state && s.reason == reason {
                 return;
             }
+            let previous = s.state;
             *s = Status { state, reason: reason.to_string(), since: SystemTime::now() };
-        }
+            previous
+        };
+        let recovered = match state {
+            PushState::Retrying => {
+                self.failing.store(true, Ordering::Relaxed);
+                false
+            }
+            PushState::Pushing => self.failing.swap(false, Ordering::Relaxed),
+            _ => false,
+        };
         let text = format!(
             "RTMP push to {}: {}{}{reason}",
             self.shown,
@@ -193,6 +239,8 @@ impl Shared {
             stream: self.stream.clone(),
             url: self.shown.clone(),
             state,
+            previous,
+            recovered,
             reason: reason.to_string(),
         });
     }
@@ -257,6 +305,7 @@ impl PushSet {
                 }),
                 bytes: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
+                failing: Default::default(),
                 notifier: notifier.clone(),
             });
             tasks.push(tokio::spawn(push_task(hub.clone(), shared.clone(), opts, stop.clone())));

@@ -102,7 +102,6 @@ impl Backoff {
 pub struct StaticPushes {
     entries: Mutex<(Vec<PushConfig>, PushOptions)>,
     sets: Mutex<BTreeMap<(String, String), Arc<PushSet>>>,
-    notifier: Mutex<PushNotifier>,
 }
 
 /// One static push as `GET /api/v1/pushes` shows it.
@@ -118,13 +117,7 @@ impl StaticPushes {
         Arc::new(StaticPushes {
             entries: Mutex::new((cfg.push.clone(), PushOptions::of(cfg))),
             sets: Mutex::new(BTreeMap::new()),
-            notifier: Mutex::new(PushNotifier::default()),
         })
-    }
-
-    /// Where push state changes go (the callbacks notifier), for pushes started from now on.
-    pub fn set_notifier(&self, notifier: PushNotifier) {
-        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = notifier;
     }
 
     /// New entries (SIGHUP): pushes of removed or changed entries stop, new ones start within
@@ -165,7 +158,8 @@ impl StaticPushes {
                 tokio::spawn(async move { set.stop().await });
             }
         }
-        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Push failures and recoveries become stream_state callbacks (D113).
+        let notifier: PushNotifier = hub.notifier().into();
         for (key, ()) in want {
             if sets.contains_key(&key) {
                 continue;

@@ -138,7 +138,8 @@ pub async fn start(
     };
     hub.add_demand(Arc::new(gb.clone()));
     info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");
-    let driver = Driver { core, out, store, shared, events, ended };
+    let stop_limit = cfg.shutdown.timeout.0.saturating_sub(Duration::from_millis(500));
+    let driver = Driver { core, out, store, shared, events, ended, stop_limit };
     let task = tokio::spawn(driver.run(inbound, cmd_rx, shutdown, sockets));
     Ok((gb, task))
 }
@@ -150,6 +151,8 @@ struct Driver {
     shared: Arc<RwLock<BTreeMap<String, DeviceRecord>>>,
     events: broadcast::Sender<GbEvent>,
     ended: Arc<Mutex<VecDeque<EndedSession>>>,
+    /// How long a graceful stop waits for the BYEs' answers.
+    stop_limit: Duration,
 }
 
 impl Driver {
@@ -178,15 +181,46 @@ impl Driver {
                 _ = tokio::time::sleep_until(wake.into()) => { self.core.on_wake(Instant::now()); true }
             };
             if !go_on {
-                // Every way out BYEs every session, then waits (briefly) until the TCP
-                // connections have written what is queued, before the sockets close.
-                self.core.stop(Instant::now());
-                self.apply();
-                self.out.flush(Duration::from_millis(500)).await;
+                self.drain(&mut inbound).await;
                 return;
             }
             self.apply();
         }
+    }
+
+    /// Every way out BYEs every session, then keeps handling answers and timers (UDP
+    /// retransmissions) until each BYE is answered and each INVITE in flight resolved (a late
+    /// 200 OK is ACKed and BYEd), or the stop deadline; then waits (briefly) until the TCP
+    /// connections have written what is queued, before the sockets close. A SIGTERM used to
+    /// send each BYE once and quit: a lost datagram or a camera answering an INVITE a moment
+    /// later kept streaming to a gateway that was gone.
+    async fn drain(&mut self, inbound: &mut mpsc::Receiver<Inbound>) {
+        let start = Instant::now();
+        let deadline = start + self.stop_limit;
+        self.core.stop(start);
+        self.apply();
+        let mut open = true;
+        while !self.core.stopped() && Instant::now() < deadline {
+            let wake = self.core.poll_timeout().min(deadline);
+            tokio::select! {
+                biased;
+                m = inbound.recv(), if open => match m {
+                    Some(Inbound::Message(msg, peer)) => self.core.handle_message(*msg, peer, Instant::now()),
+                    Some(Inbound::Closed(conn)) => self.core.handle_closed(conn, Instant::now()),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => self.core.on_wake(Instant::now()),
+            }
+            self.apply();
+        }
+        match self.core.stop_pending() {
+            0 => info!("GB28181: every session ended and BYEd in {:?}", start.elapsed()),
+            n => warn!(
+                "GB28181: stop deadline ({:?}, [shutdown] timeout) passed with {n} BYEs/INVITEs unanswered",
+                self.stop_limit
+            ),
+        }
+        self.out.flush(Duration::from_millis(500)).await;
     }
 
     fn apply(&mut self) {

@@ -199,6 +199,11 @@ pub enum Command {
     Sessions {
         reply: oneshot::Sender<Vec<SessionView>>,
     },
+    /// New device passwords (SIGHUP reload, D112): the default one and the per-device ones.
+    SetPasswords {
+        password: String,
+        passwords: BTreeMap<String, String>,
+    },
     /// DeviceStatus or DeviceInfo, answered with the response's fields.
     Query {
         device: String,
@@ -328,6 +333,12 @@ impl Gb {
     pub async fn query(&self, device: &str, cmd: QueryKind) -> Result<BTreeMap<String, String>, GbError> {
         let device = device.to_string();
         self.ask(|reply| Command::Query { device, cmd, reply }).await
+    }
+
+    /// Replaces the device passwords (`[sip] password`, resolved as at start, and
+    /// `[sip.passwords]`) for the registrations from now on; false when the core is gone.
+    pub fn set_passwords(&self, password: String, passwords: BTreeMap<String, String>) -> bool {
+        self.cmd.try_send(Command::SetPasswords { password, passwords }).is_ok()
     }
 
     pub async fn sessions(&self) -> Vec<SessionView> {

@@ -33,6 +33,8 @@ pub struct ApiState {
     pub metrics_streams: usize,
     /// The `[[rtmp.push]]` pushes and their states.
     pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
+    /// SIGHUP reloads: what the last one applied and what needs a restart.
+    pub reload: Arc<crate::server::reload::Reloader>,
     /// Routes of the layers above the servers (channels), mounted after start (D101).
     pub upper: UpperRoutes,
 }
@@ -168,6 +170,7 @@ pub fn router(state: ApiState, rtp_listen: SocketAddr) -> Router {
         .route("/api/v1/rtmp", get(|State(s): State<ApiState>| async move { Json(s.rtmp.snapshot()) }))
         .route("/api/v1/rtsp/publish", get(|State(s): State<ApiState>| async move { Json(s.rtsp_ingest.snapshot()) }))
         .route("/api/v1/listeners", get(listeners))
+        .route("/api/v1/config/reload", get(|State(s): State<ApiState>| async move { Json(s.reload.status()) }))
         .route("/api/v1/callbacks", get(|State(s): State<ApiState>| async move { Json(s.hub.notifier().snapshot()) }))
         .route(
             "/api/v1/pushes",
@@ -552,11 +555,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn guard(
-    State(policy): State<Arc<Policy>>,
+    State(policy): State<SharedPolicy>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
+    // Cloned out of the lock: a SIGHUP reload swaps it (D112).
+    let policy = policy.read().unwrap_or_else(|e| e.into_inner()).clone();
     if let Err(r) = policy.check(&parts) {
         tracing::debug!(method = %parts.method, uri = %parts.uri, status = r.status().as_u16(), "API request refused");
         return r;
@@ -566,7 +571,15 @@ async fn guard(
 
 /// Adds the [`Policy`] checks in front of every route.
 pub fn protect(router: Router, policy: Policy) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(Arc::new(policy), guard))
+    protect_shared(router, Arc::new(std::sync::RwLock::new(policy)))
+}
+
+/// The policy as the API reads it on each request; a reload replaces what is inside.
+pub type SharedPolicy = Arc<std::sync::RwLock<Policy>>;
+
+/// [`protect`] with a policy the caller can replace later (SIGHUP reload of `[api] token`).
+pub fn protect_shared(router: Router, policy: SharedPolicy) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(policy, guard))
 }
 
 /// Longest life of one API connection: longer than the slowest answer (a play waits for the

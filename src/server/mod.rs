@@ -8,6 +8,7 @@ pub(crate) mod batch;
 pub mod gb_media;
 pub mod metrics;
 pub mod publish;
+pub mod reload;
 pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
@@ -15,6 +16,7 @@ pub mod rtsp_ingest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -44,6 +46,10 @@ pub struct Gateway {
     pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `[shutdown] timeout`.
+    stop_timeout: Duration,
+    /// SIGHUP reloads (D112).
+    pub reloader: Arc<reload::Reloader>,
     upper: api::UpperRoutes,
 }
 
@@ -163,6 +169,14 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
+        let policy: api::SharedPolicy = Arc::new(std::sync::RwLock::new(api::Policy::of(&cfg.api)));
+        let reloader = reload::Reloader::new(
+            cfg.clone(),
+            policy.clone(),
+            pushes.clone(),
+            vec![rtmp_shared.auth.clone(), rtsp_ingest.auth.clone()],
+            gb.clone(),
+        );
         let upper = api::UpperRoutes::default();
         let router = api::router(
             api::ApiState {
@@ -178,10 +192,11 @@ impl Gateway {
                 metrics_streams: cfg.api.metrics_streams,
                 upper: upper.clone(),
                 pushes: pushes.clone(),
+                reload: reloader.clone(),
             },
             rtp_addr,
         );
-        let router = api::protect(router, api::Policy::of(&cfg.api));
+        let router = api::protect_shared(router, policy);
         match cfg.api.token.as_deref().is_none_or(str::is_empty) {
             true => info!(api = %api_addr, "API has no token ([api] token): it listens on loopback only"),
             false => info!(api = %api_addr, "API requires a bearer token"),
@@ -207,6 +222,8 @@ impl Gateway {
             pushes,
             shutdown,
             tasks,
+            stop_timeout: cfg.shutdown.timeout.0,
+            reloader,
             upper,
         })
     }
@@ -217,24 +234,61 @@ impl Gateway {
         *self.upper.write().unwrap_or_else(|e| e.into_inner()) = Some(routes);
     }
 
-    /// Stops every listener and waits for them.
-    pub async fn stop(self) {
+    /// The graceful stop (SIGTERM, D110), bounded by `[shutdown] timeout`: every task sees the
+    /// shutdown signal at once; the GB driver BYEs every session and waits for the answers
+    /// (`gb::driver`), the pushes unpublish and close (`PushSet::stop`), the listeners close.
+    /// What has not ended by the deadline is cut (aborted) and the log says what. Returns the
+    /// number of tasks cut.
+    pub async fn stop(self) -> usize {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.stop_timeout;
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let mut cut = 0;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                cut += 1;
+            }
         }
-        // Events of the shutdown itself (streams stopped, BYEs) go out, within a deadline (D95).
-        self.hub.notifier().flush(std::time::Instant::now() + std::time::Duration::from_secs(3)).await;
+        // Events of the shutdown itself (streams stopped, BYEs, pushes) go out with what is
+        // left of the deadline, at least half a second (D95, D110).
+        let flush_until = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
+        self.hub.notifier().flush(flush_until.into_std()).await;
+        let unsent = self.hub.notifier().snapshot().outbox.queued;
         // What the recorder and the per-stream logs still buffer reaches the disk (D89, D90).
         let diag = self.hub.diag();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(r) = diag.recorder {
-                r.flush();
-            }
-            if let Some(l) = diag.logs {
-                l.flush();
-            }
-        })
-        .await;
+        let flushed = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
+            tokio::task::spawn_blocking(move || {
+                if let Some(r) = diag.recorder {
+                    r.flush();
+                }
+                if let Some(l) = diag.logs {
+                    l.flush();
+                }
+            }),
+        )
+        .await
+        .is_ok();
+        let took = started.elapsed();
+        let mut short = Vec::new();
+        if cut > 0 {
+            short.push(format!("{cut} tasks (listeners, GB sessions' BYEs or pushes: see above)"));
+        }
+        if unsent > 0 {
+            short.push(format!("{unsent} callback events unsent"));
+        }
+        if !flushed {
+            short.push("the recordings' and stream logs' flush".into());
+        }
+        match short.is_empty() {
+            true => info!("stopped in {took:?}"),
+            false => tracing::warn!(
+                "stopped in {took:?}: the shutdown deadline ({:?}, [shutdown] timeout) cut short: {}",
+                self.stop_timeout,
+                short.join("; ")
+            ),
+        }
+        cut
     }
 }

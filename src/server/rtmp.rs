@@ -55,7 +55,8 @@ pub struct RtmpShared {
     pub publish_refused: AtomicU64,
     /// Publish and play requests refused for their credential (`[auth]`).
     pub auth_refused: AtomicU64,
-    pub auth: AuthConfig,
+    /// Reloadable (SIGHUP).
+    pub auth: auth::SharedAuth,
     /// Where publishers' media stages come from (the audio worker pool, shared with RTP).
     media: Arc<RtpShared>,
     /// Connections closed for not completing handshake + connect + publish/play in time.
@@ -108,7 +109,7 @@ impl RtmpShared {
             refused: AtomicU64::new(0),
             publish_refused: AtomicU64::new(0),
             auth_refused: AtomicU64::new(0),
-            auth: auth.clone(),
+            auth: auth::SharedAuth::new(auth.clone()),
             media,
             setup_timeouts: AtomicU64::new(0),
         })
@@ -162,7 +163,8 @@ pub async fn serve(
     admission: Arc<Admission>,
     shutdown: CancellationToken,
 ) {
-    if shared.auth.publish && shared.auth.secret.is_empty() && shared.auth.keys.is_empty() {
+    let rules = shared.auth.get();
+    if rules.publish && rules.secret.is_empty() && rules.keys.is_empty() {
         info!("RTMP publishing is open to this host only: set [auth] secret or keys to publish from others");
     }
     loop {

@@ -41,7 +41,8 @@ static PUBLISH_LOG: std::sync::Mutex<RateLimit> = std::sync::Mutex::new(RateLimi
 
 /// What every RTSP connection shares for publishing.
 pub struct RtspIngest {
-    pub auth: AuthConfig,
+    /// Reloadable (SIGHUP).
+    pub auth: auth::SharedAuth,
     pub media: Arc<RtpShared>,
     /// UDP receive port pairs bound for publishers now, and the bound (`rtsp.max_record_udp_tracks`).
     udp_tracks: AtomicUsize,
@@ -71,7 +72,7 @@ pub struct RtspIngestCounters {
 impl RtspIngest {
     pub fn new(auth: &AuthConfig, media: Arc<RtpShared>, max_udp_tracks: usize) -> Arc<RtspIngest> {
         Arc::new(RtspIngest {
-            auth: auth.clone(),
+            auth: auth::SharedAuth::new(auth.clone()),
             media,
             udp_tracks: AtomicUsize::new(0),
             max_udp_tracks,

@@ -60,6 +60,9 @@ pub struct SimOptions {
     pub playback_length: Duration,
     /// `false`: stopping is a crash (power cut, reboot): media stops, no BYE, no unregister.
     pub unregister_on_stop: bool,
+    /// How long a camera thinks before answering an INVITE (a slow camera; the tests race a
+    /// SIGTERM against it).
+    pub answer_delay: Duration,
 }
 
 impl SimOptions {
@@ -80,6 +83,7 @@ impl SimOptions {
             local_ip: "127.0.0.1".parse().expect("literal"),
             playback_length: Duration::from_secs(5),
             unregister_on_stop: true,
+            answer_delay: Duration::ZERO,
         }
     }
 }
@@ -630,6 +634,9 @@ impl Camera {
 
     async fn on_invite(&mut self, req: Request) {
         self.stats.invites.fetch_add(1, Ordering::Relaxed);
+        if !self.opts.answer_delay.is_zero() {
+            tokio::time::sleep(self.opts.answer_delay).await;
+        }
         let call_id = sip::header(&req.headers, "Call-ID").unwrap_or("").to_string();
         let Ok(offer) = sdp::parse(&req.body) else {
             return self.reply(&req, 488, vec![], Vec::new()).await;

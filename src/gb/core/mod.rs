@@ -290,6 +290,9 @@ pub struct Core {
     queries: HashMap<(String, &'static str, u32), PendingQuery>,
     /// The host's UTC offset (seconds) for the `Date` of REGISTER answers, read at start.
     utc_offset: i64,
+    /// [`Core::stop`] was called: no new sessions, no periodic work; BYEs and the answers to
+    /// INVITEs still in flight are handled until [`Core::stopped`].
+    stopping: bool,
 }
 
 /// What the core starts from.
@@ -383,6 +386,7 @@ impl Core {
             by_call: HashMap::new(),
             queries: HashMap::new(),
             utc_offset: setup.utc_offset,
+            stopping: false,
         }
     }
 
@@ -437,17 +441,34 @@ impl Core {
         }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
-            self.tick(now);
+            if !self.stopping {
+                self.tick(now);
+            }
         }
     }
 
-    /// A graceful stop: BYE every session.
+    /// A graceful stop: BYE every established session. A session still inviting is ended too;
+    /// its INVITE stays pending, so a 200 OK that arrives later is ACKed and BYEd at once
+    /// (`bye_unknown`). The driver keeps feeding messages and timers (UDP retransmissions of the
+    /// BYEs) until [`Core::stopped`] or its deadline.
     pub fn stop(&mut self, now: Instant) {
         self.now = now;
+        self.stopping = true;
         let streams: Vec<String> = self.sessions.keys().cloned().collect();
         for s in streams {
             self.end_session(&s, "gateway stopping", true);
         }
+    }
+
+    /// After [`Core::stop`]: every BYE answered (or timed out) and no INVITE awaits an answer.
+    pub fn stopped(&self) -> bool {
+        self.stopping && self.stop_pending() == 0
+    }
+
+    /// Sessions, INVITEs and BYEs a stop still waits for (logged when the deadline cuts it).
+    pub fn stop_pending(&self) -> usize {
+        self.sessions.len()
+            + self.tx.count_clients(|p| matches!(p, Pending::Invite { .. } | Pending::InDialog { what: "BYE", .. }))
     }
 
     fn send(&mut self, peer: Peer, bytes: Vec<u8>) {
@@ -739,6 +760,11 @@ impl Core {
                         let _ = reply.send(Err(e));
                     }
                 }
+            }
+            Command::SetPasswords { password, passwords } => {
+                self.password = password;
+                self.sip.passwords = passwords;
+                info!("device passwords reloaded");
             }
             Command::Sessions { reply } => {
                 let list = self

@@ -176,6 +176,12 @@ impl<D: Destination, T> Transactions<D, T> {
         Some(c.token)
     }
 
+    /// Pending client transactions whose token satisfies `pred` (a graceful stop waits for its
+    /// BYEs and INVITEs, not for background queries).
+    pub fn count_clients(&self, pred: impl Fn(&T) -> bool) -> usize {
+        self.clients.values().filter(|c| pred(&c.token)).count()
+    }
+
     /// Is `key` a pending client transaction (used to tell a response we wait for from a stray)?
     pub fn has_client(&self, key: &str) -> bool {
         self.clients.contains_key(key)
