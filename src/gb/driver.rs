@@ -134,7 +134,7 @@ pub async fn start(
         sip_counters: out.counters.clone(),
         sip_tcp,
         ended: ended.clone(),
-        db: store.database(),
+        db: store.database().as_ref().map(Arc::downgrade),
     };
     hub.add_demand(Arc::new(gb.clone()));
     info!(sip = %sip_addr, id = %cfg.sip.id, domain = %cfg.sip.domain, "GB28181 signalling started");

@@ -242,14 +242,16 @@ pub struct Gb {
     /// Admission of SIP-over-TCP connections (shown in `GET /api/v1/listeners` as `sip`).
     pub sip_tcp: Arc<crate::util::admit::Admission>,
     ended: Arc<std::sync::Mutex<std::collections::VecDeque<EndedSession>>>,
-    /// The `[sip] db` database, open once and shared with upper layers' tables (D100).
-    db: Option<Arc<redb::Database>>,
+    /// The `[sip] db` database, open once and shared with upper layers' tables (D100). Weak:
+    /// the store owns it, and a `Gb` handle left somewhere (the hub's demand list) must not keep
+    /// the file locked after the gateway stopped (an in-process restart opens it again).
+    db: Option<std::sync::Weak<redb::Database>>,
 }
 
 impl Gb {
     /// The open `[sip] db` database (`None`: memory only).
     pub fn database(&self) -> Option<Arc<redb::Database>> {
-        self.db.clone()
+        self.db.as_ref().and_then(std::sync::Weak::upgrade)
     }
 
     pub fn devices(&self) -> Vec<DeviceRecord> {
