@@ -37,6 +37,8 @@ pub struct HttpState {
     pub gb: Option<crate::gb::Gb>,
     /// The HTTP-FLV and WebSocket-FLV counters.
     pub flv: Arc<crate::server::http_flv::FlvShared>,
+    /// Cancelled when the gateway stops: live responses end.
+    pub shutdown: CancellationToken,
 }
 
 /// The router of the HTTP listener: each output's routes under its internal prefix.
@@ -100,11 +102,16 @@ fn rewrite<B>(mut req: hyper::Request<B>) -> hyper::Request<B> {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
     pub header_timeout: Duration,
+    /// A connection whose writes make no progress this long is closed.
+    pub write_timeout: Duration,
 }
 
 impl ConnLimits {
     pub fn of(cfg: &crate::config::HttpConfig) -> ConnLimits {
-        ConnLimits { header_timeout: cfg.header_timeout.0.max(Duration::from_millis(100)) }
+        ConnLimits {
+            header_timeout: cfg.header_timeout.0.max(Duration::from_millis(100)),
+            write_timeout: cfg.write_timeout.0.max(Duration::from_millis(100)),
+        }
     }
 }
 
@@ -155,6 +162,88 @@ pub async fn serve(
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// The connection's admission slot (an extension every request carries): a handler that takes
+/// the connection over (a WebSocket upgrade) keeps it until it closes, so upgraded connections
+/// stay counted and capped.
+#[derive(Clone)]
+pub struct ConnHold(pub Arc<Ticket>);
+
+/// Kernel send buffer per connection (the kernel doubles it): about 2 s of a 2 Mbit/s stream, so
+/// a player that stops reading blocks our writes soon and `write_timeout` finds it (as RTMP).
+const SEND_BUFFER: usize = 256 * 1024;
+
+/// The socket, noting since when a write has been blocked (ms since `epoch`, 0: not blocked), so
+/// the connection's driver can drop a peer that accepts nothing for `write_timeout`.
+struct WatchedIo {
+    inner: tokio::net::TcpStream,
+    epoch: tokio::time::Instant,
+    blocked_since: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WatchedIo {
+    fn note<T>(&self, r: &std::task::Poll<T>) {
+        use std::sync::atomic::Ordering;
+        if r.is_pending() {
+            if self.blocked_since.load(Ordering::Relaxed) == 0 {
+                let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+                self.blocked_since.store(ms, Ordering::Relaxed);
+            }
+        } else {
+            self.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn connection(
     sock: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -164,26 +253,34 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::atomic::Ordering;
     let _ = sock.set_nodelay(true);
+    let _ = socket2::SockRef::from(&sock).set_send_buffer_size(SEND_BUFFER);
     let ticket = Arc::new(ticket);
     let seen = ticket.clone();
+    let blocked_since = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let epoch = tokio::time::Instant::now();
+    let io = WatchedIo { inner: sock, epoch, blocked_since: blocked_since.clone() };
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         seen.established();
         let router = router.clone();
         let mut req = rewrite(req.map(axum::body::Body::new));
         req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(ConnHold(seen.clone()));
         async move { tower::ServiceExt::oneshot(router, req).await }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(sock), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let first = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(first);
     let mut first_done = false;
+    let mut stall_check = tokio::time::interval_at(epoch + limits.write_timeout, limits.write_timeout / 2);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -197,6 +294,16 @@ async fn connection(
                 first_done = true;
                 if ticket.is_pending() {
                     ticket.timed_out();
+                    return;
+                }
+            }
+            _ = stall_check.tick() => {
+                let since = blocked_since.load(Ordering::Relaxed);
+                let now = epoch.elapsed().as_millis() as u64 + 1;
+                if since != 0 && now.saturating_sub(since) >= limits.write_timeout.as_millis() as u64 {
+                    // A peer that accepts nothing (a stalled player) gives its slot back.
+                    ticket.timed_out();
+                    tracing::debug!(%peer, "HTTP connection closed: writes stalled {:?}", limits.write_timeout);
                     return;
                 }
             }

@@ -129,6 +129,7 @@ impl Gateway {
             Some(l) => Some(l.local_addr().map_err(|source| StartError::Http { addr: cfg.http.listen, source })?),
             None => None,
         };
+        let http_flv = Arc::new(http_flv::FlvShared::default());
         let http_admission = admit::Admission::new(cfg.http.max_connections, cfg.http.max_connections_per_source);
         let rtsp_admission = admit::Admission::new(cfg.rtsp.max_connections, cfg.rtsp.max_connections_per_source);
         let api_admission = admit::Admission::new(cfg.api.max_connections, cfg.api.max_connections_per_source);
@@ -203,6 +204,7 @@ impl Gateway {
                 metrics_streams: cfg.api.metrics_streams,
                 upper: upper.clone(),
                 pushes: pushes.clone(),
+                http_flv: http_flv.clone(),
             },
             rtp_addr,
         );
@@ -222,7 +224,8 @@ impl Gateway {
                 hub: hub.clone(),
                 cfg: Arc::new(cfg.clone()),
                 gb: gb.clone(),
-                flv: Arc::new(http_flv::FlvShared::default()),
+                flv: http_flv.clone(),
+                shutdown: shutdown.clone(),
             };
             tasks.push(tokio::spawn(http::serve(
                 l,
