@@ -457,7 +457,8 @@ async fn players_are_counted_in_the_api_and_metrics() {
 }
 
 /// A player that stops reading does not slow another: the healthy one gets every frame at the
-/// stream's pace, and the stalled one is dropped (hub skip rule or `[http] write_timeout`).
+/// stream's pace, and the stalled one is dropped while the stream is still live, once its socket
+/// has accepted nothing for `[http] write_timeout` (counted as timed out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_player_does_not_slow_another() {
     let mut cfg = test_config();
@@ -466,7 +467,8 @@ async fn a_stalled_player_does_not_slow_another() {
     let (http, api) = (gw.http_addr.unwrap(), gw.api_addr);
     let ssrc = 0x0C000008;
     let name = name_of(ssrc);
-    let loops = 4;
+    // 16 s of 1280x720 (about 110 kB/s): more than the stalled player's socket buffers hold.
+    let loops = 8;
     let sender = send_in_background(&gw, "h264_g711u_16k", ssrc, loops);
     wait_live(&gw, &name).await;
     // The stalled player: a tiny receive buffer, and it never reads.
@@ -475,31 +477,46 @@ async fn a_stalled_player_does_not_slow_another() {
     let mut stalled = sock.connect(http).await.unwrap();
     stalled.write_all(format!("GET /{name}.flv HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
     let started = Instant::now();
-    let total = FRAMES_PER_PASS * loops as usize;
-    let (_, body, _) = read_flv(http, &format!("/{name}.flv"), Duration::from_secs(30), |_| false).await;
+    let path = format!("/{name}.flv");
+    let healthy = tokio::spawn(async move { read_flv(http, &path, Duration::from_secs(40), |_| false).await });
+    // Wait for the stalled connection to be closed by the server (EOF or reset once read).
+    let hub = gw.hub.clone();
+    let n = name.clone();
+    let dropped_live = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let counts = hub.get(&n).map(|s| s.subscriber_counts());
+            let players = counts.as_ref().and_then(|c| c.get("http-flv").copied()).unwrap_or(0);
+            if players < 2 {
+                return hub.get(&n).is_some();
+            }
+        }
+    })
+    .await
+    .expect("the stalled player was dropped");
+    assert!(dropped_live, "dropped while the stream was live, not when it ended");
+    let dropped_after = started.elapsed();
+    let (_, body, _) = healthy.await.unwrap();
     let took = started.elapsed();
     let frames = video_frames(&parse_flv(&body).1);
+    let total = FRAMES_PER_PASS * loops as usize;
     // It joined in the first GOP: it gets everything from the first keyframe on, in real time.
     assert_eq!(frames.len(), total, "every frame reached the healthy player");
     assert!(took < Duration::from_secs(total as u64 / 25 + 3), "at the stream's pace: {took:?}");
-    let closed = async {
-        let mut buf = vec![0u8; 1 << 20];
+    let v = wait_json(api, "/api/v1/listeners", Duration::from_secs(5), |v| v["http"]["timed_out"].as_u64() >= Some(1))
+        .await;
+    assert!(v["http"]["timed_out"].as_u64() >= Some(1), "{v}");
+    eprintln!("stalled player dropped after {dropped_after:?}");
+    let mut buf = vec![0u8; 1 << 20];
+    let eof = async {
         loop {
             match stalled.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
+                Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         }
     };
-    assert!(
-        tokio::time::timeout(Duration::from_secs(20), closed).await.unwrap_or(false),
-        "the stalled player was dropped"
-    );
-    let timed_out = wait_json(api, "/api/v1/listeners", Duration::from_secs(5), |v| {
-        v["http"]["timed_out"].as_u64().is_some_and(|n| n >= 1)
-    })
-    .await;
-    assert!(timed_out["http"]["timed_out"].as_u64().unwrap() >= 1, "{timed_out}");
+    tokio::time::timeout(Duration::from_secs(5), eof).await.expect("its connection is closed");
     sender.await.unwrap();
     gw.stop().await;
 }
