@@ -520,3 +520,107 @@ async fn a_stalled_player_does_not_slow_another() {
     sender.await.unwrap();
     gw.stop().await;
 }
+
+/// Starts a fixture sender when a player asks for `rtp/0C0000A1` (as the GB layer INVITEs a
+/// camera, or the relay pulls), and refuses `rtp/0C0000A2` with a cause.
+struct SendOnDemand {
+    hub: std::sync::Arc<gbgate::hub::Hub>,
+    rtp: SocketAddr,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl gbgate::hub::StreamDemand for SendOnDemand {
+    fn handles(&self, name: &str) -> bool {
+        name == "rtp/0C0000A1" || name == "rtp/0C0000A2"
+    }
+    fn demand(&self, name: &str) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        self.asked.lock().unwrap().push(name.to_string());
+        let (hub, rtp, name) = (self.hub.clone(), self.rtp, name.to_string());
+        Box::pin(async move {
+            if name.ends_with("A2") {
+                return Err("the camera did not answer".into());
+            }
+            let opts = SendOptions {
+                to: rtp,
+                tcp: true,
+                count: 1,
+                ssrc_base: Some(0x0C0000A1),
+                loops: 3,
+                duration: None,
+                flood: false,
+                linger: Duration::from_millis(200),
+            };
+            tokio::spawn(async move { send_file(&own_fixture("h264_g711a_8k.rtp"), &opts).await });
+            let live = wait_for(Duration::from_secs(10), || hub.get(&name).is_some_and(|s| s.has_keyframe())).await;
+            if live {
+                Ok(())
+            } else {
+                Err("no keyframe".into())
+            }
+        })
+    }
+}
+
+/// A player of a stream that is not live starts it on demand (the hub's handlers: GB INVITE,
+/// pulls) and plays it from its first keyframe; a failed start is 503 with its cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_starts_its_stream_on_demand() {
+    let gw = start(test_config()).await;
+    let http = gw.http_addr.unwrap();
+    let demand = std::sync::Arc::new(SendOnDemand { hub: gw.hub.clone(), rtp: gw.rtp_addr, asked: Default::default() });
+    gw.hub.add_demand(demand.clone());
+    let has_frames = |b: &[u8]| b.len() > 13 && video_frames(&parse_flv(b).1).len() >= 5;
+    let (head, body, _) = read_flv(http, "/rtp/0C0000A1.flv", Duration::from_secs(15), has_frames).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let frames = video_frames(&parse_flv(&body).1);
+    assert!(frames.len() >= 5 && frames[0].0, "{frames:?}");
+    let (status, _, body) = http_raw(http, "GET /rtp/0C0000A2.flv HTTP/1.0\r\n\r\n".to_string()).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("the camera did not answer"), "{body}");
+    assert_eq!(*demand.asked.lock().unwrap(), ["rtp/0C0000A1", "rtp/0C0000A2"]);
+    gw.stop().await;
+}
+
+/// The cc's `on_play` hook decides (it replaces `[auth]`, which alone would refuse here), and is
+/// told the protocol: `http-flv` or `ws-flv`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_on_play_hook_decides_for_flv_players() {
+    use axum::extract::State;
+    type Asked = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+    async fn on_play(State(asked): State<Asked>, body: axum::body::Bytes) -> String {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let deny = body["params"].as_str().is_some_and(|p| p.contains("deny"));
+        asked.lock().unwrap().push(body);
+        serde_json::json!({"allow": !deny, "reason": "not on the list"}).to_string()
+    }
+    let asked: Asked = Default::default();
+    let cc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cc_addr = cc.local_addr().unwrap();
+    let app = axum::Router::new().route("/on_play", axum::routing::post(on_play)).with_state(asked.clone());
+    tokio::spawn(async move { axum::serve(cc, app).await });
+
+    let mut cfg = test_config();
+    cfg.auth.play = true;
+    cfg.auth.loopback_exempt = false;
+    cfg.callbacks.on_play = Some(format!("http://{cc_addr}/on_play"));
+    let gw = start(cfg).await;
+    let http = gw.http_addr.unwrap();
+    let ssrc = 0x0C000009;
+    let name = name_of(ssrc);
+    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 4);
+    wait_live(&gw, &name).await;
+    let (status, _, body) = http_raw(http, format!("GET /{name}.flv?deny=1 HTTP/1.0\r\n\r\n")).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("not on the list"), "{body}");
+    let has_frame = |b: &[u8]| b.len() > 13 && !video_frames(&parse_flv(b).1).is_empty();
+    let (head, _, _) = read_flv(http, &format!("/{name}.flv"), Duration::from_secs(10), has_frame).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "the cc's allow: {head}");
+    let ws = tokio_tungstenite::connect_async(format!("ws://{http}/{name}.flv?deny=ws")).await;
+    assert!(ws.is_err(), "the cc's deny refuses the WebSocket upgrade");
+    let asked = asked.lock().unwrap().clone();
+    let protocols: Vec<_> =
+        asked.iter().map(|b| (b["protocol"].as_str().unwrap(), b["stream"] == name.as_str())).collect();
+    assert_eq!(protocols, [("http-flv", true), ("http-flv", true), ("ws-flv", true)], "{asked:?}");
+    sender.abort();
+    gw.stop().await;
+}
