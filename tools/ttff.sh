@@ -25,6 +25,7 @@ $BIN send $D/cam720p_2m_g711a.rtp --to 127.0.0.1:$rtp --ssrc 0100000001 --loop 1
 sleep 3
 for i in 1 2 3 4 5; do
   for u in "http://127.0.0.1:$http/rtp/05F5E101.flv" "rtmp://127.0.0.1:$rtmp/rtp/05F5E101"; do
-    echo "$u $($BIN players "$u" --count 1 --duration 1s | grep -o 'median [0-9.]* ms' | head -1) $($BIN players "$u" --count 1 --duration 1s | grep -o 'keyframe for [0-9]* of [0-9]*')"
+    out=$($BIN players "$u" --count 1 --duration 1s)
+    echo "$u $(grep -o 'median [0-9.]* ms' <<<"$out" | head -1), $(grep -o 'keyframe for [0-9]* of [0-9]*' <<<"$out")"
   done
 done
