@@ -636,8 +636,8 @@ pub struct HttpConfig {
     pub merge_write: HumanDuration,
     /// H.265 in HTTP-FLV when the player does not ask (`?hevc=enhanced|legacy`); unset: `[rtmp] hevc`.
     pub hevc: Option<HevcFlv>,
-    /// Bytes an FLV player may have queued and unsent; beyond it the player skips to the next
-    /// keyframe, and a player whose single write stalls `write_timeout` is disconnected.
+    /// Media an FLV player may find queued when it next writes (at least 256 KiB); beyond it the
+    /// player skips to the newest keyframe it holds (or the next).
     pub max_queue_bytes: usize,
     /// A write to a player that makes no progress for this long disconnects it.
     pub write_timeout: HumanDuration,
@@ -948,8 +948,9 @@ impl Config {
         positive("rtsp.max_connections", self.rtsp.max_connections)?;
         positive("http.max_connections", self.http.max_connections)?;
         positive("http.max_connections_per_source", self.http.max_connections_per_source)?;
-        if self.http.max_queue_bytes < 64 << 10 {
-            return Err(ConfigError::Invalid { key: "http.max_queue_bytes", message: "at least 65536".into() });
+        // Below a merge interval of a high-bitrate stream a player would skip all the time.
+        if self.http.max_queue_bytes < 256 << 10 {
+            return Err(ConfigError::Invalid { key: "http.max_queue_bytes", message: "at least 262144".into() });
         }
         if self.http.write_timeout.0 < Duration::from_millis(500) {
             return Err(ConfigError::Invalid { key: "http.write_timeout", message: "at least 500ms".into() });

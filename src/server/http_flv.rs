@@ -373,20 +373,19 @@ impl FlvPlayer {
         Bytes::from(std::mem::replace(&mut self.buf, next))
     }
 
-    /// Takes `first` (if any) and what is already queued (all of it at the end of a merge
-    /// interval, else up to a batch), drops what a skip requires, and appends the tags; returns
-    /// whether video was among them.
+    /// Takes `first` (if any) and everything already queued, drops what a skip requires, and
+    /// appends the tags; returns whether video was among them. Draining the whole queue is what
+    /// lets the byte cap see a backlog; the frames are shared already, and what is serialised is
+    /// at most the cap (or the cached GOP at join).
     fn append(&mut self, first: Option<Frame>) -> bool {
-        let drain_all = first.is_none();
         let mut frames = std::mem::take(&mut self.frames);
         let mut bytes = 0usize;
         let mut next = first.or_else(|| self.sub.try_recv().and_then(Result::ok));
         while let Some(f) = next.take() {
             bytes += f.data.len();
             frames.push(f);
-            if bytes < batch::BATCH_BYTES || drain_all {
-                next = self.sub.try_recv().and_then(Result::ok);
-            }
+            // The end of the stream is seen again by the next `recv`.
+            next = self.sub.try_recv().and_then(Result::ok);
         }
         // More queued than the cap: this player fell behind; it resumes at the newest keyframe
         // it holds, or at the next one to come.
@@ -423,6 +422,71 @@ impl FlvPlayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HubConfig;
+    use crate::frame::{CodecConfig, VideoConfig};
+    use crate::hub::{Hub, Source, Takeover, Transport};
+
+    fn video(i: i64, key: bool) -> Frame {
+        Frame {
+            codec: Codec::H264,
+            pts: i * 3600,
+            dts: i * 3600,
+            keyframe: key,
+            data: Bytes::from(vec![0x55; 10_000]),
+            config: Arc::new(CodecConfig::Video(VideoConfig::default())),
+            cache: Default::default(),
+        }
+    }
+
+    /// Video frame tags of an FLV chunk (no file header): (keyframe, timestamp ms).
+    fn frames(chunk: &[u8]) -> Vec<(bool, u32)> {
+        let (mut i, mut out) = (0, Vec::new());
+        while i + 11 <= chunk.len() {
+            let size = u32::from_be_bytes([0, chunk[i + 1], chunk[i + 2], chunk[i + 3]]) as usize;
+            let ts = u32::from_be_bytes([chunk[i + 7], chunk[i + 4], chunk[i + 5], chunk[i + 6]]);
+            if chunk[i] == flv_file::TAG_VIDEO && chunk[i + 12] == 1 {
+                out.push((chunk[i + 11] >> 4 == 1, ts));
+            }
+            i += 11 + size + 4;
+        }
+        out
+    }
+
+    /// A player that finds more than `max_queue_bytes` queued when its merge interval ends skips
+    /// to the newest keyframe it holds (counted), instead of sending the whole backlog late.
+    #[tokio::test]
+    async fn a_player_behind_by_more_than_its_byte_cap_resumes_at_the_newest_keyframe() {
+        let hub = Hub::new(HubConfig { subscriber_queue: 512, ..HubConfig::default() }, 4);
+        let source = Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) };
+        let stream = hub.create("s", source, Takeover::Refuse).unwrap();
+        let shared = Arc::new(FlvShared::default());
+        let opts = PlayerOptions {
+            hevc: HevcFlv::Enhanced,
+            merge: Duration::from_millis(50),
+            max_queue_bytes: 64 << 10,
+            shutdown: CancellationToken::new(),
+        };
+        let mut p = FlvPlayer::new(&stream, stream.subscribe_as("http-flv"), opts, shared.clone());
+        stream.publish(video(0, true));
+        let first = p.next_chunk().await.unwrap();
+        assert_eq!(&first[..3], b"FLV");
+        assert_eq!(frames(&first[13..]), [(true, 0)], "the first write goes at once");
+        // 29 frames (290 kB, keyframes at 10 and 20) queue up while the player does not read.
+        for i in 1..30 {
+            stream.publish(video(i, i % 10 == 0));
+        }
+        let next = p.next_chunk().await.unwrap();
+        let got = frames(&next);
+        assert_eq!(got[0], (true, 800), "resumes at the newest keyframe (frame 20): {got:?}");
+        assert_eq!(got.len(), 10);
+        assert_eq!(shared.skipped_frames.load(Ordering::Relaxed), 19);
+        // Within the cap, nothing is skipped.
+        for i in 30..35 {
+            stream.publish(video(i, false));
+        }
+        assert_eq!(frames(&p.next_chunk().await.unwrap()).len(), 5);
+        assert_eq!(shared.skipped_frames.load(Ordering::Relaxed), 19);
+    }
 
     #[test]
     fn hevc_parameter() {
