@@ -113,8 +113,11 @@ pub struct FrameCache(Arc<FrameCacheInner>);
 pub struct FrameCacheInner {
     /// RTP payloads (RFC 6184 / 7798 / 3640 / 3551), marker on the last.
     pub rtp: OnceLock<Vec<Bytes>>,
-    /// The FLV tag body (RTMP).
+    /// The FLV tag body (RTMP, HTTP-FLV); H.265 in its Enhanced (FourCC) form.
     pub flv: OnceLock<Bytes>,
+    /// The FLV tag body of an H.265 frame in the legacy form (codec id 12), for the players that
+    /// ask for it while others get the Enhanced form (HTTP-FLV `?hevc=legacy`).
+    pub flv_legacy: OnceLock<Bytes>,
 }
 
 impl std::ops::Deref for FrameCache {

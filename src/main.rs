@@ -23,7 +23,7 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Once every listener is bound, write the bound addresses here as JSON
-        /// (`{"rtp":"127.0.0.1:10000","api":…,"rtsp":…,"rtmp":…,"sip":…}`): ports 0 in the config
+        /// (`{"rtp":"127.0.0.1:10000","api":…,"rtsp":…,"rtmp":…,"http":…,"sip":…}`): ports 0 in the config
         /// are then usable by scripts and tests.
         #[arg(long)]
         ports_file: Option<PathBuf>,
@@ -65,7 +65,8 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         linger: Duration,
     },
-    /// Open many RTSP (TCP interleaved) or RTMP players on a URL and report what each received.
+    /// Open many RTSP (TCP interleaved), RTMP or HTTP-FLV (`http://ip:port/<stream>.flv`) players on a
+    /// URL and report what each received.
     Players {
         url: String,
         #[arg(long, default_value_t = 1)]
@@ -418,7 +419,7 @@ fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitC
         frames.last().copied().unwrap_or(0)
     );
     println!(
-        "PLAY to first video packet (RTMP: keyframe): median {:.3} ms, p99 {:.3} ms; first packet is a keyframe for {} of {}",
+        "PLAY to first video packet (RTMP, HTTP-FLV: keyframe): median {:.3} ms, p99 {:.3} ms; first packet is a keyframe for {} of {}",
         pct(&firsts, 0.5).as_secs_f64() * 1000.0,
         pct(&firsts, 0.99).as_secs_f64() * 1000.0,
         ok.iter().filter(|p| p.first_is_key).count(),
@@ -426,7 +427,7 @@ fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitC
     );
     println!(
         "closed early: {}; video sequence gaps (packets missed) summed over players: {}; \
-         video timestamp regressions (RTMP): {}",
+         video timestamp regressions (RTMP, HTTP-FLV): {}",
         ok.iter().filter(|p| p.closed_early).count(),
         ok.iter().map(|p| p.video_seq_gaps).sum::<u64>(),
         ok.iter().map(|p| p.video_ts_regressions).sum::<u64>()
@@ -657,6 +658,7 @@ fn write_ports(path: &Path, gw: &Gateway) -> std::io::Result<()> {
         "api": gw.api_addr.to_string(),
         "rtsp": gw.rtsp_addr.map(|a| a.to_string()),
         "rtmp": gw.rtmp_addr.map(|a| a.to_string()),
+        "http": gw.http_addr.map(|a| a.to_string()),
         "sip": gw.sip_addr.map(|a| a.to_string()),
     })
     .to_string();

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Fan-out: one 2 Mbit/s 720p H.264 + G.711A camera to N RTSP (TCP) or RTMP players on loopback.
+# Fan-out: one 2 Mbit/s 720p H.264 + G.711A camera to N RTSP (TCP), RTMP or HTTP-FLV players on loopback.
 # Prints gbgate's CPU (% of one core) and RSS over the players' window, the video frames each
 # player got, sequence gaps (RTSP) or timestamp regressions (RTMP), and the time from PLAY to
 # the first video packet (RTMP: to the first keyframe).
-# Usage: PROTO=rtsp|rtmp PLAYERS="100 300" WINDOW=20 [MERGE=200ms] [BIN=...] tools/fanout.sh
+# Usage: PROTO=rtsp|rtmp|http-flv PLAYERS="100 300" WINDOW=20 [MERGE=200ms] [BIN=...] tools/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLAYERS=${PLAYERS:-"100 300"}
 WINDOW=${WINDOW:-20}
 PROTO=${PROTO:-rtsp}
 MERGE=${MERGE:-200ms}   # [rtsp]/[rtmp] merge_write (the default)
-case $PROTO in rtsp|rtmp) ;; *) echo "PROTO must be rtsp or rtmp" >&2; exit 2 ;; esac
+case $PROTO in rtsp|rtmp|http-flv) ;; *) echo "PROTO must be rtsp, rtmp or http-flv" >&2; exit 2 ;; esac
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
 BIN=${BIN:-$TARGET/release/gbgate}   # BIN=/path/to/other/gbgate compares builds in one run
@@ -27,7 +27,7 @@ port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));pri
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 for n in $PLAYERS; do
-    rtp=$(port); api=$(port); rtsp=$(port); rtmp=$(port)
+    rtp=$(port); api=$(port); rtsp=$(port); rtmp=$(port); http=$(port)
     cfg=$LOAD_DIR/fanout.toml
     cat > "$cfg" <<TOML
 [rtp]
@@ -44,6 +44,11 @@ listen = "127.0.0.1:$rtmp"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "$MERGE"
+[http]
+listen = "127.0.0.1:$http"
+max_connections = 5000
+max_connections_per_source = 5000
+merge_write = "$MERGE"
 TOML
     "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$PROTO-$n.log" &
     gw=$!; PIDS+=("$gw")
@@ -52,7 +57,11 @@ TOML
     PIDS+=("$!")
     sleep 3
     c0=$(cpu "$gw"); t0=$(date +%s.%N)
-    if [[ $PROTO == rtmp ]]; then url="rtmp://127.0.0.1:$rtmp/rtp/05F5E101"; else url="rtsp://127.0.0.1:$rtsp/rtp/05F5E101"; fi
+    case $PROTO in
+        rtmp) url="rtmp://127.0.0.1:$rtmp/rtp/05F5E101" ;;
+        http-flv) url="http://127.0.0.1:$http/rtp/05F5E101.flv" ;;
+        *) url="rtsp://127.0.0.1:$rtsp/rtp/05F5E101" ;;
+    esac
     out=$("$BIN" players "$url" --count "$n" --duration "${WINDOW}s")
     c1=$(cpu "$gw"); t1=$(date +%s.%N)
     rss=$(awk '/VmRSS/{print $2}' "/proc/$gw/status"); hwm=$(awk '/VmHWM/{print $2}' "/proc/$gw/status")

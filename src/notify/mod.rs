@@ -130,7 +130,7 @@ pub struct AccessRequest {
     #[serde(skip)]
     pub kind: AccessKind,
     pub stream: String,
-    /// `rtmp` or `rtsp`.
+    /// `rtmp`, `rtsp`, `http-flv` or `ws-flv`.
     pub protocol: &'static str,
     pub peer: SocketAddr,
     /// The query string of the URL the client used (credentials such as `sign=` included: the

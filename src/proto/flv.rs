@@ -265,14 +265,19 @@ pub fn frame_tag(frame: &Frame, hevc: HevcFlv) -> Option<Bytes> {
     Some(out.freeze())
 }
 
-/// [`frame_tag`], computed once per frame and shared through `frame.cache.flv` by every player and
-/// push. (The process has one `rtmp.hevc` setting, so the cached form is the same for all.)
+/// [`frame_tag`], computed once per frame and shared through `frame.cache` by every player and
+/// push: `flv`, except the legacy form of H.265 in `flv_legacy` (RTMP and HTTP-FLV players may ask
+/// for different forms).
 pub fn cached_frame_tag(frame: &Frame, hevc: HevcFlv) -> Option<Bytes> {
-    if let Some(b) = frame.cache.flv.get() {
+    let cell = match (frame.codec, hevc) {
+        (Codec::H265, HevcFlv::Legacy) => &frame.cache.flv_legacy,
+        _ => &frame.cache.flv,
+    };
+    if let Some(b) = cell.get() {
         return Some(b.clone());
     }
     let tag = frame_tag(frame, hevc)?;
-    Some(frame.cache.flv.get_or_init(|| tag).clone())
+    Some(cell.get_or_init(|| tag).clone())
 }
 
 /// Errors of [`FlvDemuxer`].
@@ -668,7 +673,14 @@ mod tests {
         let seq = sequence_header(&key, hevc).unwrap();
         let kt = cached_frame_tag(&key, hevc).unwrap();
         let it = frame_tag(&inter, hevc).unwrap();
-        assert_eq!(key.cache.flv.get(), Some(&kt));
+        let cell = if h265 && hevc == HevcFlv::Legacy { &key.cache.flv_legacy } else { &key.cache.flv };
+        assert_eq!(cell.get(), Some(&kt));
+        if h265 {
+            // Both forms of one frame live side by side: an RTMP and an HTTP-FLV player may differ.
+            let other = if hevc == HevcFlv::Legacy { HevcFlv::Enhanced } else { HevcFlv::Legacy };
+            assert_eq!(cached_frame_tag(&key, other), frame_tag(&key, other));
+            assert_eq!(cached_frame_tag(&key, hevc).unwrap(), kt);
+        }
         match hevc {
             HevcFlv::Enhanced if h265 => {
                 assert_eq!(&seq[..5], b"\x90hvc1");

@@ -1,6 +1,7 @@
 //! Sans-IO protocol modules: bytes in, events out. No tokio, no sockets, no clocks here.
 pub mod amf0;
 pub mod flv;
+pub mod flv_file;
 pub mod flv_flow;
 pub mod ps;
 pub mod rtcp;

@@ -37,6 +37,8 @@ pub struct ApiState {
     pub reload: Arc<crate::server::reload::Reloader>,
     /// Routes of the layers above the servers (channels), mounted after start (D101).
     pub upper: UpperRoutes,
+    /// HTTP-FLV and WebSocket-FLV players' counters.
+    pub http_flv: Arc<crate::server::http_flv::FlvShared>,
 }
 
 /// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no

@@ -103,7 +103,7 @@ impl Collector for Gateway {
                 per_stream.push((st.name.as_str(), st.stats(), counts, st.drops()));
             }
         }
-        for proto in ["rtsp", "rtmp"] {
+        for proto in ["rtsp", "rtmp", "http-flv", "ws-flv"] {
             players.entry(proto).or_default();
         }
         gauges(
@@ -214,6 +214,7 @@ impl Collector for Gateway {
         counters(e, "gbgate_listener_timed_out", "Connections closed for being too slow.", each(|a| a.timed_out))?;
         let rtmp = s.rtmp.snapshot();
         let rtsp = s.rtsp_ingest.snapshot();
+        let flv = s.http_flv.snapshot();
         counters(
             e,
             "gbgate_publish_refused",
@@ -224,7 +225,11 @@ impl Collector for Gateway {
             e,
             "gbgate_auth_refused",
             "Publish and play requests refused for their credential, by protocol.",
-            [(vec![("protocol", "rtmp")], rtmp.auth_refused), (vec![("protocol", "rtsp")], rtsp.auth_refused)],
+            [
+                (vec![("protocol", "rtmp")], rtmp.auth_refused),
+                (vec![("protocol", "rtsp")], rtsp.auth_refused),
+                (vec![("protocol", "http-flv")], flv.auth_refused),
+            ],
         )?;
         counter(
             e,
@@ -235,6 +240,13 @@ impl Collector for Gateway {
         counter(e, "gbgate_rtmp_oversized_messages", "RTMP messages refused for their size.", rtmp.oversized_messages)?;
         counter(e, "gbgate_rtmp_setup_timeouts", "RTMP connections that did not set up in time.", rtmp.setup_timeouts)?;
         gauge(e, "gbgate_rtmp_connections", "Open RTMP connections.", n(rtmp.connections))?;
+        counter(
+            e,
+            "gbgate_flv_skipped_frames",
+            "Frames HTTP-FLV/WebSocket-FLV players dropped, finding more than [http] max_queue_bytes queued.",
+            flv.skipped_frames,
+        )?;
+        counter(e, "gbgate_flv_too_slow", "FLV players cut off by the hub for being too slow.", flv.too_slow)?;
         gauge(e, "gbgate_rtsp_publishers", "RTSP publishers (ANNOUNCE/RECORD) now.", n(rtsp.publishers))?;
         counter(
             e,

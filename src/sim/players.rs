@@ -8,6 +8,10 @@
 //! With an `rtmp://host:port/app/key` URL each player handshakes, connects to `app` and plays
 //! `key`; every video message that is not a sequence header (or other non-frame packet) is one
 //! frame, and the time is measured from the play request to the first video keyframe.
+//!
+//! With an `http://host:port/<stream>.flv` URL each player sends one GET and reads the FLV byte
+//! stream (chunked or not): frames are counted as for RTMP, and the time runs from the request to
+//! the first video keyframe.
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -61,19 +65,37 @@ pub struct PlayersReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlayersError {
-    #[error("bad URL {0:?} (want rtsp://ip:port/path or rtmp://ip:port/app/key)")]
+    #[error("bad URL {0:?} (want rtsp://ip:port/path, rtmp://ip:port/app/key or http://ip:port/<stream>.flv)")]
     BadUrl(String),
 }
 
 /// What the players play.
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
-    Rtsp { url: String },
-    Rtmp { app: String, key: String, tc_url: String },
+    Rtsp {
+        url: String,
+    },
+    Rtmp {
+        app: String,
+        key: String,
+        tc_url: String,
+    },
+    /// HTTP-FLV: the request path (with its query).
+    HttpFlv {
+        path: String,
+    },
 }
 
 fn parse_url(url: &str) -> Result<(SocketAddr, Target), PlayersError> {
     let bad = || PlayersError::BadUrl(url.into());
+    if let Some(rest) = url.strip_prefix("http://") {
+        let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+        let addr: SocketAddr = host.parse().map_err(|_| bad())?;
+        if !path.split('?').next().unwrap_or("").ends_with(".flv") {
+            return Err(bad());
+        }
+        return Ok((addr, Target::HttpFlv { path: format!("/{path}") }));
+    }
     let (rest, rtmp) = match (url.strip_prefix("rtsp://"), url.strip_prefix("rtmp://")) {
         (Some(r), _) => (r, false),
         (_, Some(r)) => (r, true),
@@ -575,6 +597,162 @@ async fn run_rtmp_player(
     r
 }
 
+/// Incremental reader of an HTTP-FLV response: the head, then the body (de-chunked when chunked),
+/// then FLV tags.
+#[derive(Default)]
+struct FlvReader {
+    raw: Vec<u8>,
+    head_done: bool,
+    chunked: bool,
+    /// Bytes left in the current chunk (chunked bodies).
+    chunk_left: usize,
+    body: Vec<u8>,
+    /// The 13-byte file header was consumed.
+    file_header: bool,
+}
+
+/// One FLV tag: type, timestamp (ms), body.
+type FlvTag = (u8, u32, Vec<u8>);
+
+impl FlvReader {
+    /// Feeds bytes; returns the complete tags, or an error for a refused request or bad framing.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<FlvTag>, String> {
+        self.raw.extend_from_slice(bytes);
+        if !self.head_done {
+            let Some(end) = find(&self.raw, b"\r\n\r\n") else { return Ok(Vec::new()) };
+            let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+            let status = head.split_whitespace().nth(1).unwrap_or("");
+            if status != "200" {
+                return Err(format!("HTTP {status}"));
+            }
+            self.chunked = header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+            self.raw.drain(..end + 4);
+            self.head_done = true;
+        }
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+        } else {
+            loop {
+                if self.chunk_left > 0 {
+                    let n = self.chunk_left.min(self.raw.len());
+                    self.body.extend_from_slice(&self.raw[..n]);
+                    self.raw.drain(..n);
+                    self.chunk_left -= n;
+                    if self.chunk_left > 0 {
+                        break;
+                    }
+                    // The chunk's trailing CRLF is consumed with the next size line.
+                }
+                let start = usize::from(self.raw.starts_with(b"\r\n")) * 2;
+                let Some(eol) = find(&self.raw[start..], b"\r\n") else { break };
+                let line = std::str::from_utf8(&self.raw[start..start + eol]).map_err(|_| "bad chunk size")?;
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| format!("bad chunk size {line:?}"))?;
+                self.raw.drain(..start + eol + 2);
+                if size == 0 {
+                    break;
+                }
+                self.chunk_left = size;
+            }
+        }
+        if !self.file_header {
+            if self.body.len() < 13 {
+                return Ok(Vec::new());
+            }
+            if &self.body[..3] != b"FLV" {
+                return Err("not FLV".into());
+            }
+            self.body.drain(..13);
+            self.file_header = true;
+        }
+        let mut tags = Vec::new();
+        let mut i = 0;
+        while self.body.len() >= i + 11 {
+            let b = &self.body[i..];
+            let size = u32::from_be_bytes([0, b[1], b[2], b[3]]) as usize;
+            if b.len() < 11 + size + 4 {
+                break;
+            }
+            let ts = u32::from_be_bytes([b[7], b[4], b[5], b[6]]);
+            tags.push((b[0], ts, b[11..11 + size].to_vec()));
+            i += 11 + size + 4;
+        }
+        self.body.drain(..i);
+        Ok(tags)
+    }
+}
+
+async fn run_flv_player(addr: SocketAddr, path: String, duration: Duration, stall: bool) -> PlayerResult {
+    let mut r = PlayerResult::default();
+    let deadline = Instant::now() + duration;
+    let mut sock = match connect(addr, stall).await {
+        Ok(s) => s,
+        Err(e) => {
+            r.error = Some(format!("connect: {e}"));
+            return r;
+        }
+    };
+    let asked = Instant::now();
+    if let Err(e) = sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await {
+        r.error = Some(format!("request: {e}"));
+        return r;
+    }
+    if stall {
+        r.closed_early = stalled_until(&mut sock, deadline).await;
+        return r;
+    }
+    let mut reader = FlvReader::default();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut last_ts: Option<u32> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let n = match tokio::time::timeout(deadline - now, sock.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                r.closed_early = true;
+                break;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                r.closed_early = true;
+                r.error = Some(e.to_string());
+                break;
+            }
+            Err(_) => break,
+        };
+        r.bytes += n as u64;
+        let tags = match reader.feed(&chunk[..n]) {
+            Ok(t) => t,
+            Err(e) => {
+                r.error = Some(e);
+                break;
+            }
+        };
+        for (kind, ts, body) in tags {
+            match kind {
+                9 => {
+                    let Some(key) = flv_video_frame(&body) else { continue };
+                    r.video_packets += 1;
+                    r.video_frames += 1;
+                    if r.first_video.is_none() {
+                        r.first_video = Some(asked.elapsed());
+                        r.first_is_key = key;
+                    }
+                    if last_ts.is_some_and(|l| ts < l) {
+                        r.video_ts_regressions += 1;
+                    }
+                    last_ts = Some(ts);
+                }
+                8 => r.audio_packets += 1,
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
 /// Runs `count` players against `url` for `duration`.
 pub async fn run_players(opts: &PlayersOptions) -> Result<PlayersReport, PlayersError> {
     let (addr, target) = parse_url(&opts.url)?;
@@ -586,6 +764,7 @@ pub async fn run_players(opts: &PlayersOptions) -> Result<PlayersReport, Players
             Target::Rtmp { app, key, tc_url } => {
                 tokio::spawn(run_rtmp_player(addr, app.clone(), key.clone(), tc_url.clone(), opts.duration, stall))
             }
+            Target::HttpFlv { path } => tokio::spawn(run_flv_player(addr, path.clone(), opts.duration, stall)),
         });
     }
     let mut report = PlayersReport { stalled: opts.stall, ..Default::default() };
@@ -647,5 +826,35 @@ mod tests {
         assert!(matches!(parse_url("rtsp://127.0.0.1:8554/rtp/1").unwrap().1, Target::Rtsp { .. }));
         assert!(parse_url("rtmp://127.0.0.1:1935/rtp").is_err());
         assert!(parse_url("http://127.0.0.1/x").is_err());
+        assert_eq!(
+            parse_url("http://127.0.0.1:8088/rtp/05F5E101.flv?hevc=legacy").unwrap().1,
+            Target::HttpFlv { path: "/rtp/05F5E101.flv?hevc=legacy".into() }
+        );
+        assert!(parse_url("http://127.0.0.1:8088/rtp/05F5E101").is_err());
+    }
+
+    #[test]
+    fn flv_reader_dechunks_and_splits_tags_fed_bytewise() {
+        let mut tag = vec![9, 0, 0, 5, 0, 0, 40, 0, 0, 0, 0, 0x17, 1, 0, 0, 0];
+        tag.extend_from_slice(&16u32.to_be_bytes());
+        let mut flv = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+        flv.extend_from_slice(&tag);
+        flv.extend_from_slice(&tag);
+        let (a, b) = flv.split_at(20);
+        let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [a, b] {
+            wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            wire.extend_from_slice(part);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let mut r = FlvReader::default();
+        let mut tags = Vec::new();
+        for byte in &wire {
+            tags.extend(r.feed(std::slice::from_ref(byte)).unwrap());
+        }
+        assert_eq!(tags.len(), 2);
+        assert_eq!((tags[0].0, tags[0].1, flv_video_frame(&tags[0].2)), (9, 40, Some(true)));
+        assert!(FlvReader::default().feed(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
     }
 }
