@@ -112,6 +112,16 @@ impl TrackState {
     }
 }
 
+/// Where a segmenter replacing an earlier one of the same stream carries on (the stream ended
+/// and came back while viewers watched): media sequence numbers and init ids never repeat, and
+/// the first segment is a discontinuity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Continuation {
+    pub next_msn: u64,
+    pub next_init: u64,
+    pub discontinuity_seq: u64,
+}
+
 /// What a request for a part or segment finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -203,6 +213,21 @@ impl Segmenter {
             bytes: 0,
             stats: SegmenterStats::default(),
         }
+    }
+
+    /// Where a successor of this segmenter should start (see [`Continuation`]).
+    pub fn continuation(&self) -> Continuation {
+        let listed = self.segments.iter().chain(self.current.iter()).filter(|s| s.discontinuity).count() as u64;
+        let next_msn = self.next_msn;
+        Continuation { next_msn, next_init: self.next_init, discontinuity_seq: self.discontinuity_seq + listed }
+    }
+
+    /// Starts after an earlier segmenter of the same stream (call before the first frame).
+    pub fn resume(&mut self, c: Continuation) {
+        self.next_msn = c.next_msn;
+        self.next_init = c.next_init;
+        self.discontinuity_seq = c.discontinuity_seq;
+        self.discontinuity_next = c.next_msn > 0;
     }
 
     /// Feeds one hub frame. Returns whether a part (or segment) was completed.
@@ -917,6 +942,22 @@ mod tests {
         let before = s.stats().frames_skipped;
         s.push(f);
         assert_eq!(s.stats().frames_skipped, before + 1);
+    }
+
+    #[test]
+    fn a_successor_carries_on_the_numbering_after_a_discontinuity() {
+        let (cfg, _) = h264();
+        let mut a = Segmenter::new(SegmenterConfig::default(), None);
+        feed(&mut a, &cfg, 0, 160, 50);
+        let c = a.continuation();
+        assert_eq!((c.next_msn, c.next_init, c.discontinuity_seq), (3, 1, 0), "3 complete, 9 frames pending");
+        let mut b = Segmenter::new(SegmenterConfig::default(), None);
+        b.resume(c);
+        feed(&mut b, &cfg, 0, 110, 50);
+        let pl = b.playlist("");
+        assert!(pl.contains("#EXT-X-MEDIA-SEQUENCE:3\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\""), "{pl}");
+        assert!(b.init(Some(1)).is_some());
+        assert_eq!(b.continuation().discontinuity_seq, 1);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct ApiState {
     pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     /// Routes of the layers above the servers (channels), mounted after start (D101).
     pub upper: UpperRoutes,
+    /// HLS segmenters and sessions (for `/metrics`).
+    pub hls: Arc<crate::server::hls::HlsShared>,
 }
 
 /// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no

@@ -184,6 +184,7 @@ impl Gateway {
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
         let upper = api::UpperRoutes::default();
+        let hls_shared = hls::HlsShared::new(&cfg.hls);
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -202,6 +203,7 @@ impl Gateway {
                 .collect(),
                 metrics_streams: cfg.api.metrics_streams,
                 upper: upper.clone(),
+                hls: hls_shared.clone(),
                 pushes: pushes.clone(),
             },
             rtp_addr,
@@ -223,6 +225,7 @@ impl Gateway {
                 cfg: Arc::new(cfg.clone()),
                 gb: gb.clone(),
                 flv: Arc::new(http_flv::FlvShared::default()),
+                hls: hls_shared,
             };
             tasks.push(tokio::spawn(http::serve(
                 l,
