@@ -345,7 +345,15 @@ impl Segmenter {
             self.audio.time = rescale(f.dts - origin, CLOCK_RATE as u32, rate) as u64;
         }
         if let Some(h) = self.audio.held.take() {
-            let d = rescale((f.dts - h.dts).clamp(1, MAX_SAMPLE), CLOCK_RATE as u32, rate).max(1) as u64;
+            // From positions on the source clock, not from each gap alone: rounding every gap
+            // down would drift the audio behind the video (0.5 sample a frame).
+            let (at, next) = (h.dts - origin, f.dts - origin);
+            let d = if (1..=MAX_SAMPLE).contains(&(next - at)) {
+                rescale(next, CLOCK_RATE as u32, rate) - rescale(at, CLOCK_RATE as u32, rate)
+            } else {
+                rescale((next - at).clamp(1, MAX_SAMPLE), CLOCK_RATE as u32, rate)
+            };
+            let d = d.max(1) as u64;
             self.audio.add(Sample { duration: d as u32, cts: 0, keyframe: true, data: h.data.clone() });
         }
         if tracks.video.is_none() {
@@ -845,10 +853,22 @@ mod tests {
             }
         }
         assert!(next[0].unwrap() > 0 && next[1].unwrap() > 0);
-        // Audio and video agree on where they are (within a frame of each).
+        // Audio and video agree on where they are (within a frame of each), and an hour of
+        // AAC frames (whose 90 kHz gaps are not whole) does not drift.
         let v = next[0].unwrap() as f64 / 90_000.0;
         let a = next[1].unwrap() as f64 / 11025.0;
         assert!((v - a).abs() < 0.15, "video {v} s, audio {a} s");
+        let mut s = Segmenter::new(SegmenterConfig::default(), None);
+        let acfg = aac_cfg();
+        let step = 1024.0 * 90_000.0 / 11025.0;
+        let frames = 3600 * 11025 / 1024;
+        for i in 0..frames {
+            s.push(audio(&acfg, (i as f64 * step) as i64));
+        }
+        // (The first 2 s wait for a video that never comes.)
+        let expected = (frames as u64 - 1 - s.stats().frames_skipped) * 1024;
+        let got = s.audio.time;
+        assert!(got.abs_diff(expected) <= 1024, "audio time {got}, expected {expected}");
     }
 
     #[test]

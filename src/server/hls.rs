@@ -240,6 +240,7 @@ fn parse_query(q: &str) -> Query {
 fn status(code: StatusCode, why: impl Into<String>) -> Response {
     let mut r = (code, format!("{}\n", why.into())).into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     r
 }
 
@@ -377,6 +378,7 @@ async fn entry(
             drop(g);
             let mut r = axum::Json(body).into_response();
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
             r
         }
         _ => {
