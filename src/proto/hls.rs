@@ -379,7 +379,16 @@ impl Segmenter {
             self.current.as_ref().map_or(0, |s| s.bytes) + self.video.pending_bytes + self.audio.pending_bytes;
         // One segment may fill at most half of the window's bytes.
         let too_big = seg_bytes >= self.cfg.max_bytes / 2;
-        if (keyframe && seg >= self.cfg.segment_min) || seg >= self.cfg.segment_max || too_big {
+        // A segment that did not start at a keyframe (the live-edge cut, a forced cut) ends at
+        // the next one, however short: a player that joined on it gets a whole GOP sooner.
+        let independent = match &self.current {
+            Some(s) => s.parts.first().is_some_and(|p| p.independent),
+            None => {
+                self.tracks().is_some_and(|t| t.video.is_none())
+                    || self.video.pending.first().is_some_and(|s| s.keyframe)
+            }
+        };
+        if (keyframe && (seg >= self.cfg.segment_min || !independent)) || seg >= self.cfg.segment_max || too_big {
             let part = self.close_part();
             return self.close_segment() || part;
         }
@@ -923,6 +932,10 @@ mod tests {
         assert!(s.has_segment());
         assert_eq!(s.part(1, 0), Lookup::Pending);
         assert_eq!(s.playlist_ready(4, None), Readiness::Bad);
+        // Segment 1 started mid-GOP: it ends at the next keyframe (frame 50), not 2 s later.
+        feed(&mut s, &cfg, 26, 25, 50);
+        assert_eq!(s.playlist_ready(1, None), Readiness::Ready);
+        assert_eq!(parse_extinf(&s.playlist("")), vec![1.0, 1.0]);
     }
 
     #[test]
