@@ -453,3 +453,40 @@ async fn time_to_first_segment_and_part_from_the_gop_cache() {
     }
     assert!(firsts.iter().all(|d| *d < Duration::from_millis(500)), "{firsts:?}");
 }
+
+/// A GB28181 camera (gbgate's simulator, the synthetic moving pattern) is INVITEd by the first
+/// HLS playlist request, ffprobe reads H.264 at 25 fps, and once nobody asks any more the
+/// segmenter stops and the camera gets its BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playlist_request_invites_a_gb_channel_and_the_idle_stop_ends_it() {
+    use gbgate::sim::camera::{self, SimOptions, SimStats};
+    let test = "a_playlist_request_invites_a_gb_channel_and_the_idle_stop_ends_it";
+    if !require_tool(test, "ffprobe") {
+        return;
+    }
+    let mut cfg = idle_config(Duration::from_secs(2));
+    cfg.sip.password = Some("12345678".into());
+    cfg.gb.idle_stop = HumanDuration(Duration::from_secs(2));
+    let gw = start(cfg).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut o = SimOptions::new(gw.sip_addr.unwrap(), camera::SYNTHETIC.into());
+    o.first_id = "34020000001320000901".into();
+    let sim = camera::spawn(o, stop.clone()).await.unwrap();
+    wait_devices_with_catalogs(&gw, 1, "the camera registered with its catalog").await;
+    let name = format!("gb/{}", camera::channel_id("34020000001320000901", 0));
+    assert!(gw.hub.get(&name).is_none());
+    let probe = ffprobe_hls(&gw, &name).await;
+    let v = by_type(&probe, "video");
+    assert_eq!(v["codec_name"], "h264", "{probe}");
+    assert_eq!(v["r_frame_rate"], "25/1", "{probe}");
+    assert_eq!(SimStats::get(&sim.invites), 1);
+    assert!(
+        wait_for(Duration::from_secs(10), || SimStats::get(&sim.byes_received) == 1).await,
+        "BYE after the HLS idle time and [gb] idle_stop"
+    );
+    let (_, _, m) = get(gw.api_addr, "/metrics").await;
+    let m = String::from_utf8_lossy(&m).into_owned();
+    assert!(m.contains("\ngbgate_hls_segmenters 0\n") && m.contains("\ngbgate_hls_bytes 0\n"), "{m}");
+    stop.cancel();
+    gw.stop().await;
+}
