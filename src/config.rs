@@ -683,6 +683,8 @@ pub struct HlsConfig {
     pub max_streams: usize,
     /// Viewer sessions at once, all streams together.
     pub max_sessions: usize,
+    /// Viewer sessions at once from one address.
+    pub max_sessions_per_source: usize,
     /// A stream's segmenter stops, and a viewer session ends, when no request came for this long.
     pub idle_timeout: HumanDuration,
 }
@@ -698,6 +700,7 @@ impl Default for HlsConfig {
             max_bytes_per_stream: 32 << 20,
             max_streams: 64,
             max_sessions: 10_000,
+            max_sessions_per_source: 64,
             idle_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
@@ -942,9 +945,14 @@ impl Config {
         if h.max_bytes_per_stream < 1 << 20 {
             return Err(ConfigError::Invalid { key: "hls.max_bytes_per_stream", message: "at least 1048576".into() });
         }
-        if h.max_streams == 0 || h.max_sessions == 0 {
-            let key = if h.max_streams == 0 { "hls.max_streams" } else { "hls.max_sessions" };
-            return Err(ConfigError::Invalid { key, message: "must be positive".into() });
+        for (key, v) in [
+            ("hls.max_streams", h.max_streams),
+            ("hls.max_sessions", h.max_sessions),
+            ("hls.max_sessions_per_source", h.max_sessions_per_source),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid { key, message: "must be positive".into() });
+            }
         }
         Ok(())
     }

@@ -381,6 +381,7 @@ async fn unknown_stream_is_404_and_denied_play_is_403() {
     cfg.auth.play = true;
     cfg.auth.loopback_exempt = false;
     cfg.auth.keys = vec!["viewer-key-0123456789".into()];
+    cfg.hls.max_sessions_per_source = 2;
     let gw = start(cfg).await;
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0600_0007;
@@ -410,9 +411,19 @@ async fn unknown_stream_is_404_and_denied_play_is_403() {
     let (_, _, m) = get(gw.api_addr, "/metrics").await;
     let m = String::from_utf8_lossy(&m).into_owned();
     assert!(m.contains("gbgate_hls_auth_refused_total 3"), "{m}");
-    // Unknown streams and files.
-    let (status, _) = get_text(http, "/rtp/0000DEAD/index.m3u8?key=viewer-key-0123456789").await;
-    assert_eq!(status, 404);
+    // Unknown streams and files; an unknown stream leaves no session behind.
+    for i in 0..5 {
+        let (status, _) = get_text(http, &format!("/rtp/0000DEA{i}/index.m3u8?key=viewer-key-0123456789")).await;
+        assert_eq!(status, 404);
+    }
+    let (status, _) = get_text(http, &format!("/{name}/index.m3u8?key=viewer-key-0123456789&player=2")).await;
+    assert_eq!(status, 200, "a second session from this address");
+    let (status, body) = get_text(http, &format!("/{name}/index.m3u8?key=viewer-key-0123456789&player=3")).await;
+    assert_eq!(status, 503, "max_sessions_per_source = 2: {body}");
+    let (status, _) = get_text(http, &format!("/live/{}/index.m3u8?key=viewer-key-0123456789", "x".repeat(300))).await;
+    assert_eq!(status, 414);
+    let (status, _) = get_text(http, &format!("/{name}/index.m3u8?key={}", "k".repeat(3000))).await;
+    assert_eq!(status, 414);
     let (status, _) = get_text(http, &format!("/{name}/seg1.ts?session={session}")).await;
     assert_eq!(status, 404);
     let (status, _) = get_text(http, &format!("/{name}/seg999999.m4s?session={session}")).await;

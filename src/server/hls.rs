@@ -121,11 +121,20 @@ struct Session {
 struct Sessions {
     by_token: HashMap<String, Session>,
     by_key: HashMap<(IpAddr, String, String), String>,
+    /// Live sessions by address (`max_sessions_per_source`).
+    per_source: HashMap<IpAddr, usize>,
+    last_sweep: Option<Instant>,
 }
 
 impl Sessions {
     fn remove(&mut self, token: &str) {
         if let Some(s) = self.by_token.remove(token) {
+            if let Some(n) = self.per_source.get_mut(&s.key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&s.key.0);
+                }
+            }
             let key = (s.key.0, s.stream, s.key.1);
             if self.by_key.get(&key).is_some_and(|t| t == token) {
                 self.by_key.remove(&key);
@@ -133,7 +142,16 @@ impl Sessions {
         }
     }
 
+    /// Ends the sessions idle for `idle`, at most once a second (every driver ticks).
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        if self.last_sweep.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return;
+        }
+        self.expire(now, idle);
+    }
+
     fn expire(&mut self, now: Instant, idle: Duration) {
+        self.last_sweep = Some(now);
         let old: Vec<String> = self
             .by_token
             .iter()
@@ -145,6 +163,10 @@ impl Sessions {
         }
     }
 }
+
+/// The longest stream name and query string an HLS request may have.
+const MAX_NAME: usize = 256;
+const MAX_QUERY: usize = 2048;
 
 /// Rate limit of the warnings about refused players.
 static REFUSE_LOG: Mutex<crate::util::RateLimit> = Mutex::new(crate::util::RateLimit::new(Duration::from_secs(10)));
@@ -279,6 +301,10 @@ async fn handle(
     let Some(resource) = seg::parse_resource(file) else {
         return status(StatusCode::NOT_FOUND, "no such file");
     };
+    // Names and queries are kept per session: bounded, as every peer input.
+    if name.len() > MAX_NAME || uri.query().is_some_and(|q| q.len() > MAX_QUERY) {
+        return status(StatusCode::URI_TOO_LONG, "stream name or query too long");
+    }
     let q = parse_query(uri.query().unwrap_or(""));
     match resource {
         Resource::Playlist | Resource::Info => entry(&st, &hls, name, peer, q, resource).await,
@@ -304,25 +330,28 @@ async fn entry(
         (m, p) => (m.and_then(Result::ok), p.and_then(Result::ok)),
     };
     let now = Instant::now();
-    let session = match find_session(hls, name, peer.ip(), &q, now) {
-        Some(t) => t,
-        None => {
-            if let Err(why) = authorize(st, name, peer, &q.creds).await {
-                hls.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = lock(&REFUSE_LOG).check(now) {
-                    tracing::warn!(stream = %name, %peer, suppressed, "HLS play refused: {why}");
-                }
-                return status(StatusCode::FORBIDDEN, why);
+    let existing = find_session(hls, name, peer.ip(), &q, now);
+    if existing.is_none() {
+        // The play rules come before anything is started on demand (an INVITE, a pull).
+        if let Err(why) = authorize(st, name, peer, &q.creds).await {
+            hls.counters.auth_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = lock(&REFUSE_LOG).check(now) {
+                tracing::warn!(stream = %name, %peer, suppressed, "HLS play refused: {why}");
             }
-            match new_session(hls, name, peer.ip(), &q.creds, now) {
-                Some(t) => t,
-                None => return status(StatusCode::SERVICE_UNAVAILABLE, "too many HLS sessions ([hls] max_sessions)"),
-            }
+            return status(StatusCode::FORBIDDEN, why);
         }
-    };
+    }
     let sh = match segmenter(st, hls, name).await {
         Ok(sh) => sh,
         Err(r) => return r,
+    };
+    // A session only for a stream that exists: unknown names leave nothing behind.
+    let session = match existing {
+        Some(t) => t,
+        None => match new_session(hls, name, peer.ip(), &q.creds, now) {
+            Ok(t) => t,
+            Err(why) => return status(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
     };
     sh.touch();
     {
@@ -406,13 +435,20 @@ fn find_session(hls: &HlsShared, name: &str, ip: IpAddr, q: &Query, now: Instant
     Some(token)
 }
 
-fn new_session(hls: &HlsShared, name: &str, ip: IpAddr, creds: &str, now: Instant) -> Option<String> {
+fn new_session(hls: &HlsShared, name: &str, ip: IpAddr, creds: &str, now: Instant) -> Result<String, &'static str> {
     let mut sessions = lock(&hls.sessions);
-    if sessions.by_token.len() >= hls.cfg.max_sessions {
-        sessions.expire(now, hls.cfg.idle_timeout.0);
+    let idle = hls.cfg.idle_timeout.0;
+    let per_source = sessions.per_source.get(&ip).copied().unwrap_or(0);
+    if sessions.by_token.len() >= hls.cfg.max_sessions || per_source >= hls.cfg.max_sessions_per_source {
+        sessions.expire(now, idle);
+        let per_source = sessions.per_source.get(&ip).copied().unwrap_or(0);
         if sessions.by_token.len() >= hls.cfg.max_sessions {
             hls.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Err("too many HLS sessions ([hls] max_sessions)");
+        }
+        if per_source >= hls.cfg.max_sessions_per_source {
+            hls.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err("too many HLS sessions from this address ([hls] max_sessions_per_source)");
         }
     }
     let t = token();
@@ -421,8 +457,9 @@ fn new_session(hls: &HlsShared, name: &str, ip: IpAddr, creds: &str, now: Instan
         t.clone(),
         Session { stream: name.to_string(), key: (ip, creds.to_string()), last_seen: now, viewer: None },
     );
+    *sessions.per_source.entry(ip).or_insert(0) += 1;
     hls.counters.sessions_created.fetch_add(1, Ordering::Relaxed);
-    Some(t)
+    Ok(t)
 }
 
 /// The play rules, as RTSP and RTMP apply them: the cc's `on_play` hook decides when it answers,
@@ -613,7 +650,7 @@ async fn drive(hls: Arc<HlsShared>, sh: Arc<StreamHls>, mut sub: Subscription) {
                     hls.counters.segmenters_stopped_idle.fetch_add(1, Ordering::Relaxed);
                     break format!("no request for {idle:?}");
                 }
-                lock(&hls.sessions).expire(Instant::now(), idle);
+                lock(&hls.sessions).sweep(Instant::now(), idle);
             }
         }
     };
