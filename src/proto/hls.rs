@@ -90,12 +90,14 @@ struct TrackState {
     /// Sum of the pending samples' durations, in the track's timescale.
     pending_ticks: u64,
     pending_bytes: usize,
+    /// Source decode time (90 kHz) of each pending sample.
+    pending_dts: Vec<i64>,
     /// Decode time of the next sample, in the track's timescale.
     time: u64,
 }
 
 impl TrackState {
-    fn add(&mut self, s: Sample) {
+    fn add(&mut self, s: Sample, dts: i64) {
         if self.pending.is_empty() {
             self.pending_base = self.time;
         }
@@ -103,14 +105,55 @@ impl TrackState {
         self.pending_ticks += s.duration as u64;
         self.pending_bytes += s.data.len();
         self.pending.push(s);
+        self.pending_dts.push(dts);
     }
 
     fn take(&mut self) -> (u64, Vec<Sample>) {
-        self.pending_ticks = 0;
-        self.pending_bytes = 0;
-        (self.pending_base, std::mem::take(&mut self.pending))
+        self.take_until(i64::MAX)
+    }
+
+    /// The pending samples that start before `until` (source clock), and their decode time.
+    fn take_until(&mut self, until: i64) -> (u64, Vec<Sample>) {
+        let n = self.pending_dts.iter().take_while(|d| **d < until).count();
+        let taken: Vec<Sample> = self.pending.drain(..n).collect();
+        self.pending_dts.drain(..n);
+        let base = self.pending_base;
+        let ticks: u64 = taken.iter().map(|s| s.duration as u64).sum();
+        self.pending_base += ticks;
+        self.pending_ticks -= ticks;
+        self.pending_bytes -= taken.iter().map(|s| s.data.len()).sum::<usize>();
+        (base, taken)
     }
 }
+
+/// A part whose video is complete, waiting for the audio up to the same time: the hub's audio
+/// comes later than its video (the transcoder), and a part whose audio ends early looks to an MSE
+/// player like a buffer that did not grow (hls.js reloads it).
+#[derive(Debug)]
+struct Sealed {
+    video: Vec<Sample>,
+    video_base: u64,
+    /// Source decode time (90 kHz) where the part ends: audio before it belongs to it.
+    until: i64,
+    /// 90 kHz ticks.
+    duration: u64,
+    independent: bool,
+    ends_segment: bool,
+}
+
+/// What the segment being built (sealed and pending parts) holds, for the cut decisions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Building {
+    duration: u64,
+    bytes: usize,
+    /// Whether its first part starts at a keyframe (`None`: no part yet).
+    independent: Option<bool>,
+}
+
+/// Audio later than this behind a sealed part's end does not hold the part any longer.
+const MAX_AUDIO_WAIT: i64 = CLOCK_RATE;
+/// Sealed parts waiting for audio at most.
+const MAX_SEALED: usize = 4;
 
 /// Where a segmenter replacing an earlier one of the same stream carries on (the stream ended
 /// and came back while viewers watched): media sequence numbers and init ids never repeat, and
@@ -178,6 +221,9 @@ pub struct Segmenter {
     /// A different audio track appeared: a new init at the next keyframe declares it.
     audio_change: Option<AudioTrack>,
     last_interval: u64,
+    /// Parts waiting for their audio, oldest first.
+    sealed: VecDeque<Sealed>,
+    building: Building,
     /// Audio seen before any video (to decide the stream is audio-only).
     audio_before_video: Option<i64>,
     seen_video: bool,
@@ -209,6 +255,8 @@ impl Segmenter {
             audio_change: None,
             last_interval: 0,
             audio_before_video: None,
+            sealed: VecDeque::new(),
+            building: Building::default(),
             seen_video: false,
             bytes: 0,
             stats: SegmenterStats::default(),
@@ -284,11 +332,11 @@ impl Segmenter {
         if let Some(h) = self.video.held.take() {
             let d = (f.dts - h.dts).clamp(1, MAX_SAMPLE) as u64;
             self.last_interval = d;
-            self.video.add(video_sample(&h, d));
+            self.video.add(video_sample(&h, d), h.dts);
         }
-        changed |= self.cut_before(f.keyframe);
+        changed |= self.cut_before(f.keyframe, f.dts);
         self.video.held = Some(f);
-        changed
+        changed | self.drain_sealed(false)
     }
 
     fn push_audio(&mut self, f: Frame) -> bool {
@@ -354,13 +402,14 @@ impl Segmenter {
                 rescale((next - at).clamp(1, MAX_SAMPLE), CLOCK_RATE as u32, rate)
             };
             let d = d.max(1) as u64;
-            self.audio.add(Sample { duration: d as u32, cts: 0, keyframe: true, data: h.data.clone() });
+            self.audio.add(Sample { duration: d as u32, cts: 0, keyframe: true, data: h.data.clone() }, h.dts);
         }
-        if tracks.video.is_none() {
-            changed |= self.cut_before(true);
-        }
+        let dts = f.dts;
         self.audio.held = Some(f);
-        changed
+        if tracks.video.is_none() {
+            changed |= self.cut_before(true, dts);
+        }
+        changed | self.drain_sealed(false)
     }
 
     /// Ticks (90 kHz) of the pending part, by its video (or, audio-only, its audio) samples.
@@ -371,33 +420,91 @@ impl Segmenter {
         }
     }
 
-    /// Decides, before a frame that may start a segment, whether to close the part or segment.
-    fn cut_before(&mut self, keyframe: bool) -> bool {
+    /// Decides, before a frame at `dts` that may start a segment, whether to end the part or the
+    /// segment there.
+    fn cut_before(&mut self, keyframe: bool, dts: i64) -> bool {
         let pending = self.pending_ticks();
-        let seg = self.current.as_ref().map_or(0, |s| s.duration) + pending;
-        let seg_bytes =
-            self.current.as_ref().map_or(0, |s| s.bytes) + self.video.pending_bytes + self.audio.pending_bytes;
+        let b = self.building;
+        let seg = b.duration + pending;
         // One segment may fill at most half of the window's bytes.
-        let too_big = seg_bytes >= self.cfg.max_bytes / 2;
+        let too_big = b.bytes + self.video.pending_bytes + self.audio.pending_bytes >= self.cfg.max_bytes / 2;
         // A segment that did not start at a keyframe (the live-edge cut, a forced cut) ends at
         // the next one, however short: a player that joined on it gets a whole GOP sooner.
-        let independent = match &self.current {
-            Some(s) => s.parts.first().is_some_and(|p| p.independent),
-            None => {
-                self.tracks().is_some_and(|t| t.video.is_none())
-                    || self.video.pending.first().is_some_and(|s| s.keyframe)
-            }
-        };
+        let audio_only = self.tracks().is_some_and(|t| t.video.is_none());
+        let independent = b.independent.unwrap_or(audio_only || self.video.pending.first().is_some_and(|s| s.keyframe));
         if (keyframe && (seg >= self.cfg.segment_min || !independent)) || seg >= self.cfg.segment_max || too_big {
-            let part = self.close_part();
-            return self.close_segment() || part;
+            return self.seal(dts, true);
         }
-        // Parts stay within the target: close when the next frame would pass it.
-        let interval = if self.tracks().is_some_and(|t| t.video.is_some()) { self.last_interval } else { 0 };
+        // Parts stay within the target: end one when the next frame would pass it.
+        let interval = if audio_only { 0 } else { self.last_interval };
         if pending > 0 && (pending >= self.cfg.part_target || pending + interval > self.cfg.part_target) {
-            return self.close_part();
+            return self.seal(dts, false);
         }
         false
+    }
+
+    /// Ends the pending part at `until` (source clock); it goes out once the audio is there too.
+    fn seal(&mut self, until: i64, ends_segment: bool) -> bool {
+        if self.init.is_none() {
+            return false;
+        }
+        let audio_only = self.tracks().is_some_and(|t| t.video.is_none());
+        let duration = self.pending_ticks();
+        let independent = audio_only || self.video.pending.first().is_some_and(|s| s.keyframe);
+        let empty = self.video.pending.is_empty() && (!audio_only || self.audio.pending.is_empty());
+        if empty {
+            // Nothing to add: the segment still ends here.
+            match self.sealed.back_mut() {
+                Some(last) if ends_segment => last.ends_segment = true,
+                None if ends_segment && self.current.is_some() => {
+                    self.building = Building::default();
+                    return self.close_segment();
+                }
+                _ => {}
+            }
+            if ends_segment {
+                self.building = Building::default();
+            }
+            return false;
+        }
+        let bytes = self.video.pending_bytes;
+        let (video_base, video) = self.video.take();
+        self.sealed.push_back(Sealed { video, video_base, until, duration, independent, ends_segment });
+        self.building = if ends_segment {
+            Building::default()
+        } else {
+            Building {
+                duration: self.building.duration + duration,
+                bytes: self.building.bytes + bytes,
+                independent: Some(self.building.independent.unwrap_or(independent)),
+            }
+        };
+        self.drain_sealed(false)
+    }
+
+    /// Sends out the sealed parts whose audio has come (or waited long enough; `force`: all).
+    fn drain_sealed(&mut self, force: bool) -> bool {
+        let mut changed = false;
+        while let Some(front) = self.sealed.front() {
+            let has_audio = self.tracks().is_some_and(|t| t.audio.is_some() && t.video.is_some());
+            let audio_at = self.audio.held.as_ref().map(|h| h.dts);
+            let video_at = self.video.held.as_ref().map_or(front.until, |h| h.dts);
+            let ready = force
+                || !has_audio
+                || audio_at.is_some_and(|a| a >= front.until)
+                || video_at - front.until > MAX_AUDIO_WAIT
+                || self.sealed.len() > MAX_SEALED;
+            if !ready {
+                break;
+            }
+            let Some(part) = self.sealed.pop_front() else { break };
+            let (abase, audio) = self.audio.take_until(part.until);
+            changed |= self.emit_part(part.video, part.video_base, audio, abase, part.duration, part.independent);
+            if part.ends_segment {
+                changed |= self.close_segment();
+            }
+        }
+        changed
     }
 
     /// Moves the held frames into the pending part (their duration guessed from the last
@@ -405,14 +512,14 @@ impl Segmenter {
     fn flush_all(&mut self) -> bool {
         if let Some(h) = self.video.held.take() {
             let d = self.last_interval.max(1);
-            self.video.add(video_sample(&h, d));
+            self.video.add(video_sample(&h, d), h.dts);
         }
         if let Some(h) = self.audio.held.take() {
             // An AAC frame is 1024 samples.
-            self.audio.add(Sample { duration: 1024, cts: 0, keyframe: true, data: h.data.clone() });
+            self.audio.add(Sample { duration: 1024, cts: 0, keyframe: true, data: h.data.clone() }, h.dts);
         }
-        let part = self.close_part();
-        self.close_segment() || part
+        let sealed = self.seal(i64::MAX, true);
+        self.drain_sealed(true) || sealed
     }
 
     fn new_init(&mut self, tracks: Tracks) {
@@ -445,17 +552,20 @@ impl Segmenter {
         self.drop_unused_inits();
     }
 
-    /// Closes the pending part into the current segment. Returns whether there was one.
-    fn close_part(&mut self) -> bool {
+    /// Puts one part (video and audio samples) into the current segment.
+    fn emit_part(
+        &mut self,
+        vs: Vec<Sample>,
+        vbase: u64,
+        aus: Vec<Sample>,
+        abase: u64,
+        duration: u64,
+        independent: bool,
+    ) -> bool {
         let Some(init) = &self.init else { return false };
-        if self.video.pending.is_empty() && self.audio.pending.is_empty() {
+        if vs.is_empty() && aus.is_empty() {
             return false;
         }
-        let audio_only = init.tracks.video.is_none();
-        let duration = self.pending_ticks();
-        let independent = audio_only || self.video.pending.first().is_some_and(|s| s.keyframe);
-        let (vbase, vs) = self.video.take();
-        let (abase, aus) = self.audio.take();
         let runs = [
             Run { track_id: VIDEO_TRACK, base_decode_time: vbase, samples: &vs },
             Run { track_id: AUDIO_TRACK, base_decode_time: abase, samples: &aus },
@@ -529,9 +639,12 @@ impl Segmenter {
 
     /// Closes the current part and segment now (not at a keyframe): the driver's call once the
     /// GOP cache has been fed, so a player that needs a complete segment (ffmpeg) starts at once.
+    /// Returns whether it ended anything (the part may still wait for its audio).
     pub fn cut(&mut self) -> bool {
-        let part = self.close_part();
-        self.close_segment() || part
+        let before = (self.sealed.len(), self.stats.parts, self.segments.len());
+        let until = self.video.held.as_ref().map_or(i64::MAX, |h| h.dts);
+        self.seal(until, true);
+        (self.sealed.len(), self.stats.parts, self.segments.len()) != before
     }
 
     /// Whether there is an init segment and at least one part.
@@ -672,7 +785,10 @@ impl Segmenter {
     pub fn stats(&self) -> SegmenterStats {
         SegmenterStats {
             segments: self.segments.len(),
-            bytes: self.bytes + self.video.pending_bytes + self.audio.pending_bytes,
+            bytes: self.bytes
+                + self.video.pending_bytes
+                + self.audio.pending_bytes
+                + self.sealed.iter().flat_map(|p| &p.video).map(|s| s.data.len()).sum::<usize>(),
             first_msn: self.segments.front().map_or(self.next_msn, |s| s.msn),
             ..self.stats.clone()
         }
@@ -788,7 +904,9 @@ mod tests {
                 completed += 1;
             }
             while adts < dts + 3600 {
-                s.push(audio(&acfg, adts));
+                if s.push(audio(&acfg, adts)) {
+                    completed += 1;
+                }
                 adts += 1024 * 90_000 / 11025;
             }
         }
@@ -881,6 +999,40 @@ mod tests {
     }
 
     #[test]
+    fn late_audio_still_fills_each_part_up_to_its_video_end() {
+        use mp4_atom::{Decode, Moof};
+        let (cfg, _) = h264();
+        let acfg = aac_cfg();
+        let mut s = Segmenter::new(SegmenterConfig::default(), AudioTrack::aac(Codec::Aac, &audio_cfg()));
+        // The audio arrives 200 ms after the video of the same time (as the transcoder's does).
+        let step = 1024.0 * 90_000.0 / 11025.0;
+        let mut next_audio = 0usize;
+        for i in 0..200i64 {
+            s.push(video(&cfg, Codec::H264, i * 3600, i % 50 == 0, 500));
+            while ((next_audio as f64) * step) as i64 <= i * 3600 - 18_000 {
+                s.push(audio(&acfg, ((next_audio as f64) * step) as i64));
+                next_audio += 1;
+            }
+        }
+        let mut checked = 0;
+        for seg in &s.segments {
+            for p in &seg.parts {
+                let moof = Moof::decode(&mut &p.data[..]).unwrap();
+                let end = |i: usize, rate: f64| {
+                    let t = &moof.traf[i];
+                    let total: u64 = t.trun[0].samples.iter().map(|e| e.duration.unwrap() as u64).sum();
+                    (t.tfdt.as_ref().unwrap().base_media_decode_time + total) as f64 / rate
+                };
+                assert_eq!(moof.traf.len(), 2, "every part has audio");
+                let (v, a) = (end(0, 90_000.0), end(1, 11025.0));
+                assert!((v - a).abs() < 0.1, "part ends: video {v} s, audio {a} s");
+                checked += 1;
+            }
+        }
+        assert!(checked > 10);
+    }
+
+    #[test]
     fn window_is_bounded_in_segments_and_bytes() {
         let (cfg, _) = h264();
         let c = SegmenterConfig { max_segments: 3, ..Default::default() };
@@ -932,8 +1084,9 @@ mod tests {
         assert!(s.has_segment());
         assert_eq!(s.part(1, 0), Lookup::Pending);
         assert_eq!(s.playlist_ready(4, None), Readiness::Bad);
-        // Segment 1 started mid-GOP: it ends at the next keyframe (frame 50), not 2 s later.
-        feed(&mut s, &cfg, 26, 25, 50);
+        // Segment 1 started mid-GOP: it ends at the next keyframe (frame 50), not 2 s later
+        // (once the audio has reached it too).
+        feed(&mut s, &cfg, 26, 27, 50);
         assert_eq!(s.playlist_ready(1, None), Readiness::Ready);
         assert_eq!(parse_extinf(&s.playlist("")), vec![1.0, 1.0]);
     }
