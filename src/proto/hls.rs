@@ -108,10 +108,6 @@ impl TrackState {
         self.pending_dts.push(dts);
     }
 
-    fn take(&mut self) -> (u64, Vec<Sample>) {
-        self.take_until(i64::MAX)
-    }
-
     /// The pending samples that start before `until` (source clock), and their decode time.
     fn take_until(&mut self, until: i64) -> (u64, Vec<Sample>) {
         let n = self.pending_dts.iter().take_while(|d| **d < until).count();
@@ -449,26 +445,28 @@ impl Segmenter {
             return false;
         }
         let audio_only = self.tracks().is_some_and(|t| t.video.is_none());
-        let duration = self.pending_ticks();
         let independent = audio_only || self.video.pending.first().is_some_and(|s| s.keyframe);
-        let empty = self.video.pending.is_empty() && (!audio_only || self.audio.pending.is_empty());
+        let bytes_before = self.video.pending_bytes;
+        let (video_base, video) = self.video.take_until(until);
+        let duration = if audio_only { self.pending_ticks() } else { video.iter().map(|s| s.duration as u64).sum() };
+        let empty = video.is_empty() && (!audio_only || self.audio.pending.is_empty());
         if empty {
             // Nothing to add: the segment still ends here.
-            match self.sealed.back_mut() {
-                Some(last) if ends_segment => last.ends_segment = true,
-                None if ends_segment && self.current.is_some() => {
-                    self.building = Building::default();
-                    return self.close_segment();
+            if !ends_segment {
+                return false;
+            }
+            self.building = Building::default();
+            return match self.sealed.back_mut() {
+                // The segment ends with the last sealed part (once its audio is there).
+                Some(last) => {
+                    let marked = !last.ends_segment;
+                    last.ends_segment = true;
+                    marked
                 }
-                _ => {}
-            }
-            if ends_segment {
-                self.building = Building::default();
-            }
-            return false;
+                None => self.close_segment(),
+            };
         }
-        let bytes = self.video.pending_bytes;
-        let (video_base, video) = self.video.take();
+        let bytes = bytes_before - self.video.pending_bytes;
         self.sealed.push_back(Sealed { video, video_base, until, duration, independent, ends_segment });
         self.building = if ends_segment {
             Building::default()
@@ -642,9 +640,15 @@ impl Segmenter {
     /// Returns whether it ended anything (the part may still wait for its audio).
     pub fn cut(&mut self) -> bool {
         let before = (self.sealed.len(), self.stats.parts, self.segments.len());
-        let until = self.video.held.as_ref().map_or(i64::MAX, |h| h.dts);
-        self.seal(until, true);
-        (self.sealed.len(), self.stats.parts, self.segments.len()) != before
+        // Where both tracks have come: the video after it opens the next segment, so the first
+        // one is whole (its audio as long as its video) and needs no wait.
+        let video_at = self.video.held.as_ref().map_or(i64::MAX, |h| h.dts);
+        let audio_at = match self.tracks().is_some_and(|t| t.audio.is_some() && t.video.is_some()) {
+            true => self.audio.held.as_ref().map_or(i64::MIN, |h| h.dts),
+            false => i64::MAX,
+        };
+        let marked = self.seal(video_at.min(audio_at), true);
+        marked || (self.sealed.len(), self.stats.parts, self.segments.len()) != before
     }
 
     /// Whether there is an init segment and at least one part.
