@@ -504,3 +504,57 @@ async fn a_playlist_request_invites_a_gb_channel_and_the_idle_stop_ends_it() {
     stop.cancel();
     gw.stop().await;
 }
+
+/// The cc's `on_play` hook decides for HLS viewers, once per session (not per playlist reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_on_play_hook_is_asked_once_per_session() {
+    use std::sync::{Arc, Mutex};
+    let asked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = asked.clone();
+    let cc = axum::Router::new().route(
+        "/on_play",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let deny = v["params"].as_str().is_some_and(|p| p.contains("deny"));
+                seen.lock().unwrap().push(v);
+                let answer =
+                    if deny { r#"{"allow": false, "reason": "not on the list"}"# } else { r#"{"allow": true}"# };
+                ([("content-type", "application/json")], answer)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cc_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, cc).await.unwrap() });
+    let mut cfg = test_config();
+    cfg.callbacks.on_play = Some(format!("http://{cc_addr}/on_play"));
+    let gw = start(cfg).await;
+    let http = gw.http_addr.unwrap();
+    let ssrc = 0x0600_0020;
+    let name = name_of(ssrc);
+    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
+    wait_live(&gw, &name).await;
+    let (status, body) = get_text(http, &format!("/{name}/index.m3u8?who=deny")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not on the list"), "{body}");
+    let (status, pl) = get_text(http, &format!("/{name}/index.m3u8?who=alice")).await;
+    assert_eq!(status, 200, "{pl}");
+    let session = session_of(&pl);
+    for _ in 0..3 {
+        let (status, again) = get_text(http, &format!("/{name}/index.m3u8?who=alice")).await;
+        assert_eq!(status, 200);
+        assert_eq!(session_of(&again), session);
+        let (status, _) = get_text(http, &format!("/{name}/index.m3u8?session={session}")).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = get(http, &format!("/{name}/init.mp4?session={session}")).await;
+        assert_eq!(status, 200);
+    }
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "one question per session: {asked:?}");
+    assert_eq!(asked[1]["protocol"], "hls");
+    assert_eq!(asked[1]["stream"], name.as_str());
+    assert_eq!(asked[1]["params"], "who=alice");
+    sender.abort();
+}
