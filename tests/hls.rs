@@ -558,3 +558,26 @@ async fn the_on_play_hook_is_asked_once_per_session() {
     assert_eq!(asked[1]["params"], "who=alice");
     sender.abort();
 }
+
+/// A real Hikvision capture (1080p, 15 fps, from the shared fixtures) plays over HLS with its
+/// size and frame rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_hikvision_1080p15_stream_reads_over_hls() {
+    let test = "a_real_hikvision_1080p15_stream_reads_over_hls";
+    let Some(shared) = shared_or_skip(test) else { return };
+    if !require_tool(test, "ffprobe") {
+        return;
+    }
+    let gw = start(test_config()).await;
+    let ssrc = 0x0600_0030;
+    let name = name_of(ssrc);
+    let fixture = shared.join("real/avstackdocs/hik_1080p15_h264_02c27467.gbsend.rtp");
+    let sender = send_in_background(&gw, &fixture, ssrc, 5);
+    wait_live(&gw, &name).await;
+    let probe = ffprobe_hls(&gw, &name).await;
+    let v = by_type(&probe, "video");
+    assert_eq!(v["codec_name"], "h264", "{probe}");
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(1920), Some(1080)), "{probe}");
+    assert_eq!(v["r_frame_rate"], "15/1", "{probe}");
+    sender.abort();
+}
