@@ -43,6 +43,8 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     /// `[http]`: the HTTP media listener (HTTP-FLV, WebSocket-FLV, HLS, WHEP, the web console).
     pub http: HttpConfig,
+    /// `[hls]`: HLS (fMP4, Low-Latency) on the HTTP listener (see [`crate::server::hls`]).
+    pub hls: HlsConfig,
     pub sip: SipConfig,
     pub gb: GbConfig,
     pub hub: HubConfig,
@@ -676,6 +678,51 @@ impl Default for HttpConfig {
     }
 }
 
+/// HLS on the HTTP listener: `GET /<stream>/index.m3u8`, fMP4 segments and LL-HLS parts, made
+/// only while someone watches (D129..D134).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    /// `false`: HLS requests get 404.
+    pub enabled: bool,
+    /// Partial segments (LL-HLS parts) are at most about this long.
+    pub part_duration: HumanDuration,
+    /// A segment ends at the first video keyframe after this much media.
+    pub segment_duration: HumanDuration,
+    /// A segment with no keyframe is cut at this length anyway.
+    pub max_segment_duration: HumanDuration,
+    /// Complete segments kept in the playlist and in memory.
+    pub segments: usize,
+    /// Bytes one stream's segmenter keeps (segments, parts, init segments); the oldest segments
+    /// leave the window to stay within it.
+    pub max_bytes_per_stream: usize,
+    /// Segmenters running at once (each one is a stream somebody watches over HLS).
+    pub max_streams: usize,
+    /// Viewer sessions at once, all streams together.
+    pub max_sessions: usize,
+    /// Viewer sessions at once from one address.
+    pub max_sessions_per_source: usize,
+    /// A stream's segmenter stops, and a viewer session ends, when no request came for this long.
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        HlsConfig {
+            enabled: true,
+            part_duration: HumanDuration(Duration::from_millis(500)),
+            segment_duration: HumanDuration(Duration::from_secs(2)),
+            max_segment_duration: HumanDuration(Duration::from_secs(10)),
+            segments: 7,
+            max_bytes_per_stream: 32 << 20,
+            max_streams: 64,
+            max_sessions: 10_000,
+            max_sessions_per_source: 64,
+            idle_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
@@ -895,6 +942,38 @@ impl Config {
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    fn validate_hls(&self) -> Result<(), ConfigError> {
+        let h = &self.hls;
+        let within = |key: &'static str, d: Duration, lo: Duration, hi: Duration| {
+            if (lo..=hi).contains(&d) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid { key, message: format!("between {lo:?} and {hi:?}") })
+            }
+        };
+        let ms = Duration::from_millis;
+        within("hls.part_duration", h.part_duration.0, ms(100), ms(2000))?;
+        within("hls.segment_duration", h.segment_duration.0, h.part_duration.0, ms(30_000))?;
+        within("hls.max_segment_duration", h.max_segment_duration.0, h.segment_duration.0, ms(60_000))?;
+        within("hls.idle_timeout", h.idle_timeout.0, ms(1000), ms(3_600_000))?;
+        if !(2..=100).contains(&h.segments) {
+            return Err(ConfigError::Invalid { key: "hls.segments", message: "between 2 and 100".into() });
+        }
+        if h.max_bytes_per_stream < 1 << 20 {
+            return Err(ConfigError::Invalid { key: "hls.max_bytes_per_stream", message: "at least 1048576".into() });
+        }
+        for (key, v) in [
+            ("hls.max_streams", h.max_streams),
+            ("hls.max_sessions", h.max_sessions),
+            ("hls.max_sessions_per_source", h.max_sessions_per_source),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid { key, message: "must be positive".into() });
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn positive(key: &'static str, v: usize) -> Result<(), ConfigError> {
             if v == 0 {
@@ -968,6 +1047,7 @@ impl Config {
         positive("api.max_connections_per_source", self.api.max_connections_per_source)?;
         positive("rtsp.max_connections", self.rtsp.max_connections)?;
         positive("http.max_connections", self.http.max_connections)?;
+        self.validate_hls()?;
         positive("http.max_connections_per_source", self.http.max_connections_per_source)?;
         // Below a merge interval of a high-bitrate stream a player would skip all the time.
         if self.http.max_queue_bytes < 256 << 10 {

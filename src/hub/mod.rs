@@ -108,6 +108,8 @@ pub struct Stream {
     /// Set when this stream repeats another one's frames (a GB channel's stream, D103): reports
     /// of ingest traffic count the original only.
     copy_of: std::sync::OnceLock<String>,
+    /// Players counted without a subscription each (HLS sessions share one segmenter), by label.
+    viewers: Mutex<std::collections::BTreeMap<&'static str, usize>>,
 }
 
 /// Where a stream is in the life `stream_state` reports.
@@ -159,6 +161,7 @@ impl Stream {
             last_frame_ms: AtomicU64::new(0),
             born: Instant::now(),
             copy_of: std::sync::OnceLock::new(),
+            viewers: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -427,13 +430,28 @@ impl Stream {
         lock(&self.fanout).subscribers.len()
     }
 
-    /// Subscribers by label, e.g. `{"rtmp": 2, "rtsp": 10}`.
+    /// Subscribers by label, e.g. `{"rtmp": 2, "rtsp": 10}`. A label with viewers
+    /// ([`Stream::add_viewer`]) counts its viewers instead of its subscriptions.
     pub fn subscriber_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
         let mut counts = std::collections::BTreeMap::new();
         for s in &lock(&self.fanout).subscribers {
             *counts.entry(s.label).or_insert(0) += 1;
         }
+        for (label, n) in lock(&self.viewers).iter() {
+            match n {
+                0 => counts.remove(label),
+                n => counts.insert(label, *n),
+            };
+        }
         counts
+    }
+
+    /// Counts one player under `label` until the guard drops, for outputs whose players share one
+    /// subscription (HLS: one segmenter per stream, one viewer per session). Once a label has had
+    /// a viewer, its count in [`Stream::subscriber_counts`] is its viewers, not its subscriptions.
+    pub fn add_viewer(self: &Arc<Self>, label: &'static str) -> ViewerGuard {
+        *lock(&self.viewers).entry(label).or_insert(0) += 1;
+        ViewerGuard { stream: self.clone(), label }
     }
 
     pub fn drops(&self) -> u64 {
@@ -485,6 +503,26 @@ impl Drop for Stream {
         let f = self.fanout.get_mut().unwrap_or_else(|e| e.into_inner());
         self.gop_budget.used.fetch_sub(f.gop.bytes(), Ordering::Relaxed);
         f.gop.clear();
+    }
+}
+
+/// One counted viewer (see [`Stream::add_viewer`]).
+pub struct ViewerGuard {
+    stream: Arc<Stream>,
+    label: &'static str,
+}
+
+impl ViewerGuard {
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+}
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.stream.viewers).get_mut(self.label) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 

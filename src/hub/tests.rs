@@ -203,3 +203,22 @@ fn gop_caches_share_one_byte_budget() {
     hub.remove(&b);
     assert_eq!(hub.gop_budget().usage().0, 0);
 }
+
+#[test]
+fn viewers_replace_their_label_subscriptions_in_the_counts() {
+    let hub = hub(8);
+    let s = hub.create("v", source(), Takeover::Refuse).unwrap();
+    let _rtsp = s.subscribe_as("rtsp");
+    let _segmenter = s.subscribe_as("hls");
+    assert_eq!(s.subscriber_counts().get("hls"), Some(&1));
+    let a = s.add_viewer("hls");
+    let b = s.add_viewer("hls");
+    let c = s.add_viewer("hls");
+    assert_eq!(s.subscriber_counts().get("hls"), Some(&3));
+    assert_eq!(s.subscriber_counts().get("rtsp"), Some(&1));
+    drop((a, b));
+    assert_eq!(s.subscriber_counts().get("hls"), Some(&1));
+    drop(c);
+    assert_eq!(s.subscriber_counts().get("hls"), None, "a segmenter alone is no viewer");
+    assert_eq!(s.subscriber_count(), 2, "the subscriptions still hold the stream");
+}

@@ -3,6 +3,8 @@ pub mod amf0;
 pub mod flv;
 pub mod flv_file;
 pub mod flv_flow;
+pub mod fmp4;
+pub mod hls;
 pub mod ps;
 pub mod rtcp;
 pub mod rtmp_chunk;

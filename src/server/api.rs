@@ -39,6 +39,8 @@ pub struct ApiState {
     pub upper: UpperRoutes,
     /// HTTP-FLV and WebSocket-FLV players' counters.
     pub http_flv: Arc<crate::server::http_flv::FlvShared>,
+    /// HLS segmenters and sessions (for `/metrics`).
+    pub hls: Arc<crate::server::hls::HlsShared>,
 }
 
 /// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no

@@ -9,7 +9,7 @@
 //! | public path                                   | internal path           | module     |
 //! |-----------------------------------------------|-------------------------|------------|
 //! | `/<stream>.flv` (HTTP-FLV and WebSocket-FLV)  | `/flv/<stream>`         | `http_flv` |
-//! | `/<stream>/<file>.{m3u8,m4s,mp4,m4a,m4v,ts,aac}` | `/hls/<stream>/<file>` | `hls`   |
+//! | `/<stream>/<file>.{m3u8,m4s,mp4,m4a,m4v,ts,aac}`, `/<stream>/hls.json` | `/hls/<stream>/<file>` | `hls` |
 //! | `/<stream>/whep`, `/<stream>/whep/<resource>` | `/whep/<same path>`     | `whep`     |
 //! | anything else (`/`, `/play?stream=..`, assets) | `/ui/<same path>`      | `console`  |
 //!
@@ -39,6 +39,8 @@ pub struct HttpState {
     pub flv: Arc<crate::server::http_flv::FlvShared>,
     /// Cancelled when the gateway stops: live responses end.
     pub shutdown: CancellationToken,
+    /// The HLS segmenters and viewer sessions.
+    pub hls: Arc<crate::server::hls::HlsShared>,
 }
 
 /// The router of the HTTP listener: each output's routes under its internal prefix.
@@ -65,9 +67,10 @@ pub fn internal_path(path: &str) -> String {
     let n = segments.len();
     let hls = n >= 2
         && segments[..n - 1].iter().all(|s| !s.is_empty())
-        && segments[n - 1]
-            .rsplit_once('.')
-            .is_some_and(|(stem, ext)| !stem.is_empty() && HLS_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext)));
+        && (segments[n - 1] == "hls.json"
+            || segments[n - 1].rsplit_once('.').is_some_and(|(stem, ext)| {
+                !stem.is_empty() && HLS_EXTENSIONS.iter().any(|e| e.eq_ignore_ascii_case(ext))
+            }));
     if hls {
         return format!("/hls/{rest}");
     }
@@ -327,6 +330,7 @@ mod tests {
         assert_eq!(internal_path("/live.flv"), "/flv/live");
         assert_eq!(internal_path("/rtp/0600000001/index.m3u8"), "/hls/rtp/0600000001/index.m3u8");
         assert_eq!(internal_path("/live/seg12.m4s"), "/hls/live/seg12.m4s");
+        assert_eq!(internal_path("/gb/1/hls.json"), "/hls/gb/1/hls.json");
         assert_eq!(internal_path("/gb/1/whep"), "/whep/gb/1/whep");
         assert_eq!(internal_path("/gb/1/whep/abc"), "/whep/gb/1/whep/abc");
         assert_eq!(internal_path("/"), "/ui/");

@@ -247,6 +247,22 @@ impl Collector for Gateway {
             flv.skipped_frames,
         )?;
         counter(e, "gbgate_flv_too_slow", "FLV players cut off by the hub for being too slow.", flv.too_slow)?;
+        let hls = s.hls.snapshot();
+        gauge(e, "gbgate_hls_segmenters", "HLS segmenters running (streams watched over HLS).", n(hls.segmenters))?;
+        gauge(e, "gbgate_hls_bytes", "Bytes the HLS segmenters hold (segments, parts, init segments).", n(hls.bytes))?;
+        gauge(e, "gbgate_hls_sessions", "HLS viewer sessions.", n(hls.sessions))?;
+        counter(
+            e,
+            "gbgate_hls_auth_refused",
+            "HLS play requests refused by [auth] or the on_play hook.",
+            hls.auth_refused,
+        )?;
+        counter(
+            e,
+            "gbgate_hls_segmenters_stopped_idle",
+            "HLS segmenters stopped after [hls] idle_timeout without requests.",
+            hls.segmenters_stopped_idle,
+        )?;
         gauge(e, "gbgate_rtsp_publishers", "RTSP publishers (ANNOUNCE/RECORD) now.", n(rtsp.publishers))?;
         counter(
             e,

@@ -199,6 +199,7 @@ impl Gateway {
             gb.clone(),
         );
         let upper = api::UpperRoutes::default();
+        let hls_shared = hls::HlsShared::new(&cfg.hls);
         let router = api::router(
             api::ApiState {
                 hub: hub.clone(),
@@ -217,6 +218,7 @@ impl Gateway {
                 .collect(),
                 metrics_streams: cfg.api.metrics_streams,
                 upper: upper.clone(),
+                hls: hls_shared.clone(),
                 pushes: pushes.clone(),
                 reload: reloader.clone(),
                 http_flv: http_flv.clone(),
@@ -241,6 +243,7 @@ impl Gateway {
                 gb: gb.clone(),
                 flv: http_flv.clone(),
                 shutdown: shutdown.clone(),
+                hls: hls_shared,
             };
             tasks.push(tokio::spawn(http::serve(
                 l,
