@@ -12,6 +12,7 @@ pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
 pub mod rtsp_ingest;
+pub mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

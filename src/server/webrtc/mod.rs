@@ -1,0 +1,491 @@
+//! WebRTC playback: ICE-lite sessions on one UDP port, one tokio task for all of them (D135).
+//!
+//! [`WebRtc::open`] (called by the WHEP handler) builds a str0m [`Rtc`] for an SDP offer and
+//! answers it; the session then lives in the driver task, which owns the socket, every `Rtc`
+//! and every session's hub subscription. Datagrams are routed by STUN USERNAME, then by source
+//! address ([`demux`]). The `Rtc` instances are sans-IO: the driver only moves datagrams, frames
+//! and `now` in and datagrams out.
+pub mod audio;
+pub mod demux;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SelectAll, Stream as FStream, StreamExt};
+use serde::Serialize;
+use str0m::change::SdpOffer;
+use str0m::media::{MediaKind as RtcKind, Mid};
+use str0m::{Candidate, Event, Output, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebRtcConfig;
+use crate::frame::{Codec, CodecConfig, Frame};
+use crate::hub::{Stream, Subscription, SubscriptionEnded};
+use session::{End, Limits, Session};
+
+/// Why an offer was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("too many WebRTC sessions ({0}, webrtc.max_sessions)")]
+    Full(usize),
+    #[error("bad SDP offer: {0}")]
+    BadOffer(String),
+    #[error("the offer has no codec this stream can be sent in ({0})")]
+    NoCodec(String),
+    #[error("the WebRTC driver is not running")]
+    Stopped,
+}
+
+/// Counters of the WebRTC output.
+#[derive(Debug, Default)]
+pub struct WebRtcStats {
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub unrouted_datagrams: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub queue_drops: AtomicU64,
+}
+
+/// A snapshot for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebRtcSnapshot {
+    pub listen: SocketAddr,
+    pub sessions: usize,
+    pub max_sessions: usize,
+    pub opened: u64,
+    pub closed: u64,
+    pub refused_full: u64,
+    pub timed_out: u64,
+    pub unrouted_datagrams: u64,
+    pub send_errors: u64,
+    pub queue_drops: u64,
+}
+
+/// An answered offer.
+#[derive(Debug)]
+pub struct Opened {
+    pub answer: String,
+    pub resource: String,
+}
+
+enum Command {
+    Add(Box<Session>, Subscription, oneshot::Sender<()>),
+    Delete(String, String, oneshot::Sender<bool>),
+}
+
+/// The handle of the WebRTC output (shared by the WHEP handlers).
+pub struct WebRtc {
+    cfg: WebRtcConfig,
+    local_addr: SocketAddr,
+    cmd: mpsc::Sender<Command>,
+    sessions: Arc<AtomicUsize>,
+    next_key: AtomicU64,
+    cert: str0m::config::DtlsCert,
+    crypto: Arc<str0m::crypto::CryptoProvider>,
+    pub stats: Arc<WebRtcStats>,
+}
+
+impl WebRtc {
+    /// Binds the UDP port and starts the driver.
+    pub async fn start(cfg: &WebRtcConfig, shutdown: CancellationToken) -> std::io::Result<Arc<WebRtc>> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(cfg.listen),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        sock.set_nonblocking(true)?;
+        // Bursts (a GOP from the cache to several players) should not meet a full buffer.
+        let _ = sock.set_send_buffer_size(4 << 20);
+        let _ = sock.set_recv_buffer_size(1 << 20);
+        sock.bind(&cfg.listen.into())?;
+        let socket = UdpSocket::from_std(sock.into())?;
+        let local_addr = socket.local_addr()?;
+        let crypto = Arc::new(str0m::crypto::from_feature_flags());
+        let cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| std::io::Error::other("cannot generate the DTLS certificate"))?;
+        let (tx, rx) = mpsc::channel(256);
+        let stats = Arc::new(WebRtcStats::default());
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let driver = Driver {
+            socket,
+            rx,
+            sessions: HashMap::new(),
+            by_resource: HashMap::new(),
+            demux: demux::Demux::default(),
+            frames: SelectAll::new(),
+            cancel: HashMap::new(),
+            count: sessions.clone(),
+            stats: stats.clone(),
+        };
+        tokio::spawn(driver.run(shutdown));
+        tracing::info!(%local_addr, "WebRTC (ICE-lite) listening");
+        Ok(Arc::new(WebRtc {
+            cfg: cfg.clone(),
+            local_addr,
+            cmd: tx,
+            sessions,
+            next_key: AtomicU64::new(1),
+            cert,
+            crypto,
+            stats,
+        }))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new session would be refused.
+    pub fn is_full(&self) -> bool {
+        self.sessions() >= self.cfg.max_sessions
+    }
+
+    pub fn snapshot(&self) -> WebRtcSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        WebRtcSnapshot {
+            listen: self.local_addr,
+            sessions: self.sessions(),
+            max_sessions: self.cfg.max_sessions,
+            opened: l(&s.opened),
+            closed: l(&s.closed),
+            refused_full: l(&s.refused_full),
+            timed_out: l(&s.timed_out),
+            unrouted_datagrams: l(&s.unrouted_datagrams),
+            send_errors: l(&s.send_errors),
+            queue_drops: l(&s.queue_drops),
+        }
+    }
+
+    /// The addresses put in the answer's candidates for a player at `peer`.
+    fn candidate_ips(&self, peer: SocketAddr) -> Vec<IpAddr> {
+        if !self.cfg.advertise.is_empty() {
+            return self.cfg.advertise.clone();
+        }
+        if !self.local_addr.ip().is_unspecified() {
+            return vec![self.local_addr.ip()];
+        }
+        // Listening on every interface: the one the player is reached through.
+        let probe = match peer {
+            SocketAddr::V4(_) => std::net::UdpSocket::bind("0.0.0.0:0"),
+            SocketAddr::V6(_) => std::net::UdpSocket::bind("[::]:0"),
+        };
+        let ip = probe.and_then(|s| s.connect(peer).and_then(|_| s.local_addr())).map(|a| a.ip());
+        match ip {
+            Ok(ip) if !ip.is_unspecified() => vec![ip],
+            _ => vec![IpAddr::from([127, 0, 0, 1])],
+        }
+    }
+
+    /// Answers `offer` for a player of `stream` at `peer`, and starts the session.
+    pub async fn open(&self, offer: &str, stream: &Arc<Stream>, peer: SocketAddr) -> Result<Opened, OpenError> {
+        if self.is_full() {
+            self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(OpenError::Full(self.cfg.max_sessions));
+        }
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OpenError::BadOffer(e.to_string()))?;
+        let video = stream_video(stream);
+        let now = Instant::now();
+        let ufrag = random_token(8);
+        let creds = str0m::IceCreds { ufrag: ufrag.clone(), pass: random_token(24) };
+        let mut rtc_cfg = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds)
+            .set_crypto_provider(self.crypto.clone())
+            .set_dtls_cert(self.cert.clone())
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_pcma(true, false)
+            .enable_pcmu(true, false);
+        if video.is_some_and(|(c, _)| c == Codec::H265) {
+            rtc_cfg = rtc_cfg.enable_h265(true);
+        }
+        let mut rtc = rtc_cfg.build(now);
+        for ip in self.candidate_ips(peer) {
+            let addr = SocketAddr::new(ip, self.local_addr.port());
+            if let Ok(c) = Candidate::host(addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OpenError::BadOffer(e.to_string()))?;
+        // The negotiated media, announced as events before any network traffic.
+        let mut mids: Vec<(Mid, RtcKind)> = Vec::new();
+        loop {
+            match rtc.poll_output() {
+                Ok(Output::Event(Event::MediaAdded(m))) => mids.push((m.mid, m.kind)),
+                Ok(Output::Timeout(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let tracks = session::pick_tracks(&mut rtc, &mids, video);
+        if tracks.video.is_none() && tracks.audio.is_none() {
+            let what = match video {
+                Some((c, _)) => format!("{c} video, PCMA/PCMU audio"),
+                None => "PCMA/PCMU audio".into(),
+            };
+            return Err(OpenError::NoCodec(what));
+        }
+        if video.is_some() && tracks.video.is_none() {
+            let c = video.map(|(c, _)| c.to_string()).unwrap_or_default();
+            return Err(OpenError::NoCodec(format!("{c} video")));
+        }
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let resource = random_token(16);
+        let limits = Limits {
+            connect_timeout: self.cfg.connect_timeout.0,
+            idle_timeout: self.cfg.idle_timeout.0,
+            max_queue_bytes: self.cfg.max_queue_bytes,
+            rate: self.cfg.max_bitrate as f64 / 8.0,
+        };
+        let s = Session::new(
+            key,
+            resource.clone(),
+            ufrag,
+            stream.name.clone(),
+            peer,
+            self.local_addr,
+            rtc,
+            tracks,
+            limits,
+            now,
+        );
+        // Counted before the driver has it, so that concurrent offers cannot pass the cap.
+        if self.sessions.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_sessions {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(OpenError::Full(self.cfg.max_sessions));
+        }
+        let sub = stream.subscribe_as("webrtc");
+        let (ack, added) = oneshot::channel();
+        if self.cmd.send(Command::Add(Box::new(s), sub, ack)).await.is_err() || added.await.is_err() {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(OpenError::Stopped);
+        }
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Opened { answer: answer.to_sdp_string(), resource })
+    }
+
+    /// Ends the session `resource` of `stream`; false when there is none.
+    pub async fn close(&self, stream: &str, resource: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Delete(stream.to_string(), resource.to_string(), tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// The stream's video codec and profile, from its GOP cache, else its stats (profile unknown).
+fn stream_video(stream: &Stream) -> Option<(Codec, u8)> {
+    if let Some((codec, cfg)) = stream.cached_video() {
+        let profile = match cfg.as_ref() {
+            CodecConfig::Video(v) => v.profile,
+            CodecConfig::Audio(_) => 0,
+        };
+        return Some((codec, profile));
+    }
+    let v = stream.stats().video?;
+    Some((if v.codec == "h265" { Codec::H265 } else { Codec::H264 }, 0))
+}
+
+fn random_token(n: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut r = rand::thread_rng();
+    (0..n).map(|_| ALPHABET[r.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+type FrameStream = Pin<Box<dyn FStream<Item = (u64, Result<Frame, SubscriptionEnded>)> + Send>>;
+
+struct Driver {
+    socket: UdpSocket,
+    rx: mpsc::Receiver<Command>,
+    sessions: HashMap<u64, Session>,
+    by_resource: HashMap<String, u64>,
+    demux: demux::Demux,
+    frames: SelectAll<FrameStream>,
+    cancel: HashMap<u64, CancellationToken>,
+    count: Arc<AtomicUsize>,
+    stats: Arc<WebRtcStats>,
+}
+
+/// A session's subscription as a stream of frames, ended by its token.
+fn frames_of(key: u64, sub: Subscription, token: CancellationToken) -> FrameStream {
+    Box::pin(futures_util::stream::unfold((sub, token, false), move |(mut sub, token, done)| async move {
+        if done {
+            return None;
+        }
+        tokio::select! {
+            _ = token.cancelled() => None,
+            r = sub.recv() => {
+                let ended = r.is_err();
+                Some(((key, r), (sub, token, ended)))
+            }
+        }
+    }))
+}
+
+impl Driver {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 2048];
+        let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        loop {
+            let next = self
+                .sessions
+                .values()
+                .map(Session::deadline)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let touched: Option<u64>;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                cmd = self.rx.recv() => match cmd {
+                    None => break,
+                    Some(c) => touched = self.command(c),
+                },
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        match self.demux.route(from, &buf[..n]) {
+                            Some(key) => {
+                                if let Some(s) = self.sessions.get_mut(&key) {
+                                    s.receive(now, from, &buf[..n]);
+                                }
+                                touched = Some(key);
+                            }
+                            None => {
+                                self.stats.unrouted_datagrams.fetch_add(1, Ordering::Relaxed);
+                                touched = None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP port unreachable from a vanished player, on some systems.
+                        tracing::trace!("WebRTC recv: {e}");
+                        touched = None;
+                    }
+                },
+                Some((key, r)) = self.frames.next(), if !self.frames.is_empty() => {
+                    let now = Instant::now();
+                    if let Some(s) = self.sessions.get_mut(&key) {
+                        match r {
+                            Ok(f) => s.frame(now, &f),
+                            Err(SubscriptionEnded::TooSlow) => s.end(End::TooSlow),
+                            Err(SubscriptionEnded::StreamEnded) => s.end(End::StreamEnded),
+                        }
+                    }
+                    touched = Some(key);
+                },
+                _ = tokio::time::sleep_until(next.into()) => {
+                    let now = Instant::now();
+                    let due: Vec<u64> =
+                        self.sessions.iter().filter(|(_, s)| s.deadline() <= now).map(|(k, _)| *k).collect();
+                    for key in due {
+                        if let Some(s) = self.sessions.get_mut(&key) {
+                            s.tick(now);
+                        }
+                        self.flush(key, &mut out);
+                    }
+                    touched = None;
+                },
+            }
+            if let Some(key) = touched {
+                self.flush(key, &mut out);
+            }
+        }
+        let keys: Vec<u64> = self.sessions.keys().copied().collect();
+        for key in keys {
+            if let Some(s) = self.sessions.get_mut(&key) {
+                s.end(End::Shutdown);
+            }
+            self.flush(key, &mut out);
+        }
+    }
+
+    fn command(&mut self, c: Command) -> Option<u64> {
+        match c {
+            Command::Add(s, sub, ack) => {
+                let key = s.key;
+                self.demux.add(key, &s.ufrag);
+                self.by_resource.insert(s.resource.clone(), key);
+                let token = CancellationToken::new();
+                self.frames.push(frames_of(key, sub, token.clone()));
+                self.cancel.insert(key, token);
+                tracing::info!(stream = %s.stream, peer = %s.peer, "WebRTC player joined");
+                self.sessions.insert(key, *s);
+                let _ = ack.send(());
+                Some(key)
+            }
+            Command::Delete(stream, resource, reply) => {
+                let key = self.by_resource.get(&resource).copied();
+                let found = key.and_then(|k| self.sessions.get_mut(&k)).filter(|s| s.stream == stream);
+                let ok = match found {
+                    Some(s) => {
+                        s.end(End::Deleted);
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(ok);
+                key.filter(|_| ok)
+            }
+        }
+    }
+
+    /// Sends what session `key` has due, learns its addresses, and removes it when it ended.
+    fn flush(&mut self, key: u64, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let now = Instant::now();
+        for to in s.sent_to.drain(..) {
+            self.demux.learn(key, to);
+        }
+        out.clear();
+        s.due(now, out);
+        for (to, b) in out.drain(..) {
+            if let Err(e) = self.socket.try_send_to(&b, to) {
+                if self.stats.send_errors.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    tracing::debug!(%to, "WebRTC send: {e}");
+                }
+            }
+        }
+        let Some(why) = s.ended else { return };
+        let Some(s) = self.sessions.remove(&key) else { return };
+        self.by_resource.remove(&s.resource);
+        self.demux.remove(key, &s.ufrag);
+        if let Some(t) = self.cancel.remove(&key) {
+            t.cancel();
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.stats.closed.fetch_add(1, Ordering::Relaxed);
+        self.stats.queue_drops.fetch_add(s.stats.queue_drops, Ordering::Relaxed);
+        if matches!(why, End::ConnectTimeout | End::IdleTimeout) {
+            self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        let st = s.stats;
+        tracing::info!(
+            stream = %s.stream,
+            peer = %s.peer,
+            video_frames = st.video_frames,
+            audio_packets = st.audio_packets,
+            skipped = st.skipped_frames,
+            bytes = st.bytes_sent,
+            "WebRTC player left: {}",
+            why.as_str()
+        );
+    }
+}
