@@ -41,6 +41,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub rtsp: RtspConfig,
     pub rtmp: RtmpConfig,
+    /// `[http]`: the HTTP media listener (HTTP-FLV, WebSocket-FLV, HLS, WHEP, the web console).
+    pub http: HttpConfig,
     pub sip: SipConfig,
     pub gb: GbConfig,
     pub hub: HubConfig,
@@ -616,6 +618,49 @@ impl Default for RtmpConfig {
     }
 }
 
+/// The HTTP media listener: browser outputs (HTTP-FLV `/<stream>.flv`, WebSocket-FLV on the same
+/// path, HLS, WHEP) and the web console. Separate from the control API, which keeps its own
+/// listener, token and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// `false` leaves the port closed.
+    pub enabled: bool,
+    /// Concurrent connections (players and page loads). When full, the oldest connection that
+    /// has not completed a request is closed to make room.
+    pub max_connections: usize,
+    /// Concurrent connections per source address.
+    pub max_connections_per_source: usize,
+    /// A connection must send each request head within this (the first one included).
+    pub header_timeout: HumanDuration,
+    /// Merged write for HTTP-FLV and WebSocket-FLV players, as `[rtsp] merge_write`.
+    pub merge_write: HumanDuration,
+    /// H.265 in HTTP-FLV when the player does not ask (`?hevc=enhanced|legacy`); unset: `[rtmp] hevc`.
+    pub hevc: Option<HevcFlv>,
+    /// Bytes an FLV player may have queued and unsent; beyond it the player skips to the next
+    /// keyframe, and a player whose single write stalls `write_timeout` is disconnected.
+    pub max_queue_bytes: usize,
+    /// A write to a player that makes no progress for this long disconnects it.
+    pub write_timeout: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8088".parse().expect("literal"),
+            enabled: true,
+            max_connections: 2000,
+            max_connections_per_source: 64,
+            header_timeout: HumanDuration(Duration::from_secs(5)),
+            merge_write: HumanDuration(Duration::from_millis(200)),
+            hevc: None,
+            max_queue_bytes: 4 << 20,
+            write_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
@@ -903,10 +948,20 @@ impl Config {
         positive("api.max_connections", self.api.max_connections)?;
         positive("api.max_connections_per_source", self.api.max_connections_per_source)?;
         positive("rtsp.max_connections", self.rtsp.max_connections)?;
+        positive("http.max_connections", self.http.max_connections)?;
+        positive("http.max_connections_per_source", self.http.max_connections_per_source)?;
+        if self.http.max_queue_bytes < 64 << 10 {
+            return Err(ConfigError::Invalid { key: "http.max_queue_bytes", message: "at least 65536".into() });
+        }
+        if self.http.write_timeout.0 < Duration::from_millis(500) {
+            return Err(ConfigError::Invalid { key: "http.write_timeout", message: "at least 500ms".into() });
+        }
         positive("rtsp.max_connections_per_source", self.rtsp.max_connections_per_source)?;
-        for (key, d) in
-            [("api.header_timeout", self.api.header_timeout.0), ("rtsp.request_timeout", self.rtsp.request_timeout.0)]
-        {
+        for (key, d) in [
+            ("api.header_timeout", self.api.header_timeout.0),
+            ("rtsp.request_timeout", self.rtsp.request_timeout.0),
+            ("http.header_timeout", self.http.header_timeout.0),
+        ] {
             if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&d) {
                 return Err(ConfigError::Invalid { key, message: "between 100ms and 60s".into() });
             }
@@ -925,9 +980,11 @@ impl Config {
             return Err(ConfigError::Invalid { key: "rtp.reorder_delay", message: "at most 2s".into() });
         }
         // A merging player reads its queue only once per interval: keep it well inside the queue.
-        for (key, merge) in
-            [("rtsp.merge_write", self.rtsp.merge_write.0), ("rtmp.merge_write", self.rtmp.merge_write.0)]
-        {
+        for (key, merge) in [
+            ("rtsp.merge_write", self.rtsp.merge_write.0),
+            ("rtmp.merge_write", self.rtmp.merge_write.0),
+            ("http.merge_write", self.http.merge_write.0),
+        ] {
             if merge > Duration::from_secs(1) {
                 return Err(ConfigError::Invalid { key, message: "at most 1s".into() });
             }

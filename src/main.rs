@@ -23,7 +23,7 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Once every listener is bound, write the bound addresses here as JSON
-        /// (`{"rtp":"127.0.0.1:10000","api":…,"rtsp":…,"rtmp":…,"sip":…}`): ports 0 in the config
+        /// (`{"rtp":"127.0.0.1:10000","api":…,"rtsp":…,"rtmp":…,"http":…,"sip":…}`): ports 0 in the config
         /// are then usable by scripts and tests.
         #[arg(long)]
         ports_file: Option<PathBuf>,
@@ -548,6 +548,7 @@ fn write_ports(path: &Path, gw: &Gateway) -> std::io::Result<()> {
         "api": gw.api_addr.to_string(),
         "rtsp": gw.rtsp_addr.map(|a| a.to_string()),
         "rtmp": gw.rtmp_addr.map(|a| a.to_string()),
+        "http": gw.http_addr.map(|a| a.to_string()),
         "sip": gw.sip_addr.map(|a| a.to_string()),
     })
     .to_string();

@@ -5,7 +5,11 @@ pub mod api;
 pub mod api_error;
 pub mod audio_pool;
 pub(crate) mod batch;
+pub mod console;
 pub mod gb_media;
+pub mod hls;
+pub mod http;
+pub mod http_flv;
 pub mod metrics;
 pub mod publish;
 pub mod rtmp;
@@ -13,6 +17,7 @@ pub mod rtp;
 pub mod rtsp;
 pub mod rtsp_ingest;
 pub mod webrtc;
+pub mod whep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +39,8 @@ pub struct Gateway {
     pub rtsp_addr: Option<SocketAddr>,
     /// `None` when `[rtmp] enabled = false`.
     pub rtmp_addr: Option<SocketAddr>,
+    /// The HTTP media listener (HTTP-FLV, HLS, WHEP, console); `None` when `[http] enabled = false`.
+    pub http_addr: Option<SocketAddr>,
     /// The RTMP listener's budget and counters.
     pub rtmp: Arc<rtmp::RtmpShared>,
     /// RTSP publishers' counters (ANNOUNCE/RECORD).
@@ -62,6 +69,8 @@ pub enum StartError {
     Rtsp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for RTMP on {addr} (config key rtmp.listen): {source}")]
     Rtmp { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for HTTP on {addr} (config key http.listen): {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Sip(#[from] crate::gb::GbStartError),
 }
@@ -111,6 +120,17 @@ impl Gateway {
             Some(l) => Some(l.local_addr().map_err(|source| StartError::Rtmp { addr: cfg.rtmp.listen, source })?),
             None => None,
         };
+        let http_listener = if cfg.http.enabled {
+            let addr = cfg.http.listen;
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Http { addr, source })?)
+        } else {
+            None
+        };
+        let http_addr = match &http_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Http { addr: cfg.http.listen, source })?),
+            None => None,
+        };
+        let http_admission = admit::Admission::new(cfg.http.max_connections, cfg.http.max_connections_per_source);
         let rtsp_admission = admit::Admission::new(cfg.rtsp.max_connections, cfg.rtsp.max_connections_per_source);
         let api_admission = admit::Admission::new(cfg.api.max_connections, cfg.api.max_connections_per_source);
         let rtmp_admission = admit::Admission::new(cfg.rtmp.max_connections, cfg.rtmp.max_connections_per_source);
@@ -172,10 +192,15 @@ impl Gateway {
                 gb: gb.clone(),
                 rtmp: rtmp_shared.clone(),
                 rtsp_ingest: rtsp_ingest.clone(),
-                listeners: [("api", api_admission.clone()), ("rtsp", rtsp_admission), ("rtmp", rtmp_admission)]
-                    .into_iter()
-                    .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
-                    .collect(),
+                listeners: [
+                    ("api", api_admission.clone()),
+                    ("rtsp", rtsp_admission),
+                    ("rtmp", rtmp_admission),
+                    ("http", http_admission.clone()),
+                ]
+                .into_iter()
+                .chain(gb.as_ref().map(|g| ("sip", g.sip_tcp.clone())))
+                .collect(),
                 metrics_streams: cfg.api.metrics_streams,
                 upper: upper.clone(),
                 pushes: pushes.clone(),
@@ -193,7 +218,22 @@ impl Gateway {
                 tracing::error!("API server failed: {e}");
             }
         }));
-        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, sip = ?sip_addr, "gbgate started");
+        if let Some(l) = http_listener {
+            let state = http::HttpState {
+                hub: hub.clone(),
+                cfg: Arc::new(cfg.clone()),
+                gb: gb.clone(),
+                flv: Arc::new(http_flv::FlvShared::default()),
+            };
+            tasks.push(tokio::spawn(http::serve(
+                l,
+                http::router(state),
+                http_admission,
+                http::ConnLimits::of(&cfg.http),
+                shutdown.clone(),
+            )));
+        }
+        info!(rtp = %rtp_addr, api = %api_addr, rtsp = ?rtsp_addr, rtmp = ?rtmp_addr, http = ?http_addr, sip = ?sip_addr, "gbgate started");
         Ok(Gateway {
             hub,
             rtp: rtp_shared,
@@ -201,6 +241,7 @@ impl Gateway {
             api_addr,
             rtsp_addr,
             rtmp_addr,
+            http_addr,
             rtmp: rtmp_shared,
             rtsp_ingest,
             gb,

@@ -1,0 +1,3 @@
+pub fn routes() -> axum::Router<crate::server::http::HttpState> {
+    axum::Router::new()
+}
