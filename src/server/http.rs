@@ -37,6 +37,8 @@ pub struct HttpState {
     pub gb: Option<crate::gb::Gb>,
     /// The HTTP-FLV and WebSocket-FLV counters.
     pub flv: Arc<crate::server::http_flv::FlvShared>,
+    /// The WebRTC output (WHEP); `None` when `[webrtc] enabled = false`.
+    pub webrtc: Option<Arc<crate::server::webrtc::WebRtc>>,
 }
 
 /// The router of the HTTP listener: each output's routes under its internal prefix.

@@ -41,6 +41,9 @@ pub struct Gateway {
     pub rtmp_addr: Option<SocketAddr>,
     /// The HTTP media listener (HTTP-FLV, HLS, WHEP, console); `None` when `[http] enabled = false`.
     pub http_addr: Option<SocketAddr>,
+    /// The WebRTC output's UDP address; `None` when `[webrtc]` or `[http]` is disabled.
+    pub webrtc_addr: Option<SocketAddr>,
+    pub webrtc: Option<Arc<webrtc::WebRtc>>,
     /// The RTMP listener's budget and counters.
     pub rtmp: Arc<rtmp::RtmpShared>,
     /// RTSP publishers' counters (ANNOUNCE/RECORD).
@@ -71,6 +74,8 @@ pub enum StartError {
     Rtmp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for HTTP on {addr} (config key http.listen): {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for WebRTC on {addr} (config key webrtc.listen): {source}")]
+    WebRtc { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Sip(#[from] crate::gb::GbStartError),
 }
@@ -218,8 +223,19 @@ impl Gateway {
                 tracing::error!("API server failed: {e}");
             }
         }));
+        // WHEP is served by the HTTP listener: without it the UDP port would be useless.
+        let webrtc = if cfg.webrtc.enabled && http_listener.is_some() {
+            let w = webrtc::WebRtc::start(&cfg.webrtc, shutdown.clone())
+                .await
+                .map_err(|source| StartError::WebRtc { addr: cfg.webrtc.listen, source })?;
+            Some(w)
+        } else {
+            None
+        };
+        let webrtc_addr = webrtc.as_ref().map(|w| w.local_addr());
         if let Some(l) = http_listener {
             let state = http::HttpState {
+                webrtc: webrtc.clone(),
                 hub: hub.clone(),
                 cfg: Arc::new(cfg.clone()),
                 gb: gb.clone(),
@@ -242,6 +258,8 @@ impl Gateway {
             rtsp_addr,
             rtmp_addr,
             http_addr,
+            webrtc_addr,
+            webrtc,
             rtmp: rtmp_shared,
             rtsp_ingest,
             gb,

@@ -20,7 +20,7 @@ use futures_util::stream::{SelectAll, Stream as FStream, StreamExt};
 use serde::Serialize;
 use str0m::change::SdpOffer;
 use str0m::media::{MediaKind as RtcKind, Mid};
-use str0m::{Candidate, Event, Output, RtcConfig};
+use str0m::{Candidate, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -223,16 +223,12 @@ impl WebRtc {
             }
         }
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OpenError::BadOffer(e.to_string()))?;
-        // The negotiated media, announced as events before any network traffic.
-        let mut mids: Vec<(Mid, RtcKind)> = Vec::new();
-        loop {
-            match rtc.poll_output() {
-                Ok(Output::Event(Event::MediaAdded(m))) => mids.push((m.mid, m.kind)),
-                Ok(Output::Timeout(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        // The negotiated media: str0m announces them as events only once DTLS is up, so they are
+        // read from the answer (each m-line's kind and its a=mid).
+        let answer_sdp = answer.to_sdp_string();
+        let mids = answer_mids(&answer_sdp);
         let tracks = session::pick_tracks(&mut rtc, &mids, video);
+        tracing::debug!(stream = %stream.name, ?mids, ?video, ?tracks, "WHEP offer negotiated");
         if tracks.video.is_none() && tracks.audio.is_none() {
             let what = match video {
                 Some((c, _)) => format!("{c} video, PCMA/PCMU audio"),
@@ -277,7 +273,7 @@ impl WebRtc {
             return Err(OpenError::Stopped);
         }
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Opened { answer: answer.to_sdp_string(), resource })
+        Ok(Opened { answer: answer_sdp, resource })
     }
 
     /// Ends the session `resource` of `stream`; false when there is none.
@@ -301,6 +297,25 @@ fn stream_video(stream: &Stream) -> Option<(Codec, u8)> {
     }
     let v = stream.stats().video?;
     Some((if v.codec == "h265" { Codec::H265 } else { Codec::H264 }, 0))
+}
+
+/// Each m-line's mid and kind in an SDP.
+fn answer_mids(sdp: &str) -> Vec<(Mid, RtcKind)> {
+    let mut out = Vec::new();
+    let mut kind = None;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = match m.split(' ').next() {
+                Some("video") => Some(RtcKind::Video),
+                Some("audio") => Some(RtcKind::Audio),
+                _ => None,
+            };
+        } else if let (Some(mid), Some(k)) = (line.strip_prefix("a=mid:"), kind) {
+            out.push((Mid::from(mid.trim()), k));
+            kind = None;
+        }
+    }
+    out
 }
 
 fn random_token(n: usize) -> String {
@@ -458,7 +473,7 @@ impl Driver {
         s.due(now, out);
         for (to, b) in out.drain(..) {
             if let Err(e) = self.socket.try_send_to(&b, to) {
-                if self.stats.send_errors.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                if self.stats.send_errors.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                     tracing::debug!(%to, "WebRTC send: {e}");
                 }
             }

@@ -89,6 +89,9 @@ pub struct Session {
     pub stats: SessionStats,
     annexb: Vec<u8>,
     packets: Vec<Packet>,
+    /// Frames from the last keyframe on, held until DTLS completes.
+    held: VecDeque<Frame>,
+    held_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -140,6 +143,8 @@ impl Session {
             stats: SessionStats::default(),
             annexb: Vec::new(),
             packets: Vec::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
         }
     }
 
@@ -202,9 +207,13 @@ impl Session {
 
     /// One frame from the hub.
     pub fn frame(&mut self, now: Instant, frame: &Frame) {
-        if !self.connected || self.ended.is_some() {
-            // Before DTLS completes str0m drops media: start at a keyframe once it has.
-            self.need_keyframe = self.tracks.video.is_some();
+        if self.ended.is_some() {
+            return;
+        }
+        if !self.connected {
+            // str0m drops media until DTLS completes: keep the frames since the last keyframe
+            // (the GOP cache arrives at once) and send them when it has.
+            self.hold(frame);
             return;
         }
         let video = frame.kind() == MediaKind::Video;
@@ -260,6 +269,22 @@ impl Session {
         }
     }
 
+    fn hold(&mut self, frame: &Frame) {
+        let video = frame.kind() == MediaKind::Video;
+        if video && frame.keyframe {
+            self.held.clear();
+            self.held_bytes = 0;
+        } else if self.held.is_empty() && self.tracks.video.is_some() {
+            return;
+        }
+        self.held_bytes += frame.data.len();
+        self.held.push_back(frame.clone());
+        if self.held_bytes > self.limits.max_queue_bytes {
+            self.held.clear();
+            self.held_bytes = 0;
+        }
+    }
+
     /// Polls str0m until it has nothing but a timeout: the single-mutation rule.
     pub fn drain(&mut self, now: Instant) {
         loop {
@@ -283,6 +308,13 @@ impl Session {
                     self.rtc_timeout = now + Duration::from_secs(1);
                     break;
                 }
+            }
+        }
+        if self.connected && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.held_bytes = 0;
+            for f in &held {
+                self.frame(now, f);
             }
         }
     }
