@@ -56,7 +56,7 @@ impl Demux {
     }
 
     /// The session `d` from `from` is for.
-    pub fn route(&self, from: SocketAddr, d: &[u8]) -> Option<u64> {
+    pub fn lookup(&self, from: SocketAddr, d: &[u8]) -> Option<u64> {
         if let Some(ufrag) = stun_local_ufrag(d) {
             return self.by_ufrag.get(ufrag).copied();
         }
@@ -118,14 +118,14 @@ mod tests {
         d.add(2, "wxyz");
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert_eq!(stun_local_ufrag(&stun("abcd:peer")), Some("abcd"));
-        assert_eq!(d.route(peer, &stun("wxyz:peer")), Some(2));
-        assert_eq!(d.route(peer, &stun("nope:peer")), None);
+        assert_eq!(d.lookup(peer, &stun("wxyz:peer")), Some(2));
+        assert_eq!(d.lookup(peer, &stun("nope:peer")), None);
         // DTLS from an address nobody sent to: nobody's.
-        assert_eq!(d.route(peer, &[22, 254, 253, 0, 0]), None);
+        assert_eq!(d.lookup(peer, &[22, 254, 253, 0, 0]), None);
         d.learn(2, peer);
-        assert_eq!(d.route(peer, &[22, 254, 253, 0, 0]), Some(2));
+        assert_eq!(d.lookup(peer, &[22, 254, 253, 0, 0]), Some(2));
         d.remove(2, "wxyz");
-        assert_eq!(d.route(peer, &[22, 254, 253, 0, 0]), None);
+        assert_eq!(d.lookup(peer, &[22, 254, 253, 0, 0]), None);
         assert_eq!(d.addresses(), 0);
     }
 

@@ -376,7 +376,7 @@ impl Driver {
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
                         let now = Instant::now();
-                        match self.demux.route(from, &buf[..n]) {
+                        match self.demux.lookup(from, &buf[..n]) {
                             Some(key) => {
                                 if let Some(s) = self.sessions.get_mut(&key) {
                                     s.receive(now, from, &buf[..n]);
