@@ -293,3 +293,34 @@ async fn a_chromium_offer_gets_an_h264_pcma_bundled_ice_lite_answer() {
     assert_eq!(gw.webrtc.as_ref().unwrap().sessions(), 1);
     cam.abort();
 }
+
+/// H.265 goes only to a peer whose offer has it: the Chromium offer with an H.265 payload type
+/// (as Chromium offers where it can decode H.265) is answered with H.265 for an H.265 stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_is_answered_to_an_offer_that_has_it() {
+    let gw = start(config()).await;
+    let cam = camera_of(&gw, "h265_g711a_8k.rtp", 200000004, 30);
+    let hub = gw.hub.clone();
+    assert!(wait_for(Duration::from_secs(10), || hub.get("rtp/0BEBC204").is_some_and(|s| s.has_keyframe())).await);
+    let offer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whep_chromium_offer.sdp"))
+        .unwrap()
+        .replace("a=rtpmap:45 AV1/90000", "a=rtpmap:45 H265/90000")
+        .replace(
+            "a=fmtp:45 level-idx=5;profile=0;tier=0",
+            "a=fmtp:45 level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST",
+        );
+    let http = gw.http_addr.unwrap();
+    let post = |offer: String| {
+        let req =
+            http_request("POST", "/rtp/0BEBC204/whep", &http.to_string(), "Content-Type: application/sdp\r\n", &offer);
+        http_raw(http, req)
+    };
+    let (status, head, answer) = post(offer).await;
+    assert_eq!(status, 201, "{head}\n{answer}");
+    assert!(answer.contains("a=rtpmap:45 H265/90000"), "{answer}");
+    // The same browser without H.265: nothing to send the video in.
+    let plain = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whep_chromium_offer.sdp")).unwrap();
+    let (status, _, body) = post(plain).await;
+    assert_eq!(status, 406, "{body}");
+    cam.abort();
+}
