@@ -324,3 +324,29 @@ async fn h265_is_answered_to_an_offer_that_has_it() {
     assert_eq!(status, 406, "{body}");
     cam.abort();
 }
+
+/// A peer the pacing cannot keep up with (`max_bitrate` below the stream's) has its unsent queue
+/// dropped past `max_queue_bytes` and goes on from the next keyframe: it keeps decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_slower_than_the_stream_skips_to_the_next_keyframe() {
+    if !have_aiortc("whep") {
+        return;
+    }
+    let mut cfg = config();
+    // The fixture is about 265 kbit/s.
+    cfg.webrtc.max_bitrate = 120_000;
+    cfg.webrtc.max_queue_bytes = 64 << 10;
+    let gw = start(cfg).await;
+    let cam = camera(&gw, 30);
+    live(&gw).await;
+    let r = play(&whep_url(&gw, STREAM, ""), &["--video-frames", "1000", "--audio-frames", "1", "--timeout", "8"]).await;
+    assert_eq!(r["status"], 201, "{r}");
+    let w = gw.webrtc.clone().unwrap();
+    assert!(wait_for(Duration::from_secs(15), || w.sessions() == 0).await);
+    let snap = w.snapshot();
+    println!("slow peer: {r} {snap:?}");
+    assert!(snap.queue_drops > 0, "the queue overflowed and was dropped: {snap:?}");
+    // More than the first GOP was decoded: it resumed at a later keyframe.
+    assert!(r["video_frames"].as_u64().unwrap() > 25, "{r}");
+    cam.abort();
+}
