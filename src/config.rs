@@ -1079,6 +1079,8 @@ pub struct WebRtcConfig {
     pub advertise: Vec<std::net::IpAddr>,
     /// Concurrent sessions; more are refused with 503.
     pub max_sessions: usize,
+    /// Concurrent sessions from one player address (503 beyond it).
+    pub max_sessions_per_source: usize,
     /// A session that has not completed ICE and DTLS within this is ended.
     pub connect_timeout: HumanDuration,
     /// A session that receives nothing (consent checks, RTCP) for this long is ended.
@@ -1097,6 +1099,7 @@ impl Default for WebRtcConfig {
             enabled: true,
             advertise: Vec::new(),
             max_sessions: 500,
+            max_sessions_per_source: 32,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(10)),
             max_queue_bytes: 4 << 20,
@@ -1110,6 +1113,9 @@ impl WebRtcConfig {
         let bad = |key: &'static str, message: &str| Err(ConfigError::Invalid { key, message: message.into() });
         if self.max_sessions == 0 {
             return bad("webrtc.max_sessions", "must be greater than 0");
+        }
+        if self.max_sessions_per_source == 0 {
+            return bad("webrtc.max_sessions_per_source", "must be greater than 0");
         }
         for (key, d) in
             [("webrtc.connect_timeout", self.connect_timeout.0), ("webrtc.idle_timeout", self.idle_timeout.0)]

@@ -339,7 +339,8 @@ async fn a_peer_slower_than_the_stream_skips_to_the_next_keyframe() {
     let gw = start(cfg).await;
     let cam = camera(&gw, 30);
     live(&gw).await;
-    let r = play(&whep_url(&gw, STREAM, ""), &["--video-frames", "1000", "--audio-frames", "1", "--timeout", "8"]).await;
+    let r =
+        play(&whep_url(&gw, STREAM, ""), &["--video-frames", "1000", "--audio-frames", "1", "--timeout", "8"]).await;
     assert_eq!(r["status"], 201, "{r}");
     let w = gw.webrtc.clone().unwrap();
     assert!(wait_for(Duration::from_secs(15), || w.sessions() == 0).await);

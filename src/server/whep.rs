@@ -161,7 +161,7 @@ async fn offer(
             }
             r
         }
-        Err(e @ OpenError::Full(_)) | Err(e @ OpenError::Stopped) => {
+        Err(e @ (OpenError::Full(_) | OpenError::FullSource(_) | OpenError::Stopped)) => {
             refused(&stream, peer, &e.to_string());
             text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }

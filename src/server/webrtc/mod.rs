@@ -35,6 +35,8 @@ use session::{End, Limits, Session};
 pub enum OpenError {
     #[error("too many WebRTC sessions ({0}, webrtc.max_sessions)")]
     Full(usize),
+    #[error("too many WebRTC sessions from this address ({0}, webrtc.max_sessions_per_source)")]
+    FullSource(usize),
     #[error("bad SDP offer: {0}")]
     BadOffer(String),
     #[error("the offer has no codec this stream can be sent in ({0})")]
@@ -88,6 +90,7 @@ pub struct WebRtc {
     local_addr: SocketAddr,
     cmd: mpsc::Sender<Command>,
     sessions: Arc<AtomicUsize>,
+    per_source: PerSource,
     next_key: AtomicU64,
     cert: str0m::config::DtlsCert,
     crypto: Arc<str0m::crypto::CryptoProvider>,
@@ -117,6 +120,7 @@ impl WebRtc {
         let (tx, rx) = mpsc::channel(256);
         let stats = Arc::new(WebRtcStats::default());
         let sessions = Arc::new(AtomicUsize::new(0));
+        let per_source = PerSource::default();
         let driver = Driver {
             socket,
             rx,
@@ -126,6 +130,7 @@ impl WebRtc {
             frames: SelectAll::new(),
             cancel: HashMap::new(),
             count: sessions.clone(),
+            per_source: per_source.clone(),
             stats: stats.clone(),
         };
         tokio::spawn(driver.run(shutdown));
@@ -135,6 +140,7 @@ impl WebRtc {
             local_addr,
             cmd: tx,
             sessions,
+            per_source,
             next_key: AtomicU64::new(1),
             cert,
             crypto,
@@ -260,9 +266,14 @@ impl WebRtc {
             limits,
             now,
         );
-        // Counted before the driver has it, so that concurrent offers cannot pass the cap.
+        // Counted before the driver has it, so that concurrent offers cannot pass the caps.
+        if !self.per_source.take(peer.ip(), self.cfg.max_sessions_per_source) {
+            self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(OpenError::FullSource(self.cfg.max_sessions_per_source));
+        }
         if self.sessions.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_sessions {
             self.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.per_source.give(peer.ip());
             self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             return Err(OpenError::Full(self.cfg.max_sessions));
         }
@@ -270,6 +281,7 @@ impl WebRtc {
         let (ack, added) = oneshot::channel();
         if self.cmd.send(Command::Add(Box::new(s), sub, ack)).await.is_err() || added.await.is_err() {
             self.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.per_source.give(peer.ip());
             return Err(OpenError::Stopped);
         }
         self.stats.opened.fetch_add(1, Ordering::Relaxed);
@@ -297,6 +309,32 @@ fn stream_video(stream: &Stream) -> Option<(Codec, u8)> {
     }
     let v = stream.stats().video?;
     Some((if v.codec == "h265" { Codec::H265 } else { Codec::H264 }, 0))
+}
+
+/// Sessions per player address (`webrtc.max_sessions_per_source`).
+#[derive(Clone, Default)]
+struct PerSource(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerSource {
+    fn take(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Each m-line's mid and kind in an SDP.
@@ -336,6 +374,7 @@ struct Driver {
     frames: SelectAll<FrameStream>,
     cancel: HashMap<u64, CancellationToken>,
     count: Arc<AtomicUsize>,
+    per_source: PerSource,
     stats: Arc<WebRtcStats>,
 }
 
@@ -486,6 +525,7 @@ impl Driver {
             t.cancel();
         }
         self.count.fetch_sub(1, Ordering::Relaxed);
+        self.per_source.give(s.peer.ip());
         self.stats.closed.fetch_add(1, Ordering::Relaxed);
         self.stats.queue_drops.fetch_add(s.stats.queue_drops, Ordering::Relaxed);
         if matches!(why, End::ConnectTimeout | End::IdleTimeout) {
@@ -502,5 +542,32 @@ impl Driver {
             "WebRTC player left: {}",
             why.as_str()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_caps_and_releases() {
+        let p = PerSource::default();
+        let (a, b) = (IpAddr::from([127, 0, 0, 2]), IpAddr::from([127, 0, 0, 3]));
+        assert!(p.take(a, 2) && p.take(a, 2));
+        assert!(!p.take(a, 2), "third from one address");
+        assert!(p.take(b, 2), "another address is not affected");
+        p.give(a);
+        assert!(p.take(a, 2));
+        p.give(a);
+        p.give(a);
+        p.give(a);
+        assert!(p.0.lock().unwrap().get(&a).is_none(), "no entry left behind");
+    }
+
+    #[test]
+    fn mids_come_from_the_answer() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 8\r\na=mid:1\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\n";
+        let m = answer_mids(sdp);
+        assert_eq!(m, vec![(Mid::from("0"), RtcKind::Video), (Mid::from("1"), RtcKind::Audio)]);
     }
 }
