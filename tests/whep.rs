@@ -121,7 +121,32 @@ async fn aiortc_plays_h264_and_pcma_through_whep() {
     let gw = start(config()).await;
     let cam = camera(&gw, 30);
     live(&gw).await;
+    // Garbage on the shared UDP port meanwhile (STUN-, DTLS- and RTP-looking, and random):
+    // dropped and counted, the player unaffected.
+    let port = gw.webrtc_addr.unwrap();
+    let noise = tokio::spawn(async move {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for i in 0..2000u32 {
+            let mut d: Vec<u8> =
+                (0..(i % 300 + 1)).map(|j| (i.wrapping_mul(2654435761).wrapping_add(j) >> 7) as u8).collect();
+            let head: &[u8] = match i % 4 {
+                0 => &[
+                    0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 6, 0, 4, b'a', b'b',
+                    b'c', b':',
+                ],
+                1 => &[22, 254, 253],
+                2 => &[0x80, 96],
+                _ => &[],
+            };
+            d.splice(0..0, head.iter().copied());
+            let _ = sock.send_to(&d, port).await;
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
     let r = play(&whep_url(&gw, STREAM, ""), &["--video-frames", "60", "--audio-frames", "50"]).await;
+    noise.await.unwrap();
     println!("aiortc report: {r}");
     assert_eq!(r["status"], 201, "{r}");
     let loc = r["location"].as_str().unwrap_or_default();
@@ -142,6 +167,7 @@ async fn aiortc_plays_h264_and_pcma_through_whep() {
     assert!(first < 500.0, "first frame after {first} ms");
     let snap = gw.webrtc.as_ref().unwrap().snapshot();
     assert_eq!(snap.opened, 1);
+    assert!(snap.unrouted_datagrams >= 1900, "{snap:?}");
     cam.abort();
 }
 

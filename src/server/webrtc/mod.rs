@@ -311,6 +311,15 @@ fn stream_video(stream: &Stream) -> Option<(Codec, u8)> {
     Some((if v.codec == "h265" { Codec::H265 } else { Codec::H264 }, 0))
 }
 
+/// Runs `f` on one session; a panic inside str0m (peer bytes we did not foresee) ends that
+/// session instead of the task that drives every other one.
+fn guarded(s: &mut Session, f: impl FnOnce(&mut Session)) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(s))).is_err() {
+        tracing::error!(stream = %s.stream, peer = %s.peer, "WebRTC session panicked; ended");
+        s.ended = Some(End::Error);
+    }
+}
+
 /// Sessions per player address (`webrtc.max_sessions_per_source`).
 #[derive(Clone, Default)]
 struct PerSource(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
@@ -418,7 +427,8 @@ impl Driver {
                         match self.demux.lookup(from, &buf[..n]) {
                             Some(key) => {
                                 if let Some(s) = self.sessions.get_mut(&key) {
-                                    s.receive(now, from, &buf[..n]);
+                                    let d = &buf[..n];
+                                    guarded(s, |s| s.receive(now, from, d));
                                 }
                                 touched = Some(key);
                             }
@@ -438,7 +448,7 @@ impl Driver {
                     let now = Instant::now();
                     if let Some(s) = self.sessions.get_mut(&key) {
                         match r {
-                            Ok(f) => s.frame(now, &f),
+                            Ok(f) => guarded(s, |s| s.frame(now, &f)),
                             Err(SubscriptionEnded::TooSlow) => s.end(End::TooSlow),
                             Err(SubscriptionEnded::StreamEnded) => s.end(End::StreamEnded),
                         }
@@ -451,7 +461,7 @@ impl Driver {
                         self.sessions.iter().filter(|(_, s)| s.deadline() <= now).map(|(k, _)| *k).collect();
                     for key in due {
                         if let Some(s) = self.sessions.get_mut(&key) {
-                            s.tick(now);
+                            guarded(s, |s| s.tick(now));
                         }
                         self.flush(key, &mut out);
                     }
