@@ -250,9 +250,11 @@ async fn refusals_unknown_denied_full_and_not_sdp() {
     // No credential: 403, before anything is looked up.
     let r = play(&whep_url(&gw, STREAM, ""), &["--offer-only"]).await;
     assert_eq!(r["status"], 403, "{r}");
-    // Unknown stream: 404.
+    // Unknown stream: 404, after the on-demand handlers (pulls, GB INVITE) were asked for it.
+    let asked = AskedFor::watch(&gw.hub);
     let r = play(&whep_url(&gw, "live/nothing", "?key=k1"), &["--offer-only"]).await;
     assert_eq!(r["status"], 404, "{r}");
+    asked.wait(&["live/nothing".to_string()], Duration::from_secs(1)).await;
     // An H.265 stream to a peer whose offer has no H.265 (aiortc: VP8 and H.264): 406.
     let h265 = camera_of(&gw, "h265_g711a_8k.rtp", 200000004, 30);
     let hub = gw.hub.clone();
