@@ -379,3 +379,29 @@ async fn a_peer_slower_than_the_stream_skips_to_the_next_keyframe() {
     assert!(r["video_frames"].as_u64().unwrap() > 25, "{r}");
     cam.abort();
 }
+
+/// `[webrtc] advertise` replaces the listen address in the candidates (a NAT's public address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertised_addresses_are_the_candidates() {
+    let mut cfg = config();
+    cfg.webrtc.advertise = vec!["192.0.2.7".parse().unwrap(), "198.51.100.9".parse().unwrap()];
+    let gw = start(cfg).await;
+    let cam = camera(&gw, 30);
+    live(&gw).await;
+    let offer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whep_chromium_offer.sdp")).unwrap();
+    let http = gw.http_addr.unwrap();
+    let req = http_request(
+        "POST",
+        &format!("/{STREAM}/whep"),
+        &http.to_string(),
+        "Content-Type: application/sdp\r\n",
+        &offer,
+    );
+    let (status, _, answer) = http_raw(http, req).await;
+    assert_eq!(status, 201, "{answer}");
+    let port = gw.webrtc_addr.unwrap().port();
+    assert!(answer.contains(&format!("192.0.2.7 {port} typ host")), "{answer}");
+    assert!(answer.contains(&format!("198.51.100.9 {port} typ host")), "{answer}");
+    assert!(!answer.contains("127.0.0.1"), "the listen address is not advertised: {answer}");
+    cam.abort();
+}
