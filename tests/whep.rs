@@ -405,3 +405,57 @@ async fn advertised_addresses_are_the_candidates() {
     assert!(!answer.contains("127.0.0.1"), "the listen address is not advertised: {answer}");
     cam.abort();
 }
+
+/// The `on_play` hook decides for WHEP as for RTSP and RTMP: its deny is 403 (even where `[auth]`
+/// would let the player in), its allow lets a player in that `[auth]` alone would refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_on_play_hook_decides() {
+    use std::sync::{Arc, Mutex};
+    // The control center: denies `?deny`, allows everything else; records what it was asked.
+    let asked: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let log = asked.clone();
+    let app = axum::Router::new().route(
+        "/on_play",
+        axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+            let log = log.clone();
+            async move {
+                let deny = body.0["params"].as_str().is_some_and(|p| p.contains("deny"));
+                log.lock().unwrap().push(body.0);
+                axum::Json(serde_json::json!({"allow": !deny, "reason": "test cc"}))
+            }
+        }),
+    );
+    let cc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cc_addr = cc.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(cc, app).await.unwrap() });
+    let mut cfg = config();
+    cfg.callbacks.on_play = Some(format!("http://{cc_addr}/on_play"));
+    // [auth] alone would refuse every player of this host.
+    cfg.auth.play = true;
+    cfg.auth.loopback_exempt = false;
+    let gw = start(cfg).await;
+    let cam = camera(&gw, 30);
+    live(&gw).await;
+    let offer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/whep_chromium_offer.sdp")).unwrap();
+    let http = gw.http_addr.unwrap();
+    let post = |query: &str| {
+        let req = http_request(
+            "POST",
+            &format!("/{STREAM}/whep{query}"),
+            &http.to_string(),
+            "Content-Type: application/sdp\r\n",
+            &offer,
+        );
+        http_raw(http, req)
+    };
+    let (status, _, body) = post("?deny=1").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("test cc"), "{body}");
+    let (status, _, body) = post("").await;
+    assert_eq!(status, 201, "the cc's allow replaces [auth]: {body}");
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[0]["protocol"], "webrtc", "{asked:?}");
+    assert_eq!(asked[0]["stream"], STREAM, "{asked:?}");
+    cam.abort();
+}
