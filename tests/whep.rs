@@ -168,6 +168,11 @@ async fn aiortc_plays_h264_and_pcma_through_whep() {
     let snap = gw.webrtc.as_ref().unwrap().snapshot();
     assert_eq!(snap.opened, 1);
     assert!(snap.unrouted_datagrams >= 1900, "{snap:?}");
+    let api = gw.api_addr;
+    let m = http_raw(api, http_request("GET", "/metrics", &api.to_string(), "", "")).await.2;
+    assert!(m.contains("gbgate_webrtc_opened_total 1"), "{m}");
+    let unrouted = m.lines().find(|l| l.starts_with("gbgate_webrtc_unrouted_datagrams_total ")).unwrap_or_default();
+    assert!(unrouted.ends_with(&snap.unrouted_datagrams.to_string()), "{unrouted}");
     cam.abort();
 }
 

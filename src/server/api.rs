@@ -35,6 +35,8 @@ pub struct ApiState {
     pub pushes: Arc<crate::client::rtmp_push::StaticPushes>,
     /// Routes of the layers above the servers (channels), mounted after start (D101).
     pub upper: UpperRoutes,
+    /// The WebRTC output, for `/metrics`; `None` when off.
+    pub webrtc: Option<Arc<crate::server::webrtc::WebRtc>>,
 }
 
 /// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no

@@ -189,6 +189,16 @@ impl Gateway {
             None
         };
         let sip_addr = gb.as_ref().map(|g| g.sip_addr);
+        // WHEP is served by the HTTP listener: without it the UDP port would be useless.
+        let webrtc = if cfg.webrtc.enabled && http_listener.is_some() {
+            let w = webrtc::WebRtc::start(&cfg.webrtc, shutdown.clone())
+                .await
+                .map_err(|source| StartError::WebRtc { addr: cfg.webrtc.listen, source })?;
+            Some(w)
+        } else {
+            None
+        };
+        let webrtc_addr = webrtc.as_ref().map(|w| w.local_addr());
         let upper = api::UpperRoutes::default();
         let router = api::router(
             api::ApiState {
@@ -209,6 +219,7 @@ impl Gateway {
                 metrics_streams: cfg.api.metrics_streams,
                 upper: upper.clone(),
                 pushes: pushes.clone(),
+                webrtc: webrtc.clone(),
             },
             rtp_addr,
         );
@@ -223,16 +234,6 @@ impl Gateway {
                 tracing::error!("API server failed: {e}");
             }
         }));
-        // WHEP is served by the HTTP listener: without it the UDP port would be useless.
-        let webrtc = if cfg.webrtc.enabled && http_listener.is_some() {
-            let w = webrtc::WebRtc::start(&cfg.webrtc, shutdown.clone())
-                .await
-                .map_err(|source| StartError::WebRtc { addr: cfg.webrtc.listen, source })?;
-            Some(w)
-        } else {
-            None
-        };
-        let webrtc_addr = webrtc.as_ref().map(|w| w.local_addr());
         if let Some(l) = http_listener {
             let state = http::HttpState {
                 webrtc: webrtc.clone(),
