@@ -233,7 +233,8 @@ impl WebRtc {
         // read from the answer (each m-line's kind and its a=mid).
         let answer_sdp = answer.to_sdp_string();
         let mids = answer_mids(&answer_sdp);
-        let tracks = session::pick_tracks(&mut rtc, &mids, video);
+        let ulaw = stream.announced_audio().is_some_and(|(c, _)| c == Codec::G711U);
+        let tracks = session::pick_tracks(&mut rtc, &mids, video, ulaw);
         tracing::debug!(stream = %stream.name, ?mids, ?video, ?tracks, "WHEP offer negotiated");
         if tracks.video.is_none() && tracks.audio.is_none() {
             let what = match video {

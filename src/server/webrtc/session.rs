@@ -378,7 +378,8 @@ fn to_annexb(frame: &Frame, out: &mut Vec<u8>) {
 }
 
 /// The payload types to send with, from the negotiated media (after `accept_offer`).
-pub fn pick_tracks(rtc: &mut Rtc, mids: &[(Mid, RtcKind)], video: Option<(Codec, u8)>) -> Tracks {
+/// `ulaw`: the stream's audio is G.711 µ-law (passed through when the peer takes PCMU).
+pub fn pick_tracks(rtc: &mut Rtc, mids: &[(Mid, RtcKind)], video: Option<(Codec, u8)>, ulaw: bool) -> Tracks {
     let mut tracks = Tracks { video: None, audio: None };
     for &(mid, kind) in mids {
         let Some(w) = rtc.writer(mid) else { continue };
@@ -417,7 +418,8 @@ pub fn pick_tracks(rtc: &mut Rtc, mids: &[(Mid, RtcKind)], video: Option<(Codec,
             RtcKind::Audio if tracks.audio.is_none() => {
                 let a = w.payload_params().find(|p| p.spec().codec == RtcCodec::PCMA).map(|p| (p.pt(), Law::A));
                 let u = w.payload_params().find(|p| p.spec().codec == RtcCodec::PCMU).map(|p| (p.pt(), Law::U));
-                if let Some((pt, law)) = a.or(u) {
+                let pick = if ulaw { u.or(a) } else { a.or(u) };
+                if let Some((pt, law)) = pick {
                     tracks.audio = Some((mid, pt, law));
                 }
             }
