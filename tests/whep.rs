@@ -247,6 +247,7 @@ async fn refusals_unknown_denied_full_and_not_sdp() {
     }
     let mut cfg = config();
     cfg.webrtc.max_sessions = 1;
+    cfg.webrtc.connect_timeout = gbgate::config::HumanDuration(Duration::from_secs(4));
     cfg.auth.play = true;
     cfg.auth.loopback_exempt = false;
     cfg.auth.keys = vec!["k1".into()];
@@ -287,6 +288,11 @@ async fn refusals_unknown_denied_full_and_not_sdp() {
     assert_eq!(http_raw(http, req).await.0, 415);
     let req = http_request("PATCH", &format!("/{STREAM}/whep/abc"), &http.to_string(), "", "");
     assert_eq!(http_raw(http, req).await.0, 405);
+    // The session that never did ICE and DTLS is ended by webrtc.connect_timeout.
+    let w = gw.webrtc.clone().unwrap();
+    assert!(wait_for(Duration::from_secs(10), || w.sessions() == 0).await, "{:?}", w.snapshot());
+    assert_eq!(w.snapshot().timed_out, 1);
+    assert!(wait_for(Duration::from_secs(3), || webrtc_players(&gw) == 0).await);
     cam.abort();
 }
 
