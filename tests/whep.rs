@@ -471,3 +471,35 @@ async fn the_on_play_hook_decides() {
     assert_eq!(asked[0]["stream"], STREAM, "{asked:?}");
     cam.abort();
 }
+
+/// A GB28181 channel played through WHEP: the offer makes gbgate INVITE the simulated camera
+/// (its synthetic moving bars), the answer comes once the keyframe is there, and aiortc decodes
+/// the pattern. Nobody watching afterwards: BYE after `[gb] idle_stop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb_channel_is_invited_on_demand_by_a_whep_offer() {
+    use gbgate::sim::camera::{self, SimOptions, SimStats};
+    if !have_aiortc("whep") {
+        return;
+    }
+    let mut cfg = test_config();
+    cfg.sip.password = Some("whep-pw".into());
+    cfg.gb.idle_stop = gbgate::config::HumanDuration(Duration::from_secs(2));
+    let gw = start(cfg).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut o = SimOptions::new(gw.sip_addr.unwrap(), camera::SYNTHETIC.into());
+    o.password = "whep-pw".into();
+    o.first_id = "34020000001320000901".into();
+    let sim = camera::spawn(o, stop.clone()).await.unwrap();
+    wait_devices_with_catalogs(&gw, 1, "the camera registered with its catalog").await;
+    let channel = camera::channel_id("34020000001320000901", 0);
+    let name = format!("gb/{channel}");
+    let r = play(&whep_url(&gw, &name, ""), &["--video-frames", "30", "--audio-frames", "0"]).await;
+    println!("aiortc report: {r}");
+    assert_eq!(r["status"], 201, "{r}");
+    assert!(r["video_frames"].as_u64().unwrap() >= 30, "{r}");
+    assert_eq!(r["sizes"], serde_json::json!([[128, 96]]), "the synthetic pattern: {r}");
+    assert!(r["distinct"].as_u64().unwrap() >= 10, "the bars move: {r}");
+    assert_eq!(SimStats::get(&sim.invites), 1, "one INVITE");
+    assert!(wait_for(Duration::from_secs(15), || SimStats::get(&sim.byes_received) == 1).await, "BYE after idle_stop");
+    stop.cancel();
+}

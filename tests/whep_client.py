@@ -54,6 +54,8 @@ async def main():
     done_video = asyncio.Event()
     done_audio = asyncio.Event()
     t0 = [0.0]
+    if a.audio_frames <= 0:
+        done_audio.set()
 
     async def read_video(track):
         while True:
