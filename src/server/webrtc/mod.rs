@@ -128,6 +128,8 @@ impl WebRtc {
             by_resource: HashMap::new(),
             demux: demux::Demux::default(),
             frames: SelectAll::new(),
+            schedule: std::collections::BTreeSet::new(),
+            scheduled: HashMap::new(),
             cancel: HashMap::new(),
             count: sessions.clone(),
             per_source: per_source.clone(),
@@ -382,6 +384,9 @@ struct Driver {
     by_resource: HashMap<String, u64>,
     demux: demux::Demux,
     frames: SelectAll<FrameStream>,
+    /// Each session's next deadline, earliest first (no scan of every session per event).
+    schedule: std::collections::BTreeSet<(Instant, u64)>,
+    scheduled: HashMap<u64, Instant>,
     cancel: HashMap<u64, CancellationToken>,
     count: Arc<AtomicUsize>,
     per_source: PerSource,
@@ -409,12 +414,7 @@ impl Driver {
         let mut buf = vec![0u8; 2048];
         let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         loop {
-            let next = self
-                .sessions
-                .values()
-                .map(Session::deadline)
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let next = self.schedule.first().map_or_else(|| Instant::now() + Duration::from_secs(3600), |(t, _)| *t);
             let touched: Option<u64>;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -459,7 +459,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(next.into()) => {
                     let now = Instant::now();
                     let due: Vec<u64> =
-                        self.sessions.iter().filter(|(_, s)| s.deadline() <= now).map(|(k, _)| *k).collect();
+                        self.schedule.iter().take_while(|(t, _)| *t <= now).map(|(_, k)| *k).collect();
                     for key in due {
                         if let Some(s) = self.sessions.get_mut(&key) {
                             guarded(s, |s| s.tick(now));
@@ -528,7 +528,17 @@ impl Driver {
                 }
             }
         }
-        let Some(why) = s.ended else { return };
+        let Some(why) = s.ended else {
+            let at = s.deadline();
+            if let Some(old) = self.scheduled.insert(key, at) {
+                self.schedule.remove(&(old, key));
+            }
+            self.schedule.insert((at, key));
+            return;
+        };
+        if let Some(old) = self.scheduled.remove(&key) {
+            self.schedule.remove(&(old, key));
+        }
         let Some(s) = self.sessions.remove(&key) else { return };
         self.by_resource.remove(&s.resource);
         self.demux.remove(key, &s.ufrag);
