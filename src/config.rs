@@ -60,6 +60,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[callbacks]`: events POSTed to a control center (see [`crate::notify`], D93..).
     pub callbacks: CallbacksConfig,
+    /// `[webrtc]`: WebRTC playback (WHEP on the HTTP listener, media on one UDP port; D135..).
+    pub webrtc: WebRtcConfig,
 }
 
 /// `[shutdown]`: the graceful stop's deadline (D110). Within it gbgate BYEs every GB session and
@@ -1161,6 +1163,78 @@ impl Config {
             }
         }
         self.callbacks.validate()?;
+        self.webrtc.validate()?;
+        Ok(())
+    }
+}
+
+/// WebRTC playback (WHEP, D135..): ICE-lite on one UDP port shared by every session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// The UDP address of every session's media (port 0: any free port, see `--ports-file`).
+    pub listen: SocketAddr,
+    pub enabled: bool,
+    /// Addresses put in the answer's host candidates instead of the listen address (the public
+    /// address behind a NAT, or each interface's when listening on 0.0.0.0). Empty: the listen
+    /// address, or, when that is unspecified, the local address of the route to the player.
+    pub advertise: Vec<std::net::IpAddr>,
+    /// Concurrent sessions; more are refused with 503.
+    pub max_sessions: usize,
+    /// Concurrent sessions from one player address (503 beyond it).
+    pub max_sessions_per_source: usize,
+    /// A session that has not completed ICE and DTLS within this is ended.
+    pub connect_timeout: HumanDuration,
+    /// A session that receives nothing (consent checks, RTCP) for this long is ended.
+    pub idle_timeout: HumanDuration,
+    /// Bytes a session may have waiting to be sent; beyond it the session skips to the next
+    /// keyframe.
+    pub max_queue_bytes: usize,
+    /// Pacing of each session's output, bits per second (bursts of 1/8 s are let through).
+    pub max_bitrate: u64,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            listen: "0.0.0.0:8189".parse().expect("literal"),
+            enabled: true,
+            advertise: Vec::new(),
+            max_sessions: 500,
+            max_sessions_per_source: 32,
+            connect_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(10)),
+            max_queue_bytes: 4 << 20,
+            max_bitrate: 50_000_000,
+        }
+    }
+}
+
+impl WebRtcConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: &str| Err(ConfigError::Invalid { key, message: message.into() });
+        if self.max_sessions == 0 {
+            return bad("webrtc.max_sessions", "must be greater than 0");
+        }
+        if self.max_sessions_per_source == 0 {
+            return bad("webrtc.max_sessions_per_source", "must be greater than 0");
+        }
+        for (key, d) in
+            [("webrtc.connect_timeout", self.connect_timeout.0), ("webrtc.idle_timeout", self.idle_timeout.0)]
+        {
+            if !(Duration::from_millis(500)..=Duration::from_secs(300)).contains(&d) {
+                return bad(key, "between 500ms and 300s");
+            }
+        }
+        if self.max_queue_bytes < 64 << 10 {
+            return bad("webrtc.max_queue_bytes", "at least 65536");
+        }
+        if self.max_bitrate < 100_000 {
+            return bad("webrtc.max_bitrate", "at least 100000");
+        }
+        if self.advertise.iter().any(|a| a.is_unspecified()) {
+            return bad("webrtc.advertise", "an unspecified address (0.0.0.0, ::) cannot be a candidate");
+        }
         Ok(())
     }
 }

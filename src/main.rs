@@ -659,6 +659,7 @@ fn write_ports(path: &Path, gw: &Gateway) -> std::io::Result<()> {
         "rtsp": gw.rtsp_addr.map(|a| a.to_string()),
         "rtmp": gw.rtmp_addr.map(|a| a.to_string()),
         "http": gw.http_addr.map(|a| a.to_string()),
+        "webrtc": gw.webrtc_addr.map(|a| a.to_string()),
         "sip": gw.sip_addr.map(|a| a.to_string()),
     })
     .to_string();

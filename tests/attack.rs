@@ -41,7 +41,7 @@ fn start_gateway(dir: &std::path::Path) -> Gateway {
         &config,
         format!(
             "[rtp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[rtsp]\nlisten = \"127.0.0.1:0\"\n\
-             [rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\n\
+             [rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\n\
              db = \"{}\"\n",
             dir.join("gbgate.redb").display()
         ),

@@ -620,7 +620,7 @@ async fn gateway_started_tells_a_first_start_a_restart_and_a_crash_apart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gbgate.toml");
     let mut text = String::new();
-    for section in ["rtp", "api", "rtsp", "rtmp", "http"] {
+    for section in ["rtp", "api", "rtsp", "rtmp", "http", "webrtc"] {
         text += &format!("[{section}]\nlisten = \"127.0.0.1:0\"\n");
     }
     text += "[sip]\nenabled = false\n";

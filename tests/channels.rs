@@ -49,7 +49,7 @@ impl Gbgate {
             &conf,
             format!(
                 "[rtp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n{api}\n[rtsp]\nlisten = \"127.0.0.1:0\"\n\
-                 [rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\npassword = \"\"\ndb = {db:?}\n{extra}"
+                 [rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"127.0.0.1:0\"\n[sip]\nlisten = \"127.0.0.1:0\"\npassword = \"\"\ndb = {db:?}\n{extra}"
             ),
         )
         .unwrap();

@@ -221,7 +221,7 @@ fn the_binary_runs_receives_a_camera_and_stops_on_sigterm() {
     // Every listener on a port the kernel picks: another gbgate on the default ports is no problem.
     let cfg = dir.path().join("gbgate.toml");
     let mut text = String::new();
-    for section in ["rtp", "api", "rtsp", "rtmp", "sip", "http"] {
+    for section in ["rtp", "api", "rtsp", "rtmp", "sip", "http", "webrtc"] {
         text += &format!("[{section}]\nlisten = \"127.0.0.1:0\"\n");
     }
     std::fs::write(&cfg, text).unwrap();
@@ -250,7 +250,7 @@ fn the_binary_runs_receives_a_camera_and_stops_on_sigterm() {
     };
     let addr = |k: &str| -> std::net::SocketAddr { bound[k].as_str().unwrap().parse().unwrap() };
     let (api_addr, rtp) = (addr("api"), addr("rtp").port());
-    for k in ["rtsp", "rtmp", "sip", "http"] {
+    for k in ["rtsp", "rtmp", "sip", "http", "webrtc"] {
         assert_ne!(addr(k).port(), 0, "{k}: {bound}");
     }
     let out = gbgate()

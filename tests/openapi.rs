@@ -209,7 +209,7 @@ fn every_documented_operation_reaches_a_handler_of_a_running_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gbgate.toml");
     let mut text = String::new();
-    for section in ["rtp", "rtsp", "rtmp", "http", "sip", "api"] {
+    for section in ["rtp", "rtsp", "rtmp", "http", "webrtc", "sip", "api"] {
         text += &format!("[{section}]\nlisten = \"127.0.0.1:0\"\n");
     }
     // [api] comes last: its token; [sip] before it: no device password (none registers).

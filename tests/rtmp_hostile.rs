@@ -31,7 +31,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("gbgate.toml");
         let mut text = String::new();
-        for section in ["rtp", "api", "rtsp", "sip", "http"] {
+        for section in ["rtp", "api", "rtsp", "sip", "http", "webrtc"] {
             text.push_str(&format!("[{section}]\nlisten = \"127.0.0.1:0\"\n"));
         }
         text.push_str("[rtmp]\nlisten = \"127.0.0.1:0\"\n");

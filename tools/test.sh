@@ -28,6 +28,11 @@ if ! python3 -c "import imageio_ffmpeg" >/dev/null 2>&1; then
   echo "== installing imageio-ffmpeg (pip)"
   python3 -m pip install -q imageio-ffmpeg
 fi
+# tests/whep.rs: aiortc, a WebRTC player we did not write, for the Debian python3 the tests run.
+if ! /usr/bin/python3 -c "import aiortc" >/dev/null 2>&1; then
+  echo "== installing aiortc (pip)"
+  /usr/bin/python3 -m pip install -q aiortc 2>/dev/null || /usr/bin/python3 -m pip install -q --break-system-packages aiortc
+fi
 for tool in ffprobe sipp gst-launch-1.0; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after the install" >&2; exit 1; }
 done

@@ -476,6 +476,12 @@ impl Stream {
         lock(&self.fanout).gop.frames().next().is_some_and(|f| f.keyframe && f.kind() == MediaKind::Video)
     }
 
+    /// The codec and configuration of the cached video, if any (WebRTC picks its payload type
+    /// by them before it subscribes).
+    pub fn cached_video(&self) -> Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)> {
+        lock(&self.fanout).gop.frames().find(|f| f.kind() == MediaKind::Video).map(|f| (f.codec, f.config.clone()))
+    }
+
     /// Number of frames and bytes in the GOP cache.
     pub fn gop_cache_usage(&self) -> (usize, usize) {
         let f = lock(&self.fanout);

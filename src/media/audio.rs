@@ -184,15 +184,15 @@ pub struct TranscodeStats {
     pub restarts: u64,
 }
 
-/// Decodes AAC input frames with symphonia.
-struct AacDecoder {
+/// Decodes AAC input frames with symphonia (also used by the WebRTC output's AAC to G.711).
+pub struct AacDecoder {
     asc: Bytes,
     dec: Box<dyn symphonia::core::codecs::audio::AudioDecoder>,
     pcm: Vec<f32>,
 }
 
 impl AacDecoder {
-    fn new(cfg: &AudioConfig) -> Result<Self, AudioError> {
+    pub fn new(cfg: &AudioConfig) -> Result<Self, AudioError> {
         use symphonia::core::codecs::audio::well_known::CODEC_ID_AAC;
         use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoderOptions};
         let asc = cfg.asc.clone().ok_or_else(|| AudioError::Unsupported("AAC without AudioSpecificConfig".into()))?;
@@ -205,7 +205,7 @@ impl AacDecoder {
     }
 
     /// Decodes one raw frame, downmixed to mono, appended to `out`. Returns the channel count.
-    fn decode(&mut self, data: &[u8], out: &mut Vec<f32>) -> Result<(), AudioError> {
+    pub fn decode(&mut self, data: &[u8], out: &mut Vec<f32>) -> Result<(), AudioError> {
         use symphonia::core::packet::PacketRef;
         use symphonia::core::units::{Duration, Timestamp};
         let buf = self
@@ -221,7 +221,7 @@ impl AacDecoder {
 }
 
 /// Resamples mono f32 from one rate to the output rate, 20 ms input chunks, delay removed.
-struct Rate {
+pub struct Rate {
     from: u32,
     to: u32,
     fft: Option<Fft<f32>>,
@@ -235,16 +235,19 @@ struct Rate {
 }
 
 impl Rate {
-    fn new(from: u32, to: u32) -> Result<Self, AudioError> {
+    pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
         let mut r =
             Rate { from, to, fft: None, chunk: 0, fifo: Vec::new(), out: Vec::new(), skip: 0, taken: 0, given: 0 };
         if from == to {
             return Ok(r);
         }
-        if !from.is_multiple_of(50) || from == 0 {
-            return Err(r.err("the input rate must be a multiple of 50 Hz"));
-        }
-        r.chunk = from as usize / 50;
+        // 20 ms chunks; 40 ms for rates such as 11025 Hz that have no whole 20 ms.
+        r.chunk = match from {
+            0 => return Err(r.err("the input rate must be a multiple of 25 Hz")),
+            f if f.is_multiple_of(50) => f as usize / 50,
+            f if f.is_multiple_of(25) => f as usize / 25,
+            _ => return Err(r.err("the input rate must be a multiple of 25 Hz")),
+        };
         let fft = Fft::<f32>::new(from as usize, to as usize, r.chunk, 1, FixedSync::Input).map_err(|e| r.err(e))?;
         r.out = vec![0f32; fft.output_frames_max()];
         r.skip = fft.output_delay();
@@ -258,7 +261,7 @@ impl Rate {
     }
 
     /// Resamples `input`, appending the output to `dst`.
-    fn process(&mut self, input: &[f32], dst: &mut Vec<f32>) -> Result<(), AudioError> {
+    pub fn process(&mut self, input: &[f32], dst: &mut Vec<f32>) -> Result<(), AudioError> {
         self.taken += input.len() as u64;
         let Some(fft) = &mut self.fft else {
             dst.extend_from_slice(input);

@@ -41,6 +41,8 @@ pub struct ApiState {
     pub http_flv: Arc<crate::server::http_flv::FlvShared>,
     /// HLS segmenters and sessions (for `/metrics`).
     pub hls: Arc<crate::server::hls::HlsShared>,
+    /// The WebRTC output, for `/metrics`; `None` when off.
+    pub webrtc: Option<Arc<crate::server::webrtc::WebRtc>>,
 }
 
 /// The routes an upper layer adds to the API ([`crate::server::Gateway::mount`]): requests no

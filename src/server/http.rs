@@ -41,6 +41,8 @@ pub struct HttpState {
     pub shutdown: CancellationToken,
     /// The HLS segmenters and viewer sessions.
     pub hls: Arc<crate::server::hls::HlsShared>,
+    /// The WebRTC output (WHEP); `None` when `[webrtc] enabled = false`.
+    pub webrtc: Option<Arc<crate::server::webrtc::WebRtc>>,
 }
 
 /// The router of the HTTP listener: each output's routes under its internal prefix.

@@ -346,6 +346,20 @@ impl Collector for Gateway {
                 (vec![("result", "fallback")], a.fallback),
             ],
         )?;
+        if let Some(w) = &s.webrtc {
+            let w = w.snapshot();
+            gauge(e, "gbgate_webrtc_sessions", "WebRTC (WHEP) sessions now.", n(w.sessions))?;
+            counter(e, "gbgate_webrtc_opened", "WebRTC sessions opened.", w.opened)?;
+            counter(e, "gbgate_webrtc_refused_full", "WHEP offers refused: max_sessions reached.", w.refused_full)?;
+            counter(e, "gbgate_webrtc_timed_out", "WebRTC sessions ended by a connect or idle timeout.", w.timed_out)?;
+            counter(
+                e,
+                "gbgate_webrtc_unrouted_datagrams",
+                "Datagrams on the WebRTC port nobody's.",
+                w.unrouted_datagrams,
+            )?;
+            counter(e, "gbgate_webrtc_queue_drops", "Datagrams dropped from slow sessions' queues.", w.queue_drops)?;
+        }
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod rtmp;
 pub mod rtp;
 pub mod rtsp;
 pub mod rtsp_ingest;
+pub mod webrtc;
 pub mod whep;
 
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct Gateway {
     pub rtmp_addr: Option<SocketAddr>,
     /// The HTTP media listener (HTTP-FLV, HLS, WHEP, console); `None` when `[http] enabled = false`.
     pub http_addr: Option<SocketAddr>,
+    /// The WebRTC output's UDP address; `None` when `[webrtc]` or `[http]` is disabled.
+    pub webrtc_addr: Option<SocketAddr>,
+    pub webrtc: Option<Arc<webrtc::WebRtc>>,
     /// The RTMP listener's budget and counters.
     pub rtmp: Arc<rtmp::RtmpShared>,
     /// RTSP publishers' counters (ANNOUNCE/RECORD).
@@ -76,6 +80,8 @@ pub enum StartError {
     Rtmp { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for HTTP on {addr} (config key http.listen): {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for WebRTC on {addr} (config key webrtc.listen): {source}")]
+    WebRtc { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Sip(#[from] crate::gb::GbStartError),
 }
@@ -198,6 +204,16 @@ impl Gateway {
             vec![rtmp_shared.auth.clone(), rtsp_ingest.auth.clone()],
             gb.clone(),
         );
+        // WHEP is served by the HTTP listener: without it the UDP port would be useless.
+        let webrtc = if cfg.webrtc.enabled && http_listener.is_some() {
+            let w = webrtc::WebRtc::start(&cfg.webrtc, shutdown.clone())
+                .await
+                .map_err(|source| StartError::WebRtc { addr: cfg.webrtc.listen, source })?;
+            Some(w)
+        } else {
+            None
+        };
+        let webrtc_addr = webrtc.as_ref().map(|w| w.local_addr());
         let upper = api::UpperRoutes::default();
         let hls_shared = hls::HlsShared::new(&cfg.hls);
         let router = api::router(
@@ -222,6 +238,7 @@ impl Gateway {
                 pushes: pushes.clone(),
                 reload: reloader.clone(),
                 http_flv: http_flv.clone(),
+                webrtc: webrtc.clone(),
             },
             rtp_addr,
         );
@@ -244,6 +261,7 @@ impl Gateway {
                 flv: http_flv.clone(),
                 shutdown: shutdown.clone(),
                 hls: hls_shared,
+                webrtc: webrtc.clone(),
             };
             tasks.push(tokio::spawn(http::serve(
                 l,
@@ -262,6 +280,8 @@ impl Gateway {
             rtsp_addr,
             rtmp_addr,
             http_addr,
+            webrtc_addr,
+            webrtc,
             rtmp: rtmp_shared,
             rtsp_ingest,
             gb,

@@ -71,6 +71,7 @@ pub fn test_config() -> Config {
     cfg.rtsp.listen = "127.0.0.1:0".parse().unwrap();
     cfg.rtmp.listen = "127.0.0.1:0".parse().unwrap();
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.webrtc.listen = "127.0.0.1:0".parse().unwrap();
     cfg.sip.listen = "127.0.0.1:0".parse().unwrap();
     // Unset, the gateway generates a device password (hole 4); the tests that need one set it.
     cfg.sip.password = Some(String::new());
