@@ -18,6 +18,8 @@ gst-inspect-1.0 rtspclientsink >/dev/null 2>&1 || pkgs+=(gstreamer1.0-rtsp)
 command -v cvlc >/dev/null 2>&1 || pkgs+=(vlc-bin vlc-plugin-base)
 /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); gi.require_version('GstRtp', '1.0')" \
   >/dev/null 2>&1 || pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0)
+# tests/console.rs: headless Chromium (the web console and its player).
+command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "== installing ${pkgs[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -43,6 +43,9 @@ pub struct HttpState {
     pub hls: Arc<crate::server::hls::HlsShared>,
     /// The WebRTC output (WHEP); `None` when `[webrtc] enabled = false`.
     pub webrtc: Option<Arc<crate::server::webrtc::WebRtc>>,
+    /// The API's router without its policy layer: the console hands it its read-only requests
+    /// after the same checks (D141).
+    pub api: Router,
 }
 
 /// The router of the HTTP listener: each output's routes under its internal prefix.

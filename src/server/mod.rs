@@ -242,6 +242,8 @@ impl Gateway {
             },
             rtp_addr,
         );
+        // The console reads a few collections of the API on the HTTP listener (D141).
+        let console_api = router.clone();
         let router = api::protect_shared(router, policy);
         match cfg.api.token.as_deref().is_none_or(str::is_empty) {
             true => info!(api = %api_addr, "API has no token ([api] token): it listens on loopback only"),
@@ -262,6 +264,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 hls: hls_shared,
                 webrtc: webrtc.clone(),
+                api: console_api,
             };
             tasks.push(tokio::spawn(http::serve(
                 l,
