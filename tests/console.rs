@@ -211,6 +211,86 @@ async fn console_lists_the_simulated_camera_its_catalog_channel_and_its_stream_w
     b.close().await;
 }
 
+/// `GET path` from the source address `from` (127.0.0.2 plays "another host"), with extra header
+/// lines; returns (status, body).
+async fn get_from(from: [u8; 4], to: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let req = http_request("GET", path, &to.to_string(), headers, "");
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+        sock.connect(&to.into()).unwrap();
+        let mut s: std::net::TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_data_follows_the_api_rules_host_token_and_this_host_only_without_a_token() {
+    // Without [api] token: this host (127.0.0.1) reads, another host (127.0.0.2) does not.
+    let Some(s) = Setup::start("console_rules", "").await else { return };
+    let (status, body) = get_from([127, 0, 0, 1], s.http, "/console/api/v1/devices", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(DEVICE), "the API's device list: {body}");
+    let (status, body) = get_from([127, 0, 0, 2], s.http, "/console/api/v1/devices", "").await;
+    assert_eq!(status, 403, "another host without a token: {body}");
+    // The pages themselves hold no data and are served to anyone.
+    let (status, body) = get_from([127, 0, 0, 2], s.http, "/", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("/console/console.js"), "{body}");
+    drop(s);
+
+    let Some(s) = Setup::start("console_rules", &format!("token = \"{TOKEN}\"")).await else { return };
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    for from in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+        let (status, body) = get_from(from, s.http, "/console/api/v1/streams", "").await;
+        assert_eq!(status, 401, "no token from {from:?}: {body}");
+        let (status, body) = get_from(from, s.http, "/console/api/v1/devices", &bearer).await;
+        assert_eq!(status, 200, "the token from {from:?}: {body}");
+        assert!(body.contains(DEVICE), "{body}");
+    }
+    let host = format!("Host: evil.example:{}\r\n{bearer}", s.http.port());
+    let req = format!("GET /console/api/v1/devices HTTP/1.0\r\n{host}\r\n");
+    let (status, _, _) = http_raw(s.http, req).await;
+    assert_eq!(status, 421, "a rebinding Host");
+    // Only the console's collections, and only reads.
+    let (status, _) = get_from([127, 0, 0, 1], s.http, "/console/api/v1/gb/counters", &bearer).await;
+    assert_eq!(status, 404);
+    let post = http_request("POST", "/console/api/v1/devices", &s.http.to_string(), &bearer, "");
+    let (status, _, _) = http_raw(s.http, post).await;
+    assert_eq!(status, 405, "the console's API is read-only");
+
+    // The page asks for the token, keeps it in the tab, and then lists the camera.
+    let mut b = Browser::launch().await;
+    let page = b.open(&s.url("/")).await;
+    let (ok, v) =
+        b.wait_eval(&page, "!document.getElementById('auth').hidden", Duration::from_secs(10), |v| v == true).await;
+    assert!(ok, "the token form shows: {v}\n{}", b.diagnostics());
+    let submit = format!(
+        "document.getElementById('token').value = {TOKEN:?}; document.getElementById('token-form').requestSubmit(); true"
+    );
+    b.eval(&page, &submit).await.unwrap();
+    let device_row = format!("tr[data-device='{DEVICE}']");
+    let (ok, text) = b
+        .wait_eval(&page, &rows_text(&device_row), Duration::from_secs(10), |v| {
+            v.as_str().is_some_and(|t| t.contains("online"))
+        })
+        .await;
+    assert!(ok, "with the token the console lists the camera: {text}\n{}", b.diagnostics());
+    let kept = b.eval(&page, "[sessionStorage.getItem('gbgate.token'), location.href]").await.unwrap();
+    assert_eq!(kept[0], TOKEN, "kept in sessionStorage");
+    assert!(!kept[1].as_str().unwrap().contains(TOKEN), "never in the URL: {kept}");
+    assert!(b.eval(&page, "document.getElementById('auth').hidden").await.unwrap() == true);
+    b.close().await;
+}
+
 /// What the test reads of the player: transport, state, the status line, the video's time and size.
 const PLAYER_STATE: &str = "(() => { const v = document.getElementById('video'); const p = window.gbPlayer; \
      return { transport: p && p.transport, state: p && p.state, status: document.getElementById('player-status').textContent, \
