@@ -5,9 +5,9 @@
   // Query parameters of the play rules ([auth] play: a key or a signed URL), passed on to every
   // media request so that a shared link carries its credential.
   const AUTH_PARAMS = ['key', 'txSecret', 'txTime'];
-  const NAMES = { webrtc: 'WebRTC', hls: 'HLS' };
+  const NAMES = { webrtc: 'WebRTC', hls: 'HLS', flv: 'HTTP-FLV' };
   // How long a transport may take from its first request to a moving picture.
-  const START_TIMEOUT_MS = { webrtc: 10000, hls: 15000 };
+  const START_TIMEOUT_MS = { webrtc: 10000, hls: 15000, flv: 10000 };
 
   class PlayError extends Error {}
 
@@ -161,10 +161,13 @@
     return out;
   }
 
-  /** A media playlist: {map, target, partTarget, segments: [{msn, uri|null, parts: [uri]}], variants}. */
+  /**
+   * A media playlist: {map (the last EXT-X-MAP), target, partTarget, canBlock, ended, variants,
+   * segments: [{msn, uri (null while in progress), parts: [uri], map (its init segment)}]}.
+   */
   function parsePlaylist(text) {
     if (!text.startsWith('#EXTM3U')) throw new PlayError('the playlist is not an M3U8 playlist');
-    const pl = { map: null, target: 2, partTarget: 0, segments: [], variants: [], ended: false };
+    const pl = { map: null, target: 2, partTarget: 0, segments: [], variants: [], ended: false, canBlock: false };
     let msn = 0;
     let parts = [];
     let inf = false;
@@ -176,6 +179,7 @@
       if (tag === '#EXT-X-MEDIA-SEQUENCE') msn = parseInt(rest, 10) || 0;
       else if (tag === '#EXT-X-TARGETDURATION') pl.target = parseFloat(rest) || 2;
       else if (tag === '#EXT-X-PART-INF') pl.partTarget = parseFloat(attrs(rest)['PART-TARGET']) || 0;
+      else if (tag === '#EXT-X-SERVER-CONTROL') pl.canBlock = attrs(rest)['CAN-BLOCK-RELOAD'] === 'YES';
       else if (tag === '#EXT-X-MAP') pl.map = attrs(rest).URI || null;
       else if (tag === '#EXT-X-PART') parts.push(attrs(rest).URI);
       else if (tag === '#EXTINF') inf = true;
@@ -183,13 +187,167 @@
       else if (tag === '#EXT-X-ENDLIST') pl.ended = true;
       else if (!tag) {
         if (streamInf) pl.variants.push(line);
-        else if (inf) pl.segments.push({ msn: msn++, uri: line, parts });
+        else if (inf) pl.segments.push({ msn: msn++, uri: line, parts, map: pl.map });
         parts = [];
         inf = streamInf = false;
       }
     }
-    if (parts.length) pl.segments.push({ msn, uri: null, parts });
+    if (parts.length) pl.segments.push({ msn, uri: null, parts, map: pl.map });
     return pl;
+  }
+
+  // ---- FLV to fMP4, for HTTP-FLV through Media Source Extensions ---------------------------------
+
+  function concat(parts) {
+    let n = 0;
+    for (const p of parts) n += p.length;
+    const out = new Uint8Array(n);
+    let o = 0;
+    for (const p of parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    return out;
+  }
+  const u8 = (...v) => Uint8Array.from(v);
+  const u16 = (v) => u8((v >> 8) & 255, v & 255);
+  const u32 = (v) => u8((v >>> 24) & 255, (v >>> 16) & 255, (v >>> 8) & 255, v & 255);
+  const u64 = (v) => concat([u32(Math.floor(v / 2 ** 32)), u32(v >>> 0)]);
+  const ascii = (s) => Uint8Array.from(s, (c) => c.charCodeAt(0));
+  function box(type, ...parts) {
+    const body = concat(parts);
+    return concat([u32(body.length + 8), ascii(type), body]);
+  }
+  const full = (type, version, flags, ...parts) => box(type, u8(version, (flags >> 16) & 255, (flags >> 8) & 255, flags & 255), ...parts);
+  const MATRIX = concat([0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000].map(u32));
+  /** FLV timestamps are milliseconds: every track keeps them as they are. */
+  const TIMESCALE = 1000;
+
+  function sampleEntry(t) {
+    if (t.kind === 'video') {
+      const cfg = box(t.fourcc === 'avc1' ? 'avcC' : 'hvcC', t.config);
+      return box(t.fourcc, new Uint8Array(6), u16(1), new Uint8Array(16), u16(t.width), u16(t.height),
+        u32(0x480000), u32(0x480000), u32(0), u16(1), new Uint8Array(32), u16(0x18), u16(0xffff), cfg);
+    }
+    // esds: ES_Descriptor > DecoderConfigDescriptor (AAC, audio stream) > DecoderSpecificInfo (the ASC).
+    const dsi = concat([u8(5, t.config.length), t.config]);
+    const dcd = concat([u8(4, 13 + dsi.length, 0x40, 0x15, 0, 0, 0), u32(0), u32(0), dsi]);
+    const esd = concat([u8(3, dcd.length + 6), u16(1), u8(0), dcd, u8(6, 1, 2)]);
+    return box('mp4a', new Uint8Array(6), u16(1), new Uint8Array(8), u16(t.channels), u16(16), u16(0), u16(0),
+      u32(((t.rate & 0xffff) * 65536) >>> 0), full('esds', 0, 0, esd));
+  }
+
+  /** An fMP4 init segment (ftyp + moov) for `tracks` ({id, kind, fourcc, config, width, height, rate, channels}). */
+  function initSegment(tracks) {
+    const traks = tracks.map((t) => {
+      const video = t.kind === 'video';
+      return box('trak',
+        full('tkhd', 0, 3, u32(0), u32(0), u32(t.id), u32(0), u32(0), new Uint8Array(8), u16(0), u16(0),
+          u16(video ? 0 : 0x100), u16(0), MATRIX, u32(video ? t.width * 65536 : 0), u32(video ? t.height * 65536 : 0)),
+        box('mdia',
+          full('mdhd', 0, 0, u32(0), u32(0), u32(TIMESCALE), u32(0), u16(0x55c4), u16(0)),
+          full('hdlr', 0, 0, u32(0), ascii(video ? 'vide' : 'soun'), new Uint8Array(12), ascii('gbgate\0')),
+          box('minf',
+            video ? full('vmhd', 0, 1, new Uint8Array(8)) : full('smhd', 0, 0, new Uint8Array(4)),
+            box('dinf', full('dref', 0, 0, u32(1), full('url ', 0, 1))),
+            box('stbl', full('stsd', 0, 0, u32(1), sampleEntry(t)), full('stts', 0, 0, u32(0)),
+              full('stsc', 0, 0, u32(0)), full('stsz', 0, 0, u32(0), u32(0)), full('stco', 0, 0, u32(0))))));
+    });
+    const mvhd = full('mvhd', 0, 0, u32(0), u32(0), u32(TIMESCALE), u32(0), u32(0x10000), u16(0x100),
+      new Uint8Array(10), MATRIX, new Uint8Array(24), u32(tracks.length + 1));
+    const mvex = box('mvex', ...tracks.map((t) => full('trex', 0, 0, u32(t.id), u32(1), u32(0), u32(0), u32(0))));
+    return concat([box('ftyp', ascii('isom'), u32(0x200), ascii('isom'), ascii('iso6'), ascii('mp41')), box('moov', mvhd, ...traks, mvex)]);
+  }
+
+  /** One sample of track `t` as a fragment (moof + mdat). `s`: {dts, duration, cts, key, data}. */
+  function fragment(seq, t, s) {
+    const flags = t.kind === 'audio' || s.key ? 0x02000000 : 0x01010000;
+    const moof = (offset) => box('moof', full('mfhd', 0, 0, u32(seq)),
+      box('traf', full('tfhd', 0, 0x020000, u32(t.id)), full('tfdt', 1, 0, u64(s.dts)),
+        full('trun', 1, 0xf01, u32(1), u32(offset), u32(s.duration), u32(s.data.length), u32(flags), u32(s.cts | 0))));
+    const size = moof(0).length;
+    return concat([moof(size + 8), box('mdat', s.data)]);
+  }
+
+  /** Width and height from an H.264 SPS (RBSP after the NAL header), or [0, 0]. */
+  function spsSize(nal) {
+    const b = [];
+    for (let i = 1; i < nal.length; i++) {
+      if (i > 2 && nal[i] === 3 && nal[i - 1] === 0 && nal[i - 2] === 0) continue; // emulation prevention
+      b.push(nal[i]);
+    }
+    let pos = 0;
+    const bit = () => (b[pos >> 3] >> (7 - (pos++ & 7))) & 1;
+    const bits = (n) => {
+      let v = 0;
+      for (let i = 0; i < n; i++) v = v * 2 + bit();
+      return v;
+    };
+    const ue = () => {
+      let z = 0;
+      while (bit() === 0 && z < 32) z++;
+      return 2 ** z - 1 + bits(z);
+    };
+    const se = () => {
+      const v = ue();
+      return v & 1 ? (v + 1) / 2 : -v / 2;
+    };
+    try {
+      const profile = bits(8);
+      bits(16);
+      ue();
+      let chroma = 1;
+      if ([100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135].includes(profile)) {
+        chroma = ue();
+        if (chroma === 3) bit();
+        ue();
+        ue();
+        bit();
+        if (bit()) {
+          for (let i = 0; i < (chroma !== 3 ? 8 : 12); i++) {
+            if (bit()) {
+              let last = 8;
+              let next = 8;
+              for (let j = 0; j < (i < 6 ? 16 : 64); j++) {
+                if (next !== 0) next = (last + se() + 256) % 256;
+                last = next === 0 ? last : next;
+              }
+            }
+          }
+        }
+      }
+      ue();
+      const poc = ue();
+      if (poc === 0) ue();
+      else if (poc === 1) {
+        bit();
+        se();
+        se();
+        const n = ue();
+        for (let i = 0; i < n; i++) se();
+      }
+      ue();
+      bit();
+      const w = ue() + 1;
+      const h = ue() + 1;
+      const frameMbsOnly = bit();
+      if (!frameMbsOnly) bit();
+      bit();
+      let crop = [0, 0, 0, 0];
+      if (bit()) crop = [ue(), ue(), ue(), ue()];
+      const cx = chroma === 0 ? 1 : 2;
+      const cy = (chroma === 1 ? 2 : 1) * (2 - frameMbsOnly);
+      return [w * 16 - cx * (crop[0] + crop[1]), h * 16 * (2 - frameMbsOnly) - cy * (crop[2] + crop[3])];
+    } catch (_) {
+      return [0, 0];
+    }
+  }
+
+  /** Width and height of the first SPS of an avcC record. */
+  function avcSize(avcc) {
+    if (avcc.length < 8 || (avcc[5] & 0x1f) < 1) return [0, 0];
+    const n = (avcc[6] << 8) | avcc[7];
+    return spsSize(avcc.subarray(8, 8 + n));
   }
 
   // ---- the player ---------------------------------------------------------------------------------
@@ -224,7 +382,7 @@
     }
 
     /**
-     * Plays `stream`. `opts.via`: 'auto' (WebRTC, then HLS), 'webrtc' or 'hls'; `opts.query`: the
+     * Plays `stream`. `opts.via`: 'auto' (WebRTC, then HLS, then HTTP-FLV), 'webrtc', 'hls' or 'flv'; `opts.query`: the
      * play credential as a query string (see authQuery).
      */
     async play(stream, opts) {
@@ -233,9 +391,9 @@
       const id = ++this.session;
       this.stream = stream;
       const via = opts.via || 'auto';
-      const order = via === 'auto' ? ['webrtc', 'hls'] : [via];
+      const order = via === 'auto' ? ['webrtc', 'hls', 'flv'] : [via];
       if (!order.every((t) => NAMES[t])) {
-        this.setState('', 'failed', `unknown transport ${JSON.stringify(via)}: use webrtc or hls`);
+        this.setState('', 'failed', `unknown transport ${JSON.stringify(via)}: use webrtc, hls or flv`);
         return;
       }
       const failures = [];
@@ -262,7 +420,9 @@
         this.setState(NAMES[t], 'failed', why + (next ? `; trying ${NAMES[next]}` : ''));
         failures.push(`${NAMES[t]} failed: ${why}`);
       }
-      this.setState(NAMES[order[order.length - 1]], 'failed', failures.join('; '));
+      const last = failures.pop() || '';
+      const why = last.slice(last.indexOf(': ') + 2);
+      this.setState(NAMES[order[order.length - 1]], 'failed', why + (failures.length ? `; before: ${failures.join('; ')}` : ''));
     }
 
     /** Stops playing and releases the connection (the WHEP resource is deleted). */
@@ -416,6 +576,162 @@
       this.watch(att, 'WebRTC', 15000);
     }
 
+    // ---- HTTP-FLV through MSE (FLV tags remuxed to fMP4 fragments in the page) ----
+
+    async flv(path, query, att) {
+      const MS = window.ManagedMediaSource || window.MediaSource;
+      if (!MS) throw new PlayError('this browser has no Media Source Extensions');
+      if (!window.ReadableStream) throw new PlayError('this browser cannot read a response as a stream');
+      const url = new URL(path + '.flv' + query, location.href).href;
+      const abort = new AbortController();
+      this.cleanups.push(() => abort.abort());
+      this.setState('HTTP-FLV', 'connecting', 'GET ' + new URL(url).pathname);
+      let resp;
+      try {
+        resp = await fetch(url, { cache: 'no-store', signal: abort.signal });
+      } catch (e) {
+        throw new PlayError(`the gateway did not answer (${e.message})`);
+      }
+      if (!resp.ok) throw await refused(resp, 'the FLV request was refused');
+      const reader = resp.body.getReader();
+      const v = this.video;
+      const tracks = { video: null, audio: null };
+      let ms = null;
+      let sb = null;
+      let seq = 1;
+      const queue = [];
+      let queued = 0;
+      const pump = () => {
+        if (!sb || sb.updating || !queue.length) return;
+        const b = sb.buffered;
+        // Keep about 30 s behind the playhead, and stay near the live edge.
+        if (b.length && b.start(0) < v.currentTime - 30) return sb.remove(0, v.currentTime - 30);
+        if (b.length && b.end(b.length - 1) - v.currentTime > 3 && v.readyState >= 2) v.currentTime = b.end(b.length - 1) - 0.5;
+        const data = queue.shift();
+        queued -= data.length;
+        try {
+          sb.appendBuffer(data);
+        } catch (e) {
+          att.fail(`the browser refused the remuxed media: ${e.message}`);
+        }
+      };
+      const push = (data) => {
+        queue.push(data);
+        queued += data.length;
+        // A page that cannot keep up must not grow without bound.
+        if (queued > 16 * 1024 * 1024) att.fail('the browser could not keep up with the stream');
+        pump();
+      };
+      const start = async () => {
+        const list = [tracks.video, tracks.audio].filter((t) => t && t.config);
+        const codecs = list.map((t) =>
+          t.kind === 'audio' ? aacCodec(t.config) : t.fourcc === 'avc1' ? `avc1.${hex2(t.config[1])}${hex2(t.config[2])}${hex2(t.config[3])}` : `hvc1.${hevcCodec(t.config)}`,
+        );
+        const mime = `video/mp4; codecs="${codecs.join(', ')}"`;
+        if (!MS.isTypeSupported(mime)) throw new PlayError(`this browser cannot play ${mime}`);
+        list.forEach((t, i) => {
+          t.id = i + 1;
+          t.ready = true;
+        });
+        ms = new MS();
+        const objUrl = URL.createObjectURL(ms);
+        this.cleanups.push(() => URL.revokeObjectURL(objUrl));
+        v.src = objUrl;
+        await new Promise((resolve) => ms.addEventListener('sourceopen', resolve, { once: true }));
+        sb = ms.addSourceBuffer(mime);
+        sb.addEventListener('updateend', pump);
+        sb.addEventListener('error', () => att.fail('the browser refused the remuxed media'));
+        push(initSegment(list));
+        this.setState('HTTP-FLV', 'connecting', codecs.join(', '));
+      };
+      const aacCodec = (asc) => `mp4a.40.${asc[0] >> 3}`;
+      const emit = (t, s) => {
+        // A sample's duration is known when the next one arrives.
+        if (t.pending) {
+          const p = t.pending;
+          p.duration = Math.max(1, s.dts - p.dts);
+          t.lastDuration = p.duration;
+          push(fragment(seq++, t, p));
+        }
+        t.pending = s;
+      };
+      const tag = async (type, ts, d) => {
+        if (type === 9 && d.length > 5) {
+          const ex = d[0] & 0x80;
+          const key = ((d[0] >> 4) & 7) === 1;
+          let fourcc;
+          let kind;
+          let cts = 0;
+          let body;
+          if (ex) {
+            // Enhanced FLV: packet type in the low bits, then a FourCC.
+            const pt = d[0] & 0x0f;
+            fourcc = String.fromCharCode(d[1], d[2], d[3], d[4]);
+            kind = pt === 0 ? 'config' : pt === 1 || pt === 3 ? 'frame' : 'other';
+            const off = pt === 1 ? 8 : 5;
+            if (pt === 1) cts = ((d[5] << 16) | (d[6] << 8) | d[7]) << 8 >> 8;
+            body = d.subarray(off);
+          } else {
+            const codec = d[0] & 0x0f;
+            fourcc = codec === 7 ? 'avc1' : codec === 12 ? 'hvc1' : '';
+            kind = d[1] === 0 ? 'config' : d[1] === 1 ? 'frame' : 'other';
+            cts = ((d[2] << 16) | (d[3] << 8) | d[4]) << 8 >> 8;
+            body = d.subarray(5);
+          }
+          if (fourcc !== 'avc1' && fourcc !== 'hvc1') throw new PlayError(`the FLV video codec (${fourcc || 'id ' + (d[0] & 15)}) cannot be played here`);
+          if (kind === 'config') {
+            if (!tracks.video) {
+              const [w, h] = fourcc === 'avc1' ? avcSize(body) : [0, 0];
+              tracks.video = { kind: 'video', fourcc, config: body.slice(), width: w, height: h };
+            }
+          } else if (kind === 'frame' && tracks.video) {
+            if (!sb) await start();
+            if (tracks.video.ready) emit(tracks.video, { dts: ts, cts, key, data: body.slice() });
+          }
+        } else if (type === 8 && d.length > 2) {
+          if (d[0] >> 4 !== 10) return; // not AAC: the gateway sends AAC (or nothing) in FLV
+          if (d[1] === 0 && !tracks.audio) {
+            const asc = d.slice(2);
+            const rates = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+            const rate = rates[((asc[0] & 7) << 1) | (asc[1] >> 7)] || 44100;
+            tracks.audio = { kind: 'audio', config: asc, rate, channels: (asc[1] >> 3) & 15 || 1 };
+          } else if (d[1] === 1 && tracks.audio && tracks.audio.ready) {
+            emit(tracks.audio, { dts: ts, cts: 0, key: true, data: d.slice(2) });
+          }
+        }
+      };
+      const read = async () => {
+        let buf = new Uint8Array(0);
+        let pos = 0;
+        let header = false;
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return att.fail('the gateway ended the stream');
+          if (!this.live(att)) return;
+          buf = concat([buf.subarray(pos), value]);
+          pos = 0;
+          if (!header) {
+            if (buf.length < 13) continue;
+            if (buf[0] !== 0x46 || buf[1] !== 0x4c || buf[2] !== 0x56) throw new PlayError('the answer is not FLV');
+            pos = ((buf[5] << 24) | (buf[6] << 16) | (buf[7] << 8) | buf[8]) + 4;
+            header = true;
+          }
+          while (buf.length - pos >= 11) {
+            const size = (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3];
+            if (buf.length - pos < 11 + size + 4) break;
+            const ts = ((buf[pos + 7] << 24) | (buf[pos + 4] << 16) | (buf[pos + 5] << 8) | buf[pos + 6]) >>> 0;
+            await tag(buf[pos] & 0x1f, ts, buf.subarray(pos + 11, pos + 11 + size));
+            pos += 11 + size + 4;
+          }
+        }
+      };
+      read().catch((e) => {
+        if (this.live(att) && e.name !== 'AbortError') att.fail(e instanceof PlayError ? e.message : `${e.name}: ${e.message}`);
+      });
+      await this.untilPlaying(att, 'HTTP-FLV', START_TIMEOUT_MS.flv);
+      this.watch(att, 'HTTP-FLV', 15000);
+    }
+
     // ---- HLS through Media Source Extensions ----
 
     async hls(path, query, att) {
@@ -433,7 +749,7 @@
           if (!this.live(att)) throw new PlayError('stopped');
           try {
             const r = await fetch(u, { cache: 'no-store' });
-            if (r.ok) return binary ? new Uint8Array(await r.arrayBuffer()) : await r.text();
+            if (r.ok) return binary ? new Uint8Array(await r.arrayBuffer()) : { text: await r.text(), url: r.url || u };
             if (r.status === 404 && what === 'playlist') throw await refused(r, `the ${what} is not there`);
             lastErr = (await refused(r, `${what} ${new URL(u).pathname}`)).message;
             if (r.status < 500 && r.status !== 404) break;
@@ -446,18 +762,28 @@
         throw new PlayError(lastErr);
       };
       this.setState('HLS', 'connecting', 'playlist');
+      // The playlist's own URL as the gateway answered it (after a redirect): reloads go there.
       let playlistUrl = withAuth(path + '/index.m3u8' + query);
-      let pl = parsePlaylist(await get(playlistUrl, 'playlist'));
-      if (pl.variants.length) {
-        playlistUrl = withAuth(new URL(pl.variants[0], playlistUrl).href);
-        pl = parsePlaylist(await get(playlistUrl, 'playlist'));
-      }
-      if (!pl.map) throw new PlayError('the playlist has no EXT-X-MAP: not fMP4, which this player needs');
-      const init = await get(withAuth(new URL(pl.map, playlistUrl).href), 'init segment', true);
-      const codecs = codecsOf(init);
-      if (!codecs.length) throw new PlayError('the init segment names no codec this player knows');
-      const mime = `video/mp4; codecs="${codecs.join(', ')}"`;
-      if (!MS.isTypeSupported(mime)) throw new PlayError(`this browser cannot play ${mime}`);
+      const load = async (u) => {
+        const r = await get(u, 'playlist');
+        playlistUrl = r.url;
+        return parsePlaylist(r.text);
+      };
+      let pl = await load(playlistUrl);
+      if (pl.variants.length) pl = await load(withAuth(new URL(pl.variants[0], playlistUrl).href));
+      const first = pl.segments.length ? pl.segments[pl.segments.length - 1].map : pl.map;
+      if (!first) throw new PlayError('the playlist has no EXT-X-MAP: not fMP4, which this player needs');
+      const mimeOf = (init) => {
+        const codecs = codecsOf(init);
+        if (!codecs.length) throw new PlayError('the init segment names no codec this player knows');
+        const mime = `video/mp4; codecs="${codecs.join(', ')}"`;
+        if (!MS.isTypeSupported(mime)) throw new PlayError(`this browser cannot play ${mime}`);
+        return mime;
+      };
+      let map = first;
+      const init = await get(withAuth(new URL(map, playlistUrl).href), 'init segment', true);
+      let mime = mimeOf(init);
+      const codecs = [mime.slice(mime.indexOf('"') + 1, -1)];
       const ms = new MS();
       const objUrl = URL.createObjectURL(ms);
       this.cleanups.push(() => URL.revokeObjectURL(objUrl));
@@ -534,6 +860,15 @@
             } else {
               break; // the next part is not out yet
             }
+            if (seg.map && seg.map !== map) {
+              // A new init segment (the source's codec or size changed): switch the buffer to it.
+              const next = await get(withAuth(new URL(seg.map, playlistUrl).href), 'init segment', true);
+              const m = mimeOf(next);
+              if (m !== mime && sb.changeType) sb.changeType(m);
+              await append(next);
+              map = seg.map;
+              mime = m;
+            }
             const data = await get(withAuth(new URL(uri, playlistUrl).href), 'segment', true);
             if (!this.live(att)) return;
             await append(data);
@@ -564,10 +899,18 @@
             }
           }
           if (pl.ended) return att.fail('the stream ended');
-          const wait = progressed ? 50 : Math.min(2000, Math.max(100, 1000 * (pl.partTarget || pl.target / 2)));
-          await sleep(wait);
-          if (!this.live(att)) return;
-          pl = parsePlaylist(await get(playlistUrl, 'playlist'));
+          if (pl.canBlock && next) {
+            // LL-HLS blocking reload: the gateway answers once the part we need next exists.
+            const u = new URL(playlistUrl);
+            u.searchParams.set('_HLS_msn', String(next.msn));
+            u.searchParams.set('_HLS_part', String(next.part));
+            const r = await get(u.href, 'playlist');
+            pl = parsePlaylist(r.text);
+          } else {
+            await sleep(progressed ? 50 : Math.min(2000, Math.max(100, 1000 * (pl.partTarget || pl.target / 2))));
+            if (!this.live(att)) return;
+            pl = await load(playlistUrl);
+          }
         }
       };
       loop().catch((e) => {
