@@ -459,13 +459,18 @@
     untilPlaying(att, name, ms) {
       const v = this.video;
       return new Promise((resolve, reject) => {
-        const t0 = v.currentTime;
+        // Playing means time advancing between two looks, twice in a row (a seek is no progress).
+        let prev = v.currentTime;
+        let advancing = 0;
         const deadline = Date.now() + ms;
         const timer = setInterval(() => {
+          const now = v.currentTime;
+          advancing = now > prev && now - prev < 1 && !v.seeking && !v.paused ? advancing + 1 : 0;
+          prev = now;
           if (!this.live(att)) {
             clearInterval(timer);
             reject(new PlayError('stopped'));
-          } else if (v.videoWidth > 0 && v.currentTime > t0 + 0.04) {
+          } else if (v.videoWidth > 0 && advancing >= 2) {
             clearInterval(timer);
             this.setState(name, 'playing', `${v.videoWidth}x${v.videoHeight}`);
             resolve();
