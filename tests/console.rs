@@ -413,3 +413,9 @@ impl Pixels {
         changed as f64 / n.max(1) as f64
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_page_plays_the_camera_over_http_flv_remuxed_in_the_page() {
+    let Some(s) = Setup::start("play_flv", "").await else { return };
+    plays(&s, "flv", "HTTP-FLV", "http-flv").await;
+}
