@@ -207,6 +207,14 @@ async fn console_lists_the_simulated_camera_its_catalog_channel_and_its_stream_w
     let href =
         b.eval(&page, &format!("document.querySelector({stream_row:?} + ' a').getAttribute('href')")).await.unwrap();
     assert_eq!(href.as_str().unwrap(), format!("/play?stream=gb%2F{}", s.channel));
+    // Its play button plays it in the console, on the first transport that works.
+    b.eval(&page, &format!("document.querySelector({stream_row:?} + ' button').click(); true")).await.unwrap();
+    let (ok, v) = b
+        .wait_eval(&page, PLAYER_STATE, Duration::from_secs(30), |v| {
+            v["state"] == "playing" && v["width"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    assert!(ok, "the console's player plays {stream}: {v}\n{}", b.diagnostics());
     save_screenshot(&mut b, &page, "console").await;
     b.close().await;
 }

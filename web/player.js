@@ -45,7 +45,7 @@
     } catch (_) {
       /* not JSON */
     }
-    const words = { 401: 'a credential is needed', 403: 'refused', 404: 'no such stream', 503: 'unavailable' };
+    const words = { 401: 'a credential is needed', 403: 'refused', 404: 'not found', 503: 'unavailable' };
     return new PlayError(`${what}: HTTP ${resp.status}${words[resp.status] ? ' (' + words[resp.status] + ')' : ''}${msg ? ': ' + msg : ''}`);
   }
 
