@@ -48,7 +48,8 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(test: &str, api_extra: &str) -> Option<Setup> {
+    /// `api_extra`: more `[api]` keys; `extra`: more sections.
+    async fn start(test: &str, api_extra: &str, extra: &str) -> Option<Setup> {
         if !require_tool(test, "chromium") || !require_tool(test, "ffmpeg") {
             return None;
         }
@@ -60,7 +61,7 @@ impl Setup {
                 "[rtp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n{api_extra}\n\
                  [rtsp]\nlisten = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n\
                  [http]\nlisten = \"127.0.0.1:0\"\n\
-                 [sip]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\n"
+                 [sip]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\n{extra}\n"
             ),
         )
         .unwrap();
@@ -100,7 +101,7 @@ impl Setup {
                 .spawn()
                 .expect("spawn gbgate sim"),
         );
-        let token = (!api_extra.is_empty()).then_some(TOKEN);
+        let token = api_extra.contains("token").then_some(TOKEN);
         let setup = Setup {
             api: addr("api"),
             http: addr("http"),
@@ -167,7 +168,7 @@ fn rows_text(selector: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_lists_the_simulated_camera_its_catalog_channel_and_its_stream_with_live_counters() {
-    let Some(s) = Setup::start("console_lists", "").await else { return };
+    let Some(s) = Setup::start("console_lists", "", "").await else { return };
     // A stream of the camera: the API's play (INVITE) waits for its first keyframe.
     let path = format!("/api/v1/devices/{DEVICE}/channels/{}/play", s.channel);
     let (status, _, body) = http_raw(s.api, http_request("POST", &path, &s.api.to_string(), "", "")).await;
@@ -243,7 +244,7 @@ async fn get_from(from: [u8; 4], to: SocketAddr, path: &str, headers: &str) -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_data_follows_the_api_rules_host_token_and_this_host_only_without_a_token() {
     // Without [api] token: this host (127.0.0.1) reads, another host (127.0.0.2) does not.
-    let Some(s) = Setup::start("console_rules", "").await else { return };
+    let Some(s) = Setup::start("console_rules", "", "").await else { return };
     let (status, body) = get_from([127, 0, 0, 1], s.http, "/console/api/v1/devices", "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(DEVICE), "the API's device list: {body}");
@@ -255,7 +256,7 @@ async fn console_data_follows_the_api_rules_host_token_and_this_host_only_withou
     assert!(body.contains("/console/console.js"), "{body}");
     drop(s);
 
-    let Some(s) = Setup::start("console_rules", &format!("token = \"{TOKEN}\"")).await else { return };
+    let Some(s) = Setup::start("console_rules", &format!("token = \"{TOKEN}\""), "").await else { return };
     let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
     for from in [[127, 0, 0, 1], [127, 0, 0, 2]] {
         let (status, body) = get_from(from, s.http, "/console/api/v1/streams", "").await;
@@ -362,13 +363,13 @@ async fn plays(s: &Setup, via: &str, transport: &str, protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn play_page_plays_the_camera_over_webrtc() {
-    let Some(s) = Setup::start("play_webrtc", "").await else { return };
+    let Some(s) = Setup::start("play_webrtc", "", "").await else { return };
     plays(&s, "webrtc", "WebRTC", "webrtc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn play_page_plays_the_camera_over_the_hls_fallback() {
-    let Some(s) = Setup::start("play_hls", "").await else { return };
+    let Some(s) = Setup::start("play_hls", "", "").await else { return };
     plays(&s, "hls", "HLS", "hls").await;
 }
 
@@ -424,6 +425,28 @@ impl Pixels {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn play_page_plays_the_camera_over_http_flv_remuxed_in_the_page() {
-    let Some(s) = Setup::start("play_flv", "").await else { return };
+    let Some(s) = Setup::start("play_flv", "", "").await else { return };
     plays(&s, "flv", "HTTP-FLV", "http-flv").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_play_link_carries_its_play_credential_to_the_media_requests() {
+    // [auth] play with a key, asked of this host too: the link works with its key, not without.
+    let auth = "[auth]\nplay = true\nloopback_exempt = false\nkeys = [\"viewer-key-0123\"]";
+    let Some(s) = Setup::start("play_credential", "", auth).await else { return };
+    let stream = format!("gb/{}", s.channel);
+    let mut b = Browser::launch().await;
+    let page = b.open(&s.url(&format!("/play?stream={stream}&via=flv"))).await;
+    let (ok, v) = b.wait_eval(&page, PLAYER_STATE, Duration::from_secs(20), |v| v["state"] == "failed").await;
+    assert!(ok, "no key: refused: {v}\n{}", b.diagnostics());
+    let status = v["status"].as_str().unwrap_or_default();
+    assert!(status.contains("HTTP 403") || status.contains("HTTP 401"), "the refusal in words: {status}");
+    let page = b.open(&s.url(&format!("/play?stream={stream}&via=flv&key=viewer-key-0123"))).await;
+    let (ok, v) = b
+        .wait_eval(&page, PLAYER_STATE, Duration::from_secs(20), |v| {
+            v["state"] == "playing" && v["width"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    assert!(ok, "with its key the link plays: {v}\n{}", b.diagnostics());
+    b.close().await;
 }
