@@ -50,6 +50,11 @@ struct Setup {
 impl Setup {
     /// `api_extra`: more `[api]` keys; `extra`: more sections.
     async fn start(test: &str, api_extra: &str, extra: &str) -> Option<Setup> {
+        Setup::start_with(test, api_extra, "", extra).await
+    }
+
+    /// As [`Setup::start`], with more `[webrtc]` keys.
+    async fn start_with(test: &str, api_extra: &str, webrtc_extra: &str, extra: &str) -> Option<Setup> {
         if !require_tool(test, "chromium") || !require_tool(test, "ffmpeg") {
             return None;
         }
@@ -60,7 +65,7 @@ impl Setup {
             format!(
                 "[rtp]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n{api_extra}\n\
                  [rtsp]\nlisten = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"127.0.0.1:0\"\n{webrtc_extra}\n\
                  [sip]\nlisten = \"127.0.0.1:0\"\npassword = \"{PASSWORD}\"\n{extra}\n"
             ),
         )
@@ -448,5 +453,24 @@ async fn a_play_link_carries_its_play_credential_to_the_media_requests() {
         })
         .await;
     assert!(ok, "with its key the link plays: {v}\n{}", b.diagnostics());
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_falls_back_from_webrtc_to_hls_and_says_why() {
+    // WebRTC switched off: the WHEP offer is refused, and the player goes on with HLS.
+    let Some(s) = Setup::start_with("fallback", "", "enabled = false", "").await else { return };
+    let stream = format!("gb/{}", s.channel);
+    let mut b = Browser::launch().await;
+    let page = b.open(&s.url(&format!("/play?stream={stream}"))).await;
+    let (ok, v) = b
+        .wait_eval(&page, PLAYER_STATE, Duration::from_secs(30), |v| {
+            v["state"] == "playing" && v["width"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    assert!(ok, "the fallback plays: {v}\n{}\ngbgate:\n{}", b.diagnostics(), s.log());
+    assert_eq!(v["transport"], "HLS", "{v}");
+    let status = v["status"].as_str().unwrap_or_default();
+    assert!(status.contains("after WebRTC failed: the WHEP offer was refused: HTTP"), "why, in words: {status}");
     b.close().await;
 }
