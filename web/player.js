@@ -796,6 +796,7 @@
       this.video.src = objUrl;
       await new Promise((resolve) => ms.addEventListener('sourceopen', resolve, { once: true }));
       const sb = ms.addSourceBuffer(mime);
+      this.mse = { ms, sb, log: [] };
       const append = (data) =>
         new Promise((resolve, reject) => {
           const done = () => {
@@ -875,6 +876,8 @@
               mime = m;
             }
             const data = await get(withAuth(new URL(uri, playlistUrl).href), 'segment', true);
+            this.mse.log.push(`${uri.split('?')[0]} ${data.length}`);
+            if (this.mse.log.length > 50) this.mse.log.shift();
             if (!this.live(att)) return;
             await append(data);
             this.stats.appended++;
@@ -885,13 +888,15 @@
           const b = sb.buffered;
           if (b.length) {
             const end = b.end(b.length - 1);
+            // Stay about three parts (LL-HLS's hold-back) or one segment behind the newest media.
+            const holdBack = pl.partTarget ? 3 * pl.partTarget : pl.target;
             if (!started) {
               started = true;
-              v.currentTime = b.start(b.length - 1);
+              v.currentTime = Math.max(b.start(b.length - 1), end - holdBack);
               v.play().catch(() => {});
-            } else if (end - v.currentTime > Math.max(3, 3 * (pl.partTarget || pl.target))) {
-              // Too far behind live (a stall, a background tab): jump close to the live edge.
-              v.currentTime = Math.max(b.start(b.length - 1), end - 1);
+            } else if (end - v.currentTime > holdBack + 2) {
+              // Too far behind live (a stall, a background tab): jump back to the live edge.
+              v.currentTime = Math.max(b.start(b.length - 1), end - holdBack);
             } else {
               // A hole (a lost part): skip to the next buffered range.
               for (let i = 0; i < b.length; i++) {
