@@ -363,6 +363,23 @@ async fn plays(s: &Setup, via: &str, transport: &str, protocol: &str) {
         "{transport}: the two screenshots differ in {:.1}% of pixels: the pattern does not move",
         changed * 100.0
     );
+    if protocol == "webrtc" {
+        // Leaving the page deletes the WHEP resource: the gateway lets the player go at once,
+        // not after its idle timeout (10 s).
+        let left = Instant::now();
+        b.call(Some(&page.session), "Page.navigate", serde_json::json!({ "url": "about:blank" })).await.unwrap();
+        let after = s
+            .wait_api(&format!("/api/v1/streams/{stream}"), Duration::from_secs(5), |b| {
+                b["players"]["webrtc"].as_u64().unwrap_or(0) == 0
+            })
+            .await;
+        assert_eq!(
+            after["players"]["webrtc"].as_u64().unwrap_or(0),
+            0,
+            "the session ended when the page left: {after}"
+        );
+        assert!(left.elapsed() < Duration::from_secs(5), "{:?}", left.elapsed());
+    }
     b.close().await;
 }
 
