@@ -58,11 +58,15 @@ pub const READABLE: [&str; 3] = ["streams", "devices", "channels"];
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    media-src 'self' blob:; img-src 'self' data:; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
+/// The player page may be embedded in another site's page (`<iframe src=".../play?stream=..">`):
+/// it holds no data and no action but playing.
+const CSP_PLAYER: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                          media-src 'self' blob:; img-src 'self' data:; base-uri 'none'; form-action 'none'";
 
 pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/ui/", get(|| async { file(&INDEX) }))
-        .route("/ui/play", get(|| async { file(&PLAY) }))
+        .route("/ui/play", get(|| async { framable(file(&PLAY)) }))
         .route("/ui/console/{name}", get(asset))
         .route("/ui/console/api/v1/{*name}", get(read_api).fallback(read_only))
         // Not a router-wide fallback: the outputs' routers are merged, and only one may have one.
@@ -85,6 +89,14 @@ fn secure_headers(h: &mut axum::http::HeaderMap) {
     // A play link may carry its credential (`?key=`): it must not leak to other sites.
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+/// Lets other sites frame the player page (only it).
+fn framable(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_PLAYER));
+    h.remove(header::X_FRAME_OPTIONS);
+    r
 }
 
 async fn asset(Path(name): Path<String>) -> Response {
@@ -209,6 +221,16 @@ mod tests {
             assert_eq!(r.headers()[header::CONTENT_TYPE], a.content_type);
             assert!(r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("script-src 'self'"));
         }
+        // The console is never framed (its token form); the player page may be embedded.
+        let console = file(&INDEX);
+        assert!(console.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
+        assert_eq!(console.headers()[header::X_FRAME_OPTIONS], "DENY");
+        let player = framable(file(&PLAY));
+        assert!(!player.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("frame-ancestors"));
+        assert!(!player.headers().contains_key(header::X_FRAME_OPTIONS));
         // Pages load only their own files: no CDN, no inline script (the CSP forbids both).
         for page in [&INDEX, &PLAY] {
             let html = std::str::from_utf8(page.body).unwrap();
