@@ -209,6 +209,16 @@ async fn console_lists_the_simulated_camera_its_catalog_channel_and_its_stream_w
     let (_, text) = b.wait_eval(&page, &rows_text(&stream_row), Duration::ZERO, |_| true).await;
     let text = text.as_str().unwrap_or_default().to_string();
     assert!(text.contains("h264 128x96"), "the stream's codec and size: {text}");
+    // The filter narrows the tables: a channel id that is not there hides the camera.
+    let filter = |text: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('filter'); f.value = {text:?}; \
+             f.dispatchEvent(new Event('input')); return document.querySelectorAll('#devices tbody tr').length; }})()"
+        )
+    };
+    assert_eq!(b.eval(&page, &filter("no-such-camera")).await.unwrap(), 0);
+    assert_eq!(b.eval(&page, &filter(&s.channel)).await.unwrap(), 2, "the camera and its matching channel");
+    assert_eq!(b.eval(&page, &filter("")).await.unwrap(), 2);
     // Its play link opens the player page on that stream.
     let href =
         b.eval(&page, &format!("document.querySelector({stream_row:?} + ' a').getAttribute('href')")).await.unwrap();

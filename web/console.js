@@ -86,17 +86,31 @@
   }
 
   // ---- tables ----
+  // A gateway may hold thousands of cameras: each table shows at most this many rows, and the
+  // filter box narrows them.
+  const MAX_ROWS = 300;
+  const wanted = () => $('filter').value.trim().toLowerCase();
+  const matches = (q, ...texts) => !q || texts.some((t) => String(t || '').toLowerCase().includes(q));
+  function capped(rows, countId, total, shown) {
+    $(countId).textContent = rows.length > MAX_ROWS ? `(${total}; showing ${MAX_ROWS} of ${shown}: use the filter)` : `(${total}${shown !== total ? `, ${shown} shown` : ''})`;
+    return rows.slice(0, MAX_ROWS);
+  }
   const lastBytes = new Map(); // stream name -> [bytes_in, ms], for the input rate
+  const rates = new Map(); // stream name -> kbit/s, from the last two answers
 
-  function renderStreams(list) {
+  function renderStreams(all, fresh) {
     const now = Date.now();
+    const q = wanted();
+    const list = all.filter((s) => matches(q, s.name, s.source && s.source.peer));
     const rows = list.map((s) => {
       const v = s.video;
       const a = s.audio;
-      let rate = '-';
-      const prev = lastBytes.get(s.name);
-      if (prev && now > prev[1]) rate = (((s.bytes_in - prev[0]) * 8) / (now - prev[1])).toFixed(0);
-      lastBytes.set(s.name, [s.bytes_in, now]);
+      if (fresh) {
+        const prev = lastBytes.get(s.name);
+        if (prev && now > prev[1]) rates.set(s.name, (((s.bytes_in - prev[0]) * 8) / (now - prev[1])).toFixed(0));
+        lastBytes.set(s.name, [s.bytes_in, now]);
+      }
+      const rate = rates.get(s.name) || '-';
       const players = Object.entries(s.players || {})
         .map(([p, n]) => `${p} ${n}`)
         .join(', ');
@@ -115,15 +129,25 @@
         playButtons(s.name),
       );
     });
-    for (const k of lastBytes.keys()) if (!list.some((s) => s.name === k)) lastBytes.delete(k);
-    $('streams').tBodies[0].replaceChildren(...rows);
-    $('streams-count').textContent = `(${list.length})`;
+    for (const k of lastBytes.keys()) {
+      if (!all.some((s) => s.name === k)) {
+        lastBytes.delete(k);
+        rates.delete(k);
+      }
+    }
+    $('streams').tBodies[0].replaceChildren(...capped(rows, 'streams-count', all.length, list.length));
   }
 
   function renderDevices(list) {
+    const q = wanted();
     const rows = [];
+    let shown = 0;
     for (const d of list) {
-      const channels = d.channels || [];
+      const all = d.channels || [];
+      const self = matches(q, d.id, d.info && d.info.name, d.addr);
+      const channels = self ? all : all.filter((c) => matches(q, c.device_id, c.name));
+      if (!self && !channels.length) continue;
+      shown++;
       rows.push(
         el(
           'tr',
@@ -134,7 +158,7 @@
           el('td', {}, d.transport),
           el('td', {}, d.addr),
           el('td', {}, age(d.last_keepalive)),
-          el('td', { class: 'num' }, channels.length),
+          el('td', { class: 'num' }, all.length),
           el('td', {}),
         ),
       );
@@ -156,11 +180,13 @@
         );
       }
     }
-    $('devices').tBodies[0].replaceChildren(...rows);
-    $('devices-count').textContent = `(${list.length}, ${list.filter((d) => d.online).length} online)`;
+    $('devices').tBodies[0].replaceChildren(...capped(rows, 'devices-count', list.length, shown));
+    $('devices-count').textContent += ` ${list.filter((d) => d.online).length} online`;
   }
 
-  function renderChannels(list) {
+  function renderChannels(all) {
+    const q = wanted();
+    const list = all.filter((c) => matches(q, c.id, c.stream));
     const rows = list.map((c) =>
       el(
         'tr',
@@ -175,17 +201,18 @@
         playButtons(c.stream),
       ),
     );
-    $('channels').tBodies[0].replaceChildren(...rows);
-    $('channels-count').textContent = `(${list.length})`;
+    $('channels').tBodies[0].replaceChildren(...capped(rows, 'channels-count', all.length, list.length));
   }
 
   // ---- refresh ----
+  const last = {}; // path -> [render, body]: the filter re-renders without asking again
   async function section(path, render, errorId, sectionId) {
     try {
       const body = await api(path);
+      last[path] = [render, body];
+      render(body, true);
       $(errorId).textContent = '';
       if (sectionId) $(sectionId).hidden = false;
-      render(body);
       return true;
     } catch (e) {
       if (e instanceof Unauthorized) throw e;
@@ -209,7 +236,7 @@
     clearTimeout(timer);
     try {
       await Promise.all([
-        section('streams', (b) => renderStreams(b.streams || []), 'streams-error'),
+        section('streams', (b, fresh) => renderStreams(b.streams || [], fresh), 'streams-error'),
         section('devices', (b) => renderDevices(b.devices || []), 'devices-error'),
         section('channels', (b) => renderChannels(b.channels || []), 'channels-error', 'channels-section'),
       ]);
@@ -223,8 +250,16 @@
       $('updated').textContent = 'needs the API token';
       return; // wait for the token form
     }
-    timer = setTimeout(refresh, REFRESH_MS);
+    if (!document.hidden) timer = setTimeout(refresh, REFRESH_MS);
   }
+
+  $('filter').addEventListener('input', () => {
+    for (const [render, body] of Object.values(last)) render(body, false);
+  });
+  // A hidden tab does not poll; it catches up when shown again.
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) refresh();
+  });
 
   $('token-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
