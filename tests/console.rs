@@ -324,6 +324,7 @@ const PLAYER_STATE: &str = "(() => { const v = document.getElementById('video');
 async fn plays(s: &Setup, via: &str, transport: &str, protocol: &str) {
     let stream = format!("gb/{}", s.channel);
     let mut b = Browser::launch().await;
+    let opened = Instant::now();
     let page = b.open(&s.url(&format!("/play?stream={stream}&via={via}"))).await;
     let (ok, v) = b
         .wait_eval(&page, PLAYER_STATE, Duration::from_secs(20), |v| {
@@ -331,6 +332,8 @@ async fn plays(s: &Setup, via: &str, transport: &str, protocol: &str) {
         })
         .await;
     assert!(ok, "{transport} plays: {v}\n{}\ngbgate:\n{}", b.diagnostics(), s.log());
+    // Page load, the GB INVITE on demand, the transport's setup and two looks at a moving picture.
+    println!("{transport}: playing {} ms after the page was opened", opened.elapsed().as_millis());
     assert_eq!(v["transport"], transport, "{v}");
     assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(128), Some(96)), "the pattern's size: {v}");
     // The time advances: a second later it is further on.
