@@ -154,7 +154,9 @@ async fn read_api(State(state): State<HttpState>, Path(name): Path<String>, req:
         return ApiError::not_found(format!("the console reads only {}", READABLE.join(", "))).into_response();
     }
     let peer = parts.extensions.get::<Peer>().map(|p| p.0.ip());
-    if let Err(r) = admit(&Policy::of(&state.cfg.api), peer, &parts) {
+    // The policy as SIGHUP last set it, not the start-up config (a reloaded token applies here too).
+    let policy = state.api_policy.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Err(r) = admit(&policy, peer, &parts) {
         tracing::debug!(uri = %parts.uri, ?peer, status = r.status().as_u16(), "console API request refused");
         return r;
     }

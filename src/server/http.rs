@@ -46,6 +46,8 @@ pub struct HttpState {
     /// The API's router without its policy layer: the console hands it its read-only requests
     /// after the same checks (D141).
     pub api: Router,
+    /// The API's policy as SIGHUP last set it (token, hosts, origins): the console applies it.
+    pub api_policy: crate::server::api::SharedPolicy,
 }
 
 /// The router of the HTTP listener: each output's routes under its internal prefix.

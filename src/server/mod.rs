@@ -244,7 +244,7 @@ impl Gateway {
         );
         // The console reads a few collections of the API on the HTTP listener (D141).
         let console_api = router.clone();
-        let router = api::protect_shared(router, policy);
+        let router = api::protect_shared(router, policy.clone());
         match cfg.api.token.as_deref().is_none_or(str::is_empty) {
             true => info!(api = %api_addr, "API has no token ([api] token): it listens on loopback only"),
             false => info!(api = %api_addr, "API requires a bearer token"),
@@ -265,6 +265,7 @@ impl Gateway {
                 hls: hls_shared,
                 webrtc: webrtc.clone(),
                 api: console_api,
+                api_policy: policy.clone(),
             };
             tasks.push(tokio::spawn(http::serve(
                 l,
