@@ -116,8 +116,14 @@ async fn every_hole_of_issue_8_is_closed_while_a_camera_and_a_player_run() {
     sim.first_id = DEVICE.into();
     let sim_stats = gbgate::sim::camera::spawn(sim, stop.clone()).await.expect("simulator starts");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while common::http_get(api, &format!("/api/v1/devices/{DEVICE}")).await.1["online"] != true {
-        assert!(Instant::now() < deadline, "the simulated device never came online:\n{}", gw.log_tail());
+    // Online and its catalog answered (the snapshot below is compared with the one after the attacks).
+    let ready = |d: &serde_json::Value| d["online"] == true && d["channels"].as_array().is_some_and(|c| !c.is_empty());
+    while !ready(&common::http_get(api, &format!("/api/v1/devices/{DEVICE}")).await.1) {
+        assert!(
+            Instant::now() < deadline,
+            "the simulated device never came online with its catalog:\n{}",
+            gw.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let device_before = common::http_get(api, &format!("/api/v1/devices/{DEVICE}")).await.1;
