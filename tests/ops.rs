@@ -188,29 +188,6 @@ async fn every_sigterm_byes_every_gb_session() {
     }
 }
 
-/// An `ffmpeg -listen 1` RTMP receiver writing `out` on a free port (retried when another
-/// process takes the port first).
-async fn receiver(out: &Path) -> (u16, Child) {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i"])
-            .arg(format!("rtmp://127.0.0.1:{port}/live/cam"))
-            .args(["-c", "copy"])
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ffmpeg");
-        if wait_listening(port, Duration::from_secs(10)).await && child.try_wait().unwrap().is_none() {
-            return (port, child);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("the ffmpeg receiver could not listen on any of 5 ports");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_a_running_rtmp_push_cleanly() {
     if !require_tool("sigterm_ends_a_running_rtmp_push_cleanly", "ffmpeg")
@@ -220,7 +197,7 @@ async fn sigterm_ends_a_running_rtmp_push_cleanly() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pushed.flv");
-    let (port, mut ffmpeg) = receiver(&out).await;
+    let (port, mut ffmpeg) = rtmp_receiver(&out).await;
     let mut cfg = base_config();
     cfg.rtmp.push = vec![PushConfig { stream: "rtp/*".into(), url: format!("rtmp://127.0.0.1:{port}/live/cam") }];
     let gw = Gbgate::start(dir.path(), &cfg);

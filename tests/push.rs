@@ -6,8 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,28 +15,6 @@ use gbgate::config::CallbacksConfig;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-/// An `ffmpeg -listen 1` RTMP receiver writing `out` on a free port.
-async fn receiver(out: &Path) -> (u16, Child) {
-    for _ in 0..5 {
-        let port = free_port();
-        let mut child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i"])
-            .arg(format!("rtmp://127.0.0.1:{port}/live/cam"))
-            .args(["-c", "copy"])
-            .arg(out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ffmpeg");
-        if wait_listening(port, Duration::from_secs(10)).await && child.try_wait().unwrap().is_none() {
-            return (port, child);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("the ffmpeg receiver could not listen on any of 5 ports");
-}
 
 /// The cc: records every JSON body POSTed to it.
 async fn cc() -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
@@ -66,7 +42,7 @@ async fn a_push_set_pushes_one_stream_to_two_origins_each_with_its_own_state() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pushed.flv");
-    let (port, mut ffmpeg) = receiver(&out).await;
+    let (port, mut ffmpeg) = rtmp_receiver(&out).await;
     let (refuser, dead) = refusing_port();
     let (cc_addr, events) = cc().await;
     let gw = start(test_config()).await;

@@ -37,8 +37,9 @@ pub fn put_tag(out: &mut Vec<u8>, tag_type: u8, ts_ms: u32, body: &[u8]) {
     out.extend_from_slice(&(size + 11).to_be_bytes());
 }
 
-/// The `onMetaData` script tag body (AMF0 name and object).
-pub fn metadata_body(m: &StreamMetadata) -> Vec<u8> {
+/// The `onMetaData` properties of `m` (what is known of it), shared by the RTMP output's data
+/// message and this file form.
+pub fn metadata_props(m: &StreamMetadata) -> std::collections::HashMap<String, Amf0Value> {
     let mut props = std::collections::HashMap::new();
     let mut num = |k: &str, v: Option<f64>| {
         if let Some(v) = v {
@@ -55,6 +56,12 @@ pub fn metadata_body(m: &StreamMetadata) -> Vec<u8> {
     if let Some(e) = &m.encoder {
         props.insert("encoder".to_string(), Amf0Value::Utf8String(e.clone()));
     }
+    props
+}
+
+/// The `onMetaData` script tag body (AMF0 name and object).
+pub fn metadata_body(m: &StreamMetadata) -> Vec<u8> {
+    let props = metadata_props(m);
     let values = vec![Amf0Value::Utf8String("onMetaData".to_string()), Amf0Value::Object(props)];
     // Numbers and short strings only: serialisation cannot fail.
     rml_amf0::serialize(&values).unwrap_or_default()

@@ -234,22 +234,7 @@ fn metadata_packet(stream_id: u32, m: &StreamMetadata, publishing: bool) -> anyh
     use rml_rtmp::chunk_io::ChunkSerializer;
     use rml_rtmp::messages::RtmpMessage;
     use rml_rtmp::rml_amf0::Amf0Value;
-    let mut props = std::collections::HashMap::new();
-    let mut num = |k: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            props.insert(k.to_string(), Amf0Value::Number(v));
-        }
-    };
-    num("width", m.video_width.map(f64::from));
-    num("height", m.video_height.map(f64::from));
-    num("videocodecid", m.video_codec_id.map(f64::from));
-    num("framerate", m.video_frame_rate.map(f64::from));
-    num("audiocodecid", m.audio_codec_id.map(f64::from));
-    num("audiosamplerate", m.audio_sample_rate.map(f64::from));
-    num("audiochannels", m.audio_channels.map(f64::from));
-    if let Some(e) = &m.encoder {
-        props.insert("encoder".to_string(), Amf0Value::Utf8String(e.clone()));
-    }
+    let props = crate::proto::flv_file::metadata_props(m);
     let mut values = Vec::new();
     if publishing {
         values.push(Amf0Value::Utf8String("@setDataFrame".to_string()));

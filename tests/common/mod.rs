@@ -312,3 +312,26 @@ pub async fn wait_devices_with_catalogs(gw: &Gateway, count: usize, what: &str) 
     .await;
     assert!(ready, "{what}");
 }
+
+/// An `ffmpeg -listen 1` RTMP receiver (`rtmp://127.0.0.1:PORT/live/cam`) writing `out`: ffmpeg
+/// cannot listen on port 0, so a free port is tried, and another when a process took it first.
+pub async fn rtmp_receiver(out: &std::path::Path) -> (u16, std::process::Child) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i"])
+            .arg(format!("rtmp://127.0.0.1:{port}/live/cam"))
+            .args(["-c", "copy"])
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ffmpeg");
+        if wait_listening(port, Duration::from_secs(10)).await && child.try_wait().unwrap().is_none() {
+            return (port, child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("the ffmpeg receiver could not listen on any of 5 ports");
+}
