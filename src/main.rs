@@ -76,6 +76,43 @@ enum Command {
         /// Extra players that stop reading after PLAY (they must not slow the others).
         #[arg(long, default_value_t = 0)]
         stall: usize,
+        /// Measure joins instead: this many players one after another, each from TCP connect to
+        /// its first video keyframe packet (at most --duration each); prints p50/p99/max.
+        #[arg(long, default_value_t = 0)]
+        joins: usize,
+        /// One player per camera: player i plays the stream numbered i after the URL's (its name's
+        /// trailing hex number + i, e.g. rtp/05F5E101, rtp/05F5E102, ... as `gbgate send --count`).
+        #[arg(long)]
+        spread: bool,
+    },
+    /// Measure the added latency, frame in -> frame out: send N cameras of a clip to a running
+    /// gateway and play the first M over RTSP, in one process; prints p50/p99/max.
+    Latency {
+        /// The clip (an RTP dump made like tools/load.sh's).
+        file: PathBuf,
+        /// The gateway's RTP port.
+        #[arg(long, default_value = "127.0.0.1:10000")]
+        rtp: std::net::SocketAddr,
+        /// The gateway's RTSP listener.
+        #[arg(long, default_value = "127.0.0.1:8554")]
+        rtsp: std::net::SocketAddr,
+        /// Send over TCP (RFC 4571) instead of UDP.
+        #[arg(long)]
+        tcp: bool,
+        #[arg(long, default_value_t = 1)]
+        cameras: usize,
+        /// Players, one each on the first M cameras.
+        #[arg(long, default_value_t = 1)]
+        players: usize,
+        /// SSRC of the first camera, decimal (GB form); camera i uses base + i.
+        #[arg(long, default_value_t = 100_000_001)]
+        ssrc: u32,
+        /// How long the players measure.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+        duration: Duration,
+        /// Cameras alone before the players start.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        warmup: Duration,
     },
     /// Replay the hostile inputs of issue #8 against a running gateway while a legitimate camera
     /// streams and a player plays; prints what each attack saw, the player's frames, and the
@@ -208,7 +245,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Players { url, count, duration, stall } => players(url, count, duration, stall),
+        Command::Players { url, count, duration, stall, joins, spread } => {
+            players(url, count, duration, stall, joins, spread)
+        }
+        Command::Latency { file, rtp, rtsp, tcp, cameras, players, ssrc, duration, warmup } => {
+            let opts = gbgate::sim::latency::LatencyOptions {
+                rtp,
+                rtsp,
+                tcp,
+                cameras,
+                players,
+                ssrc_base: ssrc,
+                duration,
+                warmup,
+            };
+            latency(&file, &opts)
+        }
         Command::Attack {
             rtp,
             rtsp,
@@ -385,7 +437,7 @@ fn attack(target: gbgate::sim::attack::AttackTarget, opts: gbgate::sim::attack::
     ExitCode::SUCCESS
 }
 
-fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitCode {
+fn players(url: String, count: usize, duration: Duration, stall: usize, joins: usize, spread: bool) -> ExitCode {
     let opts = gbgate::sim::players::PlayersOptions { url, count, duration, stall };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -394,7 +446,13 @@ fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(gbgate::sim::players::run_players(&opts)) {
+    let run = async {
+        match joins {
+            0 => gbgate::sim::players::run_players_spread(&opts, spread).await,
+            n => gbgate::sim::players::run_joins(&opts.url, n, opts.duration).await,
+        }
+    };
+    let report = match runtime.block_on(run) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -411,6 +469,34 @@ fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitC
     println!("players {} ok {} errors {}", report.players.len(), ok.len(), report.players.len() - ok.len());
     if let Some(e) = report.players.iter().find_map(|p| p.error.as_ref()) {
         println!("first error: {e}");
+    }
+    if joins > 0 {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let summary = |mut v: Vec<Duration>| {
+            v.sort_unstable();
+            format!(
+                "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} joins)",
+                ms(pct(&v, 0.5)),
+                ms(pct(&v, 0.99)),
+                ms(v.last().copied().unwrap_or_default()),
+                v.len()
+            )
+        };
+        println!("connect to first video keyframe packet: {}", summary(ok.iter().filter_map(|p| p.join).collect()));
+        let describes: Vec<Duration> = ok.iter().filter_map(|p| p.describe).collect();
+        if !describes.is_empty() {
+            println!("DESCRIBE answered: {}", summary(describes));
+        }
+        println!(
+            "first packet is a keyframe for {} of {}; no video for {}",
+            ok.iter().filter(|p| p.first_is_key).count(),
+            ok.len(),
+            ok.iter().filter(|p| p.join.is_none()).count()
+        );
+        return match ok.len() == joins && ok.iter().all(|p| p.join.is_some()) {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        };
     }
     println!(
         "video frames per player: min {} median {} max {}",
@@ -436,6 +522,48 @@ fn players(url: String, count: usize, duration: Duration, stall: usize) -> ExitC
         println!("stalled players disconnected by the server: {} of {}", report.stalled_disconnected, report.stalled);
     }
     ExitCode::SUCCESS
+}
+
+fn latency(file: &Path, opts: &gbgate::sim::latency::LatencyOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(gbgate::sim::latency::run_latency(file, opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "cameras {} ({}), players {} ok {}, packets sent {}, recognisable frames in the clip {}",
+        opts.cameras,
+        if opts.tcp { "TCP" } else { "UDP" },
+        opts.players,
+        report.players_ok,
+        report.packets_sent,
+        report.known_frames
+    );
+    if let Some(e) = report.errors.first() {
+        println!("first error ({} players failed): {e}", report.errors.len());
+    }
+    println!(
+        "frame in -> frame out: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} frames ({} unmatched)",
+        ms(report.percentile(0.5)),
+        ms(report.percentile(0.99)),
+        ms(report.samples.last().copied().unwrap_or_default()),
+        report.samples.len(),
+        report.unmatched
+    );
+    match report.samples.is_empty() || !report.errors.is_empty() {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    }
 }
 
 fn load_config(path: Option<PathBuf>) -> Result<(Config, String), String> {

@@ -24,8 +24,10 @@ use crate::media::{Frame, MediaKind};
 pub use crate::media::stats::{AudioStats, StreamStats, VideoStats};
 
 mod gop;
+pub mod tracks;
 pub mod watch;
 pub use gop::GopCache;
+pub use tracks::TrackHints;
 
 /// How a stream arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,6 +78,8 @@ struct Fanout {
     subscribers: Vec<SubscriberSlot>,
     has_video: bool,
     closed: bool,
+    /// The track configs published so far (DESCRIBE answers from them, D167).
+    tracks: TrackHints,
 }
 
 /// One live stream.
@@ -147,6 +151,7 @@ impl Stream {
                 subscribers: Vec::new(),
                 has_video: false,
                 closed: false,
+                tracks: TrackHints::default(),
             }),
             stats: Mutex::new(StreamStats::default()),
             next_subscriber: AtomicU64::new(1),
@@ -331,6 +336,7 @@ impl Stream {
         self.last_frame_ms.store(now.duration_since(self.born).as_millis() as u64, Ordering::Relaxed);
         let is_video = frame.kind() == MediaKind::Video;
         f.has_video |= is_video;
+        f.tracks.see(&frame);
         let has_video = f.has_video;
         let max_skips = self.cfg.max_skips_per_minute as usize;
         // A subscriber that lost frames resumes only here: a video keyframe, or any frame of an
@@ -480,6 +486,12 @@ impl Stream {
     /// by them before it subscribes).
     pub fn cached_video(&self) -> Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)> {
         lock(&self.fanout).gop.frames().find(|f| f.kind() == MediaKind::Video).map(|f| (f.codec, f.config.clone()))
+    }
+
+    /// The track configs this stream has published (newest video config with parameter sets,
+    /// newest config of the first audio codec), whatever its GOP cache holds.
+    pub fn track_hints(&self) -> TrackHints {
+        lock(&self.fanout).tracks.clone()
     }
 
     /// Number of frames and bytes in the GOP cache.

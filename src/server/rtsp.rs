@@ -25,15 +25,18 @@ use super::batch;
 use super::rtsp_ingest::{Publishing, RtspIngest, UdpSlot};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
-use crate::hub::{Hub, NotLive, Subscription, SubscriptionEnded};
+use crate::hub::tracks::AUDIO_SETTLED_FRAMES;
+use crate::hub::{Hub, NotLive, Stream, Subscription, SubscriptionEnded};
 use crate::media::frame::{Codec, CodecConfig, Frame, MediaKind, CLOCK_RATE};
 use crate::proto::rtsp::{Action, Env, Input, Parser, Refusal, ServerSession, TrackDesc, TrackSetup, TrackTransport};
 use crate::proto::sdp::Sdp;
 
 /// A player whose socket accepts nothing for this long is disconnected.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long DESCRIBE waits for a stream's parameter sets / first audio frame.
+/// How long DESCRIBE waits for a young stream's parameter sets / first audio frame.
 const DESCRIBE_WAIT: Duration = Duration::from_secs(3);
+/// How long DESCRIBE of a young stream whose video is known waits for its audio.
+const AUDIO_WAIT: Duration = Duration::from_secs(1);
 /// Kernel send buffer per player connection: bounds what a stalled player can hold.
 const SEND_BUFFER: usize = 256 * 1024;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
@@ -94,78 +97,71 @@ pub async fn serve(
     }
 }
 
-/// Looks a stream's tracks up from its cached GOP (then live frames), waiting up to
-/// [`DESCRIBE_WAIT`] for a video keyframe's parameter sets. Audio is the track the media stage
-/// announced (AAC, known before the first audio frame and before the G.711 rate is decided,
-/// D63), else the audio frames seen (passthrough).
+/// A stream's tracks for DESCRIBE. A stream that has published its parameter sets and its
+/// audio is answered at once from what it remembers ([`known_tracks`], D167): no frame is
+/// awaited, whatever its GOP cache holds. A young stream (or one still starting on demand) waits
+/// until it knows its tracks: at most [`AUDIO_WAIT`] for audio once its video is known, at most
+/// [`DESCRIBE_WAIT`] in all.
 pub async fn stream_tracks(hub: &Hub, name: &str) -> Result<Vec<TrackDesc>, NotLive> {
     let stream = hub.get_or_demand(name).await?;
+    if let Some(tracks) = known_tracks(&stream, false) {
+        return Ok(tracks);
+    }
+    let started = tokio::time::Instant::now();
+    let deadline = started + DESCRIBE_WAIT;
+    // Each published frame wakes us (the hints are updated before it is queued); the cached GOP
+    // is already in the hints, so skip it.
     let mut sub = stream.subscribe_as("rtsp");
-    let deadline = tokio::time::Instant::now() + DESCRIBE_WAIT;
-    let (mut video, mut audio): (Option<TrackDesc>, Option<TrackDesc>) = (None, None);
-    let announced = || stream.announced_audio().map(|(codec, config)| TrackDesc { codec, config });
-    let mut first_pts: Option<i64> = None;
-    let mut audio_frames = 0u32;
-    let old = stream.started_at.elapsed().unwrap_or_default() > Duration::from_secs(2);
-    loop {
-        if let Some(a) = announced() {
-            audio = Some(a);
-        }
-        let announced_audio = audio.as_ref().is_some_and(|a| a.codec == Codec::Aac);
-        // Passthrough G.711: PS does not signal its rate, and the ingest infers 16 kHz after a few
-        // frames, so a young stream's first G.711 frames may still say 8 kHz.
-        let audio_settled = audio_frames >= 5 || old || announced_audio;
-        if video.is_some() && audio.is_some() && audio_settled {
-            break;
-        }
-        if video.is_some() || audio.is_some() {
-            let st = stream.stats();
-            if old && (video.is_some() || st.video.is_none()) && (audio.is_some() || st.audio.is_none()) {
-                break;
-            }
-        }
-        // Wake at least every 50 ms to see an announcement made meanwhile.
-        let slice = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
-        let frame = match tokio::time::timeout_at(slice, sub.recv()).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(_)) => break,
-            Err(_) if slice < deadline => continue,
-            Err(_) => break,
-        };
-        let first = *first_pts.get_or_insert(frame.pts);
-        let desc = TrackDesc { codec: frame.codec, config: frame.config.clone() };
-        match &*frame.config {
-            CodecConfig::Video(v) if video.is_none() && !v.sps.is_empty() => video = Some(desc),
-            CodecConfig::Audio(_) => {
-                audio_frames += 1;
-                // The newest config of the first audio codec seen.
-                if audio.as_ref().is_none_or(|a| a.codec == frame.codec) {
-                    audio = Some(desc);
-                }
-            }
-            _ => {}
-        }
-        // A second of media without audio frames nor an announcement: video only.
-        if (video.is_some() || audio.is_some()) && frame.pts - first >= CLOCK_RATE {
-            break;
-        }
-    }
-    // Later frames may carry a refined config (PS does not signal G.711 rates: 16 kHz is
-    // inferred after a few frames), so take the newest one still queued.
     for _ in 0..4096 {
-        let Ok(Ok(frame)) = tokio::time::timeout(Duration::ZERO, sub.recv()).await else { break };
-        let newer = TrackDesc { codec: frame.codec, config: frame.config.clone() };
-        match (&*frame.config, &mut video, &mut audio) {
-            (CodecConfig::Video(v), Some(cur), _) if cur.codec == frame.codec && !v.sps.is_empty() => *cur = newer,
-            (CodecConfig::Audio(_), _, Some(cur)) if cur.codec == frame.codec => *cur = newer,
-            _ => {}
+        if !matches!(sub.try_recv(), Some(Ok(_))) {
+            break;
         }
     }
-    let tracks: Vec<TrackDesc> = video.into_iter().chain(audio).collect();
-    match tracks.is_empty() {
-        true => Err(NotLive::Unknown),
-        false => Ok(tracks),
+    let mut video_since: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(tracks) = known_tracks(&stream, false) {
+            return Ok(tracks);
+        }
+        if video_since.is_none() && stream.track_hints().video.is_some() {
+            video_since = Some(tokio::time::Instant::now());
+        }
+        // Video without audio yet: a stream without audio is not kept waiting long.
+        let until = video_since.map_or(deadline, |t| (t + AUDIO_WAIT).min(deadline));
+        match tokio::time::timeout_at(until, sub.recv()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
     }
+    known_tracks(&stream, true).ok_or(NotLive::Unknown)
+}
+
+/// The tracks `stream` can be described with now, from the configs it published
+/// ([`crate::hub::TrackHints`]) and the audio its media stage announced (AAC, known before the
+/// first AAC frame and before the G.711 rate is decided, D63). `None` while a track may still
+/// come: no video parameter sets yet, or audio not yet known on a stream younger than 2 s (or
+/// whose stats say it has audio). With `give_up`, whatever is known.
+pub fn known_tracks(stream: &Stream, give_up: bool) -> Option<Vec<TrackDesc>> {
+    let hints = stream.track_hints();
+    let old = stream.started_at.elapsed().unwrap_or_default() > Duration::from_secs(2);
+    let desc = |(codec, config): (Codec, Arc<CodecConfig>)| TrackDesc { codec, config };
+    let audio = match (stream.announced_audio(), hints.audio) {
+        // The frames' own config once they come (the same codec), else the announcement.
+        (Some(a), Some(h)) if h.0 == a.0 => Some(desc(h)),
+        (Some(a), _) => Some(desc(a)),
+        // Passthrough: a young stream's first G.711 frames may not have their rate settled.
+        (None, Some(h)) if old || hints.audio_frames >= AUDIO_SETTLED_FRAMES || give_up => Some(desc(h)),
+        (None, _) => None,
+    };
+    let video = hints.video.map(desc);
+    let complete = match (&video, &audio) {
+        (Some(_), Some(_)) => true,
+        (None, None) => false,
+        _ if give_up => true,
+        // One track known: an older stream whose stats show no other track has only this one.
+        (Some(_), None) => old && stream.stats().audio.is_none(),
+        (None, Some(_)) => old && stream.stats().video.is_none(),
+    };
+    complete.then(|| video.into_iter().chain(audio).collect())
 }
 
 /// The sockets of one UDP track.
@@ -836,4 +832,106 @@ async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf, bye: bool) -> io:
         write_timed(wr, &out).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+    use crate::config::{HubConfig, HumanDuration};
+    use crate::hub::{Source, Takeover, Transport};
+    use crate::media::{AudioConfig, VideoConfig};
+    use bytes::Bytes;
+
+    fn hub(gop_cache_bytes: usize) -> Arc<Hub> {
+        let cfg = HubConfig {
+            gop_cache_bytes,
+            gop_cache_duration: HumanDuration(Duration::from_secs(10)),
+            gop_cache_total_bytes: 1 << 30,
+            subscriber_queue: 64,
+            max_skips_per_minute: 3,
+        };
+        Hub::new(cfg, 4)
+    }
+
+    fn source() -> Source {
+        Source { transport: Transport::Udp, peer: "127.0.0.1:1".parse().unwrap(), ssrc: Some(1) }
+    }
+
+    fn video(pts: i64, key: bool) -> Frame {
+        let config = CodecConfig::Video(VideoConfig {
+            sps: Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E]),
+            pps: Bytes::from_static(&[0x68, 0xCE]),
+            width: 352,
+            height: 288,
+            ..Default::default()
+        });
+        Frame {
+            codec: Codec::H264,
+            pts,
+            dts: pts,
+            keyframe: key,
+            data: Bytes::from(vec![0u8; 64]),
+            config: Arc::new(config),
+            cache: Default::default(),
+        }
+    }
+
+    fn g711(pts: i64) -> Frame {
+        Frame {
+            codec: Codec::G711A,
+            pts,
+            dts: pts,
+            keyframe: true,
+            data: Bytes::from_static(&[0xd5; 320]),
+            config: Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: 8000, channels: 1, asc: None })),
+            cache: Default::default(),
+        }
+    }
+
+    fn aac_config() -> Arc<CodecConfig> {
+        Arc::new(CodecConfig::Audio(AudioConfig {
+            sample_rate: 11025,
+            channels: 1,
+            asc: Some(Bytes::from_static(&[0x13, 0x88])),
+        }))
+    }
+
+    /// D167: the tracks come from what the stream published and announced, not from frames still
+    /// to come, so a stream whose GOP cache holds nothing (here every frame overflows the cache)
+    /// is described with its video and its announced AAC track although no further frame and no
+    /// AAC frame is ever published.
+    #[tokio::test]
+    async fn describe_uses_what_the_stream_published_even_with_nothing_cached() {
+        let hub = hub(16);
+        let s = hub.create("rtp/1", source(), Takeover::Refuse).unwrap();
+        s.announce_audio(Codec::Aac, aac_config());
+        s.publish(video(0, true));
+        assert_eq!(s.gop_cache_usage().0, 0, "the test wants an empty GOP cache");
+        let tracks = stream_tracks(&hub, "rtp/1").await.unwrap();
+        let codecs: Vec<Codec> = tracks.iter().map(|t| t.codec).collect();
+        assert_eq!(codecs, [Codec::H264, Codec::Aac]);
+        assert!(matches!(&*tracks[0].config, CodecConfig::Video(v) if v.width == 352));
+        assert!(known_tracks(&s, false).is_some(), "known at once");
+    }
+
+    /// A young passthrough stream whose video is known but whose audio has not come yet is not
+    /// described yet; DESCRIBE waits and lists the G.711 track once its frames arrive.
+    #[tokio::test]
+    async fn a_young_stream_is_described_once_its_audio_arrives() {
+        let hub = hub(1 << 20);
+        let s = hub.create("rtp/2", source(), Takeover::Refuse).unwrap();
+        s.publish(video(0, true));
+        assert!(known_tracks(&s, false).is_none(), "audio may still come");
+        assert_eq!(known_tracks(&s, true).map(|t| t.len()), Some(1), "giving up: video only");
+        let feeder = s.clone();
+        tokio::spawn(async move {
+            for i in 1..=8i64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                feeder.publish(g711(i * 3600));
+            }
+        });
+        let tracks = stream_tracks(&hub, "rtp/2").await.unwrap();
+        let codecs: Vec<Codec> = tracks.iter().map(|t| t.codec).collect();
+        assert_eq!(codecs, [Codec::H264, Codec::G711A]);
+    }
 }

@@ -1,7 +1,9 @@
 //! Load and simulation tools: `gbgate send` replays RTP/PS media as one or many cameras;
-//! `gbgate players` opens many RTSP players.
+//! `gbgate players` opens many RTSP players (or measures joins); `gbgate latency` measures the
+//! added latency frame in -> frame out.
 pub mod attack;
 pub mod camera;
+pub mod latency;
 pub mod pattern;
 pub mod players;
 pub mod send;

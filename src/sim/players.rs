@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 /// Longest interval between an RTSP player's GET_PARAMETER keepalives (a third of the session
 /// timeout the server announces, when shorter).
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Between two measured joins: the previous connection's teardown is over on the server.
+const JOIN_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct PlayersOptions {
@@ -50,6 +52,11 @@ pub struct PlayerResult {
     /// The first video packet carries (part of) an IDR/IRAP picture or parameter sets (RTMP: the
     /// first video frame after the sequence header is a keyframe).
     pub first_is_key: bool,
+    /// From starting the TCP connect to the first video packet (RTMP, HTTP-FLV: keyframe): the
+    /// whole join as a user sees it (connect, DESCRIBE, SETUPs, PLAY / handshake, connect, play).
+    pub join: Option<Duration>,
+    /// RTSP: from sending DESCRIBE to its complete answer.
+    pub describe: Option<Duration>,
     /// The connection was closed by the server before the end of the run.
     pub closed_early: bool,
     pub error: Option<String>,
@@ -114,7 +121,11 @@ fn parse_url(url: &str) -> Result<(SocketAddr, Target), PlayersError> {
 }
 
 /// One RTSP exchange over the connection: sends `request`, returns (status, headers+body text).
-async fn exchange(sock: &mut TcpStream, buf: &mut Vec<u8>, request: String) -> Result<(u16, String), String> {
+pub(crate) async fn exchange(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: String,
+) -> Result<(u16, String), String> {
     sock.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
     loop {
         // Skip interleaved data that may precede the response (after PLAY).
@@ -148,7 +159,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -156,7 +167,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Track controls from an SDP, in order, and whether the first is video.
-fn sdp_tracks(sdp: &str, base: &str) -> Vec<(String, bool)> {
+pub(crate) fn sdp_tracks(sdp: &str, base: &str) -> Vec<(String, bool)> {
     let mut tracks = Vec::new();
     let mut kind_video = false;
     let mut in_media = false;
@@ -224,9 +235,10 @@ async fn stalled_until(sock: &mut TcpStream, deadline: Instant) -> bool {
     tokio::time::timeout(Duration::from_secs(2), drain).await.unwrap_or(false)
 }
 
-async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bool) -> PlayerResult {
+async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bool, join_only: bool) -> PlayerResult {
     let mut r = PlayerResult::default();
-    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let deadline = started + duration;
     let mut sock = match connect(addr, stall).await {
         Ok(s) => s,
         Err(e) => {
@@ -240,8 +252,12 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
         cseq += 1;
         format!("{method} {url} RTSP/1.0\r\nCSeq: {cseq}\r\nUser-Agent: gbgate-players\r\n{extra}\r\n")
     };
+    let describe_sent = Instant::now();
     let sdp = match exchange(&mut sock, &mut buf, req("DESCRIBE", &url, "Accept: application/sdp\r\n")).await {
-        Ok((200, text)) => text,
+        Ok((200, text)) => {
+            r.describe = Some(describe_sent.elapsed());
+            text
+        }
         Ok((status, _)) => {
             r.error = Some(format!("DESCRIBE answered {status}"));
             return r;
@@ -354,6 +370,7 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
                 let cc = (pkt[0] & 0x0f) as usize;
                 if r.first_video.is_none() {
                     r.first_video = Some(play_sent.elapsed());
+                    r.join = Some(started.elapsed());
                     r.first_is_key = pkt.get(12 + 4 * cc..).is_some_and(|p| is_key_payload(p, hevc));
                 }
                 if pkt[1] & 0x80 != 0 {
@@ -366,7 +383,7 @@ async fn run_player(addr: SocketAddr, url: String, duration: Duration, stall: bo
         }
         buf.drain(..i);
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || (join_only && r.first_video.is_some()) {
             break;
         }
         let wake = deadline.min(next_keepalive.max(now));
@@ -488,6 +505,7 @@ async fn rtmp_start(
 }
 
 struct RtmpCount {
+    started: Instant,
     play_sent: Instant,
     first_frame_seen: bool,
     last_ts: Option<u32>,
@@ -507,6 +525,7 @@ impl RtmpCount {
                     }
                     if key && r.first_video.is_none() {
                         r.first_video = Some(self.play_sent.elapsed());
+                        r.join = Some(self.started.elapsed());
                     }
                     if self.last_ts.is_some_and(|l| timestamp.value < l) {
                         r.video_ts_regressions += 1;
@@ -534,9 +553,11 @@ async fn run_rtmp_player(
     tc_url: String,
     duration: Duration,
     stall: bool,
+    join_only: bool,
 ) -> PlayerResult {
     let mut r = PlayerResult::default();
-    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let deadline = started + duration;
     let mut sock = match connect(addr, stall).await {
         Ok(s) => s,
         Err(e) => {
@@ -557,7 +578,7 @@ async fn run_rtmp_player(
         r.closed_early = stalled_until(&mut sock, deadline).await;
         return r;
     }
-    let mut count = RtmpCount { play_sent, first_frame_seen: false, last_ts: None };
+    let mut count = RtmpCount { started, play_sent, first_frame_seen: false, last_ts: None };
     for e in events {
         if let Err(e) = count.event(&mut r, e) {
             r.error = Some(e);
@@ -566,7 +587,7 @@ async fn run_rtmp_player(
     }
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || (join_only && r.first_video.is_some()) {
             break;
         }
         let n = match tokio::time::timeout(deadline - now, sock.read(&mut chunk)).await {
@@ -682,9 +703,16 @@ impl FlvReader {
     }
 }
 
-async fn run_flv_player(addr: SocketAddr, path: String, duration: Duration, stall: bool) -> PlayerResult {
+async fn run_flv_player(
+    addr: SocketAddr,
+    path: String,
+    duration: Duration,
+    stall: bool,
+    join_only: bool,
+) -> PlayerResult {
     let mut r = PlayerResult::default();
-    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let deadline = started + duration;
     let mut sock = match connect(addr, stall).await {
         Ok(s) => s,
         Err(e) => {
@@ -706,7 +734,7 @@ async fn run_flv_player(addr: SocketAddr, path: String, duration: Duration, stal
     let mut last_ts: Option<u32> = None;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || (join_only && r.first_video.is_some()) {
             break;
         }
         let n = match tokio::time::timeout(deadline - now, sock.read(&mut chunk)).await {
@@ -738,6 +766,7 @@ async fn run_flv_player(addr: SocketAddr, path: String, duration: Duration, stal
                     r.video_frames += 1;
                     if r.first_video.is_none() {
                         r.first_video = Some(asked.elapsed());
+                        r.join = Some(started.elapsed());
                         r.first_is_key = key;
                     }
                     if last_ts.is_some_and(|l| ts < l) {
@@ -753,19 +782,76 @@ async fn run_flv_player(addr: SocketAddr, path: String, duration: Duration, stal
     r
 }
 
+/// One player of `target` (`join_only`: until its first video packet).
+async fn run_one(addr: SocketAddr, target: &Target, duration: Duration, stall: bool, join_only: bool) -> PlayerResult {
+    match target {
+        Target::Rtsp { url } => run_player(addr, url.clone(), duration, stall, join_only).await,
+        Target::Rtmp { app, key, tc_url } => {
+            run_rtmp_player(addr, app.clone(), key.clone(), tc_url.clone(), duration, stall, join_only).await
+        }
+        Target::HttpFlv { path } => run_flv_player(addr, path.clone(), duration, stall, join_only).await,
+    }
+}
+
+/// Join-measuring mode: `joins` players of `url` one after another, each from its TCP connect
+/// until its first video packet (RTMP, HTTP-FLV: keyframe), at most `each`, with a short pause
+/// between joins so each one meets a server in steady state.
+pub async fn run_joins(url: &str, joins: usize, each: Duration) -> Result<PlayersReport, PlayersError> {
+    let (addr, target) = parse_url(url)?;
+    let mut report = PlayersReport::default();
+    for _ in 0..joins {
+        report.players.push(run_one(addr, &target, each, false, true).await);
+        tokio::time::sleep(JOIN_PAUSE).await;
+    }
+    Ok(report)
+}
+
+/// `url` with its stream name's trailing hex number (a GB stream `rtp/05F5E101`) plus `i`: one
+/// player per camera of `gbgate send --count N` (`gbgate players --spread`).
+pub fn spread_url(url: &str, i: usize) -> Result<String, PlayersError> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (head, last) = base.rsplit_once('/').ok_or_else(|| PlayersError::BadUrl(url.into()))?;
+    let (stem, ext) = last.split_once('.').map_or((last, None), |(s, e)| (s, Some(e)));
+    let n = u32::from_str_radix(stem, 16).map_err(|_| PlayersError::BadUrl(url.into()))?;
+    let mut out = format!("{head}/{:0width$X}", n.wrapping_add(i as u32), width = stem.len());
+    if let Some(e) = ext {
+        out = format!("{out}.{e}");
+    }
+    if let Some(q) = query {
+        out = format!("{out}?{q}");
+    }
+    Ok(out)
+}
+
+/// Runs `count` players against `url` for `duration` (with `spread`, player i plays
+/// [`spread_url`]`(url, i)`).
+pub async fn run_players_spread(opts: &PlayersOptions, spread: bool) -> Result<PlayersReport, PlayersError> {
+    if !spread {
+        return run_players(opts).await;
+    }
+    let mut tasks = Vec::with_capacity(opts.count);
+    for i in 0..opts.count {
+        let (addr, target) = parse_url(&spread_url(&opts.url, i)?)?;
+        let duration = opts.duration;
+        tasks.push(tokio::spawn(async move { run_one(addr, &target, duration, false, false).await }));
+    }
+    let mut report = PlayersReport::default();
+    for t in tasks {
+        report
+            .players
+            .push(t.await.unwrap_or_else(|e| PlayerResult { error: Some(e.to_string()), ..Default::default() }));
+    }
+    Ok(report)
+}
+
 /// Runs `count` players against `url` for `duration`.
 pub async fn run_players(opts: &PlayersOptions) -> Result<PlayersReport, PlayersError> {
     let (addr, target) = parse_url(&opts.url)?;
     let mut tasks = Vec::with_capacity(opts.count + opts.stall);
     for i in 0..opts.count + opts.stall {
         let stall = i >= opts.count;
-        tasks.push(match &target {
-            Target::Rtsp { url } => tokio::spawn(run_player(addr, url.clone(), opts.duration, stall)),
-            Target::Rtmp { app, key, tc_url } => {
-                tokio::spawn(run_rtmp_player(addr, app.clone(), key.clone(), tc_url.clone(), opts.duration, stall))
-            }
-            Target::HttpFlv { path } => tokio::spawn(run_flv_player(addr, path.clone(), opts.duration, stall)),
-        });
+        let (target, duration) = (target.clone(), opts.duration);
+        tasks.push(tokio::spawn(async move { run_one(addr, &target, duration, stall, false).await }));
     }
     let mut report = PlayersReport { stalled: opts.stall, ..Default::default() };
     for (i, t) in tasks.into_iter().enumerate() {
@@ -813,6 +899,17 @@ mod tests {
         assert_eq!(flv_video_frame(&[0x91, b'h', b'v', b'c', b'1']), Some(true)); // CodedFrames key
         assert_eq!(flv_video_frame(&[0xa3, b'h', b'v', b'c', b'1']), Some(false)); // CodedFramesX inter
         assert_eq!(flv_video_frame(&[]), None);
+    }
+
+    #[test]
+    fn spread_urls_count_up_the_stream_number() {
+        assert_eq!(spread_url("rtsp://127.0.0.1:8554/rtp/05F5E101", 0).unwrap(), "rtsp://127.0.0.1:8554/rtp/05F5E101");
+        assert_eq!(spread_url("rtsp://127.0.0.1:8554/rtp/05F5E101", 15).unwrap(), "rtsp://127.0.0.1:8554/rtp/05F5E110");
+        assert_eq!(
+            spread_url("http://127.0.0.1:80/rtp/05F5E1FF.flv?a=1", 1).unwrap(),
+            "http://127.0.0.1:80/rtp/05F5E200.flv?a=1"
+        );
+        assert!(spread_url("rtsp://127.0.0.1:8554/live/cam", 1).is_err());
     }
 
     #[test]

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Side by side with ZLMediaKit on the same loads, alternating fresh processes, loopback; prints
+# gbgate / ZLMediaKit ratios measured in the same run. Nothing is downloaded or built: bring your
+# own ZLMediaKit build.
+#
+#   ZLM_BIN=/path/to/ZLMediaKit/release/linux/Release/MediaServer \
+#   ZLM_CONF=/path/to/ZLMediaKit/conf/config.ini tools/vs-zlm.sh
+#
+# Scenarios (SCENARIOS, default all):
+#   ingest      CAMERAS (300) cameras over UDP, no players: CPU and RSS over WINDOW s. ZLMediaKit
+#               runs with every protocol on demand (rtsp/rtmp/hls/ts/fmp4_demand=1, as gbgate
+#               muxes only for players); gbgate with its default (G.711 -> AAC). ZLMediaKit
+#               transcodes audio only if ZLM_CONF asks for it: say which in the figures.
+#   fanout      one camera, PLAYERS (300) players of it, RTSP then RTMP, at MERGES ("200 0",
+#               ms: ZLMediaKit general.mergeWriteMS, gbgate merge_write): CPU and RSS.
+#   join        JOINS (50) sequential players joining mid-GOP, TCP connect -> first keyframe
+#               packet, RTSP and RTMP (the same client, `gbgate players --joins`).
+# Env: ROUNDS (2: each scenario runs gbgate, ZLMediaKit, gbgate, ZLMediaKit, ...), WARMUP (5),
+#      WINDOW (20), BIN (gbgate; default: build release), LOAD_DIR.
+# The clip is tools/load.sh's (2.14 Mbit/s 720p25 H.264 + G.711A over PS/RTP); ZLMediaKit names a
+# GB stream rtp/<SSRC in hex>, as gbgate does, so both are played at the same URLs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z ${ZLM_BIN:-} || ! -x ${ZLM_BIN:-/nonexistent} ]]; then
+    echo "vs-zlm: set ZLM_BIN to a ZLMediaKit MediaServer you built (and ZLM_CONF to its config.ini);" \
+        "nothing is downloaded. ZLM_BIN='${ZLM_BIN:-}' is not an executable." >&2
+    exit 2
+fi
+if [[ -z ${ZLM_CONF:-} || ! -s ${ZLM_CONF:-/nonexistent} ]]; then
+    echo "vs-zlm: set ZLM_CONF to the config.ini of your ZLMediaKit build (conf/config.ini)" >&2
+    exit 2
+fi
+SCENARIOS=${SCENARIOS:-"ingest fanout join"}
+ROUNDS=${ROUNDS:-2}
+CAMERAS=${CAMERAS:-300}
+PLAYERS=${PLAYERS:-300}
+MERGES=${MERGES:-"200 0"}
+JOINS=${JOINS:-50}
+WARMUP=${WARMUP:-5}
+WINDOW=${WINDOW:-20}
+TARGET=${CARGO_TARGET_DIR:-target}
+LOAD_DIR=${LOAD_DIR:-$TARGET/load}
+BIN=${BIN:-$TARGET/release/gbgate}
+CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
+HZ=$(getconf CLK_TCK)
+SECRET=vs-zlm-$$
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { echo "[vs-zlm] $*" >&2; }
+
+[[ -s $CLIP ]] || PHASES="" tools/load.sh
+[[ $BIN != "$TARGET/release/gbgate" ]] || cargo build --release -q --bins
+mkdir -p "$LOAD_DIR/zlm"
+
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+# ZLMediaKit's config: the user's ZLM_CONF with our ports and settings (section.key=value ...).
+zlm_conf() { # out key=value...
+    python3 - "$ZLM_CONF" "$@" <<'EOF'
+import configparser, sys
+src, out, *sets = sys.argv[1:]
+c = configparser.ConfigParser(interpolation=None, strict=False, comment_prefixes=('#', ';'))
+c.optionxform = str
+c.read(src, encoding='utf-8')
+for s in sets:
+    key, value = s.split('=', 1)
+    section, name = key.split('.', 1)
+    if not c.has_section(section):
+        c.add_section(section)
+    c.set(section, name, value)
+with open(out, 'w', encoding='utf-8') as f:
+    c.write(f)
+EOF
+}
+
+# Starts one server; sets SRV_PID, RTP, RTSP, RTMP. kind = gbgate|zlm, merge in ms.
+start_server() { # kind merge_ms tag
+    local kind=$1 merge=$2 tag=$3 api
+    RTP=$(port)
+    RTSP=$(port)
+    RTMP=$(port)
+    api=$(port)
+    if [[ $kind == gbgate ]]; then
+        local conf=$LOAD_DIR/vs-gbgate-$tag.toml
+        cat >"$conf" <<EOF
+[rtp]
+listen = "127.0.0.1:$RTP"
+unknown_ssrc = "publish"
+max_streams = 2000
+max_unknown_streams = 2000
+max_unknown_per_source = 2000
+max_tcp_per_source = 2000
+recv_buffer = 33554432
+[api]
+listen = "127.0.0.1:$api"
+[rtsp]
+listen = "127.0.0.1:$RTSP"
+max_connections = 5000
+max_connections_per_source = 5000
+merge_write = "${merge}ms"
+[rtmp]
+listen = "127.0.0.1:$RTMP"
+max_connections = 5000
+max_connections_per_source = 5000
+merge_write = "${merge}ms"
+EOF
+        "$BIN" run -c "$conf" >"$LOAD_DIR/vs-gbgate-$tag.log" 2>&1 &
+        SRV_PID=$!
+        for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
+    else
+        local dir=$LOAD_DIR/zlm/$tag
+        mkdir -p "$dir"
+        # Every listener we do not use on a free port or off, so nothing clashes with the host.
+        zlm_conf "$dir/config.ini" "api.secret=$SECRET" "api.apiDebug=0" \
+            "http.port=$api" "http.sslport=0" "rtsp.port=$RTSP" "rtsp.sslport=0" "rtmp.port=$RTMP" \
+            "rtmp.sslport=0" "rtp_proxy.port=$RTP" "rtp_proxy.timeoutSec=15" "rtc.port=0" "rtc.tcpPort=0" \
+            "srt.port=0" "shell.port=0" "general.mergeWriteMS=$merge" "hook.enable=0" \
+            "protocol.enable_hls=0" "protocol.enable_mp4=0" "protocol.hls_demand=1" "protocol.rtsp_demand=1" \
+            "protocol.rtmp_demand=1" "protocol.ts_demand=1" "protocol.fmp4_demand=1"
+        (cd "$dir" && exec "$ZLM_BIN" -c "$dir/config.ini" >"$dir/stdout.log" 2>&1) &
+        SRV_PID=$!
+        for _ in $(seq 100); do
+            curl -sf "127.0.0.1:$api/index/api/getServerConfig?secret=$SECRET" >/dev/null && break
+            sleep 0.1
+        done
+    fi
+    PIDS+=("$SRV_PID")
+}
+
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+    sleep 1
+}
+
+# CPU (% of one core) and peak RSS (MB) of SRV_PID over WINDOW s: sets CPU, RSS.
+measure() {
+    local g0 g1 t0 t1 r m=0 i
+    g0=$(ticks "$SRV_PID")
+    t0=$(date +%s.%N)
+    for ((i = 0; i < WINDOW; i++)); do
+        sleep 1
+        r=$(kb "$SRV_PID" VmRSS)
+        ((r > m)) && m=$r
+    done
+    g1=$(ticks "$SRV_PID")
+    t1=$(date +%s.%N)
+    CPU=$(awk -v a="$g0" -v b="$g1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz/(e-s)*100}')
+    RSS=$(awk -v k="$m" 'BEGIN{printf "%.1f", k/1024}')
+}
+
+declare -A RES
+record() { # key kind value
+    RES[$1.$2]="${RES[$1.$2]:-} $3"
+}
+
+ingest() { # kind round
+    start_server "$1" 200 "ingest-$1-$2"
+    "$BIN" send "$CLIP" --to "127.0.0.1:$RTP" --count "$CAMERAS" --ssrc 0100000001 --loop 100 \
+        --duration "$((WARMUP + WINDOW + 5))s" >/dev/null 2>&1 &
+    PIDS+=("$!")
+    sleep "$WARMUP"
+    measure
+    log "ingest $CAMERAS cameras, $1: CPU $CPU %, RSS $RSS MB"
+    record "ingest.cpu" "$1" "$CPU"
+    record "ingest.rss" "$1" "$RSS"
+    stop_all
+}
+
+fanout() { # kind round proto merge
+    local kind=$1 proto=$3 merge=$4 url
+    start_server "$kind" "$merge" "fanout-$kind-$2-$proto-$merge"
+    "$BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 \
+        --duration "$((WARMUP + WINDOW + 10))s" >/dev/null 2>&1 &
+    PIDS+=("$!")
+    sleep 3
+    case $proto in
+        rtsp) url="rtsp://127.0.0.1:$RTSP/rtp/05F5E101" ;;
+        rtmp) url="rtmp://127.0.0.1:$RTMP/rtp/05F5E101" ;;
+    esac
+    "$BIN" players "$url" --count "$PLAYERS" --duration "$((WARMUP + WINDOW + 2))s" \
+        >"$LOAD_DIR/vs-players-$kind-$proto-$merge.txt" 2>&1 &
+    PIDS+=("$!")
+    sleep "$WARMUP"
+    measure
+    log "fanout $PLAYERS $proto players, merge ${merge}ms, $kind: CPU $CPU %, RSS $RSS MB"
+    record "fanout.$proto.$merge.cpu" "$kind" "$CPU"
+    record "fanout.$proto.$merge.rss" "$kind" "$RSS"
+    stop_all
+}
+
+join_scn() { # kind round
+    local kind=$1 proto out p50
+    start_server "$kind" 200 "join-$kind-$2"
+    "$BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 --duration 120s >/dev/null 2>&1 &
+    PIDS+=("$!")
+    sleep 3
+    for proto in rtsp rtmp; do
+        local url="rtsp://127.0.0.1:$RTSP/rtp/05F5E101"
+        [[ $proto == rtmp ]] && url="rtmp://127.0.0.1:$RTMP/rtp/05F5E101"
+        # Once first, so an on-demand muxer (ZLMediaKit's *_demand) exists before the measured joins.
+        "$BIN" players "$url" --joins 1 --duration 5s >/dev/null 2>&1 || true
+        out=$("$BIN" players "$url" --joins "$JOINS" --duration 5s || true)
+        p50=$(grep -o 'keyframe packet: p50 [0-9.]* ms, p99 [0-9.]* ms, max [0-9.]* ms' <<<"$out" || echo "failed")
+        log "join $proto, $kind: $p50"
+        record "join.$proto.p50" "$kind" "$(awk '{print $5}' <<<"$p50")"
+        record "join.$proto.p99" "$kind" "$(awk '{print $8}' <<<"$p50")"
+    done
+    stop_all
+}
+
+log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); gbgate $BIN; ZLMediaKit $ZLM_BIN"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for s in $SCENARIOS; do
+        for kind in gbgate zlm; do
+            case $s in
+                ingest) ingest "$kind" "$r" ;;
+                fanout) for proto in rtsp rtmp; do for m in $MERGES; do fanout "$kind" "$r" "$proto" "$m"; done; done ;;
+                join) join_scn "$kind" "$r" ;;
+            esac
+        done
+    done
+done
+
+echo "== gbgate / ZLMediaKit, per round (same session, alternating fresh processes)"
+for key in $(printf '%s\n' "${!RES[@]}" | sed 's/\.[^.]*$//' | sort -u); do
+    read -r -a g <<<"${RES[$key.gbgate]:-}"
+    read -r -a z <<<"${RES[$key.zlm]:-}"
+    line="$key:"
+    for ((i = 0; i < ${#g[@]} && i < ${#z[@]}; i++)); do
+        line+=" $(awk -v a="${g[$i]}" -v b="${z[$i]}" 'BEGIN{ if (b > 0) printf "%s/%s=%.2f", a, b, a/b; else printf "%s/%s=n/a", a, b }')"
+    done
+    echo "$line"
+done
