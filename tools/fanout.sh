@@ -49,6 +49,11 @@ listen = "127.0.0.1:$http"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "$MERGE"
+# Not measured here; off so that another gateway on this host (their default ports) does not stop this one.
+[sip]
+enabled = false
+[webrtc]
+enabled = false
 TOML
     "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$PROTO-$n.log" &
     gw=$!; PIDS+=("$gw")

@@ -1,6 +1,11 @@
 //! How RTSP and RTMP players batch their writes (D14): one write per video frame, or one per
 //! `merge_write` interval for a merging player. The rule is shared so both outputs behave alike.
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
 
 /// A player's audio waits for the next video frame (at most this long), so each write carries a
 /// video frame and the audio around it: half the writes and wake-ups per player.
@@ -36,6 +41,163 @@ pub(crate) fn trim(buf: &mut Vec<u8>) {
     }
 }
 
+/// Payloads shorter than this are copied next to the headers rather than referenced: an iovec
+/// entry costs the kernel about as much as copying a few hundred bytes (AAC frames, SPS/PPS).
+const COPY_BELOW: usize = 256;
+/// iovec entries per `writev`: a 200 ms batch of a 2 Mbit/s stream is about 80 (the kernel's
+/// limit is 1,024). The array lives on the stack only while one write is polled, never in the task.
+const MAX_IOV: usize = 128;
+
+/// One piece of a [`Batch`].
+#[derive(Debug)]
+enum Part {
+    /// `head[start..end]`: bytes of this player (RTP/interleave headers, RTMP chunk headers).
+    Own { start: u32, end: u32 },
+    /// A payload shared by every player of the frame (`Frame::cache`): referenced, not copied.
+    Shared(Bytes),
+}
+
+/// A player's pending output (D162): its own small headers are copied into one buffer, the
+/// frames' shared payloads are only referenced, and the whole is written with `writev`. Per
+/// player this holds a few kB of headers and references instead of a copy of every frame (up to
+/// 64-128 kB each before), and the payload is copied once, by the kernel, instead of twice.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    head: Vec<u8>,
+    parts: Vec<Part>,
+    len: usize,
+    /// Bytes of `parts[0]` already written (a partial `writev`).
+    sent: usize,
+}
+
+impl Batch {
+    /// Bytes held (not yet written).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends this player's own bytes (copied).
+    pub fn own(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let start = self.head.len() as u32;
+        self.head.extend_from_slice(bytes);
+        let end = self.head.len() as u32;
+        self.len += bytes.len();
+        // Contiguous own bytes are one iovec entry.
+        if let Some(Part::Own { end: last, .. }) = self.parts.last_mut() {
+            if *last == start {
+                *last = end;
+                return;
+            }
+        }
+        self.parts.push(Part::Own { start, end });
+    }
+
+    /// Appends a shared payload: referenced, or copied when small.
+    pub fn shared(&mut self, bytes: &Bytes) {
+        if bytes.len() < COPY_BELOW {
+            self.own(bytes);
+        } else {
+            self.len += bytes.len();
+            self.parts.push(Part::Shared(bytes.clone()));
+        }
+    }
+
+    /// Forgets everything held, keeping (bounded) capacity for the next batch.
+    pub fn clear(&mut self) {
+        self.head.clear();
+        self.parts.clear();
+        self.len = 0;
+        self.sent = 0;
+        // A GOP burst at play may have grown these: steady state needs a few kB.
+        if self.head.capacity() > 16 * 1024 {
+            self.head.shrink_to(4 * 1024);
+        }
+        if self.parts.capacity() > 1024 {
+            self.parts.shrink_to(128);
+        }
+    }
+
+    /// The bytes held, in order.
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for (i, p) in self.parts.iter().enumerate() {
+            let skip = if i == 0 { self.sent } else { 0 };
+            v.extend_from_slice(&self.slice(p)[skip..]);
+        }
+        v
+    }
+
+    fn slice<'a>(&'a self, p: &'a Part) -> &'a [u8] {
+        match p {
+            Part::Own { start, end } => &self.head[*start as usize..*end as usize],
+            Part::Shared(b) => b,
+        }
+    }
+
+    /// Fills `iov` with what is left to write; returns the entries used.
+    fn iovecs<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (i, p) in self.parts.iter().take(iov.len()).enumerate() {
+            let skip = if i == 0 { self.sent } else { 0 };
+            iov[i] = IoSlice::new(&self.slice(p)[skip..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// Marks `n` bytes written from the front.
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        let mut done = 0;
+        for p in &self.parts {
+            let left = self.slice(p).len() - if done == 0 { self.sent } else { 0 };
+            if n < left {
+                self.sent = if done == 0 { self.sent + n } else { n };
+                break;
+            }
+            n -= left;
+            done += 1;
+            self.sent = 0;
+        }
+        self.parts.drain(..done);
+    }
+
+    /// Writes everything held with `writev`, then clears. Not cancel-safe: the caller bounds it
+    /// with a deadline and drops the connection when it expires.
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        while !self.parts.is_empty() {
+            let n = std::future::poll_fn(|cx| {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let used = self.iovecs(&mut iov);
+                Pin::new(&mut *w).poll_write_vectored(cx, &iov[..used])
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        self.clear();
+        Ok(())
+    }
+
+    /// [`Batch::write_to`] with a deadline: a peer that accepts nothing for `limit` is an error.
+    pub async fn write_timeout<W: AsyncWrite + Unpin>(&mut self, w: &mut W, limit: Duration) -> io::Result<()> {
+        match tokio::time::timeout(limit, self.write_to(w)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("send stalled for {limit:?}"))),
+        }
+    }
+}
+
 /// Sleeps until `at`, or forever when there is nothing held.
 pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
@@ -55,6 +217,86 @@ mod tests {
         assert_eq!(hold(zero, false, true, true, 100), Some(AUDIO_HOLD));
         assert_eq!(hold(zero, false, false, true, 100), None, "audio-only stream");
         assert_eq!(hold(zero, false, true, true, BATCH_BYTES), None, "full batch");
+    }
+
+    /// A writer that takes at most `max` bytes per call, through `poll_write_vectored`.
+    struct Trickle {
+        got: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max);
+            self.got.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut left = self.max;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.got.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(self.max - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Partial vectored writes resume mid-part, in order, and nothing is copied twice or lost;
+    /// large payloads are referenced (not copied into the player's buffer), small ones copied.
+    #[tokio::test]
+    async fn a_batch_survives_partial_writes_in_order() {
+        let big = Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let small = Bytes::from_static(b"aac!");
+        let mut b = Batch::default();
+        let mut want = Vec::new();
+        for i in 0..300u32 {
+            b.own(&i.to_be_bytes());
+            want.extend_from_slice(&i.to_be_bytes());
+            let p = if i % 3 == 0 { &small } else { &big };
+            b.shared(p);
+            want.extend_from_slice(p);
+        }
+        assert_eq!(b.len(), want.len());
+        assert!(b.head.len() < 2 * 1024, "payloads are referenced, not copied: {}", b.head.len());
+        assert_eq!(b.to_vec(), want);
+        for max in [1, 7, 4099, 1 << 20] {
+            let mut b2 = Batch::default();
+            for p in &b.parts {
+                match p {
+                    Part::Own { .. } => b2.own(b.slice(p)),
+                    Part::Shared(s) => b2.shared(s),
+                }
+            }
+            let mut w = Trickle { got: Vec::new(), max, calls: 0 };
+            b2.write_to(&mut w).await.unwrap();
+            assert_eq!(w.got, want, "writing {max} bytes per call");
+            assert!(b2.is_empty() && b2.parts.is_empty());
+            if max == 1 << 20 {
+                // 300 shared + ~300 own entries, MAX_IOV per call.
+                assert!(w.calls <= 600 / MAX_IOV + 1, "{} calls", w.calls);
+            }
+        }
     }
 
     #[test]

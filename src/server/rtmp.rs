@@ -249,6 +249,51 @@ fn metadata_packet(stream_id: u32, m: &StreamMetadata, publishing: bool) -> anyh
     Ok(ser.serialize(&payload, true, false).map_err(|e| anyhow!("metadata: {e:?}"))?.bytes)
 }
 
+/// The chunk stream and message type of a player's media messages: the ones rml_rtmp's own
+/// serialiser would pick (video 4, audio 5), which it uses for nothing else once playing.
+#[derive(Debug, Clone, Copy)]
+struct MediaChunks {
+    csid: u8,
+    type_id: u8,
+}
+
+impl MediaChunks {
+    const VIDEO: MediaChunks = MediaChunks { csid: 4, type_id: 9 };
+    const AUDIO: MediaChunks = MediaChunks { csid: 5, type_id: 8 };
+}
+
+/// Appends one media message as RTMP chunks of [`CHUNK_SIZE`] (D163): a full (type 0) header,
+/// then the body in chunk-size slices, each after a one-byte type 3 header (plus the extended
+/// timestamp past 0xFFFFFF ms, as rml_rtmp writes it). The headers are this player's bytes; the
+/// body slices are the frame's shared tag, referenced rather than copied (rml_rtmp's session
+/// serialiser copied every body into a fresh buffer per player). Every message carries a full
+/// header, so nothing depends on what rml_rtmp last sent on these chunk streams.
+fn put_media(out: &mut batch::Batch, kind: MediaChunks, stream_id: u32, ts: u32, body: &bytes::Bytes) {
+    const MAX_TS: u32 = 0xFF_FFFF;
+    let ext = ts >= MAX_TS;
+    let mut h = [0u8; 16];
+    h[0] = kind.csid; // fmt 0
+    h[1..4].copy_from_slice(&ts.min(MAX_TS).to_be_bytes()[1..]);
+    h[4..7].copy_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    h[7] = kind.type_id;
+    h[8..12].copy_from_slice(&stream_id.to_le_bytes());
+    h[12..16].copy_from_slice(&ts.to_be_bytes());
+    out.own(&h[..if ext { 16 } else { 12 }]);
+    let mut cont = [0u8; 5];
+    cont[0] = 0xC0 | kind.csid; // fmt 3
+    cont[1..].copy_from_slice(&ts.to_be_bytes());
+    let size = CHUNK_SIZE as usize;
+    let mut at = 0;
+    while at < body.len() {
+        if at > 0 {
+            out.own(&cont[..if ext { 5 } else { 1 }]);
+        }
+        let end = (at + size).min(body.len());
+        out.shared(&body.slice(at..end));
+        at = end;
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -301,8 +346,9 @@ struct Conn {
     guard: RtmpCommandGuard,
     player: Option<Player>,
     publisher: Option<Publisher>,
-    /// Bytes to send, in order.
-    pending: Vec<u8>,
+    /// Bytes to send, in order: the session's messages and media chunk headers copied, media
+    /// bodies referenced from the frames' shared tags (D163).
+    pending: batch::Batch,
     /// A request was refused: close once the answer is sent (as nginx-rtmp does on a failed
     /// authentication), so a refused peer holds no connection slot.
     close: Option<String>,
@@ -353,7 +399,8 @@ async fn connection(
             }
         }
     };
-    buf.resize(64 * 1024, 0);
+    // Reads stay small until the peer publishes (a player only sends a few commands and
+    // acknowledgements: 60 kB more per player was most of its memory, D164).
     let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(|e| anyhow!("session: {e:?}"))?;
     let mut c = Conn {
         peer,
@@ -364,7 +411,7 @@ async fn connection(
         shared,
         player: None,
         publisher: None,
-        pending: Vec::new(),
+        pending: batch::Batch::default(),
         close: None,
         had_role: false,
     };
@@ -407,6 +454,10 @@ async fn connection(
                         return Ok(());
                     }
                     c.input(&buf[..n]).await?;
+                    if c.publisher.is_some() && buf.len() < 64 * 1024 {
+                        // A publisher's media comes in large reads.
+                        buf.resize(64 * 1024, 0);
+                    }
                     if !c.had_role && (c.publisher.is_some() || c.player.is_some()) {
                         // Publishing or playing: no longer first in line to make room.
                         c.had_role = true;
@@ -438,7 +489,7 @@ async fn connection(
                         // The stream ended: tell the player, then close.
                         let p = c.player.take().expect("playing");
                         if let Ok(packet) = c.session.finish_playing(p.stream_id) {
-                            c.pending.extend_from_slice(&packet.bytes);
+                            c.pending.own(&packet.bytes);
                         }
                         c.flush(&mut wr).await?;
                         return Ok(());
@@ -448,7 +499,6 @@ async fn connection(
             if !hold {
                 hold_until = None;
                 c.flush(&mut wr).await?;
-                batch::trim(&mut c.pending);
             }
             if let Some(why) = c.close.take() {
                 c.flush(&mut wr).await?;
@@ -488,17 +538,17 @@ impl Conn {
             for o in out.drain(..) {
                 let packet = match o {
                     Out::Meta(m) => {
-                        self.pending.extend_from_slice(&metadata_packet(stream_id, &m, false)?);
+                        self.pending.own(&metadata_packet(stream_id, &m, false)?);
                         continue;
                     }
                     Out::Video(b, ts) => {
                         video_sent = true;
-                        self.session.send_video_data(stream_id, b, ts, false)
+                        (MediaChunks::VIDEO, b, ts)
                     }
-                    Out::Audio(b, ts) => self.session.send_audio_data(stream_id, b, ts, false),
-                }
-                .map_err(|e| anyhow!("serialize: {e:?}"))?;
-                self.pending.extend_from_slice(&packet.bytes);
+                    Out::Audio(b, ts) => (MediaChunks::AUDIO, b, ts),
+                };
+                let (kind, body, ts) = packet;
+                put_media(&mut self.pending, kind, stream_id, ts.value, &body);
             }
             // The end of the stream is seen again by the next `recv`.
             if self.pending.len() < batch::BATCH_BYTES || drain_all {
@@ -510,8 +560,7 @@ impl Conn {
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> anyhow::Result<()> {
         if !self.pending.is_empty() {
-            write_timeout(wr, &self.pending, self.cfg.push_timeout.0).await?;
-            self.pending.clear();
+            self.pending.write_timeout(wr, self.cfg.push_timeout.0).await?;
         }
         Ok(())
     }
@@ -536,7 +585,7 @@ impl Conn {
         let mut queue = std::collections::VecDeque::from(results);
         while let Some(r) = queue.pop_front() {
             match r {
-                ServerSessionResult::OutboundResponse(p) => self.pending.extend_from_slice(&p.bytes),
+                ServerSessionResult::OutboundResponse(p) => self.pending.own(&p.bytes),
                 ServerSessionResult::RaisedEvent(e) => {
                     let more = self.event(e).await?;
                     for (i, m) in more.into_iter().enumerate() {
@@ -794,6 +843,34 @@ mod tests {
         assert_eq!(reserved_prefix("live/gb"), None);
         assert_eq!(reserved_prefix("rtpx/1"), None);
         assert_eq!(reserved_prefix("g"), None);
+    }
+
+    /// The media chunks written by `put_media` are byte for byte what rml_rtmp's serialiser makes
+    /// of the same message on a fresh chunk stream (full header, then type 3 continuations),
+    /// including the extended timestamp past 0xFFFFFF ms.
+    #[test]
+    fn media_chunks_match_rml_rtmp() {
+        use rml_rtmp::chunk_io::ChunkSerializer;
+        use rml_rtmp::messages::MessagePayload;
+        for (kind, type_id) in [(MediaChunks::VIDEO, 9u8), (MediaChunks::AUDIO, 8)] {
+            for len in [1usize, 300, 4096, 4097, 10_000, 70_000] {
+                for ts in [0u32, 40, 0xFF_FFFE, 0xFF_FFFF, 0x1234_5678] {
+                    let body = bytes::Bytes::from((0..len).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
+                    let mut ser = ChunkSerializer::new();
+                    ser.set_max_chunk_size(CHUNK_SIZE, RtmpTimestamp::new(0)).unwrap();
+                    let payload = MessagePayload {
+                        timestamp: RtmpTimestamp::new(ts),
+                        type_id,
+                        message_stream_id: 1,
+                        data: body.clone(),
+                    };
+                    let want = ser.serialize(&payload, false, false).unwrap().bytes;
+                    let mut b = batch::Batch::default();
+                    put_media(&mut b, kind, 1, ts, &body);
+                    assert_eq!(b.to_vec(), want, "type {type_id}, {len} bytes at {ts}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,10 @@ const DESCRIBE_WAIT: Duration = Duration::from_secs(3);
 const AUDIO_WAIT: Duration = Duration::from_secs(1);
 /// Kernel send buffer per player connection: bounds what a stalled player can hold.
 const SEND_BUFFER: usize = 256 * 1024;
+/// Socket reads of a connection before it plays (requests, a publisher's interleaved media), and
+/// once it plays.
+const READ_BUFFER: usize = 8192;
+const PLAYER_READ: usize = 1024;
 const SR_INTERVAL: Duration = Duration::from_secs(1);
 /// After the source ends and BYE is sent, how long the player gets to send TEARDOWN before we close.
 const BYE_GRACE: Duration = Duration::from_secs(2);
@@ -319,6 +323,13 @@ async fn recv_frame(player: Option<&mut Player>) -> Result<Frame, SubscriptionEn
     }
 }
 
+async fn write_batch(w: &mut OwnedWriteHalf, out: &mut batch::Batch) -> io::Result<()> {
+    out.write_timeout(w, WRITE_TIMEOUT).await.map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut => io::Error::new(io::ErrorKind::TimedOut, "player stopped reading"),
+        _ => e,
+    })
+}
+
 async fn write_timed(w: &mut OwnedWriteHalf, buf: &[u8]) -> io::Result<()> {
     match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await {
         Ok(r) => r,
@@ -349,10 +360,11 @@ async fn connection(
     let mut udp: HashMap<usize, UdpPair> = HashMap::new();
     let mut player: Option<Player> = None;
     let mut tick = tokio::time::interval(SR_INTERVAL);
-    let mut buf = vec![0u8; 8192];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut closing_at: Option<Instant> = None;
-    // Interleaved bytes not yet written, and when held audio must go out at the latest.
-    let mut out: Vec<u8> = Vec::new();
+    // Interleaved bytes not yet written (headers copied, payloads shared: D162), and when held
+    // audio must go out at the latest.
+    let mut out = batch::Batch::default();
     let mut hold_until: Option<tokio::time::Instant> = None;
     // The first request, and later any request in progress, must complete by this deadline (D60):
     // idle and slow-loris connections give their slot back.
@@ -391,11 +403,9 @@ async fn connection(
         // Anything but a frame first writes what is held, so replies and reports keep their order.
         if !matches!(ev, Event::Frame(Ok(_))) && !out.is_empty() {
             hold_until = None;
-            if let Err(e) = write_timed(&mut wr, &out).await {
+            if let Err(e) = write_batch(&mut wr, &mut out).await {
                 break Err(e);
             }
-            out.clear();
-            batch::trim(&mut out);
         }
         match ev {
             Event::Shutdown => break Ok(()),
@@ -529,6 +539,10 @@ async fn connection(
                                     continue;
                                 }
                                 let Some(s) = hub.get(&stream) else { break 'conn Ok(()) };
+                                // A player only sends keep-alives and receiver reports: small
+                                // reads do (the parser reassembles), and 300 players save 2 MB.
+                                buf.truncate(PLAYER_READ);
+                                buf.shrink_to_fit();
                                 player = Some(new_player(
                                     s.subscribe_as("rtsp"),
                                     tracks,
@@ -546,6 +560,7 @@ async fn connection(
                                 let Some((s, _)) = announced.take().filter(|(s, _)| s.name == stream) else {
                                     break 'conn Ok(());
                                 };
+                                buf.resize(READ_BUFFER, 0);
                                 let socks: HashMap<usize, Arc<UdpSocket>> =
                                     udp.iter().map(|(i, u)| (*i, u.rtp.clone())).collect();
                                 let (act, t0) = (activity.clone(), t0);
@@ -622,11 +637,9 @@ async fn connection(
                     None => {
                         p.wrote_media = true;
                         hold_until = None;
-                        if let Err(e) = write_timed(&mut wr, &out).await {
+                        if let Err(e) = write_batch(&mut wr, &mut out).await {
                             break Err(e);
                         }
-                        out.clear();
-                        batch::trim(&mut out);
                     }
                     Some(wait) => {
                         hold_until.get_or_insert_with(|| tokio::time::Instant::now() + wait);
@@ -734,7 +747,7 @@ fn new_player(
 
 /// Packetises one frame for a player: UDP tracks are sent at once, interleaved (TCP) packets are
 /// appended to `out`. Returns whether interleaved video was appended.
-fn append_frame(p: &mut Player, frame: &Frame, out: &mut Vec<u8>, max_payload: usize) -> bool {
+fn append_frame(p: &mut Player, frame: &Frame, out: &mut batch::Batch, max_payload: usize) -> bool {
     if p.paused {
         return false;
     }
@@ -781,11 +794,15 @@ fn append_frame(p: &mut Player, frame: &Frame, out: &mut Vec<u8>, max_payload: u
                 let _ = sock.try_send_to(&pkt, *dst);
             }
             (None, TrackTransport::Tcp { rtp_channel, .. }) => {
-                out.push(b'$');
-                out.push(rtp_channel);
-                out.extend_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
-                out.extend_from_slice(&header);
-                out.extend_from_slice(payload);
+                // `$`, channel, length, then the RTP header: this player's 16 bytes; the payload
+                // is the frame's shared packet, referenced.
+                let mut own = [0u8; 16];
+                own[0] = b'$';
+                own[1] = rtp_channel;
+                own[2..4].copy_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
+                own[4..].copy_from_slice(&header);
+                out.own(&own);
+                out.shared(payload);
             }
             (None, TrackTransport::Udp { .. }) => {}
         }
