@@ -487,6 +487,20 @@ fn players(url: String, count: usize, duration: Duration, stall: usize, joins: u
         if !describes.is_empty() {
             println!("DESCRIBE answered: {}", summary(describes));
         }
+        // Where the slowest joins spent their time (the tail's profile, per phase).
+        let mut slow: Vec<_> = ok.iter().filter(|p| p.join.is_some()).collect();
+        slow.sort_by_key(|p| std::cmp::Reverse(p.join));
+        for p in slow.iter().take(3) {
+            let (join, describe, first) =
+                (p.join.unwrap_or_default(), p.describe.unwrap_or_default(), p.first_video.unwrap_or_default());
+            println!(
+                "slow join {:.3} ms: DESCRIBE {:.3} ms, request to first video {:.3} ms, the rest (connect, SETUP) {:.3} ms",
+                ms(join),
+                ms(describe),
+                ms(first),
+                ms(join.saturating_sub(describe).saturating_sub(first))
+            );
+        }
         println!(
             "first packet is a keyframe for {} of {}; no video for {}",
             ok.iter().filter(|p| p.first_is_key).count(),
@@ -552,6 +566,7 @@ fn latency(file: &Path, opts: &gbgate::sim::latency::LatencyOptions) -> ExitCode
     if let Some(e) = report.errors.first() {
         println!("first error ({} players failed): {e}", report.errors.len());
     }
+    println!("sender: latest packet {:.1} ms after its due time", ms(report.sender_late_max));
     println!(
         "frame in -> frame out: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {} frames ({} unmatched)",
         ms(report.percentile(0.5)),

@@ -43,6 +43,13 @@ listen = "127.0.0.1:$rtsp"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "$MERGE"
+# Listeners these runs do not use, on free ports (the defaults may be taken on a shared host).
+[sip]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[webrtc]
+listen = "127.0.0.1:0"
 TOML
 [[ -z ${EXTRA_TOML:-} ]] || printf '%s\n' "$EXTRA_TOML" >>"$conf"
 "$BIN" run -c "$conf" >"$LOAD_DIR/latency-gbgate.log" 2>&1 &

@@ -78,6 +78,13 @@ merge_write = "$MERGE"
 
 [log]
 level = "info"
+# Listeners these runs do not use, on free ports (the defaults may be taken on a shared host).
+[sip]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[webrtc]
+listen = "127.0.0.1:0"
 EOF
     [[ -z ${EXTRA_TOML:-} ]] || printf '%s\n' "$EXTRA_TOML" >>"$conf"
     "$BIN" run -c "$conf" >"$LOAD_DIR/scale-$transport-$n.log" 2>&1 &

@@ -111,6 +111,13 @@ listen = "127.0.0.1:$RTMP"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "${merge}ms"
+# Listeners these runs do not use, on free ports (the defaults may be taken on a shared host).
+[sip]
+listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[webrtc]
+listen = "127.0.0.1:0"
 EOF
         "$BIN" run -c "$conf" >"$LOAD_DIR/vs-gbgate-$tag.log" 2>&1 &
         SRV_PID=$!

@@ -32,6 +32,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// Latency samples kept per player (a 10 minute run at 25 fps).
 const MAX_SAMPLES: usize = 15_000;
 const KEY_LEN: usize = 16;
+/// A stamp older than this belongs to an earlier pass of the clip (20 s long in tools/load.sh).
+const STALE_US: u64 = 5_000_000;
 
 #[derive(Debug, Clone)]
 pub struct LatencyOptions {
@@ -55,6 +57,9 @@ pub struct LatencyReport {
     pub players_ok: usize,
     pub errors: Vec<String>,
     pub packets_sent: u64,
+    /// The most any packet was sent after its due time: when large, the sender could not keep
+    /// up and frames reached the gateway bunched (the figures then understate a real camera's).
+    pub sender_late_max: Duration,
     /// Video frames of the clip that can be recognised (unique tails).
     pub known_frames: usize,
 }
@@ -198,7 +203,7 @@ async fn send_cameras(
     sent: Arc<SentTimes>,
     start: Instant,
     until: Instant,
-) -> Result<u64, LatencyError> {
+) -> Result<(u64, u64), LatencyError> {
     let n = opts.cameras.max(1);
     let mut socks = Vec::with_capacity(n);
     for i in 0..n {
@@ -215,6 +220,7 @@ async fn send_cameras(
     let mut pos = vec![(0usize, 0u32); n];
     let mut scratch = Vec::with_capacity(2048);
     let mut packets = 0u64;
+    let mut late_max = 0u64;
     let mut done = Vec::new();
     loop {
         let now_us = start.elapsed().as_micros() as u64;
@@ -241,10 +247,16 @@ async fn send_cameras(
                         .wrapping_add(clip.ts_span.wrapping_mul(pass));
                     scratch[4..8].copy_from_slice(&ts.to_be_bytes());
                 }
+                // How late the sender is (a sender that cannot keep up bunches frames together).
+                late_max = late_max.max(now_us.saturating_sub(due));
                 match sock {
                     // A lost datagram under load is what a network does: not a reason to stop.
                     Sock::Udp(s) => {
                         let _ = s.send_to(&scratch, opts.rtp).await;
+                        // Stamped as soon as the datagram is handed to the kernel.
+                        if let Some(&frame) = clip.completes.get(&k) {
+                            sent.set(i, frame, (start.elapsed().as_micros() as u64).max(1));
+                        }
                     }
                     Sock::Tcp(_, out) => {
                         out.extend_from_slice(&(scratch.len() as u16).to_be_bytes());
@@ -252,7 +264,7 @@ async fn send_cameras(
                     }
                 }
                 packets += 1;
-                if let Some(&frame) = clip.completes.get(&k) {
+                if let (Sock::Tcp(..), Some(&frame)) = (&*sock, clip.completes.get(&k)) {
                     done.push(frame);
                 }
                 pos[i] = if k + 1 == clip.packets.len() { (0, pass + 1) } else { (k + 1, pass) };
@@ -263,7 +275,7 @@ async fn send_cameras(
                     out.clear();
                 }
             }
-            // Stamped once the bytes are handed to the kernel.
+            // TCP: stamped once the bytes are handed to the kernel.
             if !done.is_empty() {
                 let us = start.elapsed().as_micros() as u64;
                 for f in done.drain(..) {
@@ -272,7 +284,7 @@ async fn send_cameras(
             }
         }
         if Instant::now() >= until {
-            return Ok(packets);
+            return Ok((packets, late_max));
         }
         if next_due != u64::MAX {
             tokio::time::sleep_until((start + Duration::from_micros(next_due)).into()).await;
@@ -379,9 +391,11 @@ async fn play(
                 key.copy_from_slice(&pkt[len - KEY_LEN..]);
                 let sent_us = clip.tails.get(&key).map(|&f| sent.get(camera, f)).unwrap_or(0);
                 if Instant::now() >= counting_from && out.samples.len() < MAX_SAMPLES {
-                    match sent_us {
-                        0 => out.unmatched += 1,
-                        s => out.samples.push(Duration::from_micros(got_us.saturating_sub(s))),
+                    // Not sent in this pass yet (a stamp from the previous loop, or none): a
+                    // frame the player has but the sender has not stamped; not a latency.
+                    match got_us.checked_sub(sent_us) {
+                        Some(d) if sent_us > 0 && d < STALE_US => out.samples.push(Duration::from_micros(d)),
+                        _ => out.unmatched += 1,
                     }
                 }
             }
@@ -422,8 +436,8 @@ pub async fn run_latency(clip: &Path, opts: &LatencyOptions) -> Result<LatencyRe
             Err(e) => report.errors.push(e.to_string()),
         }
     }
-    report.packets_sent = match sender.await {
-        Ok(r) => r?,
+    (report.packets_sent, report.sender_late_max) = match sender.await {
+        Ok(r) => r.map(|(p, late)| (p, Duration::from_micros(late)))?,
         Err(e) => return Err(LatencyError::Io(0, std::io::Error::other(e.to_string()))),
     };
     report.samples.sort_unstable();
