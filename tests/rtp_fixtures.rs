@@ -415,3 +415,77 @@ fn throughput() {
         println!("framer 1-byte reads, {what}: {:.0} MB/s", data.len() as f64 / dt / 1e6);
     }
 }
+
+/// Ending frames at trusted RTP markers (D172) must not change any frame of a capture: the same
+/// frames, bytes and timestamps come out with the markers as sent and with every marker cleared.
+#[test]
+fn marker_cuts_leave_every_frame_of_every_capture_unchanged() {
+    use gbgate::media::ingest::StreamIngest;
+    use gbgate::probe::reader::{read_capture, CaptureItem};
+    let Some(synthetic) = synthetic_dir() else { return };
+    let real = synthetic.join("../real");
+    let mut paths: Vec<PathBuf> = rtp_files().iter().map(|n| synthetic.join(n)).collect();
+    for sub in ["avstackdocs", "spvmn-tool"] {
+        for e in std::fs::read_dir(real.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rtp") {
+                paths.push(p);
+            }
+        }
+    }
+    let mut marker_cut_somewhere = false;
+    for path in paths {
+        let capture = read_capture(&path).unwrap();
+        let packets: Vec<RtpPacket> = capture
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                CaptureItem::Rtp { packet, .. } => RtpPacket::parse(packet.clone()).ok(),
+                CaptureItem::Ps(_) => None,
+            })
+            .collect();
+        let run = |clear: bool| {
+            let mut ingest = StreamIngest::new(64, 100_000);
+            let mut out = Vec::new();
+            for p in &packets {
+                let mut p = p.clone();
+                p.marker &= !clear;
+                ingest.push_rtp(p, 0, &mut out);
+            }
+            ingest.finish(&mut out);
+            // Per track: a frame ended earlier may now leave before the other track's frame of
+            // the same time, which is the point; each track's frames must be the same.
+            let mut frames: Vec<_> = out.iter().map(|f| (f.codec, f.pts, f.dts, f.keyframe, f.data.clone())).collect();
+            frames.sort_by_key(|f| f.0.kind() == gbgate::media::MediaKind::Audio);
+            (frames, ingest.demux_stats().marker_cuts)
+        };
+        let (with, cuts) = run(false);
+        let (without, none) = run(true);
+        assert_eq!(none, 0);
+        if without.is_empty() {
+            // Not a program stream (the Hikvision non-PS capture): nothing to compare.
+            assert!(with.is_empty());
+            continue;
+        }
+        // A capture with losses may keep a frame more: one that was complete at its marker when
+        // the loss came (without markers the loss dropped it as partial). Every other frame is
+        // the same.
+        let lossy = path.to_string_lossy().contains("faults");
+        let mut rest = with.iter();
+        let subsequence = without.iter().all(|f| rest.any(|g| g == f));
+        let show = |f: Option<&(gbgate::media::Codec, i64, i64, bool, Bytes)>| f.map(|f| (f.0, f.1, f.3, f.4.len()));
+        let first_diff = (0..with.len().max(without.len())).find(|&i| with.get(i) != without.get(i));
+        assert!(
+            if lossy { subsequence && with.len() - without.len() <= 2 } else { with == without },
+            "{}: frames differ with marker cuts ({cuts} cuts, {} vs {} frames), first at {first_diff:?}: {:?} vs {:?}",
+            path.display(),
+            with.len(),
+            without.len(),
+            first_diff.and_then(|i| show(with.get(i))),
+            first_diff.and_then(|i| show(without.get(i))),
+        );
+        println!("{}: {} frames, {cuts} ended at their marker", path.display(), with.len());
+        marker_cut_somewhere |= cuts > 0;
+    }
+    assert!(marker_cut_somewhere, "no capture had its frames ended at their markers");
+}

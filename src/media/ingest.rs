@@ -21,6 +21,31 @@ pub struct StreamIngest {
     reordered: Vec<Reordered>,
     video: TrackCounter,
     audio: TrackCounter,
+    markers: MarkerCuts,
+}
+
+/// Ends a video frame at its RTP marker (D172). The PS demuxer alone cuts an access unit when the
+/// next one begins, which holds every frame back one frame period (40 ms at 25 fps). GB28181
+/// cameras set the marker on the last packet of each frame (RFC 3551 5.1: "the marker bit
+/// marks the end of a frame" for video), but some mark every packet or none, so a stream's
+/// markers are used only after they have been seen to end frames: [`TRUST_AFTER`] natural cuts
+/// that each followed a marked packet, and no marked packet after which the pending frame grew.
+/// One marked packet inside a frame distrusts them for the stream's life.
+#[derive(Debug, Default)]
+struct MarkerCuts {
+    /// The previous packet had the marker bit, and how many bytes the pending frame then held.
+    prev_marker: Option<usize>,
+    evidence: u32,
+    distrusted: bool,
+}
+
+/// Natural frame ends that followed a marked packet before markers are trusted.
+const TRUST_AFTER: u32 = 8;
+
+impl MarkerCuts {
+    fn trusted(&self) -> bool {
+        !self.distrusted && self.evidence >= TRUST_AFTER
+    }
 }
 
 /// Frame counts and a frame-rate estimate of one track, from the frames actually emitted.
@@ -72,6 +97,7 @@ impl StreamIngest {
             reordered: Vec::with_capacity(8),
             video: TrackCounter::default(),
             audio: TrackCounter::default(),
+            markers: MarkerCuts::default(),
         }
     }
 
@@ -139,13 +165,45 @@ impl StreamIngest {
 
     fn drain(&mut self, out: &mut Vec<Frame>) {
         let start = out.len();
-        for item in self.reordered.drain(..) {
+        let mut reordered = std::mem::take(&mut self.reordered);
+        for item in reordered.drain(..) {
             match item {
-                Reordered::Packet(packet) => self.demux.push(&packet.payload, out),
-                Reordered::Lost { .. } | Reordered::Reset => self.demux.lost(),
+                Reordered::Packet(packet) => self.push_packet(&packet.payload, packet.marker, out),
+                Reordered::Lost { .. } | Reordered::Reset => {
+                    self.markers.prev_marker = None;
+                    self.demux.lost()
+                }
             }
         }
+        self.reordered = reordered;
         self.count(&out[start..]);
+    }
+
+    /// Demuxes one packet's payload; with trusted markers a marked packet that leaves the demuxer
+    /// between PES packets ends the pending video frame at once (D172).
+    fn push_packet(&mut self, payload: &[u8], marker: bool, out: &mut Vec<Frame>) {
+        let start = out.len();
+        let pending_before = self.demux.pending_video_bytes();
+        self.demux.push(payload, out);
+        if let Some(at_marker) = self.markers.prev_marker.take() {
+            let cut = out[start..].iter().any(|f| f.kind() == MediaKind::Video);
+            if cut {
+                self.markers.evidence = self.markers.evidence.saturating_add(1);
+            } else if at_marker > 0 && self.demux.pending_video_bytes() > pending_before && !self.markers.distrusted {
+                // The frame pending at the marker went on growing: this camera marks inside frames.
+                self.markers.distrusted = true;
+                self.demux.stats_mut().markers_distrusted = 1;
+            }
+        }
+        if marker {
+            if self.markers.trusted() {
+                let before = out.len();
+                self.demux.flush_idle(out);
+                let cuts = out[before..].iter().filter(|f| f.kind() == MediaKind::Video).count();
+                self.demux.stats_mut().marker_cuts += cuts as u64;
+            }
+            self.markers.prev_marker = Some(self.demux.pending_video_bytes());
+        }
     }
 
     fn count(&mut self, frames: &[Frame]) {
@@ -265,5 +323,86 @@ mod tests {
         }
         assert_eq!(t.rate(), 30.0);
         assert_eq!(t.frames, 92);
+    }
+
+    /// `n` H.264 frames (a keyframe, then P frames), each one PS pack of one PES, cut into RTP
+    /// packets of at most 200 bytes; `mark(last)` decides each packet's marker bit.
+    fn camera_packets(n: usize, mark: impl Fn(bool) -> bool) -> Vec<Vec<RtpPacket>> {
+        use crate::proto::ps::mux::{PsMuxer, RtpPacketizer};
+        let sps: &[u8] = &[
+            0x67, 0x4d, 0x40, 0x1e, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0xc0, 0x44, 0x00, 0x00, 0x03, 0x00, 0x04, 0x00, 0x00,
+            0x03, 0x00, 0xc8, 0x3c, 0x58, 0xba, 0x80,
+        ];
+        let pps: &[u8] = &[0x68, 0xef, 0x3c, 0x80];
+        let mut mux = PsMuxer::new(Some(Codec::H264), None);
+        let mut rtp = RtpPacketizer { ssrc: 1, seq: 0, payload_type: 96, max_payload: 200 };
+        (0..n)
+            .map(|i| {
+                let mut au = Vec::new();
+                let body: Vec<u8> = if i == 0 { vec![0x65; 600] } else { vec![0x41; 500] };
+                for nal in [&[0x09, 0xf0][..], sps, pps, &body] {
+                    if i > 0 && (nal == sps || nal == pps) {
+                        continue;
+                    }
+                    au.extend_from_slice(&[0, 0, 0, 1]);
+                    au.extend_from_slice(nal);
+                }
+                let mut ps = Vec::new();
+                let pts = 90_000 + i as i64 * 3600;
+                mux.write_frame(Codec::H264, pts, pts, i == 0, &au, &mut ps);
+                let mut datagrams = Vec::new();
+                rtp.packetize(&ps, pts as u32, &mut datagrams);
+                let last = datagrams.len() - 1;
+                datagrams
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, d)| {
+                        let mut p = RtpPacket::parse(d).unwrap();
+                        p.marker = mark(k == last);
+                        p
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trusted_markers_end_a_frame_at_its_last_packet() {
+        let frames = camera_packets(20, |last| last);
+        let mut ingest = StreamIngest::new(64, 100_000);
+        let mut out = Vec::new();
+        let mut emitted_on_own_marker = Vec::new();
+        for (i, packets) in frames.into_iter().enumerate() {
+            for p in packets {
+                ingest.push_rtp(p, 0, &mut out);
+            }
+            // Was frame i out once its own last packet was in?
+            emitted_on_own_marker.push(out.iter().any(|f| f.pts == 90_000 + i as i64 * 3600));
+        }
+        // Before trust, a frame leaves when the next begins; from then on, at its marker.
+        assert!(!emitted_on_own_marker[0..TRUST_AFTER as usize].iter().any(|&e| e), "{emitted_on_own_marker:?}");
+        assert!(emitted_on_own_marker[TRUST_AFTER as usize + 1..].iter().all(|&e| e), "{emitted_on_own_marker:?}");
+        let st = ingest.demux_stats();
+        assert!(st.marker_cuts >= 10, "{}", st.marker_cuts);
+        assert_eq!(st.markers_distrusted, 0);
+        ingest.finish(&mut out);
+        assert_eq!(out.len(), 20);
+        assert!(out.iter().all(|f| f.data.len() > 400), "every frame whole");
+    }
+
+    #[test]
+    fn markers_on_every_packet_are_never_trusted() {
+        let frames = camera_packets(20, |_| true);
+        let mut ingest = StreamIngest::new(64, 100_000);
+        let mut out = Vec::new();
+        for p in frames.into_iter().flatten() {
+            ingest.push_rtp(p, 0, &mut out);
+        }
+        ingest.finish(&mut out);
+        let st = ingest.demux_stats();
+        assert_eq!(st.markers_distrusted, 1);
+        assert_eq!(st.marker_cuts, 0);
+        assert_eq!(out.len(), 20);
+        assert!(out.iter().all(|f| f.data.len() > 400), "no frame cut short");
     }
 }

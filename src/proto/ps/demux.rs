@@ -75,6 +75,11 @@ pub struct DemuxStats {
     pub zero_padding: u64,
     /// Buffers that hit their cap and were dropped.
     pub oversize_drops: u64,
+    /// Video frames emitted at their RTP marker rather than when the next frame began
+    /// (`media::ingest`, D172).
+    pub marker_cuts: u64,
+    /// 1 once this stream's RTP markers were seen inside a frame: they are no longer used.
+    pub markers_distrusted: u64,
 }
 
 impl DemuxStats {
@@ -356,6 +361,15 @@ impl PsDemuxer {
 
     pub fn stats(&self) -> &DemuxStats {
         &self.stats
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut DemuxStats {
+        &mut self.stats
+    }
+
+    /// Bytes of the video access unit being assembled (not yet emitted).
+    pub fn pending_video_bytes(&self) -> usize {
+        self.video.buffered()
     }
 
     pub fn video_config(&self) -> Option<&Arc<CodecConfig>> {

@@ -118,7 +118,6 @@ impl VideoEs {
     }
 
     /// Bytes held for the pending access unit.
-    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
