@@ -260,6 +260,18 @@ impl Default for AudioConfig {
     }
 }
 
+/// Which streams keep a GOP cache (`[hub] gop_cache`, D157).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GopCacheMode {
+    /// Streams with players now, or started, watched or asked for (on-demand starts, the API's
+    /// play) within `gop_cache_idle`: the first player of a stream nobody watched for longer waits
+    /// for its next keyframe.
+    Watched,
+    /// Every stream (each one's first player starts at once), within `gop_cache_total_bytes`.
+    Always,
+}
+
 /// What to do with an RTP stream whose SSRC nobody announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -735,6 +747,12 @@ pub struct HubConfig {
     /// Every stream's GOP cache together. Beyond it, the stream whose cache grows empties it (its
     /// next players start at its next keyframe); counted in `GET /api/v1/rtp` as `gop_budget_clears`.
     pub gop_cache_total_bytes: usize,
+    /// Which streams keep a GOP cache (D157): `watched` (players now, within `gop_cache_idle`, or
+    /// asked for by an on-demand start) or `always` (every stream, within the budget).
+    pub gop_cache: GopCacheMode,
+    /// How long a `watched` stream keeps its cache after it started, its last player left or it
+    /// was last asked for.
+    pub gop_cache_idle: HumanDuration,
     /// Frames queued per subscriber; a subscriber that falls this far behind skips to the next keyframe.
     pub subscriber_queue: usize,
     /// A subscriber that had to skip this many times within a minute is disconnected.
@@ -746,7 +764,9 @@ impl Default for HubConfig {
         HubConfig {
             gop_cache_bytes: 8 * 1024 * 1024,
             gop_cache_duration: HumanDuration(Duration::from_secs(10)),
-            gop_cache_total_bytes: 1024 * 1024 * 1024,
+            gop_cache_total_bytes: 256 * 1024 * 1024,
+            gop_cache: GopCacheMode::Watched,
+            gop_cache_idle: HumanDuration(Duration::from_secs(30)),
             subscriber_queue: 512,
             max_skips_per_minute: 10,
         }

@@ -358,6 +358,8 @@ impl Gb {
         loop {
             if let Some(s) = self.hub.get(stream) {
                 seen = true;
+                // Asked for: a stream nobody watched keeps its GOP cache again (D157).
+                s.want_gop_cache();
                 if s.gop_cache_usage().0 > 0 {
                     return Ok(());
                 }

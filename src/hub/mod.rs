@@ -80,6 +80,26 @@ struct Fanout {
     closed: bool,
     /// The track configs published so far (DESCRIBE answers from them, D167).
     tracks: TrackHints,
+    /// Why the cache holds what it holds (D157), for the API and the stream's log.
+    gop_state: GopCacheState,
+    /// This stream's caches emptied to stay within the global budget.
+    gop_evictions: u64,
+    /// Players of this (video) stream that started at a cached keyframe / had to wait for one.
+    gop_hits: u64,
+    gop_misses: u64,
+}
+
+/// Whether a stream keeps its GOP cache (D157), as `GET /api/v1/streams` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GopCacheState {
+    /// Kept: a new player starts at the cached keyframe at once.
+    Kept,
+    /// Not kept: nobody watched the stream within `gop_cache_idle` (`gop_cache = "watched"`); its
+    /// first player waits for the next keyframe, and the cache is kept again from then on.
+    Unwatched,
+    /// Emptied to stay within `gop_cache_total_bytes`; refilled from the next keyframe if there is room.
+    OverBudget,
 }
 
 /// One live stream.
@@ -114,6 +134,9 @@ pub struct Stream {
     copy_of: std::sync::OnceLock<String>,
     /// Players counted without a subscription each (HLS sessions share one segmenter), by label.
     viewers: Mutex<std::collections::BTreeMap<&'static str, usize>>,
+    /// When the stream was last watched or asked for (or was born), in ms after `born` plus one:
+    /// a `watched` stream keeps its GOP cache until `gop_cache_idle` after that (D157).
+    wanted_ms: AtomicU64,
 }
 
 /// Where a stream is in the life `stream_state` reports.
@@ -130,12 +153,45 @@ pub struct GopBudget {
     max: usize,
     /// GOP caches emptied because the total was over the budget.
     clears: AtomicU64,
+    /// Streams whose cache is not empty.
+    streams: std::sync::atomic::AtomicUsize,
+    /// Players of video streams that started at a cached keyframe / had to wait for the next one.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl GopBudget {
     /// (bytes held by all GOP caches, the budget, caches emptied to stay within it)
     pub fn usage(&self) -> (usize, usize, u64) {
         (self.used.load(Ordering::Relaxed), self.max, self.clears.load(Ordering::Relaxed))
+    }
+
+    /// Streams whose GOP cache holds something now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
+    /// (players that started at a cached keyframe, players that waited for the next keyframe)
+    pub fn starts(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    /// Accounts a cache going from `before` to `after` bytes; returns the new total.
+    fn account(&self, before: usize, after: usize) -> usize {
+        match (before, after) {
+            (0, a) if a > 0 => {
+                self.streams.fetch_add(1, Ordering::Relaxed);
+            }
+            (b, 0) if b > 0 => {
+                self.streams.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        if after >= before {
+            self.used.fetch_add(after - before, Ordering::Relaxed).saturating_add(after - before)
+        } else {
+            self.used.fetch_sub(before - after, Ordering::Relaxed).saturating_sub(before - after)
+        }
     }
 }
 
@@ -152,6 +208,10 @@ impl Stream {
                 has_video: false,
                 closed: false,
                 tracks: TrackHints::default(),
+                gop_state: GopCacheState::Kept,
+                gop_evictions: 0,
+                gop_hits: 0,
+                gop_misses: 0,
             }),
             stats: Mutex::new(StreamStats::default()),
             next_subscriber: AtomicU64::new(1),
@@ -167,7 +227,25 @@ impl Stream {
             born: Instant::now(),
             copy_of: std::sync::OnceLock::new(),
             viewers: Mutex::new(std::collections::BTreeMap::new()),
+            // A stream's arrival counts as asking for it (a GB stream comes because of an INVITE;
+            // its first player usually follows within seconds).
+            wanted_ms: AtomicU64::new(1),
         }
+    }
+
+    /// Marks the stream as watched or asked for now: a `watched` stream (re)starts its GOP cache
+    /// at its next keyframe and keeps it for `gop_cache_idle` (D157).
+    pub fn want_gop_cache(&self) {
+        self.wanted_ms.store(self.born.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the stream keeps a GOP cache now (D157).
+    fn keeps_gop(&self, has_subscribers: bool, now_ms: u64) -> bool {
+        if self.cfg.gop_cache == crate::config::GopCacheMode::Always || has_subscribers {
+            return true;
+        }
+        let wanted = self.wanted_ms.load(Ordering::Relaxed);
+        wanted != 0 && now_ms.saturating_sub(wanted - 1) <= self.cfg.gop_cache_idle.0.as_millis() as u64
     }
 
     fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Stream {
@@ -333,7 +411,8 @@ impl Stream {
         if life != LIFE_LIVE {
             self.frame_after(life, now);
         }
-        self.last_frame_ms.store(now.duration_since(self.born).as_millis() as u64, Ordering::Relaxed);
+        let now_ms = now.duration_since(self.born).as_millis() as u64;
+        self.last_frame_ms.store(now_ms, Ordering::Relaxed);
         let is_video = frame.kind() == MediaKind::Video;
         f.has_video |= is_video;
         f.tracks.see(&frame);
@@ -376,22 +455,39 @@ impl Stream {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+        let budget = &self.gop_budget;
         let before = f.gop.bytes();
+        if !self.keeps_gop(!f.subscribers.is_empty(), now_ms) {
+            // Nobody watched it lately: the cache would buy nothing but memory (D157).
+            if f.gop_state != GopCacheState::Unwatched {
+                f.gop_state = GopCacheState::Unwatched;
+                f.gop.clear();
+                budget.account(before, 0);
+                tracing::debug!(stream = %self.name, "no player within hub.gop_cache_idle: GOP cache released");
+                self.event("gop", "no player within hub.gop_cache_idle: GOP cache released");
+            }
+            return;
+        }
+        if !f.subscribers.is_empty() {
+            self.wanted_ms.store(now_ms + 1, Ordering::Relaxed);
+        }
         f.gop.push(frame);
         let after = f.gop.bytes();
-        let budget = &self.gop_budget;
-        let used = if after >= before {
-            budget.used.fetch_add(after - before, Ordering::Relaxed).saturating_add(after - before)
-        } else {
-            budget.used.fetch_sub(before - after, Ordering::Relaxed).saturating_sub(before - after)
-        };
+        // Unwatched -> kept at once (filling from the next keyframe); over budget -> kept once refilled.
+        if f.gop_state == GopCacheState::Unwatched || after > 0 {
+            f.gop_state = GopCacheState::Kept;
+        }
+        let used = budget.account(before, after);
         if used > budget.max {
             // Over the shared budget: the stream that grows gives its cache back. Its next
             // players start at its next keyframe instead of at once; others are untouched.
-            budget.used.fetch_sub(after, Ordering::Relaxed);
+            budget.account(after, 0);
             f.gop.clear();
+            f.gop_state = GopCacheState::OverBudget;
+            f.gop_evictions += 1;
             if budget.clears.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
-                tracing::warn!(stream = %self.name, budget = budget.max, "GOP caches over hub.gop_cache_total_bytes: this stream's cache emptied");
+                tracing::warn!(stream = %self.name, budget = budget.max, used, evictions = budget.clears.load(Ordering::Relaxed),
+                    "GOP caches over hub.gop_cache_total_bytes: this stream's cache emptied (its next player waits for a keyframe)");
             }
         }
     }
@@ -411,8 +507,19 @@ impl Stream {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let drops = Arc::new(AtomicU64::new(0));
         let kicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.want_gop_cache();
         let mut f = lock(&self.fanout);
         let backlog: VecDeque<Frame> = f.gop.frames().cloned().collect();
+        if f.has_video {
+            // Instant start or not: what the GOP cache policy (D157) is judged by.
+            if backlog.front().is_some_and(|fr| fr.keyframe && fr.kind() == MediaKind::Video) {
+                f.gop_hits += 1;
+                self.gop_budget.hits.fetch_add(1, Ordering::Relaxed);
+            } else {
+                f.gop_misses += 1;
+                self.gop_budget.misses.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if !f.closed {
             f.subscribers.push(SubscriberSlot {
                 id,
@@ -478,13 +585,16 @@ impl Stream {
     }
 
     /// Whether the GOP cache starts with a video keyframe: a new player can start decoding at once.
+    /// Asking counts as wanting the cache (on-demand starts poll this until it is true).
     pub fn has_keyframe(&self) -> bool {
+        self.want_gop_cache();
         lock(&self.fanout).gop.frames().next().is_some_and(|f| f.keyframe && f.kind() == MediaKind::Video)
     }
 
     /// The codec and configuration of the cached video, if any (WebRTC picks its payload type
     /// by them before it subscribes).
     pub fn cached_video(&self) -> Option<(crate::media::Codec, Arc<crate::media::CodecConfig>)> {
+        self.want_gop_cache();
         lock(&self.fanout).gop.frames().find(|f| f.kind() == MediaKind::Video).map(|f| (f.codec, f.config.clone()))
     }
 
@@ -500,6 +610,13 @@ impl Stream {
         (f.gop.len(), f.gop.bytes())
     }
 
+    /// Whether the GOP cache is kept (D157), how often it was emptied for the global budget, and
+    /// how many players started at a cached keyframe / waited for the next one.
+    pub fn gop_cache_state(&self) -> (GopCacheState, u64, u64, u64) {
+        let f = lock(&self.fanout);
+        (f.gop_state, f.gop_evictions, f.gop_hits, f.gop_misses)
+    }
+
     fn close(&self) {
         if let Some(r) = &self.record {
             r.close();
@@ -511,7 +628,7 @@ impl Stream {
         f.closed = true;
         // Dropping the senders ends every subscription once its queue is drained.
         f.subscribers.clear();
-        self.gop_budget.used.fetch_sub(f.gop.bytes(), Ordering::Relaxed);
+        self.gop_budget.account(f.gop.bytes(), 0);
         f.gop.clear();
     }
 }
@@ -519,7 +636,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let f = self.fanout.get_mut().unwrap_or_else(|e| e.into_inner());
-        self.gop_budget.used.fetch_sub(f.gop.bytes(), Ordering::Relaxed);
+        self.gop_budget.account(f.gop.bytes(), 0);
         f.gop.clear();
     }
 }

@@ -41,6 +41,7 @@ fn hub(queue: usize) -> Arc<Hub> {
         gop_cache_total_bytes: 1 << 30,
         subscriber_queue: queue,
         max_skips_per_minute: 3,
+        ..HubConfig::default()
     };
     Hub::new(cfg, 2)
 }
@@ -181,6 +182,7 @@ fn gop_caches_share_one_byte_budget() {
         gop_cache_total_bytes: 10_000,
         subscriber_queue: 8,
         max_skips_per_minute: 3,
+        ..HubConfig::default()
     };
     let hub = Hub::new(cfg, 8);
     let a = hub.create("a", source(), Takeover::Refuse).unwrap();

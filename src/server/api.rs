@@ -78,6 +78,13 @@ pub struct StreamView {
     pub drops: u64,
     pub gop_cache_frames: usize,
     pub gop_cache_bytes: usize,
+    /// Whether the GOP cache is kept (`kept`, `unwatched`, `over_budget`; D157) and how often it
+    /// was emptied to stay within `[hub] gop_cache_total_bytes`.
+    pub gop_cache: crate::hub::GopCacheState,
+    pub gop_cache_evictions: u64,
+    /// Players that started at a cached keyframe (at once) / waited for the next keyframe.
+    pub gop_cache_hits: u64,
+    pub gop_cache_misses: u64,
     /// Raw RTP recording (D89), when `[record] streams` matches the name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<crate::diag::record::RecordStats>,
@@ -89,6 +96,7 @@ pub struct StreamView {
 impl StreamView {
     pub fn of(stream: &Stream) -> StreamView {
         let (gop_cache_frames, gop_cache_bytes) = stream.gop_cache_usage();
+        let (gop_cache, gop_cache_evictions, gop_cache_hits, gop_cache_misses) = stream.gop_cache_state();
         StreamView {
             name: stream.name.clone(),
             source: stream.source.clone(),
@@ -99,6 +107,10 @@ impl StreamView {
             drops: stream.drops(),
             gop_cache_frames,
             gop_cache_bytes,
+            gop_cache,
+            gop_cache_evictions,
+            gop_cache_hits,
+            gop_cache_misses,
             record: stream.record_stats(),
             log: stream.log_stats(),
         }
@@ -134,6 +146,11 @@ struct RtpView {
     gop_cache_bytes: usize,
     gop_cache_total_bytes: usize,
     gop_budget_clears: u64,
+    /// Streams whose GOP cache holds something (D157).
+    gop_cache_streams: usize,
+    /// Players of video streams that started at a cached keyframe / waited for the next one.
+    gop_cache_hits: u64,
+    gop_cache_misses: u64,
     #[serde(flatten)]
     counters: RtpCountersSnapshot,
 }
@@ -146,6 +163,9 @@ async fn rtp_counters(State(state): State<ApiState>, listen: axum::Extension<Rtp
         gop_cache_bytes: state.hub.gop_budget().usage().0,
         gop_cache_total_bytes: state.hub.gop_budget().usage().1,
         gop_budget_clears: state.hub.gop_budget().usage().2,
+        gop_cache_streams: state.hub.gop_budget().streams(),
+        gop_cache_hits: state.hub.gop_budget().starts().0,
+        gop_cache_misses: state.hub.gop_budget().starts().1,
         counters: state.rtp.snapshot(),
     })
 }

@@ -89,6 +89,30 @@ impl Collector for Gateway {
         let streams = s.hub.list();
         gauge(e, "gbgate_streams", "Live streams in the hub.", n(streams.len()))?;
         gauge(e, "gbgate_streams_max", "The hub's stream limit ([rtp] max_streams).", n(s.hub.max_streams()))?;
+        // The GOP caches against their global budget (D157).
+        let (gop_used, gop_max, gop_evictions) = s.hub.gop_budget().usage();
+        gauge(e, "gbgate_gop_cache_bytes", "Bytes held by every stream's GOP cache together.", n(gop_used))?;
+        gauge(
+            e,
+            "gbgate_gop_cache_budget_bytes",
+            "The GOP caches' global budget ([hub] gop_cache_total_bytes).",
+            n(gop_max),
+        )?;
+        gauge(
+            e,
+            "gbgate_gop_cache_streams",
+            "Streams whose GOP cache holds something.",
+            n(s.hub.gop_budget().streams()),
+        )?;
+        counter(
+            e,
+            "gbgate_gop_cache_evictions",
+            "GOP caches emptied to stay within the global budget.",
+            gop_evictions,
+        )?;
+        let (hits, misses) = s.hub.gop_budget().starts();
+        counter(e, "gbgate_gop_cache_hits", "Players of video streams that started at a cached keyframe.", hits)?;
+        counter(e, "gbgate_gop_cache_misses", "Players of video streams that waited for the next keyframe.", misses)?;
         let mut players: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut per_stream = Vec::with_capacity(streams.len().min(s.metrics_streams));
         // The oldest streams keep their series: a stream labelled once stays labelled while it lives.
