@@ -8,6 +8,12 @@ use gbgate::config::Config;
 use gbgate::server::Gateway;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc returns memory after a burst where glibc's malloc kept it (D160, measured in
+/// docs/performance.md §13c).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "gbgate", version, about = "GB/T 28181 media gateway")]
 struct Cli {
