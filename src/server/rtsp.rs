@@ -866,6 +866,7 @@ mod describe_tests {
             gop_cache_total_bytes: 1 << 30,
             subscriber_queue: 64,
             max_skips_per_minute: 3,
+            ..HubConfig::default()
         };
         Hub::new(cfg, 4)
     }
