@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gbgate::config::AudioConfig as Settings;
-use gbgate::media::audio::{AudioTranscoder, EncoderKind};
+use gbgate::media::audio::{AudioTranscoder, EncoderKind, Rate};
 use gbgate::media::pipeline::MediaPipeline;
 use gbgate::media::{AudioConfig, Codec, CodecConfig, Frame};
 
@@ -94,6 +94,26 @@ fn bench(c: &mut Criterion) {
             out.len()
         })
     });
+    g.finish();
+    // The resampler alone: 10 s of mono f32 at 8 and 16 kHz to 11025 Hz, fed in 40 ms frames.
+    let mut g = c.benchmark_group("resample_10s");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(10));
+    for (label, data, rate) in [("8k", &g8, 8_000u32), ("16k", &g16, 16_000)] {
+        let pcm: Vec<f32> = data.iter().map(|&b| f32::from(gbgate::media::g711::ALAW[b as usize]) / 32768.0).collect();
+        let per = rate as usize / 25;
+        g.bench_function(label, |b| {
+            let mut out = Vec::with_capacity(pcm.len() * 2);
+            b.iter(|| {
+                let mut r = Rate::new(rate, 11_025).unwrap();
+                out.clear();
+                for c in pcm.chunks(per) {
+                    r.process(c, &mut out).unwrap();
+                }
+                out.len()
+            })
+        });
+    }
     g.finish();
 }
 
