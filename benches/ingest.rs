@@ -170,9 +170,133 @@ fn reorder(c: &mut Criterion) {
     group.finish();
 }
 
+/// Cameras the receive-path bench sends, each from its own socket with its own SSRC.
+const RX_CAMERAS: usize = 16;
+/// Datagrams one camera sends in a row before the next camera's turn (a frame's packets leave a
+/// camera back to back).
+const RX_BURST: usize = 8;
+
+/// CPU time (ns) of every thread of this process but the calling one: the gateway's runtime
+/// threads, not the bench thread that sends the datagrams (`/proc/self/task/*/schedstat`).
+fn other_threads_cpu_ns() -> u64 {
+    let me = std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| t.file_name().to_string_lossy() != me)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+/// The whole UDP receive path of the server: RTP datagrams sent over a real loopback socket by
+/// RX_CAMERAS cameras (bursts of RX_BURST datagrams per camera, round robin), received by
+/// `server::rtp::serve` on a 2-worker runtime (this machine's size), routed, reordered,
+/// demuxed and published to the hub, where one subscriber per stream takes the frames. One
+/// iteration is one pass of the fixture for every camera; it ends when the server has counted
+/// every datagram. Also prints the runtime threads' CPU time per datagram.
+fn receive_path(c: &mut Criterion) {
+    use gbgate::config::{AudioConfig, AudioOutput, HubConfig, RtpConfig};
+    use gbgate::hub::Hub;
+    use gbgate::server::rtp::{self, RtpShared};
+    use std::sync::atomic::Ordering;
+
+    let raw = rtp_datagrams(RTP_DUMP);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cfg = RtpConfig {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        recv_buffer: 4 << 20,
+        unknown_ssrc: gbgate::config::UnknownSsrc::Drop,
+        ..RtpConfig::default()
+    };
+    let hub = Hub::new(HubConfig::default(), 1000);
+    let shared = RtpShared::with_audio(AudioConfig { output: AudioOutput::Passthrough, ..AudioConfig::default() });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = rt.block_on(async {
+        let (udp, tcp, addr) = rtp::bind(&cfg).await.expect("bind");
+        tokio::spawn(rtp::serve(udp, tcp, cfg.clone(), hub.clone(), shared.clone(), shutdown.clone()));
+        addr
+    });
+    let ssrcs: Vec<u32> = (0..RX_CAMERAS as u32).map(|i| 0x1000 + i).collect();
+    for &ssrc in &ssrcs {
+        shared.announce(ssrc, format!("bench/{ssrc}"));
+    }
+    let sockets: Vec<std::net::UdpSocket> =
+        ssrcs.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client")).collect();
+    let mut subs = Vec::new();
+    let mut frames = 0u64;
+    let mut sent = 0u64;
+    let mut pass = 0u16;
+    let mut dgram = Vec::with_capacity(2048);
+    let counted = |shared: &RtpShared| shared.counters.datagrams.load(Ordering::Relaxed);
+    let mut one_pass = |subs: &mut Vec<gbgate::hub::Subscription>, frames: &mut u64, sent: &mut u64| {
+        for chunk in (0..raw.len()).step_by(RX_BURST) {
+            for (cam, sock) in sockets.iter().enumerate() {
+                for (i, d) in raw.iter().enumerate().skip(chunk).take(RX_BURST) {
+                    dgram.clear();
+                    dgram.extend_from_slice(d);
+                    let seq = (pass as usize * raw.len() + i) as u16;
+                    dgram[2..4].copy_from_slice(&seq.to_be_bytes());
+                    dgram[8..12].copy_from_slice(&ssrcs[cam].to_be_bytes());
+                    sock.send_to(&dgram, addr).expect("send");
+                    *sent += 1;
+                }
+            }
+        }
+        pass = pass.wrapping_add(1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while counted(&shared) < *sent {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server counted {} of {} datagrams: lost (receive buffer too small?)",
+                counted(&shared),
+                *sent
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        if subs.len() < RX_CAMERAS {
+            subs.clear();
+            subs.extend(ssrcs.iter().filter_map(|s| hub.get(&format!("bench/{s}"))).map(|s| s.subscribe()));
+        }
+        for sub in subs.iter_mut() {
+            while let Some(Ok(_)) = sub.try_recv() {
+                *frames += 1;
+            }
+        }
+    };
+    // Streams created (and subscribed) before measuring.
+    one_pass(&mut subs, &mut frames, &mut sent);
+    one_pass(&mut subs, &mut frames, &mut sent);
+    assert_eq!(subs.len(), RX_CAMERAS, "every camera is a stream");
+
+    let mut group = c.benchmark_group("receive_path");
+    group.throughput(Throughput::Elements((raw.len() * RX_CAMERAS) as u64));
+    let (cpu0, sent0, frames0) = (other_threads_cpu_ns(), sent, frames);
+    group.bench_function(
+        BenchmarkId::new("udp_loopback_to_frames", format!("{RX_CAMERAS}cams_burst{RX_BURST}")),
+        |b| {
+            b.iter(|| one_pass(&mut subs, &mut frames, &mut sent));
+        },
+    );
+    group.finish();
+    let (cpu, n) = (other_threads_cpu_ns() - cpu0, sent - sent0);
+    eprintln!(
+        "receive_path: runtime threads' CPU {:.2} us per datagram over {n} datagrams, {} frames to subscribers",
+        cpu as f64 / n.max(1) as f64 / 1000.0,
+        frames - frames0
+    );
+    assert!(frames > frames0, "frames reached the subscribers");
+    let drops: u64 = shared.counters.queue_drops.load(Ordering::Relaxed);
+    assert_eq!(drops, 0, "no queue drops");
+    shutdown.cancel();
+}
+
 criterion_group! {
     name = benches;
     config = fast_config();
-    targets = ps_demux, rtp_to_frames, rtp_parse, reorder
+    targets = ps_demux, rtp_to_frames, rtp_parse, reorder, receive_path
 }
 criterion_main!(benches);

@@ -342,6 +342,10 @@ pub struct RtpConfig {
     pub rtcp: RtcpMode,
     /// Interval between receiver reports of one stream (clamped to 1..60 s).
     pub rtcp_interval: HumanDuration,
+    /// UDP: after a receive that found datagrams, the receive thread waits this long before the
+    /// next, so each wake-up takes a batch (D153). Adds at most this much latency; 0 = take
+    /// each datagram as it arrives (one wake-up per datagram or burst).
+    pub udp_batch_wait: HumanDuration,
 }
 
 impl Default for RtpConfig {
@@ -367,6 +371,7 @@ impl Default for RtpConfig {
             max_tcp_per_source: 64,
             rtcp: RtcpMode::Auto,
             rtcp_interval: HumanDuration(Duration::from_secs(5)),
+            udp_batch_wait: HumanDuration(Duration::from_millis(1)),
         }
     }
 }
@@ -1047,6 +1052,9 @@ impl Config {
         if self.rtp.max_access_unit < 64 << 10 {
             return Err(ConfigError::Invalid { key: "rtp.max_access_unit", message: "at least 65536".into() });
         }
+        if self.rtp.udp_batch_wait.0 > Duration::from_millis(20) {
+            return Err(ConfigError::Invalid { key: "rtp.udp_batch_wait", message: "at most 20ms".into() });
+        }
         if self.rtp.tcp_frame_timeout.0 < Duration::from_millis(500) {
             return Err(ConfigError::Invalid { key: "rtp.tcp_frame_timeout", message: "at least 500ms".into() });
         }
@@ -1270,6 +1278,14 @@ mod tests {
         let cfg = Config::from_toml(&text, "conf/gbgate.toml").unwrap();
         assert_eq!(cfg.rtp.timeout.0, Duration::from_secs(10));
         assert_eq!(cfg.rtp.unknown_ssrc, UnknownSsrc::Publish);
+    }
+
+    #[test]
+    fn udp_batch_wait_defaults_to_1ms_and_is_capped() {
+        assert_eq!(Config::default().rtp.udp_batch_wait.0, Duration::from_millis(1));
+        Config::from_toml("[rtp]\nudp_batch_wait = \"0s\"\n", "t.toml").unwrap();
+        let err = Config::from_toml("[rtp]\nudp_batch_wait = \"50ms\"\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("udp_batch_wait"), "{err}");
     }
 
     #[test]

@@ -351,11 +351,12 @@ fn main() -> ExitCode {
             match runtime.block_on(gbgate::sim::send::send_file(&file, &opts)) {
                 Ok(r) => {
                     println!(
-                        "sent {} packets, {} bytes in {:.3} s ({:.1} Mbit/s)",
+                        "sent {} packets, {} bytes in {:.3} s ({:.1} Mbit/s), latest packet {:.1} ms behind schedule",
                         r.packets,
                         r.bytes,
                         r.elapsed.as_secs_f64(),
-                        r.bytes as f64 * 8.0 / r.elapsed.as_secs_f64().max(1e-6) / 1e6
+                        r.bytes as f64 * 8.0 / r.elapsed.as_secs_f64().max(1e-6) / 1e6,
+                        r.max_late.as_secs_f64() * 1e3
                     );
                     ExitCode::SUCCESS
                 }

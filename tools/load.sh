@@ -12,6 +12,9 @@
 #      RMEM_MAX (try to raise net.core.rmem_max to this; failure is reported, not fatal),
 #      LOAD_DIR (cache + logs, default $CARGO_TARGET_DIR/load or target/load),
 #      EXTRA_TOML (appended to the generated gbgate config, e.g. $'[hub]\ngop_cache_bytes = 1024'),
+#      GBGATE_BIN (a gbgate binary to run instead of building this tree's, e.g. one built from the
+#      base commit for a before/after pair in one session: the sender is still this tree's),
+#      NO_BUILD=1 (skip the build), SEND_BIN (the binary whose `send` drives the cameras; default this tree's),
 #      PROFILE=1 (perf record gbgate over the window into $LOAD_DIR/perf-<phase>.data; perf's own
 #      overhead then inflates the CPU figure, so do not take figures from a profiled run).
 set -euo pipefail
@@ -26,7 +29,8 @@ PROFILE=${PROFILE:-}
 RMEM_MAX=${RMEM_MAX:-33554432}
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
-BIN=$TARGET/release/gbgate
+BIN=${GBGATE_BIN:-$TARGET/release/gbgate}
+SEND=${SEND_BIN:-$TARGET/release/gbgate}
 MK=$TARGET/release/examples/mkfixtures
 SSRC_BASE=0100000001
 # The sender runs a little longer than the measurement so streams are still live when checked.
@@ -54,8 +58,12 @@ trap 'exit 130' INT TERM
 log() { echo "[load] $*" >&2; }
 
 # 1. Build.
-log "building release binaries"
-cargo build --release --bins --examples -q
+if [[ -n ${NO_BUILD:-} ]]; then
+    log "NO_BUILD set: using the binaries as they are"
+else
+    log "building release binaries"
+    cargo build --release --bins --examples -q
+fi
 
 # 2. The camera stream, cached.
 CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
@@ -145,6 +153,23 @@ recv_buffer = 33554432
 [api]
 listen = "127.0.0.1:$api_port"
 
+# The player listeners on port 0: several load runs (or a gbgate already running) on one
+# machine do not collide on the default ports.
+[rtsp]
+listen = "127.0.0.1:0"
+
+[rtmp]
+listen = "127.0.0.1:0"
+
+[http]
+listen = "127.0.0.1:0"
+
+[webrtc]
+listen = "127.0.0.1:0"
+
+[sip]
+enabled = false
+
 [log]
 level = "info"
 EOF
@@ -165,7 +190,7 @@ EOF
     granted=$(grep -o 'granted=[0-9]*' "$LOAD_DIR/gbgate-$transport.log" | head -1 | cut -d= -f2 || true)
     [[ $transport == tcp ]] && tcpflag=(--tcp)
     log "$transport: $COUNT cameras -> 127.0.0.1:$rtp_port for ${DURATION}s (warm-up ${WARMUP}s, window ${WINDOW}s)"
-    "$BIN" send "$CLIP" --to "127.0.0.1:$rtp_port" "${tcpflag[@]}" --count "$COUNT" --ssrc "$SSRC_BASE" \
+    "$SEND" send "$CLIP" --to "127.0.0.1:$rtp_port" "${tcpflag[@]}" --count "$COUNT" --ssrc "$SSRC_BASE" \
         --loop 100 --duration "${DURATION}s" >"$LOAD_DIR/send-$transport.log" 2>&1 &
     snd=$!
     PIDS+=("$snd")

@@ -1,8 +1,9 @@
 //! RTP on ONE port: UDP demultiplexed by SSRC, TCP (RFC 4571) demultiplexed by connection.
 //!
-//! UDP: one task owns the socket and a routing table SSRC -> stream task (no lock on the hot
-//! path). A datagram is parsed once (zero-copy) and handed to its stream's task with `try_send`,
-//! so one stream that cannot keep up loses its own packets and never delays the others.
+//! UDP: one thread owns the socket and a routing table SSRC -> stream (D152, D153). It reads in
+//! batches (`udp_batch_wait`) and ingests each datagram itself: parsed once (zero-copy), then
+//! reordered, demuxed and published under the stream's lock, with no queue and no task wake-up
+//! per packet. Each stream's task keeps its timers (reorder deadline, idle flush, stats, RTCP).
 //!
 //! An unknown SSRC is put on probation before a stream is created for it: it must send a second
 //! packet with a nearby sequence number. A flood of random SSRCs (one packet each) therefore
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -218,7 +219,7 @@ pub struct RtpShared {
     /// What each GB session's SDP answer said about RTCP, by stream name (D91).
     rtcp_hints: std::sync::Mutex<HashMap<String, RtcpHint>>,
     /// The UDP socket, for the stream tasks' receiver reports (sent from the RTP port).
-    udp_socket: std::sync::OnceLock<Arc<UdpSocket>>,
+    udp_socket: std::sync::OnceLock<Arc<std::net::UdpSocket>>,
 }
 
 /// A session's SDP answer on RTCP: `a=rtcp` (RFC 3605) and `a=rtcp-mux` (RFC 5761).
@@ -674,9 +675,22 @@ pub async fn serve(
     let total = cfg.max_unknown_streams.min(cfg.max_streams - cfg.max_streams / 5);
     shared.set_unknown_limits(total, cfg.max_unknown_per_source);
     shared.max_buffered.store(cfg.max_buffered_bytes, Ordering::Relaxed);
-    let udp_task = tokio::spawn(serve_udp(udp, cfg.clone(), hub.clone(), shared.clone(), shutdown.clone()));
+    let udp_task = match udp.into_std() {
+        Ok(udp) => {
+            let (cfg, hub, shared, shutdown) = (cfg.clone(), hub.clone(), shared.clone(), shutdown.clone());
+            let span = tracing::Span::current();
+            Some(tokio::task::spawn_blocking(move || span.in_scope(|| serve_udp(udp, cfg, hub, shared, shutdown))))
+        }
+        Err(e) => {
+            warn!("RTP/UDP not served: {e}");
+            None
+        }
+    };
     let tcp_task = tokio::spawn(serve_tcp(tcp, cfg, hub, shared, shutdown));
-    let _ = tokio::join!(udp_task, tcp_task);
+    if let Some(udp_task) = udp_task {
+        let _ = udp_task.await;
+    }
+    let _ = tcp_task.await;
 }
 
 struct Pending {
@@ -782,11 +796,16 @@ struct RouteStats {
     last_packet_ms: AtomicU64,
     /// Datagrams with this stream's SSRC from another source address, dropped.
     foreign: AtomicU64,
-    /// Payload bytes in the socket -> stream queue (bounded by `stream_queue_bytes`).
-    queued_bytes: std::sync::atomic::AtomicUsize,
+    /// The stream's task has ended: the receive task must route this SSRC afresh.
+    ended: std::sync::atomic::AtomicBool,
     /// RTCP datagrams from the source, with their address, for the stream task (bounded).
     rtcp_in: std::sync::Mutex<VecDeque<(Bytes, SocketAddr)>>,
 }
+
+/// Datagrams the receive loop takes in one drain before it checks for shutdown again.
+const DRAIN_MAX: usize = 1024;
+/// How often the idle receive loop looks for shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
 
 /// RTCP datagrams a stream's inbox holds between two stream-task ticks; more are dropped.
 const RTCP_INBOX: usize = 8;
@@ -802,47 +821,33 @@ impl RouteStats {
     }
 }
 
+/// A UDP stream as the receive task sees it. Its packets are reordered, demuxed and published
+/// right there, in the receive task (D152): no queue and no task wake-up per packet. The
+/// stream's own task keeps only its timers (reorder deadline, idle flush, stats, RTCP, timeout).
 struct Route {
-    tx: mpsc::Sender<RtpPacket>,
+    core: Arc<std::sync::Mutex<StreamCore>>,
     stats: Arc<RouteStats>,
-    max_queue_bytes: usize,
+    /// Wakes the stream's task when a packet gives it an earlier deadline (a reorder gap).
+    timer: Arc<tokio::sync::Notify>,
 }
 
 impl Route {
-    /// Queues a packet for the stream; a full queue (packets or bytes) or a spent global budget
-    /// drops it (counted). `Err` gives the packet back when the stream has ended.
-    fn forward(&self, packet: RtpPacket, shared: &RtpShared) -> Result<(), RtpPacket> {
-        let counters = &shared.counters;
-        if self.tx.is_closed() {
+    fn is_closed(&self) -> bool {
+        self.stats.ended.load(Ordering::Relaxed)
+    }
+
+    /// Ingests a packet for the stream. `Err` gives the packet back when the stream has ended.
+    fn forward(&self, packet: RtpPacket, shared: &RtpShared, now: Instant) -> Result<(), RtpPacket> {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        if core.ended {
             return Err(packet);
         }
-        let len = packet.payload.len();
-        if self.stats.queued_bytes.load(Ordering::Relaxed).saturating_add(len) > self.max_queue_bytes {
-            self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-            counters.queue_drops.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        let had_deadline = core.ingest.poll_timeout().is_some();
+        core.push(std::iter::once(packet), shared, now);
+        if !had_deadline && core.ingest.poll_timeout().is_some() {
+            self.timer.notify_one();
         }
-        if !shared.reserve(len) {
-            self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-            counters.budget_drops.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        self.stats.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        match self.tx.try_send(packet) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.stats.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                shared.release(len);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-                        counters.queue_drops.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    mpsc::error::TrySendError::Closed(p) => Err(p),
-                }
-            }
-        }
+        Ok(())
     }
 }
 
@@ -879,56 +884,56 @@ impl Binding {
     }
 }
 
-async fn serve_udp(
-    socket: UdpSocket,
+/// The UDP receive loop, on a thread of its own (D153). It waits (blocking) for a datagram,
+/// then takes every datagram queued behind it without blocking, ingesting each inline
+/// (`Route::forward`); after a drain that found datagrams it sleeps `udp_batch_wait` so the
+/// next drain finds a batch: one wake-up per batch instead of one per datagram (or per
+/// camera burst). Nothing else polls the socket, so arrivals during the sleep wake nobody.
+fn serve_udp(
+    socket: std::net::UdpSocket,
     cfg: RtpConfig,
     hub: Arc<Hub>,
     shared: Arc<RtpShared>,
     shutdown: CancellationToken,
 ) {
-    let socket = Arc::new(socket);
-    let _ = shared.udp_socket.set(socket.clone());
+    if let Ok(clone) = socket.try_clone() {
+        let _ = shared.udp_socket.set(Arc::new(clone));
+    }
+    // Stream tasks send receiver reports on this socket while the loop below may have it in
+    // blocking mode: a full send buffer then waits at most this long.
+    let _ = socket.set_write_timeout(Some(Duration::from_millis(1)));
+    let _ = socket.set_read_timeout(Some(SHUTDOWN_POLL));
     let mut routes: HashMap<u32, Binding> = HashMap::new();
     // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
     let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut probation = Probation::new();
     // Each datagram is copied out into its own exact-size buffer: a packet held in probation,
-    // a reorder buffer or a queue then pins its own bytes only, never a shared 256 KiB receive
-    // buffer (issue 8, hole 7), so every byte bound below is a bound on memory.
+    // a reorder buffer then pins its own bytes only, never a shared 64 KiB receive buffer
+    // (issue 8, hole 7), so every byte bound below is a bound on memory.
     let mut buf = vec![0u8; 65536];
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
     let mut unknown_log = RateLimit::new(Duration::from_secs(10));
     let mut foreign_log = RateLimit::new(Duration::from_secs(10));
     let rebind_after = cfg.rebind_after.0;
+    let batch_wait = cfg.udp_batch_wait.0;
     let counters = &shared.counters;
     let notifier = hub.notifier();
-    loop {
-        let (n, peer) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP port unreachable and the like surface here on some systems: not fatal.
-                    debug!("UDP receive error: {e}");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let now = Instant::now();
+    let mut on_datagram = |data: &[u8], peer: SocketAddr, now: Instant| {
+        let n = data.len();
         // RTCP (RFC 5761 4: PT 200..=204 in the second byte) goes to its stream by sender SSRC.
-        if n >= 8 && (rtcp::PT_SR..=rtcp::PT_APP).contains(&buf[1]) {
+        if n >= 8 && (rtcp::PT_SR..=rtcp::PT_APP).contains(&data[1]) {
             counters.rtcp.fetch_add(1, Ordering::Relaxed);
-            let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            let ssrc = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
             let routed = routes
                 .get(&ssrc)
                 .filter(|b| b.peer.ip() == peer.ip())
-                .is_some_and(|b| b.route.stats.push_rtcp(Bytes::copy_from_slice(&buf[..n]), peer));
+                .is_some_and(|b| b.route.stats.push_rtcp(Bytes::copy_from_slice(data), peer));
             if !routed {
                 counters.rtcp_unrouted.fetch_add(1, Ordering::Relaxed);
             }
-            continue;
+            return;
         }
-        let datagram = Bytes::copy_from_slice(&buf[..n]);
+        let datagram = Bytes::copy_from_slice(data);
         counters.datagrams.fetch_add(1, Ordering::Relaxed);
         counters.datagram_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
         let packet = match RtpPacket::parse(datagram) {
@@ -941,20 +946,20 @@ async fn serve_udp(
             Ok(p) => p,
             Err(RtpError::Rtcp(_)) => {
                 counters.rtcp.fetch_add(1, Ordering::Relaxed);
-                continue;
+                return;
             }
             Err(e) => {
                 counters.bad_packets.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = bad_log.check(now) {
                     warn!(%peer, suppressed, "not an RTP packet: {e}");
                 }
-                continue;
+                return;
             }
         };
         let ssrc = packet.ssrc;
         let packet = match addr_routes.get(&peer) {
-            Some(route) => match route.forward(packet, &shared) {
-                Ok(()) => continue,
+            Some(route) => match route.forward(packet, &shared, now) {
+                Ok(()) => return,
                 Err(p) => {
                     addr_routes.remove(&peer);
                     p
@@ -967,7 +972,7 @@ async fn serve_udp(
         // moved (its old address quiet), or a spoofer (dropped, counted).
         let mut clash_with = None;
         let packet = match routes.get_mut(&ssrc) {
-            Some(b) if b.route.tx.is_closed() => {
+            Some(b) if b.route.is_closed() => {
                 // The stream ended (timeout, replaced): the SSRC is new again, under the same
                 // rules as any other new SSRC below.
                 routes.remove(&ssrc);
@@ -975,8 +980,8 @@ async fn serve_udp(
             }
             Some(b) if b.peer == peer => {
                 b.last_seen = now;
-                match b.route.forward(packet, &shared) {
-                    Ok(()) => continue,
+                match b.route.forward(packet, &shared, now) {
+                    Ok(()) => return,
                     Err(p) => {
                         routes.remove(&ssrc);
                         p
@@ -996,19 +1001,19 @@ async fn serve_udp(
                 counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
                 warn!(ssrc = %ssrc_text(ssrc), %peer, other = %bound, stream = %name, "two sessions send the same SSRC: told apart by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
-                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.retain(|_, r| !r.is_closed());
                     addr_routes.insert(peer, route);
                 }
-                continue;
+                return;
             }
-            let Some(b) = routes.get_mut(&ssrc) else { continue };
+            let Some(b) = routes.get_mut(&ssrc) else { return };
             match b.judge(peer, now, rebind_after) {
                 Foreign::Rebind => {
                     counters.ssrc_rebinds.fetch_add(1, Ordering::Relaxed);
                     info!(ssrc = %ssrc_text(ssrc), from = %b.peer, to = %peer, "the stream's source went quiet and came back from a new address: rebound");
                     b.peer = peer;
                     b.last_seen = now;
-                    if let Err(_p) = b.route.forward(packet, &shared) {
+                    if let Err(_p) = b.route.forward(packet, &shared, now) {
                         routes.remove(&ssrc);
                     }
                 }
@@ -1020,7 +1025,7 @@ async fn serve_udp(
                     }
                 }
             }
-            continue;
+            return;
         }
         if let Some(name) = shared.announced_name(ssrc) {
             if let Some(other) = shared.claim_by_port(&name, peer) {
@@ -1028,34 +1033,34 @@ async fn serve_udp(
                 counters.ssrc_clashes.fetch_add(1, Ordering::Relaxed);
                 warn!(ssrc = %ssrc_text(ssrc), %peer, stream = %other, announced_for = %name, "two sessions send the same SSRC: told apart by the answered port");
                 if let Some(route) = start_udp_stream(other, vec![packet], peer, &cfg, &hub, &shared, false) {
-                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.retain(|_, r| !r.is_closed());
                     addr_routes.insert(peer, route);
                 }
-                continue;
+                return;
             }
             if !shared.source_allowed(&name, peer) {
-                continue;
+                return;
             }
             shared.forget_expected(&name);
             let signalled = shared.signalled_ip(&name);
             if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
-                routes.retain(|_, b| !b.route.tx.is_closed());
+                routes.retain(|_, b| !b.route.is_closed());
                 routes.insert(ssrc, Binding { route, peer, last_seen: now, signalled });
             }
-            continue;
+            return;
         }
         match shared.claim_source(peer.ip(), false, Some(peer.port())) {
             Claim::Bound(name) => {
                 info!(ssrc = %ssrc_text(ssrc), %peer, stream = %name, "SSRC not the announced one: bound by source address");
                 if let Some(route) = start_udp_stream(name, vec![packet], peer, &cfg, &hub, &shared, false) {
-                    addr_routes.retain(|_, r| !r.tx.is_closed());
+                    addr_routes.retain(|_, r| !r.is_closed());
                     addr_routes.insert(peer, route);
                 }
-                continue;
+                return;
             }
             Claim::Ambiguous => {
                 counters.unknown_ssrc_packets.fetch_add(1, Ordering::Relaxed);
-                continue;
+                return;
             }
             Claim::Nobody => notify_unknown(&notifier, ssrc, peer, "udp"),
         }
@@ -1065,7 +1070,7 @@ async fn serve_udp(
                     info!(ssrc = %ssrc_text(ssrc), %peer, "unknown SSRC: publishing");
                     let name = unknown_stream_name(ssrc);
                     if let Some(route) = start_udp_stream(name, packets, peer, &cfg, &hub, &shared, true) {
-                        routes.retain(|_, b| !b.route.tx.is_closed());
+                        routes.retain(|_, b| !b.route.is_closed());
                         routes.insert(ssrc, Binding { route, peer, last_seen: now, signalled: None });
                     }
                 }
@@ -1083,7 +1088,38 @@ async fn serve_udp(
         }
         // Streams that ended leave closed routes behind; sweep them now and then.
         if routes.len() > 64 && counters.datagrams.load(Ordering::Relaxed).is_multiple_of(4096) {
-            routes.retain(|_, b| !b.route.tx.is_closed());
+            routes.retain(|_, b| !b.route.is_closed());
+        }
+    };
+    let mut blocking = false;
+    while !shutdown.is_cancelled() {
+        // Drain what is queued, without blocking; at most DRAIN_MAX so shutdown is seen.
+        let mut got = 0usize;
+        while got < DRAIN_MAX {
+            match socket.recv_from(&mut buf) {
+                Ok((n, peer)) => {
+                    got += 1;
+                    if blocking {
+                        // The first datagram after an idle spell: take the rest without blocking.
+                        blocking = false;
+                        let _ = socket.set_nonblocking(true);
+                    }
+                    on_datagram(&buf[..n], peer, Instant::now());
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                // ICMP port unreachable and the like surface here on some systems: not fatal.
+                Err(e) => debug!("UDP receive error: {e}"),
+            }
+            if blocking {
+                break;
+            }
+        }
+        if got == 0 && !blocking {
+            // Idle: wait in the kernel for the next datagram (or the shutdown poll).
+            blocking = true;
+            let _ = socket.set_nonblocking(false);
+        } else if got > 0 && got < DRAIN_MAX && !batch_wait.is_zero() {
+            std::thread::sleep(batch_wait);
         }
     }
 }
@@ -1124,17 +1160,23 @@ fn start_udp_stream(
     let source = Source { transport: Transport::Udp, peer, ssrc: Some(ssrc) };
     let stats = Arc::new(RouteStats::default());
     let stream = shared.create_stream(hub, &name, source, unknown, &stats)?;
-    let (tx, rx) = mpsc::channel(cfg.stream_queue);
-    let route = Route { tx, stats: stats.clone(), max_queue_bytes: cfg.stream_queue_bytes };
+    let core = StreamCore::new(stream.clone(), cfg, shared.media_pipeline(&stream), stats.clone());
+    let route = Route {
+        core: Arc::new(std::sync::Mutex::new(core)),
+        stats: stats.clone(),
+        timer: Arc::new(tokio::sync::Notify::new()),
+    };
+    let now = Instant::now();
     for p in packets {
-        let _ = route.forward(p, shared);
+        let _ = route.forward(p, shared, now);
     }
     let span = tracing::info_span!("stream", stream = %name, ssrc = %ssrc_text(ssrc), %peer, transport = "udp");
-    let (hub, cfg, pipeline, shared) = (hub.clone(), cfg.clone(), shared.media_pipeline(&stream), shared.clone());
+    let (hub, cfg, shared) = (hub.clone(), cfg.clone(), shared.clone());
+    let (core, timer) = (route.core.clone(), route.timer.clone());
     tokio::spawn(
         async move {
             info!("stream started");
-            let reason = run_stream(PacketSource::Queue(rx), &stream, &cfg, pipeline, stats, &shared).await;
+            let reason = run_udp_stream(&core, &timer, &cfg, &shared).await;
             stream.event("stop", &reason);
             hub.remove(&stream);
             info!("stream ended: {reason}");
@@ -1144,11 +1186,12 @@ fn start_udp_stream(
     Some(route)
 }
 
-/// Where a stream's packets come from: a queue fed by the UDP task, or its own TCP connection.
+/// Where a stream's packets come from: the UDP receive task (which ingests them itself), or the
+/// stream's own TCP connection.
 // One per stream task, never moved around in bulk: boxing the TCP side would buy nothing.
 #[allow(clippy::large_enum_variant)]
 enum PacketSource {
-    Queue(mpsc::Receiver<RtpPacket>),
+    Udp,
     Tcp {
         socket: TcpStream,
         framer: TcpFramer,
@@ -1165,10 +1208,8 @@ impl PacketSource {
     /// Receives the next batch of packets into `batch`. `Ok(false)` means the source ended.
     async fn recv(&mut self, batch: &mut Vec<RtpPacket>, read_buf: &mut [u8]) -> Result<bool, String> {
         match self {
-            PacketSource::Queue(rx) => {
-                let n = rx.recv_many(batch, 64).await;
-                Ok(n > 0)
-            }
+            // UDP packets never reach a stream task: the receive task ingests them (D152).
+            PacketSource::Udp => std::future::pending().await,
             PacketSource::Tcp { socket, framer, shared, first, resyncs_counted, rtcp_in } => {
                 if let Some(p) = first.take() {
                     batch.push(p);
@@ -1238,7 +1279,168 @@ struct Media {
     out: Vec<crate::media::Frame>,
 }
 
-/// Drives one stream until its source ends or goes quiet for `cfg.timeout`. Returns why it ended.
+/// One stream's ingest state: reorder, demux, media stage, its share of the byte budget, RTCP
+/// receiver statistics. A TCP stream's task owns it; a UDP stream's is shared between the UDP
+/// receive task, which pushes packets into it, and the stream's task, which runs its timers.
+struct StreamCore {
+    stream: Arc<Stream>,
+    ingest: StreamIngest,
+    media: Media,
+    /// Bytes of the global budget this stream's reassembly holds (see `account`).
+    reserved: usize,
+    epoch: Instant,
+    last_data: Instant,
+    idle_flushed: bool,
+    rtcp: Option<RtcpLink>,
+    route_stats: Arc<RouteStats>,
+    record_buf: Vec<u8>,
+    /// The stream has ended (UDP: the receive task gives its packets back, see `Route::forward`).
+    ended: bool,
+}
+
+impl StreamCore {
+    fn new(stream: Arc<Stream>, cfg: &RtpConfig, pipeline: MediaPipeline, route_stats: Arc<RouteStats>) -> StreamCore {
+        let ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64)
+            .with_byte_limits(cfg.max_access_unit, cfg.reorder_bytes);
+        StreamCore {
+            stream,
+            ingest,
+            media: Media { pipeline, demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) },
+            reserved: 0,
+            epoch: Instant::now(),
+            last_data: Instant::now(),
+            idle_flushed: true,
+            rtcp: (cfg.rtcp != RtcpMode::Off).then(|| RtcpLink::new(cfg)),
+            route_stats,
+            record_buf: Vec::new(),
+            ended: false,
+        }
+    }
+
+    fn us(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Reorders, demuxes and publishes `packets`, received at `now`.
+    fn push(&mut self, packets: impl IntoIterator<Item = RtpPacket>, shared: &RtpShared, now: Instant) {
+        self.last_data = now;
+        self.route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
+        self.idle_flushed = false;
+        let now_us = self.us(now);
+        // Recording (D89): nothing per packet when it is off.
+        let recorder = self.stream.record();
+        for packet in packets {
+            if let Some(rec) = recorder {
+                record_packet(rec, &packet, &mut self.record_buf);
+            }
+            if let Some(l) = &mut self.rtcp {
+                l.receiver.on_rtp(packet.ssrc, packet.seq, packet.timestamp, now_us);
+            }
+            self.ingest.push_rtp(packet, now_us, &mut self.media.demuxed);
+        }
+        account(&mut self.ingest, &mut self.reserved, shared, &mut self.media.demuxed);
+        publish_all(&self.stream, &mut self.media, now_us);
+    }
+
+    /// When the stream next needs its task: a reorder deadline, the idle flush, an RTCP report,
+    /// or the next stats refresh.
+    fn next_wake(&self, next_stats: Instant) -> Instant {
+        let mut wake = next_stats;
+        if let Some(us) = self.ingest.poll_timeout() {
+            wake = wake.min(self.epoch + Duration::from_micros(us));
+        }
+        if let Some(due) = self.rtcp.as_ref().and_then(|l| l.receiver.poll_timeout()) {
+            wake = wake.min(self.epoch + Duration::from_micros(due));
+        }
+        if !self.idle_flushed {
+            wake = wake.min(self.last_data + IDLE_FLUSH);
+        }
+        wake
+    }
+
+    /// Runs what is due at `now`: reorder deadline, idle flush, RTCP.
+    fn on_timer(&mut self, now: Instant, source: &mut PacketSource, shared: &RtpShared, mode: RtcpMode) {
+        let now_us = self.us(now);
+        if self.ingest.poll_timeout().is_some_and(|us| us <= now_us) {
+            self.ingest.handle_timeout(now_us, &mut self.media.demuxed);
+            publish_all(&self.stream, &mut self.media, now_us);
+        }
+        if !self.idle_flushed && now >= self.last_data + IDLE_FLUSH {
+            self.idle_flushed = true;
+            self.ingest.flush_idle(&mut self.media.demuxed);
+            publish_all(&self.stream, &mut self.media, now_us);
+        }
+        if let Some(l) = &mut self.rtcp {
+            l.tick(source, &self.stream, &self.route_stats, shared, mode, now_us);
+        }
+    }
+
+    fn publish_stats(&self) {
+        publish_stats(&self.stream, &self.ingest, &self.media.pipeline, &self.route_stats, self.rtcp.as_ref());
+    }
+
+    /// Why the stream should end now, checked at each stats refresh.
+    fn should_end(&self, now: Instant, timeout: Duration) -> Option<String> {
+        // Ended by signalling (BYE) or replaced: free the route so the camera's next session
+        // from the same address is routed afresh.
+        if self.stream.is_closed() {
+            return Some("the stream was ended or replaced".to_string());
+        }
+        if now.saturating_duration_since(self.last_data) >= timeout {
+            return Some(format!("no data for {}", humantime::format_duration(timeout)));
+        }
+        None
+    }
+
+    /// Delivers what is still held, releases the budget, publishes the last stats.
+    fn finish(&mut self, shared: &RtpShared) {
+        self.ended = true;
+        self.route_stats.ended.store(true, Ordering::Relaxed);
+        let now_us = self.us(Instant::now());
+        self.ingest.finish(&mut self.media.demuxed);
+        publish_all(&self.stream, &mut self.media, now_us);
+        shared.release(self.reserved);
+        self.reserved = 0;
+        self.media.pipeline.finish(&mut self.media.out);
+        publish_all(&self.stream, &mut self.media, now_us);
+        self.publish_stats();
+    }
+}
+
+/// Runs a UDP stream's timers until it ends; its packets are ingested by the receive task
+/// (`Route::forward`). Wakes a few times a second, or at once when a packet opens a reorder gap.
+async fn run_udp_stream(
+    core: &std::sync::Mutex<StreamCore>,
+    timer: &tokio::sync::Notify,
+    cfg: &RtpConfig,
+    shared: &RtpShared,
+) -> String {
+    let lock = || core.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next_stats = Instant::now() + STATS_INTERVAL;
+    let mut source = PacketSource::Udp;
+    let reason = loop {
+        let wake = lock().next_wake(next_stats);
+        tokio::select! {
+            _ = timer.notified() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        let mut c = lock();
+        c.on_timer(now, &mut source, shared, cfg.rtcp);
+        if now >= next_stats {
+            next_stats = now + STATS_INTERVAL;
+            c.publish_stats();
+            if let Some(reason) = c.should_end(now, cfg.timeout.0) {
+                break reason;
+            }
+        }
+    };
+    lock().finish(shared);
+    reason
+}
+
+/// Drives one RTP/TCP stream until its connection ends or goes quiet for `cfg.timeout`.
+/// Returns why it ended.
 async fn run_stream(
     mut source: PacketSource,
     stream: &Arc<Stream>,
@@ -1247,38 +1449,15 @@ async fn run_stream(
     route_stats: Arc<RouteStats>,
     shared: &RtpShared,
 ) -> String {
-    let epoch = Instant::now();
-    let now_us = || epoch.elapsed().as_micros() as u64;
-    let mut ingest = StreamIngest::new(cfg.reorder_packets, cfg.reorder_delay.0.as_micros() as u64)
-        .with_byte_limits(cfg.max_access_unit, cfg.reorder_bytes);
-    // Bytes of the global budget this stream's reassembly holds (see `account`).
-    let mut reserved = 0usize;
-    let mut media = Media { pipeline, demuxed: Vec::with_capacity(16), out: Vec::with_capacity(16) };
+    let mut core = StreamCore::new(stream.clone(), cfg, pipeline, route_stats);
     let mut batch = Vec::with_capacity(64);
-    let mut read_buf = match source {
-        PacketSource::Tcp { .. } => vec![0u8; 64 * 1024],
-        PacketSource::Queue(_) => Vec::new(),
-    };
-    let timeout = cfg.timeout.0;
-    let mut last_data = Instant::now();
+    let mut read_buf = vec![0u8; 64 * 1024];
     let mut next_stats = Instant::now() + STATS_INTERVAL;
-    let mut idle_flushed = true;
-    // RTP/TCP: when the frame now being received started (bytes buffered, not yet complete).
+    // When the frame now being received started (bytes buffered, not yet complete).
     let mut partial_since: Option<Instant> = None;
     let frame_timeout = cfg.tcp_frame_timeout.0;
-    let mut rtcp_link = (cfg.rtcp != RtcpMode::Off).then(|| RtcpLink::new(cfg));
-    // Recording (D89): decided once per stream; nothing per packet when it is off.
-    let recorder = stream.record();
-    let mut record_buf = Vec::new();
     let reason = loop {
-        let reorder_deadline = ingest.poll_timeout().map(|us| epoch + Duration::from_micros(us));
-        let mut wake = reorder_deadline.map_or(next_stats, |d| d.min(next_stats));
-        if let Some(due) = rtcp_link.as_ref().and_then(|l| l.receiver.poll_timeout()) {
-            wake = wake.min(epoch + Duration::from_micros(due));
-        }
-        if !idle_flushed {
-            wake = wake.min(last_data + IDLE_FLUSH);
-        }
+        let wake = core.next_wake(next_stats);
         tokio::select! {
             r = source.recv(&mut batch, &mut read_buf) => match r {
                 Ok(true) => {
@@ -1291,27 +1470,7 @@ async fn run_stream(
                         };
                     }
                     if !batch.is_empty() {
-                        last_data = Instant::now();
-                        route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
-                        idle_flushed = false;
-                        let now = now_us();
-                        let mut dequeued = 0usize;
-                        for packet in batch.drain(..) {
-                            dequeued += packet.payload.len();
-                            if let Some(rec) = recorder {
-                                record_packet(rec, &packet, &mut record_buf);
-                            }
-                            if let Some(l) = &mut rtcp_link {
-                                l.receiver.on_rtp(packet.ssrc, packet.seq, packet.timestamp, now);
-                            }
-                            ingest.push_rtp(packet, now, &mut media.demuxed);
-                        }
-                        if matches!(source, PacketSource::Queue(_)) {
-                            route_stats.queued_bytes.fetch_sub(dequeued, Ordering::Relaxed);
-                            shared.release(dequeued);
-                        }
-                        account(&mut ingest, &mut reserved, shared, &mut media.demuxed);
-                        publish_all(stream, &mut media, now);
+                        core.push(batch.drain(..), shared, Instant::now());
                     }
                 }
                 Ok(false) => break "the source closed".to_string(),
@@ -1319,29 +1478,12 @@ async fn run_stream(
             },
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
-                if reorder_deadline.is_some_and(|d| d <= now) {
-                    let now = now_us();
-                    ingest.handle_timeout(now, &mut media.demuxed);
-                    publish_all(stream, &mut media, now);
-                }
-                if !idle_flushed && now >= last_data + IDLE_FLUSH {
-                    idle_flushed = true;
-                    ingest.flush_idle(&mut media.demuxed);
-                    publish_all(stream, &mut media, now_us());
-                }
-                if let Some(l) = &mut rtcp_link {
-                    l.tick(&mut source, stream, &route_stats, shared, cfg.rtcp, now_us());
-                }
+                core.on_timer(now, &mut source, shared, cfg.rtcp);
                 if now >= next_stats {
                     next_stats = now + STATS_INTERVAL;
-                    publish_stats(stream, &ingest, &media.pipeline, &route_stats, rtcp_link.as_ref());
-                    // Ended by signalling (BYE) or replaced: free the route so the camera's next
-                    // session from the same address is routed afresh.
-                    if stream.is_closed() {
-                        break "the stream was ended or replaced".to_string();
-                    }
-                    if now.duration_since(last_data) >= timeout {
-                        break format!("no data for {}", humantime::format_duration(timeout));
+                    core.publish_stats();
+                    if let Some(reason) = core.should_end(now, cfg.timeout.0) {
+                        break reason;
                     }
                     if partial_since.is_some_and(|t| now.duration_since(t) >= frame_timeout) {
                         shared.counters.tcp_slow_closed.fetch_add(1, Ordering::Relaxed);
@@ -1351,22 +1493,7 @@ async fn run_stream(
             }
         }
     };
-    ingest.finish(&mut media.demuxed);
-    publish_all(stream, &mut media, now_us());
-    shared.release(reserved);
-    if let PacketSource::Queue(rx) = &mut source {
-        // What is still queued leaves the budget with the queue.
-        rx.close();
-        let mut left = 0usize;
-        while let Ok(p) = rx.try_recv() {
-            left += p.payload.len();
-        }
-        route_stats.queued_bytes.fetch_sub(left, Ordering::Relaxed);
-        shared.release(left);
-    }
-    media.pipeline.finish(&mut media.out);
-    publish_all(stream, &mut media, now_us());
-    publish_stats(stream, &ingest, &media.pipeline, &route_stats, rtcp_link.as_ref());
+    core.finish(shared);
     reason
 }
 
@@ -1415,7 +1542,7 @@ impl RtcpLink {
         let peer = stream.source.peer;
         let mut srs = 0;
         match source {
-            PacketSource::Queue(_) => {
+            PacketSource::Udp => {
                 let inbox: Vec<_> = route.rtcp_in.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
                 for (datagram, from) in inbox {
                     srs += self.receiver.on_rtcp(&datagram, now_us);
@@ -1445,7 +1572,7 @@ impl RtcpLink {
                     match dst {
                         Some(addr) => {
                             if let Some(sock) = shared.udp_socket.get() {
-                                if let Err(e) = sock.try_send_to(&report, addr) {
+                                if let Err(e) = sock.send_to(&report, addr) {
                                     if let Some(suppressed) = self.log.check(Instant::now()) {
                                         debug!(%addr, suppressed, "RTCP receiver report not sent: {e}");
                                     }
