@@ -199,7 +199,14 @@ fn other_threads_cpu_ns() -> u64 {
 /// iteration is one pass of the fixture for every camera; it ends when the server has counted
 /// every datagram. Also prints the runtime threads' CPU time per datagram.
 fn receive_path(c: &mut Criterion) {
-    use gbgate::config::{AudioConfig, AudioOutput, HubConfig, RtpConfig};
+    // The default batching wait (D153), and none: one wake-up per datagram or burst.
+    for wait_ms in [1u64, 0] {
+        receive_path_with(c, Duration::from_millis(wait_ms));
+    }
+}
+
+fn receive_path_with(c: &mut Criterion, batch_wait: Duration) {
+    use gbgate::config::{AudioConfig, AudioOutput, HubConfig, HumanDuration, RtpConfig};
     use gbgate::hub::Hub;
     use gbgate::server::rtp::{self, RtpShared};
     use std::sync::atomic::Ordering;
@@ -210,6 +217,7 @@ fn receive_path(c: &mut Criterion) {
         listen: "127.0.0.1:0".parse().expect("literal"),
         recv_buffer: 4 << 20,
         unknown_ssrc: gbgate::config::UnknownSsrc::Drop,
+        udp_batch_wait: HumanDuration(batch_wait),
         ..RtpConfig::default()
     };
     let hub = Hub::new(HubConfig::default(), 1000);
@@ -275,16 +283,14 @@ fn receive_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("receive_path");
     group.throughput(Throughput::Elements((raw.len() * RX_CAMERAS) as u64));
     let (cpu0, sent0, frames0) = (other_threads_cpu_ns(), sent, frames);
-    group.bench_function(
-        BenchmarkId::new("udp_loopback_to_frames", format!("{RX_CAMERAS}cams_burst{RX_BURST}")),
-        |b| {
-            b.iter(|| one_pass(&mut subs, &mut frames, &mut sent));
-        },
-    );
+    let id = format!("{RX_CAMERAS}cams_burst{RX_BURST}_wait{}ms", batch_wait.as_millis());
+    group.bench_function(BenchmarkId::new("udp_loopback_to_frames", &id), |b| {
+        b.iter(|| one_pass(&mut subs, &mut frames, &mut sent));
+    });
     group.finish();
     let (cpu, n) = (other_threads_cpu_ns() - cpu0, sent - sent0);
     eprintln!(
-        "receive_path: runtime threads' CPU {:.2} us per datagram over {n} datagrams, {} frames to subscribers",
+        "receive_path {id}: server threads' CPU {:.2} us per datagram over {n} datagrams, {} frames to subscribers",
         cpu as f64 / n.max(1) as f64 / 1000.0,
         frames - frames0
     );

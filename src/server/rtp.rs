@@ -675,11 +675,27 @@ pub async fn serve(
     let total = cfg.max_unknown_streams.min(cfg.max_streams - cfg.max_streams / 5);
     shared.set_unknown_limits(total, cfg.max_unknown_per_source);
     shared.max_buffered.store(cfg.max_buffered_bytes, Ordering::Relaxed);
+    // A thread of its own, not `spawn_blocking`: dropping a runtime waits for its blocking
+    // tasks, and this loop ends only at `shutdown`.
     let udp_task = match udp.into_std() {
         Ok(udp) => {
             let (cfg, hub, shared, shutdown) = (cfg.clone(), hub.clone(), shared.clone(), shutdown.clone());
             let span = tracing::Span::current();
-            Some(tokio::task::spawn_blocking(move || span.in_scope(|| serve_udp(udp, cfg, hub, shared, shutdown))))
+            let runtime = tokio::runtime::Handle::current();
+            let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new().name("rtp-udp".into()).spawn(move || {
+                // Streams' tasks are spawned from this thread onto the runtime.
+                let _runtime = runtime.enter();
+                span.in_scope(|| serve_udp(udp, cfg, hub, shared, shutdown));
+                let _ = done.send(());
+            });
+            match spawned {
+                Ok(_) => Some(ended),
+                Err(e) => {
+                    warn!("RTP/UDP not served: cannot start its thread: {e}");
+                    None
+                }
+            }
         }
         Err(e) => {
             warn!("RTP/UDP not served: {e}");
