@@ -95,22 +95,68 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    // The resampler alone: 10 s of mono f32 at 8 and 16 kHz to 11025 Hz, fed in 40 ms frames.
+    // The resampler alone: 10 s of mono f32 at 8 and 16 kHz to 11025 Hz, fed in 40 ms frames;
+    // `Rate::new` (the polyphase filter for these rates, D182) against rubato's FFT resampler.
+    let to_pcm = |data: &[u8]| -> Vec<f32> {
+        data.iter().map(|&b| f32::from(gbgate::media::g711::ALAW[b as usize]) / 32768.0).collect()
+    };
+    type MakeRate = fn(u32, u32) -> Result<Rate, gbgate::media::audio::AudioError>;
+    let resamplers: [(&str, MakeRate); 2] = [("polyphase", Rate::new), ("rubato", Rate::new_fft)];
+    // Quality (printed): the two resamplers against each other on 10 s of the camera's audio.
+    for (label, data, rate) in [("8k", &g8, 8_000u32), ("16k", &g16, 16_000)] {
+        let pcm = to_pcm(data);
+        let run = |make: MakeRate| {
+            let mut r = make(rate, 11_025).unwrap();
+            let mut out = Vec::new();
+            for c in pcm.chunks(rate as usize / 25) {
+                r.process(c, &mut out).unwrap();
+            }
+            out
+        };
+        let (snr, lag) = gbgate::media::audio::analysis::snr_db(&run(Rate::new_fft), &run(Rate::new), 64);
+        println!("resampler {label}: polyphase against rubato SNR {snr:.1} dB, lag {lag} samples");
+    }
     let mut g = c.benchmark_group("resample_10s");
     g.sample_size(20);
     g.throughput(Throughput::Elements(10));
     for (label, data, rate) in [("8k", &g8, 8_000u32), ("16k", &g16, 16_000)] {
-        let pcm: Vec<f32> = data.iter().map(|&b| f32::from(gbgate::media::g711::ALAW[b as usize]) / 32768.0).collect();
+        let pcm = to_pcm(data);
         let per = rate as usize / 25;
-        g.bench_function(label, |b| {
-            let mut out = Vec::with_capacity(pcm.len() * 2);
+        for (name, make) in resamplers {
+            g.bench_function(format!("{name}/{label}"), |b| {
+                let mut out = Vec::with_capacity(pcm.len() * 2);
+                b.iter(|| {
+                    let mut r = make(rate, 11_025).unwrap();
+                    out.clear();
+                    for c in pcm.chunks(per) {
+                        r.process(c, &mut out).unwrap();
+                    }
+                    out.len()
+                })
+            });
+        }
+    }
+    g.finish();
+    // As the server runs them: 300 streams' resamplers, each fed its next 40 ms frame in turn
+    // (their state competes for the caches); 1 s of audio per stream per iteration.
+    let mut g = c.benchmark_group("resample_300_streams_1s");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(300));
+    let pcm = to_pcm(&g8[..8_000]);
+    for (name, make) in resamplers {
+        g.bench_function(format!("{name}/8k"), |b| {
+            let mut rates: Vec<Rate> = (0..300).map(|_| make(8_000, 11_025).unwrap()).collect();
+            let mut out = Vec::with_capacity(1024);
             b.iter(|| {
-                let mut r = Rate::new(rate, 11_025).unwrap();
-                out.clear();
-                for c in pcm.chunks(per) {
-                    r.process(c, &mut out).unwrap();
+                let mut n = 0;
+                for c in pcm.chunks(320) {
+                    for r in rates.iter_mut() {
+                        out.clear();
+                        r.process(c, &mut out).unwrap();
+                        n += out.len();
+                    }
                 }
-                out.len()
+                n
             })
         });
     }

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! G.711A/U ─ table ─┐                       ┌─ gap: silence ─┐
-//! AAC ── symphonia ─┴─▶ mono f32 ─▶ rubato Fft (20 ms chunks) ─▶ AacEncoder (syom | fdk-aac) ─▶ AAC Frame
+//! AAC ── symphonia ─┴─▶ mono f32 ─▶ resampler* ─▶ AacEncoder (syom | fdk-aac) ─▶ AAC Frame
 //! ```
+//! *the shared-table polyphase filter of [`crate::media::resample`] for the G.711 rates (8 and
+//! 16 kHz, D182), rubato's FFT resampler (20 ms chunks) for the others.
+//!
 //! Output timestamps come from the output sample count (`base + n * 90000 / rate`), anchored on
 //! the (already repaired) timestamp of the first input sample, so they are exactly smooth. A
 //! forward gap in the input timeline (audio realigned by [`crate::media::timestamps`]) is filled
@@ -20,6 +23,7 @@ use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 use serde::Serialize;
 
+use crate::media::resample::{Polyphase, Table};
 use crate::media::{g711, AudioConfig, Codec, CodecConfig, Frame};
 
 /// Longest input gap filled with silence; longer gaps restart the output timeline.
@@ -234,11 +238,14 @@ impl AacDecoder {
     }
 }
 
-/// Resamples mono f32 from one rate to the output rate, 20 ms input chunks, delay removed.
+/// Resamples mono f32 from one rate to the output rate, delay removed: the polyphase filter where
+/// it is made for the ratio (D182), else rubato's FFT resampler in 20 ms input chunks.
 pub struct Rate {
     from: u32,
     to: u32,
     fft: Option<Fft<f32>>,
+    /// The G.711 rates' own filter (D182); rubato's FFT resampler for the other ratios.
+    poly: Option<Polyphase>,
     chunk: usize,
     fifo: Vec<f32>,
     out: Vec<f32>,
@@ -250,11 +257,41 @@ pub struct Rate {
 
 impl Rate {
     pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
-        let mut r =
-            Rate { from, to, fft: None, chunk: 0, fifo: Vec::new(), out: Vec::new(), skip: 0, taken: 0, given: 0 };
+        let mut r = Rate {
+            from,
+            to,
+            fft: None,
+            poly: None,
+            chunk: 0,
+            fifo: Vec::new(),
+            out: Vec::new(),
+            skip: 0,
+            taken: 0,
+            given: 0,
+        };
         if from == to {
             return Ok(r);
         }
+        if let Some(table) = Table::shared(from, to) {
+            r.chunk = table.lookahead();
+            r.poly = Some(Polyphase::new(table));
+            return Ok(r);
+        }
+        r.with_fft()
+    }
+
+    /// rubato's FFT resampler for any ratio (the comparison in benches/audio.rs).
+    pub fn new_fft(from: u32, to: u32) -> Result<Self, AudioError> {
+        let mut r = Rate::new(from, to)?;
+        if r.poly.take().is_none() {
+            return Ok(r);
+        }
+        r.with_fft()
+    }
+
+    fn with_fft(mut self) -> Result<Self, AudioError> {
+        let (from, to) = (self.from, self.to);
+        let r = &mut self;
         // 20 ms chunks; 40 ms for rates such as 11025 Hz that have no whole 20 ms.
         r.chunk = match from {
             0 => return Err(r.err("the input rate must be a multiple of 25 Hz")),
@@ -267,7 +304,7 @@ impl Rate {
         r.skip = fft.output_delay();
         r.fifo.reserve(r.chunk * 2);
         r.fft = Some(fft);
-        Ok(r)
+        Ok(self)
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> AudioError {
@@ -277,6 +314,12 @@ impl Rate {
     /// Resamples `input`, appending the output to `dst`.
     pub fn process(&mut self, input: &[f32], dst: &mut Vec<f32>) -> Result<(), AudioError> {
         self.taken += input.len() as u64;
+        if let Some(poly) = &mut self.poly {
+            let start = dst.len();
+            poly.process(input, dst);
+            self.given += (dst.len() - start) as u64;
+            return Ok(());
+        }
         let Some(fft) = &mut self.fft else {
             dst.extend_from_slice(input);
             self.given += input.len() as u64;
@@ -317,7 +360,7 @@ impl Rate {
 
     /// Pushes out what the resampler still holds, for a clean rate change.
     fn drain(&mut self, dst: &mut Vec<f32>) -> Result<(), AudioError> {
-        if self.fft.is_none() {
+        if self.fft.is_none() && self.poly.is_none() {
             return Ok(());
         }
         let want = self.taken * u64::from(self.to) / u64::from(self.from);

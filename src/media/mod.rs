@@ -5,6 +5,7 @@ pub mod g711;
 pub mod ingest;
 pub mod pipeline;
 pub mod rate;
+pub mod resample;
 pub mod timestamps;
 
 pub mod stats;
