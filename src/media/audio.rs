@@ -400,6 +400,8 @@ pub struct AudioTranscoder {
     /// Input timeline: where the next input frame should start (90 kHz).
     next_in: Option<i64>,
     stats: TranscodeStats,
+    /// rubato for every ratio (benches/audio.rs compares it with the polyphase filter).
+    rubato_only: bool,
 }
 
 impl AudioTranscoder {
@@ -424,7 +426,24 @@ impl AudioTranscoder {
             skip,
             next_in: None,
             stats,
+            rubato_only: false,
         })
+    }
+
+    /// Resamples with rubato's FFT resampler even at the G.711 rates: the comparison in
+    /// benches/audio.rs, not a setting.
+    #[doc(hidden)]
+    pub fn use_rubato_resampler(&mut self) {
+        self.rubato_only = true;
+        self.rate = None;
+    }
+
+    fn new_rate(&self, from: u32) -> Result<Rate, AudioError> {
+        if self.rubato_only {
+            Rate::new_fft(from, self.out_rate)
+        } else {
+            Rate::new(from, self.out_rate)
+        }
     }
 
     pub fn stats(&self) -> &TranscodeStats {
@@ -476,7 +495,7 @@ impl AudioTranscoder {
             }
         }
         if self.rate.is_none() {
-            self.rate = Some(Rate::new(in_rate, self.out_rate)?);
+            self.rate = Some(self.new_rate(in_rate)?);
         }
         // Input timeline: fill a forward gap with silence, restart beyond MAX_SILENCE_TICKS.
         match self.next_in {
@@ -512,7 +531,7 @@ impl AudioTranscoder {
                 self.encoder = enc;
             }
             if let Some(r) = &self.rate {
-                self.rate = Rate::new(r.from, self.out_rate).ok();
+                self.rate = self.new_rate(r.from).ok();
             }
         }
         self.base = Some(at);
@@ -640,6 +659,18 @@ pub mod analysis {
 #[cfg(test)]
 mod tests {
     use super::analysis::*;
+
+    #[test]
+    fn the_g711_rates_use_the_polyphase_filter_and_others_rubato() {
+        for from in [8_000, 16_000] {
+            let r = Rate::new(from, 11_025).unwrap();
+            assert!(r.poly.is_some() && r.fft.is_none(), "{from} Hz");
+        }
+        let r = Rate::new(44_100, 11_025).unwrap();
+        assert!(r.poly.is_none() && r.fft.is_some());
+        let r = Rate::new_fft(8_000, 11_025).unwrap();
+        assert!(r.poly.is_none() && r.fft.is_some());
+    }
     use super::*;
 
     fn tone(rate: u32, secs: f64, freq: f64, amp: f64) -> Vec<i16> {
