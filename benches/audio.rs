@@ -54,14 +54,15 @@ fn bench(c: &mut Criterion) {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/fixtures/real/avstackdocs/gb_device_audio_8k.g711a"),
     ) {
-        for &kind in &kinds {
-            match gbgate::media::audio::analysis::g711_snr(&full, 8_000, kind) {
+        for (&kind, rubato) in kinds.iter().flat_map(|k| [(k, false), (k, true)]) {
+            let with = if rubato { "+rubato" } else { "" };
+            match gbgate::media::audio::analysis::g711_snr_with(&full, 8_000, kind, rubato) {
                 Ok((snr, lag, bytes)) => println!(
-                    "quality {kind:?}: gb_device_audio_8k.g711a ({:.1} s) SNR {snr:.1} dB, lag {lag} samples, {:.1} kbit/s",
+                    "quality {kind:?}{with}: gb_device_audio_8k.g711a ({:.1} s) SNR {snr:.1} dB, lag {lag} samples, {:.1} kbit/s",
                     full.len() as f64 / 8000.0,
                     bytes as f64 * 8.0 / (full.len() as f64 / 8000.0) / 1000.0
                 ),
-                Err(e) => println!("quality {kind:?}: {e}"),
+                Err(e) => println!("quality {kind:?}{with}: {e}"),
             }
         }
     }

@@ -597,8 +597,21 @@ pub mod analysis {
     /// Transcodes G.711A `data` at `rate` with `kind`, decodes the AAC with symphonia and returns
     /// (SNR dB against the resampled input, lag in samples, AAC bytes).
     pub fn g711_snr(data: &[u8], rate: u32, kind: EncoderKind) -> Result<(f64, i64, usize), AudioError> {
+        g711_snr_with(data, rate, kind, false)
+    }
+
+    /// [`g711_snr`] with rubato as the resampler (before D182) when `rubato`, for comparison.
+    pub fn g711_snr_with(
+        data: &[u8],
+        rate: u32,
+        kind: EncoderKind,
+        rubato: bool,
+    ) -> Result<(f64, i64, usize), AudioError> {
         let cfg = Arc::new(CodecConfig::Audio(AudioConfig { sample_rate: rate, channels: 1, asc: None }));
         let mut t = AudioTranscoder::new(kind, 11_025, 24_000)?;
+        if rubato {
+            t.use_rubato_resampler();
+        }
         let mut out = Vec::new();
         for (i, c) in data.chunks(rate as usize / 25).enumerate() {
             let f = Frame {
@@ -617,7 +630,9 @@ pub mod analysis {
         let bytes = frames.iter().map(|f| f.len()).sum();
         let decoded = decode_aac(acfg.asc.as_ref().expect("asc"), 11_025, &frames)?;
         let pcm: Vec<f32> = data.iter().map(|&b| f32::from(g711::ALAW[b as usize]) / 32768.0).collect();
-        let reference = resample(&pcm, rate, 11_025)?;
+        let mut r = if rubato { Rate::new_fft(rate, 11_025)? } else { Rate::new(rate, 11_025)? };
+        let mut reference = Vec::with_capacity(pcm.len() * 11_025 / rate as usize + 1024);
+        r.process(&pcm, &mut reference)?;
         let (snr, lag) = snr_db(&reference, &decoded, 2048);
         Ok((snr, lag, bytes))
     }
