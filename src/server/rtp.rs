@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -1222,7 +1221,7 @@ enum PacketSource {
 
 impl PacketSource {
     /// Receives the next batch of packets into `batch`. `Ok(false)` means the source ended.
-    async fn recv(&mut self, batch: &mut Vec<RtpPacket>, read_buf: &mut [u8]) -> Result<bool, String> {
+    async fn recv(&mut self, batch: &mut Vec<RtpPacket>) -> Result<bool, String> {
         match self {
             // UDP packets never reach a stream task: the receive task ingests them (D152).
             PacketSource::Udp => std::future::pending().await,
@@ -1255,7 +1254,7 @@ impl PacketSource {
                 if !batch.is_empty() {
                     return Ok(true);
                 }
-                let n = socket.read(read_buf).await.map_err(|e| format!("TCP read error: {e}"))?;
+                let n = read_into_framer(socket, framer).await.map_err(|e| format!("TCP read error: {e}"))?;
                 if n == 0 {
                     if !framer.is_finished() {
                         // The camera closed: what waited behind a suspicious length comes out now.
@@ -1264,9 +1263,26 @@ impl PacketSource {
                     }
                     return Ok(false);
                 }
-                framer.push(&read_buf[..n]);
                 Ok(true)
             }
+        }
+    }
+}
+
+/// Most one TCP read takes: a P-frame of a 2 Mbit/s camera in one read, an I-frame in a few.
+const TCP_READ_CHUNK: usize = 16 * 1024;
+
+/// Reads what the connection has straight into the framer's buffer (D179): no read buffer of
+/// its own per connection, no copy out of one, and the framer holds memory only while a frame
+/// is incomplete (it gives its buffer back when drained), so an idle RFC 4571 connection costs
+/// about what a UDP stream does. Waits for readiness first so nothing is allocated while
+/// waiting. `Ok(0)` at the end of the stream. Cancel-safe (`readable`, then a non-blocking read).
+async fn read_into_framer(socket: &TcpStream, framer: &mut TcpFramer) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read_buf(framer.read_space(TCP_READ_CHUNK)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => framer.release_if_empty(),
+            r => return r,
         }
     }
 }
@@ -1467,7 +1483,6 @@ async fn run_stream(
 ) -> String {
     let mut core = StreamCore::new(stream.clone(), cfg, pipeline, route_stats);
     let mut batch = Vec::with_capacity(64);
-    let mut read_buf = vec![0u8; 64 * 1024];
     let mut next_stats = Instant::now() + STATS_INTERVAL;
     // When the frame now being received started (bytes buffered, not yet complete).
     let mut partial_since: Option<Instant> = None;
@@ -1475,7 +1490,7 @@ async fn run_stream(
     let reason = loop {
         let wake = core.next_wake(next_stats);
         tokio::select! {
-            r = source.recv(&mut batch, &mut read_buf) => match r {
+            r = source.recv(&mut batch) => match r {
                 Ok(true) => {
                     if let PacketSource::Tcp { framer, .. } = &source {
                         partial_since = match (framer.buffered(), batch.is_empty(), partial_since) {
@@ -1782,7 +1797,7 @@ impl Drop for SourceSlot {
 }
 
 async fn run_tcp_connection(
-    mut socket: TcpStream,
+    socket: TcpStream,
     peer: SocketAddr,
     cfg: RtpConfig,
     hub: Arc<Hub>,
@@ -1790,7 +1805,6 @@ async fn run_tcp_connection(
     name_given: Option<String>,
 ) {
     let mut framer = TcpFramer::new().keep_rtcp(RTCP_INBOX);
-    let mut buf = vec![0u8; 64 * 1024];
     let first_deadline = Instant::now() + cfg.tcp_frame_timeout.0;
     // Wait for the first RTP packet to learn the SSRC (and so the stream name).
     let first = loop {
@@ -1804,9 +1818,9 @@ async fn run_tcp_connection(
             }
         }
         // One deadline for the whole first frame: a byte now and then does not extend it.
-        match tokio::time::timeout_at(first_deadline.into(), socket.read(&mut buf)).await {
+        match tokio::time::timeout_at(first_deadline.into(), read_into_framer(&socket, &mut framer)).await {
             Ok(Ok(0)) => return,
-            Ok(Ok(n)) => framer.push(&buf[..n]),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 debug!("TCP read error before the first packet: {e}");
                 return;

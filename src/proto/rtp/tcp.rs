@@ -99,7 +99,8 @@ impl Default for TcpFramer {
 impl TcpFramer {
     pub fn new() -> Self {
         TcpFramer {
-            buf: BytesMut::with_capacity(16 * 1024),
+            // Allocated at the first read (`read_space`) and given back whenever it empties.
+            buf: BytesMut::new(),
             framing: None,
             ssrc: None,
             resyncing: false,
@@ -129,6 +130,23 @@ impl TcpFramer {
         self.buf.extend_from_slice(data);
     }
 
+    /// Room for a read of at least `min` bytes at the end of the buffer, for a socket to read
+    /// into in place (`try_read_buf`): what it appends is taken as [`push`](Self::push) would
+    /// take it, without a copy out of a separate read buffer. Nothing else may be changed.
+    pub fn read_space(&mut self, min: usize) -> &mut BytesMut {
+        self.buf.reserve(min);
+        &mut self.buf
+    }
+
+    /// Gives the buffer's allocation back when it holds no bytes: an idle connection between
+    /// frames then keeps no read memory (D179). [`next_packet`](Self::next_packet) does this when
+    /// it drains the buffer; a caller whose read found nothing calls it before waiting again.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// End of input: from now on incomplete frames and missing lookahead no longer wait, so the
     /// packets behind a corrupted length are recovered and a truncated tail is discarded.
     pub fn finish(&mut self) {
@@ -144,6 +162,7 @@ impl TcpFramer {
     pub fn next_packet(&mut self) -> Option<Bytes> {
         loop {
             if self.buf.is_empty() {
+                self.release_if_empty();
                 return None;
             }
             let check = self.check_any(0);
