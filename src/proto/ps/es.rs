@@ -16,8 +16,11 @@ const MASK: u64 = (1 << 33) - 1;
 /// stream without start codes cannot grow memory without bound. The buffer's capacity never
 /// exceeds it either (issue 8, hole 18).
 pub const DEFAULT_MAX_AU: usize = 4 << 20;
-/// Capacity the pending-AU buffer starts with and shrinks back to after an oversize unit.
-const AU_START_CAPACITY: usize = 256 << 10;
+/// Capacity the pending-AU buffer starts with and shrinks back to after a unit that outgrew what
+/// the stream's inter frames need (D180): the buffer is scratch between packets, but with
+/// jemalloc every byte of its capacity ends up resident, so a 256 KiB buffer kept for the
+/// keyframe every 2 s cost each camera ~256 KiB (77 MB at 300 cameras).
+const AU_START_CAPACITY: usize = 32 << 10;
 /// AU duration assumed before two timestamps have been seen (25 fps).
 const DEFAULT_DUR: i64 = 3600;
 /// Marks an AUD in `cur`: its bytes are not copied into the frame.
@@ -85,6 +88,8 @@ pub(crate) struct VideoEs {
     pps: Option<Bytes>,
     pub config: Option<Arc<CodecConfig>>,
     max_au: usize,
+    /// Size of the last non-key unit: the buffer keeps twice that after a keyframe (D180).
+    inter_size: usize,
 }
 
 impl VideoEs {
@@ -114,6 +119,7 @@ impl VideoEs {
             pps: None,
             config: None,
             max_au: DEFAULT_MAX_AU,
+            inter_size: 0,
         }
     }
 
@@ -460,12 +466,22 @@ impl VideoEs {
                 });
             }
         }
+        let key = self.au_key;
         self.nals.clear();
         self.au_vcl = false;
         self.au_key = false;
         self.au_started = false;
         let p = p.min(self.buf.len());
         self.consume(p);
+        // Give back what a keyframe grew the buffer to (D180); inter frames keep room for twice
+        // their size so a stream whose every frame is large does not reallocate per frame.
+        if !key {
+            self.inter_size = p;
+        }
+        let keep = AU_START_CAPACITY.max(2 * self.inter_size);
+        if self.buf.capacity() > keep && self.buf.len() <= keep / 2 {
+            self.buf.shrink_to(keep);
+        }
     }
 
     fn rebuild_config(&mut self, codec: Codec) {
