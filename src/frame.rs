@@ -112,12 +112,56 @@ pub struct FrameCache(Arc<FrameCacheInner>);
 #[derive(Debug, Default)]
 pub struct FrameCacheInner {
     /// RTP payloads (RFC 6184 / 7798 / 3640 / 3551), marker on the last.
-    pub rtp: OnceLock<Vec<Bytes>>,
+    pub rtp: OnceLock<Vec<RtpPayload>>,
     /// The FLV tag body (RTMP, HTTP-FLV); H.265 in its Enhanced (FourCC) form.
     pub flv: OnceLock<Bytes>,
     /// The FLV tag body of an H.265 frame in the legacy form (codec id 12), for the players that
     /// ask for it while others get the Enhanced form (HTTP-FLV `?hevc=legacy`).
     pub flv_legacy: OnceLock<Bytes>,
+}
+
+/// One RTP payload of a frame ([`FrameCacheInner::rtp`]): up to 4 bytes of its own (an FU or AU
+/// header), then a body that is a slice of the frame's own `data`, shared, not copied (D181). So a
+/// watched stream's GOP cache holds its video once, not once more as RTP packets. Aggregation
+/// packets (parameter sets, small) own their body.
+#[derive(Debug, Clone, Default)]
+pub struct RtpPayload {
+    head: [u8; 4],
+    head_len: u8,
+    pub body: Bytes,
+}
+
+impl RtpPayload {
+    /// `head` longer than 4 bytes is a packetiser bug: it is cut to 4 (debug builds panic).
+    pub fn new(head: &[u8], body: Bytes) -> Self {
+        debug_assert!(head.len() <= 4, "RTP payload head of {} bytes", head.len());
+        let n = head.len().min(4);
+        let mut h = [0u8; 4];
+        h[..n].copy_from_slice(&head[..n]);
+        RtpPayload { head: h, head_len: n as u8, body }
+    }
+
+    /// The payload's own leading bytes (FU indicator and header, AU headers), possibly none.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len as usize]
+    }
+
+    /// Payload length in bytes (head and body).
+    pub fn len(&self) -> usize {
+        self.head_len as usize + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload as one contiguous buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(self.head());
+        v.extend_from_slice(&self.body);
+        v
+    }
 }
 
 impl std::ops::Deref for FrameCache {

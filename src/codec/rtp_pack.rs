@@ -8,24 +8,34 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::frame::{Codec, CodecConfig, Frame};
+use crate::frame::{Codec, CodecConfig, Frame, RtpPayload};
 
 /// Smallest `max_payload` the packetisers accept (room for FU headers and a few bytes).
 pub const MIN_PAYLOAD: usize = 16;
 
-/// The RTP payloads of `frame`, computed once per frame and shared through its cache.
-pub fn frame_payloads(frame: &Frame, max_payload: usize) -> &[Bytes] {
-    frame.cache.rtp.get_or_init(|| packetize(frame.codec, &frame.data, max_payload))
+/// The RTP payloads of `frame`, computed once per frame and shared through its cache: small
+/// heads and slices of the frame's data (D181).
+pub fn frame_payloads(frame: &Frame, max_payload: usize) -> &[RtpPayload] {
+    frame.cache.rtp.get_or_init(|| packetize_shared(frame.codec, &frame.data, max_payload))
 }
 
-/// Splits one frame's data into RTP payloads of at most `max_payload` bytes.
+/// Splits one frame's data into RTP payloads of at most `max_payload` bytes, each contiguous.
 pub fn packetize(codec: Codec, data: &[u8], max_payload: usize) -> Vec<Bytes> {
+    packetize_shared(codec, &Bytes::copy_from_slice(data), max_payload)
+        .iter()
+        .map(|p| Bytes::from(p.to_vec()))
+        .collect()
+}
+
+/// Splits one frame's data into RTP payloads of at most `max_payload` bytes whose bodies are
+/// slices of `data` (no copy of the media; D181).
+pub fn packetize_shared(codec: Codec, data: &Bytes, max_payload: usize) -> Vec<RtpPayload> {
     let max = max_payload.max(MIN_PAYLOAD);
     match codec {
         Codec::H264 => pack_nals(data, max, &H264),
         Codec::H265 => pack_nals(data, max, &H265),
         Codec::Aac => pack_aac(data, max),
-        Codec::G711A | Codec::G711U => data.chunks(max).map(Bytes::copy_from_slice).collect(),
+        Codec::G711A | Codec::G711U => data.chunks(max).map(|c| RtpPayload::new(&[], data.slice_ref(c))).collect(),
     }
 }
 
@@ -238,7 +248,7 @@ fn avcc_nals(mut data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-fn pack_nals(data: &[u8], max: usize, scheme: &dyn NalScheme) -> Vec<Bytes> {
+fn pack_nals(data: &Bytes, max: usize, scheme: &dyn NalScheme) -> Vec<RtpPayload> {
     let hl = scheme.header_len();
     let nals: Vec<&[u8]> = avcc_nals(data).into_iter().filter(|n| n.len() >= hl).collect();
     let mut out = Vec::new();
@@ -253,10 +263,8 @@ fn pack_nals(data: &[u8], max: usize, scheme: &dyn NalScheme) -> Vec<Bytes> {
             let mut off = 0;
             while off < body.len() {
                 let end = (off + chunk).min(body.len());
-                let mut p = BytesMut::with_capacity(fu_len + end - off);
-                p.put_slice(&scheme.fu_header(nal, off == 0, end == body.len()));
-                p.put_slice(&body[off..end]);
-                out.push(p.freeze());
+                let head = scheme.fu_header(nal, off == 0, end == body.len());
+                out.push(RtpPayload::new(&head, data.slice_ref(&body[off..end])));
                 off = end;
             }
             i += 1;
@@ -270,7 +278,7 @@ fn pack_nals(data: &[u8], max: usize, scheme: &dyn NalScheme) -> Vec<Bytes> {
             j += 1;
         }
         if j == i + 1 {
-            out.push(Bytes::copy_from_slice(nal));
+            out.push(RtpPayload::new(&[], data.slice_ref(nal)));
         } else {
             let mut p = BytesMut::with_capacity(size);
             p.put_slice(&scheme.aggregation_header(&nals[i..j]));
@@ -278,7 +286,7 @@ fn pack_nals(data: &[u8], max: usize, scheme: &dyn NalScheme) -> Vec<Bytes> {
                 p.put_u16(n.len() as u16);
                 p.put_slice(n);
             }
-            out.push(p.freeze());
+            out.push(RtpPayload::new(&[], p.freeze()));
         }
         i = j;
     }
@@ -288,7 +296,7 @@ fn pack_nals(data: &[u8], max: usize, scheme: &dyn NalScheme) -> Vec<Bytes> {
 /// RFC 3640 AAC-hbr: AU-headers-length (16 bits), one 16-bit AU header (13-bit size, 3-bit
 /// index 0), then the AU; an AU larger than a packet is fragmented, each fragment repeating the
 /// AU header with the whole AU's size.
-fn pack_aac(data: &[u8], max: usize) -> Vec<Bytes> {
+fn pack_aac(data: &Bytes, max: usize) -> Vec<RtpPayload> {
     let size = (data.len() as u16) & 0x1fff;
     let room = max - 4;
     let mut out = Vec::new();
@@ -297,11 +305,8 @@ fn pack_aac(data: &[u8], max: usize) -> Vec<Bytes> {
         return out;
     }
     for c in chunks {
-        let mut p = BytesMut::with_capacity(4 + c.len());
-        p.put_u16(16);
-        p.put_u16(size << 3);
-        p.put_slice(c);
-        out.push(p.freeze());
+        let [a, b] = (size << 3).to_be_bytes();
+        out.push(RtpPayload::new(&[0, 16, a, b], data.slice_ref(c)));
     }
     out
 }
@@ -413,6 +418,27 @@ mod tests {
             }
             let n = p.len();
             assert!((0..n).filter(|i| marker(Codec::H264, *i, n)).eq([n - 1]));
+        }
+    }
+
+    /// D181: the cached payloads of a frame reference its data (no second copy of the video in
+    /// a GOP cache), and put together they are the contiguous packets.
+    #[test]
+    fn cached_payload_bodies_are_slices_of_the_frame() {
+        let nals = vec![nal(&[0x67], 20, 1), nal(&[0x68], 4, 2), nal(&[0x65], 5000, 4), nal(&[0x41], 900, 5)];
+        let data = Bytes::from(avcc(&nals));
+        for (codec, d) in [(Codec::H264, data.clone()), (Codec::Aac, data.slice(..700)), (Codec::G711A, data.clone())] {
+            let shared = packetize_shared(codec, &d, 400);
+            let flat: Vec<Vec<u8>> = shared.iter().map(RtpPayload::to_vec).collect();
+            let contiguous: Vec<Vec<u8>> = packetize(codec, &d, 400).iter().map(|b| b.to_vec()).collect();
+            assert_eq!(flat, contiguous, "{codec:?}");
+            let range = d.as_ptr() as usize..d.as_ptr() as usize + d.len();
+            let referenced: usize =
+                shared.iter().filter(|p| range.contains(&(p.body.as_ptr() as usize))).map(|p| p.body.len()).sum();
+            let copied: usize = shared.iter().map(|p| p.len()).sum::<usize>() - referenced;
+            // Only heads and the aggregated parameter sets (H.264: SPS+PPS, 30 bytes) are copied.
+            assert!(copied < 400, "{codec:?}: {copied} of {} bytes copied", d.len());
+            assert!(referenced >= d.len() - 100, "{codec:?}: {referenced} referenced");
         }
     }
 

@@ -789,20 +789,23 @@ fn append_frame(p: &mut Player, frame: &Frame, out: &mut batch::Batch, max_paylo
             (Some((sock, _, dst, _)), _) => {
                 let mut pkt = Vec::with_capacity(12 + payload.len());
                 pkt.extend_from_slice(&header);
-                pkt.extend_from_slice(payload);
+                pkt.extend_from_slice(payload.head());
+                pkt.extend_from_slice(&payload.body);
                 // A full socket buffer drops the datagram, as the network would.
                 let _ = sock.try_send_to(&pkt, *dst);
             }
             (None, TrackTransport::Tcp { rtp_channel, .. }) => {
-                // `$`, channel, length, then the RTP header: this player's 16 bytes; the payload
-                // is the frame's shared packet, referenced.
+                // `$`, channel, length, then the RTP header: this player's 16 bytes; the payload's
+                // head (FU/AU header) is copied next to them, its body (a slice of the frame) is
+                // referenced (D181).
                 let mut own = [0u8; 16];
                 own[0] = b'$';
                 own[1] = rtp_channel;
                 own[2..4].copy_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
                 own[4..].copy_from_slice(&header);
                 out.own(&own);
-                out.shared(payload);
+                out.own(payload.head());
+                out.shared(&payload.body);
             }
             (None, TrackTransport::Udp { .. }) => {}
         }
