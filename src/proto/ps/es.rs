@@ -811,6 +811,28 @@ impl AudioEs {
 mod tests {
     use super::*;
 
+    /// D180: the room a keyframe needed is given back once it is out, not kept for the stream.
+    #[test]
+    fn a_keyframes_room_is_given_back_after_it() {
+        let mut es = VideoEs::new();
+        es.codec = Some(Codec::H264);
+        let (mut out, mut st) = (Vec::new(), DemuxStats::default());
+        // AUD, then one slice (first_mb_in_slice 0) of `n` bytes.
+        let au = |ty: u8, n: usize| {
+            let mut v = vec![0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, ty, 0x88];
+            v.resize(v.len() + n, 0x55);
+            v
+        };
+        assert!(es.allocated() <= 32 << 10);
+        es.push(&au(0x65, 300 << 10), &mut out, &mut st);
+        assert!(es.allocated() >= 300 << 10, "grew for the keyframe");
+        for _ in 0..3 {
+            es.push(&au(0x41, 5000), &mut out, &mut st);
+            assert!(es.allocated() <= 64 << 10, "kept {} bytes after the keyframe", es.allocated());
+        }
+        assert_eq!(st.oversize_drops, 0);
+    }
+
     #[test]
     fn unwrap_picks_nearest() {
         assert_eq!(unwrap_ts(None, 5), 5);

@@ -480,6 +480,31 @@ mod tests {
         pkts.iter().map(|p| RtpPacket::parse(p.clone()).unwrap().seq).collect()
     }
 
+    /// D179: reads land in the framer's own buffer, split anywhere, and a drained framer holds
+    /// no allocation (an idle connection keeps no read memory) while its packets stay valid.
+    #[test]
+    fn reads_in_place_and_gives_the_buffer_back_when_drained() {
+        let mut data = Vec::new();
+        for seq in 1..=3 {
+            frame4571(&mut data, &rtp(seq, 0x1234, 1000));
+        }
+        let mut f = TcpFramer::new();
+        assert_eq!(f.buf.capacity(), 0, "nothing allocated before the first read");
+        let mut out = Vec::new();
+        for part in [&data[..700], &data[700..2100], &data[2100..]] {
+            let space = f.read_space(16 * 1024);
+            assert!(space.capacity() - space.len() >= 16 * 1024);
+            space.extend_from_slice(part);
+            drain(&mut f, &mut out);
+        }
+        assert_eq!(seqs(&out), [1, 2, 3]);
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(f.buf.capacity(), 0, "the drained buffer was given back");
+        f.read_space(16 * 1024);
+        f.release_if_empty();
+        assert_eq!(f.buf.capacity(), 0, "a read that found nothing gives it back too");
+    }
+
     #[test]
     fn split_at_every_byte_boundary() {
         let pkts = [rtp(1, SSRC, 100), rtp(2, SSRC, 0), rtp(3, SSRC, 1400)];
