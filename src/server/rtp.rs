@@ -101,6 +101,9 @@ pub struct RtpCounters {
     pub rtcp_sr_received: AtomicU64,
     /// RTCP datagrams whose sender SSRC matched no live stream.
     pub rtcp_unrouted: AtomicU64,
+    /// UDP receive calls that returned datagrams (D173): UDP datagrams (RTP and RTCP) over this
+    /// is the batch `recvmmsg` takes.
+    pub udp_receive_calls: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +133,7 @@ pub struct RtpCountersSnapshot {
     pub rtcp_rr_sent: u64,
     pub rtcp_sr_received: u64,
     pub rtcp_unrouted: u64,
+    pub udp_receive_calls: u64,
     /// Bytes all RTP streams hold now: queued, reordered, reassembly, probation.
     pub buffered_bytes: usize,
     pub max_buffered_bytes: usize,
@@ -592,6 +596,7 @@ impl RtpShared {
             rtcp_rr_sent: get(&c.rtcp_rr_sent),
             rtcp_sr_received: get(&c.rtcp_sr_received),
             rtcp_unrouted: get(&c.rtcp_unrouted),
+            udp_receive_calls: get(&c.udp_receive_calls),
             unknown_ssrc_packets: get(&c.unknown_ssrc_packets),
             probation_evicted: get(&c.probation_evicted),
             streams_refused: get(&c.streams_refused),
@@ -900,10 +905,11 @@ impl Binding {
 }
 
 /// The UDP receive loop, on a thread of its own (D153). It waits (blocking) for a datagram,
-/// then takes every datagram queued behind it without blocking, ingesting each inline
-/// (`Route::forward`); after a drain that found datagrams it sleeps `udp_batch_wait` so the
-/// next drain finds a batch: one wake-up per batch instead of one per datagram (or per
-/// camera burst). Nothing else polls the socket, so arrivals during the sleep wake nobody.
+/// then takes every datagram queued, without blocking, up to 32 per `recvmmsg` (D173),
+/// ingesting each inline (`Route::forward`); after a drain that found datagrams it sleeps
+/// `udp_batch_wait` so the next drain finds a batch: one wake-up per batch instead of one per
+/// datagram (or per camera burst). Nothing else polls the socket, so arrivals during the sleep
+/// wake nobody.
 fn serve_udp(
     socket: std::net::UdpSocket,
     cfg: RtpConfig,
@@ -922,10 +928,10 @@ fn serve_udp(
     // Streams bound by source address (SSRC 0 or an SSRC other than the announced one).
     let mut addr_routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut probation = Probation::new();
-    // Each datagram is copied out into its own exact-size buffer: a packet held in probation,
-    // a reorder buffer then pins its own bytes only, never a shared 64 KiB receive buffer
-    // (issue 8, hole 7), so every byte bound below is a bound on memory.
-    let mut buf = vec![0u8; 65536];
+    // Each datagram is copied out of the receive slots into its own exact-size buffer: a packet
+    // held in probation, a reorder buffer then pins its own bytes only, never a shared 64 KiB
+    // receive buffer (issue 8, hole 7), so every byte bound below is a bound on memory.
+    let mut batch = UdpBatch::new(&socket);
     let mut bad_log = RateLimit::new(Duration::from_secs(10));
     let mut unknown_log = RateLimit::new(Duration::from_secs(10));
     let mut foreign_log = RateLimit::new(Duration::from_secs(10));
@@ -1108,35 +1114,120 @@ fn serve_udp(
     };
     let mut blocking = false;
     while !shutdown.is_cancelled() {
-        // Drain what is queued, without blocking; at most DRAIN_MAX so shutdown is seen.
-        let mut got = 0usize;
-        while got < DRAIN_MAX {
-            match socket.recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    got += 1;
-                    if blocking {
-                        // The first datagram after an idle spell: take the rest without blocking.
-                        blocking = false;
-                        let _ = socket.set_nonblocking(true);
-                    }
-                    on_datagram(&buf[..n], peer, Instant::now());
+        if blocking {
+            // Idle: wait in the kernel for the next datagram (or the shutdown poll) without
+            // taking it, then take it with the rest below: a blocking `recvmmsg` would wait for a
+            // whole batch, not for the first datagram.
+            match socket.peek_from(&mut [0u8; 1]) {
+                Ok(_) => {
+                    blocking = false;
+                    let _ = socket.set_nonblocking(true);
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
-                // ICMP port unreachable and the like surface here on some systems: not fatal.
-                Err(e) => debug!("UDP receive error: {e}"),
-            }
-            if blocking {
-                break;
+                Err(e) if is_timeout(&e) => continue,
+                Err(e) => {
+                    debug!("UDP receive error: {e}");
+                    continue;
+                }
             }
         }
-        if got == 0 && !blocking {
-            // Idle: wait in the kernel for the next datagram (or the shutdown poll).
+        // Drain what is queued, without blocking, a batch per call; at most DRAIN_MAX so
+        // shutdown is seen.
+        let mut got = 0usize;
+        while got < DRAIN_MAX {
+            match batch.recv(&socket, &mut on_datagram) {
+                Ok(n) => {
+                    got += n;
+                    counters.udp_receive_calls.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if is_timeout(&e) => break,
+                // ICMP port unreachable and the like surface here on some systems: not fatal.
+                Err(e) => {
+                    debug!("UDP receive error: {e}");
+                    break;
+                }
+            }
+        }
+        if got == 0 {
+            // Nothing queued: wait in the kernel (above).
             blocking = true;
             let _ = socket.set_nonblocking(false);
-        } else if got > 0 && got < DRAIN_MAX && !batch_wait.is_zero() {
+        } else if got < DRAIN_MAX && !batch_wait.is_zero() {
             std::thread::sleep(batch_wait);
         }
     }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+/// Datagrams one `recvmmsg` takes at most (quinn-udp's batch: 32 on Linux).
+const UDP_SLOTS: usize = quinn_udp::BATCH_SIZE;
+/// One receive slot: the largest UDP payload, as the single 64 KiB buffer before D173, so no
+/// datagram is truncated, and a GRO super-datagram (at most 64 KiB) fits whole.
+const UDP_SLOT: usize = 65536;
+
+/// The receive buffers of the UDP port (D173): `UDP_SLOTS` slots of `UDP_SLOT` bytes, filled by
+/// one `recvmmsg` through quinn-udp (which keeps the unsafe code out of this crate). 2 MiB of
+/// address space, fixed; only the pages the kernel writes become resident (the first 4 KiB of
+/// each slot for camera-sized datagrams).
+struct UdpBatch {
+    /// `None` when quinn-udp could not set the socket up: one `recv_from` per call instead.
+    state: Option<quinn_udp::UdpSocketState>,
+    storage: Vec<u8>,
+    metas: Vec<quinn_udp::RecvMeta>,
+}
+
+impl UdpBatch {
+    fn new(socket: &std::net::UdpSocket) -> Self {
+        // This also turns UDP GRO on (the kernel may hand several datagrams of one source in
+        // one slot: split below by `stride`) and sets the socket nonblocking.
+        let state = match quinn_udp::UdpSocketState::new(socket.into()) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                warn!("UDP RTP port: batched receive unavailable, one datagram per call: {e}");
+                None
+            }
+        };
+        // Zeroed fresh pages from the allocator: slots never written cost no memory.
+        Self { state, storage: vec![0u8; UDP_SLOTS * UDP_SLOT], metas: vec![quinn_udp::RecvMeta::default(); UDP_SLOTS] }
+    }
+
+    /// One receive call (a batch of up to `UDP_SLOTS` buffers): hands every datagram to `each`
+    /// with its own source address and the time it was taken; returns how many there were.
+    fn recv(
+        &mut self,
+        socket: &std::net::UdpSocket,
+        mut each: impl FnMut(&[u8], SocketAddr, Instant),
+    ) -> std::io::Result<usize> {
+        let Some(state) = &self.state else {
+            let (n, peer) = socket.recv_from(&mut self.storage[..UDP_SLOT])?;
+            each(&self.storage[..n], peer, Instant::now());
+            return Ok(1);
+        };
+        let mut slots = self.storage.chunks_exact_mut(UDP_SLOT);
+        let mut bufs: [std::io::IoSliceMut<'_>; UDP_SLOTS] =
+            std::array::from_fn(|_| std::io::IoSliceMut::new(slots.next().unwrap_or_default()));
+        let n = state.recv(socket.into(), &mut bufs, &mut self.metas)?;
+        let now = Instant::now();
+        let mut datagrams = 0;
+        for (buf, meta) in bufs.iter().zip(&self.metas).take(n) {
+            for datagram in gro_datagrams(&buf[..meta.len.min(buf.len())], meta.stride) {
+                datagrams += 1;
+                each(datagram, meta.addr, now);
+            }
+        }
+        Ok(datagrams)
+    }
+}
+
+/// The datagrams of one receive buffer: `stride` bytes each (the last may be shorter) when the
+/// kernel coalesced a source's datagrams (GRO), else the whole buffer. An empty buffer is one
+/// empty datagram (counted as not RTP, as before).
+fn gro_datagrams(data: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
+    // 0 (never from quinn-udp, which sets the length when there was no GRO): the whole buffer.
+    let stride = if stride == 0 { data.len() } else { stride }.clamp(1, data.len().max(1));
+    (0..data.len().div_ceil(stride).max(1)).map(move |i| &data[i * stride..((i + 1) * stride).min(data.len())])
 }
 
 /// The GB form of an SSRC (10 decimal digits, as in SDP `y=`), used in logs and the API.
@@ -1939,6 +2030,18 @@ mod tests {
 
     fn probe_packet(ssrc: u32, seq: u16) -> RtpPacket {
         RtpPacket { ssrc, seq, timestamp: 0, marker: false, payload_type: 96, payload: Bytes::from_static(&[0; 100]) }
+    }
+
+    #[test]
+    fn a_coalesced_buffer_splits_at_the_stride_and_a_plain_one_is_one_datagram() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let parts: Vec<&[u8]> = gro_datagrams(&data, 40).collect();
+        assert_eq!(parts, [&data[..40], &data[40..80], &data[80..]]);
+        assert_eq!(gro_datagrams(&data, 100).collect::<Vec<_>>(), [&data[..]]);
+        // No GRO: quinn-udp sets the stride to the length; 0 is treated the same.
+        assert_eq!(gro_datagrams(&data, 0).count(), 1);
+        // An empty datagram is still one datagram (counted as not RTP, as before D173).
+        assert_eq!(gro_datagrams(&[], 0).collect::<Vec<_>>(), [&[] as &[u8]]);
     }
 
     #[test]
