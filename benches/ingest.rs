@@ -178,18 +178,26 @@ const RX_BURST: usize = 8;
 
 /// CPU time (ns) of every thread of this process but the calling one: the gateway's runtime
 /// threads, not the bench thread that sends the datagrams (`/proc/self/task/*/schedstat`).
-fn other_threads_cpu_ns() -> u64 {
+fn other_threads_cpu_ns() -> std::collections::HashMap<String, u64> {
     let me = std::fs::read_to_string("/proc/thread-self/stat")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_default();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Default::default() };
     tasks
         .flatten()
         .filter(|t| t.file_name().to_string_lossy() != me)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
-        .sum()
+        .filter_map(|t| {
+            let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            Some((t.file_name().to_string_lossy().into_owned(), s.split_whitespace().next()?.parse::<u64>().ok()?))
+        })
+        .collect()
+}
+
+/// CPU time the threads alive at the end took since `before`, per thread: a thread that exited
+/// in between (an earlier server's) is not subtracted from the others.
+fn cpu_since(before: &std::collections::HashMap<String, u64>) -> u64 {
+    other_threads_cpu_ns().iter().map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum()
 }
 
 /// The whole UDP receive path of the server: RTP datagrams sent over a real loopback socket by
@@ -288,7 +296,7 @@ fn receive_path_with(c: &mut Criterion, batch_wait: Duration) {
         b.iter(|| one_pass(&mut subs, &mut frames, &mut sent));
     });
     group.finish();
-    let (cpu, n) = (other_threads_cpu_ns() - cpu0, sent - sent0);
+    let (cpu, n) = (cpu_since(&cpu0), sent - sent0);
     eprintln!(
         "receive_path {id}: server threads' CPU {:.2} us per datagram over {n} datagrams, {} frames to subscribers",
         cpu as f64 / n.max(1) as f64 / 1000.0,
