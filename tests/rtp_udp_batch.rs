@@ -1,7 +1,8 @@
 //! The UDP RTP port takes datagrams in batches (`recvmmsg`, D173): many cameras' datagrams
 //! arriving at once are all ingested, each under its own source address; a datagram as large as
-//! UDP allows is taken whole; datagrams the kernel coalesced (GRO) are split again. Real
-//! loopback sockets; the counters are read from the API.
+//! UDP allows is taken whole; datagrams sent with UDP GSO (which a GRO-enabled socket would get
+//! as one buffer) are each counted and ingested. Real loopback sockets; the counters are read
+//! from the API.
 mod common;
 
 use std::collections::HashMap;
@@ -89,10 +90,11 @@ async fn a_burst_from_many_cameras_is_ingested_whole_a_batch_per_receive_call() 
     gw.stop().await;
 }
 
-/// Eight datagrams sent with UDP GSO (one `sendmsg`, `segment_size`) reach the gateway's
-/// GRO-enabled socket on loopback as one buffer with a stride: it must count and ingest eight.
+/// Eight datagrams sent with UDP GSO (one `sendmsg`, `segment_size`): on loopback a socket with
+/// UDP GRO on gets them as one buffer with a stride (quinn-udp turns GRO on for the socket its
+/// state is made on); either way the gateway must count and ingest eight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn datagrams_the_kernel_coalesced_are_split_by_stride() {
+async fn datagrams_sent_with_gso_are_each_counted_and_ingested() {
     let gw = start(test_config()).await;
     let (to, api) = (gw.rtp_addr, gw.api_addr);
     let ssrc = 0x0C10_0001u32;
@@ -124,7 +126,7 @@ async fn datagrams_the_kernel_coalesced_are_split_by_stride() {
     .await
     .unwrap();
     let Some(from): Option<SocketAddr> = sent else {
-        missing("datagrams_the_kernel_coalesced_are_split_by_stride", "UDP GSO on loopback");
+        missing("datagrams_sent_with_gso_are_each_counted_and_ingested", "UDP GSO on loopback");
         return;
     };
     let n = u64::from(COUNT);

@@ -1180,9 +1180,19 @@ struct UdpBatch {
 
 impl UdpBatch {
     fn new(socket: &std::net::UdpSocket) -> Self {
-        // This also turns UDP GRO on (the kernel may hand several datagrams of one source in
-        // one slot: split below by `stride`) and sets the socket nonblocking.
-        let state = match quinn_udp::UdpSocketState::new(socket.into()) {
+        // quinn-udp's receive takes no per-socket state (Linux: `recvmmsg` on the socket it is
+        // given), but making the state on a socket turns on UDP GRO, IP_PKTINFO, IP_RECVTOS and
+        // SO_TIMESTAMPNS there: control messages for every datagram that nothing here reads
+        // (~6 % of gbgate's CPU at 300 cameras, performance.md 13f). So the state is made on a
+        // throwaway socket and ours keeps its options: no GRO, one datagram per slot (the
+        // stride split below stays, for a socket that has GRO on after all).
+        let made = socket
+            .local_addr()
+            .and_then(|a| std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 0)))
+            .and_then(|spare| quinn_udp::UdpSocketState::new((&spare).into()));
+        // Drains must not block: a blocking `recvmmsg` waits for a whole batch.
+        let _ = socket.set_nonblocking(true);
+        let state = match made {
             Ok(state) => Some(state),
             Err(e) => {
                 warn!("UDP RTP port: batched receive unavailable, one datagram per call: {e}");
