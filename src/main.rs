@@ -120,6 +120,28 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
         warmup: Duration,
     },
+    /// The fan-out floor (issue 12): one thread writing each video frame of a clip to N loopback
+    /// TCP connections with one `writev` each, in gbgate's RTSP or RTMP shape, nothing else; the
+    /// readers are a second process that drains. Prints this process's CPU.
+    #[command(hide = true)]
+    Floor {
+        /// The clip (an RTP dump made like tools/load.sh's). Not needed with --drain.
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "rtsp")]
+        proto: gbgate::sim::floor::FloorProto,
+        #[arg(long, default_value_t = 300)]
+        connections: usize,
+        /// The measured window.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+        warmup: Duration,
+        #[arg(long, default_value_t = 1400)]
+        max_payload: usize,
+        /// Be the draining side: connect --connections times to this address and read.
+        #[arg(long)]
+        drain: Option<std::net::SocketAddr>,
+    },
     /// Replay the hostile inputs of issue #8 against a running gateway while a legitimate camera
     /// streams and a player plays; prints what each attack saw, the player's frames, and the
     /// gateway's memory and file descriptors (with --pid) as JSON.
@@ -253,6 +275,9 @@ fn main() -> ExitCode {
         },
         Command::Players { url, count, duration, stall, joins, spread } => {
             players(url, count, duration, stall, joins, spread)
+        }
+        Command::Floor { file, proto, connections, duration, warmup, max_payload, drain } => {
+            floor(file, proto, connections, duration, warmup, max_payload, drain)
         }
         Command::Latency { file, rtp, rtsp, tcp, cameras, players, ssrc, duration, warmup } => {
             let opts = gbgate::sim::latency::LatencyOptions {
@@ -541,6 +566,66 @@ fn players(url: String, count: usize, duration: Duration, stall: usize, joins: u
     );
     if report.stalled > 0 {
         println!("stalled players disconnected by the server: {} of {}", report.stalled_disconnected, report.stalled);
+    }
+    ExitCode::SUCCESS
+}
+
+fn floor(
+    file: Option<PathBuf>,
+    proto: gbgate::sim::floor::FloorProto,
+    connections: usize,
+    duration: Duration,
+    warmup: Duration,
+    max_payload: usize,
+    drain: Option<std::net::SocketAddr>,
+) -> ExitCode {
+    if let Some(to) = drain {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(gbgate::sim::floor::run_drain(to, connections)) {
+            Ok(n) => {
+                println!("{n}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(file) = file else {
+        eprintln!("error: the clip is needed");
+        return ExitCode::from(2);
+    };
+    let opts = gbgate::sim::floor::FloorOptions { proto, connections, duration, warmup, max_payload };
+    let r = match gbgate::sim::floor::run_floor(&file, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secs = r.window.as_secs_f64().max(1e-3);
+    println!(
+        "floor {:?}: {} connections, {:.1} s: writer CPU {:.1} % of one core (schedstat {:.2} %), drain process {:.1} %",
+        proto, r.connections, secs, r.cpu_pct, r.cpu_pct_ns, r.drain_cpu_pct
+    );
+    println!(
+        "   {} frames per connection, {:.0} writev/s, {:.2} writev per frame and connection, {:.2} Mbit/s per connection; drained {} of {} bytes",
+        r.frames,
+        r.writevs as f64 / secs,
+        r.writevs as f64 / (r.frames.max(1) * r.connections.max(1) as u64) as f64,
+        r.bytes as f64 * 8.0 / secs / 1e6 / r.connections.max(1) as f64,
+        r.drained,
+        r.written
+    );
+    if r.drained != r.written {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

@@ -189,6 +189,29 @@ impl Batch {
         Ok(())
     }
 
+    /// Writes everything held with blocking `writev`s of the same shape as [`Batch::write_to`],
+    /// then clears; returns the `writev` calls made. For the fan-out floor tool (`gbgate floor`),
+    /// which must write exactly what a player's task writes.
+    pub fn write_blocking<W: std::io::Write>(&mut self, w: &mut W) -> io::Result<usize> {
+        let mut calls = 0;
+        while !self.parts.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let used = self.iovecs(&mut iov);
+            let n = match w.write_vectored(&iov[..used]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            calls += 1;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        self.clear();
+        Ok(calls)
+    }
+
     /// [`Batch::write_to`] with a deadline: a peer that accepts nothing for `limit` is an error.
     pub async fn write_timeout<W: AsyncWrite + Unpin>(&mut self, w: &mut W, limit: Duration) -> io::Result<()> {
         match tokio::time::timeout(limit, self.write_to(w)).await {

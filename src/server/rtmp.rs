@@ -252,14 +252,14 @@ fn metadata_packet(stream_id: u32, m: &StreamMetadata, publishing: bool) -> anyh
 /// The chunk stream and message type of a player's media messages: the ones rml_rtmp's own
 /// serialiser would pick (video 4, audio 5), which it uses for nothing else once playing.
 #[derive(Debug, Clone, Copy)]
-struct MediaChunks {
+pub(crate) struct MediaChunks {
     csid: u8,
     type_id: u8,
 }
 
 impl MediaChunks {
-    const VIDEO: MediaChunks = MediaChunks { csid: 4, type_id: 9 };
-    const AUDIO: MediaChunks = MediaChunks { csid: 5, type_id: 8 };
+    pub(crate) const VIDEO: MediaChunks = MediaChunks { csid: 4, type_id: 9 };
+    pub(crate) const AUDIO: MediaChunks = MediaChunks { csid: 5, type_id: 8 };
 }
 
 /// Appends one media message as RTMP chunks of [`CHUNK_SIZE`] (D163): a full (type 0) header,
@@ -268,7 +268,7 @@ impl MediaChunks {
 /// body slices are the frame's shared tag, referenced rather than copied (rml_rtmp's session
 /// serialiser copied every body into a fresh buffer per player). Every message carries a full
 /// header, so nothing depends on what rml_rtmp last sent on these chunk streams.
-fn put_media(out: &mut batch::Batch, kind: MediaChunks, stream_id: u32, ts: u32, body: &bytes::Bytes) {
+pub(crate) fn put_media(out: &mut batch::Batch, kind: MediaChunks, stream_id: u32, ts: u32, body: &bytes::Bytes) {
     const MAX_TS: u32 = 0xFF_FFFF;
     let ext = ts >= MAX_TS;
     let mut h = [0u8; 16];
