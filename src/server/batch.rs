@@ -1,10 +1,13 @@
 //! How RTSP and RTMP players batch their writes (D14): one write per video frame, or one per
 //! `merge_write` interval for a merging player. The rule is shared so both outputs behave alike.
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::frame::{FrameCache, FrameCacheInner};
 use tokio::io::AsyncWrite;
 
 /// A player's audio waits for the next video frame (at most this long), so each write carries a
@@ -53,8 +56,31 @@ const MAX_IOV: usize = 128;
 enum Part {
     /// `head[start..end]`: bytes of this player (RTP/interleave headers, RTMP chunk headers).
     Own { start: u32, end: u32 },
-    /// A payload shared by every player of the frame (`Frame::cache`): referenced, not copied.
-    Shared(Bytes),
+    /// Bytes `start..end` of payload `idx` of `keep[keep]`, a payload shared by every player of
+    /// the frame: referenced, not copied, and not even reference-counted per packet (D177).
+    Shared { keep: u32, idx: u32, start: u32, end: u32 },
+}
+
+/// What keeps the shared payloads of a [`Batch`] alive: one reference per frame or message,
+/// however many packets or chunks of it the batch holds. A reference count bumped per packet by
+/// 300 players on two cores was 4-5 % of gbgate's per-frame fan-out samples (the cache line of
+/// the frame's counter moving between cores), more than packetising.
+#[derive(Debug)]
+enum Keep {
+    /// One buffer (an FLV tag, one payload).
+    Bytes(Bytes),
+    /// A frame's RTP payloads (`Frame::cache.rtp`, already filled).
+    Rtp(FrameCache),
+}
+
+impl Keep {
+    fn get(&self, idx: u32) -> &[u8] {
+        match self {
+            Keep::Bytes(b) => b,
+            // Filled by `rtp_pack::frame_payloads` before it was kept; a OnceLock is never emptied.
+            Keep::Rtp(c) => c.rtp.get().and_then(|v| v.get(idx as usize)).map_or(&[][..], |p| &p.body[..]),
+        }
+    }
 }
 
 /// A player's pending output (D162): its own small headers are copied into one buffer, the
@@ -65,6 +91,7 @@ enum Part {
 pub(crate) struct Batch {
     head: Vec<u8>,
     parts: Vec<Part>,
+    keep: Vec<Keep>,
     len: usize,
     /// Bytes of `parts[0]` already written (a partial `writev`).
     sent: usize,
@@ -101,18 +128,54 @@ impl Batch {
 
     /// Appends a shared payload: referenced, or copied when small.
     pub fn shared(&mut self, bytes: &Bytes) {
-        if bytes.len() < COPY_BELOW {
-            self.own(bytes);
-        } else {
-            self.len += bytes.len();
-            self.parts.push(Part::Shared(bytes.clone()));
+        self.shared_range(bytes, 0, bytes.len());
+    }
+
+    /// Appends `bytes[start..end]` of a shared buffer: referenced (the buffer is kept once for
+    /// consecutive ranges of it, e.g. the chunks of one RTMP message), or copied when small.
+    pub fn shared_range(&mut self, bytes: &Bytes, start: usize, end: usize) {
+        if end - start < COPY_BELOW {
+            self.own(&bytes[start..end]);
+            return;
         }
+        let same =
+            matches!(self.keep.last(), Some(Keep::Bytes(b)) if b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len());
+        if !same {
+            self.keep.push(Keep::Bytes(bytes.clone()));
+        }
+        self.push_shared(0, start, end);
+    }
+
+    /// Appends RTP payload `idx` of a frame whose payloads `rtp_pack::frame_payloads` made:
+    /// referenced (the frame's cache is kept once for all its packets), or copied when small.
+    pub fn rtp_payload(&mut self, cache: &FrameCache, idx: usize) {
+        let Some(payload) = cache.rtp.get().and_then(|v| v.get(idx)) else { return };
+        // The payload's own few bytes (FU indicator and header, D181), then its body: a slice of
+        // the frame's data.
+        self.own(payload.head());
+        let body = &payload.body;
+        if body.len() < COPY_BELOW {
+            self.own(body);
+            return;
+        }
+        let same = matches!(self.keep.last(), Some(Keep::Rtp(c)) if std::ptr::eq::<FrameCacheInner>(&**c, &**cache));
+        if !same {
+            self.keep.push(Keep::Rtp(cache.clone()));
+        }
+        self.push_shared(idx as u32, 0, body.len());
+    }
+
+    fn push_shared(&mut self, idx: u32, start: usize, end: usize) {
+        let keep = (self.keep.len() - 1) as u32;
+        self.len += end - start;
+        self.parts.push(Part::Shared { keep, idx, start: start as u32, end: end as u32 });
     }
 
     /// Forgets everything held, keeping (bounded) capacity for the next batch.
     pub fn clear(&mut self) {
         self.head.clear();
         self.parts.clear();
+        self.keep.clear();
         self.len = 0;
         self.sent = 0;
         // A GOP burst at play may have grown these: steady state needs a few kB.
@@ -121,6 +184,9 @@ impl Batch {
         }
         if self.parts.capacity() > 1024 {
             self.parts.shrink_to(128);
+        }
+        if self.keep.capacity() > 256 {
+            self.keep.shrink_to(32);
         }
     }
 
@@ -138,7 +204,9 @@ impl Batch {
     fn slice<'a>(&'a self, p: &'a Part) -> &'a [u8] {
         match p {
             Part::Own { start, end } => &self.head[*start as usize..*end as usize],
-            Part::Shared(b) => b,
+            Part::Shared { keep, idx, start, end } => {
+                &self.keep[*keep as usize].get(*idx)[*start as usize..*end as usize]
+            }
         }
     }
 
@@ -214,10 +282,41 @@ impl Batch {
 
     /// [`Batch::write_to`] with a deadline: a peer that accepts nothing for `limit` is an error.
     pub async fn write_timeout<W: AsyncWrite + Unpin>(&mut self, w: &mut W, limit: Duration) -> io::Result<()> {
-        match tokio::time::timeout(limit, self.write_to(w)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("send stalled for {limit:?}"))),
-        }
+        // The deadline's timer is made only if the write has to wait (D177): a player that keeps
+        // up writes at once, and a timer per write (a clock read, a runtime handle, dropped
+        // unused) was per-frame work for nothing. The deadline then runs from the first wait.
+        let mut write = std::pin::pin!(self.write_to(w));
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(r) = write.as_mut().poll(cx) {
+                return std::task::Poll::Ready(r);
+            }
+            let d = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            match d.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("send stalled for {limit:?}"),
+                ))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Per-frame writes (`merge_write = "0s"`): whether audio held for the next video frame must go
+/// now, because it has waited [`AUDIO_HOLD`] (D177). No timer is armed per audio frame: held
+/// audio goes with the next video frame, or, when video stops, with the next frame after
+/// `AUDIO_HOLD` (audio keeps coming every 93 ms at 11025 Hz) or before any other event. `held_at`
+/// is when the batch began holding; cleared when this says so.
+pub(crate) fn held_too_long(held_at: &mut Option<tokio::time::Instant>) -> bool {
+    let now = tokio::time::Instant::now();
+    let since = *held_at.get_or_insert(now);
+    if now.duration_since(since) >= AUDIO_HOLD {
+        *held_at = None;
+        true
+    } else {
+        false
     }
 }
 
@@ -285,6 +384,31 @@ mod tests {
         }
     }
 
+    impl std::io::Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut left = self.max;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.got.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            self.calls += 1;
+            Ok(self.max - left)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Batch {
+        fn write_blocking_for_test(&mut self, w: &mut Trickle) {
+            self.write_blocking(w).unwrap();
+        }
+    }
+
     /// Partial vectored writes resume mid-part, in order, and nothing is copied twice or lost;
     /// large payloads are referenced (not copied into the player's buffer), small ones copied.
     #[tokio::test]
@@ -308,7 +432,7 @@ mod tests {
             for p in &b.parts {
                 match p {
                     Part::Own { .. } => b2.own(b.slice(p)),
-                    Part::Shared(s) => b2.shared(s),
+                    Part::Shared { .. } => b2.shared(&Bytes::copy_from_slice(b.slice(p))),
                 }
             }
             let mut w = Trickle { got: Vec::new(), max, calls: 0 };
@@ -320,6 +444,37 @@ mod tests {
                 assert!(w.calls <= 600 / MAX_IOV + 1, "{} calls", w.calls);
             }
         }
+    }
+
+    /// A frame's RTP packets and a message's chunks keep their source once, not once per
+    /// packet or chunk (D177), and are written in order.
+    #[test]
+    fn shared_sources_are_kept_once_per_frame() {
+        let payloads: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 1000 + i as usize])).collect();
+        let cache = crate::frame::FrameCache::default();
+        cache.rtp.set(payloads.clone()).unwrap();
+        let tag = Bytes::from((0..9000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut b = Batch::default();
+        let mut want = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            b.own(b"$h");
+            want.extend_from_slice(b"$h");
+            b.rtp_payload(&cache, i);
+            want.extend_from_slice(p);
+        }
+        for (s, e) in [(0, 4096), (4096, 8192), (8192, 9000)] {
+            b.own(b"c");
+            want.extend_from_slice(b"c");
+            b.shared_range(&tag, s, e);
+            want.extend_from_slice(&tag[s..e]);
+        }
+        assert_eq!(b.keep.len(), 2, "one frame cache and one tag kept");
+        assert!(b.head.len() < 32, "payloads referenced, not copied");
+        assert_eq!(b.to_vec(), want);
+        let mut w = Trickle { got: Vec::new(), max: 777, calls: 0 };
+        b.write_blocking_for_test(&mut w);
+        assert_eq!(w.got, want);
+        assert!(b.keep.is_empty());
     }
 
     #[test]

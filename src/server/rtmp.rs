@@ -289,7 +289,7 @@ pub(crate) fn put_media(out: &mut batch::Batch, kind: MediaChunks, stream_id: u3
             out.own(&cont[..if ext { 5 } else { 1 }]);
         }
         let end = (at + size).min(body.len());
-        out.shared(&body.slice(at..end));
+        out.shared_range(body, at, end);
         at = end;
     }
 }
@@ -424,7 +424,18 @@ async fn connection(
         let mut out = Vec::new();
         // When held media (audio waiting for video, or a merged write) must go out at the latest.
         let mut hold_until: Option<tokio::time::Instant> = None;
+        // Per-frame writes: since when audio is held for the next video frame (no timer, D177).
+        let mut held_at: Option<tokio::time::Instant> = None;
         let merging = !c.cfg.merge_write.0.is_zero();
+        // Made once, not per wake-up (D177): a `cancelled()` per select registered and removed a
+        // waiter under the token's locks, and a read timeout per select armed and cancelled a
+        // timer, per frame and player. The idle timer is pushed back lazily: it fires at most
+        // once per PUBLISH_IDLE and then looks at when the last read was.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let idle = tokio::time::sleep(PUBLISH_IDLE);
+        tokio::pin!(idle);
+        let mut last_read = tokio::time::Instant::now();
         loop {
             let mut hold = false;
             // A merging player does not wake for each frame: its queue is drained when the interval ends.
@@ -432,7 +443,7 @@ async fn connection(
             // Until it publishes or plays, a connection lives by the setup deadline.
             let unset = c.publisher.is_none() && c.player.is_none() && !c.had_role;
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = &mut cancelled => return Ok(()),
                 _ = tokio::time::sleep_until(setup_deadline), if unset => {
                     return Err(RtmpLimitError::SetupTimeout(setup).into());
                 }
@@ -442,14 +453,25 @@ async fn connection(
                         c.append_frames(None, &mut out)?;
                     }
                 }
-                r = tokio::time::timeout(PUBLISH_IDLE, rd.read(&mut buf)) => {
-                    let n = match r {
-                        Ok(r) => r?,
-                        Err(_) if c.publisher.is_some() => bail!("publisher silent for {PUBLISH_IDLE:?}"),
-                        // Neither playing nor publishing any more, and silent: nothing to keep.
-                        Err(_) if c.player.is_none() => bail!("idle for {PUBLISH_IDLE:?}"),
-                        Err(_) => continue,
-                    };
+                _ = &mut idle => {
+                    let due = last_read + PUBLISH_IDLE;
+                    if tokio::time::Instant::now() < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    if c.publisher.is_some() {
+                        bail!("publisher silent for {PUBLISH_IDLE:?}");
+                    }
+                    // Neither playing nor publishing any more, and silent: nothing to keep.
+                    if c.player.is_none() {
+                        bail!("idle for {PUBLISH_IDLE:?}");
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + PUBLISH_IDLE);
+                    continue;
+                }
+                r = rd.read(&mut buf) => {
+                    let n = r?;
+                    last_read = tokio::time::Instant::now();
                     if n == 0 {
                         return Ok(());
                     }
@@ -478,6 +500,10 @@ async fn connection(
                         if !c.pending.is_empty() {
                             match batch::hold(merge, video_sent, p.seen_video, p.wrote_media, c.pending.len()) {
                                 None => p.wrote_media = true,
+                                // Per frame, held audio arms no timer (D177).
+                                Some(_) if merge.is_zero() => {
+                                    hold = !batch::held_too_long(&mut held_at);
+                                }
                                 Some(wait) => {
                                     hold = true;
                                     hold_until.get_or_insert_with(|| tokio::time::Instant::now() + wait);
@@ -498,6 +524,7 @@ async fn connection(
             }
             if !hold {
                 hold_until = None;
+                held_at = None;
                 c.flush(&mut wr).await?;
             }
             if let Some(why) = c.close.take() {

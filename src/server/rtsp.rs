@@ -366,6 +366,14 @@ async fn connection(
     // audio must go out at the latest.
     let mut out = batch::Batch::default();
     let mut hold_until: Option<tokio::time::Instant> = None;
+    // Per-frame writes: since when audio is held for the next video frame (no timer, D177).
+    let mut held_at: Option<tokio::time::Instant> = None;
+    // Made once, not per wake-up (D177): each `cancelled()` made and dropped per select took the
+    // token's locks to register and unregister a waiter, per frame and player.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let evicted = ticket.evicted.cancelled();
+    tokio::pin!(evicted);
     // The first request, and later any request in progress, must complete by this deadline (D60):
     // idle and slow-loris connections give their slot back.
     let request_timeout = cfg.request_timeout.0.max(Duration::from_millis(100));
@@ -383,13 +391,13 @@ async fn connection(
         // A merging player does not wake for each frame: its queue is drained when the interval ends.
         let take_frames = !(merging && hold_until.is_some());
         let ev = tokio::select! {
-            _ = shutdown.cancelled() => Event::Shutdown,
+            _ = &mut cancelled => Event::Shutdown,
             r = rd.read(&mut buf) => Event::Read(r),
             f = recv_frame(player.as_mut()), if take_frames => Event::Frame(f),
             _ = tick.tick() => Event::Tick,
             _ = batch::sleep_until_opt(hold_until) => Event::FlushHeld,
             _ = batch::sleep_until_opt(request_deadline) => Event::RequestTimeout,
-            _ = ticket.evicted.cancelled() => Event::Evicted,
+            _ = &mut evicted => Event::Evicted,
             d = recv_udp(publishing.as_mut()) => Event::Udp(d),
             _ = batch::sleep_until_opt(reorder_at) => Event::Reorder,
         };
@@ -403,6 +411,7 @@ async fn connection(
         // Anything but a frame first writes what is held, so replies and reports keep their order.
         if !matches!(ev, Event::Frame(Ok(_))) && !out.is_empty() {
             hold_until = None;
+            held_at = None;
             if let Err(e) = write_batch(&mut wr, &mut out).await {
                 break Err(e);
             }
@@ -633,16 +642,21 @@ async fn connection(
                 if out.is_empty() {
                     continue;
                 }
-                match batch::hold(p.merge, video_sent, has_video, p.wrote_media, out.len()) {
-                    None => {
-                        p.wrote_media = true;
-                        hold_until = None;
-                        if let Err(e) = write_batch(&mut wr, &mut out).await {
-                            break Err(e);
-                        }
-                    }
+                let due = match batch::hold(p.merge, video_sent, has_video, p.wrote_media, out.len()) {
+                    None => true,
+                    // Per frame, held audio arms no timer (D177).
+                    Some(_) if p.merge.is_zero() => batch::held_too_long(&mut held_at),
                     Some(wait) => {
                         hold_until.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                        false
+                    }
+                };
+                if due {
+                    p.wrote_media = true;
+                    hold_until = None;
+                    held_at = None;
+                    if let Err(e) = write_batch(&mut wr, &mut out).await {
+                        break Err(e);
                     }
                 }
             }
@@ -804,8 +818,7 @@ fn append_frame(p: &mut Player, frame: &Frame, out: &mut batch::Batch, max_paylo
                 own[2..4].copy_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
                 own[4..].copy_from_slice(&header);
                 out.own(&own);
-                out.own(payload.head());
-                out.shared(&payload.body);
+                out.rtp_payload(&frame.cache, i);
             }
             (None, TrackTransport::Udp { .. }) => {}
         }

@@ -97,8 +97,9 @@ pub enum FloorError {
 
 /// One video frame of the clip in the output forms the floor writes.
 struct ClipFrame {
-    /// RTP payloads (RTSP), shared by all connections.
-    rtp: Vec<Bytes>,
+    /// The frame's cache with its RTP payloads (RTSP), shared by all connections.
+    rtp: crate::frame::FrameCache,
+    packets: usize,
     /// FLV tag body (RTMP), shared.
     flv: Bytes,
 }
@@ -124,7 +125,8 @@ fn load_frames(clip: &Path, max_payload: usize) -> Result<Vec<ClipFrame>, FloorE
         .filter(|f| f.kind() == MediaKind::Video)
         .filter_map(|f| {
             let flv = flv::cached_frame_tag(f, HevcFlv::Enhanced)?;
-            Some(ClipFrame { rtp: rtp_pack::frame_payloads(f, max_payload).to_vec(), flv })
+            let packets = rtp_pack::frame_payloads(f, max_payload).len();
+            Some(ClipFrame { rtp: f.cache.clone(), packets, flv })
         })
         .collect();
     if frames.is_empty() {
@@ -219,12 +221,15 @@ pub fn run_floor(clip: &Path, opts: &FloorOptions) -> Result<FloorReport, FloorE
                 FloorProto::Rtsp => {
                     if with_audio {
                         c.audio_seq = c.audio_seq.wrapping_add(1);
-                        push_rtp(&mut c.out, 2, 97, true, c.audio_seq, ts90 / 8, c.ssrc + 1, &audio);
+                        rtp_head(&mut c.out, 2, 97, true, c.audio_seq, ts90 / 8, c.ssrc + 1, audio.len());
+                        c.out.shared(&audio);
                     }
-                    let n = frame.rtp.len();
-                    for (i, p) in frame.rtp.iter().enumerate() {
+                    let n = frame.packets;
+                    let payloads = frame.rtp.rtp.get().map(Vec::as_slice).unwrap_or(&[]);
+                    for (i, p) in payloads.iter().enumerate() {
                         c.video_seq = c.video_seq.wrapping_add(1);
-                        push_rtp(&mut c.out, 0, 96, i + 1 == n, c.video_seq, ts90, c.ssrc, p);
+                        rtp_head(&mut c.out, 0, 96, i + 1 == n, c.video_seq, ts90, c.ssrc, p.len());
+                        c.out.rtp_payload(&frame.rtp, i);
                     }
                 }
                 FloorProto::Rtmp => {
@@ -262,17 +267,16 @@ pub fn run_floor(clip: &Path, opts: &FloorOptions) -> Result<FloorReport, FloorE
     Ok(report)
 }
 
-/// One interleaved RTP packet as a gbgate RTSP player appends it: `$`, channel, length and the
-/// RTP header are the player's own 16 bytes, the payload is the frame's shared packet.
+/// The head of one interleaved RTP packet as a gbgate RTSP player appends it: `$`, channel,
+/// length and the RTP header are the player's own 16 bytes; the payload follows, shared.
 #[allow(clippy::too_many_arguments)]
-fn push_rtp(out: &mut Batch, channel: u8, pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &Bytes) {
+fn rtp_head(out: &mut Batch, channel: u8, pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, len: usize) {
     let mut own = [0u8; 16];
     own[0] = b'$';
     own[1] = channel;
-    own[2..4].copy_from_slice(&((12 + payload.len()) as u16).to_be_bytes());
+    own[2..4].copy_from_slice(&((12 + len) as u16).to_be_bytes());
     own[4..].copy_from_slice(&rtp_pack::rtp_header(pt, marker, seq, ts, ssrc));
     out.own(&own);
-    out.shared(payload);
 }
 
 /// The drain side: `count` connections to `to`, each read in 64 KiB reads until the writer
