@@ -71,7 +71,18 @@ struct SubscriberSlot {
     skips: VecDeque<Instant>,
     drops: Arc<AtomicU64>,
     kicked: Arc<std::sync::atomic::AtomicBool>,
+    /// Audio of a video stream is handed over with the next video frame (D178): a player that
+    /// writes per video frame would only hold it, so waking it per audio frame buys nothing.
+    audio_with_video: bool,
+    /// Audio frames waiting for the next video frame (at most [`HELD_AUDIO`]).
+    held: Vec<Frame>,
 }
+
+/// Audio frames held for a subscriber until the next video frame: at 11025 Hz AAC (93 ms a
+/// frame) and 25 fps video, one at a time; more means the video stopped.
+const HELD_AUDIO: usize = 4;
+/// Audio is held for video only while video came this recently; after that it goes at once.
+const AUDIO_WAITS_FOR_VIDEO: Duration = Duration::from_millis(100);
 
 struct Fanout {
     gop: GopCache,
@@ -87,6 +98,8 @@ struct Fanout {
     /// Players of this (video) stream that started at a cached keyframe / had to wait for one.
     gop_hits: u64,
     gop_misses: u64,
+    /// When the last video frame was published (audio is held for video only while it flows).
+    last_video: Option<Instant>,
 }
 
 /// Whether a stream keeps its GOP cache (D157), as `GET /api/v1/streams` shows it.
@@ -212,6 +225,7 @@ impl Stream {
                 gop_evictions: 0,
                 gop_hits: 0,
                 gop_misses: 0,
+                last_video: None,
             }),
             stats: Mutex::new(StreamStats::default()),
             next_subscriber: AtomicU64::new(1),
@@ -421,13 +435,46 @@ impl Stream {
         // A subscriber that lost frames resumes only here: a video keyframe, or any frame of an
         // audio-only stream.
         let resume_point = if has_video { is_video && frame.keyframe } else { true };
+        if is_video {
+            f.last_video = Some(now);
+        }
+        // Audio of a stream whose video flows waits for the next video frame (D178).
+        let hold_audio =
+            !is_video && has_video && f.last_video.is_some_and(|t| now.duration_since(t) < AUDIO_WAITS_FOR_VIDEO);
         f.subscribers.retain_mut(|s| {
             if s.needs_keyframe && !resume_point {
                 s.drops.fetch_add(1, Ordering::Relaxed);
                 self.drops.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
-            match s.tx.try_send(frame.clone()) {
+            if s.audio_with_video && hold_audio && s.held.len() < HELD_AUDIO {
+                s.held.push(frame.clone());
+                return true;
+            }
+            // Held audio first, in order; the receiver is woken once for all (a task already
+            // notified is not scheduled again).
+            let mut lost = 0u64;
+            let mut full = false;
+            for h in s.held.drain(..) {
+                if full {
+                    lost += 1;
+                    continue;
+                }
+                match s.tx.try_send(h) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        full = true;
+                        lost += 1;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            }
+            if lost > 0 {
+                s.drops.fetch_add(lost, Ordering::Relaxed);
+                self.drops.fetch_add(lost, Ordering::Relaxed);
+            }
+            let sent = if full { Err(mpsc::error::TrySendError::Full(frame.clone())) } else { s.tx.try_send(frame.clone()) };
+            match sent {
                 Ok(()) => {
                     s.needs_keyframe = false;
                     true
@@ -499,6 +546,17 @@ impl Stream {
 
     /// Subscribes under a label (`"rtsp"`, `"rtmp"`, `"push"`) counted in [`Self::subscriber_counts`].
     pub fn subscribe_as(&self, label: &'static str) -> Subscription {
+        self.subscribe_with(label, false)
+    }
+
+    /// Like [`Self::subscribe_as`], for a player that writes audio with the next video frame
+    /// anyway (RTSP/RTMP, D14): while the stream's video flows, its audio frames are handed over
+    /// with the next video frame, one wake-up per video frame instead of one per frame (D178).
+    pub fn subscribe_player(&self, label: &'static str) -> Subscription {
+        self.subscribe_with(label, true)
+    }
+
+    fn subscribe_with(&self, label: &'static str, audio_with_video: bool) -> Subscription {
         let log = self.log.clone();
         if let Some(l) = &log {
             l.event("player", &format!("{label} joined ({} watching)", self.subscriber_count() + 1));
@@ -529,6 +587,8 @@ impl Stream {
                 skips: VecDeque::new(),
                 drops: drops.clone(),
                 kicked: kicked.clone(),
+                audio_with_video,
+                held: Vec::new(),
             });
         }
         Subscription { id, backlog, rx, drops, kicked, log, label }
@@ -626,7 +686,13 @@ impl Stream {
         }
         let mut f = lock(&self.fanout);
         f.closed = true;
-        // Dropping the senders ends every subscription once its queue is drained.
+        // Held audio goes before the end (D178); dropping the senders then ends every
+        // subscription once its queue is drained.
+        for s in &mut f.subscribers {
+            for h in s.held.drain(..) {
+                let _ = s.tx.try_send(h);
+            }
+        }
         f.subscribers.clear();
         self.gop_budget.account(f.gop.bytes(), 0);
         f.gop.clear();

@@ -224,3 +224,45 @@ fn viewers_replace_their_label_subscriptions_in_the_counts() {
     assert_eq!(s.subscriber_counts().get("hls"), None, "a segmenter alone is no viewer");
     assert_eq!(s.subscriber_count(), 2, "the subscriptions still hold the stream");
 }
+
+/// A player subscription gets a video stream's audio with the next video frame (one wake-up per
+/// video frame, D178), in order, none lost; once video stops, audio goes at once, and what is
+/// held goes before the end of the stream. A plain subscription gets every frame at once.
+#[tokio::test]
+async fn player_subscriptions_get_audio_with_the_next_video_frame() {
+    let hub = hub(64);
+    let s = hub.create("a", source(), Takeover::Refuse).unwrap();
+    s.publish(video(0, true, 10));
+    let mut player = s.subscribe_player("rtsp");
+    let mut plain = s.subscribe_as("rtsp");
+    let drain = |sub: &mut Subscription| {
+        let mut got = Vec::new();
+        while let Some(Ok(f)) = sub.try_recv() {
+            got.push((f.kind(), f.pts));
+        }
+        got
+    };
+    assert_eq!(drain(&mut player), vec![(MediaKind::Video, 0)], "the cached GOP");
+    assert_eq!(drain(&mut plain), vec![(MediaKind::Video, 0)]);
+    s.publish(audio(1000));
+    s.publish(audio(2000));
+    assert_eq!(drain(&mut player), vec![], "audio waits for the next video frame");
+    assert_eq!(drain(&mut plain), vec![(MediaKind::Audio, 1000), (MediaKind::Audio, 2000)]);
+    s.publish(video(3600, false, 10));
+    assert_eq!(
+        drain(&mut player),
+        vec![(MediaKind::Audio, 1000), (MediaKind::Audio, 2000), (MediaKind::Video, 3600)],
+        "in order, with the video frame"
+    );
+    // Video stops: after AUDIO_WAITS_FOR_VIDEO audio is no longer held.
+    std::thread::sleep(AUDIO_WAITS_FOR_VIDEO + Duration::from_millis(20));
+    s.publish(audio(3000));
+    assert_eq!(drain(&mut player), vec![(MediaKind::Audio, 3000)]);
+    // Held audio is delivered before the end.
+    s.publish(video(7200, false, 10));
+    s.publish(audio(4000));
+    hub.remove(&s);
+    assert_eq!(drain(&mut player), vec![(MediaKind::Video, 7200), (MediaKind::Audio, 4000)]);
+    assert_eq!(player.drops(), 0);
+    assert!(matches!(player.recv().await, Err(SubscriptionEnded::StreamEnded)));
+}

@@ -477,6 +477,20 @@ mod tests {
         assert!(b.keep.is_empty());
     }
 
+    /// Per-frame mode holds audio without a timer: it is due once it has waited AUDIO_HOLD,
+    /// judged when the next frame comes (paused clock: no real time is measured).
+    #[tokio::test(start_paused = true)]
+    async fn held_audio_is_due_after_the_hold_without_a_timer() {
+        let mut held_at = None;
+        assert!(!held_too_long(&mut held_at), "the first audio frame is held");
+        assert!(held_at.is_some());
+        tokio::time::advance(AUDIO_HOLD / 2).await;
+        assert!(!held_too_long(&mut held_at), "still within the hold");
+        tokio::time::advance(AUDIO_HOLD / 2).await;
+        assert!(held_too_long(&mut held_at), "held for AUDIO_HOLD: goes now");
+        assert!(held_at.is_none(), "the next hold starts afresh");
+    }
+
     #[test]
     fn merging_mode_holds_all_but_the_first_write() {
         let merge = Duration::from_millis(200);

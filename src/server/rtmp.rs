@@ -810,7 +810,7 @@ impl Conn {
                 });
                 self.player = Some(Player {
                     stream_id,
-                    sub: stream.subscribe_as("rtmp"),
+                    sub: stream.subscribe_player("rtmp"),
                     flow: FlvFlow::new(&stream.name, self.cfg.hevc),
                     seen_video: false,
                     wrote_media: false,

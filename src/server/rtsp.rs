@@ -553,7 +553,7 @@ async fn connection(
                                 buf.truncate(PLAYER_READ);
                                 buf.shrink_to_fit();
                                 player = Some(new_player(
-                                    s.subscribe_as("rtsp"),
+                                    s.subscribe_player("rtsp"),
                                     tracks,
                                     &udp,
                                     peer.ip(),
