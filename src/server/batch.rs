@@ -185,8 +185,9 @@ impl Batch {
         if self.parts.capacity() > 1024 {
             self.parts.shrink_to(128);
         }
-        if self.keep.capacity() > 256 {
-            self.keep.shrink_to(32);
+        // One entry per frame (40 bytes): a GOP burst leaves dozens, steady state needs a few.
+        if self.keep.capacity() > 32 {
+            self.keep.shrink_to(8);
         }
     }
 
