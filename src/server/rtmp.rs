@@ -810,7 +810,12 @@ impl Conn {
                 });
                 self.player = Some(Player {
                     stream_id,
-                    sub: stream.subscribe_player("rtmp"),
+                    // Audio with the next video frame only for per-frame writes (D178).
+                    sub: if self.cfg.merge_write.0.is_zero() {
+                        stream.subscribe_player("rtmp")
+                    } else {
+                        stream.subscribe_as("rtmp")
+                    },
                     flow: FlvFlow::new(&stream.name, self.cfg.hevc),
                     seen_video: false,
                     wrote_media: false,

@@ -552,13 +552,14 @@ async fn connection(
                                 // reads do (the parser reassembles), and 300 players save 2 MB.
                                 buf.truncate(PLAYER_READ);
                                 buf.shrink_to_fit();
-                                player = Some(new_player(
-                                    s.subscribe_player("rtsp"),
-                                    tracks,
-                                    &udp,
-                                    peer.ip(),
-                                    cfg.merge_write.0,
-                                ));
+                                // Audio with the next video frame only for per-frame writes
+                                // (D178): a merging player does not wake per frame anyway.
+                                let sub = if cfg.merge_write.0.is_zero() {
+                                    s.subscribe_player("rtsp")
+                                } else {
+                                    s.subscribe_as("rtsp")
+                                };
+                                player = Some(new_player(sub, tracks, &udp, peer.ip(), cfg.merge_write.0));
                             }
                             Action::Pause => {
                                 if let Some(p) = player.as_mut() {
