@@ -451,7 +451,11 @@ mod tests {
     /// packet or chunk (D177), and are written in order.
     #[test]
     fn shared_sources_are_kept_once_per_frame() {
-        let payloads: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 1000 + i as usize])).collect();
+        // Payloads as the packetiser makes them (D181): a small head of their own (here an FU
+        // indicator and header) and a body that is a slice of the frame.
+        let payloads: Vec<crate::frame::RtpPayload> = (0..5u8)
+            .map(|i| crate::frame::RtpPayload::new(&[0x7c, i], Bytes::from(vec![i; 1000 + i as usize])))
+            .collect();
         let cache = crate::frame::FrameCache::default();
         cache.rtp.set(payloads.clone()).unwrap();
         let tag = Bytes::from((0..9000u32).map(|i| i as u8).collect::<Vec<u8>>());
@@ -461,7 +465,8 @@ mod tests {
             b.own(b"$h");
             want.extend_from_slice(b"$h");
             b.rtp_payload(&cache, i);
-            want.extend_from_slice(p);
+            want.extend_from_slice(p.head());
+            want.extend_from_slice(&p.body);
         }
         for (s, e) in [(0, 4096), (4096, 8192), (8192, 9000)] {
             b.own(b"c");
