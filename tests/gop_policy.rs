@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use gbgate::config::{Config, GopCacheMode, HumanDuration};
 use gbgate::server::Gateway;
-use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,23 +30,6 @@ fn config(mode: GopCacheMode) -> Config {
     cfg.hub.gop_cache = mode;
     cfg.hub.gop_cache_idle = HumanDuration(Duration::from_secs(1));
     cfg
-}
-
-fn send_in_background(gw: &Gateway, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
-    let path = own_fixture("h264_g711a_8k.rtp");
-    let opts = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(200),
-    };
-    tokio::spawn(async move {
-        send_file(&path, &opts).await.expect("send fixture");
-    })
 }
 
 /// The stream as `GET /api/v1/streams/<name>` shows it.
@@ -127,7 +109,7 @@ async fn watched_streams_keep_their_cache_and_unwatched_ones_give_it_back() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0D000001;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, ssrc, 12);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 12);
 
     // Nobody watches it: once gop_cache_idle (1 s) has passed since it started, it holds nothing.
     let v = wait_view(&gw, &name, |v| v["gop_cache"] == "unwatched" && v["video"]["codec"] == "h264").await;
@@ -175,7 +157,7 @@ async fn always_keeps_every_stream_cached_and_its_first_player_starts_at_once() 
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0D000002;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, ssrc, 12);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 12);
     // Well past gop_cache_idle and mid-GOP: still cached.
     let start = Instant::now();
     let v = wait_view(&gw, &name, |v| {
@@ -199,7 +181,8 @@ async fn the_global_budget_holds_and_evictions_are_counted() {
     cfg.hub.gop_cache_total_bytes = 40_000;
     let gw = start(cfg).await;
     let ssrcs = [0x0D000011u32, 0x0D000012, 0x0D000013];
-    let senders: Vec<_> = ssrcs.iter().map(|&s| send_in_background(&gw, s, 6)).collect();
+    let senders: Vec<_> =
+        ssrcs.iter().map(|&s| send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), s, 6)).collect();
     let mut max_total = 0u64;
     let mut evictions = 0u64;
     let start = Instant::now();

@@ -11,29 +11,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use gbgate::config::{Config, HumanDuration};
 use gbgate::server::Gateway;
-use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 
 fn name_of(ssrc: u32) -> String {
     format!("rtp/{ssrc:08X}")
-}
-
-/// Sends `fixture` (own fixtures, `.rtp`) over RTP/TCP in the background, `loops` times.
-fn send_in_background(gw: &Gateway, fixture: &std::path::Path, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
-    let opts = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(200),
-    };
-    let path = fixture.to_path_buf();
-    tokio::spawn(async move {
-        send_file(&path, &opts).await.expect("send fixture");
-    })
 }
 
 /// One HTTP/1.0 GET: (status, head, body bytes).
@@ -164,7 +145,7 @@ async fn ffprobe_reads_h264_and_h265_hls_with_codecs_and_frame_rate() {
         ("h264_g711a_8k.rtp", 0x0600_0001u32, "h264", "avc1", "aac"),
         ("h265_aac_16k.rtp", 0x0600_0002, "hevc", "hvc1", "aac"),
     ] {
-        let sender = send_in_background(&gw, &own_fixture(fixture), ssrc, 15);
+        let sender = send_in_background(&gw, own_fixture(fixture), ssrc, 15);
         let name = name_of(ssrc);
         wait_live(&gw, &name).await;
         let probe = ffprobe_hls(&gw, &name).await;
@@ -197,7 +178,7 @@ async fn ffmpeg_plays_for_seconds_with_continuous_timestamps_and_counts_as_a_pla
     let gw = start(test_config()).await;
     let ssrc = 0x0600_0003;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 30);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 30);
     wait_live(&gw, &name).await;
     // ffprobe as a player: 8 s of packets, read in real time from the live playlist.
     let mut c = Command::new("ffprobe");
@@ -243,7 +224,7 @@ async fn ll_hls_blocking_reload_answers_when_the_part_is_ready() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0600_0004;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
     wait_live(&gw, &name).await;
     let (status, pl) = get_text(http, &format!("/{name}/index.m3u8")).await;
     assert_eq!(status, 200, "{pl}");
@@ -298,7 +279,7 @@ async fn the_segmenter_stops_and_frees_its_memory_after_the_idle_time() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0600_0005;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
     wait_live(&gw, &name).await;
     let hub_stream = gw.hub.get(&name).unwrap();
     assert_eq!(hub_stream.subscriber_count(), 0, "nothing segments a stream nobody watches");
@@ -351,7 +332,7 @@ async fn the_window_is_bounded() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0600_0006;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
     wait_live(&gw, &name).await;
     let (status, first) = get_text(http, &format!("/{name}/index.m3u8")).await;
     assert_eq!(status, 200);
@@ -388,7 +369,7 @@ async fn unknown_stream_is_404_and_denied_play_is_403() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0600_0007;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
     wait_live(&gw, &name).await;
     let (status, body) = get_text(http, &format!("/{name}/index.m3u8")).await;
     assert_eq!(status, 403, "{body}");
@@ -443,7 +424,7 @@ async fn time_to_first_segment_and_part_from_the_gop_cache() {
     for (i, fixture) in ["h264_g711a_8k.rtp", "h265_aac_16k.rtp"].iter().enumerate() {
         let ssrc = 0x0600_0010 + i as u32;
         let name = name_of(ssrc);
-        let sender = send_in_background(&gw, &own_fixture(fixture), ssrc, 20);
+        let sender = send_in_background(&gw, own_fixture(fixture), ssrc, 20);
         wait_live(&gw, &name).await;
         // A second and a half into the stream (GOP 1 s): the cache holds half a GOP of video, and
         // the audio, which the transcoder delivers about 200 ms after its video, has started.
@@ -534,7 +515,7 @@ async fn the_on_play_hook_is_asked_once_per_session() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0600_0020;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, &own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 20);
     wait_live(&gw, &name).await;
     let (status, body) = get_text(http, &format!("/{name}/index.m3u8?who=deny")).await;
     assert_eq!(status, 403, "{body}");
@@ -572,7 +553,7 @@ async fn a_real_hikvision_1080p15_stream_reads_over_hls() {
     let ssrc = 0x0600_0030;
     let name = name_of(ssrc);
     let fixture = shared.join("real/avstackdocs/hik_1080p15_h264_02c27467.gbsend.rtp");
-    let sender = send_in_background(&gw, &fixture, ssrc, 5);
+    let sender = send_in_background(&gw, fixture, ssrc, 5);
     wait_live(&gw, &name).await;
     let probe = ffprobe_hls(&gw, &name).await;
     let v = by_type(&probe, "video");

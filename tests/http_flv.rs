@@ -21,23 +21,6 @@ fn name_of(ssrc: u32) -> String {
     format!("rtp/{ssrc:08X}")
 }
 
-fn send_in_background(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
-    let path = own_fixture(&format!("{fixture}.rtp"));
-    let opts = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(200),
-    };
-    tokio::spawn(async move {
-        send_file(&path, &opts).await.expect("send fixture");
-    })
-}
-
 /// Waits until the stream is live (its first keyframe is in the GOP cache).
 async fn wait_live(gw: &Gateway, name: &str) {
     let hub = gw.hub.clone();
@@ -118,7 +101,7 @@ async fn ffprobe_reads_h264_and_aac_at_25_fps_from_the_gop_cache() {
     let http = gw.http_addr.expect("[http] is enabled by default");
     let ssrc = 0x0C000001;
     let loops = 3;
-    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, loops);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, loops);
     wait_live(&gw, &name_of(ssrc)).await;
     let (ok, out, err) = run(ffprobe(&flv_url(http, &name_of(ssrc))), Duration::from_secs(30)).await;
     sender.await.unwrap();
@@ -163,7 +146,7 @@ async fn modern_ffmpeg_decodes_enhanced_flv_hevc_and_aac() {
     let gw = start(test_config()).await;
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0C000002;
-    let sender = send_in_background(&gw, "h265_aac_16k", ssrc, 2);
+    let sender = send_in_background(&gw, own_fixture("h265_aac_16k.rtp"), ssrc, 2);
     wait_live(&gw, &name_of(ssrc)).await;
     let mut c = Command::new(ffmpeg);
     c.args(["-hide_banner", "-nostats", "-i", &flv_url(http, &name_of(ssrc)), "-f", "null", "-"]);
@@ -292,7 +275,7 @@ async fn a_player_joining_mid_gop_starts_at_the_cached_keyframe() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0C000003;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 4);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 4);
     wait_live(&gw, &name).await;
     // Well into the first GOP (25 fps, a keyframe every 50 frames).
     let hub = gw.hub.clone();
@@ -332,7 +315,7 @@ async fn websocket_flv_carries_the_same_stream_ffprobe_reads_it() {
     let ssrc = 0x0C000004;
     let name = name_of(ssrc);
     let loops = 2;
-    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, loops);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, loops);
     wait_live(&gw, &name).await;
     let (mut ws, resp) =
         tokio_tungstenite::connect_async(format!("ws://{http}/{name}.flv")).await.expect("WebSocket handshake");
@@ -371,7 +354,7 @@ async fn hevc_form_follows_the_query_parameter() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0C000005;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, "h265_aac_16k", ssrc, 4);
+    let sender = send_in_background(&gw, own_fixture("h265_aac_16k.rtp"), ssrc, 4);
     wait_live(&gw, &name).await;
     let enough = |b: &[u8]| b.len() > 13 && video_frames(&parse_flv(b).1).len() >= 3;
     let (_, legacy, _) = read_flv(http, &format!("/{name}.flv?hevc=legacy"), Duration::from_secs(10), enough).await;
@@ -403,7 +386,7 @@ async fn unknown_stream_404_and_auth_play_denial_403() {
     let name = name_of(ssrc);
     let (status, _, _) = http_raw(http, "GET /nope/x.flv?key=k3y-for-players HTTP/1.0\r\n\r\n".to_string()).await;
     assert_eq!(status, 404);
-    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 4);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 4);
     wait_live(&gw, &name).await;
     let (status, head, _) = http_raw(http, format!("GET /{name}.flv HTTP/1.0\r\n\r\n")).await;
     assert_eq!(status, 403, "{head}");
@@ -432,7 +415,7 @@ async fn players_are_counted_in_the_api_and_metrics() {
     let (http, api) = (gw.http_addr.unwrap(), gw.api_addr);
     let ssrc = 0x0C000007;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 5);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 5);
     wait_live(&gw, &name).await;
     let mut player = tokio::net::TcpStream::connect(http).await.unwrap();
     player.write_all(format!("GET /{name}.flv HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
@@ -469,7 +452,7 @@ async fn a_stalled_player_does_not_slow_another() {
     let name = name_of(ssrc);
     // 16 s of 1280x720 (about 110 kB/s): more than the stalled player's socket buffers hold.
     let loops = 8;
-    let sender = send_in_background(&gw, "h264_g711u_16k", ssrc, loops);
+    let sender = send_in_background(&gw, own_fixture("h264_g711u_16k.rtp"), ssrc, loops);
     wait_live(&gw, &name).await;
     // The stalled player: a tiny receive buffer, and it never reads.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -607,7 +590,7 @@ async fn the_on_play_hook_decides_for_flv_players() {
     let http = gw.http_addr.unwrap();
     let ssrc = 0x0C000009;
     let name = name_of(ssrc);
-    let sender = send_in_background(&gw, "h264_g711a_8k", ssrc, 4);
+    let sender = send_in_background(&gw, own_fixture("h264_g711a_8k.rtp"), ssrc, 4);
     wait_live(&gw, &name).await;
     let (status, _, body) = http_raw(http, format!("GET /{name}.flv?deny=1 HTTP/1.0\r\n\r\n")).await;
     assert_eq!(status, 403);

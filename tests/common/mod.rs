@@ -335,3 +335,21 @@ pub async fn rtmp_receiver(out: &std::path::Path) -> (u16, std::process::Child) 
     }
     panic!("the ffmpeg receiver could not listen on any of 5 ports");
 }
+
+/// Sends the RTP dump at `path` to the gateway's RTP port over TCP (RFC 4571) as one camera with
+/// SSRC `ssrc`, `loops` times, on a background task.
+pub fn send_in_background(gw: &Gateway, path: PathBuf, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
+    let opts = gbgate::sim::send::SendOptions {
+        to: gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(200),
+    };
+    tokio::spawn(async move {
+        gbgate::sim::send::send_file(&path, &opts).await.expect("send fixture");
+    })
+}
