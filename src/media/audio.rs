@@ -257,18 +257,7 @@ pub struct Rate {
 
 impl Rate {
     pub fn new(from: u32, to: u32) -> Result<Self, AudioError> {
-        let mut r = Rate {
-            from,
-            to,
-            fft: None,
-            poly: None,
-            chunk: 0,
-            fifo: Vec::new(),
-            out: Vec::new(),
-            skip: 0,
-            taken: 0,
-            given: 0,
-        };
+        let mut r = Rate::idle(from, to);
         if from == to {
             return Ok(r);
         }
@@ -282,11 +271,27 @@ impl Rate {
 
     /// rubato's FFT resampler for any ratio (the comparison in benches/audio.rs).
     pub fn new_fft(from: u32, to: u32) -> Result<Self, AudioError> {
-        let mut r = Rate::new(from, to)?;
-        if r.poly.take().is_none() {
+        let r = Rate::idle(from, to);
+        if from == to {
             return Ok(r);
         }
         r.with_fft()
+    }
+
+    /// No resampler yet (a pass-through when `from == to`).
+    fn idle(from: u32, to: u32) -> Self {
+        Rate {
+            from,
+            to,
+            fft: None,
+            poly: None,
+            chunk: 0,
+            fifo: Vec::new(),
+            out: Vec::new(),
+            skip: 0,
+            taken: 0,
+            given: 0,
+        }
     }
 
     fn with_fft(mut self) -> Result<Self, AudioError> {
