@@ -20,6 +20,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 COUNT=${COUNT:-100}
 WARMUP=${WARMUP:-10}
 WINDOW=${WINDOW:-30}
@@ -102,29 +104,6 @@ if ((CUR_RMEM < RMEM_MAX)); then
     fi
 fi
 
-free_port() { # a port free for both TCP and UDP on 127.0.0.1
-    python3 - <<'EOF'
-import socket
-while True:
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        u.close()
-        t.close()
-    print(port)
-    break
-EOF
-}
-
-cpu_ticks() { # pid -> utime+stime (all threads), in clock ticks
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
 status_kb() { # pid field -> kB
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
 }
@@ -134,58 +113,14 @@ udp_rcvbuf_errors() {
 
 run_phase() { # udp|tcp
     local transport=$1 rtp_port api_port conf gw snd tcpflag=()
-    rtp_port=$(free_port)
-    api_port=$(free_port)
     conf=$LOAD_DIR/gbgate-$transport.toml
-    cat >"$conf" <<EOF
-[rtp]
-listen = "127.0.0.1:$rtp_port"
-unknown_ssrc = "publish"
-max_streams = 1000
-max_tcp_connections = 1000
-# Every simulated camera sends from 127.0.0.1 with an unannounced SSRC.
-max_unknown_streams = 1000
-max_unknown_per_source = 1000
-max_tcp_per_source = 1000
-timeout = "10s"
-recv_buffer = 33554432
-
-[api]
-listen = "127.0.0.1:$api_port"
-
-# The player listeners on port 0: several load runs (or a gbgate already running) on one
-# machine do not collide on the default ports.
-[rtsp]
-listen = "127.0.0.1:0"
-
-[rtmp]
-listen = "127.0.0.1:0"
-
-[http]
-listen = "127.0.0.1:0"
-
-[webrtc]
-listen = "127.0.0.1:0"
-
-[sip]
-enabled = false
-
-[log]
-level = "info"
-EOF
-    [[ -n ${EXTRA_TOML:-} ]] && printf '%s\n' "$EXTRA_TOML" >>"$conf"
-    "$BIN" run -c "$conf" >"$LOAD_DIR/gbgate-$transport.log" 2>&1 &
-    gw=$!
-    PIDS+=("$gw")
-    local i
-    for i in $(seq 50); do
-        curl -sf "http://127.0.0.1:$api_port/healthz" >/dev/null && break
-        sleep 0.1
-    done
-    curl -sf "http://127.0.0.1:$api_port/healthz" >/dev/null || {
+    write_load_config "$conf"
+    start_gbgate "$BIN" "$conf" "$LOAD_DIR/gbgate-$transport.log" || {
         log "gbgate did not start; see $LOAD_DIR/gbgate-$transport.log"
         exit 1
     }
+    gw=$GW_PID rtp_port=$RTP_PORT api_port=$API_PORT
+    PIDS+=("$gw")
     local granted
     granted=$(grep -o 'granted=[0-9]*' "$LOAD_DIR/gbgate-$transport.log" | head -1 | cut -d= -f2 || true)
     [[ $transport == tcp ]] && tcpflag=(--tcp)

@@ -16,6 +16,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 COUNT=${COUNT:-300}
 LOAD=${LOAD:-30}
 WINDOW=${WINDOW:-15}
@@ -68,62 +70,21 @@ if ((CUR_RMEM < 33554432)) && sysctl -qw net.core.rmem_max=33554432 2>/dev/null;
     ORIG_RMEM=$CUR_RMEM
 fi
 
-free_port() {
-    python3 -c 'import socket
-while True:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try: u.bind(("127.0.0.1", p))
-    except OSError: continue
-    finally: u.close(); t.close()
-    print(p); break'
-}
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 run_variant() { # name bin env
     local name=$1 bin=$2 envs=$3 rtp api conf gw snd
-    rtp=$(free_port)
-    api=$(free_port)
     conf=$LOAD_DIR/mem-$name.toml
-    cat >"$conf" <<EOF
-[rtp]
-listen = "127.0.0.1:$rtp"
-unknown_ssrc = "publish"
-max_streams = 1000
-max_tcp_connections = 1000
-max_unknown_streams = 1000
-max_unknown_per_source = 1000
-max_tcp_per_source = 1000
-timeout = "10s"
-recv_buffer = 33554432
-
-[api]
-listen = "127.0.0.1:$api"
-
-# Players are not part of this measurement: the media listeners take any free port.
-[rtsp]
-listen = "127.0.0.1:0"
-[rtmp]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-
-[log]
-level = "info"
-EOF
-    [[ -n ${EXTRA_TOML:-} ]] && printf '%s\n' "$EXTRA_TOML" >>"$conf"
+    write_load_config "$conf"
     local e=()
     [[ -n $envs ]] && IFS=";" read -ra e <<<"$envs"
-    env "${e[@]}" "$bin" run -c "$conf" >"$LOAD_DIR/mem-$name.log" 2>&1 &
-    gw=$!
+    start_gbgate "$bin" "$conf" "$LOAD_DIR/mem-$name.log" "${e[@]}" || {
+        echo "gbgate did not start; see $LOAD_DIR/mem-$name.log" >&2
+        exit 1
+    }
+    gw=$GW_PID rtp=$RTP_PORT api=$API_PORT
     PIDS=("$gw")
-    local i
-    for i in $(seq 50); do
-        curl -sf "http://127.0.0.1:$api/healthz" >/dev/null && break
-        sleep 0.1
-    done
     sleep 1
     local start out
     start=$(rss_kb "$gw")

@@ -1,0 +1,68 @@
+# Shared by tools/load.sh and tools/mem.sh (sourced, not run): the load gateway's config and its
+# start on ports the kernel chooses, read back from gbgate's `--ports-file` (no free-port race).
+
+# write_load_config FILE: a gateway for simulated cameras, every listener on port 0, SIP off.
+write_load_config() {
+    cat >"$1" <<EOF
+[rtp]
+listen = "127.0.0.1:0"
+unknown_ssrc = "publish"
+max_streams = 1000
+max_tcp_connections = 1000
+# Every simulated camera sends from 127.0.0.1 with an unannounced SSRC.
+max_unknown_streams = 1000
+max_unknown_per_source = 1000
+max_tcp_per_source = 1000
+timeout = "10s"
+recv_buffer = 33554432
+
+# Every listener on port 0: several load runs (or a gbgate already running) on one machine do
+# not collide on the default ports.
+[api]
+listen = "127.0.0.1:0"
+
+[rtsp]
+listen = "127.0.0.1:0"
+
+[rtmp]
+listen = "127.0.0.1:0"
+
+[http]
+listen = "127.0.0.1:0"
+
+[webrtc]
+listen = "127.0.0.1:0"
+
+[sip]
+enabled = false
+
+[log]
+level = "info"
+EOF
+    [[ -n ${EXTRA_TOML:-} ]] && printf '%s\n' "$EXTRA_TOML" >>"$1"
+    return 0
+}
+
+# start_gbgate BIN CONF LOG [NAME=VALUE...]: starts `BIN run` in the background with those
+# environment variables, waits (10 s) for its ports file; sets GW_PID, RTP_PORT and API_PORT.
+# Returns non-zero if gbgate exits or does not come up.
+start_gbgate() {
+    local bin=$1 conf=$2 log=$3 ports=${2%.toml}.ports.json i
+    shift 3
+    rm -f "$ports"
+    env "$@" "$bin" run -c "$conf" --ports-file "$ports" >"$log" 2>&1 &
+    GW_PID=$!
+    for i in $(seq 100); do
+        [[ -s $ports ]] && break
+        kill -0 "$GW_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    [[ -s $ports ]] || return 1
+    read -r RTP_PORT API_PORT < <(python3 -c 'import json, sys
+p = json.load(open(sys.argv[1]))
+print(p["rtp"].rsplit(":", 1)[1], p["api"].rsplit(":", 1)[1])' "$ports")
+}
+
+cpu_ticks() { # pid -> utime+stime (all threads), in clock ticks
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
