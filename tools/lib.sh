@@ -66,3 +66,28 @@ print(p["rtp"].rsplit(":", 1)[1], p["api"].rsplit(":", 1)[1])' "$ports")
 cpu_ticks() { # pid -> utime+stime (all threads), in clock ticks
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
+
+minor_faults() { # pid -> minor page faults so far (all threads)
+    awk '{ sub(/^.*\) /, ""); print $8 }' "/proc/$1/stat"
+}
+
+# thread_ticks PID: one line per thread, "tid name ticks" (utime+stime), for a per-thread split of
+# a window's CPU with thread_split.
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*/stat; do
+        awk '{ tid = $1; name = $0; sub(/^[^(]*\(/, "", name); sub(/\) .*$/, "", name)
+               rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " ")
+               gsub(/[-_0-9]+$/, "", name); print tid, name, f[12] + f[13] }' "$t" 2>/dev/null
+    done
+}
+
+# thread_split BEFORE AFTER SECONDS COUNT: from two thread_ticks snapshots, each thread group's
+# (name without its trailing number) share of one core over the window, and per camera.
+thread_split() {
+    awk -v wall="$3" -v n="$4" -v hz="$(getconf CLK_TCK)" '
+        NR == FNR { t0[$1] = $3; next }
+        { d = $3 - ($1 in t0 ? t0[$1] : 0); g[$2] += d }
+        END { for (k in g) if (g[k] > 0) printf "%s=%.1f%%(%.4f%%/camera) ", k, g[k] / hz / wall * 100,
+              g[k] / hz / wall * 100 / (n > 0 ? n : 1) }' "$1" "$2"
+}

@@ -3,7 +3,9 @@
 # 8 kHz, GB28181 PS over RTP) sent by `gbgate send` to one `gbgate run`, first over UDP, then over
 # TCP. After WARMUP seconds, gbgate's and the sender's CPU (from /proc/<pid>/stat) and gbgate's
 # RSS (VmRSS/VmHWM) are sampled over WINDOW seconds; the API is checked for COUNT live streams
-# with the right codecs and for loss. One summary line per phase.
+# with the right codecs and for loss. One summary line per phase (with gbgate's minor page faults
+# per second), then gbgate's CPU split by thread (rtp-udp: UDP receive + demux + publish;
+# gbgate-audio: the transcoders; tokio-rt-worker: TCP ingest, timers, API).
 #
 #   tools/load.sh                      # COUNT=100 WARMUP=10 WINDOW=30, UDP then TCP (~2 min)
 #   COUNT=10 PHASES=udp tools/load.sh
@@ -131,8 +133,10 @@ run_phase() { # udp|tcp
     PIDS+=("$snd")
 
     sleep "$WARMUP"
-    local g0 s0 e0 t0 g1 s1 e1 t1 rss_max=0 rss
+    local g0 s0 e0 t0 g1 s1 e1 t1 f0 f1 rss_max=0 rss
     g0=$(cpu_ticks "$gw")
+    f0=$(minor_faults "$gw")
+    thread_ticks "$gw" >"$LOAD_DIR/threads0-$transport.txt"
     s0=$(cpu_ticks "$snd")
     e0=$(udp_rcvbuf_errors)
     t0=$(date +%s.%N)
@@ -149,6 +153,8 @@ run_phase() { # udp|tcp
         ((rss > rss_max)) && rss_max=$rss
     done
     g1=$(cpu_ticks "$gw")
+    f1=$(minor_faults "$gw")
+    thread_ticks "$gw" >"$LOAD_DIR/threads1-$transport.txt"
     s1=$(cpu_ticks "$snd")
     e1=$(udp_rcvbuf_errors)
     t1=$(date +%s.%N)
@@ -176,14 +182,16 @@ run_phase() { # udp|tcp
     local summary
     summary=$(awk -v t="$transport" -v n="$live" -v ok="$ok" -v g0="$g0" -v g1="$g1" -v s0="$s0" -v s1="$s1" \
         -v w0="$t0" -v w1="$t1" -v hz="$HZ" -v rss="$rss_max" -v hwm="$hwm" -v lost="$lost" -v qd="$qdrops" \
-        -v pk="$pkts" -v ue="$((e1 - e0))" -v c="$COUNT" 'BEGIN {
+        -v pk="$pkts" -v ue="$((e1 - e0))" -v c="$COUNT" -v pf="$((f1 - f0))" 'BEGIN {
             wall = w1 - w0
             g = (g1 - g0) / hz / wall * 100
             s = (s1 - s0) / hz / wall * 100
-            printf "phase=%s streams=%d/%d ok(h264 1280x720+g711a)=%d gbgate_cpu=%.1f%% of one core, per_camera=%.3f%%, rss=%.1f MB (max in window), hwm=%.1f MB, sender_cpu=%.1f%%, packets=%d lost=%d queue_drops=%d udp_rcvbuf_errors(window, host-wide)=%d",
-                t, n, c, ok, g, (n > 0 ? g / n : 0), rss / 1024, hwm / 1024, s, pk, lost, qd, ue
+            printf "phase=%s streams=%d/%d ok(h264 1280x720+g711a)=%d gbgate_cpu=%.1f%% of one core, per_camera=%.3f%%, rss=%.1f MB (max in window), hwm=%.1f MB, sender_cpu=%.1f%%, packets=%d lost=%d queue_drops=%d udp_rcvbuf_errors(window, host-wide)=%d page_faults_per_s=%.0f",
+                t, n, c, ok, g, (n > 0 ? g / n : 0), rss / 1024, hwm / 1024, s, pk, lost, qd, ue, pf / wall
         }')
     echo "$summary"
+    log "$transport: CPU by thread (share of one core, per camera): $(thread_split "$LOAD_DIR/threads0-$transport.txt" \
+        "$LOAD_DIR/threads1-$transport.txt" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$COUNT")"
     log "$transport /api/v1/rtp: $(jq -c . <<<"$rtp")"
     [[ -n $granted ]] && log "$transport: UDP SO_RCVBUF capped by the kernel, granted=$granted bytes"
 
