@@ -286,3 +286,40 @@ async fn g711_published_over_rtmp_plays_back_as_aac_11025_mono() {
     assert!((20.0..=30.0).contains(&fps), "fps {fps}");
     gw.stop().await;
 }
+
+/// A publisher is judged by its last read (`PUBLISH_IDLE`, 10 s, in src/server/rtmp.rs), not by
+/// when it started: one that has published for longer than that stays live, and one that falls
+/// silent with its connection open (ffmpeg stopped by SIGSTOP: nothing is sent, nothing closed)
+/// is closed, its stream ended and its name free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_is_closed_when_silent_not_when_it_has_published_long() {
+    let gw = start(test_config()).await;
+    let rtmp = gw.rtmp_addr.unwrap();
+    let publisher = ffmpeg_publisher(&format!("rtmp://{rtmp}/live/quiet"), 60);
+    let pid = publisher.id().expect("ffmpeg runs").to_string();
+    let stream = wait_live(&gw, "live/quiet").await;
+    // Longer than PUBLISH_IDLE since the publish, with data flowing all along.
+    let live_since = Instant::now();
+    while live_since.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now = gw.hub.get("live/quiet").expect("a publisher sending for 12 s was closed");
+    assert!(Arc::ptr_eq(&now, &stream), "the stream was replaced");
+    assert!(frames_grow(&stream).await, "the publisher stopped flowing");
+
+    let stopped = std::process::Command::new("kill").args(["-STOP", &pid]).status().expect("kill");
+    assert!(stopped.success(), "could not stop ffmpeg");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while gw.hub.get("live/quiet").is_some_and(|s| Arc::ptr_eq(&s, &stream)) {
+        assert!(Instant::now() < deadline, "a silent publisher kept live/quiet for 25 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    drop(publisher);
+    // The name is free: another publisher takes it.
+    let _next = ffmpeg_publisher(&format!("rtmp://{rtmp}/live/quiet"), 30);
+    let next = wait_live(&gw, "live/quiet").await;
+    assert!(!Arc::ptr_eq(&next, &stream));
+    assert!(frames_grow(&next).await, "the next publisher is not flowing");
+    gw.stop().await;
+}
