@@ -563,6 +563,9 @@ pub struct RtspConfig {
     /// the price of up to this much latency (SRS merges 350 ms by default). The first write after
     /// PLAY (the cached GOP) never waits.
     pub merge_write: HumanDuration,
+    /// At `merge_write = "0s"`, the publisher writes each frame to interleaved players that keep
+    /// up itself, without waking their tasks (D183); off: every frame goes through the player's task.
+    pub direct_write: bool,
     /// An RTSP publisher (ANNOUNCE/RECORD) that sends no media for this long is disconnected and
     /// its stream ends; so is one that announced and did not RECORD within it.
     pub publish_timeout: HumanDuration,
@@ -582,6 +585,7 @@ impl Default for RtspConfig {
             max_connections_per_source: 64,
             request_timeout: HumanDuration(Duration::from_secs(5)),
             merge_write: HumanDuration(Duration::from_millis(200)),
+            direct_write: true,
             publish_timeout: HumanDuration(Duration::from_secs(10)),
             max_record_udp_tracks: 512,
         }
@@ -625,6 +629,8 @@ pub struct RtmpConfig {
     pub max_connections: usize,
     /// Merged write for players, as `[rtsp] merge_write`.
     pub merge_write: HumanDuration,
+    /// Direct writes from the publishing side at `merge_write = "0s"`, as `[rtsp] direct_write`.
+    pub direct_write: bool,
     /// Longest RTMP message a peer may send (a 4K keyframe is a few MB); refused at its chunk header.
     pub max_message_bytes: usize,
     /// Bytes of partially received messages held by all RTMP connections together.
@@ -646,6 +652,7 @@ impl Default for RtmpConfig {
             push: Vec::new(),
             max_connections: 2000,
             merge_write: HumanDuration(Duration::from_millis(200)),
+            direct_write: true,
             max_message_bytes: 8 << 20,
             max_partial_bytes: 128 << 20,
             setup_timeout: HumanDuration(Duration::from_secs(5)),

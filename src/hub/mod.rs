@@ -76,6 +76,20 @@ struct SubscriberSlot {
     audio_with_video: bool,
     /// Audio frames waiting for the next video frame (at most [`HELD_AUDIO`]).
     held: Vec<Frame>,
+    /// A player the publisher may write to itself while it keeps up (D183).
+    direct: Option<Arc<dyn DirectSink>>,
+}
+
+/// A player that the publisher writes to directly while it keeps up (D183): one non-blocking
+/// write per frame from the publishing side instead of a queue hand-over and a wake-up of the
+/// player's task per frame and player.
+pub trait DirectSink: Send + Sync {
+    /// Called by the publisher, under the stream's lock, with the audio held for this player and
+    /// the frame. While the player is in direct mode, writes them without blocking (what does not
+    /// fit is handed to the player's task) and returns whether the player is still there.
+    /// Otherwise returns `queue(held)`, called while the sink's own lock is held, so that a
+    /// player switching to direct mode cannot overtake a frame that is being queued for it.
+    fn offer(&self, held: &mut Vec<Frame>, frame: &Frame, queue: &mut dyn FnMut(&mut Vec<Frame>) -> bool) -> bool;
 }
 
 /// Audio frames held for a subscriber until the next video frame: at 11025 Hz AAC (93 ms a
@@ -451,56 +465,20 @@ impl Stream {
                 s.held.push(frame.clone());
                 return true;
             }
-            // Held audio first, in order; the receiver is woken once for all (a task already
-            // notified is not scheduled again).
-            let mut lost = 0u64;
-            let mut full = false;
-            for h in s.held.drain(..) {
-                if full {
-                    lost += 1;
-                    continue;
+            let mut held = std::mem::take(&mut s.held);
+            let keep = match s.direct.take() {
+                Some(d) => {
+                    let keep = d.offer(&mut held, &frame, &mut |held| {
+                        self.queue(s, held, &frame, now, resume_point, max_skips)
+                    });
+                    s.direct = Some(d);
+                    keep
                 }
-                match s.tx.try_send(h) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        full = true;
-                        lost += 1;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
-            }
-            if lost > 0 {
-                s.drops.fetch_add(lost, Ordering::Relaxed);
-                self.drops.fetch_add(lost, Ordering::Relaxed);
-            }
-            let sent = if full { Err(mpsc::error::TrySendError::Full(frame.clone())) } else { s.tx.try_send(frame.clone()) };
-            match sent {
-                Ok(()) => {
-                    s.needs_keyframe = false;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.drops.fetch_add(1, Ordering::Relaxed);
-                    self.drops.fetch_add(1, Ordering::Relaxed);
-                    // A skip starts when the queue first overflows, and again each time even a
-                    // resume point finds it full: a subscriber that never drains keeps skipping.
-                    if !s.needs_keyframe || resume_point {
-                        s.needs_keyframe = true;
-                        while s.skips.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
-                            s.skips.pop_front();
-                        }
-                        s.skips.push_back(now);
-                        if s.skips.len() > max_skips {
-                            tracing::info!(stream = %self.name, subscriber = s.id, "subscriber too slow, disconnecting");
-                            s.kicked.store(true, Ordering::Relaxed);
-                            return false;
-                        }
-                    }
-                    true
-                }
-                // The subscriber went away.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
+                None => self.queue(s, &mut held, &frame, now, resume_point, max_skips),
+            };
+            held.clear();
+            s.held = held;
+            keep
         });
         let budget = &self.gop_budget;
         let before = f.gop.bytes();
@@ -539,6 +517,69 @@ impl Stream {
         }
     }
 
+    /// Hands `held` then `frame` to a subscriber's queue; whether the subscriber stays.
+    fn queue(
+        &self,
+        s: &mut SubscriberSlot,
+        held: &mut Vec<Frame>,
+        frame: &Frame,
+        now: Instant,
+        resume_point: bool,
+        max_skips: usize,
+    ) -> bool {
+        // Held audio first, in order; the receiver is woken once for all (a task already
+        // notified is not scheduled again).
+        let mut lost = 0u64;
+        let mut full = false;
+        for h in held.drain(..) {
+            if full {
+                lost += 1;
+                continue;
+            }
+            match s.tx.try_send(h) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    full = true;
+                    lost += 1;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        if lost > 0 {
+            s.drops.fetch_add(lost, Ordering::Relaxed);
+            self.drops.fetch_add(lost, Ordering::Relaxed);
+        }
+        let sent =
+            if full { Err(mpsc::error::TrySendError::Full(frame.clone())) } else { s.tx.try_send(frame.clone()) };
+        match sent {
+            Ok(()) => {
+                s.needs_keyframe = false;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.drops.fetch_add(1, Ordering::Relaxed);
+                self.drops.fetch_add(1, Ordering::Relaxed);
+                // A skip starts when the queue first overflows, and again each time even a
+                // resume point finds it full: a subscriber that never drains keeps skipping.
+                if !s.needs_keyframe || resume_point {
+                    s.needs_keyframe = true;
+                    while s.skips.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+                        s.skips.pop_front();
+                    }
+                    s.skips.push_back(now);
+                    if s.skips.len() > max_skips {
+                        tracing::info!(stream = %self.name, subscriber = s.id, "subscriber too slow, disconnecting");
+                        s.kicked.store(true, Ordering::Relaxed);
+                        return false;
+                    }
+                }
+                true
+            }
+            // The subscriber went away.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     /// Subscribes: the returned subscription yields the cached GOP first, then live frames.
     pub fn subscribe(&self) -> Subscription {
         self.subscribe_as("other")
@@ -546,17 +587,28 @@ impl Stream {
 
     /// Subscribes under a label (`"rtsp"`, `"rtmp"`, `"push"`) counted in [`Self::subscriber_counts`].
     pub fn subscribe_as(&self, label: &'static str) -> Subscription {
-        self.subscribe_with(label, false)
+        self.subscribe_with(label, false, None)
     }
 
     /// Like [`Self::subscribe_as`], for a player that writes audio with the next video frame
     /// anyway (RTSP/RTMP, D14): while the stream's video flows, its audio frames are handed over
     /// with the next video frame, one wake-up per video frame instead of one per frame (D178).
     pub fn subscribe_player(&self, label: &'static str) -> Subscription {
-        self.subscribe_with(label, true)
+        self.subscribe_with(label, true, None)
     }
 
-    fn subscribe_with(&self, label: &'static str, audio_with_video: bool) -> Subscription {
+    /// Like [`Self::subscribe_player`], for a player the publisher may write to directly while
+    /// it keeps up (D183).
+    pub fn subscribe_direct(&self, label: &'static str, sink: Arc<dyn DirectSink>) -> Subscription {
+        self.subscribe_with(label, true, Some(sink))
+    }
+
+    fn subscribe_with(
+        &self,
+        label: &'static str,
+        audio_with_video: bool,
+        direct: Option<Arc<dyn DirectSink>>,
+    ) -> Subscription {
         let log = self.log.clone();
         if let Some(l) = &log {
             l.event("player", &format!("{label} joined ({} watching)", self.subscriber_count() + 1));
@@ -589,6 +641,7 @@ impl Stream {
                 kicked: kicked.clone(),
                 audio_with_video,
                 held: Vec::new(),
+                direct,
             });
         }
         Subscription { id, backlog, rx, drops, kicked, log, label }
@@ -773,6 +826,12 @@ impl Subscription {
             }
             Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(SubscriptionEnded::StreamEnded)),
         }
+    }
+
+    /// Whether nothing is waiting for this subscriber (neither the GOP backlog nor the queue).
+    /// Asked under a [`DirectSink`]'s lock before it goes direct: the publisher queues under it.
+    pub fn caught_up(&self) -> bool {
+        self.backlog.is_empty() && self.rx.is_empty()
     }
 
     /// Frames this subscriber did not receive because it was too slow.

@@ -258,6 +258,48 @@ impl Batch {
         Ok(())
     }
 
+    /// Moves everything `other` holds to the end of this batch, in order.
+    pub fn append(&mut self, other: &mut Batch) {
+        let off = self.keep.len() as u32;
+        for (i, p) in other.parts.iter().enumerate() {
+            let skip = if i == 0 { other.sent } else { 0 };
+            match p {
+                Part::Own { .. } => self.own(&other.slice(p)[skip..]),
+                Part::Shared { keep, idx, start, end } => {
+                    self.len += (*end - *start) as usize - skip;
+                    self.parts.push(Part::Shared {
+                        keep: keep + off,
+                        idx: *idx,
+                        start: start + skip as u32,
+                        end: *end,
+                    });
+                }
+            }
+        }
+        self.keep.append(&mut other.keep);
+        other.clear();
+    }
+
+    /// Writes what it can without blocking (D183); returns whether everything was written (then
+    /// the batch is cleared). Bounded: a batch of one frame is one or two `writev`s.
+    pub fn try_write(&mut self, w: &tokio::net::tcp::OwnedWriteHalf) -> io::Result<bool> {
+        while !self.parts.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let used = self.iovecs(&mut iov);
+            let n = match w.try_write_vectored(&iov[..used]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(n);
+        }
+        self.clear();
+        Ok(true)
+    }
+
     /// Writes everything held with blocking `writev`s of the same shape as [`Batch::write_to`],
     /// then clears; returns the `writev` calls made. For the fan-out floor tool (`gbgate floor`),
     /// which must write exactly what a player's task writes.

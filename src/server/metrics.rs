@@ -113,6 +113,18 @@ impl Collector for Gateway {
         let (hits, misses) = s.hub.gop_budget().starts();
         counter(e, "gbgate_gop_cache_hits", "Players of video streams that started at a cached keyframe.", hits)?;
         counter(e, "gbgate_gop_cache_misses", "Players of video streams that waited for the next keyframe.", misses)?;
+        counter(
+            e,
+            "gbgate_direct_writes",
+            "Frames the publisher wrote to a caught-up player itself (D183).",
+            crate::server::direct::DIRECT_WRITES.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "gbgate_direct_fallbacks",
+            "Times a player's socket did not take a whole frame and its task took over (D183).",
+            crate::server::direct::DIRECT_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
         let mut players: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut per_stream = Vec::with_capacity(streams.len().min(s.metrics_streams));
         // The oldest streams keep their series: a stream labelled once stays labelled while it lives.

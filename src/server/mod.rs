@@ -6,6 +6,7 @@ pub mod api_error;
 pub mod audio_pool;
 pub(crate) mod batch;
 pub mod console;
+pub(crate) mod direct;
 pub mod gb_media;
 pub mod hls;
 pub mod http;

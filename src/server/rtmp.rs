@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch;
+use super::direct::{Direct, Packer, SharedWrite};
 use crate::auth::{self, Action, AuthConfig};
 use crate::config::RtmpConfig;
 use crate::hub::{Hub, PublishError, Source, Subscription, Takeover, Transport};
@@ -322,11 +323,48 @@ fn unix_now() -> u64 {
 struct Player {
     stream_id: u32,
     sub: Subscription,
-    flow: FlvFlow,
+    /// The FLV/chunk packetiser, under the lock it shares with the publisher's direct writes (D183).
+    pack: Arc<Direct<RtmpPack>>,
+    /// Whether the publisher may write to this player (per-frame writes).
+    direct: bool,
+    /// Whether the task last saw itself in direct mode (asked again when unsure).
+    direct_on: bool,
     /// Video was sent: audio may then wait for the next video frame (one write per frame).
     seen_video: bool,
     /// Any media was written: the first (GOP cache) write never waits for a merge.
     wrote_media: bool,
+}
+
+/// A player's packetiser: FLV tag bodies from frames, then RTMP chunks.
+struct RtmpPack {
+    stream_id: u32,
+    flow: FlvFlow,
+    scratch: Vec<Out>,
+}
+
+impl Packer for RtmpPack {
+    fn append(&mut self, frame: &Frame, out: &mut batch::Batch) -> bool {
+        let mut video_sent = false;
+        self.flow.push(frame, &mut self.scratch);
+        for o in self.scratch.drain(..) {
+            let (kind, body, ts) = match o {
+                Out::Meta(m) => {
+                    match metadata_packet(self.stream_id, &m, false) {
+                        Ok(b) => out.own(&b),
+                        Err(e) => debug!("RTMP metadata not sent: {e}"),
+                    }
+                    continue;
+                }
+                Out::Video(b, ts) => {
+                    video_sent = true;
+                    (MediaChunks::VIDEO, b, ts)
+                }
+                Out::Audio(b, ts) => (MediaChunks::AUDIO, b, ts),
+            };
+            put_media(out, kind, self.stream_id, ts.value, &body);
+        }
+        video_sent
+    }
 }
 
 /// An RTMP publisher: its FLV demuxer in front of the shared source stage.
@@ -354,6 +392,8 @@ struct Conn {
     close: Option<String>,
     /// It published or played once (the setup deadline no longer applies).
     had_role: bool,
+    /// The write half, shared with the publisher's direct writes (D183).
+    sock: Arc<tokio::net::tcp::OwnedWriteHalf>,
 }
 
 async fn connection(
@@ -371,7 +411,8 @@ async fn connection(
     // reading then blocks our writes within about a second of video, so the write deadline and the
     // hub's slow-subscriber rule find it, and kernel memory per player stays bounded.
     let _ = socket2::SockRef::from(&sock).set_send_buffer_size(PLAYER_SEND_BUFFER);
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
+    let mut wr = SharedWrite(Arc::new(wr));
     // Handshake, connect and publish/play must be done by this deadline (a peer that stops
     // after the handshake held its slot for ever before).
     let setup = cfg.setup_timeout.0;
@@ -414,6 +455,7 @@ async fn connection(
         pending: batch::Batch::default(),
         close: None,
         had_role: false,
+        sock: wr.0.clone(),
     };
     let result = async {
         c.results(results).await?;
@@ -421,7 +463,6 @@ async fn connection(
             c.input(&leftover).await?;
         }
         c.flush(&mut wr).await?;
-        let mut out = Vec::new();
         // When held media (audio waiting for video, or a merged write) must go out at the latest.
         let mut hold_until: Option<tokio::time::Instant> = None;
         // Per-frame writes: since when audio is held for the next video frame (no timer, D177).
@@ -436,7 +477,16 @@ async fn connection(
         let idle = tokio::time::sleep(PUBLISH_IDLE);
         tokio::pin!(idle);
         let mut last_read = tokio::time::Instant::now();
+        // A direct player's shared side, for the publisher's hand-backs (D183).
+        let mut direct_pack: Option<Arc<Direct<RtmpPack>>> = None;
         loop {
+            if direct_pack.is_none() {
+                direct_pack = c.player.as_ref().filter(|p| p.direct).map(|p| p.pack.clone());
+            }
+            // A caught-up per-frame player lets the publisher write to it (D183).
+            if let Some(p) = c.player.as_mut().filter(|p| p.direct && !p.direct_on) {
+                p.direct_on = p.pack.resume(&p.sub, &c.pending);
+            }
             let mut hold = false;
             // A merging player does not wake for each frame: its queue is drained when the interval ends.
             let take_frames = !(merging && hold_until.is_some());
@@ -449,10 +499,12 @@ async fn connection(
                 }
                 _ = ticket.evicted.cancelled(), if unset => return Err(RtmpLimitError::Evicted.into()),
                 _ = batch::sleep_until_opt(hold_until) => {
+                    c.leave_direct();
                     if merging {
-                        c.append_frames(None, &mut out)?;
+                        c.append_frames(None)?;
                     }
                 }
+                _ = fell_back(direct_pack.as_deref()) => c.leave_direct(),
                 _ = &mut idle => {
                     let due = last_read + PUBLISH_IDLE;
                     if tokio::time::Instant::now() < due {
@@ -470,6 +522,8 @@ async fn connection(
                     continue;
                 }
                 r = rd.read(&mut buf) => {
+                    // Out of direct mode before anything is written (replies, acknowledgements).
+                    c.leave_direct();
                     let n = r?;
                     last_read = tokio::time::Instant::now();
                     if n == 0 {
@@ -493,8 +547,9 @@ async fn connection(
                 }
                 f = next_frame(&mut c.player), if take_frames => match f {
                     Some(frame) => {
+                        c.leave_direct();
                         let merge = c.cfg.merge_write.0;
-                        let video_sent = c.append_frames(Some(frame), &mut out)?;
+                        let video_sent = c.append_frames(Some(frame))?;
                         let p = c.player.as_mut().expect("playing");
                         p.seen_video |= video_sent;
                         if !c.pending.is_empty() {
@@ -513,7 +568,9 @@ async fn connection(
                     }
                     None => {
                         // The stream ended: tell the player, then close.
+                        c.leave_direct();
                         let p = c.player.take().expect("playing");
+                        p.pack.close();
                         if let Ok(packet) = c.session.finish_playing(p.stream_id) {
                             c.pending.own(&packet.bytes);
                         }
@@ -535,12 +592,22 @@ async fn connection(
         }
     }
     .await;
+    if let Some(p) = c.player.take() {
+        p.pack.close();
+    }
     if let Some(p) = c.publisher.take() {
         let name = p.inner.stream.name.clone();
         p.inner.finish(&c.hub);
         info!(stream = %name, peer = %c.peer, "RTMP publisher left");
     }
     result
+}
+
+async fn fell_back(pack: Option<&Direct<RtmpPack>>) {
+    match pack {
+        Some(p) => p.fell_back().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_frame(player: &mut Option<Player>) -> Option<Frame> {
@@ -553,36 +620,30 @@ async fn next_frame(player: &mut Option<Player>) -> Option<Frame> {
 impl Conn {
     /// Serialises `first` (if any) and every frame already queued for the player into `pending`,
     /// up to a batch; returns whether video was among them.
-    fn append_frames(&mut self, first: Option<Frame>, out: &mut Vec<Out>) -> anyhow::Result<bool> {
+    fn append_frames(&mut self, first: Option<Frame>) -> anyhow::Result<bool> {
         let Some(p) = self.player.as_mut() else { return Ok(false) };
-        let stream_id = p.stream_id;
         let mut video_sent = false;
         // At the end of a merge interval everything queued goes; otherwise up to a batch.
         let drain_all = first.is_none();
         let mut next = first.or_else(|| p.sub.try_recv().and_then(Result::ok));
         while let Some(frame) = next.take() {
-            p.flow.push(&frame, out);
-            for o in out.drain(..) {
-                let packet = match o {
-                    Out::Meta(m) => {
-                        self.pending.own(&metadata_packet(stream_id, &m, false)?);
-                        continue;
-                    }
-                    Out::Video(b, ts) => {
-                        video_sent = true;
-                        (MediaChunks::VIDEO, b, ts)
-                    }
-                    Out::Audio(b, ts) => (MediaChunks::AUDIO, b, ts),
-                };
-                let (kind, body, ts) = packet;
-                put_media(&mut self.pending, kind, stream_id, ts.value, &body);
-            }
+            // Locked per frame: the publisher may wait on this lock (to queue), never long.
+            video_sent |= p.pack.lock().packer.append(&frame, &mut self.pending);
             // The end of the stream is seen again by the next `recv`.
             if self.pending.len() < batch::BATCH_BYTES || drain_all {
                 next = p.sub.try_recv().and_then(Result::ok);
             }
         }
         Ok(video_sent)
+    }
+
+    /// Leaves direct mode (D183), taking what the publisher could not write: whatever the task
+    /// writes or appends next follows it, never interleaves with a frame.
+    fn leave_direct(&mut self) {
+        if let Some(p) = self.player.as_mut().filter(|p| p.direct) {
+            p.pack.leave(&mut self.pending);
+            p.direct_on = false;
+        }
     }
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> anyhow::Result<()> {
@@ -808,15 +869,26 @@ impl Conn {
                     !matches!(r, ServerSessionResult::OutboundResponse(p)
                         if contains(&p.bytes, b"|RtmpSampleAccess") || contains(&p.bytes, b"NetStream.Data.Start"))
                 });
+                let per_frame = self.cfg.merge_write.0.is_zero();
+                // The publisher writes to a per-frame player while it keeps up (D183).
+                let direct = per_frame && self.cfg.direct_write;
+                let pack = Direct::new(
+                    self.sock.clone(),
+                    RtmpPack { stream_id, flow: FlvFlow::new(&stream.name, self.cfg.hevc), scratch: Vec::new() },
+                );
                 self.player = Some(Player {
                     stream_id,
                     // Audio with the next video frame only for per-frame writes (D178).
-                    sub: if self.cfg.merge_write.0.is_zero() {
+                    sub: if direct {
+                        stream.subscribe_direct("rtmp", pack.clone())
+                    } else if per_frame {
                         stream.subscribe_player("rtmp")
                     } else {
                         stream.subscribe_as("rtmp")
                     },
-                    flow: FlvFlow::new(&stream.name, self.cfg.hevc),
+                    pack,
+                    direct,
+                    direct_on: false,
                     seen_video: false,
                     wrote_media: false,
                 });
@@ -840,7 +912,9 @@ impl Conn {
                 Ok(Vec::new())
             }
             ServerSessionEvent::PlayStreamFinished { .. } => {
-                self.player = None;
+                if let Some(p) = self.player.take() {
+                    p.pack.close();
+                }
                 Ok(Vec::new())
             }
             _ => Ok(Vec::new()),

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::admit::{Admission, Ticket};
 use super::batch;
+use super::direct::{Direct, Packer, SharedWrite};
 use super::rtsp_ingest::{Publishing, RtspIngest, UdpSlot};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
@@ -278,7 +278,30 @@ impl TrackOut {
 
 struct Player {
     sub: Subscription,
+    /// The packetiser, under the lock it shares with the publisher's direct writes (D183).
+    pack: Arc<Direct<Pack>>,
+    /// Whether the publisher may write to this player (per-frame, all tracks interleaved).
+    direct: bool,
+    has_video: bool,
+    /// Whether the player's task last saw itself in direct mode (asked again when unsure).
+    direct_on: bool,
+    /// Whether any media was written yet: the first (GOP cache) write never waits for a merge.
+    wrote_media: bool,
+    /// `merge_write` for interleaved players; zero when a track is on UDP (bursts would overflow
+    /// the player's socket buffer).
+    merge: Duration,
+}
+
+impl Player {
+    fn append(&self, frame: &Frame, out: &mut batch::Batch) -> bool {
+        self.pack.lock().packer.append(frame, out)
+    }
+}
+
+/// A player's packetiser state.
+struct Pack {
     tracks: Vec<TrackOut>,
+    max_payload: usize,
     /// pts mapped to each track's `rtptime` (npt 0) and to `wall_base` for sender reports.
     pts_base: Option<i64>,
     wall_base_us: u64,
@@ -286,11 +309,13 @@ struct Player {
     paused: bool,
     play_at: Instant,
     first_key_logged: bool,
-    /// Whether any media was written yet: the first (GOP cache) write never waits for a merge.
-    wrote_media: bool,
-    /// `merge_write` for interleaved players; zero when a track is on UDP (bursts would overflow
-    /// the player's socket buffer).
-    merge: Duration,
+}
+
+impl Packer for Pack {
+    fn append(&mut self, frame: &Frame, out: &mut batch::Batch) -> bool {
+        let max = self.max_payload;
+        append_frame(self, frame, out, max)
+    }
 }
 
 enum Event {
@@ -307,6 +332,8 @@ enum Event {
     Udp(Option<(usize, bytes::Bytes)>),
     /// A publisher's reorder buffer has packets due.
     Reorder,
+    /// The publisher handed a frame back to the player's task (D183).
+    FellBack,
 }
 
 async fn recv_udp(p: Option<&mut Publishing>) -> Option<(usize, bytes::Bytes)> {
@@ -323,14 +350,21 @@ async fn recv_frame(player: Option<&mut Player>) -> Result<Frame, SubscriptionEn
     }
 }
 
-async fn write_batch(w: &mut OwnedWriteHalf, out: &mut batch::Batch) -> io::Result<()> {
+async fn fell_back(pack: Option<&Direct<Pack>>) {
+    match pack {
+        Some(p) => p.fell_back().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_batch(w: &mut SharedWrite, out: &mut batch::Batch) -> io::Result<()> {
     out.write_timeout(w, WRITE_TIMEOUT).await.map_err(|e| match e.kind() {
         io::ErrorKind::TimedOut => io::Error::new(io::ErrorKind::TimedOut, "player stopped reading"),
         _ => e,
     })
 }
 
-async fn write_timed(w: &mut OwnedWriteHalf, buf: &[u8]) -> io::Result<()> {
+async fn write_timed(w: &mut SharedWrite, buf: &[u8]) -> io::Result<()> {
     match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "player stopped reading")),
@@ -350,7 +384,9 @@ async fn connection(
 ) -> io::Result<()> {
     let _ = sock.set_nodelay(true);
     let _ = socket2::SockRef::from(&sock).set_send_buffer_size(SEND_BUFFER);
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
+    // Shared with the publisher's direct writes (D183).
+    let mut wr = SharedWrite(Arc::new(wr));
     let t0 = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let session_id = format!("{:016X}", rand::thread_rng().gen::<u64>());
@@ -359,6 +395,8 @@ async fn connection(
     let mut parser = Parser::new();
     let mut udp: HashMap<usize, UdpPair> = HashMap::new();
     let mut player: Option<Player> = None;
+    // A direct player's shared side, for the publisher's hand-backs (D183).
+    let mut direct_pack: Option<Arc<Direct<Pack>>> = None;
     let mut tick = tokio::time::interval(SR_INTERVAL);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut closing_at: Option<Instant> = None;
@@ -387,6 +425,10 @@ async fn connection(
     let mut reorder_at: Option<tokio::time::Instant> = None;
     let publish_timeout = cfg.publish_timeout.0.max(Duration::from_secs(1));
     let result = 'conn: loop {
+        // A caught-up per-frame player lets the publisher write to it (D183).
+        if let Some(p) = player.as_mut().filter(|p| p.direct && !p.direct_on && out.is_empty()) {
+            p.direct_on = p.pack.resume(&p.sub, &out);
+        }
         let merging = player.as_ref().is_some_and(|p| !p.merge.is_zero());
         // A merging player does not wake for each frame: its queue is drained when the interval ends.
         let take_frames = !(merging && hold_until.is_some());
@@ -400,11 +442,21 @@ async fn connection(
             _ = &mut evicted => Event::Evicted,
             d = recv_udp(publishing.as_mut()) => Event::Udp(d),
             _ = batch::sleep_until_opt(reorder_at) => Event::Reorder,
+            _ = fell_back(direct_pack.as_deref()) => Event::FellBack,
         };
+        // Out of direct mode before anything is written or appended (D183), taking what the
+        // publisher could not write: replies and reports never interleave with a frame, and
+        // frames queued after a hand-back follow its remainder. A frame or a hand-back wakes the
+        // task only after the publisher left direct mode; other events are rare (requests, the
+        // once-a-second report), and the task re-enters direct mode once caught up.
+        if let Some(p) = player.as_mut().filter(|p| p.direct) {
+            p.pack.leave(&mut out);
+            p.direct_on = false;
+        }
         if merging && !matches!(ev, Event::Frame(_)) {
             if let Some(p) = player.as_mut() {
                 while let Some(Ok(f)) = p.sub.try_recv() {
-                    append_frame(p, &f, &mut out, cfg.max_payload);
+                    p.append(&f, &mut out);
                 }
             }
         }
@@ -543,8 +595,9 @@ async fn connection(
                         match a {
                             Action::Play { stream, tracks } => {
                                 if let Some(p) = player.as_mut() {
-                                    p.paused = false;
-                                    p.need_keyframe = p.tracks.iter().any(|t| t.kind == MediaKind::Video);
+                                    let mut st = p.pack.lock();
+                                    st.packer.paused = false;
+                                    st.packer.need_keyframe = p.has_video;
                                     continue;
                                 }
                                 let Some(s) = hub.get(&stream) else { break 'conn Ok(()) };
@@ -554,16 +607,39 @@ async fn connection(
                                 buf.shrink_to_fit();
                                 // Audio with the next video frame only for per-frame writes
                                 // (D178): a merging player does not wake per frame anyway.
-                                let sub = if cfg.merge_write.0.is_zero() {
+                                let pack = new_pack(tracks, &udp, peer.ip(), cfg.max_payload);
+                                let merge = if pack.tracks.iter().all(|t| t.udp.is_none()) {
+                                    cfg.merge_write.0
+                                } else {
+                                    Duration::ZERO
+                                };
+                                // The publisher writes to a per-frame player whose tracks are
+                                // all interleaved, while it keeps up (D183).
+                                let direct =
+                                    merge.is_zero() && cfg.direct_write && pack.tracks.iter().all(|t| t.udp.is_none());
+                                let has_video = pack.tracks.iter().any(|t| t.kind == MediaKind::Video);
+                                let pack = Direct::new(wr.0.clone(), pack);
+                                direct_pack = direct.then(|| pack.clone());
+                                let sub = if direct {
+                                    s.subscribe_direct("rtsp", pack.clone())
+                                } else if cfg.merge_write.0.is_zero() {
                                     s.subscribe_player("rtsp")
                                 } else {
                                     s.subscribe_as("rtsp")
                                 };
-                                player = Some(new_player(sub, tracks, &udp, peer.ip(), cfg.merge_write.0));
+                                player = Some(Player {
+                                    sub,
+                                    pack,
+                                    direct,
+                                    has_video,
+                                    direct_on: false,
+                                    wrote_media: false,
+                                    merge,
+                                });
                             }
                             Action::Pause => {
                                 if let Some(p) = player.as_mut() {
-                                    p.paused = true;
+                                    p.pack.lock().packer.paused = true;
                                 }
                             }
                             Action::Record { stream, tracks } => {
@@ -592,7 +668,9 @@ async fn connection(
                                     hub.remove(&s);
                                 }
                                 reorder_at = None;
-                                player = None;
+                                if let Some(p) = player.take() {
+                                    p.pack.close();
+                                }
                                 for (_, u) in udp.drain() {
                                     u.reader.abort();
                                 }
@@ -605,14 +683,15 @@ async fn connection(
             Event::Frame(Err(e)) => {
                 debug!(%peer, "subscription ended: {e}");
                 // Tell the player the stream ended (RTCP BYE), then let it tear down cleanly.
-                if let Some(mut p) = player.take() {
-                    if send_reports(&mut p, &mut wr, true).await.is_err() {
+                if let Some(p) = player.take() {
+                    p.pack.close();
+                    if send_reports(&p, &mut wr, true).await.is_err() {
                         break Ok(());
                     }
                 }
                 closing_at = Some(Instant::now() + BYE_GRACE);
             }
-            Event::FlushHeld => {}
+            Event::FlushHeld | Event::FellBack => {}
             Event::Udp(None) => {}
             Event::Udp(Some((k, data))) => {
                 if let Some(p) = publishing.as_mut() {
@@ -631,15 +710,15 @@ async fn connection(
                 let Some(p) = player.as_mut() else { continue };
                 // Drain what is already queued into one write (a GOP burst at PLAY, or frames
                 // that arrived while the last write was in flight).
-                let mut video_sent = append_frame(p, &frame, &mut out, cfg.max_payload);
+                let mut video_sent = p.append(&frame, &mut out);
                 while out.len() < batch::BATCH_BYTES {
                     match p.sub.try_recv() {
-                        Some(Ok(f)) => video_sent |= append_frame(p, &f, &mut out, cfg.max_payload),
+                        Some(Ok(f)) => video_sent |= p.append(&f, &mut out),
                         // The end is seen again by the next `recv`.
                         Some(Err(_)) | None => break,
                     }
                 }
-                let has_video = p.tracks.iter().any(|t| t.kind == MediaKind::Video);
+                let has_video = p.has_video;
                 if out.is_empty() {
                     continue;
                 }
@@ -681,7 +760,7 @@ async fn connection(
                     info!(%peer, "RTSP publisher announced but did not RECORD within {publish_timeout:?}: closed");
                     break Ok(());
                 }
-                if let Some(p) = player.as_mut() {
+                if let Some(p) = player.as_ref() {
                     if let Err(e) = send_reports(p, &mut wr, false).await {
                         break Err(e);
                     }
@@ -702,17 +781,14 @@ async fn connection(
     for (_, u) in udp.drain() {
         u.reader.abort();
     }
+    if let Some(p) = player.take() {
+        p.pack.close();
+    }
     let _ = wr.shutdown().await;
     result
 }
 
-fn new_player(
-    sub: Subscription,
-    setups: Vec<TrackSetup>,
-    udp: &HashMap<usize, UdpPair>,
-    peer: IpAddr,
-    merge_write: Duration,
-) -> Player {
+fn new_pack(setups: Vec<TrackSetup>, udp: &HashMap<usize, UdpPair>, peer: IpAddr, max_payload: usize) -> Pack {
     let tracks: Vec<TrackOut> = setups
         .into_iter()
         .map(|s| {
@@ -745,24 +821,21 @@ fn new_player(
         })
         .collect();
     let need_keyframe = tracks.iter().any(|t| t.kind == MediaKind::Video);
-    let merge = if tracks.iter().all(|t| t.udp.is_none()) { merge_write } else { Duration::ZERO };
-    Player {
-        sub,
+    Pack {
         tracks,
+        max_payload,
         pts_base: None,
         wall_base_us: 0,
         need_keyframe,
         paused: false,
         play_at: Instant::now(),
         first_key_logged: false,
-        wrote_media: false,
-        merge,
     }
 }
 
 /// Packetises one frame for a player: UDP tracks are sent at once, interleaved (TCP) packets are
 /// appended to `out`. Returns whether interleaved video was appended.
-fn append_frame(p: &mut Player, frame: &Frame, out: &mut batch::Batch, max_payload: usize) -> bool {
+fn append_frame(p: &mut Pack, frame: &Frame, out: &mut batch::Batch, max_payload: usize) -> bool {
     if p.paused {
         return false;
     }
@@ -830,12 +903,21 @@ fn append_frame(p: &mut Player, frame: &Frame, out: &mut batch::Batch, max_paylo
 
 /// Sends a sender report on every track that has sent media; with `bye`, each report is followed
 /// by an RTCP BYE in the same compound packet.
-async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf, bye: bool) -> io::Result<()> {
-    if p.paused && !bye {
-        return Ok(());
+async fn send_reports(p: &Player, wr: &mut SharedWrite, bye: bool) -> io::Result<()> {
+    let out = reports(&p.pack.lock().packer, bye);
+    if !out.is_empty() {
+        write_timed(wr, &out).await?;
     }
-    let Some(base) = p.pts_base else { return Ok(()) };
+    Ok(())
+}
+
+/// The sender reports (interleaved ones returned, UDP ones sent).
+fn reports(p: &Pack, bye: bool) -> Vec<u8> {
     let mut out = Vec::new();
+    if p.paused && !bye {
+        return out;
+    }
+    let Some(base) = p.pts_base else { return out };
     for t in &p.tracks {
         let Some(last) = t.last_pts else { continue };
         let us = p.wall_base_us as i64 + (last - base) * 1_000_000 / CLOCK_RATE;
@@ -862,10 +944,7 @@ async fn send_reports(p: &mut Player, wr: &mut OwnedWriteHalf, bye: bool) -> io:
             (None, TrackTransport::Udp { .. }) => {}
         }
     }
-    if !out.is_empty() {
-        write_timed(wr, &out).await?;
-    }
-    Ok(())
+    out
 }
 
 #[cfg(test)]

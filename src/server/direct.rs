@@ -1,0 +1,175 @@
+//! Writing to players from the publishing side (D183). A player that keeps up is in *direct
+//! mode*: the publisher packetises each frame for it and writes it with one non-blocking
+//! `writev`, as ZLMediaKit does from the publisher's event loop, so the player's task is not
+//! woken per frame. A write that would block or is partial leaves direct mode: what was not
+//! written waits here (at most the frame and its held audio) for the player's task, which writes
+//! it with the usual deadline, drains its queue (the hub's slow-player policy applies there) and
+//! re-enters direct mode once caught up.
+//!
+//! The player's packetiser state lives under the same lock as the mode, so the publisher and the
+//! player's task never packetise or write at the same time; the task leaves direct mode before
+//! it writes anything of its own (replies, RTCP, control messages), so nothing interleaves with a
+//! frame.
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use super::batch::Batch;
+use crate::hub::{DirectSink, Subscription};
+use crate::media::Frame;
+
+/// Frames (a video frame with the audio held for it counts once) the publisher wrote to a
+/// player itself, over all players.
+pub static DIRECT_WRITES: AtomicU64 = AtomicU64::new(0);
+/// Times a player left direct mode because its socket did not take a whole frame.
+pub static DIRECT_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Packetises frames into a player's output.
+pub(crate) trait Packer: Send {
+    /// Appends `frame` in the player's wire format; returns whether video was appended.
+    fn append(&mut self, frame: &Frame, out: &mut Batch) -> bool;
+}
+
+pub(crate) struct State<P> {
+    /// Whether the publisher writes to this player.
+    on: bool,
+    /// The player's socket; `None` once the player's task ended (no file descriptor is kept).
+    sock: Option<Arc<OwnedWriteHalf>>,
+    /// Bytes of a frame the socket did not take, for the player's task.
+    pending: Batch,
+    pub packer: P,
+}
+
+/// One player's direct-write side, shared by its task and the publisher.
+pub(crate) struct Direct<P> {
+    state: Mutex<State<P>>,
+    /// Wakes the player's task when a frame fell back to it.
+    wake: Notify,
+}
+
+impl<P: Packer> Direct<P> {
+    pub fn new(sock: Arc<OwnedWriteHalf>, packer: P) -> Arc<Direct<P>> {
+        Arc::new(Direct {
+            state: Mutex::new(State { on: false, sock: Some(sock), pending: Batch::default(), packer }),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State<P>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters direct mode if nothing waits for the player (its output `out` is written, its
+    /// queue and GOP backlog are empty); returns whether it is direct now.
+    pub fn resume(&self, sub: &Subscription, out: &Batch) -> bool {
+        let mut st = self.lock();
+        if !st.on && out.is_empty() && st.pending.is_empty() && st.sock.is_some() && sub.caught_up() {
+            st.on = true;
+        }
+        st.on
+    }
+
+    /// Leaves direct mode; whatever the publisher could not write is appended to `out` (which
+    /// holds nothing the publisher wrote after, as it was direct until now).
+    pub fn leave(&self, out: &mut Batch) {
+        let mut st = self.lock();
+        st.on = false;
+        if !st.pending.is_empty() {
+            if out.is_empty() {
+                std::mem::swap(out, &mut st.pending);
+            } else {
+                out.append(&mut st.pending);
+            }
+        }
+    }
+
+    /// The player's task ends: the publisher neither writes nor keeps the socket open.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.on = false;
+        st.sock = None;
+        st.pending.clear();
+    }
+
+    /// Resolves when the publisher handed a frame back to the player's task.
+    pub async fn fell_back(&self) {
+        self.wake.notified().await
+    }
+}
+
+impl<P: Packer> DirectSink for Direct<P> {
+    fn offer(&self, held: &mut Vec<Frame>, frame: &Frame, queue: &mut dyn FnMut(&mut Vec<Frame>) -> bool) -> bool {
+        let mut guard = self.lock();
+        if !guard.on {
+            // Queued under this lock: see `DirectSink::offer`.
+            return queue(held);
+        }
+        let st = &mut *guard;
+        let Some(sock) = st.sock.as_ref() else { return false };
+        for h in held.drain(..) {
+            st.packer.append(&h, &mut st.pending);
+        }
+        st.packer.append(frame, &mut st.pending);
+        if st.pending.is_empty() {
+            return true;
+        }
+        // One non-blocking `writev` (a few for a frame of more than MAX_IOV pieces): the work per
+        // frame and player is what the player's task would have done.
+        match st.pending.try_write(sock) {
+            Ok(true) => {
+                DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
+            }
+            // Would block, partial, or an error: the task writes the rest (or meets the error).
+            Ok(false) | Err(_) => {
+                st.on = false;
+                DIRECT_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                self.wake.notify_one();
+            }
+        }
+        true
+    }
+}
+
+/// A player's write half shared with its [`Direct`] side: the task writes through this (waiting
+/// for writability), the publisher with `try_write_vectored`.
+pub(crate) struct SharedWrite(pub Arc<OwnedWriteHalf>);
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let s: &tokio::net::TcpStream = (*self.0).as_ref();
+        loop {
+            std::task::ready!(s.poll_write_ready(cx))?;
+            match s.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let s: &tokio::net::TcpStream = (*self.0).as_ref();
+        Poll::Ready(socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write))
+    }
+}
