@@ -12,7 +12,7 @@
 //! frame.
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -29,6 +29,32 @@ use crate::media::Frame;
 pub static DIRECT_WRITES: AtomicU64 = AtomicU64::new(0);
 /// Times a player left direct mode because its socket did not take a whole frame.
 pub static DIRECT_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Players in direct mode at most, all streams together. UDP ingest publishes from one receive
+/// thread (D153), which then makes every direct write: this bounds that thread's extra work (at
+/// 2 Mbit/s about 5 % of a core per 300 players, so ~20 % at the cap). Players beyond it are
+/// written by their own tasks, as before.
+pub const MAX_DIRECT_PLAYERS: usize = 1024;
+static DIRECT_PLAYERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_DIRECT_PLAYERS`] places, given back when dropped.
+pub(crate) struct DirectPlace(());
+
+impl DirectPlace {
+    /// A place if there is one left.
+    pub fn take() -> Option<DirectPlace> {
+        DIRECT_PLAYERS
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < MAX_DIRECT_PLAYERS).then_some(n + 1))
+            .ok()
+            .map(|_| DirectPlace(()))
+    }
+}
+
+impl Drop for DirectPlace {
+    fn drop(&mut self) {
+        DIRECT_PLAYERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Packetises frames into a player's output.
 pub(crate) trait Packer: Send {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch;
-use super::direct::{Direct, Packer, SharedWrite};
+use super::direct::{Direct, DirectPlace, Packer, SharedWrite};
 use crate::auth::{self, Action, AuthConfig};
 use crate::config::RtmpConfig;
 use crate::hub::{Hub, PublishError, Source, Subscription, Takeover, Transport};
@@ -327,6 +327,8 @@ struct Player {
     pack: Arc<Direct<RtmpPack>>,
     /// Whether the publisher may write to this player (per-frame writes).
     direct: bool,
+    /// Its place among the direct players (bounded).
+    _place: Option<DirectPlace>,
     /// Whether the task last saw itself in direct mode (asked again when unsure).
     direct_on: bool,
     /// Video was sent: audio may then wait for the next video frame (one write per frame).
@@ -871,7 +873,8 @@ impl Conn {
                 });
                 let per_frame = self.cfg.merge_write.0.is_zero();
                 // The publisher writes to a per-frame player while it keeps up (D183).
-                let direct = per_frame && self.cfg.direct_write;
+                let place = (per_frame && self.cfg.direct_write).then(DirectPlace::take).flatten();
+                let direct = place.is_some();
                 let pack = Direct::new(
                     self.sock.clone(),
                     RtmpPack { stream_id, flow: FlvFlow::new(&stream.name, self.cfg.hevc), scratch: Vec::new() },
@@ -888,6 +891,7 @@ impl Conn {
                     },
                     pack,
                     direct,
+                    _place: place,
                     direct_on: false,
                     seen_video: false,
                     wrote_media: false,

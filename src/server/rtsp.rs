@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::admit::{Admission, Ticket};
 use super::batch;
-use super::direct::{Direct, Packer, SharedWrite};
+use super::direct::{Direct, DirectPlace, Packer, SharedWrite};
 use super::rtsp_ingest::{Publishing, RtspIngest, UdpSlot};
 use crate::codec::rtp_pack;
 use crate::config::RtspConfig;
@@ -282,6 +282,8 @@ struct Player {
     pack: Arc<Direct<Pack>>,
     /// Whether the publisher may write to this player (per-frame, all tracks interleaved).
     direct: bool,
+    /// Its place among the direct players (bounded).
+    _place: Option<DirectPlace>,
     has_video: bool,
     /// Whether the player's task last saw itself in direct mode (asked again when unsure).
     direct_on: bool,
@@ -615,8 +617,12 @@ async fn connection(
                                 };
                                 // The publisher writes to a per-frame player whose tracks are
                                 // all interleaved, while it keeps up (D183).
-                                let direct =
-                                    merge.is_zero() && cfg.direct_write && pack.tracks.iter().all(|t| t.udp.is_none());
+                                let place = (merge.is_zero()
+                                    && cfg.direct_write
+                                    && pack.tracks.iter().all(|t| t.udp.is_none()))
+                                .then(DirectPlace::take)
+                                .flatten();
+                                let direct = place.is_some();
                                 let has_video = pack.tracks.iter().any(|t| t.kind == MediaKind::Video);
                                 let pack = Direct::new(wr.0.clone(), pack);
                                 direct_pack = direct.then(|| pack.clone());
@@ -631,6 +637,7 @@ async fn connection(
                                     sub,
                                     pack,
                                     direct,
+                                    _place: place,
                                     has_video,
                                     direct_on: false,
                                     wrote_media: false,
