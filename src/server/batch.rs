@@ -540,6 +540,40 @@ mod tests {
         assert!(held_at.is_none(), "the next hold starts afresh");
     }
 
+    /// A batch moved behind another after a partial write (D183: a direct write's remainder
+    /// taken by the player's task) keeps its bytes in order, resuming mid-part.
+    #[test]
+    fn append_keeps_a_partly_written_batch_in_order() {
+        let big = Bytes::from((0..3000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut rest = Batch::default();
+        rest.own(b"$hdr");
+        rest.shared(&big);
+        rest.own(b"$two");
+        rest.shared_range(&big, 100, 2900);
+        let whole = rest.to_vec();
+        // 4 header bytes and 1000 payload bytes went out already.
+        rest.advance(1004);
+        let mut out = Batch::default();
+        out.own(b"first");
+        out.shared(&big);
+        let mut want = out.to_vec();
+        want.extend_from_slice(&whole[1004..]);
+        out.append(&mut rest);
+        assert!(rest.is_empty() && rest.keep.is_empty());
+        assert_eq!(out.len(), want.len());
+        assert_eq!(out.to_vec(), want);
+        let mut w = Trickle { got: Vec::new(), max: 999, calls: 0 };
+        out.write_blocking_for_test(&mut w);
+        assert_eq!(w.got, want);
+        // Into an empty batch, too.
+        let mut rest = Batch::default();
+        rest.shared(&big);
+        rest.advance(10);
+        let mut out = Batch::default();
+        out.append(&mut rest);
+        assert_eq!(out.to_vec(), &big[10..]);
+    }
+
     #[test]
     fn merging_mode_holds_all_but_the_first_write() {
         let merge = Duration::from_millis(200);
