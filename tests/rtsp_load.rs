@@ -9,7 +9,19 @@ use gbgate::sim::send::{send_file, SendOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_players_get_every_frame_and_a_stalled_one_is_dropped() {
+    two_hundred_players(test_config(), 900_000_001).await;
+}
+
+/// The same per frame (`merge_write = "0s"`), where the publisher writes to the players that keep
+/// up itself (D183) and the stalled one falls back to its task and is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_direct_players_get_every_frame_and_a_stalled_one_is_dropped() {
     let mut cfg = test_config();
+    cfg.rtsp.merge_write = gbgate::config::HumanDuration(Duration::ZERO);
+    two_hundred_players(cfg, 900_000_002).await;
+}
+
+async fn two_hundred_players(mut cfg: gbgate::config::Config, ssrc: u32) {
     // A small per-subscriber queue and skip allowance, so the stalled player is found out within
     // the test (the server's 256 KiB socket send buffer absorbs the first seconds).
     cfg.hub.subscriber_queue = 64;
@@ -24,7 +36,7 @@ async fn two_hundred_players_get_every_frame_and_a_stalled_one_is_dropped() {
             to,
             tcp: true,
             count: 1,
-            ssrc_base: Some(900_000_001),
+            ssrc_base: Some(ssrc),
             loops: 9,
             duration: None,
             flood: false,
@@ -35,7 +47,7 @@ async fn two_hundred_players_get_every_frame_and_a_stalled_one_is_dropped() {
     wait_streams(gw.api_addr, Duration::from_secs(5), |l| l.iter().any(|s| s["video"]["frames"].as_u64() > Some(0)))
         .await;
     let opts = PlayersOptions {
-        url: format!("rtsp://{rtsp}/rtp/{:08X}", 900_000_001u32),
+        url: format!("rtsp://{rtsp}/rtp/{ssrc:08X}"),
         count: 200,
         duration: Duration::from_secs(14),
         stall: 1,
