@@ -266,3 +266,27 @@ async fn player_subscriptions_get_audio_with_the_next_video_frame() {
     assert_eq!(player.drops(), 0);
     assert!(matches!(player.recv().await, Err(SubscriptionEnded::StreamEnded)));
 }
+
+// D188: the GOP backlog's room goes with its last frame, by `recv` and by `try_recv`, and the
+// frames still come in order, backlog first.
+#[tokio::test]
+async fn the_gop_backlogs_room_is_given_back_with_its_last_frame() {
+    let hub = hub(64);
+    for try_recv in [false, true] {
+        let s = hub.create(if try_recv { "b" } else { "a" }, source(), Takeover::Refuse).unwrap();
+        s.publish(video(0, true, 10));
+        for i in 1..40 {
+            s.publish(video(i * 3600, false, 10));
+        }
+        let mut sub = s.subscribe();
+        assert!(sub.backlog_capacity() >= 40);
+        s.publish(video(1000 * 3600, false, 10));
+        for i in 0..40 {
+            let f = if try_recv { sub.try_recv().unwrap().unwrap() } else { sub.recv().await.unwrap() };
+            assert_eq!(f.pts, i * 3600);
+            assert_eq!(sub.backlog_capacity() == 0, i == 39, "frame {i}");
+        }
+        let f = if try_recv { sub.try_recv().unwrap().unwrap() } else { sub.recv().await.unwrap() };
+        assert_eq!(f.pts, 1000 * 3600);
+    }
+}
