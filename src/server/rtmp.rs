@@ -385,7 +385,8 @@ struct Conn {
     /// Sees every byte before `session` does (see `proto::rtmp_guard`).
     guard: RtmpCommandGuard,
     player: Option<Player>,
-    publisher: Option<Publisher>,
+    /// Boxed (D189): 1.8 kB that every player's task would carry unused.
+    publisher: Option<Box<Publisher>>,
     /// Bytes to send, in order: the session's messages and media chunk headers copied, media
     /// bodies referenced from the frames' shared tags (D163).
     pending: batch::Batch,
@@ -422,23 +423,27 @@ async fn connection(
     let setup_left = || setup_deadline.saturating_duration_since(tokio::time::Instant::now());
     // Small until the peer has shown it speaks RTMP (the handshake's packets are 1,537 bytes).
     let mut buf = vec![0u8; 4096];
-    let mut hs = Handshake::new(PeerType::Server);
-    let leftover = loop {
-        let read = tokio::time::timeout(setup_left(), read_timeout(&mut rd, &mut buf, limit));
-        let n = tokio::select! {
-            r = read => match r {
-                Ok(r) => r.context("handshake")?,
-                Err(_) => return Err(RtmpLimitError::SetupTimeout(setup).into()),
-            },
-            _ = ticket.evicted.cancelled() => return Err(RtmpLimitError::Evicted.into()),
-        };
-        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                write_timeout(&mut wr, &response_bytes, limit).await?;
-            }
-            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
-                write_timeout(&mut wr, &response_bytes, limit).await?;
-                break remaining_bytes;
+    // The handshake (1.6 kB, its packet kept inline) lives in this block only: its room in the
+    // connection's task is then shared with the later states instead of kept for ever (D189).
+    let leftover = {
+        let mut hs = Handshake::new(PeerType::Server);
+        loop {
+            let read = tokio::time::timeout(setup_left(), read_timeout(&mut rd, &mut buf, limit));
+            let n = tokio::select! {
+                r = read => match r {
+                    Ok(r) => r.context("handshake")?,
+                    Err(_) => return Err(RtmpLimitError::SetupTimeout(setup).into()),
+                },
+                _ = ticket.evicted.cancelled() => return Err(RtmpLimitError::Evicted.into()),
+            };
+            match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("handshake: {e:?}"))? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    write_timeout(&mut wr, &response_bytes, limit).await?;
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    write_timeout(&mut wr, &response_bytes, limit).await?;
+                    break remaining_bytes;
+                }
             }
         }
     };
@@ -717,7 +722,9 @@ impl Conn {
             peer: self.peer,
             params: (!query.is_empty()).then(|| query.to_string()),
         };
-        notifier.authorize(req).await
+        // Boxed (D189): the hook's HTTP request state would otherwise be part of every
+        // connection's task for its lifetime.
+        Box::pin(notifier.authorize(req)).await
     }
 
     fn accept(&mut self, request_id: u32) -> anyhow::Result<Vec<ServerSessionResult>> {
@@ -765,11 +772,11 @@ impl Conn {
                 match self.hub.create(&name, source, Takeover::Refuse) {
                     Ok(stream) => {
                         info!(stream = %name, peer = %self.peer, "RTMP publish");
-                        self.publisher = Some(Publisher {
+                        self.publisher = Some(Box::new(Publisher {
                             inner: super::publish::Publisher::new(stream, &self.shared.media),
                             demux: flv::FlvDemuxer::new(),
                             errors_logged: false,
-                        });
+                        }));
                         self.accept(request_id)
                     }
                     Err(e) => {
@@ -829,7 +836,7 @@ impl Conn {
                 if candidates.iter().all(|n| self.hub.get(n).is_none()) {
                     // Not live: a handler may start it (GB28181 play on demand, pulls).
                     for n in candidates.iter().filter(|n| !n.is_empty()) {
-                        match self.hub.get_or_demand(n).await {
+                        match Box::pin(self.hub.get_or_demand(n)).await {
                             Ok(_) => break,
                             // The first name a handler claimed is the one asked for: another
                             // reading of the URL is not tried (no second series of attempts).

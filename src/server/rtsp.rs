@@ -423,7 +423,8 @@ async fn connection(
     let notifier = hub.notifier();
     // The cc's answers on this connection, so DESCRIBE then SETUP ask once (bounded).
     let mut cc_answers: Vec<(crate::notify::AccessKind, String, crate::notify::Decision)> = Vec::new();
-    let mut publishing: Option<Publishing> = None;
+    // Boxed (D189): a publisher's state is 2.2 kB that a player's task would carry unused.
+    let mut publishing: Option<Box<Publishing>> = None;
     let mut reorder_at: Option<tokio::time::Instant> = None;
     let publish_timeout = cfg.publish_timeout.0.max(Duration::from_secs(1));
     let result = 'conn: loop {
@@ -442,7 +443,7 @@ async fn connection(
             _ = batch::sleep_until_opt(hold_until) => Event::FlushHeld,
             _ = batch::sleep_until_opt(request_deadline) => Event::RequestTimeout,
             _ = &mut evicted => Event::Evicted,
-            d = recv_udp(publishing.as_mut()) => Event::Udp(d),
+            d = recv_udp(publishing.as_deref_mut()) => Event::Udp(d),
             _ = batch::sleep_until_opt(reorder_at) => Event::Reorder,
             _ = fell_back(direct_pack.as_deref()) => Event::FellBack,
         };
@@ -531,15 +532,16 @@ async fn connection(
                             Some(d) => d,
                             None => {
                                 let query = crate::proto::rtsp::uri_query(&req.uri);
-                                let d = notifier
-                                    .authorize(crate::notify::AccessRequest {
-                                        kind,
-                                        stream: name.clone(),
-                                        protocol: "rtsp",
-                                        peer,
-                                        params: (!query.is_empty()).then(|| query.to_string()),
-                                    })
-                                    .await;
+                                // Boxed (D189): the hook's HTTP request state is kB that would
+                                // otherwise be part of every connection's task for its lifetime.
+                                let d = Box::pin(notifier.authorize(crate::notify::AccessRequest {
+                                    kind,
+                                    stream: name.clone(),
+                                    protocol: "rtsp",
+                                    peer,
+                                    params: (!query.is_empty()).then(|| query.to_string()),
+                                }))
+                                .await;
                                 if cc_answers.len() >= 8 {
                                     cc_answers.remove(0);
                                 }
@@ -566,7 +568,8 @@ async fn connection(
                     }
                     let prefetched = match session.stream_needed(&req) {
                         Some(name) => {
-                            let tracks = stream_tracks(&hub, &name).await;
+                            // Boxed like the hook above (D189): an on-demand start's state.
+                            let tracks = Box::pin(stream_tracks(&hub, &name)).await;
                             Some((name, tracks))
                         }
                         None => None,
@@ -658,14 +661,14 @@ async fn connection(
                                     udp.iter().map(|(i, u)| (*i, u.rtp.clone())).collect();
                                 let (act, t0) = (activity.clone(), t0);
                                 let touch = move || act.store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                                publishing = Some(Publishing::start(
+                                publishing = Some(Box::new(Publishing::start(
                                     s,
                                     ingest.clone(),
                                     peer,
                                     &tracks,
                                     |i| socks.get(&i).cloned(),
                                     touch,
-                                ));
+                                )));
                             }
                             Action::Teardown => {
                                 if let Some(p) = publishing.take() {
