@@ -85,11 +85,28 @@ struct SubscriberSlot {
 /// player's task per frame and player.
 pub trait DirectSink: Send + Sync {
     /// Called by the publisher, under the stream's lock, with the audio held for this player and
-    /// the frame. While the player is in direct mode, writes them without blocking (what does not
-    /// fit is handed to the player's task) and returns whether the player is still there.
-    /// Otherwise returns `queue(held)`, called while the sink's own lock is held, so that a
-    /// player switching to direct mode cannot overtake a frame that is being queued for it.
-    fn offer(&self, held: &mut Vec<Frame>, frame: &Frame, queue: &mut dyn FnMut(&mut Vec<Frame>) -> bool) -> bool;
+    /// the frame. While the player is in direct mode, packetises them into the player's pending
+    /// bytes and returns [`Offer::Flush`]: the publisher then calls [`DirectSink::flush`] once it
+    /// has released the stream's lock. Otherwise returns `queue(held)` as [`Offer::Kept`] or
+    /// [`Offer::Gone`], `queue` called while the sink's own lock is held, so that a player
+    /// switching to direct mode cannot overtake a frame that is being queued for it.
+    fn offer(&self, held: &mut Vec<Frame>, frame: &Frame, queue: &mut dyn FnMut(&mut Vec<Frame>) -> bool) -> Offer;
+    /// Writes what is pending without blocking, if the player is still in direct mode (what does
+    /// not fit is handed to the player's task). Called outside the stream's lock: the bytes were
+    /// ordered by `offer`, and whoever flushes writes all of them, so frames published from two
+    /// threads (video, transcoded audio) stay in order.
+    fn flush(&self);
+}
+
+/// What [`DirectSink::offer`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the player's task (or nothing to write); the player stays.
+    Kept,
+    /// Packetised for a direct write: flush after releasing the stream's lock.
+    Flush,
+    /// The player is gone.
+    Gone,
 }
 
 /// Audio frames held for a subscriber until the next video frame: at 11025 Hz AAC (93 ms a
@@ -430,8 +447,20 @@ impl Stream {
 
     /// Publishes one frame: into the GOP cache and to every subscriber, never waiting.
     pub fn publish(&self, frame: Frame) {
+        let mut flush = Vec::new();
+        {
+            let mut f = lock(&self.fanout);
+            self.publish_locked(frame, &mut f, &mut flush);
+        }
+        // The direct players' `writev`s, after the stream's lock is released: a subscribe,
+        // DESCRIBE or API count does not wait for a frame's fan-out (D183).
+        for d in flush {
+            d.flush();
+        }
+    }
+
+    fn publish_locked(&self, frame: Frame, f: &mut Fanout, flush: &mut Vec<Arc<dyn DirectSink>>) {
         let now = Instant::now();
-        let mut f = lock(&self.fanout);
         if f.closed {
             return;
         }
@@ -468,11 +497,14 @@ impl Stream {
             let mut held = std::mem::take(&mut s.held);
             let keep = match s.direct.take() {
                 Some(d) => {
-                    let keep = d.offer(&mut held, &frame, &mut |held| {
+                    let offer = d.offer(&mut held, &frame, &mut |held| {
                         self.queue(s, held, &frame, now, resume_point, max_skips)
                     });
+                    if offer == Offer::Flush {
+                        flush.push(d.clone());
+                    }
                     s.direct = Some(d);
-                    keep
+                    offer != Offer::Gone
                 }
                 None => self.queue(s, &mut held, &frame, now, resume_point, max_skips),
             };

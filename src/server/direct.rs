@@ -1,7 +1,7 @@
 //! Writing to players from the publishing side (D183). A player that keeps up is in *direct
-//! mode*: the publisher packetises each frame for it and writes it with one non-blocking
-//! `writev`, as ZLMediaKit does from the publisher's event loop, so the player's task is not
-//! woken per frame. A write that would block or is partial leaves direct mode: what was not
+//! mode*: the publisher packetises each frame for it under the stream's lock (which orders the
+//! bytes) and, once that lock is released, writes them with one non-blocking `writev`, as
+//! ZLMediaKit does from the publisher's event loop, so the player's task is not woken per frame. A write that would block or is partial leaves direct mode: what was not
 //! written waits here (at most the frame and its held audio) for the player's task, which writes
 //! it with the usual deadline, drains its queue (the hub's slow-player policy applies there) and
 //! re-enters direct mode once caught up.
@@ -21,7 +21,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use super::batch::Batch;
-use crate::hub::{DirectSink, Subscription};
+use crate::hub::{DirectSink, Offer, Subscription};
 use crate::media::Frame;
 
 /// Frames (a video frame with the audio held for it counts once) the publisher wrote to a
@@ -67,8 +67,12 @@ pub(crate) struct State<P> {
     on: bool,
     /// The player's socket; `None` once the player's task ended (no file descriptor is kept).
     sock: Option<Arc<OwnedWriteHalf>>,
-    /// Bytes of a frame the socket did not take, for the player's task.
+    /// Bytes of frames packetised for a direct write and not written yet: until the publisher
+    /// flushes them (after releasing the stream's lock), or what the socket did not take, for the
+    /// player's task.
     pending: Batch,
+    /// Frames in `pending` not yet written, for `DIRECT_WRITES`.
+    pending_frames: u64,
     pub packer: P,
 }
 
@@ -82,7 +86,13 @@ pub(crate) struct Direct<P> {
 impl<P: Packer> Direct<P> {
     pub fn new(sock: Arc<OwnedWriteHalf>, packer: P) -> Arc<Direct<P>> {
         Arc::new(Direct {
-            state: Mutex::new(State { on: false, sock: Some(sock), pending: Batch::default(), packer }),
+            state: Mutex::new(State {
+                on: false,
+                sock: Some(sock),
+                pending: Batch::default(),
+                pending_frames: 0,
+                packer,
+            }),
             wake: Notify::new(),
         })
     }
@@ -101,11 +111,13 @@ impl<P: Packer> Direct<P> {
         st.on
     }
 
-    /// Leaves direct mode; whatever the publisher could not write is appended to `out` (which
-    /// holds nothing the publisher wrote after, as it was direct until now).
+    /// Leaves direct mode; whatever the publisher packetised and did not write (not flushed yet,
+    /// or not taken by the socket) is appended to `out` (which holds nothing published after
+    /// it, as the player was direct until now).
     pub fn leave(&self, out: &mut Batch) {
         let mut st = self.lock();
         st.on = false;
+        st.pending_frames = 0;
         if !st.pending.is_empty() {
             if out.is_empty() {
                 std::mem::swap(out, &mut st.pending);
@@ -121,6 +133,7 @@ impl<P: Packer> Direct<P> {
         st.on = false;
         st.sock = None;
         st.pending.clear();
+        st.pending_frames = 0;
     }
 
     /// Resolves when the publisher handed a frame back to the player's task.
@@ -130,35 +143,49 @@ impl<P: Packer> Direct<P> {
 }
 
 impl<P: Packer> DirectSink for Direct<P> {
-    fn offer(&self, held: &mut Vec<Frame>, frame: &Frame, queue: &mut dyn FnMut(&mut Vec<Frame>) -> bool) -> bool {
+    fn offer(&self, held: &mut Vec<Frame>, frame: &Frame, queue: &mut dyn FnMut(&mut Vec<Frame>) -> bool) -> Offer {
         let mut guard = self.lock();
         if !guard.on {
             // Queued under this lock: see `DirectSink::offer`.
-            return queue(held);
+            return if queue(held) { Offer::Kept } else { Offer::Gone };
         }
         let st = &mut *guard;
-        let Some(sock) = st.sock.as_ref() else { return false };
+        if st.sock.is_none() {
+            return Offer::Gone;
+        }
         for h in held.drain(..) {
             st.packer.append(&h, &mut st.pending);
         }
         st.packer.append(frame, &mut st.pending);
         if st.pending.is_empty() {
-            return true;
+            return Offer::Kept;
         }
+        st.pending_frames += 1;
+        Offer::Flush
+    }
+
+    fn flush(&self) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        // Another publishing thread flushed it already, or the player's task took it over.
+        if !st.on || st.pending.is_empty() {
+            return;
+        }
+        let Some(sock) = st.sock.as_ref() else { return };
         // One non-blocking `writev` (a few for a frame of more than MAX_IOV pieces): the work per
         // frame and player is what the player's task would have done.
         match st.pending.try_write(sock) {
             Ok(true) => {
-                DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
+                DIRECT_WRITES.fetch_add(std::mem::take(&mut st.pending_frames), Ordering::Relaxed);
             }
             // Would block, partial, or an error: the task writes the rest (or meets the error).
             Ok(false) | Err(_) => {
                 st.on = false;
+                st.pending_frames = 0;
                 DIRECT_FALLBACKS.fetch_add(1, Ordering::Relaxed);
                 self.wake.notify_one();
             }
         }
-        true
     }
 }
 
