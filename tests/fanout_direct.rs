@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gbgate::server::Gateway;
-use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,29 +18,6 @@ async fn start_per_frame() -> Gateway {
     cfg.rtsp.merge_write = gbgate::config::HumanDuration(Duration::ZERO);
     cfg.rtmp.merge_write = gbgate::config::HumanDuration(Duration::ZERO);
     start(cfg).await
-}
-
-/// Sends `fixture` over RTP/TCP, `loops` times; returns the stream name once the hub has it.
-async fn feed(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> String {
-    let path = own_fixture(&format!("{fixture}.rtp"));
-    let opts = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(500),
-    };
-    tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
-    let name = format!("rtp/{ssrc:08X}");
-    let t = Instant::now();
-    while gw.hub.get(&name).is_none() {
-        assert!(t.elapsed() < Duration::from_secs(5), "stream {name} did not appear");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    name
 }
 
 /// A counter of `GET /metrics` (the `_total` sample).
@@ -55,58 +31,6 @@ async fn metric(api: SocketAddr, name: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
-}
-
-async fn ffprobe_streams(url: &str) -> Vec<Value> {
-    let (ok, out, err) = run_program(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-rtsp_transport",
-            "tcp",
-            "-show_entries",
-            "stream=codec_name,width,height,sample_rate",
-            "-of",
-            "json",
-            url,
-        ],
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(ok, "ffprobe {url} failed: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["streams"].as_array().cloned().unwrap_or_default()
-}
-
-/// Every video frame ffprobe decodes over RTSP/TCP until the stream ends: (pts, keyframe).
-async fn ffprobe_frames(url: &str) -> Vec<(i64, bool)> {
-    let (ok, out, err) = run_program(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-rtsp_transport",
-            "tcp",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "frame=pts,key_frame",
-            "-of",
-            "json",
-            url,
-        ],
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(ok, "ffprobe frames {url}: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["pts"].as_i64().unwrap_or(-1), f["key_frame"].as_i64() == Some(1)))
-        .collect()
 }
 
 /// From a keyframe, pts strictly increasing at a constant step: nothing lost or reordered.
@@ -130,7 +54,7 @@ async fn a_player_that_keeps_up_is_written_by_the_publisher() {
     let name = feed(&gw, "h264_g711u_16k", 0x0D1E_C701, 4).await;
     let url = format!("rtsp://{}/{name}", gw.rtsp_addr.unwrap());
     let before = metric(api, "gbgate_direct_writes").await;
-    let (streams, frames) = tokio::join!(ffprobe_streams(&url), ffprobe_frames(&url));
+    let (streams, frames) = tokio::join!(ffprobe_streams(&url, "tcp"), ffprobe_frames(&url, "tcp"));
     let after = metric(api, "gbgate_direct_writes").await;
     println!("{} frames decoded; {} frames written directly; {streams:?}", frames.len(), after - before);
     let video = streams.iter().find(|v| v["codec_name"] == "h264").expect("H.264");
@@ -194,7 +118,7 @@ async fn a_stalled_player_falls_back_and_disturbs_neither_others_nor_ingest() {
     // Another player reads the whole stream meanwhile: every frame, in order.
     let other = tokio::spawn({
         let url = url.clone();
-        async move { ffprobe_frames(&url).await }
+        async move { ffprobe_frames(&url, "tcp").await }
     });
 
     // The stalled player leaves direct mode (its socket fills) and is dropped by its task's

@@ -27,54 +27,8 @@ async fn start_rtsp_with(cfg: gbgate::config::Config) -> Setup {
     Setup { gw, rtsp }
 }
 
-/// Sends `fixture` over RTP/TCP with SSRC `ssrc`, `loops` times; returns the stream name once
-/// the hub has it.
-async fn feed(s: &Setup, fixture: &str, ssrc: u32, loops: u32) -> String {
-    let path = own_fixture(&format!("{fixture}.rtp"));
-    let opts = SendOptions {
-        to: s.gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(500),
-    };
-    tokio::spawn(async move { send_file(&path, &opts).await.unwrap() });
-    let name = format!("rtp/{ssrc:08X}");
-    let t = Instant::now();
-    while s.gw.hub.get(&name).is_none() {
-        assert!(t.elapsed() < Duration::from_secs(5), "stream {name} did not appear");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    name
-}
-
 async fn run(cmd: &str, args: &[&str], limit: Duration) -> (bool, String, String) {
     run_program(cmd, args, limit).await
-}
-
-async fn ffprobe_streams(url: &str, transport: &str) -> Vec<Value> {
-    let (ok, out, err) = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-rtsp_transport",
-            transport,
-            "-show_entries",
-            "stream=codec_name,width,height,sample_rate",
-            "-of",
-            "json",
-            url,
-        ],
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(ok, "ffprobe {url} over {transport} failed: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["streams"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +41,7 @@ async fn ffprobe_sees_codecs_resolution_and_rate_over_tcp_and_udp() {
         ("h264_g711u_16k", 0x0BEB_C203, "h264", 1280, 720, "aac", "11025"),
     ];
     for (fixture, ssrc, vcodec, w, h, acodec, rate) in cases {
-        let name = feed(&s, fixture, ssrc, 4).await;
+        let name = feed(&s.gw, fixture, ssrc, 4).await;
         let url = format!("rtsp://{}/{name}", s.rtsp);
         for transport in ["tcp", "udp"] {
             let streams = ffprobe_streams(&url, transport).await;
@@ -110,41 +64,11 @@ async fn passthrough_keeps_g711_with_its_detected_rate() {
     for (fixture, ssrc, acodec, rate) in
         [("h264_g711a_8k", 0x0BEB_C211u32, "pcm_alaw", "8000"), ("h264_g711u_16k", 0x0BEB_C213, "pcm_mulaw", "16000")]
     {
-        let name = feed(&s, fixture, ssrc, 4).await;
+        let name = feed(&s.gw, fixture, ssrc, 4).await;
         let streams = ffprobe_streams(&format!("rtsp://{}/{name}", s.rtsp), "tcp").await;
         let a = streams.iter().find(|x| x["sample_rate"].is_string()).unwrap_or_else(|| panic!("{streams:?}"));
         assert_eq!((a["codec_name"].as_str(), a["sample_rate"].as_str()), (Some(acodec), Some(rate)), "{fixture}");
     }
-}
-
-/// Decoded video frames (pts, key) of a whole play, over `transport`.
-async fn ffprobe_frames(url: &str, transport: &str) -> Vec<(i64, bool)> {
-    let (ok, out, err) = run(
-        "ffprobe",
-        &[
-            "-v",
-            "error",
-            "-rtsp_transport",
-            transport,
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "frame=pts,key_frame",
-            "-of",
-            "json",
-            url,
-        ],
-        Duration::from_secs(40),
-    )
-    .await;
-    assert!(ok, "ffprobe frames {url}: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["pts"].as_i64().unwrap_or(-1), f["key_frame"].as_i64() == Some(1)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +89,7 @@ async fn per_frame_writes_deliver_every_frame_in_order() {
 
 async fn every_frame_in_order(s: Setup, transports: &[&str], ssrc: u32) {
     for (i, &transport) in transports.iter().enumerate() {
-        let name = feed(&s, "h264_g711a_8k", ssrc + i as u32, 3).await;
+        let name = feed(&s.gw, "h264_g711a_8k", ssrc + i as u32, 3).await;
         // The player joins at once: the GOP cache still starts at the first keyframe, so the
         // whole stream (3 loops x 50 frames) should arrive.
         let frames = ffprobe_frames(&format!("rtsp://{}/{name}", s.rtsp), transport).await;
@@ -230,7 +154,7 @@ async fn gstreamer_plays_over_tcp_and_udp() {
     let s = start_rtsp().await;
     for (i, fixture) in ["h264_g711a_8k", "h265_aac_16k"].into_iter().enumerate() {
         // 120 s of stream, far longer than the four gst runs need; the sender stops with the test.
-        let name = feed(&s, fixture, 0x0BEB_C401 + i as u32, 60).await;
+        let name = feed(&s.gw, fixture, 0x0BEB_C401 + i as u32, 60).await;
         let url = format!("location=rtsp://{}/{name}", s.rtsp);
         for proto in ["protocols=tcp", "protocols=udp"] {
             let t = Instant::now();
@@ -251,7 +175,7 @@ async fn players_see_a_clean_end_when_the_camera_stops() {
     let s = start_rtsp().await;
     for (i, proto) in ["tcp", "udp"].into_iter().enumerate() {
         // 2 loops = 4 s of stream over RTP/TCP: the stream ends when the sender closes.
-        let name = feed(&s, "h264_g711a_8k", 0x0BEB_C501 + i as u32, 2).await;
+        let name = feed(&s.gw, "h264_g711a_8k", 0x0BEB_C501 + i as u32, 2).await;
         let url = format!("location=rtsp://{}/{name}", s.rtsp);
         let t = Instant::now();
         let protocols = format!("protocols={proto}");
@@ -311,7 +235,7 @@ async fn raw_socket_session_and_unknown_stream() {
     assert!(head.starts_with("RTSP/1.0 404"), "{head}");
     assert_eq!(header(&head, "CSeq"), Some("1"));
 
-    let name = feed(&s, "h264_g711a_8k", 0x0BEB_C501, 3).await;
+    let name = feed(&s.gw, "h264_g711a_8k", 0x0BEB_C501, 3).await;
     let url = format!("rtsp://{}/{name}", s.rtsp);
     let (head, _) = request(&mut sock, &mut pending, &format!("OPTIONS {url} RTSP/1.0\r\nCSeq: 2\r\n\r\n")).await;
     assert!(head.starts_with("RTSP/1.0 200 OK"), "{head}");
@@ -430,7 +354,7 @@ impl SkipData for (String, String) {
 async fn a_player_that_stops_reading_does_not_delay_others() {
     let s = start_rtsp().await;
     // 10 loops = 20 s of stream, so a disconnect before then is the write deadline at work.
-    let name = feed(&s, "h264_g711u_16k", 0x0BEB_C601, 10).await;
+    let name = feed(&s.gw, "h264_g711u_16k", 0x0BEB_C601, 10).await;
     let url = format!("rtsp://{}/{name}", s.rtsp);
     // The stalled player: a small receive buffer, PLAY, then never read again.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -545,7 +469,7 @@ async fn idle_connections_from_one_host_are_closed_and_real_players_still_play()
     cfg.rtsp.max_connections = 100;
     cfg.api.max_connections = 100;
     let s = start_rtsp_with(cfg).await;
-    let name = feed(&s, "h264_g711a_8k", 0x0BEBC301, 20).await;
+    let name = feed(&s.gw, "h264_g711a_8k", 0x0BEBC301, 20).await;
     let api = s.gw.api_addr;
     let t = Instant::now();
     let rtsp_idle = idle_sockets(s.rtsp, 300).await;
@@ -692,7 +616,7 @@ async fn the_players_tool_keeps_its_session_alive_past_the_session_timeout() {
     cfg.rtsp.session_timeout = gbgate::config::HumanDuration(Duration::from_secs(2));
     let s = start_rtsp_with(cfg).await;
     // 4 loops = 8 s of stream: four session timeouts.
-    let name = feed(&s, "h264_g711a_8k", 0x0BEB_C701, 4).await;
+    let name = feed(&s.gw, "h264_g711a_8k", 0x0BEB_C701, 4).await;
     let opts = gbgate::sim::players::PlayersOptions {
         url: format!("rtsp://{}/{name}", s.rtsp),
         count: 1,

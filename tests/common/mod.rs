@@ -353,3 +353,53 @@ pub fn send_in_background(gw: &Gateway, path: PathBuf, ssrc: u32, loops: u32) ->
         gbgate::sim::send::send_file(&path, &opts).await.expect("send fixture");
     })
 }
+
+/// Sends the own fixture `fixture` (.rtp) over RTP/TCP with SSRC `ssrc`, `loops` times, on a
+/// background task; returns the stream name once the hub has it.
+pub async fn feed(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> String {
+    let path = own_fixture(&format!("{fixture}.rtp"));
+    let opts = gbgate::sim::send::SendOptions {
+        to: gw.rtp_addr,
+        tcp: true,
+        count: 1,
+        ssrc_base: Some(ssrc),
+        loops,
+        duration: None,
+        flood: false,
+        linger: Duration::from_millis(500),
+    };
+    tokio::spawn(async move { gbgate::sim::send::send_file(&path, &opts).await.unwrap() });
+    let name = format!("rtp/{ssrc:08X}");
+    let t = Instant::now();
+    while gw.hub.get(&name).is_none() {
+        assert!(t.elapsed() < Duration::from_secs(5), "stream {name} did not appear");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    name
+}
+
+/// The streams ffprobe finds in an RTSP URL over `transport` (codec, size, sample rate).
+pub async fn ffprobe_streams(url: &str, transport: &str) -> Vec<Value> {
+    let args =
+        ["-v", "error", "-rtsp_transport", transport, "-show_entries", "stream=codec_name,width,height,sample_rate"];
+    let (ok, out, err) =
+        run_program("ffprobe", &[&args[..], &["-of", "json", url]].concat(), Duration::from_secs(30)).await;
+    assert!(ok, "ffprobe {url} over {transport} failed: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["streams"].as_array().cloned().unwrap_or_default()
+}
+
+/// Decoded video frames (pts, key) of a whole RTSP play over `transport`.
+pub async fn ffprobe_frames(url: &str, transport: &str) -> Vec<(i64, bool)> {
+    let args = ["-v", "error", "-rtsp_transport", transport, "-select_streams", "v:0"];
+    let args = [&args[..], &["-show_entries", "frame=pts,key_frame", "-of", "json", url]].concat();
+    let (ok, out, err) = run_program("ffprobe", &args, Duration::from_secs(60)).await;
+    assert!(ok, "ffprobe frames {url}: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["pts"].as_i64().unwrap_or(-1), f["key_frame"].as_i64() == Some(1)))
+        .collect()
+}
