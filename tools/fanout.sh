@@ -6,6 +6,8 @@
 # Usage: PROTO=rtsp|rtmp|http-flv PLAYERS="100 300" WINDOW=20 [MERGE=200ms] [BIN=...] tools/fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 PLAYERS=${PLAYERS:-"100 300"}
 WINDOW=${WINDOW:-20}
 PROTO=${PROTO:-rtsp}
@@ -23,41 +25,14 @@ trap cleanup EXIT
 [[ -s $CLIP ]] || PHASES="" tools/load.sh   # makes the clip (and builds) without a load phase
 [[ $BIN != "$TARGET/release/gbgate" ]] || cargo build --release -q --bins
 
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 for n in $PLAYERS; do
-    rtp=$(port); api=$(port); rtsp=$(port); rtmp=$(port); http=$(port)
     cfg=$LOAD_DIR/fanout.toml
-    cat > "$cfg" <<TOML
-[rtp]
-listen = "127.0.0.1:$rtp"
-[api]
-listen = "127.0.0.1:$api"
-[rtsp]
-listen = "127.0.0.1:$rtsp"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-[rtmp]
-listen = "127.0.0.1:$rtmp"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-[http]
-listen = "127.0.0.1:$http"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-# Not measured here; off so that another gateway on this host (their default ports) does not stop this one.
-[sip]
-enabled = false
-[webrtc]
-enabled = false
-TOML
-    "$BIN" run -c "$cfg" 2> "$LOAD_DIR/fanout-$PROTO-$n.log" &
-    gw=$!; PIDS+=("$gw")
-    for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
+    write_fanout_config "$cfg" "$MERGE"
+    start_gbgate "$BIN" "$cfg" "$LOAD_DIR/fanout-$PROTO-$n.log" || { echo "gbgate did not start: $LOAD_DIR/fanout-$PROTO-$n.log" >&2; exit 1; }
+    gw=$GW_PID; PIDS+=("$gw")
+    rtp=$RTP_PORT rtsp=$RTSP_PORT rtmp=$RTMP_PORT http=$HTTP_PORT
     "$BIN" send "$CLIP" --to "127.0.0.1:$rtp" --ssrc 0100000001 --loop 100 --duration "$((WINDOW + 20))s" >/dev/null &
     PIDS+=("$!")
     sleep 3

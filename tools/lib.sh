@@ -43,8 +43,40 @@ EOF
     return 0
 }
 
+# write_fanout_config FILE MERGE: a gateway for one camera and many players (tools/fanout.sh,
+# tools/rss.sh): every listener on port 0, player limits raised, `merge_write = MERGE`, SIP and
+# WebRTC off (not measured; another gateway on this host keeps its default ports).
+write_fanout_config() {
+    cat >"$1" <<EOF
+[rtp]
+listen = "127.0.0.1:0"
+[api]
+listen = "127.0.0.1:0"
+[rtsp]
+listen = "127.0.0.1:0"
+max_connections = 5000
+max_connections_per_source = 5000
+merge_write = "$2"
+[rtmp]
+listen = "127.0.0.1:0"
+max_connections = 5000
+max_connections_per_source = 5000
+merge_write = "$2"
+[http]
+listen = "127.0.0.1:0"
+max_connections = 5000
+max_connections_per_source = 5000
+merge_write = "$2"
+[sip]
+enabled = false
+[webrtc]
+enabled = false
+EOF
+}
+
 # start_gbgate BIN CONF LOG [NAME=VALUE...]: starts `BIN run` in the background with those
-# environment variables, waits (10 s) for its ports file; sets GW_PID, RTP_PORT and API_PORT.
+# environment variables, waits (10 s) for its ports file; sets GW_PID, RTP_PORT, API_PORT,
+# RTSP_PORT, RTMP_PORT and HTTP_PORT (empty for a listener that is off).
 # Returns non-zero if gbgate exits or does not come up.
 start_gbgate() {
     local bin=$1 conf=$2 log=$3 ports=${2%.toml}.ports.json i
@@ -58,9 +90,9 @@ start_gbgate() {
         sleep 0.1
     done
     [[ -s $ports ]] || return 1
-    read -r RTP_PORT API_PORT < <(python3 -c 'import json, sys
+    read -r RTP_PORT API_PORT RTSP_PORT RTMP_PORT HTTP_PORT < <(python3 -c 'import json, sys
 p = json.load(open(sys.argv[1]))
-print(p["rtp"].rsplit(":", 1)[1], p["api"].rsplit(":", 1)[1])' "$ports")
+print(*((p.get(k) or ":-").rsplit(":", 1)[1] for k in ("rtp", "api", "rtsp", "rtmp", "http")))' "$ports")
 }
 
 cpu_ticks() { # pid -> utime+stime (all threads), in clock ticks

@@ -14,6 +14,8 @@
 #      PLAYERS (300), WINDOW (16 s, at least 12), MERGE (200ms), ENVS, EVICT (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=${BIN:-$TARGET/release/gbgate}
 SEND_BIN=${SEND_BIN:-$BIN}
@@ -28,39 +30,16 @@ CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 if [[ ${EVICT:-1} == 1 ]]; then
     python3 -c 'import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$BIN"
 fi
-rtp=$(port); api=$(port); rtsp=$(port); rtmp=$(port); http=$(port)
 cfg=$LOAD_DIR/rss.toml
-cat >"$cfg" <<TOML
-[rtp]
-listen = "127.0.0.1:$rtp"
-[api]
-listen = "127.0.0.1:$api"
-[rtsp]
-listen = "127.0.0.1:$rtsp"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-[rtmp]
-listen = "127.0.0.1:$rtmp"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-[http]
-listen = "127.0.0.1:$http"
-[sip]
-enabled = false
-[webrtc]
-enabled = false
-TOML
+write_fanout_config "$cfg" "$MERGE"
 # shellcheck disable=SC2086 # ENVS is a list of NAME=VALUE words
-env ${ENVS:-} "$BIN" run -c "$cfg" 2>"$LOAD_DIR/rss.log" &
-gw=$!; PIDS+=("$gw")
-for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
+start_gbgate "$BIN" "$cfg" "$LOAD_DIR/rss.log" ${ENVS:-} || { echo "gbgate did not start: $LOAD_DIR/rss.log" >&2; exit 1; }
+gw=$GW_PID; PIDS+=("$gw")
+rtp=$RTP_PORT rtsp=$RTSP_PORT rtmp=$RTMP_PORT
 "$SEND_BIN" send "$CLIP" --to "127.0.0.1:$rtp" --ssrc 0100000001 --loop 100 --duration "$((WINDOW + 20))s" >/dev/null &
 PIDS+=("$!")
 sleep 3
