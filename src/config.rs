@@ -62,6 +62,26 @@ pub struct Config {
     pub callbacks: CallbacksConfig,
     /// `[webrtc]`: WebRTC playback (WHEP on the HTTP listener, media on one UDP port; D135..).
     pub webrtc: WebRtcConfig,
+    /// `[process]`: the process itself (D194: start-up code pages handed back).
+    pub process: ProcessConfig,
+}
+
+/// `[process]`: read once at start (a reload does not apply it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Once this long after start-up, page out the binary's code and read-only data (Linux
+    /// `MADV_PAGEOUT`): start-up touched 10-12 MB of it, the media path keeps 4-5 MB (D194).
+    pub release_startup_code: bool,
+    /// How long after start-up (listeners bound, channels restored) the release runs, so that
+    /// start-up's tail (boot pulls, the first callbacks) is over too (1s to 1h).
+    pub release_startup_code_after: HumanDuration,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig { release_startup_code: true, release_startup_code_after: HumanDuration(Duration::from_secs(10)) }
+    }
 }
 
 /// `[shutdown]`: the graceful stop's deadline (D110). Within it gbgate BYEs every GB session and
@@ -1019,6 +1039,13 @@ impl Config {
         let t = self.shutdown.timeout.0;
         if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&t) {
             return Err(ConfigError::Invalid { key: "shutdown.timeout", message: "between 1s and 300s".into() });
+        }
+        let t = self.process.release_startup_code_after.0;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) {
+            return Err(ConfigError::Invalid {
+                key: "process.release_startup_code_after",
+                message: "between 1s and 1h".into(),
+            });
         }
         let r = &self.record;
         if r.segment_bytes < 4096 || r.max_bytes_per_stream < r.segment_bytes || r.max_bytes_total < r.segment_bytes {

@@ -8,6 +8,8 @@ use gbgate::config::Config;
 use gbgate::server::Gateway;
 use tracing_subscriber::EnvFilter;
 
+mod code_pages;
+
 /// jemalloc returns memory after a burst where glibc's malloc kept it (D160, measured in
 /// docs/performance.md §13c).
 #[cfg(not(target_env = "msvc"))]
@@ -740,6 +742,7 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
     let pulls = cfg.pull.clone();
     let sip_db = (!cfg.sip.enabled).then(|| cfg.sip.db.clone()).flatten();
     let stop_timeout = cfg.shutdown.timeout.0;
+    let release_code = cfg.process.clone();
     runtime.block_on(async move {
         let gateway = match Gateway::start(cfg).await {
             Ok(g) => g,
@@ -770,6 +773,9 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        if release_code.release_startup_code {
+            schedule_code_release(release_code.release_startup_code_after.0);
+        }
         loop {
             match signals.next().await {
                 Sig::Reload => reload(&gateway, reload_path.as_deref()),
@@ -787,6 +793,20 @@ fn run(config: Option<PathBuf>, ports_file: Option<PathBuf>) -> ExitCode {
         gateway.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// D194: once start-up's tail is over, the binary's pages only start-up used go back to the
+/// kernel (`[process] release_startup_code`). Runs on a blocking thread: it reads smaps and waits
+/// for the kernel's reclaim.
+fn schedule_code_release(after: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        match tokio::task::spawn_blocking(code_pages::release_startup_code).await {
+            Ok(Ok(released)) => tracing::info!("start-up code paged out ([process] release_startup_code): {released}"),
+            Ok(Err(e)) => tracing::warn!("cannot page out the start-up code ([process] release_startup_code): {e}"),
+            Err(e) => tracing::warn!("the start-up code release did not run: {e}"),
+        }
+    });
 }
 
 /// SIGHUP: re-reads the config file and applies what can change at runtime (D112).

@@ -28,12 +28,16 @@ struct Gbgate {
 
 impl Gbgate {
     fn start(dir: &Path, cfg: &Config) -> Gbgate {
+        Gbgate::start_bin(Path::new(env!("CARGO_BIN_EXE_gbgate")), dir, cfg)
+    }
+
+    fn start_bin(bin: &Path, dir: &Path, cfg: &Config) -> Gbgate {
         let conf = dir.join("gbgate.toml");
         std::fs::write(&conf, toml::to_string(cfg).unwrap()).unwrap();
         let ports = dir.join("ports.json");
         let _ = std::fs::remove_file(&ports);
         let log = dir.join("gbgate.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_gbgate"))
+        let child = Command::new(bin)
             .args(["run", "-c"])
             .arg(&conf)
             .arg("--ports-file")
@@ -394,4 +398,68 @@ async fn a_sigterm_during_start_up_is_a_graceful_stop() {
         assert!(status.success(), "round {round}: killed instead of stopped: {status:?}\n{text}");
         assert!(text.contains("SIGTERM: shutting down") && text.contains("stopped in"), "round {round}: {text}");
     }
+}
+
+/// Resident kB of the read-only (code and read-only data) mappings of `exe` in process `pid`.
+fn resident_code_kib(pid: u32, exe: &Path) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let exe = exe.to_str().unwrap();
+    let (mut ours, mut kib) = (false, 0);
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first().is_some_and(|a| a.contains('-') && !a.ends_with(':')) && f.len() >= 5 {
+            ours = f.len() >= 6 && f[5..].join(" ") == exe && f[1].as_bytes()[1] == b'-';
+        } else if ours && f.first() == Some(&"Rss:") {
+            kib += f[1].parse::<u64>().unwrap();
+        }
+    }
+    kib
+}
+
+/// D194: once start-up is over, gbgate pages out its own code and read-only data
+/// (`[process] release_startup_code`): the binary's resident pages drop, and what the media path
+/// needs faults back in (an RTSP player still gets the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(target_os = "linux")]
+async fn start_up_code_is_paged_out_and_the_gateway_still_serves() {
+    if !require_tool("start_up_code_is_paged_out_and_the_gateway_still_serves", "ffprobe") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the binary: its pages are this process's alone (the kernel does not page out
+    // pages another running gbgate of this test run also maps).
+    let bin = dir.path().join("gbgate-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_gbgate"), &bin).unwrap();
+    let mut cfg = base_config();
+    cfg.process.release_startup_code_after = gbgate::config::HumanDuration(Duration::from_secs(3));
+    let gw = Gbgate::start_bin(&bin, dir.path(), &cfg);
+    let pid = gw.child.id();
+    let before = resident_code_kib(pid, &bin);
+    assert!(before > 1024, "the binary's code is resident after start-up: {before} kB");
+    let start = Instant::now();
+    while !gw.log().contains("start-up code paged out") {
+        assert!(start.elapsed() < Duration::from_secs(20), "no release logged: {}", gw.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = resident_code_kib(pid, &bin);
+    assert!(after * 2 < before, "resident code {before} kB before the release, {after} kB after: {}", gw.log());
+
+    // The media path still runs: a camera's stream plays over RTSP, from code faulted back in.
+    let (rtp, rtsp) = (gw.addr("rtp"), gw.addr("rtsp"));
+    let mut sender = Command::new(env!("CARGO_BIN_EXE_gbgate"))
+        .args(["send", "--to", &rtp.to_string(), "--ssrc", "0100000001", "--loop", "1000"])
+        .arg(own_fixture("h264_g711a_8k.rtp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = gw.addr("api");
+    let live = wait_streams(api, Duration::from_secs(15), |s| s.iter().any(|v| v["name"] == "rtp/05F5E101")).await;
+    assert!(live.iter().any(|v| v["name"] == "rtp/05F5E101"), "{live:?}");
+    let streams = ffprobe_streams(&format!("rtsp://{rtsp}/rtp/05F5E101"), "tcp").await;
+    let _ = sender.kill();
+    let _ = sender.wait();
+    let codecs: Vec<&str> = streams.iter().filter_map(|s| s["codec_name"].as_str()).collect();
+    assert_eq!(codecs, ["h264", "aac"], "{streams:?}");
+    assert!(!gw.log().contains("cannot page out"), "{}", gw.log());
 }
