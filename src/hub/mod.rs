@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::config::HubConfig;
 use crate::media::{Frame, MediaKind};
@@ -24,6 +23,7 @@ use crate::media::{Frame, MediaKind};
 pub use crate::media::stats::{AudioStats, StreamStats, VideoStats};
 
 mod gop;
+mod queue;
 pub mod tracks;
 pub mod watch;
 pub use gop::GopCache;
@@ -66,7 +66,7 @@ struct SubscriberSlot {
     id: u64,
     /// Who subscribed ("rtsp", "rtmp", "push", ...), for the per-protocol player counts.
     label: &'static str,
-    tx: mpsc::Sender<Frame>,
+    tx: queue::QueueTx,
     needs_keyframe: bool,
     skips: VecDeque<Instant>,
     drops: Arc<AtomicU64>,
@@ -559,36 +559,18 @@ impl Stream {
         resume_point: bool,
         max_skips: usize,
     ) -> bool {
-        // Held audio first, in order; the receiver is woken once for all (a task already
-        // notified is not scheduled again).
-        let mut lost = 0u64;
-        let mut full = false;
-        for h in held.drain(..) {
-            if full {
-                lost += 1;
-                continue;
-            }
-            match s.tx.try_send(h) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    full = true;
-                    lost += 1;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
-        }
+        // Held audio first, in order, then the frame: one lock and one wake-up for all.
+        let (lost, sent) = s.tx.send(held, Some(frame));
         if lost > 0 {
             s.drops.fetch_add(lost, Ordering::Relaxed);
             self.drops.fetch_add(lost, Ordering::Relaxed);
         }
-        let sent =
-            if full { Err(mpsc::error::TrySendError::Full(frame.clone())) } else { s.tx.try_send(frame.clone()) };
         match sent {
-            Ok(()) => {
+            queue::Sent::Queued | queue::Sent::Nothing => {
                 s.needs_keyframe = false;
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            queue::Sent::Full => {
                 s.drops.fetch_add(1, Ordering::Relaxed);
                 self.drops.fetch_add(1, Ordering::Relaxed);
                 // A skip starts when the queue first overflows, and again each time even a
@@ -608,7 +590,7 @@ impl Stream {
                 true
             }
             // The subscriber went away.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            queue::Sent::Closed => false,
         }
     }
 
@@ -645,7 +627,7 @@ impl Stream {
         if let Some(l) = &log {
             l.event("player", &format!("{label} joined ({} watching)", self.subscriber_count() + 1));
         }
-        let (tx, rx) = mpsc::channel(self.cfg.subscriber_queue);
+        let (tx, rx) = queue::queue(self.cfg.subscriber_queue);
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let drops = Arc::new(AtomicU64::new(0));
         let kicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -774,9 +756,7 @@ impl Stream {
         // Held audio goes before the end (D178); dropping the senders then ends every
         // subscription once its queue is drained.
         for s in &mut f.subscribers {
-            for h in s.held.drain(..) {
-                let _ = s.tx.try_send(h);
-            }
+            s.tx.send(&mut s.held, None);
         }
         f.subscribers.clear();
         self.gop_budget.account(f.gop.bytes(), 0);
@@ -816,7 +796,7 @@ impl Drop for ViewerGuard {
 pub struct Subscription {
     pub id: u64,
     backlog: VecDeque<Frame>,
-    rx: mpsc::Receiver<Frame>,
+    rx: queue::QueueRx,
     drops: Arc<AtomicU64>,
     kicked: Arc<std::sync::atomic::AtomicBool>,
     /// The stream's log, for the player's leaving.
@@ -852,11 +832,9 @@ impl Subscription {
         }
         match self.rx.try_recv() {
             Ok(frame) => Some(Ok(frame)),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) if self.kicked.load(Ordering::Relaxed) => {
-                Some(Err(SubscriptionEnded::TooSlow))
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(SubscriptionEnded::StreamEnded)),
+            Err(queue::Empty::Now) => None,
+            Err(queue::Empty::Ended) if self.kicked.load(Ordering::Relaxed) => Some(Err(SubscriptionEnded::TooSlow)),
+            Err(queue::Empty::Ended) => Some(Err(SubscriptionEnded::StreamEnded)),
         }
     }
 

@@ -226,6 +226,8 @@ pub async fn serve(
 
 /// The chunk size both rml_rtmp sessions announce (`ServerSessionConfig`/`ClientSessionConfig`).
 const CHUNK_SIZE: u32 = 4096;
+/// Socket reads of a connection that plays (the handshake's 1.5 kB packets need 4 kB before).
+const PLAYER_READ: usize = 1024;
 
 /// An `onMetaData` data message (`@setDataFrame` first when publishing) at timestamp 0, as chunk
 /// bytes. rml_rtmp stamps metadata with its connection clock, which ffmpeg then reads as a data
@@ -540,6 +542,11 @@ async fn connection(
                     if c.publisher.is_some() && buf.len() < 64 * 1024 {
                         // A publisher's media comes in large reads.
                         buf.resize(64 * 1024, 0);
+                    } else if c.player.is_some() && buf.len() > PLAYER_READ {
+                        // A player only sends acknowledgements and the odd command: 3 kB less
+                        // per player (D195).
+                        buf.truncate(PLAYER_READ);
+                        buf.shrink_to_fit();
                     }
                     if !c.had_role && (c.publisher.is_some() || c.player.is_some()) {
                         // Publishing or playing: no longer first in line to make room.
