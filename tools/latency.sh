@@ -23,12 +23,13 @@ CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
 HZ=$(getconf CLK_TCK)
 [[ -s $CLIP ]] || PHASES="" tools/load.sh
 [[ $BIN != "$TARGET/release/gbgate" ]] || cargo build --release -q --bins
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-rtp=$(port); api=$(port); rtsp=$(port)
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
+# Every listener on port 0, read back from --ports-file (start_gbgate): no free-port race.
 conf=$LOAD_DIR/latency.toml
 cat >"$conf" <<TOML
 [rtp]
-listen = "127.0.0.1:$rtp"
+listen = "127.0.0.1:0"
 unknown_ssrc = "publish"
 max_streams = 2000
 max_tcp_connections = 2000
@@ -37,13 +38,13 @@ max_unknown_per_source = 2000
 max_tcp_per_source = 2000
 recv_buffer = 33554432
 [api]
-listen = "127.0.0.1:$api"
+listen = "127.0.0.1:0"
 [rtsp]
-listen = "127.0.0.1:$rtsp"
+listen = "127.0.0.1:0"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "$MERGE"
-# Listeners these runs do not use, on free ports (the defaults may be taken on a shared host).
+# Listeners these runs do not use, on port 0 too (the defaults may be taken on a shared host).
 [sip]
 listen = "127.0.0.1:0"
 [http]
@@ -52,10 +53,9 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 TOML
 [[ -z ${EXTRA_TOML:-} ]] || printf '%s\n' "$EXTRA_TOML" >>"$conf"
-"$BIN" run -c "$conf" >"$LOAD_DIR/latency-gbgate.log" 2>&1 &
-gw=$!
+start_gbgate "$BIN" "$conf" "$LOAD_DIR/latency-gbgate.log" || { echo "gbgate did not start: $LOAD_DIR/latency-gbgate.log" >&2; exit 1; }
+gw=$GW_PID rtp=$RTP_PORT rtsp=$RTSP_PORT
 trap 'kill $gw 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
 flag=()
 [[ $TRANSPORT == tcp ]] && flag=(--tcp)
 c0=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$gw/stat"); t0=$(date +%s.%N)

@@ -13,6 +13,8 @@
 #      EXTRA_TOML (appended to the config), LOAD_DIR, RMEM_MAX (as tools/load.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 COUNTS=${COUNTS:-"1 100 300 1000"}
 PHASES=${PHASES:-"udp tcp"}
 PLAYERS_AT=${PLAYERS_AT:-"100 300"}
@@ -45,19 +47,15 @@ if ((CUR_RMEM < RMEM_MAX)) && sysctl -qw net.core.rmem_max="$RMEM_MAX" 2>/dev/nu
     ORIG_RMEM=$CUR_RMEM
 fi
 
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 point() { # transport count
     local transport=$1 n=$2 rtp api rtsp conf gw snd pl="" players=0 tcpflag=()
-    rtp=$(port)
-    api=$(port)
-    rtsp=$(port)
     conf=$LOAD_DIR/scale-$transport-$n.toml
     cat >"$conf" <<EOF
 [rtp]
-listen = "127.0.0.1:$rtp"
+listen = "127.0.0.1:0"
 unknown_ssrc = "publish"
 max_streams = 2000
 max_tcp_connections = 2000
@@ -68,17 +66,17 @@ timeout = "10s"
 recv_buffer = 33554432
 
 [api]
-listen = "127.0.0.1:$api"
+listen = "127.0.0.1:0"
 
 [rtsp]
-listen = "127.0.0.1:$rtsp"
+listen = "127.0.0.1:0"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "$MERGE"
 
 [log]
 level = "info"
-# Listeners these runs do not use, on free ports (the defaults may be taken on a shared host).
+# Listeners these runs do not use, on port 0 too (the defaults may be taken on a shared host).
 [sip]
 listen = "127.0.0.1:0"
 [http]
@@ -87,10 +85,10 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 EOF
     [[ -z ${EXTRA_TOML:-} ]] || printf '%s\n' "$EXTRA_TOML" >>"$conf"
-    "$BIN" run -c "$conf" >"$LOAD_DIR/scale-$transport-$n.log" 2>&1 &
-    gw=$!
+    # Every listener on port 0, read back from --ports-file (start_gbgate): no free-port race.
+    start_gbgate "$BIN" "$conf" "$LOAD_DIR/scale-$transport-$n.log" || { echo "gbgate did not start: $LOAD_DIR/scale-$transport-$n.log" >&2; return 1; }
+    gw=$GW_PID rtp=$RTP_PORT api=$API_PORT rtsp=$RTSP_PORT
     PIDS+=("$gw")
-    for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
     [[ $transport == tcp ]] && tcpflag=(--tcp)
     "$BIN" send "$CLIP" --to "127.0.0.1:$rtp" "${tcpflag[@]}" --count "$n" --ssrc "$SSRC_BASE" --loop 100 \
         --duration "$((WARMUP + WINDOW + 5))s" >"$LOAD_DIR/scale-send-$transport-$n.log" 2>&1 &

@@ -3,24 +3,30 @@
 # joining the 2 Mbit/s 720p clip of tools/load.sh (run it once first). Release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 TARGET=${CARGO_TARGET_DIR:-target}; BIN=${BIN:-$TARGET/release/gbgate}; D=$TARGET/load
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-rtp=$(port); api=$(port); rtsp=$(port); rtmp=$(port); http=$(port)
+# Every listener on port 0, read back from --ports-file (start_gbgate): no free-port race.
 cat > $D/ttff.toml <<TOML
 [rtp]
-listen = "127.0.0.1:$rtp"
+listen = "127.0.0.1:0"
 [api]
-listen = "127.0.0.1:$api"
+listen = "127.0.0.1:0"
 [rtsp]
-listen = "127.0.0.1:$rtsp"
+listen = "127.0.0.1:0"
 [rtmp]
-listen = "127.0.0.1:$rtmp"
+listen = "127.0.0.1:0"
 [http]
-listen = "127.0.0.1:$http"
+listen = "127.0.0.1:0"
+[sip]
+listen = "127.0.0.1:0"
+[webrtc]
+listen = "127.0.0.1:0"
 TOML
-$BIN run -c $D/ttff.toml 2> $D/ttff.log & gw=$!
+snd=""
+start_gbgate "$BIN" $D/ttff.toml $D/ttff.log || { echo "gbgate did not start: $D/ttff.log" >&2; exit 1; }
+gw=$GW_PID rtp=$RTP_PORT rtmp=$RTMP_PORT http=$HTTP_PORT
 trap 'kill $gw $snd 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
 $BIN send $D/cam720p_2m_g711a.rtp --to 127.0.0.1:$rtp --ssrc 0100000001 --loop 100 --duration 60s >/dev/null & snd=$!
 sleep 3
 for i in 1 2 3 4 5; do

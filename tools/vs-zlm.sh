@@ -21,6 +21,8 @@
 # GB stream rtp/<SSRC in hex>, as gbgate does, so both are played at the same URLs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
 if [[ -z ${ZLM_BIN:-} || ! -x ${ZLM_BIN:-/nonexistent} ]]; then
     echo "vs-zlm: set ZLM_BIN to a ZLMediaKit MediaServer you built (and ZLM_CONF to its config.ini);" \
         "nothing is downloaded. ZLM_BIN='${ZLM_BIN:-}' is not an executable." >&2
@@ -84,15 +86,13 @@ EOF
 # Starts one server; sets SRV_PID, RTP, RTSP, RTMP. kind = gbgate|zlm, merge in ms.
 start_server() { # kind merge_ms tag
     local kind=$1 merge=$2 tag=$3 api
-    RTP=$(port)
-    RTSP=$(port)
-    RTMP=$(port)
-    api=$(port)
     if [[ $kind == gbgate ]]; then
+        # gbgate: every listener on port 0, read back from --ports-file (start_gbgate).
+        # ZLMediaKit cannot report its ports, so it gets free ones picked just before.
         local conf=$LOAD_DIR/vs-gbgate-$tag.toml
         cat >"$conf" <<EOF
 [rtp]
-listen = "127.0.0.1:$RTP"
+listen = "127.0.0.1:0"
 unknown_ssrc = "publish"
 max_streams = 2000
 max_unknown_streams = 2000
@@ -100,18 +100,18 @@ max_unknown_per_source = 2000
 max_tcp_per_source = 2000
 recv_buffer = 33554432
 [api]
-listen = "127.0.0.1:$api"
+listen = "127.0.0.1:0"
 [rtsp]
-listen = "127.0.0.1:$RTSP"
+listen = "127.0.0.1:0"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "${merge}ms"
 [rtmp]
-listen = "127.0.0.1:$RTMP"
+listen = "127.0.0.1:0"
 max_connections = 5000
 max_connections_per_source = 5000
 merge_write = "${merge}ms"
-# Listeners these runs do not use, on free ports (the defaults may be taken on a shared host).
+# Listeners these runs do not use, on port 0 too (the defaults may be taken on a shared host).
 [sip]
 listen = "127.0.0.1:0"
 [http]
@@ -119,10 +119,13 @@ listen = "127.0.0.1:0"
 [webrtc]
 listen = "127.0.0.1:0"
 EOF
-        "$BIN" run -c "$conf" >"$LOAD_DIR/vs-gbgate-$tag.log" 2>&1 &
-        SRV_PID=$!
-        for _ in $(seq 50); do curl -sf "127.0.0.1:$api/healthz" >/dev/null && break; sleep 0.1; done
+        start_gbgate "$BIN" "$conf" "$LOAD_DIR/vs-gbgate-$tag.log" || { log "gbgate did not start: $LOAD_DIR/vs-gbgate-$tag.log"; exit 1; }
+        SRV_PID=$GW_PID RTP=$RTP_PORT RTSP=$RTSP_PORT RTMP=$RTMP_PORT
     else
+        RTP=$(port)
+        RTSP=$(port)
+        RTMP=$(port)
+        api=$(port)
         local dir=$LOAD_DIR/zlm/$tag
         mkdir -p "$dir"
         # Every listener we do not use on a free port or off, so nothing clashes with the host.
