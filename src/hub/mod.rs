@@ -2,7 +2,8 @@
 //!
 //! Policy (moonfire-nvr / mediamtx style, see docs/architecture.md):
 //! - The publisher never waits for a subscriber. Each subscriber has its own bounded queue and
-//!   frames are handed over with `try_send` (a `Frame` clone is a few reference-count bumps).
+//!   frames are handed over without waiting (a `Frame` clone is a few reference-count bumps;
+//!   the queue is `hub::queue`, D195).
 //! - A subscriber whose queue is full loses frames until the next video keyframe (counted as
 //!   drops). One that has to skip more than `max_skips_per_minute` times is disconnected.
 //! - A new subscriber first receives the cached GOP (from the last keyframe), so its first
