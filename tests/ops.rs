@@ -99,6 +99,17 @@ impl Drop for Gbgate {
     }
 }
 
+/// A camera sending the own fixture to `rtp` (SSRC 0100000001) for long enough: killed by the test.
+fn camera_sender(rtp: SocketAddr) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_gbgate"))
+        .args(["send", "--to", &rtp.to_string(), "--ssrc", "0100000001", "--loop", "1000"])
+        .arg(own_fixture("h264_g711a_8k.rtp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn base_config() -> Config {
     let mut cfg = test_config();
     cfg.sip.password = Some(PASSWORD.into());
@@ -207,13 +218,7 @@ async fn sigterm_ends_a_running_rtmp_push_cleanly() {
     let gw = Gbgate::start(dir.path(), &cfg);
     let (api, rtp) = (gw.addr("api"), gw.addr("rtp"));
     // A camera pushing RTP for long enough (stopped by the test).
-    let mut sender = Command::new(env!("CARGO_BIN_EXE_gbgate"))
-        .args(["send", "--to", &rtp.to_string(), "--ssrc", "0100000001", "--loop", "1000"])
-        .arg(own_fixture("h264_g711a_8k.rtp"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sender = camera_sender(rtp);
     let body = wait_json(api, "/api/v1/pushes", Duration::from_secs(15), |b| {
         b["pushes"][0]["state"] == "pushing" && b["pushes"][0]["bytes"].as_u64().unwrap_or(0) > 100_000
     })
@@ -446,13 +451,7 @@ async fn start_up_code_is_paged_out_and_the_gateway_still_serves() {
 
     // The media path still runs: a camera's stream plays over RTSP, from code faulted back in.
     let (rtp, rtsp) = (gw.addr("rtp"), gw.addr("rtsp"));
-    let mut sender = Command::new(env!("CARGO_BIN_EXE_gbgate"))
-        .args(["send", "--to", &rtp.to_string(), "--ssrc", "0100000001", "--loop", "1000"])
-        .arg(own_fixture("h264_g711a_8k.rtp"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sender = camera_sender(rtp);
     let api = gw.addr("api");
     let live = wait_streams(api, Duration::from_secs(15), |s| s.iter().any(|v| v["name"] == "rtp/05F5E101")).await;
     assert!(live.iter().any(|v| v["name"] == "rtp/05F5E101"), "{live:?}");

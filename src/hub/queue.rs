@@ -171,19 +171,9 @@ impl Drop for QueueRx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{Codec, CodecConfig, VideoConfig};
-    use bytes::Bytes;
 
     fn frame(pts: i64) -> Frame {
-        Frame {
-            codec: Codec::H264,
-            pts,
-            dts: pts,
-            keyframe: true,
-            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
-            config: Arc::new(CodecConfig::Video(VideoConfig::default())),
-            cache: Default::default(),
-        }
+        crate::hub::tests::video(pts, true, 5)
     }
 
     fn pts(rx: &QueueRx) -> Vec<i64> {

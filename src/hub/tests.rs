@@ -6,7 +6,7 @@ use super::*;
 use crate::config::HumanDuration;
 use crate::media::{AudioConfig, Codec, CodecConfig, VideoConfig};
 
-fn video(pts: i64, key: bool, size: usize) -> Frame {
+pub(super) fn video(pts: i64, key: bool, size: usize) -> Frame {
     Frame {
         codec: Codec::H264,
         pts,
