@@ -136,15 +136,7 @@ async fn a_stalled_player_falls_back_and_disturbs_neither_others_nor_ingest() {
         packets_at_drop - packets_at_stall
     );
     assert!(packets_at_drop > packets_at_stall + 100, "ingest went on: {packets_at_stall} -> {packets_at_drop}");
-    let mut total = 0usize;
-    let mut b = vec![0u8; 65536];
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => total += n,
-            Err(_) => break false,
-        }
-    };
+    let (closed, total) = read_until_closed(&mut stalled, Duration::from_secs(30)).await;
     assert!(closed, "the stalled player's connection was closed");
     assert!(total < 2 << 20, "bounded: {total} bytes");
 

@@ -26,16 +26,7 @@ async fn start_with_rtmp(cfg: Config) -> (Gateway, SocketAddr) {
 }
 
 fn send_opts(to: SocketAddr, ssrc: u32, loops: u32) -> SendOptions {
-    SendOptions {
-        to,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(200),
-    }
+    tcp_camera(to, ssrc, loops, Duration::from_millis(200))
 }
 
 /// Sends `fixture` over RTP/TCP in the background.

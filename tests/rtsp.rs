@@ -397,15 +397,7 @@ async fn a_player_that_stops_reading_does_not_delay_others() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(s.gw.hub.get(&name).is_some(), "the stream is still live when the player is dropped");
-    let mut total = 0usize;
-    let mut b = vec![0u8; 65536];
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(30), stalled.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => total += n,
-            Err(_) => break false,
-        }
-    };
+    let (closed, total) = read_until_closed(&mut stalled, Duration::from_secs(30)).await;
     println!("stalled player disconnected after {:?}, {total} bytes were queued for it", stalled_since.elapsed());
     assert!(closed);
     assert!(stalled_since.elapsed() < Duration::from_secs(18), "disconnected before the stream ended");

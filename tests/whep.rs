@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gbgate::config::Config;
 use gbgate::server::Gateway;
-use gbgate::sim::send::{send_file, SendOptions};
+use gbgate::sim::send::send_file;
 use serde_json::Value;
 
 const PY: &str = "/usr/bin/python3";
@@ -41,16 +41,7 @@ fn camera(gw: &Gateway, loops: u32) -> tokio::task::JoinHandle<()> {
 }
 
 fn camera_of(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
-    let opts = SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(300),
-    };
+    let opts = tcp_camera(gw.rtp_addr, ssrc, loops, Duration::from_millis(300));
     let path = own_fixture(fixture);
     tokio::spawn(async move {
         let _ = send_file(&path, &opts).await;

@@ -27,32 +27,7 @@ HZ=$(getconf CLK_TCK)
 source tools/lib.sh
 # Every listener on port 0, read back from --ports-file (start_gbgate): no free-port race.
 conf=$LOAD_DIR/latency.toml
-cat >"$conf" <<TOML
-[rtp]
-listen = "127.0.0.1:0"
-unknown_ssrc = "publish"
-max_streams = 2000
-max_tcp_connections = 2000
-max_unknown_streams = 2000
-max_unknown_per_source = 2000
-max_tcp_per_source = 2000
-recv_buffer = 33554432
-[api]
-listen = "127.0.0.1:0"
-[rtsp]
-listen = "127.0.0.1:0"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-# Listeners these runs do not use, on port 0 too (the defaults may be taken on a shared host).
-[sip]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[webrtc]
-listen = "127.0.0.1:0"
-TOML
-[[ -z ${EXTRA_TOML:-} ]] || printf '%s\n' "$EXTRA_TOML" >>"$conf"
+write_load_config "$conf" "$MERGE"
 start_gbgate "$BIN" "$conf" "$LOAD_DIR/latency-gbgate.log" || { echo "gbgate did not start: $LOAD_DIR/latency-gbgate.log" >&2; exit 1; }
 gw=$GW_PID rtp=$RTP_PORT rtsp=$RTSP_PORT
 trap 'kill $gw 2>/dev/null || true' EXIT

@@ -1,18 +1,23 @@
-# Shared by tools/load.sh and tools/mem.sh (sourced, not run): the load gateway's config and its
+# Shared by the load tools (sourced, not run): the load gateway's config and its
 # start on ports the kernel chooses, read back from gbgate's `--ports-file` (no free-port race).
 
-# write_load_config FILE: a gateway for simulated cameras, every listener on port 0, SIP off.
+# write_load_config FILE [MERGE]: a gateway for simulated cameras, every listener on port 0, SIP
+# off (tools/load.sh, mem.sh). With MERGE also for players: RTSP and RTMP take 5,000 connections
+# and `merge_write = MERGE` (tools/latency.sh, scale.sh, vs-zlm.sh).
 write_load_config() {
+    local players=""
+    [[ -n ${2:-} ]] && players=$'\nmax_connections = 5000\nmax_connections_per_source = 5000\nmerge_write = "'"$2"'"'
     cat >"$1" <<EOF
 [rtp]
 listen = "127.0.0.1:0"
 unknown_ssrc = "publish"
-max_streams = 1000
-max_tcp_connections = 1000
+# Room beyond the largest load (1,000 cameras).
+max_streams = 2000
+max_tcp_connections = 2000
 # Every simulated camera sends from 127.0.0.1 with an unannounced SSRC.
-max_unknown_streams = 1000
-max_unknown_per_source = 1000
-max_tcp_per_source = 1000
+max_unknown_streams = 2000
+max_unknown_per_source = 2000
+max_tcp_per_source = 2000
 timeout = "10s"
 recv_buffer = 33554432
 
@@ -22,10 +27,10 @@ recv_buffer = 33554432
 listen = "127.0.0.1:0"
 
 [rtsp]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:0"$players
 
 [rtmp]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:0"$players
 
 [http]
 listen = "127.0.0.1:0"

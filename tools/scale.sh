@@ -53,38 +53,7 @@ kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 point() { # transport count
     local transport=$1 n=$2 rtp api rtsp conf gw snd pl="" players=0 tcpflag=()
     conf=$LOAD_DIR/scale-$transport-$n.toml
-    cat >"$conf" <<EOF
-[rtp]
-listen = "127.0.0.1:0"
-unknown_ssrc = "publish"
-max_streams = 2000
-max_tcp_connections = 2000
-max_unknown_streams = 2000
-max_unknown_per_source = 2000
-max_tcp_per_source = 2000
-timeout = "10s"
-recv_buffer = 33554432
-
-[api]
-listen = "127.0.0.1:0"
-
-[rtsp]
-listen = "127.0.0.1:0"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "$MERGE"
-
-[log]
-level = "info"
-# Listeners these runs do not use, on port 0 too (the defaults may be taken on a shared host).
-[sip]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[webrtc]
-listen = "127.0.0.1:0"
-EOF
-    [[ -z ${EXTRA_TOML:-} ]] || printf '%s\n' "$EXTRA_TOML" >>"$conf"
+    write_load_config "$conf" "$MERGE"
     # Every listener on port 0, read back from --ports-file (start_gbgate): no free-port race.
     start_gbgate "$BIN" "$conf" "$LOAD_DIR/scale-$transport-$n.log" || { echo "gbgate did not start: $LOAD_DIR/scale-$transport-$n.log" >&2; return 1; }
     gw=$GW_PID rtp=$RTP_PORT api=$API_PORT rtsp=$RTSP_PORT

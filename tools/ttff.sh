@@ -7,22 +7,7 @@ cd "$(dirname "$0")/.."
 source tools/lib.sh
 TARGET=${CARGO_TARGET_DIR:-target}; BIN=${BIN:-$TARGET/release/gbgate}; D=$TARGET/load
 # Every listener on port 0, read back from --ports-file (start_gbgate): no free-port race.
-cat > $D/ttff.toml <<TOML
-[rtp]
-listen = "127.0.0.1:0"
-[api]
-listen = "127.0.0.1:0"
-[rtsp]
-listen = "127.0.0.1:0"
-[rtmp]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[sip]
-listen = "127.0.0.1:0"
-[webrtc]
-listen = "127.0.0.1:0"
-TOML
+write_fanout_config $D/ttff.toml 200ms
 snd=""
 start_gbgate "$BIN" $D/ttff.toml $D/ttff.log || { echo "gbgate did not start: $D/ttff.log" >&2; exit 1; }
 gw=$GW_PID rtp=$RTP_PORT rtmp=$RTMP_PORT http=$HTTP_PORT

@@ -90,35 +90,7 @@ start_server() { # kind merge_ms tag
         # gbgate: every listener on port 0, read back from --ports-file (start_gbgate).
         # ZLMediaKit cannot report its ports, so it gets free ones picked just before.
         local conf=$LOAD_DIR/vs-gbgate-$tag.toml
-        cat >"$conf" <<EOF
-[rtp]
-listen = "127.0.0.1:0"
-unknown_ssrc = "publish"
-max_streams = 2000
-max_unknown_streams = 2000
-max_unknown_per_source = 2000
-max_tcp_per_source = 2000
-recv_buffer = 33554432
-[api]
-listen = "127.0.0.1:0"
-[rtsp]
-listen = "127.0.0.1:0"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "${merge}ms"
-[rtmp]
-listen = "127.0.0.1:0"
-max_connections = 5000
-max_connections_per_source = 5000
-merge_write = "${merge}ms"
-# Listeners these runs do not use, on port 0 too (the defaults may be taken on a shared host).
-[sip]
-listen = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[webrtc]
-listen = "127.0.0.1:0"
-EOF
+        write_load_config "$conf" "${merge}ms"
         start_gbgate "$BIN" "$conf" "$LOAD_DIR/vs-gbgate-$tag.log" || { log "gbgate did not start: $LOAD_DIR/vs-gbgate-$tag.log"; exit 1; }
         SRV_PID=$GW_PID RTP=$RTP_PORT RTSP=$RTSP_PORT RTMP=$RTMP_PORT
     else

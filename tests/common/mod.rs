@@ -336,19 +336,40 @@ pub async fn rtmp_receiver(out: &std::path::Path) -> (u16, std::process::Child) 
     panic!("the ffmpeg receiver could not listen on any of 5 ports");
 }
 
-/// Sends the RTP dump at `path` to the gateway's RTP port over TCP (RFC 4571) as one camera with
-/// SSRC `ssrc`, `loops` times, on a background task.
-pub fn send_in_background(gw: &Gateway, path: PathBuf, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
-    let opts = gbgate::sim::send::SendOptions {
-        to: gw.rtp_addr,
+/// One camera sending an RTP dump to `to` over TCP (RFC 4571) with SSRC `ssrc`, `loops` times,
+/// holding the connection `linger` after the last packet.
+pub fn tcp_camera(to: SocketAddr, ssrc: u32, loops: u32, linger: Duration) -> gbgate::sim::send::SendOptions {
+    gbgate::sim::send::SendOptions {
+        to,
         tcp: true,
         count: 1,
         ssrc_base: Some(ssrc),
         loops,
         duration: None,
         flood: false,
-        linger: Duration::from_millis(200),
-    };
+        linger,
+    }
+}
+
+/// Reads `stream` until the gateway closes it (or `idle` passes without a byte); returns whether
+/// it was closed and the bytes read meanwhile.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, idle: Duration) -> (bool, usize) {
+    use tokio::io::AsyncReadExt;
+    let mut total = 0usize;
+    let mut b = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(idle, stream.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, total),
+            Ok(Ok(n)) => total += n,
+            Err(_) => return (false, total),
+        }
+    }
+}
+
+/// Sends the RTP dump at `path` to the gateway's RTP port over TCP (RFC 4571) as one camera with
+/// SSRC `ssrc`, `loops` times, on a background task.
+pub fn send_in_background(gw: &Gateway, path: PathBuf, ssrc: u32, loops: u32) -> tokio::task::JoinHandle<()> {
+    let opts = tcp_camera(gw.rtp_addr, ssrc, loops, Duration::from_millis(200));
     tokio::spawn(async move {
         gbgate::sim::send::send_file(&path, &opts).await.expect("send fixture");
     })
@@ -358,16 +379,7 @@ pub fn send_in_background(gw: &Gateway, path: PathBuf, ssrc: u32, loops: u32) ->
 /// background task; returns the stream name once the hub has it.
 pub async fn feed(gw: &Gateway, fixture: &str, ssrc: u32, loops: u32) -> String {
     let path = own_fixture(&format!("{fixture}.rtp"));
-    let opts = gbgate::sim::send::SendOptions {
-        to: gw.rtp_addr,
-        tcp: true,
-        count: 1,
-        ssrc_base: Some(ssrc),
-        loops,
-        duration: None,
-        flood: false,
-        linger: Duration::from_millis(500),
-    };
+    let opts = tcp_camera(gw.rtp_addr, ssrc, loops, Duration::from_millis(500));
     tokio::spawn(async move { gbgate::sim::send::send_file(&path, &opts).await.unwrap() });
     let name = format!("rtp/{ssrc:08X}");
     let t = Instant::now();
