@@ -77,13 +77,9 @@ impl QueueTx {
         }
         let room = self.0.capacity.saturating_sub(st.frames.len());
         let lost = held.len().saturating_sub(room) as u64;
-        let mut queued = false;
-        for h in held.drain(..) {
-            if st.frames.len() < self.0.capacity {
-                st.frames.push_back(h);
-                queued = true;
-            }
-        }
+        let mut queued = room > 0 && !held.is_empty();
+        // What does not fit is dropped with the drain.
+        st.frames.extend(held.drain(..).take(room));
         let sent = match frame {
             None => Sent::Nothing,
             Some(_) if st.frames.len() >= self.0.capacity => Sent::Full,
