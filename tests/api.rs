@@ -1,9 +1,8 @@
 //! The HTTP API's trust boundary (issue 8 hole 17 and the API token of hole 3), over raw HTTP.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gbgate::sim::camera::{self, SimOptions, SimStats};
 use tokio_util::sync::CancellationToken;
 

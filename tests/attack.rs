@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gbgate::sim::attack::{self, Attack, AttackOutcome, AttackTarget, CampaignOptions};
 
-mod common;
+use crate::common;
 
 /// The gateway process; killed when dropped. Its log is kept for the failure message.
 struct Gateway {

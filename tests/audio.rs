@@ -2,13 +2,12 @@
 //! 127.0.0.1. Inputs are made at test time (ffmpeg lavfi, deterministic) and muxed with gbgate's
 //! own PsMuxer (`sim::synth`), anomalies written into the PS clock; `send_file` replays them in
 //! real time. Streams run in parallel: this file takes about 70 s.
-mod common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::media::audio::analysis::tone_frequency;
 use gbgate::media::Codec;
 use gbgate::server::Gateway;

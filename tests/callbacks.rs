@@ -3,16 +3,15 @@
 //! camera over GB28181, `gbgate send`, ffmpeg and ffprobe). Content, order (seq) and timing of
 //! every event kind, retries, a dead cc that must not slow media or the API, the access hooks,
 //! and the start reasons across restarts of the real binary.
-mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
-use common::*;
 use gbgate::config::HumanDuration;
 use gbgate::sim::camera::{self, SimStats};
 use gbgate::sim::send::{send_file, SendOptions};

@@ -2,7 +2,6 @@
 //! RTMP origin, gbgate itself as an RTSP origin, `gbgate send --ssrc` as a camera pushing RTP,
 //! the in-repo sim camera for GB28181, ffprobe as the player, `ffmpeg -listen 1` as the push
 //! receiver, and a test HTTP receiver standing for the control center.
-mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// A child process killed when dropped.

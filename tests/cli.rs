@@ -1,11 +1,10 @@
 //! The `gbgate` binary as a user runs it: check-config, probe (against ffprobe), run + send.
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn gbgate() -> Command {

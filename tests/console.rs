@@ -10,15 +10,15 @@
 //! - the console's data follows the API's rules (Host, token; loopback only without a token).
 #[path = "browser/cdp.rs"]
 mod cdp;
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{http_raw, http_request, require_tool, wait_json};
 use cdp::Browser;
-use common::{http_raw, http_request, require_tool, wait_json};
 use serde_json::Value;
 
 const PASSWORD: &str = "12345678";

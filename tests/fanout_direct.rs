@@ -2,12 +2,11 @@
 //! each frame to interleaved RTSP players that keep up, without waking their tasks; a player
 //! whose socket does not take a frame falls back to its own task (and the slow-player policy).
 //! Real players (ffprobe) and a raw socket that never reads, on 127.0.0.1.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::server::Gateway;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,12 +1,11 @@
 //! The gateway end to end: real UDP/TCP senders on 127.0.0.1 -> gbgate -> `/api/v1/streams`.
-mod common;
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gbgate::config::UnknownSsrc;
 use gbgate::sim::send::{send_file, SendOptions};
 use rand::{Rng, SeedableRng};

@@ -1,6 +1,5 @@
 //! GB28181 signalling end to end on loopback, with peers we did not write (sipp, ffprobe) and the
 //! project's camera simulator (`gbgate sim`, run in-process through its library entry).
-mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, run_program, start, test_config, wait_devices_with_catalogs, wait_for};
+use crate::common::{http_get, own_fixture, run_program, start, test_config, wait_devices_with_catalogs, wait_for};
 use gbgate::gb::GbEvent;
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, Quirk, SimOptions, SimStats};

@@ -1,12 +1,11 @@
 //! Hostile SIP peers (issue 8): numbers out of range, forged requests from other addresses,
 //! empty and oversized catalogs, registration floods. Every test talks to an in-process gateway
 //! over real loopback sockets with raw datagrams; 127.0.0.2 and up stand for other hosts.
-mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, start, test_config};
+use crate::common::{http_get, own_fixture, start, test_config};
 use gbgate::proto::sip::{self, rsip::SipMessage};
 use gbgate::sim::camera::{self, SimOptions, SimStats};
 use tokio_util::sync::CancellationToken;

@@ -1,14 +1,13 @@
 //! Every failed step of play on demand names the step, over the API and RTSP: no device (404),
 //! offline (503), no answer to the INVITE (504), INVITE refused (502), no media (504). The device
 //! is a raw UDP socket speaking SIP by hand, so each step can be made to fail on purpose.
-mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gbgate::proto::sip::digest;
 
 const DEV: &str = "34020000001320000077";

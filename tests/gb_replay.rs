@@ -3,13 +3,12 @@
 //! against gbgate over UDP gets the answers a platform owes it. The Hikvision live INVITE
 //! answer is replayed too: gbgate INVITEs a fake device that answers with the captured SDP, and
 //! must ACK and re-key the session to the answer's `y=`.
-mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{shared_or_skip, start, test_config};
+use crate::common::{shared_or_skip, start, test_config};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use gbgate::proto::sip::rsip::SipMessage;
 use gbgate::proto::sip::{self, manscdp, sdp};

@@ -1,13 +1,12 @@
 //! Bad SIP input never hurts the gateway or other devices: malformed and oversized messages are
 //! dropped or get 4xx, a flood of bad-auth REGISTERs is cut off per source, the transaction
 //! table is bounded (503 beyond it), and registrations survive a restart (embedded database).
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, start, test_config};
+use crate::common::{http_get, own_fixture, start, test_config};
 use gbgate::proto::sip::{self, rsip::SipMessage};
 use gbgate::server::Gateway;
 use gbgate::sim::camera::{self, SimOptions, SimStats};

@@ -1,12 +1,11 @@
 //! RTCP receiver reports to GB cameras (D91): the simulated camera (its own sockets, its own RTCP
 //! parser) counts the reports it receives over UDP (at its answered `a=rtcp` port) and inside the
 //! TCP stream (`a=rtcp-mux`), and answers each with a sender report the gateway counts.
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_get, own_fixture, start, test_config, wait_devices_with_catalogs, wait_for};
+use crate::common::{http_get, own_fixture, start, test_config, wait_devices_with_catalogs, wait_for};
 use gbgate::config::{HumanDuration, RtcpMode};
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, SimOptions, SimStats};

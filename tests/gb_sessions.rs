@@ -1,12 +1,11 @@
 //! GB sessions against the crate's camera simulator over loopback: a session ends with its media
 //! or when its device restarts, channels follow their device offline, and every graceful stop
 //! sends BYE (issue 8, bugs).
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{http_get, own_fixture, start, test_config};
+use crate::common::{http_get, own_fixture, start, test_config};
 use gbgate::sim::camera::{self, SimOptions, SimStats};
 use tokio_util::sync::CancellationToken;
 

@@ -8,14 +8,13 @@
 //! - `always`: every stream keeps its cache.
 //! - the global budget: the caches together never exceed it, and the caches emptied for it are
 //!   counted per stream, in total and as a metric.
-mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::{Config, GopCacheMode, HumanDuration};
 use gbgate::server::Gateway;
 use serde_json::Value;

@@ -1,14 +1,13 @@
 //! HLS (fMP4, LL-HLS) end to end on 127.0.0.1: GB/RTP fixtures in over RTP/TCP, ffprobe and
 //! ffmpeg read `http://.../<stream>/index.m3u8`, and a plain HTTP client checks the LL-HLS
 //! blocking reloads, the window, the idle stop and the play rules.
-mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::{Config, HumanDuration};
 use gbgate::server::Gateway;
 use serde_json::Value;

@@ -1,14 +1,13 @@
 //! HTTP-FLV and WebSocket-FLV end to end on 127.0.0.1: GB/RTP streams fed with `gbgate send`, read
 //! by ffprobe 5.1, a modern ffmpeg (Enhanced FLV H.265) and a WebSocket client (tokio-tungstenite),
 //! plus the play rules, the counters and a stalled player beside a healthy one.
-mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::Config;
 use gbgate::server::Gateway;
 use gbgate::sim::send::{send_file, SendOptions};

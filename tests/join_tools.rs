@@ -2,11 +2,10 @@
 //! (sequential joins, connect -> first keyframe packet) and `gbgate latency` (frames recognised
 //! by content, sent -> received). They print figures; these tests check what the figures are
 //! made of, never a timing.
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::sim::send::{send_file, SendOptions};
 
 /// Sequential RTSP and RTMP joins each reach the cached keyframe, and each is timed from the

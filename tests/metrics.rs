@@ -1,13 +1,12 @@
 //! `GET /metrics` (D118): a camera (`gbgate send`), a registered device and an RTSP player
 //! (ffmpeg) move the counters; the text is checked by a strict parser of the Prometheus text
 //! exposition format (0.0.4) written here.
-mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::hub::{Source, Takeover, Transport};
 use gbgate::sim::camera::{self, SimOptions};
 use tokio::process::Command;

@@ -2,14 +2,13 @@
 //! from the routers (D119): its (method, path) set equals the set of `.route(...)` calls in the
 //! sources of every router, it is self-consistent (references resolve, path parameters are
 //! declared), and every documented operation reaches a handler of a running `gbgate run`.
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const METHODS: [&str; 7] = ["get", "post", "put", "delete", "patch", "head", "options"];

@@ -3,7 +3,6 @@
 //! signal), and ends an RTMP push cleanly (the `ffmpeg -listen 1` receiver exits 0 with a
 //! playable file); SIGHUP reloads the token, reports a changed listen port as needing a restart,
 //! and keeps the running configuration when the new file is broken.
-mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::{Config, PushConfig};
 use gbgate::sim::camera::{self, SimOptions, SimStats};
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! Demuxes the shared PS fixtures and checks them against their READMEs (and ffprobe).
 //! Run in a worktree with `GBGATE_SHARED=/work/shared`.
-mod common;
+use crate::common;
 use std::path::PathBuf;
 
 use gbgate::media::frame::{Codec, CodecConfig, Frame};

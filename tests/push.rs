@@ -3,13 +3,12 @@
 //! refuses; each push has its own state, the failing one retries with its credentials redacted
 //! and becomes a `stream_state` callback (received by a test HTTP receiver, the cc); `stop()`
 //! ends the good push cleanly (the receiver exits 0 with a playable file).
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::client::push::{PushSet, PushState};
 use gbgate::config::CallbacksConfig;
 use gbgate::sim::send::{send_file, SendOptions};

@@ -1,5 +1,5 @@
 //! Capture readers against the shared fixtures and against pcap/pcapng/rtpdump files built here.
-mod common;
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,13 +1,12 @@
 //! Raw RTP recording (D89) of live GB streams from the simulated camera (real SIP, RTP over UDP
 //! and TCP): the recording probes to what the API counted, rotation and byte bounds hold on
 //! disk, and an unwritable directory stops the recording, not the stream.
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_get, own_fixture, start, test_config, wait_devices_with_catalogs, wait_for};
+use crate::common::{http_get, own_fixture, start, test_config, wait_devices_with_catalogs, wait_for};
 use gbgate::config::{HumanDuration, RecordConfig};
 use gbgate::proto::sip::sdp::MediaTransport;
 use gbgate::sim::camera::{self, SimOptions, SimStats};

@@ -1,13 +1,12 @@
 //! RTMP end to end with real peers on 127.0.0.1: ffprobe/ffmpeg play from gbgate, ffmpeg publishes
 //! into gbgate, and gbgate pushes to an `ffmpeg -listen 1` origin (killed and restarted).
-mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::{Config, PushConfig};
 use gbgate::server::Gateway;
 use gbgate::sim::send::{send_file, SendOptions};

@@ -1,7 +1,6 @@
 //! Hostile RTMP peers against the real `gbgate` binary (a subprocess, so that an abort, which no
 //! in-process test can survive or catch, shows as the process dying), with a live camera stream
 //! and a real ffprobe as the legitimate users.
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::messages::MessagePayload;
 use rml_rtmp::time::RtmpTimestamp;

@@ -1,9 +1,8 @@
 //! 100 concurrent RTMP players on one stream: every one starts at a keyframe and gets frames.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gbgate::sim::players::{run_players, PlayersOptions};
 use gbgate::sim::send::{send_file, SendOptions};
 

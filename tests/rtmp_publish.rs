@@ -1,12 +1,11 @@
 //! Who may publish what over RTMP, with real ffmpeg publishers and a camera over RTP/TCP: a live
 //! name belongs to its source, and `gb/` / `rtp/` belong to GB28181 and RTP sources.
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::server::Gateway;
 use gbgate::sim::send::{send_file, SendOptions};
 use tokio::process::{Child, Command};

@@ -1,6 +1,6 @@
 //! RTP reorder buffer and TCP framer against the shared synthetic `.rtp` dumps
 //! (`[u16 BE length][RTP packet]` records). Run in a worktree with `GBGATE_SHARED=/work/shared`.
-mod common;
+use crate::common;
 use std::path::PathBuf;
 
 use bytes::Bytes;

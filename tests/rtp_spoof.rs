@@ -1,12 +1,11 @@
 //! A UDP stream belongs to its source address: datagrams carrying its SSRC from elsewhere are
 //! dropped and counted (issue 8, hole 10), and two sessions that send the same SSRC are told apart
 //! by source address (the Hikvision two-channel clash). Real sockets, a real RTSP player (ffprobe).
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::HumanDuration;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;

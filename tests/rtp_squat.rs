@@ -1,14 +1,13 @@
 //! SSRC squatting (issue 8, hole 9): many made-up SSRCs from one address must not take every
 //! stream slot. Announced sessions always find a slot, unannounced SSRCs have their own smaller
 //! budget and a per-source-address limit, and idle squatters are evicted first.
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 

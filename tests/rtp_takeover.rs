@@ -1,12 +1,11 @@
 //! No stream take-over over RTP (issue 8, hole 2): an RTP-over-TCP connection from another address
 //! that sends a live UDP camera's SSRC is refused and the camera keeps its stream; media for a GB
 //! session (announced SSRC) is accepted only from the address its device signalled from.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

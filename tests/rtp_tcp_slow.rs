@@ -1,12 +1,11 @@
 //! Slow RTP/TCP clients (issue 8, hole 12): the first RFC 4571 frame, and every later frame, must
 //! complete within `tcp_frame_timeout` however the bytes trickle in (a deadline per frame, not per
 //! read); one address holds at most `max_tcp_per_source` connections. Raw TCP clients.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::HumanDuration;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;

@@ -3,13 +3,12 @@
 //! UDP allows is taken whole; datagrams sent with UDP GSO (which a GRO-enabled socket would get
 //! as one buffer) are each counted and ingested. Real loopback sockets; the counters are read
 //! from the API.
-mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn name_of(ssrc: u32) -> String {

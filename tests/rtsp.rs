@@ -1,11 +1,10 @@
 //! RTSP egress end to end: a fixture sent over RTP into gbgate, then real players (ffprobe,
 //! GStreamer, raw sockets) reading it back over RTSP on 127.0.0.1.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::server::Gateway;
 use gbgate::sim::send::{send_file, SendOptions};
 use serde_json::Value;

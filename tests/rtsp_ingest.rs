@@ -2,12 +2,11 @@
 //! `rtspclientsink`) on 127.0.0.1 over TCP and UDP, read back by real players (ffprobe, ffmpeg,
 //! GStreamer's `rtspsrc`): codecs, AAC 11025 Hz mono, the publish rules (no take-over of a live
 //! name, reserved prefixes, credentials), a lying G.711 rate, and silent publishers.
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::media::audio::analysis::tone_frequency;
 use gbgate::server::Gateway;
 use serde_json::Value;

@@ -1,9 +1,8 @@
 //! 200 concurrent RTSP (TCP) players on one 720p stream, plus one that stops reading.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gbgate::sim::players::{run_players, PlayersOptions};
 use gbgate::sim::send::{send_file, SendOptions};
 

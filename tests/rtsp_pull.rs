@@ -1,13 +1,12 @@
 //! RTSP pull client end to end against RTSP servers we did not write (VLC, GStreamer's
 //! gst-rtsp-server) and against gbgate itself, on 127.0.0.1.
-mod common;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::client::pull::{PullError, PullOptions, PullTransport};
 use gbgate::client::rtsp_pull::{self, RtspPull};
 use gbgate::frame::{Codec, Frame};

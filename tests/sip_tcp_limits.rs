@@ -1,11 +1,10 @@
 //! Hole 12 on SIP over TCP: idle and slow-drip connections give their slot back, one source
 //! cannot take every connection, and a device on another address still gets answered.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -1,14 +1,14 @@
 //! Per-stream event logs (D90): files split at local midnight and expired after `keep_days`
 //! (an injected clock crosses midnight), the per-stream rate limit, and the events a live stream
 //! writes through the hub (start, codec, players, stop) over real sockets.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{start, test_config, wait_for};
+use crate::common::{start, test_config, wait_for};
 use gbgate::config::LogConfig;
 use gbgate::diag::streamlog::{Clock, StreamLogs};
 

@@ -1,11 +1,10 @@
 //! WebRTC playback through WHEP, played by aiortc (a WebRTC stack we did not write,
 //! tests/whep_client.py): decoded video frames and audio, first-frame time, DELETE, a vanished
 //! peer, and the refusals (403, 404, 415, 503).
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gbgate::config::Config;
 use gbgate::server::Gateway;
 use gbgate::sim::send::send_file;

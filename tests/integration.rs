@@ -1,0 +1,53 @@
+//! gbgate's integration tests, in one test binary (D196): each module is one area (tests/<area>.rs)
+//! and talks to gbgate over real sockets with real peers. One binary links the library once
+//! instead of once per file: on a fresh CI machine the 50 binaries of ~125 MB each took 6 GB of
+//! disk and most of the link time. The tests that measure this process's own memory or file
+//! descriptors (relay, ingest_memory, rtp_probation_memory) stay binaries of their own, so no
+//! other test runs beside them in their process.
+mod common;
+
+mod api;
+mod attack;
+mod audio;
+mod callbacks;
+mod channels;
+mod cli;
+mod console;
+mod fanout_direct;
+mod gateway;
+mod gb;
+mod gb_hostile;
+mod gb_on_demand;
+mod gb_replay;
+mod gb_robust;
+mod gb_rtcp;
+mod gb_sessions;
+mod gop_policy;
+mod hls;
+mod http_flv;
+mod join_tools;
+mod layering;
+mod metrics;
+mod openapi;
+mod ops;
+mod ps_fixtures;
+mod push;
+mod readers;
+mod record;
+mod rtmp;
+mod rtmp_hostile;
+mod rtmp_load;
+mod rtmp_publish;
+mod rtp_fixtures;
+mod rtp_spoof;
+mod rtp_squat;
+mod rtp_takeover;
+mod rtp_tcp_slow;
+mod rtp_udp_batch;
+mod rtsp;
+mod rtsp_ingest;
+mod rtsp_load;
+mod rtsp_pull;
+mod sip_tcp_limits;
+mod streamlog;
+mod whep;
