@@ -15,8 +15,13 @@
 #               ms: ZLMediaKit general.mergeWriteMS, gbgate merge_write): CPU and RSS.
 #   join        JOINS (50) sequential players joining mid-GOP, TCP connect -> first keyframe
 #               packet, RTSP and RTMP (the same client, `gbgate players --joins`).
-# Env: ROUNDS (2: each scenario runs gbgate, ZLMediaKit, gbgate, ZLMediaKit, ...), WARMUP (5),
-#      WINDOW (20), BIN (gbgate; default: build release), LOAD_DIR.
+# Env: ROUNDS (2: each scenario runs gbgate, ZLMediaKit, gbgate, ZLMediaKit, ...), WINDOW (20),
+#      INGEST_WARMUP (40: past gbgate's start-up code release at 10 s and its new streams' GOP
+#      caches, kept for gop_cache_idle = 30 s), FANOUT_WARMUP (10: past the release),
+#      BIN (gbgate; default: build release), SEND_BIN (the sender and players; default BIN),
+#      LOAD_DIR.
+# CPU is printed with its user and system parts: at 200 ms merges most of it is the kernel's
+# loopback TCP, which both servers pay for the same bytes.
 # The clip is tools/load.sh's (2.14 Mbit/s 720p25 H.264 + G.711A over PS/RTP); ZLMediaKit names a
 # GB stream rtp/<SSRC in hex>, as gbgate does, so both are played at the same URLs.
 set -euo pipefail
@@ -38,11 +43,15 @@ CAMERAS=${CAMERAS:-300}
 PLAYERS=${PLAYERS:-300}
 MERGES=${MERGES:-"200 0"}
 JOINS=${JOINS:-50}
-WARMUP=${WARMUP:-5}
+INGEST_WARMUP=${INGEST_WARMUP:-40}
+FANOUT_WARMUP=${FANOUT_WARMUP:-10}
 WINDOW=${WINDOW:-20}
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
 BIN=${BIN:-$TARGET/release/gbgate}
+# The sender and the players: another copy of gbgate keeps their pages out of the server's RSS
+# (they would fault the same file into the page cache the server maps).
+SEND_BIN=${SEND_BIN:-$BIN}
 CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
 HZ=$(getconf CLK_TCK)
 SECRET=vs-zlm-$$
@@ -61,7 +70,9 @@ log() { echo "[vs-zlm] $*" >&2; }
 mkdir -p "$LOAD_DIR/zlm"
 
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+ticks() { awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; } # user system
+evict() { python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"; }
 kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 # ZLMediaKit's config: the user's ZLM_CONF with our ports and settings (section.key=value ...).
@@ -83,30 +94,43 @@ with open(out, 'w', encoding='utf-8') as f:
 EOF
 }
 
-# Starts one server; sets SRV_PID, RTP, RTSP, RTMP. kind = gbgate|zlm, merge in ms.
-start_server() { # kind merge_ms tag
-    local kind=$1 merge=$2 tag=$3 api
+# Starts one server; sets SRV_PID, RTP, RTSP, RTMP. kind = gbgate|zlm, merge in ms; demand (1)
+# is ZLMediaKit's *_demand: 1 muxes a protocol only while it has players (as gbgate does).
+start_server() { # kind merge_ms tag [demand]
+    local kind=$1 merge=$2 tag=$3 demand=${4:-1} api
+    # Both binaries start with their pages out of the page cache (as tools/rss.sh, D187): a binary
+    # just built or copied maps more of itself on each fault, which would inflate its RSS.
+    evict "$BIN"
+    evict "$ZLM_BIN"
     if [[ $kind == gbgate ]]; then
         # gbgate: every listener on port 0, read back from --ports-file (start_gbgate).
         # ZLMediaKit cannot report its ports, so it gets free ones picked just before.
         local conf=$LOAD_DIR/vs-gbgate-$tag.toml
-        write_load_config "$conf" "${merge}ms"
+        # Fan-out: the fan-out config (SIP and WebRTC off, as ZLMediaKit's rtc and srt are here).
+        if [[ $tag == fanout-* ]]; then
+            write_fanout_config "$conf" "${merge}ms"
+        else
+            write_load_config "$conf" "${merge}ms"
+        fi
         start_gbgate "$BIN" "$conf" "$LOAD_DIR/vs-gbgate-$tag.log" || { log "gbgate did not start: $LOAD_DIR/vs-gbgate-$tag.log"; exit 1; }
-        SRV_PID=$GW_PID RTP=$RTP_PORT RTSP=$RTSP_PORT RTMP=$RTMP_PORT
+        SRV_PID=$GW_PID RTP=$RTP_PORT RTSP=$RTSP_PORT RTMP=$RTMP_PORT API=$API_PORT
     else
         RTP=$(port)
         RTSP=$(port)
         RTMP=$(port)
         api=$(port)
-        local dir=$LOAD_DIR/zlm/$tag
+        API=$api
+        # Absolute: ZLMediaKit runs from inside it (it writes its logs under its working directory).
+        local dir
+        dir=$(realpath -m "$LOAD_DIR/zlm/$tag")
         mkdir -p "$dir"
         # Every listener we do not use on a free port or off, so nothing clashes with the host.
         zlm_conf "$dir/config.ini" "api.secret=$SECRET" "api.apiDebug=0" \
             "http.port=$api" "http.sslport=0" "rtsp.port=$RTSP" "rtsp.sslport=0" "rtmp.port=$RTMP" \
             "rtmp.sslport=0" "rtp_proxy.port=$RTP" "rtp_proxy.timeoutSec=15" "rtc.port=0" "rtc.tcpPort=0" \
             "srt.port=0" "shell.port=0" "general.mergeWriteMS=$merge" "hook.enable=0" \
-            "protocol.enable_hls=0" "protocol.enable_mp4=0" "protocol.hls_demand=1" "protocol.rtsp_demand=1" \
-            "protocol.rtmp_demand=1" "protocol.ts_demand=1" "protocol.fmp4_demand=1"
+            "protocol.enable_hls=0" "protocol.enable_mp4=0" "protocol.hls_demand=1" "protocol.rtsp_demand=$demand" \
+            "protocol.rtmp_demand=$demand" "protocol.ts_demand=1" "protocol.fmp4_demand=1"
         (cd "$dir" && exec "$ZLM_BIN" -c "$dir/config.ini" >"$dir/stdout.log" 2>&1) &
         SRV_PID=$!
         for _ in $(seq 100); do
@@ -125,7 +149,8 @@ stop_all() {
     sleep 1
 }
 
-# CPU (% of one core) and peak RSS (MB) of SRV_PID over WINDOW s: sets CPU, RSS.
+# CPU (% of one core; USR and SYS its parts) and peak RSS (MB) of SRV_PID over WINDOW s: sets
+# CPU, USR, SYS, RSS.
 measure() {
     local g0 g1 t0 t1 r m=0 i
     g0=$(ticks "$SRV_PID")
@@ -137,8 +162,20 @@ measure() {
     done
     g1=$(ticks "$SRV_PID")
     t1=$(date +%s.%N)
-    CPU=$(awk -v a="$g0" -v b="$g1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz/(e-s)*100}')
+    read -r USR SYS CPU < <(awk -v a="$g0" -v b="$g1" -v s="$t0" -v e="$t1" -v hz="$HZ" 'BEGIN{
+        split(a, x, " "); split(b, y, " "); k = 100 / hz / (e - s)
+        printf "%.2f %.2f %.2f\n", (y[1] - x[1]) * k, (y[2] - x[2]) * k, (y[1] + y[2] - x[1] - x[2]) * k }')
     RSS=$(awk -v k="$m" 'BEGIN{printf "%.1f", k/1024}')
+}
+
+# How many streams the server has (a server that lost cameras would look cheap).
+streams() { # kind
+    if [[ $1 == gbgate ]]; then
+        curl -sf "127.0.0.1:$API/api/v1/streams" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["streams"]))'
+    else
+        curl -sf "127.0.0.1:$API/index/api/getMediaList?secret=$SECRET" |
+            python3 -c 'import json,sys; print(len({m["stream"] for m in json.load(sys.stdin).get("data") or []}))'
+    fi
 }
 
 declare -A RES
@@ -148,12 +185,12 @@ record() { # key kind value
 
 ingest() { # kind round
     start_server "$1" 200 "ingest-$1-$2"
-    "$BIN" send "$CLIP" --to "127.0.0.1:$RTP" --count "$CAMERAS" --ssrc 0100000001 --loop 100 \
-        --duration "$((WARMUP + WINDOW + 5))s" >/dev/null 2>&1 &
+    "$SEND_BIN" send "$CLIP" --to "127.0.0.1:$RTP" --count "$CAMERAS" --ssrc 0100000001 --loop 100 \
+        --duration "$((INGEST_WARMUP + WINDOW + 5))s" >/dev/null 2>&1 &
     PIDS+=("$!")
-    sleep "$WARMUP"
+    sleep "$INGEST_WARMUP"
     measure
-    log "ingest $CAMERAS cameras, $1: CPU $CPU %, RSS $RSS MB"
+    log "ingest $CAMERAS cameras, $1: CPU $CPU % (user $USR, system $SYS), RSS $RSS MB, $(streams "$1") streams live"
     record "ingest.cpu" "$1" "$CPU"
     record "ingest.rss" "$1" "$RSS"
     stop_all
@@ -162,20 +199,24 @@ ingest() { # kind round
 fanout() { # kind round proto merge
     local kind=$1 proto=$3 merge=$4 url
     start_server "$kind" "$merge" "fanout-$kind-$2-$proto-$merge"
-    "$BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 \
-        --duration "$((WARMUP + WINDOW + 10))s" >/dev/null 2>&1 &
+    "$SEND_BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 \
+        --duration "$((FANOUT_WARMUP + WINDOW + 10))s" >/dev/null 2>&1 &
     PIDS+=("$!")
     sleep 3
     case $proto in
         rtsp) url="rtsp://127.0.0.1:$RTSP/rtp/05F5E101" ;;
         rtmp) url="rtmp://127.0.0.1:$RTMP/rtp/05F5E101" ;;
     esac
-    "$BIN" players "$url" --count "$PLAYERS" --duration "$((WARMUP + WINDOW + 2))s" \
-        >"$LOAD_DIR/vs-players-$kind-$proto-$merge.txt" 2>&1 &
-    PIDS+=("$!")
-    sleep "$WARMUP"
+    local report=$LOAD_DIR/vs-players-$kind-$proto-$merge.txt players
+    "$SEND_BIN" players "$url" --count "$PLAYERS" --duration "$((FANOUT_WARMUP + WINDOW + 2))s" >"$report" 2>&1 &
+    players=$!
+    PIDS+=("$players")
+    sleep "$FANOUT_WARMUP"
     measure
-    log "fanout $PLAYERS $proto players, merge ${merge}ms, $kind: CPU $CPU %, RSS $RSS MB"
+    log "fanout $PLAYERS $proto players, merge ${merge}ms, $kind: CPU $CPU % (user $USR, system $SYS), RSS $RSS MB"
+    # What the players got (a server that dropped players or frames would look cheap).
+    wait "$players" || true
+    log "  players: $(grep -h '^players \|^video frames\|^closed early' "$report" | tr '\n' ' ')"
     record "fanout.$proto.$merge.cpu" "$kind" "$CPU"
     record "fanout.$proto.$merge.rss" "$kind" "$RSS"
     stop_all
@@ -183,20 +224,23 @@ fanout() { # kind round proto merge
 
 join_scn() { # kind round
     local kind=$1 proto out p50
-    start_server "$kind" 200 "join-$kind-$2"
-    "$BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 --duration 120s >/dev/null 2>&1 &
+    # ZLMediaKit at its fastest join: RTSP and RTMP muxed all the time (demand 0), so a join never
+    # waits for a muxer created on demand to see its first keyframe.
+    start_server "$kind" 200 "join-$kind-$2" 0
+    "$SEND_BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 --duration 120s >/dev/null 2>&1 &
     PIDS+=("$!")
     sleep 3
     for proto in rtsp rtmp; do
         local url="rtsp://127.0.0.1:$RTSP/rtp/05F5E101"
         [[ $proto == rtmp ]] && url="rtmp://127.0.0.1:$RTMP/rtp/05F5E101"
         # Once first, so an on-demand muxer (ZLMediaKit's *_demand) exists before the measured joins.
-        "$BIN" players "$url" --joins 1 --duration 5s >/dev/null 2>&1 || true
-        out=$("$BIN" players "$url" --joins "$JOINS" --duration 5s || true)
+        "$SEND_BIN" players "$url" --joins 1 --duration 5s >/dev/null 2>&1 || true
+        out=$("$SEND_BIN" players "$url" --joins "$JOINS" --duration 5s || true)
         p50=$(grep -o 'keyframe packet: p50 [0-9.]* ms, p99 [0-9.]* ms, max [0-9.]* ms' <<<"$out" || echo "failed")
         log "join $proto, $kind: $p50"
-        record "join.$proto.p50" "$kind" "$(awk '{print $5}' <<<"$p50")"
-        record "join.$proto.p99" "$kind" "$(awk '{print $8}' <<<"$p50")"
+        # "keyframe packet: p50 A ms, p99 B ms, max C ms"
+        record "join.$proto.p50" "$kind" "$(awk '{print $4}' <<<"$p50")"
+        record "join.$proto.p99" "$kind" "$(awk '{print $7}' <<<"$p50")"
     done
     stop_all
 }
