@@ -128,3 +128,10 @@ thread_split() {
         END { for (k in g) if (g[k] > 0) printf "%s=%.1f%%(%.4f%%/camera) ", k, g[k] / hz / wall * 100,
               g[k] / hz / wall * 100 / (n > 0 ? n : 1) }' "$1" "$2"
 }
+
+# evict_page_cache FILE: drops FILE's pages from the page cache (D187). A binary just built or
+# copied has all its pages cached, and each fault then maps more of it: its RSS reads higher.
+evict_page_cache() {
+    python3 -c 'import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+}

@@ -30,10 +30,7 @@ CLIP=$LOAD_DIR/cam720p_2m_g711a.rtp
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-if [[ ${EVICT:-1} == 1 ]]; then
-    python3 -c 'import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$BIN"
-fi
+[[ ${EVICT:-1} != 1 ]] || evict_page_cache "$BIN"
 cfg=$LOAD_DIR/rss.toml
 write_fanout_config "$cfg" "$MERGE"
 # shellcheck disable=SC2086 # ENVS is a list of NAME=VALUE words

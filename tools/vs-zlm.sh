@@ -18,6 +18,8 @@
 # Env: ROUNDS (2: each scenario runs gbgate, ZLMediaKit, gbgate, ZLMediaKit, ...), WINDOW (20),
 #      INGEST_WARMUP (40: past gbgate's start-up code release at 10 s and its new streams' GOP
 #      caches, kept for gop_cache_idle = 30 s), FANOUT_WARMUP (10: past the release),
+#      JOIN_WARMUP (12: the joins measure the steady state, after the release; JOIN_WARMUP=3
+#      shows joins that fault code back in),
 #      BIN (gbgate; default: build release), SEND_BIN (the sender and players; default BIN),
 #      LOAD_DIR.
 # CPU is printed with its user and system parts: at 200 ms merges most of it is the kernel's
@@ -45,6 +47,7 @@ MERGES=${MERGES:-"200 0"}
 JOINS=${JOINS:-50}
 INGEST_WARMUP=${INGEST_WARMUP:-40}
 FANOUT_WARMUP=${FANOUT_WARMUP:-10}
+JOIN_WARMUP=${JOIN_WARMUP:-12}
 WINDOW=${WINDOW:-20}
 TARGET=${CARGO_TARGET_DIR:-target}
 LOAD_DIR=${LOAD_DIR:-$TARGET/load}
@@ -71,8 +74,6 @@ mkdir -p "$LOAD_DIR/zlm"
 
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 ticks() { awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; } # user system
-evict() { python3 -c 'import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"; }
 kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 # ZLMediaKit's config: the user's ZLM_CONF with our ports and settings (section.key=value ...).
@@ -100,8 +101,8 @@ start_server() { # kind merge_ms tag [demand]
     local kind=$1 merge=$2 tag=$3 demand=${4:-1} api
     # Both binaries start with their pages out of the page cache (as tools/rss.sh, D187): a binary
     # just built or copied maps more of itself on each fault, which would inflate its RSS.
-    evict "$BIN"
-    evict "$ZLM_BIN"
+    evict_page_cache "$BIN"
+    evict_page_cache "$ZLM_BIN"
     if [[ $kind == gbgate ]]; then
         # gbgate: every listener on port 0, read back from --ports-file (start_gbgate).
         # ZLMediaKit cannot report its ports, so it gets free ones picked just before.
@@ -229,7 +230,7 @@ join_scn() { # kind round
     start_server "$kind" 200 "join-$kind-$2" 0
     "$SEND_BIN" send "$CLIP" --to "127.0.0.1:$RTP" --ssrc 0100000001 --loop 100 --duration 120s >/dev/null 2>&1 &
     PIDS+=("$!")
-    sleep 3
+    sleep "$JOIN_WARMUP"
     for proto in rtsp rtmp; do
         local url="rtsp://127.0.0.1:$RTSP/rtp/05F5E101"
         [[ $proto == rtmp ]] && url="rtmp://127.0.0.1:$RTMP/rtp/05F5E101"
