@@ -88,7 +88,13 @@ impl SipSender {
 }
 
 pub async fn bind(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
-    let tcp = TcpListener::bind(listen).await?;
+    crate::util::bind_same_port(listen, || bind_once(listen))
+}
+
+fn bind_once(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+    let tcp = std::net::TcpListener::bind(listen)?;
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpListener::from_std(tcp)?;
     let bound = tcp.local_addr()?;
     let domain = if bound.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let udp = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;

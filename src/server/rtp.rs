@@ -629,17 +629,7 @@ pub fn unknown_stream_name(ssrc: u32) -> String {
 
 /// Binds UDP and TCP on the same address. Returns the bound address (useful with port 0).
 pub async fn bind(cfg: &RtpConfig) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
-    // With port 0 the kernel chooses TCP's port and UDP takes the same one, which another program
-    // may already hold: choose again a few times.
-    let attempts = if cfg.listen.port() == 0 { 16 } else { 1 };
-    let mut last = None;
-    for _ in 0..attempts {
-        match bind_once(cfg) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
-            other => return other,
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+    crate::util::bind_same_port(cfg.listen, || bind_once(cfg))
 }
 
 fn bind_once(cfg: &RtpConfig) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {

@@ -2,7 +2,23 @@
 pub mod admit;
 pub mod io;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Binds a TCP listener and a UDP socket on one port with `bind_once`. With port 0 the kernel
+/// chooses TCP's port and UDP takes the same number, which another socket may already hold, so
+/// a taken port (`AddrInUse`) means choosing again, up to 16 times; a fixed port is tried once.
+pub fn bind_same_port<T>(listen: SocketAddr, mut bind_once: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let attempts = if listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        match bind_once() {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
 
 /// Lets one log line through per interval and counts what it suppressed, so a flood of bad
 /// packets costs a counter increment, not a log line each.
@@ -61,6 +77,42 @@ pub fn parse_time(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_is_chosen_again_only_when_the_kernel_chose_it() {
+        let in_use = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let mut calls = 0;
+        let got = bind_same_port("127.0.0.1:0".parse().unwrap(), || {
+            calls += 1;
+            if calls < 4 {
+                Err(in_use())
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(got.unwrap(), 4);
+        // Always taken: gives up after 16 choices with the cause.
+        let mut calls = 0;
+        let got: std::io::Result<()> = bind_same_port("127.0.0.1:0".parse().unwrap(), || {
+            calls += 1;
+            Err(in_use())
+        });
+        assert_eq!((got.unwrap_err().kind(), calls), (std::io::ErrorKind::AddrInUse, 16));
+        // A configured port is the operator's choice: tried once.
+        let mut calls = 0;
+        let got: std::io::Result<()> = bind_same_port("127.0.0.1:5060".parse().unwrap(), || {
+            calls += 1;
+            Err(in_use())
+        });
+        assert_eq!((got.unwrap_err().kind(), calls), (std::io::ErrorKind::AddrInUse, 1));
+        // Other errors are not retried.
+        let mut calls = 0;
+        let got: std::io::Result<()> = bind_same_port("127.0.0.1:0".parse().unwrap(), || {
+            calls += 1;
+            Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+        });
+        assert_eq!((got.unwrap_err().kind(), calls), (std::io::ErrorKind::PermissionDenied, 1));
+    }
 
     #[test]
     fn times_format_and_parse_and_clamp() {
