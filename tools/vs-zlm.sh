@@ -179,6 +179,37 @@ streams() { # kind
     fi
 }
 
+# gbgate's loss counters over all streams since start: issue 12 asks for no loss and no queue
+# drops with transcoding on (ZLMediaKit's API reports no such counters).
+ingest_losses() {
+    curl -sf "127.0.0.1:$API/api/v1/streams" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["streams"]
+def total(get):
+    n = 0
+    for x in s:
+        try:
+            n += get(x) or 0
+        except (KeyError, TypeError):
+            pass
+    return n
+m = lambda x: x["media"]
+print("lost %d, queue drops %d, audio frames dropped before transcoding %d (worker behind) + %d (hold queue), "
+      "transcoded %d -> %d frames, %d errors" % (
+    total(lambda x: x["lost"]), total(lambda x: x["queue_drops"]),
+    total(lambda x: m(x)["audio_queue_dropped"]), total(lambda x: m(x)["audio_held_dropped"]),
+    total(lambda x: m(x)["transcode"]["frames_in"]), total(lambda x: m(x)["transcode"]["frames_out"]),
+    total(lambda x: m(x)["transcode"]["errors"])))'
+}
+
+# What a player gets from URL: each stream's codec, size or rate and channels (ffprobe).
+outputs() { # url
+    local args=()
+    [[ $1 == rtsp://* ]] && args=(-rtsp_transport tcp)
+    timeout 20 ffprobe -v error "${args[@]}" -show_entries stream=codec_name,width,height,sample_rate,channels \
+        -of csv=p=0 "$1" 2>&1 | tr '\n' ';' | sed 's/,,*/,/g; s/,;/;/g; s/;$//' || echo "ffprobe failed"
+}
+
 declare -A RES
 record() { # key kind value
     RES[$1.$2]="${RES[$1.$2]:-} $3"
@@ -194,6 +225,10 @@ ingest() { # kind round
     log "ingest $CAMERAS cameras, $1: CPU $CPU % (user $USR, system $SYS), RSS $RSS MB, $(streams "$1") streams live"
     record "ingest.cpu" "$1" "$CPU"
     record "ingest.rss" "$1" "$RSS"
+    # After the window (probing costs CPU): what was lost on the way, and what players get.
+    [[ $1 == gbgate ]] && log "ingest, gbgate: $(ingest_losses)"
+    log "ingest, $1, rtsp://.../rtp/05F5E101: $(outputs "rtsp://127.0.0.1:$RTSP/rtp/05F5E101")"
+    log "ingest, $1, rtmp://.../rtp/05F5E101: $(outputs "rtmp://127.0.0.1:$RTMP/rtp/05F5E101")"
     stop_all
 }
 
