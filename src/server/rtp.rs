@@ -169,8 +169,13 @@ fn notify_unknown(notifier: &crate::notify::Notifier, ssrc: u32, peer: SocketAdd
 
 /// Milliseconds on a process-wide monotonic clock (for activity stamps shared between tasks).
 fn mono_ms() -> u64 {
+    mono_ms_at(Instant::now())
+}
+
+/// [`mono_ms`] at `at`: per packet, the time the receive batch was taken, not one more clock read.
+fn mono_ms_at(at: Instant) -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_millis() as u64
 }
 
 /// Over the global byte budget, a stream holding more than this for reassembly sheds it.
@@ -1447,7 +1452,7 @@ impl StreamCore {
     /// Reorders, demuxes and publishes `packets`, received at `now`.
     fn push(&mut self, packets: impl IntoIterator<Item = RtpPacket>, shared: &RtpShared, now: Instant) {
         self.last_data = now;
-        self.route_stats.last_packet_ms.store(mono_ms(), Ordering::Relaxed);
+        self.route_stats.last_packet_ms.store(mono_ms_at(now), Ordering::Relaxed);
         self.idle_flushed = false;
         let now_us = self.us(now);
         // Recording (D89): nothing per packet when it is off.
