@@ -10,7 +10,9 @@
 #   ingest      CAMERAS (300) cameras over UDP, no players: CPU and RSS over WINDOW s. ZLMediaKit
 #               runs with every protocol on demand (rtsp/rtmp/hls/ts/fmp4_demand=1, as gbgate
 #               muxes only for players); gbgate with its default (G.711 -> AAC). ZLMediaKit
-#               transcodes audio only if ZLM_CONF asks for it: say which in the figures.
+#               transcodes audio only if ZLM_CONF asks for it: say which in the figures. After
+#               each window: gbgate's loss counters (lost, queue drops, audio dropped, transcoder
+#               errors) and what ffprobe reads from both servers' RTSP and RTMP of one stream.
 #   fanout      one camera, PLAYERS (300) players of it, RTSP then RTMP, at MERGES ("200 0",
 #               ms: ZLMediaKit general.mergeWriteMS, gbgate merge_write): CPU and RSS.
 #   join        JOINS (50) sequential players joining mid-GOP, TCP connect -> first keyframe
