@@ -51,3 +51,24 @@ mod rtsp_pull;
 mod sip_tcp_limits;
 mod streamlog;
 mod whep;
+
+/// The harness's `listening`, which tests use to see a peer process (ffmpeg, VLC) come up on a
+/// port chosen for it, counts other processes' listeners only: a gateway of a test running
+/// beside it in this process may have been given the same port meanwhile.
+#[tokio::test]
+async fn harness_listening_sees_other_processes_only() {
+    let ours = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = ours.local_addr().unwrap().port();
+    assert!(!common::listening(port), "this process's own listener counted as a peer's");
+    drop(ours);
+    let port = common::free_port();
+    let mut peer = std::process::Command::new("python3")
+        .args(["-c", "import socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(30)"])
+        .arg(port.to_string())
+        .spawn()
+        .expect("python3");
+    let seen = common::wait_listening(port, std::time::Duration::from_secs(10)).await;
+    let _ = peer.kill();
+    let _ = peer.wait();
+    assert!(seen, "another process's listener on {port} not seen");
+}

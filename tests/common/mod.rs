@@ -282,10 +282,22 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Whether something listens on IPv4 TCP `port` (`/proc/net/tcp`, state 0A = LISTEN).
+/// Whether another process listens on IPv4 TCP `port` (`/proc/net/tcp`, state 0A = LISTEN).
+/// A listener of this process does not count: the port was chosen for a peer process, and a
+/// gateway of another test, binding port 0 meanwhile, may have been given the same number.
 pub fn listening(port: u16) -> bool {
     let needle = format!(":{port:04X} 00000000:0000 0A");
-    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().any(|l| l.contains(&needle))
+    let own: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|fds| fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()))
+        .into_iter()
+        .flatten()
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect();
+    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().any(|l| {
+        // Field 9 is the socket's inode; our descriptors link to `socket:[inode]`.
+        let inode = l.split_whitespace().nth(9).unwrap_or("");
+        l.contains(&needle) && !own.contains(&format!("socket:[{inode}]"))
+    })
 }
 
 /// Waits up to `limit` for something to listen on `port`.
