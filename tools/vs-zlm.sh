@@ -184,24 +184,18 @@ streams() { # kind
 # gbgate's loss counters over all streams since start: issue 12 asks for no loss and no queue
 # drops with transcoding on (ZLMediaKit's API reports no such counters).
 ingest_losses() {
+    # A field missing from the API fails loudly (a traceback), never reads as 0 lost.
     curl -sf "127.0.0.1:$API/api/v1/streams" | python3 -c '
 import json, sys
-s = json.load(sys.stdin)["streams"]
-def total(get):
-    n = 0
-    for x in s:
-        try:
-            n += get(x) or 0
-        except (KeyError, TypeError):
-            pass
-    return n
-m = lambda x: x["media"]
+streams = json.load(sys.stdin)["streams"]
+media = [x["media"] for x in streams]
+coded = [m["transcode"] for m in media if m["transcode"]]
+total = lambda rows, key: sum(r[key] for r in rows)
 print("lost %d, queue drops %d, audio frames dropped before transcoding %d (worker behind) + %d (hold queue), "
-      "transcoded %d -> %d frames, %d errors" % (
-    total(lambda x: x["lost"]), total(lambda x: x["queue_drops"]),
-    total(lambda x: m(x)["audio_queue_dropped"]), total(lambda x: m(x)["audio_held_dropped"]),
-    total(lambda x: m(x)["transcode"]["frames_in"]), total(lambda x: m(x)["transcode"]["frames_out"]),
-    total(lambda x: m(x)["transcode"]["errors"])))'
+      "%d streams transcoded %d -> %d frames, %d errors" % (
+    total(streams, "lost"), total(streams, "queue_drops"), total(media, "audio_queue_dropped"),
+    total(media, "audio_held_dropped"), len(coded), total(coded, "frames_in"), total(coded, "frames_out"),
+    total(coded, "errors")))'
 }
 
 # What a player gets from URL: each stream's codec, size or rate and channels (ffprobe).

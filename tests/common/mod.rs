@@ -287,17 +287,15 @@ pub fn free_port() -> u16 {
 /// gateway of another test, binding port 0 meanwhile, may have been given the same number.
 pub fn listening(port: u16) -> bool {
     let needle = format!(":{port:04X} 00000000:0000 0A");
-    let own: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|fds| fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()))
-        .into_iter()
-        .flatten()
-        .map(|target| target.to_string_lossy().into_owned())
-        .collect();
-    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().any(|l| {
-        // Field 9 is the socket's inode; our descriptors link to `socket:[inode]`.
-        let inode = l.split_whitespace().nth(9).unwrap_or("");
-        l.contains(&needle) && !own.contains(&format!("socket:[{inode}]"))
-    })
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // Field 9 is the socket's inode; this process's descriptors link to `socket:[inode]`.
+    let ours = |inode: &str| {
+        let target = std::path::PathBuf::from(format!("socket:[{inode}]"));
+        std::fs::read_dir("/proc/self/fd")
+            .map(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == target)))
+            .unwrap_or(false)
+    };
+    table.lines().filter(|l| l.contains(&needle)).filter_map(|l| l.split_whitespace().nth(9)).any(|inode| !ours(inode))
 }
 
 /// Waits up to `limit` for something to listen on `port`.
