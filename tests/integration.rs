@@ -61,12 +61,16 @@ async fn harness_listening_sees_other_processes_only() {
     let port = ours.local_addr().unwrap().port();
     assert!(!common::listening(port), "this process's own listener counted as a peer's");
     drop(ours);
-    let port = common::free_port();
+    // The peer binds port 0 and says which port it got: no port chosen here and bound later.
     let mut peer = std::process::Command::new("python3")
-        .args(["-c", "import socket, sys, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(30)"])
-        .arg(port.to_string())
+        .args(["-c", "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(30)"])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(peer.stdout.take().expect("piped")), &mut line)
+        .expect("the peer's port");
+    let port: u16 = line.trim().parse().expect("a port number");
     let seen = common::wait_listening(port, std::time::Duration::from_secs(10)).await;
     let _ = peer.kill();
     let _ = peer.wait();

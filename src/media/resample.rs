@@ -155,7 +155,7 @@ impl Polyphase {
 ///
 /// Keep it a loop over runtime-length chunks (D198): a dot product of a length fixed at compile
 /// time (`&[f32; 16]`, const generics) is fully unrolled and then compiled to scalar `mulss`/`addss`
-/// instead of `mulps`/`addps`, and measured 1.2-1.6x slower in two rounds.
+/// instead of `mulps`/`addps`, and measured 1.2-1.7x slower in two rounds.
 #[inline]
 fn dot(c: &[f32], x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
